@@ -1,0 +1,1 @@
+"""dinov3_ros.pipeline."""
