@@ -1,0 +1,302 @@
+"""``dinov3-ros export``: backbone + selected heads -> one ONNX graph (or a TensorRT engine).
+
+TorchScript exporter (``dynamo=False``), opset 17/18 (real ``LayerNormalization``), input ``image``
+``[B, 3, H, W]`` (normalised float), outputs ``patch_tokens [B, h, w, C]``, ``cls [B, C]`` and
+optionally ``depth [B, 1, H, W]``. Fixed-size exports bake the RoPE sin/cos tables as constants (no
+Range/Tile/If); ``--resolution dynamic`` computes them in-graph (dynamic batch and H/W). The static
+TensorRT checker runs on the result and the export fails on errors unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .graph import OUTPUT_LAYOUT, DeployModel
+from .onnx_check import Finding, check_tensorrt_compat, format_findings
+
+__all__ = ["ExportError", "add_arguments", "export_onnx", "load_model", "main", "parse_resolution"]
+
+#: trace size for dynamic exports (non-square so H and W are not conflated by the tracer)
+_DYNAMIC_TRACE = (224, 288)
+
+
+class ExportError(RuntimeError):
+    """The export failed the TensorRT compatibility check (``findings`` attached)."""
+
+    def __init__(self, message: str, findings: list[Finding]) -> None:
+        super().__init__(message)
+        self.findings = findings
+
+
+def load_model(arch: str | None, weights: str | Path | None) -> nn.Module:
+    """A backbone from ``dinov3_ros.models``: ``load_backbone(weights, arch)`` or a random-init ``build_backbone(arch)``."""
+    from dinov3_ros import models
+
+    if weights:
+        return models.load_backbone(weights, arch)
+    if not arch:
+        raise ValueError("give --arch (random weights) and/or --weights")
+    return models.build_backbone(arch)
+
+
+def parse_resolution(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"480x640"`` -> (480, 640); ``"dynamic"``/None -> None."""
+    if spec is None or (isinstance(spec, str) and spec.lower() == "dynamic"):
+        return None
+    if isinstance(spec, tuple):
+        return int(spec[0]), int(spec[1])
+    parts = spec.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"resolution {spec!r}: expected HxW (e.g. 480x640) or 'dynamic'")
+    return int(parts[0]), int(parts[1])
+
+
+def _save_atomic(model, out: Path) -> None:
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        big = model.ByteSize() > 1_900_000_000
+        if big:  # protobuf 2 GB limit: weights beside the graph
+            onnx.save_model(model, tmp, save_as_external_data=True, location=out.name + ".data")
+        else:
+            onnx.save_model(model, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    resolution: tuple[int, int] | str | None = (480, 640),
+    depth_head: nn.Module | None = None,
+    opset: int = 17,
+    precision: str = "fp32",
+    batch: int = 1,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    force: bool = False,
+    extra_metadata: dict[str, Any] | None = None,
+) -> tuple[Path, list[Finding]]:
+    """Export ``model`` (a backbone or :class:`DeployModel`) to ``out``; returns ``(path, findings)``.
+
+    Raises :class:`ExportError` (and writes nothing) when the checker finds errors and ``force`` is False.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f"opset {opset} < 17 would decompose LayerNorm; use 17 or 18")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"ONNX export precision must be fp32 or fp16, got {precision!r}")
+    size = parse_resolution(resolution) if not isinstance(resolution, tuple) else resolution
+    dm = model if isinstance(model, DeployModel) else DeployModel(model.eval(), depth_head)
+    dm = dm.eval().float()
+    p = dm.patch_size
+    if size is not None and (size[0] % p or size[1] % p):
+        raise ValueError(f"resolution {size[0]}x{size[1]} is not a multiple of the patch size {p}")
+    dm.set_dynamic(size is None)
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    if precision == "fp16":
+        dm = dm.half()
+        if dm.vit is not None:
+            dm.vit.periods.data = dm.vit.periods.data.float()
+            dm.vit.set_ln_fp32(True)
+    h, w = size or _DYNAMIC_TRACE
+    dummy = torch.randn(batch, 3, h, w, dtype=dtype)
+    names = dm.output_names
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch or size is None:
+        axes["image"] = {0: "batch"}
+        for n in names:
+            axes[n] = {0: "batch"}
+    if size is None:
+        axes["image"].update({2: "height", 3: "width"})
+        axes["patch_tokens"].update({1: "grid_h", 2: "grid_w"})
+        if "depth" in names:
+            axes["depth"].update({2: "height", 3: "width"})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as td:
+        raw = Path(td) / "raw.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # TracerWarnings: fixed-size RoPE tables are meant to be constants
+            torch.onnx.export(
+                dm,
+                (dummy,),
+                str(raw),
+                dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=["image"],
+                output_names=names,
+                dynamic_axes=axes or None,
+            )
+        proto = onnx.load(str(raw))
+    meta = {
+        "producer": "dinov3_ros",
+        "arch": dm.arch,
+        "patch_size": p,
+        "embed_dim": dm.embed_dim,
+        "n_storage_tokens": dm.vit.cfg.n_storage_tokens if dm.vit is not None else 0,
+        "norm_mean": list(dm.norm_mean),
+        "norm_std": list(dm.norm_std),
+        "heads": ["depth"] if depth_head is not None or dm.depth_head is not None else [],
+        "outputs": names,
+        "output_layout": {n: OUTPUT_LAYOUT[n] for n in names},
+        "input_name": "image",
+        "input_layout": "B,3,H,W float (RGB, normalised with norm_mean/norm_std)",
+        "input_size": list(size) if size is not None else "dynamic",
+        "precision": precision,
+        "opset": opset,
+        "rope": "in-graph" if size is None else "constant",
+        "dynamic_batch": bool(dynamic_batch or size is None),
+        "layer_indices": list(dm.layer_indices),
+        **(extra_metadata or {}),
+    }
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key = k
+        entry.value = v if isinstance(v, str) else json.dumps(v)
+    proto.producer_name = "dinov3_ros"
+    findings = check_tensorrt_compat(proto) if check else []
+    errors = [f for f in findings if f.severity == "error"]
+    if errors and not force:
+        raise ExportError(
+            f"{len(errors)} TensorRT compatibility error(s); nothing written (use --force to keep it)\n"
+            + format_findings(findings),
+            findings,
+        )
+    _save_atomic(proto, out)
+    dm.set_dynamic(False)
+    return out, findings
+
+
+def _parse_heads(spec: str | None, depth_head_path: str | None) -> tuple[list[str], str | None]:
+    heads: list[str] = []
+    path = depth_head_path
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, val = item.partition("=")
+        name = name.strip().lower()
+        if name in ("features", "patch_tokens", "cls"):
+            continue  # always exported
+        if name != "depth":
+            raise ValueError(
+                f"unknown head {name!r}: exportable heads are depth (features and cls are always in)"
+            )
+        heads.append("depth")
+        path = val.strip() or path
+    if "depth" in heads and not path:
+        raise ValueError(
+            "--heads depth needs the trained head: --heads depth=HEAD.pt or --depth-head HEAD.pt"
+        )
+    return heads, path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI arguments of ``dinov3-ros export``."""
+    parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    parser.add_argument("--arch", help="backbone arch (random weights unless --weights)")
+    parser.add_argument("--weights", help="backbone checkpoint")
+    parser.add_argument(
+        "--heads", default="", help="comma list: depth[=HEAD.pt] (features and cls always included)"
+    )
+    parser.add_argument("--depth-head", help="trained depth head file (dinov3_ros.heads.depth.save_head)")
+    parser.add_argument("--resolution", default="480x640", help="HxW (multiples of 16) or 'dynamic'")
+    parser.add_argument("--opset", type=int, default=17, choices=(17, 18))
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16", "int8"),
+        help="ONNX dtype (fp16 for strongly-typed TensorRT 11); for tensorrt: engine precision",
+    )
+    parser.add_argument("--batch", type=int, default=1, help="trace batch / TensorRT max batch")
+    parser.add_argument(
+        "--static-batch", action="store_true", help="fixed batch dim (default: dynamic batch)"
+    )
+    parser.add_argument("--calibration", help="INT8 calibration images: a folder or a rosbag2 (TensorRT 10)")
+    parser.add_argument(
+        "--force", action="store_true", help="write even when the TensorRT checker reports errors"
+    )
+    parser.add_argument("--out", required=True, help="output .onnx (or .engine/.plan for --format tensorrt)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``dinov3-ros export``."""
+    try:
+        heads, head_path = _parse_heads(args.heads, args.depth_head)
+        size = parse_resolution(args.resolution)
+        model = load_model(args.arch, args.weights)
+        head = None
+        if "depth" in heads:
+            from .torch_backend import load_depth_head
+
+            head = load_depth_head(head_path)
+        out = Path(args.out)
+        onnx_prec = "fp16" if args.precision == "fp16" else "fp32"
+        if args.format == "tensorrt":
+            try:
+                import tensorrt as trt
+            except ImportError:
+                from .trt_backend import INSTALL_HINT
+
+                print(f"error: {INSTALL_HINT}", file=sys.stderr)
+                return 2
+            del trt
+            onnx_out = out.with_suffix(".onnx")
+        else:
+            onnx_out = out
+        path, findings = export_onnx(
+            model,
+            onnx_out,
+            resolution=size,
+            depth_head=head,
+            opset=args.opset,
+            precision=onnx_prec,
+            batch=args.batch,
+            dynamic_batch=not args.static_batch,
+            force=args.force,
+        )
+        print(format_findings(findings))
+        print(f"wrote {path}")
+        if args.format == "tensorrt":
+            from .trt_backend import _atomic_write, build_engine
+
+            hw = None if size is not None else ((224, 224), (480, 640), (1024, 1024))
+            plan = build_engine(
+                path,
+                precision=args.precision,
+                batch=(1, args.batch, args.batch),
+                hw=hw,
+                timing_cache=out.with_suffix(".timing.cache"),
+                calibration=args.calibration,
+            )
+            _atomic_write(out, plan)
+            print(f"wrote {out}")
+        return 0
+    except ExportError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
