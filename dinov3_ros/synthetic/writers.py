@@ -1,0 +1,371 @@
+"""Writers for rendered frames: rosbag2 (mcap), image folders and video files. All are atomic.
+
+Bag topics (header ``frame_id`` = ``camera_optical_frame`` unless stated):
+
+* ``/camera/image_raw`` ``sensor_msgs/Image`` ``rgb8`` — or, with ``compressed=True``,
+  ``/camera/image_raw/compressed`` ``sensor_msgs/CompressedImage`` (``jpeg``);
+* ``/camera/camera_info`` ``sensor_msgs/CameraInfo`` (``plumb_bob``, zero distortion);
+* ``/camera/depth/image_raw`` ``sensor_msgs/Image`` ``32FC1`` metres (or ``16UC1`` millimetres),
+  0 = no depth;
+* ``/camera/instances`` ``sensor_msgs/Image`` ``16UC1`` instance ids (0 = background);
+* ``/camera/pose`` ``geometry_msgs/PoseStamped``: the optical frame's pose in ``world`` (z up);
+* ``/synthetic/meta`` ``std_msgs/String``: JSON ``{scene, frame, instance_classes, class_names}``.
+
+Message and receive stamps are ``start_ns + k * 1e9 / frame_rate`` for the k-th written frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dinov3_ros.synthetic.frame import SynthFrame
+from dinov3_ros.synthetic.shapes import CLASS_NAMES
+
+#: fixed, deterministic start time of written streams (2023-11-14T22:13:20Z)
+DEFAULT_START_NS = 1_700_000_000_000_000_000
+WORLD_FRAME = "world"
+TOPICS = {
+    "image": "/camera/image_raw",
+    "image_compressed": "/camera/image_raw/compressed",
+    "camera_info": "/camera/camera_info",
+    "depth": "/camera/depth/image_raw",
+    "instances": "/camera/instances",
+    "pose": "/camera/pose",
+    "meta": "/synthetic/meta",
+}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it to ``path`` (replacing it if allowed)."""
+    final = Path(path).absolute()
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"output {final} exists (pass overwrite=True / --overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_parent = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = tmp_parent / final.name
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"writer produced nothing at {tmp}")
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    finally:
+        shutil.rmtree(tmp_parent, ignore_errors=True)
+
+
+def _period_ns(frame_rate: float) -> int:
+    if frame_rate <= 0:
+        raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+    return round(1e9 / frame_rate)
+
+
+def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
+    """Unit quaternion ``(x, y, z, w)`` of a rotation matrix (w >= 0)."""
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(np.asarray(R, np.float64)).as_quat()
+    if w < 0:
+        x, y, z, w = -x, -y, -z, -w
+    return float(x), float(y), float(z), float(w)
+
+
+def depth_to_mm16(depth: np.ndarray) -> np.ndarray:
+    """Metres (float) to uint16 millimetres, rounded; 0 stays 0; values beyond 65.535 m saturate."""
+    return np.clip(np.rint(np.asarray(depth, np.float64) * 1000.0), 0, 65535).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------------------------
+# rosbag2 (mcap)
+# --------------------------------------------------------------------------------------------
+class _BagMessages:
+    """Builds rosbags message objects for the topics above."""
+
+    def __init__(self, typestore) -> None:
+        self.ts = typestore
+        T = typestore.types
+        self.Time, self.Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
+        self.Image, self.CImage = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CompressedImage"]
+        self.CameraInfo, self.ROI = T["sensor_msgs/msg/CameraInfo"], T["sensor_msgs/msg/RegionOfInterest"]
+        self.PoseStamped, self.Pose = T["geometry_msgs/msg/PoseStamped"], T["geometry_msgs/msg/Pose"]
+        self.Point, self.Quat = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Quaternion"]
+        self.String = T["std_msgs/msg/String"]
+
+    def header(self, stamp_ns: int, frame_id: str):
+        return self.Header(
+            stamp=self.Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+            frame_id=frame_id,
+        )
+
+    def image(self, arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        h, w = arr.shape[:2]
+        return self.Image(
+            header=self.header(stamp_ns, frame_id),
+            height=h,
+            width=w,
+            encoding=encoding,
+            is_bigendian=0,
+            step=arr.strides[0],
+            data=arr.view(np.uint8).ravel(),
+        )
+
+    def jpeg(self, rgb: np.ndarray, quality: int, stamp_ns: int, frame_id: str):
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return self.CImage(header=self.header(stamp_ns, frame_id), format="jpeg", data=buf.ravel())
+
+    def camera_info(self, K: np.ndarray, width: int, height: int, stamp_ns: int, frame_id: str):
+        P = np.zeros((3, 4))
+        P[:, :3] = K
+        return self.CameraInfo(
+            header=self.header(stamp_ns, frame_id),
+            height=height,
+            width=width,
+            distortion_model="plumb_bob",
+            d=np.zeros(5),
+            k=np.asarray(K, np.float64).ravel().copy(),
+            r=np.eye(3).ravel(),
+            p=P.ravel(),
+            binning_x=0,
+            binning_y=0,
+            roi=self.ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+        )
+
+    def pose(self, T: np.ndarray, stamp_ns: int):
+        x, y, z, w = rotation_to_quaternion(T[:3, :3])
+        p = T[:3, 3]
+        return self.PoseStamped(
+            header=self.header(stamp_ns, WORLD_FRAME),
+            pose=self.Pose(
+                position=self.Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+                orientation=self.Quat(x=x, y=y, z=z, w=w),
+            ),
+        )
+
+
+def write_bag(
+    frames: Iterable[SynthFrame],
+    path: str | os.PathLike,
+    *,
+    compressed: bool = False,
+    jpeg_quality: int = 90,
+    depth_encoding: str = "32FC1",
+    depth_quantum: float | None = None,
+    frame_rate: float = 10.0,
+    start_ns: int = DEFAULT_START_NS,
+    storage_compression: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write frames to a rosbag2 directory (mcap storage, zstd chunks if ``storage_compression``).
+
+    ``depth_quantum`` (metres, e.g. ``2**-10``) rounds 32FC1 depth to multiples of it, which makes the
+    zstd chunks ~6x smaller; ``None`` keeps the exact float depth.
+    """
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    if depth_encoding not in ("32FC1", "16UC1"):
+        raise ValueError(f"depth_encoding must be '32FC1' or '16UC1', got {depth_encoding!r}")
+    if depth_quantum is not None and not depth_quantum > 0:
+        raise ValueError(f"depth_quantum must be > 0 or None, got {depth_quantum}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    period = _period_ns(frame_rate)
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    mk = _BagMessages(ts)
+    final = Path(path)
+    with atomic_path(final, overwrite) as tmp:
+        writer = Writer(tmp, version=9, storage_plugin=StoragePlugin.MCAP)
+        if storage_compression:
+            writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        with writer:
+            img_topic = TOPICS["image_compressed"] if compressed else TOPICS["image"]
+            img_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+            conns = {
+                "image": writer.add_connection(img_topic, img_type, typestore=ts),
+                "camera_info": writer.add_connection(
+                    TOPICS["camera_info"], "sensor_msgs/msg/CameraInfo", typestore=ts
+                ),
+                "depth": writer.add_connection(TOPICS["depth"], "sensor_msgs/msg/Image", typestore=ts),
+                "instances": writer.add_connection(
+                    TOPICS["instances"], "sensor_msgs/msg/Image", typestore=ts
+                ),
+                "pose": writer.add_connection(TOPICS["pose"], "geometry_msgs/msg/PoseStamped", typestore=ts),
+                "meta": writer.add_connection(TOPICS["meta"], "std_msgs/msg/String", typestore=ts),
+            }
+            n = 0
+            for k, fr in enumerate(frames):
+                t = int(start_ns) + k * period
+                fid = fr.frame_id
+                if compressed:
+                    msg = mk.jpeg(fr.rgb, jpeg_quality, t, fid)
+                else:
+                    msg = mk.image(fr.rgb, "rgb8", t, fid)
+                out = [
+                    ("image", msg, img_type),
+                    (
+                        "camera_info",
+                        mk.camera_info(fr.K, fr.width, fr.height, t, fid),
+                        "sensor_msgs/msg/CameraInfo",
+                    ),
+                ]
+                if depth_encoding == "32FC1":
+                    d = fr.depth.astype("<f4")
+                    if depth_quantum is not None:
+                        d = (np.rint(d / depth_quantum) * depth_quantum).astype("<f4")
+                    dmsg = mk.image(d, "32FC1", t, fid)
+                else:
+                    dmsg = mk.image(depth_to_mm16(fr.depth), "16UC1", t, fid)
+                out.append(("depth", dmsg, "sensor_msgs/msg/Image"))
+                out.append(
+                    (
+                        "instances",
+                        mk.image(fr.instances.astype("<u2"), "16UC1", t, fid),
+                        "sensor_msgs/msg/Image",
+                    )
+                )
+                out.append(("pose", mk.pose(fr.T_world_cam, t), "geometry_msgs/msg/PoseStamped"))
+                meta = {
+                    "scene": fr.scene_index,
+                    "frame": fr.frame_index,
+                    "instance_classes": fr.instance_classes.tolist(),
+                    "class_names": list(CLASS_NAMES),
+                }
+                out.append(("meta", mk.String(data=json.dumps(meta)), "std_msgs/msg/String"))
+                for key, m, typ in out:
+                    writer.write(conns[key], t, ts.serialize_cdr(m, typ))
+                n += 1
+            if n == 0:
+                raise ValueError("write_bag: no frames to write")
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# image folder
+# --------------------------------------------------------------------------------------------
+def write_folder(
+    frames: Iterable[SynthFrame],
+    path: str | os.PathLike,
+    *,
+    frame_rate: float = 10.0,
+    start_ns: int = DEFAULT_START_NS,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``rgb/NNNNNN.png``, ``depth/NNNNNN.png`` (uint16 mm), ``instances/NNNNNN.png`` (uint16)
+    and ``meta.json`` (class names, depth scale, per frame: stamp, K, T_world_cam, instance classes)."""
+    period = _period_ns(frame_rate)
+    final = Path(path)
+    with atomic_path(final, overwrite) as tmp:
+        for sub in ("rgb", "depth", "instances"):
+            (tmp / sub).mkdir(parents=True)
+        records = []
+        for k, fr in enumerate(frames):
+            name = f"{k:06d}.png"
+            cv2.imwrite(str(tmp / "rgb" / name), cv2.cvtColor(fr.rgb, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(tmp / "depth" / name), depth_to_mm16(fr.depth))
+            cv2.imwrite(str(tmp / "instances" / name), fr.instances.astype(np.uint16))
+            records.append(
+                {
+                    "file": name,
+                    "stamp_ns": int(start_ns) + k * period,
+                    "scene_index": fr.scene_index,
+                    "frame_index": fr.frame_index,
+                    "frame_id": fr.frame_id,
+                    "K": fr.K.tolist(),
+                    "T_world_cam": fr.T_world_cam.tolist(),
+                    "instance_classes": fr.instance_classes.tolist(),
+                }
+            )
+        if not records:
+            raise ValueError("write_folder: no frames to write")
+        meta = {
+            "format": "dinov3_ros.synthetic.folder/1",
+            "class_names": list(CLASS_NAMES),
+            "depth_scale": 0.001,
+            "depth_note": "depth/*.png: uint16 z-depth in millimetres along the optical axis, 0 = invalid",
+            "instances_note": "instances/*.png: uint16 instance id, 0 = background",
+            "pose_note": "T_world_cam: camera optical frame (x right, y down, z forward) to world (z up)",
+            "frames": records,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return final
+
+
+def read_folder(path: str | os.PathLike) -> Iterator[SynthFrame]:
+    """Read back a folder written by :func:`write_folder` (normals are not stored: zeros)."""
+    root = Path(path)
+    meta_file = root / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{root} is not a synthetic image folder (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    scale = float(meta.get("depth_scale", 0.001))
+    for rec in meta["frames"]:
+        bgr = cv2.imread(str(root / "rgb" / rec["file"]), cv2.IMREAD_COLOR)
+        d = cv2.imread(str(root / "depth" / rec["file"]), cv2.IMREAD_UNCHANGED)
+        inst = cv2.imread(str(root / "instances" / rec["file"]), cv2.IMREAD_UNCHANGED)
+        if bgr is None or d is None or inst is None:
+            raise FileNotFoundError(f"missing image(s) for frame {rec['file']} in {root}")
+        yield SynthFrame(
+            rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+            depth=d.astype(np.float32) * np.float32(scale),
+            instances=inst.astype(np.int32),
+            normals=np.zeros((*d.shape, 3), np.float32),
+            K=np.array(rec["K"], np.float64),
+            T_world_cam=np.array(rec["T_world_cam"], np.float64),
+            stamp_ns=int(rec["stamp_ns"]),
+            instance_classes=np.array(rec["instance_classes"], np.int32),
+            scene_index=int(rec["scene_index"]),
+            frame_index=int(rec["frame_index"]),
+            frame_id=str(rec.get("frame_id", "camera_optical_frame")),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# video
+# --------------------------------------------------------------------------------------------
+def write_video(
+    frames: Iterable[SynthFrame], path: str | os.PathLike, *, fps: float = 10.0, overwrite: bool = False
+) -> Path:
+    """Write the RGB frames to a video file (``.mp4`` with the ``mp4v`` codec, ``.avi`` with MJPG)."""
+    final = Path(path)
+    suffix = final.suffix.lower()
+    if suffix not in (".mp4", ".avi"):
+        raise ValueError(f"video path must end in .mp4 or .avi, got {final.name!r}")
+    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if suffix == ".mp4" else "MJPG"))
+    with atomic_path(final, overwrite) as tmp:
+        vw = None
+        n = 0
+        try:
+            for fr in frames:
+                if vw is None:
+                    vw = cv2.VideoWriter(str(tmp), fourcc, float(fps), (fr.width, fr.height))
+                    if not vw.isOpened():
+                        raise RuntimeError(f"OpenCV cannot open a video writer for {final.name}")
+                vw.write(cv2.cvtColor(fr.rgb, cv2.COLOR_RGB2BGR))
+                n += 1
+        finally:
+            if vw is not None:
+                vw.release()
+        if n == 0:
+            raise ValueError("write_video: no frames to write")
+    return final
