@@ -1,0 +1,361 @@
+"""``dinov3_node``: camera stream(s) -> dense-perception topics through the shared core pipeline.
+
+Inputs per camera namespace ``<cam>`` (``cameras`` parameter; '' = none): ``<cam>/image``
+(sensor_msgs/Image, any supported encoding) and/or ``<cam>/image/compressed`` (JPEG/PNG), optional
+``<cam>/camera_info``. Outputs ``~/[<cam>/]features``, ``features/pca``, ``depth``,
+``depth/camera_info``, ``points``, ``matches``, ``objects/mask``, ``objects/boxes``, ``debug``; each
+switchable (``outputs.<name>``) and, with ``lazy``, computed only while it has subscribers. Every
+output carries the input header. Subscription callbacks only park the newest message per camera; one
+worker thread decodes, batches all cameras through one engine call and publishes; a message replaced
+before the worker took it is counted in ``frames_dropped``. ``/diagnostics`` reports rates, latency
+(receive -> publish) p50/p99, counters, backend and model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from dinov3_ros.msgs import builders as B
+from dinov3_ros.msgs.decode import camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb, stamp_ns
+from dinov3_ros.pipeline.types import OUTPUTS, Frame
+from dinov3_ros.ros import params as P
+from dinov3_ros.ros.diagnostics import NodeStats
+from dinov3_ros.ros.types import ros_types
+
+NODE_NAME = "dinov3_node"
+
+
+def qos_of(name: str) -> QoSProfile:
+    """``sensor_data`` (best effort, keep-last 5), ``default`` (reliable, keep-last 10), ``system_default``."""
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    if name == "system_default":
+        return qos_profile_system_default
+    return QoSProfile(depth=10)
+
+
+@dataclass
+class _Pending:
+    msg: Any
+    kind: str  # "raw" | "compressed"
+    recv: float  # time.monotonic() at receipt
+
+
+def _join(cam: str, name: str) -> str:
+    return f"{cam}/{name}" if cam else name
+
+
+class PerceptionCore:
+    """Everything of the node except the node class: shared by ``dinov3_node`` and the lifecycle node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.log = node.get_logger()
+        self.tp = ros_types()
+        self.stats = NodeStats()
+        self.settings: P.NodeSettings | None = None
+        self.pipeline: Any = None
+        self.model: Any = None
+        self._pubs: dict[str, dict[str, Any]] = {}
+        self._subs: list[Any] = []
+        self._infos: dict[str, deque] = {}
+        self._slots: dict[str, _Pending | None] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._diag_timer: Any = None
+        self._diag_pub: Any = None
+        self._active = False
+        self._declare()
+        node.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # -- parameters -------------------------------------------------------------------------------
+    def _declare(self) -> None:
+        n = self.node
+        for name, default in P.NODE_DEFAULTS.items():
+            desc = ParameterDescriptor(description=P.NODE_DESCRIPTIONS.get(name, ""), read_only=False,
+                                       dynamic_typing=isinstance(default, float))
+            n.declare_parameter(name, default, desc)
+        for o in OUTPUTS:
+            n.declare_parameter(f"outputs.{o}", True, ParameterDescriptor(description=f"enable output {o}"))
+        for name, default in P.pipeline_defaults().items():
+            dyn = isinstance(default, float) and not isinstance(default, bool)
+            n.declare_parameter(name, default, ParameterDescriptor(description="pipeline setting",
+                                                                   dynamic_typing=dyn))
+
+    def _values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        vals = {name: self.node.get_parameter(name).value for name in P.all_parameter_names()}
+        vals.update(overrides or {})
+        return vals
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        if self.settings is None:  # before configure: validated at configure time
+            return SetParametersResult(successful=True)
+        changes = {p.name: p.value for p in params}
+        ro = sorted(k for k in changes if k in P.READ_ONLY and changes[k] != self._values()[k])
+        if ro and self.pipeline is not None:
+            return SetParametersResult(successful=False,
+                                       reason=f"{ro} cannot change while configured (cleanup + configure)")
+        try:
+            new = P.validate(self._values(changes))
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.settings = new
+        if self.pipeline is not None:
+            self.pipeline.set_config(new.pipeline)
+        self.log.info(f"parameters updated: {sorted(changes)}")
+        return SetParametersResult(successful=True)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def configure(self) -> None:
+        """Validate parameters, load the model and create publishers (raises on any failure)."""
+        from dinov3_ros.pipeline.model import load_model
+        from dinov3_ros.pipeline.pipeline import Pipeline
+
+        s = P.validate(self._values())
+        self.settings = s
+        t0 = time.perf_counter()
+        self.model = load_model(s.weights, s.backend, s.device, s.precision, s.resolution)
+        self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
+        self.log.info(
+            f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{s.precision} "
+            f"at {s.resolution[0]}x{s.resolution[1]} loaded in {time.perf_counter() - t0:.2f} s; cameras {s.cameras}"
+        )
+        qos = qos_of(s.output_qos)
+        for cam in s.cameras:
+            self._pubs[cam] = {
+                t: self.node.create_publisher(self.tp.cls(B.TOPIC_TYPES[t]), "~/" + _join(cam, t), qos)
+                for o in OUTPUTS for t in B.TOPICS[o]
+            }
+            self._infos[cam] = deque(maxlen=16)
+            self._slots[cam] = None
+        self._diag_pub = self.node.create_publisher(self.tp.cls("diagnostic_msgs/msg/DiagnosticArray"),
+                                                    "/diagnostics", 10)
+        self._diag_timer = self.node.create_timer(s.diagnostics_period, self.publish_diagnostics)
+
+    def activate(self) -> None:
+        """Subscribe to the inputs and start the worker."""
+        s = self.settings
+        assert s is not None, "configure first"
+        qin = qos_of(s.input_qos)
+        for cam in s.cameras:
+            if s.image_transport in ("raw", "both"):
+                self._subs.append(self.node.create_subscription(
+                    Image, _join(cam, "image"), lambda m, c=cam: self._on_image(c, m, "raw"), qin))
+            if s.image_transport in ("compressed", "both"):
+                self._subs.append(self.node.create_subscription(
+                    CompressedImage, _join(cam, "image/compressed"),
+                    lambda m, c=cam: self._on_image(c, m, "compressed"), qin))
+            self._subs.append(self.node.create_subscription(
+                CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin))
+        self._stop.clear()
+        self._active = True
+        self._worker = threading.Thread(target=self._run, name="dinov3_worker", daemon=True)
+        self._worker.start()
+
+    def deactivate(self) -> None:
+        """Unsubscribe and stop the worker (model stays loaded)."""
+        self._active = False
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+        for sub in self._subs:
+            self.node.destroy_subscription(sub)
+        self._subs.clear()
+        for cam in self._slots:
+            self._slots[cam] = None
+
+    def cleanup(self) -> None:
+        """Release publishers, timer and the model."""
+        if self._active:
+            self.deactivate()
+        for pubs in self._pubs.values():
+            for pub in pubs.values():
+                self.node.destroy_publisher(pub)
+        self._pubs.clear()
+        if self._diag_timer is not None:
+            self.node.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.node.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        close = getattr(getattr(self.model, "engine", None), "close", None)
+        if callable(close):
+            close()
+        self.model = self.pipeline = None
+        self.settings = None
+
+    # -- executor side: must never block ----------------------------------------------------------
+    def _on_image(self, cam: str, msg: Any, kind: str) -> None:
+        now = time.monotonic()
+        self.stats.received(cam, now)
+        with self._cond:
+            if self._slots.get(cam) is not None:
+                self.stats.add("frames_dropped")
+            self._slots[cam] = _Pending(msg, kind, now)
+            self._cond.notify()
+
+    # -- worker -----------------------------------------------------------------------------------
+    def wanted_topics(self, cam: str) -> set[str]:
+        """Output topics of ``cam`` to build now (enabled and, if lazy, subscribed)."""
+        s = self.settings
+        if s is None:
+            return set()
+        pubs = self._pubs.get(cam, {})
+        out = set()
+        for o in OUTPUTS:
+            if not s.outputs.get(o, False):
+                continue
+            for t in B.TOPICS[o]:
+                pub = pubs.get(t)
+                if pub is not None and (not s.lazy or pub.get_subscription_count() > 0):
+                    out.add(t)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._stop.is_set() and not any(v is not None for v in self._slots.values()):
+                    self._cond.wait(timeout=0.5)
+                if self._stop.is_set():
+                    return
+                taken = [(c, p) for c, p in self._slots.items() if p is not None]
+                for c, _ in taken:
+                    self._slots[c] = None
+            try:
+                self._process(taken)
+            except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame triggers
+                self.stats.add("errors")
+                self.log.error(f"processing failed: {type(exc).__name__}: {exc}")
+
+    def _frame(self, cam: str, p: _Pending) -> Frame:
+        msg = p.msg
+        rgb = image_to_rgb(msg) if p.kind == "raw" else compressed_to_rgb(msg)
+        st = stamp_ns(msg)
+        intr = None
+        infos = list(self._infos.get(cam, ()))
+        if infos:
+            same = [i for i in infos if stamp_ns(i) == st]
+            ci = same[-1] if same else infos[-1]
+            intr = camera_info_to_intrinsics(ci)
+        return Frame(rgb, st, msg.header.frame_id, intr, source=cam or "/")
+
+    def _process(self, taken: list[tuple[str, _Pending]]) -> None:
+        s = self.settings
+        if s is None or self.pipeline is None:
+            return
+        frames, cams, recvs, topics = [], [], [], []
+        max_age = s.max_age_ms / 1e3
+        for cam, p in taken:
+            want = self.wanted_topics(cam)
+            if not want:
+                self.stats.add("skipped_no_subscribers")
+                continue
+            if max_age and time.monotonic() - p.recv > max_age:
+                self.stats.add("frames_stale")
+                continue
+            try:
+                frames.append(self._frame(cam, p))
+            except ValueError as exc:  # ImageDecodeError, bad camera_info, size mismatch
+                self.stats.add("bad_frames")
+                self.log.error(f"bad frame on '{_join(cam, 'image')}' (stamp {stamp_ns(p.msg)}): {exc}")
+                continue
+            cams.append(cam)
+            recvs.append(p.recv)
+            topics.append(want)
+        if not frames:
+            return
+        need = {o for o in OUTPUTS if any(set(B.TOPICS[o]) & t for t in topics)}
+        results = self.pipeline.process(frames, need)
+        self.stats.add("inferences")
+        for cam, recv, want, out in zip(cams, recvs, topics, results):
+            msgs = B.frame_messages(self.tp, out, want, s.pipeline.mask_encoding)
+            pubs = self._pubs[cam]
+            for t, m in msgs.items():
+                pubs[t].publish(m)
+            self.stats.add("messages_published", len(msgs))
+            self.stats.published_frame(time.monotonic() - recv, time.monotonic())
+
+    # -- diagnostics ------------------------------------------------------------------------------
+    def publish_diagnostics(self) -> None:
+        if self._diag_pub is None:
+            return
+        snap = self.stats.snapshot()
+        info = self.model.info if self.model is not None else {}
+        values = {**snap, "backend": info.get("backend", ""), "model": info.get("model", ""),
+                  "arch": info.get("arch", ""), "device": info.get("device", ""),
+                  "precision": info.get("precision", ""), "active": self._active}
+        level = "OK" if self._active else "WARN"
+        msg = "running" if self._active else "inactive"
+        if snap["bad_frames"] or snap["errors"]:
+            msg += f"; {snap['bad_frames']} bad frames, {snap['errors']} errors"
+        now_ns = self.node.get_clock().now().nanoseconds
+        status = {"level": level, "name": f"{self.node.get_fully_qualified_name()}: perception",
+                  "message": msg, "hardware_id": str(info.get("device", "")), "values": values}
+        self._diag_pub.publish(B.diagnostics(self.tp, now_ns, [status]))
+
+
+class PerceptionNode(Node):
+    """Plain node: configures and activates itself at construction (raises on a bad model)."""
+
+    def __init__(self, name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.core = PerceptionCore(self)
+        self.core.configure()
+        self.core.activate()
+
+    def destroy_node(self) -> None:
+        self.core.cleanup()
+        super().destroy_node()
+
+
+def spin_nodes(nodes: list[Node]) -> None:
+    """Spin ``nodes`` on one multi-threaded executor until shutdown / Ctrl-C."""
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    ex = MultiThreadedExecutor(num_threads=2)
+    for n in nodes:
+        ex.add_node(n)
+    try:
+        ex.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        ex.shutdown()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run dinov3_ros dinov3_node``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = PerceptionNode()
+        except (ValueError, RuntimeError) as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+            return 1
+        spin_nodes([node])
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Node parameters: declaration with descriptors, validation with clear errors, run-time updates.
+
+Read-only (need a restart / lifecycle cleanup+configure): ``weights``, ``backend``, ``device``,
+``precision``, ``resolution``, ``cameras``, ``image_transport``, ``input_qos``, ``output_qos``.
+Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``diagnostics_period`` is read
+at start, and every ``pipeline.<setting>`` of :class:`~dinov3_ros.pipeline.PipelineConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from dinov3_ros.pipeline.types import OUTPUTS, PipelineConfig
+
+READ_ONLY = ("weights", "backend", "device", "precision", "resolution", "cameras", "image_transport",
+             "input_qos", "output_qos", "diagnostics_period")
+TRANSPORTS = ("raw", "compressed", "both")
+QOS_NAMES = ("sensor_data", "default", "system_default")
+
+#: top-level parameter -> default
+NODE_DEFAULTS: dict[str, Any] = {
+    "weights": "default",
+    "backend": "torch",
+    "device": "cpu",
+    "precision": "fp32",
+    "resolution": [224, 224],
+    "cameras": "",
+    "image_transport": "raw",
+    "input_qos": "sensor_data",
+    "output_qos": "default",
+    "lazy": True,
+    "max_age_ms": 0.0,
+    "diagnostics_period": 1.0,
+}
+NODE_DESCRIPTIONS: dict[str, str] = {
+    "weights": "checkpoint/engine path, 'default' (registry model) or 'random:<arch>'",
+    "backend": "torch | onnxruntime | tensorrt",
+    "device": "cpu | cuda | cuda:N",
+    "precision": "fp32 | fp16 | bf16",
+    "resolution": "network input [H, W], multiples of 16 (frames are letterboxed)",
+    "cameras": "comma-separated camera namespaces ('' = one camera on 'image'); batched through one model",
+    "image_transport": "raw (image) | compressed (image/compressed) | both",
+    "input_qos": "sensor_data | default | system_default",
+    "output_qos": "sensor_data | default | system_default",
+    "lazy": "compute an output only while it has subscribers",
+    "max_age_ms": "drop frames older than this when the worker takes them (0 = off)",
+    "diagnostics_period": "seconds between /diagnostics messages",
+}
+
+
+def pipeline_defaults() -> dict[str, Any]:
+    """``pipeline.<field>`` -> default for every PipelineConfig setting but resolution."""
+    cfg = PipelineConfig()
+    return {f"pipeline.{f.name}": getattr(cfg, f.name) for f in fields(cfg) if f.name != "resolution"}
+
+
+def all_parameter_names() -> list[str]:
+    """Every parameter the node declares (used by tests and the launch-file checks)."""
+    return [*NODE_DEFAULTS, *(f"outputs.{o}" for o in OUTPUTS), *pipeline_defaults()]
+
+
+@dataclass
+class NodeSettings:
+    """Validated node parameters."""
+
+    weights: str
+    backend: str
+    device: str
+    precision: str
+    resolution: tuple[int, int]
+    cameras: list[str]
+    image_transport: str
+    input_qos: str
+    output_qos: str
+    lazy: bool
+    max_age_ms: float
+    diagnostics_period: float
+    outputs: dict[str, bool] = field(default_factory=dict)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def _coerce(name: str, value: Any, like: Any) -> Any:
+    if isinstance(like, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"parameter {name} must be a bool, got {value!r}")
+        return value
+    if isinstance(like, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ValueError(f"parameter {name} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(like, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"parameter {name} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(like, str):
+        if not isinstance(value, str):
+            raise ValueError(f"parameter {name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def parse_cameras(spec: str) -> list[str]:
+    """``"front, rear"`` -> ``["front", "rear"]``; ``""`` -> ``[""]`` (one camera on ``image``)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"parameter cameras must be a comma-separated string, got {spec!r}")
+    names = [c.strip().strip("/") for c in spec.split(",")] if spec.strip() else [""]
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameter cameras has duplicates: {spec!r}")
+    for n in names:
+        if n and not all(ch.isalnum() or ch in "_/" for ch in n):
+            raise ValueError(f"camera namespace {n!r} is not a valid ROS name")
+    return names
+
+
+def validate(values: dict[str, Any]) -> NodeSettings:
+    """Build :class:`NodeSettings` from ``{name: value}`` (all declared parameters); ValueError on bad input."""
+    v = {k: _coerce(k, values[k], d) for k, d in NODE_DEFAULTS.items() if k != "resolution"}
+    res = values["resolution"]
+    if isinstance(res, str):
+        parts = res.lower().replace(",", "x").split("x")
+        res = [int(p) for p in parts] if all(p.strip().isdigit() for p in parts) else None
+    if res is None or len(list(res)) != 2:
+        raise ValueError(f"parameter resolution must be [H, W], got {values['resolution']!r}")
+    resolution = (int(res[0]), int(res[1]))
+    for name, choices in (("image_transport", TRANSPORTS), ("input_qos", QOS_NAMES), ("output_qos", QOS_NAMES),
+                          ("backend", ("torch", "onnxruntime", "tensorrt")),
+                          ("precision", ("fp32", "fp16", "bf16"))):
+        if v[name] not in choices:
+            raise ValueError(f"parameter {name} must be one of {choices}, got {v[name]!r}")
+    if not v["weights"]:
+        raise ValueError("parameter weights is empty: give a path, 'default' or 'random:<arch>'")
+    if v["max_age_ms"] < 0:
+        raise ValueError(f"parameter max_age_ms must be >= 0, got {v['max_age_ms']}")
+    if v["diagnostics_period"] <= 0:
+        raise ValueError(f"parameter diagnostics_period must be > 0, got {v['diagnostics_period']}")
+    outputs = {o: _coerce(f"outputs.{o}", values[f"outputs.{o}"], True) for o in OUTPUTS}
+    pd = pipeline_defaults()
+    changes = {k.split(".", 1)[1]: _coerce(k, values[k], d) for k, d in pd.items()}
+    try:
+        pipe = PipelineConfig().with_updates(resolution=resolution, **changes)
+    except ValueError as exc:
+        raise ValueError(f"parameter pipeline: {exc}") from exc
+    cams = parse_cameras(v.pop("cameras"))
+    return NodeSettings(cameras=cams, resolution=resolution, outputs=outputs, pipeline=pipe, **v)
