@@ -1,0 +1,455 @@
+"""Pipelined execution of one input: read -> decode (threads) -> batched inference -> build -> write.
+
+Threads and bounded queues (memory stays bounded whatever the input length)::
+
+    reader thread ──q_in──> main thread (batches, Pipeline.process) ──q_out──> writer thread
+         │ submits decode jobs                 │ submits message building/serialisation
+         └──> decode pool                      └──> build pool
+
+Order is deterministic: every input record gets a sequence number, batches are consecutive image
+frames in input order (cut only at checkpoint barriers every ``checkpoint_every`` frames and at the
+end), and the main thread forwards records to the writer strictly in sequence order. So the output
+depends only on the input and the settings, never on thread timing; a resumed run (which restarts at
+a barrier with the pipeline state saved there) writes exactly what an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .bagout import ConnKey, OutputBag
+from .sources import InputCorruptError, InputMessage, Source, decode_message
+
+_END = object()
+
+
+@dataclass
+class RunOptions:
+    """Execution settings of one input."""
+
+    outputs: set[str]
+    batch_size: int = 8
+    decode_workers: int = 2
+    build_workers: int = 2
+    queue_frames: int = 32  # decoded frames in flight between reader and inference
+    checkpoint_every: int = 256  # image frames between resume points (also batch barriers)
+    copy_input: bool = False
+    strict: bool = False  # an undecodable frame is fatal (else counted and skipped)
+    progress: bool = True
+    label: str = ""
+
+
+@dataclass
+class Summary:
+    """What a run did (printed at the end, also returned to callers and tests)."""
+
+    input: str
+    output: str = ""
+    frames: int = 0  # frames processed by the pipeline
+    undecodable: int = 0
+    undecodable_examples: list[str] = field(default_factory=list)
+    messages: int = 0  # messages in the output
+    seconds: float = 0.0
+    resumed_from_frame: int = 0
+    complete: bool = False
+    error: str | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def text(self) -> str:
+        s = (
+            f"{self.input}: {self.frames} frames, {self.undecodable} undecodable, {self.messages} messages, "
+            f"{self.seconds:.1f} s ({self.fps:.1f} frames/s)"
+        )
+        if self.resumed_from_frame:
+            s += f", resumed after frame {self.resumed_from_frame}"
+        s += f" -> {self.output}" if self.complete else f" -> INCOMPLETE {self.output}"
+        if self.error:
+            s += f"\n  error: {self.error}"
+        for ex in self.undecodable_examples:
+            s += f"\n  undecodable: {ex}"
+        return s
+
+
+class Emitter:
+    """Turns pipeline outputs and copied input into serialized messages (see :mod:`.emit`)."""
+
+    def frame_messages(self, fo: Any, m: InputMessage, rgb: np.ndarray) -> list[tuple[ConnKey, int, bytes]]:
+        raise NotImplementedError
+
+    def input_messages(self, m: InputMessage, rgb: np.ndarray | None) -> list[tuple[ConnKey, int, bytes]]:
+        raise NotImplementedError
+
+    def resolve(self, key: ConnKey) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- pipeline state
+
+
+def get_state(pipeline: Any) -> bytes:
+    """Serialize the pipeline's per-source state (PCA bases, keyframes, trackers)."""
+    if hasattr(pipeline, "state_dict"):
+        return pickle.dumps(pipeline.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+    with pipeline._lock:
+        return pickle.dumps(pipeline._states, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def set_state(pipeline: Any, blob: bytes) -> None:
+    """Restore what :func:`get_state` saved."""
+    st = pickle.loads(blob)
+    if hasattr(pipeline, "load_state_dict"):
+        pipeline.load_state_dict(st)
+        return
+    with pipeline._lock:
+        pipeline._states.clear()
+        pipeline._states.update(st)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+@dataclass
+class _Img:
+    m: InputMessage
+    fut: Future
+
+
+@dataclass
+class _Barrier:
+    seq_next: int
+    frames_seen: int
+
+
+@dataclass
+class _Failure:
+    seq_next: int
+    error: BaseException
+
+
+class _StopError(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _StopError
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _StopError
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def run_source(
+    source: Source,
+    bag: OutputBag,
+    pipeline: Any,
+    emitter: Emitter,
+    opts: RunOptions,
+    *,
+    on_frame: Callable[[Any, np.ndarray, InputMessage], None] | None = None,
+    total: int | None = None,
+) -> Summary:
+    """Process one input into ``bag`` (already opened); returns the summary (``complete`` False on error).
+
+    ``on_frame(frame_outputs, rgb, message)`` runs on the writer thread in output order (previews).
+    Raises ``KeyboardInterrupt`` (after stopping the threads) when interrupted; the bag is left
+    resumable then.
+    """
+    summary = Summary(input=str(source.path))
+    cp = getattr(bag, "resume_checkpoint", None)
+    skip_before = int(cp["seq_next"]) if cp else 0
+    frames_before = int(cp["frames_seen"]) if cp else 0
+    if cp:
+        summary.frames = int(cp.get("frames", 0))
+        summary.undecodable = int(cp.get("undecodable", 0))
+        summary.resumed_from_frame = frames_before
+        blob = bag.load_state(cp)
+        if blob is not None:
+            set_state(pipeline, blob)
+
+    stop = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=max(4, opts.queue_frames))
+    q_out: queue.Queue = queue.Queue(maxsize=max(4, 4 * opts.batch_size))
+    decode_pool = ThreadPoolExecutor(max(1, opts.decode_workers), thread_name_prefix="decode")
+    build_pool = ThreadPoolExecutor(max(1, opts.build_workers), thread_name_prefix="build")
+    writer_exc: list[BaseException] = []
+    t0 = time.perf_counter()
+
+    def decode(m: InputMessage) -> tuple[np.ndarray, int, str]:
+        return decode_message(source, m)
+
+    # -- reader ----------------------------------------------------------------------------
+    def reader() -> None:
+        seen = frames_before
+        seq_next = skip_before
+        try:
+            for m in source.messages(copy_input=opts.copy_input, skip_before=skip_before):
+                if m.seq < skip_before:
+                    continue
+                seq_next = m.seq + 1
+                if m.kind in ("image", "compressed", "frame", "file"):
+                    _put(q_in, _Img(m, decode_pool.submit(decode, m)), stop)
+                    seen += 1
+                    if opts.checkpoint_every > 0 and seen % opts.checkpoint_every == 0:
+                        _put(q_in, _Barrier(seq_next, seen), stop)
+                else:
+                    _put(q_in, m, stop)
+            _put(q_in, _END, stop)
+        except _StopError:
+            return
+        except BaseException as err:  # noqa: BLE001 - forwarded in order, reported by the writer
+            try:
+                _put(q_in, _Failure(seq_next, err), stop)
+            except _StopError:
+                return
+
+    # -- writer ----------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total,
+        initial=frames_before,
+        unit="frame",
+        desc=opts.label or source.path.name,
+        disable=not opts.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+    def writer() -> None:
+        try:
+            while True:
+                item = _get(q_out, stop)
+                if item is _END:
+                    return
+                kind = item[0]
+                if kind == "msgs":
+                    for key, t, raw in item[1]:
+                        bag.write(key, t, raw)
+                elif kind == "frame":
+                    _kind, fut, m = item
+                    msgs, fo, rgb = fut.result()
+                    for key, t, raw in msgs:
+                        bag.write(key, t, raw)
+                    summary.frames += 1
+                    bar.update(1)
+                    if on_frame is not None:
+                        on_frame(fo, rgb, m)
+                elif kind == "skip":
+                    _kind, m, reason = item
+                    summary.undecodable += 1
+                    where = f"{source.path} topic {m.topic} t={m.log_ns} ns" + (
+                        f" offset {m.offset}" if m.offset is not None else ""
+                    )
+                    if len(summary.undecodable_examples) < 5:
+                        summary.undecodable_examples.append(f"{where}: {reason}")
+                    bar.update(1)
+                elif kind == "checkpoint":
+                    _kind, b, state = item
+                    bag.checkpoint(
+                        {
+                            "seq_next": b.seq_next,
+                            "frames_seen": b.frames_seen,
+                            "frames": summary.frames,
+                            "undecodable": summary.undecodable,
+                        },
+                        state,
+                    )
+                elif kind == "failure":
+                    raise item[1].error
+        except _StopError:
+            return
+        except BaseException as err:  # noqa: BLE001 - surfaced on the main thread
+            writer_exc.append(err)
+            stop.set()
+
+    rt = threading.Thread(target=reader, name="offline-reader", daemon=True)
+    wt = threading.Thread(target=writer, name="offline-writer", daemon=True)
+    rt.start()
+    wt.start()
+
+    # -- main: batching + inference ------------------------------------------------------------
+    pending: list[Any] = []  # records waiting for the current batch, in order
+
+    def build(fo: Any, m: InputMessage, rgb: np.ndarray) -> tuple[list, Any, np.ndarray]:
+        msgs = emitter.frame_messages(fo, m, rgb)
+        if opts.copy_input and m.kind in ("frame", "file"):
+            msgs = emitter.input_messages(m, rgb) + msgs
+        return msgs, fo, rgb
+
+    def flush() -> None:
+        from dinov3_ros.pipeline.types import Frame
+
+        frames, metas = [], []
+        for rec in pending:
+            if isinstance(rec, tuple) and rec[0] == "img":
+                frames.append(rec[2])
+                metas.append(rec)
+        results = pipeline.process(frames, opts.outputs) if frames else []
+        it = iter(results)
+        for rec in pending:
+            if isinstance(rec, tuple) and rec[0] == "img":
+                fo = next(it)
+                _put(q_out, ("frame", build_pool.submit(build, fo, rec[1], rec[3]), rec[1]), stop)
+            else:
+                _put(q_out, rec, stop)
+        pending.clear()
+        _ = Frame
+
+    interrupted: BaseException | None = None
+    try:
+        from dinov3_ros.pipeline.types import CameraIntrinsics, Frame
+
+        n_batch = 0
+        while True:
+            if writer_exc:
+                break
+            item = _get(q_in, stop)
+            if item is _END:
+                flush()
+                _put(q_out, _END, stop)
+                break
+            if isinstance(item, _Failure):
+                flush()
+                _put(q_out, ("failure", item), stop)
+                _put(q_out, _END, stop)
+                break
+            if isinstance(item, _Barrier):
+                flush()
+                n_batch = 0
+                _put(q_out, ("checkpoint", item, get_state(pipeline)), stop)
+                continue
+            if isinstance(item, InputMessage):  # copied input (camera_info, other topics)
+                rec = (
+                    "msgs",
+                    [
+                        (
+                            ConnKey(item.topic, source.connections[item.conn].msgtype, f"in:{item.conn}"),
+                            item.log_ns,
+                            item.raw,
+                        )
+                    ],
+                )
+                if pending:
+                    pending.append(rec)
+                else:
+                    _put(q_out, rec, stop)
+                continue
+            assert isinstance(item, _Img)
+            m = item.m
+            try:
+                rgb, stamp, frame_id = item.fut.result()
+            except Exception as err:  # noqa: BLE001 - undecodable frame
+                reason = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+                if opts.strict:
+                    flush()
+                    err2 = InputCorruptError(
+                        source.path,
+                        f"undecodable frame: {reason}",
+                        topic=m.topic,
+                        offset=m.offset,
+                        timestamp_ns=m.log_ns,
+                    )
+                    _put(q_out, ("failure", _Failure(m.seq, err2)), stop)
+                    _put(q_out, _END, stop)
+                    break
+                copied = []
+                if opts.copy_input and m.raw is not None and m.conn >= 0:
+                    copied = [
+                        (
+                            ConnKey(m.topic, source.connections[m.conn].msgtype, f"in:{m.conn}"),
+                            m.log_ns,
+                            m.raw,
+                        )
+                    ]
+                recs = [("skip", m, reason)] + ([("msgs", copied)] if copied else [])
+                if pending:
+                    pending.extend(recs)
+                else:
+                    for r in recs:
+                        _put(q_out, r, stop)
+                continue
+            ci = _intrinsics(m.camera_info, rgb, CameraIntrinsics)
+            frame = Frame(image=rgb, stamp_ns=stamp, frame_id=frame_id, camera_info=ci, source=m.topic)
+            if opts.copy_input and m.raw is not None and m.conn >= 0:
+                pending.append(
+                    (
+                        "msgs",
+                        [
+                            (
+                                ConnKey(m.topic, source.connections[m.conn].msgtype, f"in:{m.conn}"),
+                                m.log_ns,
+                                m.raw,
+                            )
+                        ],
+                    )
+                )
+            pending.append(("img", m, frame, rgb))
+            n_batch += 1
+            if n_batch >= opts.batch_size:
+                flush()
+                n_batch = 0
+    except _StopError:
+        pass
+    except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt/SIGTERM/pipeline error: re-raised below
+        interrupted = err
+        stop.set()
+    if interrupted is None and not writer_exc:
+        wt.join()
+    stop.set()
+    rt.join(timeout=5)
+    wt.join(timeout=30)
+    decode_pool.shutdown(wait=True, cancel_futures=True)
+    build_pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    summary.messages = bag.count
+    if interrupted is not None:
+        raise interrupted
+    if writer_exc:
+        err = writer_exc[0]
+        if isinstance(err, InputCorruptError):
+            summary.error = str(err)
+            return summary
+        raise err
+    summary.complete = True
+    return summary
+
+
+def _intrinsics(k: Any, rgb: np.ndarray, cls: Any) -> Any:
+    """camera_info -> ``CameraIntrinsics`` matching the decoded image (``None`` if absent or mismatched)."""
+    if k is None:
+        return None
+    H, W = rgb.shape[:2]
+    w, h = (k.width or W), (k.height or H)
+    K = k.k()
+    if (w, h) != (W, H):
+        K = np.diag([W / w, H / h, 1.0]) @ K  # calibration at another resolution: scale it
+    D = np.asarray(k.d, dtype=np.float64)
+    return cls(K, W, H, D, k.distortion_model or "plumb_bob")

@@ -1,0 +1,437 @@
+"""``dinov3-ros process INPUT... --out OUTPUT``: the node's pipeline over recorded data, deterministically.
+
+Inputs: rosbag2 directories or ``.mcap``/``.db3`` files, ROS 1 ``.bag`` files, videos (mp4/avi/mkv),
+image folders; several inputs or a glob (quote it) make ``--out`` a directory with one output bag per
+input. Under ``torchrun`` each rank processes its deterministic share (``RANK``/``WORLD_SIZE``) on
+GPU ``LOCAL_RANK``; outputs are identical to a serial run.
+
+Output: a rosbag2 directory (MCAP by default, ``--storage sqlite3``) with the node's output topics
+(``<prefix>/features/pca``, ``<prefix>/depth``, ...; :mod:`.emit`) built by ``dinov3_ros.msgs``,
+stamped with the input header stamps and log times; ``--copy-input`` copies the input topics too.
+
+Safety and exit codes:
+
+- the input is only ever opened read-only;
+- an existing output is refused (exit 1) unless ``--overwrite``;
+- the output is written inside ``OUTPUT.partial/`` and renamed to ``OUTPUT`` when complete;
+- Ctrl-C / SIGTERM / kill leaves ``OUTPUT.partial/`` (exit 130): ``--resume`` continues from the last
+  checkpoint (every ``--checkpoint-every`` frames) and produces exactly the uninterrupted output;
+- corrupt or truncated input: everything readable before the damage is processed and written, the
+  error names file, topic and offset/timestamp, the output is closed as a valid bag
+  ``OUTPUT.partial/<name>`` flagged ``dinov3_ros.complete: "false"`` in its metadata, exit code 3;
+- undecodable single frames are skipped and counted (listed in the summary); ``--strict`` makes the
+  first one fatal (exit 3 as above).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .bagout import OutputBag, OutputExistsError, ResumeError, partial_dir
+from .shard import my_share, rank_world
+from .sources import InputCorruptError, InputError, Intrinsics, intrinsics_from_yaml
+
+EXIT_OK, EXIT_ERROR, EXIT_CORRUPT, EXIT_INTERRUPTED = 0, 1, 3, 130
+DEFAULT_OUTPUTS = "features_pca,depth"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``dinov3-ros process``."""
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="bag dir/.mcap/.db3/.bag, video, image folder or glob"
+    )
+    p.add_argument(
+        "--out", required=True, help="output rosbag2 directory (a directory of outputs for many inputs)"
+    )
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage plugin")
+    p.add_argument(
+        "--outputs",
+        default=DEFAULT_OUTPUTS,
+        help="comma list of features,features_pca,depth,points,matches,objects,debug "
+        f"(default {DEFAULT_OUTPUTS})",
+    )
+    p.add_argument("--topics", nargs="+", default=None, help="image topics to process (default: all)")
+    p.add_argument("--prefix", default="/dinov3", help="output topic namespace (like the node's ~)")
+    p.add_argument("--copy-input", action="store_true", help="also copy the input topics (raw, same QoS)")
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--weights", default="default", help="checkpoint/engine path, 'default' or 'random:<arch>'"
+    )
+    g.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
+    g.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda:LOCAL_RANK under torchrun)"
+    )
+    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--resolution", default=None, help="network input HxW (e.g. 224x224 or 448x640)")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any PipelineConfig setting (repeatable), e.g. --set depth_resolution=network",
+    )
+    e = p.add_argument_group("execution")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--decode-workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
+    e.add_argument(
+        "--checkpoint-every", type=int, default=256, help="frames between resume points (0 = none)"
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    e.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run (skip finished outputs)"
+    )
+    e.add_argument("--strict", action="store_true", help="stop at the first undecodable frame")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v = p.add_argument_group("videos and image folders")
+    v.add_argument(
+        "--fps", type=float, default=0.0, help="frame rate for stamps (default: the video's; folders 30)"
+    )
+    v.add_argument(
+        "--topic", default="/camera/image_raw", help="input topic name given to video/folder frames"
+    )
+    v.add_argument("--frame-id", default="camera_optical_frame", help="frame_id of video/folder frames")
+    v.add_argument(
+        "--camera-info", default=None, help="camera_info / calibration YAML for videos and folders"
+    )
+    for k in ("fx", "fy", "cx", "cy"):
+        v.add_argument(f"--{k}", type=float, default=None)
+    o = p.add_argument_group("previews")
+    o.add_argument("--preview", default=None, metavar="FILE.mp4", help="input|PCA|depth|mask|matches video")
+    o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
+    o.add_argument("--contact-frames", type=int, default=6)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _expand(items: list[str]) -> tuple[list[Path], bool]:
+    out: list[Path] = []
+    globbed = False
+    for s in items:
+        if any(c in s for c in "*?["):
+            globbed = True
+            hits = sorted(glob.glob(s))
+            if not hits:
+                raise InputError(f"glob {s!r} matches nothing")
+            out.extend(Path(h) for h in hits)
+        else:
+            out.append(Path(s))
+    seen: dict[str, Path] = {}
+    for p in out:
+        seen.setdefault(str(p.resolve()), p)
+    return list(seen.values()), globbed
+
+
+def output_names(inputs: list[Path]) -> list[str]:
+    """One distinct output name per input: the file stem / dir name, or its path when stems collide."""
+
+    def stem(p: Path) -> str:
+        return p.name if p.is_dir() else p.stem
+
+    names = [stem(p) for p in inputs]
+    if len(set(names)) == len(names):
+        return names
+    res = [str(p.resolve()) for p in inputs]
+    common = os.path.commonpath(res) if len(res) > 1 else str(Path(res[0]).parent)
+    out = []
+    for p, r in zip(inputs, res):
+        rel = Path(os.path.relpath(r, common))
+        parts = [*rel.parts[:-1], stem(p)]
+        out.append("__".join(parts))
+    if len(set(out)) != len(out):
+        raise InputError("inputs map to the same output name; rename or process them separately")
+    return out
+
+
+def _intrinsics(args: argparse.Namespace) -> Intrinsics | None:
+    if args.camera_info:
+        return intrinsics_from_yaml(args.camera_info)
+    vals = [args.fx, args.fy, args.cx, args.cy]
+    if all(v is None for v in vals):
+        return None
+    if any(v is None for v in vals):
+        raise InputError("give all of --fx --fy --cx --cy (or --camera-info FILE.yaml)")
+    return Intrinsics(float(args.fx), float(args.fy), float(args.cx), float(args.cy))
+
+
+def _config(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from dinov3_ros.pipeline.types import PipelineConfig
+
+    changes: dict[str, Any] = {}
+    for kv in args.set:
+        if "=" not in kv:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        changes[k.strip()] = yaml.safe_load(v)
+    if args.resolution:
+        try:
+            h, w = (int(x) for x in args.resolution.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--resolution must be HxW, got {args.resolution!r}") from None
+        changes["resolution"] = (h, w)
+    return PipelineConfig().with_updates(**changes)
+
+
+def _outputs(spec: str) -> set[str]:
+    from dinov3_ros.pipeline.types import OUTPUTS
+
+    outs = {s.strip() for s in spec.split(",") if s.strip()}
+    bad = sorted(outs - set(OUTPUTS))
+    if bad or not outs:
+        raise ValueError(f"unknown output(s) {bad or spec!r}; choose from {', '.join(OUTPUTS)}")
+    return outs
+
+
+def _device(spec: str, local_rank: int) -> str:
+    import torch
+
+    if spec == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{local_rank}"
+    return spec
+
+
+def _file_id(p: Path) -> dict[str, Any]:
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return {
+        "path": str(p.resolve()),
+        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
+
+
+def fingerprint(args: argparse.Namespace, inp: Path, config: Any, outputs: set[str]) -> dict[str, Any]:
+    """What must match for ``--resume`` to continue a partial run."""
+    from dataclasses import asdict
+
+    return {
+        "input": _file_id(inp),
+        "outputs": sorted(outputs),
+        "topics": args.topics,
+        "prefix": args.prefix,
+        "copy_input": bool(args.copy_input),
+        "weights": args.weights,
+        "backend": args.backend,
+        "precision": args.precision,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        "batch_size": args.batch_size,
+        "checkpoint_every": args.checkpoint_every,
+        "storage": args.storage,
+        "fps": args.fps,
+        "topic": args.topic,
+        "frame_id": args.frame_id,
+        "intrinsics": [args.fx, args.fy, args.cx, args.cy, args.camera_info],
+        "strict": bool(args.strict),
+    }
+
+
+def _sibling(path: str | None, name: str, multi: bool) -> Path | None:
+    if not path:
+        return None
+    p = Path(path)
+    return p.with_name(f"{p.stem}-{name}{p.suffix}") if multi else p
+
+
+def _total_frames(source: Any) -> int | None:
+    try:
+        if hasattr(source, "_conns"):
+            return sum(c.msgcount for c in source._conns if c.topic in source.image_topics) or None
+        if hasattr(source, "declared"):
+            return source.declared or None
+        if hasattr(source, "files"):
+            return len(source.files)
+    except (AttributeError, TypeError):
+        return None
+    return None
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def process_one(
+    args: argparse.Namespace,
+    inp: Path,
+    out: Path,
+    model: Any,
+    config: Any,
+    outputs: set[str],
+    device: str,
+    multi: bool,
+    intr: Intrinsics | None,
+    label: str = "",
+) -> tuple[int, str]:
+    """Process one input to one output; returns ``(exit code, summary text)``."""
+    from dinov3_ros.pipeline.pipeline import Pipeline
+
+    from .emit import MsgEmitter
+    from .execute import RunOptions, run_source
+    from .preview import ContactSheet, PreviewVideo
+    from .sources import open_source
+
+    source = open_source(
+        inp, topics=args.topics, intrinsics=intr, fps=args.fps, frame_id=args.frame_id, topic=args.topic
+    )
+    try:
+        pipeline = Pipeline.from_model(model, config, device=device)
+        emitter = MsgEmitter(source, outputs, args.prefix, mask_encoding=config.mask_encoding)
+        bag = OutputBag(
+            out,
+            storage=args.storage,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            fingerprint=fingerprint(args, inp, config, outputs),
+            resolve_conn=emitter.resolve,
+        )
+        cp = bag.open()
+        bag.resume_checkpoint = cp  # type: ignore[attr-defined]
+        total = _total_frames(source)
+        preview_path = _sibling(args.preview, out.name, multi)
+        sheet_path = _sibling(args.contact_sheet, out.name, multi)
+        fps = getattr(source, "fps", 0.0) or 10.0
+        preview = PreviewVideo(preview_path, fps=fps) if preview_path else None
+        sheet = ContactSheet(sheet_path, total, args.contact_frames) if sheet_path else None
+        first_topic = source.image_topics[0]
+        if cp and (preview or sheet):
+            print(
+                f"note: resumed run; previews cover frames after {cp.get('frames_seen', 0)} only",
+                file=sys.stderr,
+            )
+
+        def on_frame(fo: Any, rgb: Any, m: Any) -> None:
+            if m.topic != first_topic:
+                return
+            if preview is not None:
+                preview.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
+            if sheet is not None:
+                sheet.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
+
+        opts = RunOptions(
+            outputs=outputs,
+            batch_size=max(1, args.batch_size),
+            decode_workers=max(1, args.decode_workers),
+            build_workers=2,
+            queue_frames=max(16, 4 * args.batch_size),
+            checkpoint_every=args.checkpoint_every,
+            copy_input=args.copy_input,
+            strict=args.strict,
+            progress=not args.no_progress,
+            label=label,
+        )
+        try:
+            summary = run_source(
+                source,
+                bag,
+                pipeline,
+                emitter,
+                opts,
+                on_frame=on_frame if (preview or sheet) else None,
+                total=total,
+            )
+        except KeyboardInterrupt:
+            bag.abandon()
+            for pv in (preview, sheet):
+                if pv is not None:
+                    pv.close(ok=False)
+            return EXIT_INTERRUPTED, (
+                f"{inp}: interrupted; the unfinished run is kept in {partial_dir(out)}; "
+                f"rerun the same command with --resume to continue"
+            )
+        custom = {
+            "dinov3_ros.input": inp.name,
+            "dinov3_ros.outputs": ",".join(sorted(outputs)),
+            "dinov3_ros.weights": str(args.weights),
+            "dinov3_ros.frames": str(summary.frames),
+            "dinov3_ros.undecodable": str(summary.undecodable),
+        }
+        for pv in (preview, sheet):
+            if pv is not None:
+                pv.close(ok=True)
+        if summary.complete:
+            summary.output = str(bag.finalize(custom))
+            return EXIT_OK, summary.text()
+        summary.output = str(bag.finalize_partial(summary.error or "incomplete", custom))
+        return EXIT_CORRUPT, summary.text()
+    finally:
+        source.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``dinov3-ros process``."""
+    t0 = time.perf_counter()
+    try:
+        inputs, globbed = _expand(args.inputs)
+        multi = len(inputs) > 1 or globbed
+        outputs = _outputs(args.outputs)
+        config = _config(args)
+        intr = _intrinsics(args)
+        rank, world, local = rank_world()
+        outdir = Path(args.out)
+        names = output_names(inputs)
+        pairs = [(i, outdir / n if multi else outdir) for i, n in zip(inputs, names)]
+        if not multi and world > 1 and rank > 0:
+            print(f"rank {rank}: single input, nothing to do (rank 0 processes it)", file=sys.stderr)
+            return EXIT_OK
+        mine_inputs = my_share([p for p, _ in pairs], rank, world) if multi else [inputs[0]]
+        mine = [(i, o) for i, o in pairs if i in mine_inputs]
+        for inp, _o in mine:
+            if not inp.exists():
+                raise InputError(f"input {inp} does not exist")
+        todo = []
+        for inp, out in mine:  # refuse before loading any model
+            if args.resume and out.exists() and not partial_dir(out).exists() and not args.overwrite:
+                print(f"{inp}: output {out} is already complete; skipped (--resume)", file=sys.stderr)
+                continue
+            OutputBag(out, overwrite=args.overwrite, resume=args.resume).check_target()
+            todo.append((inp, out))
+    except (InputError, OutputExistsError, ValueError, InputCorruptError) as err:
+        print(f"dinov3-ros process: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    if not todo:
+        return EXIT_OK
+    from dinov3_ros.pipeline.model import ModelLoadError, load_model
+
+    device = _device(args.device, local)
+    try:
+        model = load_model(args.weights, args.backend, device, args.precision, tuple(config.resolution))
+    except ModelLoadError as err:
+        print(f"dinov3-ros process: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    old = signal.signal(signal.SIGTERM, _on_term) if hasattr(signal, "SIGTERM") else None
+    code = EXIT_OK
+    try:
+        for k, (inp, out) in enumerate(todo):
+            label = f"[{k + 1}/{len(todo)}] {inp.name}" + (f" rank {rank}" if world > 1 else "")
+            try:
+                rc, text = process_one(args, inp, out, model, config, outputs, device, multi, intr, label)
+            except (InputError, OutputExistsError, ResumeError, InputCorruptError, ValueError) as err:
+                rc, text = (
+                    EXIT_ERROR if not isinstance(err, InputCorruptError) else EXIT_CORRUPT,
+                    f"{inp}: {err}",
+                )
+            print(text, file=sys.stderr)
+            if rc == EXIT_INTERRUPTED:
+                return rc
+            code = max(code, rc)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    if len(todo) > 1:
+        print(
+            f"{len(todo)} inputs in {time.perf_counter() - t0:.1f} s"
+            + (f" (rank {rank}/{world})" if world > 1 else ""),
+            file=sys.stderr,
+        )
+    return code
