@@ -1,0 +1,81 @@
+"""Scaling wrappers: FSDP2 ``fully_shard`` per block, activation checkpointing, per-block ``torch.compile``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["apply_activation_checkpointing", "compile_blocks", "shard_model", "unit_modules"]
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+
+def unit_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The per-block units of a backbone: ViT ``blocks``; ConvNeXt ``stages`` and ``downsample_layers``."""
+    units: list[nn.Module] = []
+    for attr in ("blocks", "downsample_layers", "stages"):
+        seq = getattr(backbone, attr, None)
+        if isinstance(seq, (nn.ModuleList, nn.Sequential)):
+            units += list(seq)
+    return units
+
+
+def _replace_units(backbone: nn.Module, fn) -> None:
+    for attr in ("blocks", "downsample_layers", "stages"):
+        seq = getattr(backbone, attr, None)
+        if isinstance(seq, (nn.ModuleList, nn.Sequential)):
+            for i in range(len(seq)):
+                seq[i] = fn(seq[i])
+
+
+def apply_activation_checkpointing(backbone: nn.Module, mode: str | bool = "full") -> None:
+    """Wrap every block in a non-reentrant ``checkpoint_wrapper`` (state-dict keys are unchanged)."""
+    if not mode:
+        return
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    _replace_units(backbone, lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+
+
+def compile_blocks(modules: Iterable[nn.Module], **kwargs) -> None:
+    """``module.compile()`` in place on each block of the given backbones and on the given heads."""
+    for m in modules:
+        units = unit_modules(m)
+        for u in units or [m]:
+            u.compile(**kwargs)
+
+
+def shard_model(
+    modules: Iterable[nn.Module],
+    param_dtype: str = "bf16",
+    reduce_dtype: str = "fp32",
+    reshard_after_forward: bool = True,
+) -> None:
+    """FSDP2: ``fully_shard`` every block of each backbone, then the backbone root (heads: the module),
+    with ``MixedPrecisionPolicy(param_dtype, reduce_dtype)``; ``forward_features`` and
+    ``get_intermediate_layers`` are registered as FSDP forward methods."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    mp = MixedPrecisionPolicy(param_dtype=_DTYPES[param_dtype], reduce_dtype=_DTYPES[reduce_dtype])
+    for m in modules:
+        units = unit_modules(m)
+        for u in units:
+            fully_shard(u, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(m, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        for name in ("forward_features", "get_intermediate_layers"):
+            if hasattr(m, name):
+                register_fsdp_forward_method(m, name)
+        prev = None
+        for u in units:  # neighbour prefetch
+            if prev is not None:
+                prev.set_modules_to_forward_prefetch([u])
+                u.set_modules_to_backward_prefetch([prev])
+            prev = u

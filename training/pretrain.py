@@ -1,0 +1,356 @@
+"""``dinov3-train pretrain``: DINOv3 self-supervised pretraining loop (1 process, torchrun, FSDP2).
+
+dinov3-train pretrain --config training/configs/vits16_1gpu.yaml optim.lr=1e-4
+torchrun --nproc_per_node 4 -m training.cli pretrain --config ... train.output_dir=runs/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import (
+    find_latest_checkpoint,
+    load_backbone_weights,
+    load_checkpoint,
+    save_checkpoint,
+    save_full_state_dict,
+)
+from .config import load_config, save_config
+from .data import build_pretrain_loader
+from .distributed import (
+    get_local_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+)
+from .logger import MetricLogger
+from .meta_arch import SSLMetaArch
+from .parallel import apply_activation_checkpointing, compile_blocks, shard_model
+from .param_groups import build_param_groups
+from .schedules import build_schedules
+
+__all__ = [
+    "NonFiniteLossError",
+    "PretrainState",
+    "add_arguments",
+    "build_training",
+    "main",
+    "run_pretraining",
+    "train_step",
+]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN/inf; no checkpoint is written for that iteration."""
+
+
+class PretrainState:
+    """Everything the loop needs: model, optimizer, schedules, device, and run bookkeeping."""
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        model: SSLMetaArch,
+        optimizer: torch.optim.Optimizer,
+        schedules: dict,
+        device: torch.device,
+        fsdp: bool,
+        autocast_dtype: torch.dtype | None,
+    ) -> None:
+        self.cfg, self.model, self.optimizer, self.schedules = cfg, model, optimizer, schedules
+        self.device, self.fsdp, self.autocast_dtype = device, fsdp, autocast_dtype
+        self.iteration = 0
+        self.gram_updates = 0
+        self.n_skipped = 0
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", get_local_rank())
+    return torch.device("cpu")
+
+
+def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> PretrainState:
+    """Build model (student/teacher/Gram teacher), load initial weights, apply AC/compile/FSDP, optimizer
+    and schedules. Call after :func:`training.distributed.init_distributed`."""
+    t = cfg["train"]
+    device = _device()
+    if t.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(int(t["seed"]) + get_rank())
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = SSLMetaArch(cfg, backbone=backbone)
+    if cfg["model"].get("pretrained"):
+        load_backbone_weights(model.student.backbone, cfg["model"]["pretrained"])
+        model.teacher.backbone.load_state_dict(model.student.backbone.state_dict())
+    if model.gram_teacher is not None:
+        if cfg["gram"].get("ckpt"):
+            load_backbone_weights(model.gram_teacher, cfg["gram"]["ckpt"])
+        else:
+            model.gram_teacher.load_state_dict(model.teacher.backbone.state_dict())
+    model.to(device)
+    fsdp_opt = t.get("fsdp", "auto")
+    fsdp = is_distributed() if fsdp_opt == "auto" else bool(fsdp_opt)
+    if fsdp and not is_distributed():
+        raise RuntimeError("train.fsdp=true needs a process group: launch with torchrun")
+    if t.get("activation_checkpointing"):
+        apply_activation_checkpointing(model.student.backbone, t["activation_checkpointing"])
+    if t.get("compile"):
+        compile_blocks(
+            [model.student.backbone, model.teacher.backbone, model.student.dino_head, model.student.ibot_head]
+        )
+    if fsdp:
+        mods = [
+            model.student.backbone,
+            model.student.dino_head,
+            model.student.ibot_head,
+            model.teacher.backbone,
+            model.teacher.dino_head,
+            model.teacher.ibot_head,
+        ]
+        if model.gram_teacher is not None:
+            mods.append(model.gram_teacher)
+        shard_model(mods, t.get("param_dtype", "bf16"), t.get("reduce_dtype", "fp32"))
+    autocast_dtype = None
+    if not fsdp and device.type == "cuda" and t.get("param_dtype", "bf16") != "fp32":
+        autocast_dtype = _DTYPES[t["param_dtype"]]
+    o = cfg["optim"]
+    groups = build_param_groups(model.student, float(o["layer_decay"]), float(o["patch_embed_lr_mult"]))
+    for g in groups:
+        g.pop("names")
+    optimizer = torch.optim.AdamW(
+        groups, lr=0.0, betas=tuple(o["betas"]), weight_decay=0.0, fused=device.type == "cuda"
+    )
+    global_batch = int(t["batch_size_per_gpu"]) * get_world_size()
+    schedules = build_schedules(cfg, global_batch)
+    return PretrainState(cfg, model, optimizer, schedules, device, fsdp, autocast_dtype)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor | None:
+    params = [p for p in params if p.grad is not None]
+    if not params or max_norm <= 0:
+        return None
+    n = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return n.full_tensor() if hasattr(n, "full_tensor") else n
+
+
+def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str, float]:
+    """One optimisation step at iteration ``it``: schedules -> losses -> finite check -> backward ->
+    per-module clipping -> AdamW -> EMA -> Gram-teacher refresh. Returns logged scalars."""
+    cfg, model, opt, sch = state.cfg, state.model, state.optimizer, state.schedules
+    lr, wd = sch["lr"](it), sch["wd"](it)
+    last_mult = sch["last_layer_lr"](it)
+    for g in opt.param_groups:
+        g["lr"] = lr * g["lr_multiplier"] * (last_mult if g["is_last_layer"] else 1.0)
+        g["weight_decay"] = wd * g["wd_multiplier"]
+    temp, mom = sch["teacher_temp"](it), sch["momentum"](it)
+    local_w, gram_w = sch["local_weight"](it), sch["gram_weight"](it)
+    gc = cfg["gram"]
+    if model.gram_teacher is not None and not gc.get("ckpt") and isinstance(gc.get("loss_weight"), dict):
+        if it == int(gc["loss_weight"].get("start_iter", 0)) and it > 0:
+            model.update_gram_teacher()  # Gram switched on mid-run: anchor to the current EMA teacher
+    batch = _to_device(batch, state.device)
+    opt.zero_grad(set_to_none=True)
+    ctx = (
+        torch.autocast(state.device.type, dtype=state.autocast_dtype)
+        if state.autocast_dtype is not None
+        else torch.autocast(state.device.type, enabled=False)
+    )
+    with ctx:
+        total, losses = model.forward_losses(
+            batch, teacher_temp=temp, local_weight=local_w, gram_weight=gram_w
+        )
+    nan_it = cfg.get("debug", {}).get("nan_at_iteration")
+    if nan_it is not None and it == int(nan_it):
+        total = total * float("nan")
+    finite = torch.isfinite(total.detach()).float()
+    if is_distributed():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite.item() < 1:
+        vals = {k: float(v.detach()) for k, v in losses.items()}
+        raise NonFiniteLossError(f"non-finite loss at iteration {it}: {vals}")
+    total.backward()
+    if last_mult == 0:
+        for name, p in model.student.named_parameters():
+            if "last_layer" in name:
+                p.grad = None
+    o = cfg["optim"]
+    norms = {
+        "grad_norm/backbone": _clip(
+            list(model.student.backbone.parameters()), float(o["clip_grad_backbone"])
+        ),
+        "grad_norm/dino_head": _clip(list(model.student.dino_head.parameters()), float(o["clip_grad_heads"])),
+        "grad_norm/ibot_head": _clip(list(model.student.ibot_head.parameters()), float(o["clip_grad_heads"])),
+    }
+    opt.step()
+    model.update_teacher(mom)
+    if (
+        model.gram_teacher is not None
+        and gc.get("rep_update", True)
+        and (it + 1) >= int(gc["it_first_update"])
+        and int(gc["update_frequency"]) > 0
+        and (it + 1) % int(gc["update_frequency"]) == 0
+        and state.gram_updates < int(gc["max_updates"])
+    ):
+        model.update_gram_teacher()
+        state.gram_updates += 1
+    state.n_skipped += int(batch.get("n_skipped", 0))
+    keys = sorted(losses)
+    vec = torch.stack([losses[k].detach().float() for k in keys])
+    if is_distributed():
+        dist.all_reduce(vec)
+        vec /= get_world_size()
+    out = {f"loss/{k}": float(v) for k, v in zip(keys, vec.tolist())}
+    out.update({k: float(v) for k, v in norms.items() if v is not None})
+    out.update(
+        lr=lr,
+        wd=wd,
+        momentum=mom,
+        teacher_temp=temp,
+        local_weight=local_w,
+        gram_weight=gram_w,
+        gram_updates=float(state.gram_updates),
+        skipped_images=float(state.n_skipped),
+    )
+    return out
+
+
+def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Train per ``cfg``; resumes from ``<output_dir>/ckpt`` when a checkpoint exists (``train.resume``).
+    Returns ``{"iteration", "history": [scalars per logged iteration], "checkpoint"}``."""
+    init_distributed()
+    t = cfg["train"]
+    out_dir = Path(t["output_dir"])
+    ckpt_root = out_dir / "ckpt"
+    state = build_training(cfg, backbone)
+    start = 0
+    latest = find_latest_checkpoint(ckpt_root) if t.get("resume", True) else None
+    total_iters = int(t["iterations"])
+    stop = int(t["stop_at_iteration"]) if t.get("stop_at_iteration") is not None else total_iters
+    B = int(t["batch_size_per_gpu"])
+    data_cfg = {
+        **cfg["data"],
+        "crops": cfg["crops"],
+        "mask_probability": cfg["ibot"]["mask_probability"],
+        "mask_ratio": cfg["ibot"]["mask_ratio"],
+    }
+    bb = state.model.student.backbone
+    mean, std = getattr(bb, "norm_mean", None), getattr(bb, "norm_std", None)
+    if latest is not None:
+        extra = load_checkpoint(latest, state.model, state.optimizer, restore_rng=False)
+        start = int(extra["next_iteration"])
+        state.gram_updates = int(extra.get("gram_updates", 0))
+        state.n_skipped = int(extra.get("n_skipped", 0))
+    loader = build_pretrain_loader(
+        data_cfg,
+        batch_size=B,
+        patch_size=state.model.patch_size,
+        rank=get_rank(),
+        world_size=get_world_size(),
+        start_iter=start,
+        max_iter=min(stop, total_iters),
+        num_workers=int(cfg["data"].get("num_workers", 0)),
+        seed=int(t["seed"]),
+        mean=mean,
+        std=std,
+    )
+    data_iter = iter(loader)
+    if latest is not None:
+        from .checkpoint import restore_rng_state
+
+        restore_rng_state(extra["rng"])
+        if is_main_process():
+            print(f"resumed from {latest} at iteration {start}", flush=True)
+    if is_main_process():
+        save_config(cfg, out_dir / "config.yaml")
+    logger = MetricLogger(
+        out_dir,
+        total_iters,
+        B * get_world_size(),
+        bool(t.get("tensorboard", True)),
+        enabled=is_main_process(),
+    )
+    history: list[dict[str, float]] = []
+    period = int(t["checkpoint_period"])
+    last_ckpt = latest
+    it = start
+    try:
+        for it in range(start, min(stop, total_iters)):
+            batch = next(data_iter)
+            scalars = train_step(state, batch, it)
+            state.iteration = it + 1
+            history.append({"iteration": it, **scalars})
+            if it % int(t["log_period"]) == 0 or it + 1 == total_iters:
+                logger.log(it, scalars)
+            if (it + 1) % period == 0 or it + 1 == total_iters:
+                extra = {
+                    "next_iteration": it + 1,
+                    "gram_updates": state.gram_updates,
+                    "n_skipped": state.n_skipped,
+                    "data_position": (it + 1) * B * get_world_size(),
+                }
+                last_ckpt = save_checkpoint(
+                    ckpt_root, it + 1, state.model, state.optimizer, extra, int(t.get("keep_last", 3))
+                )
+        if t.get("save_teacher", True) and state.iteration == total_iters:
+            save_full_state_dict(out_dir / "teacher_backbone.pth", state.model.teacher.backbone)
+    finally:
+        logger.close()
+    return {
+        "iteration": state.iteration,
+        "history": history,
+        "checkpoint": last_ckpt,
+        "skipped_images": state.n_skipped,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (training/configs/*.yaml)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="shortcut for train.output_dir=...")
+    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.output_dir is not None:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    if args.no_resume:
+        overrides.append("train.resume=false")
+    try:
+        cfg = load_config(args.config, overrides)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"dinov3-train pretrain: bad config: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = run_pretraining(cfg)
+    except NonFiniteLossError as e:
+        print(
+            f"dinov3-train pretrain: stopping: {e}; the last good checkpoint is left intact", file=sys.stderr
+        )
+        return 3
+    finally:
+        if is_distributed():
+            dist.destroy_process_group()
+    if is_main_process():
+        print(
+            f"done: iteration {result['iteration']}, skipped images {result['skipped_images']}, "
+            f"checkpoint {result['checkpoint']}"
+        )
+    return 0
