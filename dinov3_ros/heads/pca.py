@@ -1,0 +1,275 @@
+"""PCA view of patch features: 3 principal components -> RGB, stable across a video.
+
+Recipe of the DINOv3 notebooks: PCA with whitening fitted on foreground patches only, colour =
+``sigmoid(2 · projection)``, background black. For video the basis is fitted once and then kept
+(``momentum=0``) or updated slowly (EMA of the mean and second moment, ``momentum`` in (0, 1]); after
+every refit each component is matched to the previous basis (permutation by |cosine|) and its sign
+aligned, so colours do not flicker. Everything is deterministic (float64 ``eigh``, fixed sign rules).
+
+Foreground: an explicit ``fg_mask``, or - with ``fg_threshold`` set - the first principal component
+of all patches, min-max scaled to [0, 1] and thresholded; its sign is chosen so the foreground is the
+smaller side (objects are usually smaller than the background), then kept aligned across frames.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._common import ArrayLike, check_finite, float_tensor
+
+__all__ = ["PCAView"]
+
+
+def _flatten(features: ArrayLike) -> tuple[torch.Tensor, tuple[int, ...]]:
+    x = float_tensor(features, name="features")
+    if x.ndim == 3:
+        lead = (1, *x.shape[:2])
+    elif x.ndim == 4:
+        lead = tuple(x.shape[:3])
+    else:
+        raise ValueError(f"features: expected [h, w, C] or [B, h, w, C], got shape {tuple(x.shape)}")
+    check_finite(x, name="features")
+    return x.reshape(-1, x.shape[-1]).to(torch.float64), lead
+
+
+def _sign_fix(V: torch.Tensor) -> torch.Tensor:
+    """Deterministic sign: the largest-magnitude loading of each component is positive."""
+    idx = V.abs().argmax(0)
+    s = torch.sign(V[idx, torch.arange(V.shape[1])])
+    s[s == 0] = 1
+    return V * s
+
+
+class PCAView:
+    """Patch features -> RGB uint8 through a foreground-fitted, whitened, sign-stable PCA basis."""
+
+    def __init__(
+        self,
+        n_components: int = 3,
+        *,
+        whiten: bool = True,
+        scale: float = 2.0,
+        fg_threshold: float | None = None,
+        momentum: float = 0.0,
+        background: tuple[int, int, int] = (0, 0, 0),
+        min_fg: int = 8,
+    ) -> None:
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        if not (0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if fg_threshold is not None and not (0.0 <= fg_threshold <= 1.0):
+            raise ValueError(
+                f"fg_threshold must be in [0, 1] (on the min-max scaled PC1), got {fg_threshold}"
+            )
+        self.n_components = n_components
+        self.whiten = whiten
+        self.scale = scale
+        self.fg_threshold = fg_threshold
+        self.momentum = momentum
+        self.background = background
+        self.min_fg = min_fg
+        self.mean: torch.Tensor | None = None  # [C]
+        self.components: torch.Tensor | None = None  # [C, k]
+        self.variances: torch.Tensor | None = None  # [k]
+        self._m1: torch.Tensor | None = None  # EMA E[x]
+        self._m2: torch.Tensor | None = None  # EMA E[x xᵀ]
+        self._fg_dir: torch.Tensor | None = None  # [C] PC1 of all patches
+        self._fg_mean: torch.Tensor | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.components is not None
+
+    def reset(self) -> None:
+        """Forget the basis (the next call fits a new one)."""
+        self.__init__(
+            self.n_components,
+            whiten=self.whiten,
+            scale=self.scale,
+            fg_threshold=self.fg_threshold,
+            momentum=self.momentum,
+            background=self.background,
+            min_fg=self.min_fg,
+        )
+
+    # -- foreground --------------------------------------------------------------------------
+
+    def _fg_direction(self, X: torch.Tensor) -> None:
+        mu = X.mean(0)
+        C = (X - mu).T @ (X - mu) / max(X.shape[0] - 1, 1)
+        _, V = torch.linalg.eigh(C)
+        d = V[:, -1]
+        if self._fg_dir is None:
+            p = (X - mu) @ d
+            p = (p - p.min()) / (p.max() - p.min()).clamp_min(1e-12)
+            thr = self.fg_threshold if self.fg_threshold is not None else 0.5
+            if (p > thr).sum() > X.shape[0] / 2:  # foreground = the smaller side
+                d = -d
+        elif float(d @ self._fg_dir.to(d)) < 0:
+            d = -d
+        self._fg_dir, self._fg_mean = d, mu
+
+    def foreground(self, features: ArrayLike) -> torch.Tensor:
+        """Boolean foreground mask with the leading shape of ``features`` (all True without threshold)."""
+        X, lead = _flatten(features)
+        if self.fg_threshold is None:
+            return torch.ones(lead, dtype=torch.bool, device=X.device)
+        if self._fg_dir is None:
+            self._fg_direction(X)
+        p = (X - self._fg_mean.to(X.device)) @ self._fg_dir.to(X.device)
+        p = (p - p.min()) / (p.max() - p.min()).clamp_min(1e-12)
+        return (p > self.fg_threshold).reshape(lead)
+
+    # -- basis -------------------------------------------------------------------------------
+
+    def _select(self, X: torch.Tensor, lead, fg_mask: ArrayLike | None) -> torch.Tensor:
+        if fg_mask is not None:
+            m = float_tensor(fg_mask, name="fg_mask").to(X.device) > 0
+            if m.numel() != X.shape[0]:
+                raise ValueError(
+                    f"fg_mask: {m.numel()} entries for {X.shape[0]} patches (shape {tuple(lead)})"
+                )
+            m = m.reshape(-1)
+        elif self.fg_threshold is not None:
+            m = self.foreground(X.reshape(*lead, -1)).reshape(-1)
+        else:
+            return X
+        if int(m.sum()) < max(self.min_fg, self.n_components + 1):
+            return X  # too few foreground patches: fall back to all patches
+        return X[m]
+
+    def _eig(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu = self._m1
+        C = self._m2 - mu[:, None] * mu[None, :]
+        C = 0.5 * (C + C.T)
+        lam, V = torch.linalg.eigh(C)
+        k = self.n_components
+        return mu, V[:, -k:].flip(1), lam[-k:].flip(0).clamp_min(1e-12)
+
+    def _align(self, V: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Permute and sign-flip new components to best match the previous basis."""
+        prev = self.components.to(V)
+        Cmat = prev.T @ V  # [k, k]
+        k = V.shape[1]
+        if k <= 6:
+            best, best_p = -1.0, tuple(range(k))
+            for perm in itertools.permutations(range(k)):
+                sc = float(sum(abs(Cmat[i, perm[i]]) for i in range(k)))
+                if sc > best + 1e-12:
+                    best, best_p = sc, perm
+            perm = list(best_p)
+        else:
+            perm = list(range(k))
+        V, lam = V[:, perm], lam[perm]
+        s = torch.sign((prev * V).sum(0))
+        s[s == 0] = 1
+        return V * s, lam
+
+    def fit(self, features: ArrayLike, fg_mask: ArrayLike | None = None, *, align: bool = True) -> PCAView:
+        """Fit a new basis on ``features`` (``[h, w, C]`` or a batch ``[B, h, w, C]`` fitted jointly).
+
+        With ``align`` and an existing basis of the same width, the new components are permuted and
+        sign-aligned to it (a refit keeps the colours).
+        """
+        X, lead = _flatten(features)
+        if X.shape[1] < self.n_components:
+            raise ValueError(f"features: {X.shape[1]} channels < n_components={self.n_components}")
+        if not align:
+            self._fg_dir = None
+        if self.fg_threshold is not None:
+            self._fg_direction(X)
+        Xs = self._select(X, lead, fg_mask)
+        self._m1 = Xs.mean(0)
+        self._m2 = Xs.T @ Xs / Xs.shape[0]
+        mu, V, lam = self._eig()
+        if align and self.components is not None and self.components.shape == V.shape:
+            V, lam = self._align(V, lam)
+        else:
+            V = _sign_fix(V)
+        self.mean, self.components, self.variances = mu, V, lam
+        return self
+
+    def update(self, features: ArrayLike, fg_mask: ArrayLike | None = None) -> PCAView:
+        """Video step: fit if unfitted; else EMA-update the statistics (``momentum``) and realign."""
+        if not self.fitted:
+            return self.fit(features, fg_mask)
+        if self.momentum == 0.0:
+            return self
+        X, lead = _flatten(features)
+        if X.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"features: {X.shape[1]} channels, the basis was fitted on {self.mean.shape[0]}")
+        if self.fg_threshold is not None:
+            self._fg_direction(X)
+        Xs = self._select(X, lead, fg_mask)
+        m = self.momentum
+        dev = X.device
+        self._m1 = (1 - m) * self._m1.to(dev) + m * Xs.mean(0)
+        self._m2 = (1 - m) * self._m2.to(dev) + m * (Xs.T @ Xs / Xs.shape[0])
+        mu, V, lam = self._eig()
+        V, lam = self._align(V, lam)
+        self.mean, self.components, self.variances = mu, V, lam
+        return self
+
+    # -- mapping -----------------------------------------------------------------------------
+
+    def project(self, features: ArrayLike) -> torch.Tensor:
+        """Projections ``[..., h, w, k]`` (whitened if enabled) of the features on the basis."""
+        if not self.fitted:
+            raise RuntimeError("PCAView: call fit() or update() before transform()")
+        X, lead = _flatten(features)
+        if X.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"features: {X.shape[1]} channels, the basis was fitted on {self.mean.shape[0]}")
+        P = (X - self.mean.to(X.device)) @ self.components.to(X.device)
+        if self.whiten:
+            P = P / self.variances.to(X.device).sqrt()
+        return P.reshape(*lead, -1)
+
+    def transform(
+        self,
+        features: ArrayLike,
+        size: tuple[int, int] | None = None,
+        fg_mask: ArrayLike | None = None,
+        mask_background: bool = True,
+    ) -> np.ndarray:
+        """RGB uint8 ``[H, W, 3]`` (``[B, H, W, 3]`` for a batch) at ``size=(H, W)`` (default: patch grid).
+
+        The projections are upsampled bilinearly before the sigmoid; with a foreground (``fg_mask``
+        or ``fg_threshold``) and ``mask_background`` the background is painted ``background``.
+        """
+        single = float_tensor(features, name="features").ndim == 3
+        P = self.project(features)  # [B, h, w, k]
+        k = P.shape[-1]
+        if k < 3:
+            P = torch.cat([P, P[..., -1:].expand(*P.shape[:-1], 3 - k)], -1)
+        P = P[..., :3].permute(0, 3, 1, 2).float()
+        fg = None
+        if mask_background and (fg_mask is not None or self.fg_threshold is not None):
+            if fg_mask is not None:
+                fg = (
+                    float_tensor(fg_mask, name="fg_mask").reshape(P.shape[0], 1, *P.shape[-2:]).to(P.device)
+                    > 0
+                )
+            else:
+                fg = self.foreground(features).reshape(P.shape[0], 1, *P.shape[-2:])
+        if size is not None:
+            P = F.interpolate(P, size=tuple(size), mode="bilinear", align_corners=False)
+            if fg is not None:
+                fg = F.interpolate(fg.float(), size=tuple(size), mode="nearest") > 0.5
+        rgb = torch.sigmoid(self.scale * P)
+        if fg is not None:
+            bg = torch.tensor(self.background, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1) / 255.0
+            rgb = torch.where(fg, rgb, bg)
+        out = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return out[0] if single else out
+
+    def __call__(
+        self, features: ArrayLike, size: tuple[int, int] | None = None, fg_mask: ArrayLike | None = None
+    ) -> np.ndarray:
+        """``update`` then ``transform`` - the per-frame call for video."""
+        self.update(features, fg_mask)
+        return self.transform(features, size, fg_mask)

@@ -1,0 +1,440 @@
+"""TokenCut (Wang et al., CVPR 2022) on patch features: normalised cut of a binary cosine graph.
+
+The published algorithm, step by step:
+
+1. L2-normalise the patch tokens, ``S = F Fᵀ`` (cosine similarity).
+2. Binary graph ``W_ij = 1`` if ``S_ij > tau`` else ``eps`` (defaults ``tau = 0.2``, ``eps = 1e-5``).
+3. ``D = diag(Σ_j W_ij)``; solve ``(D − W) x = λ D x`` and take the second-smallest eigenvector.
+4. Bipartition ``x > mean(x)``; the seed is ``argmax |x|``; if the seed is not in the ``True`` side the
+   mask and the eigenvector are flipped (foreground = side holding the largest ``|x|``).
+5. Keep the 4-connected component of the mask containing the seed; its bounding box.
+
+``features`` must be the **patch tokens only**: DINOv3 prepends 1 CLS and 4 register ("storage")
+tokens, which must be dropped (or use ``get_intermediate_layers(..., reshape=True)``); a token count
+that does not match ``h * w`` is refused.
+
+Solvers (``method``): ``"scipy"`` is the reference dense generalised solve
+(``scipy.linalg.eigh(D−W, D)``); the others solve the equivalent symmetric problem
+``D^-1/2 W D^-1/2 y = μ y`` (``λ = 1 − μ``, ``x = D^-1/2 y``, same normalisation ``xᵀDx = 1``):
+``"dense"`` (``torch.linalg.eigh`` in float64 on the features' device), ``"arpack"`` (Lanczos,
+CPU), ``"subspace"`` (block subspace iteration on repeated squares of the deflated operator, all
+matmuls - the GPU fast path; falls back to ``"dense"`` if its residual check fails) and ``"auto"``
+(small grids ``"dense"``, CPU ``"arpack"``, CUDA ``"subspace"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ._common import ArrayLike, check_finite, float_tensor
+
+METHODS = ("auto", "dense", "scipy", "arpack", "subspace")
+
+__all__ = [
+    "TokenCutResult",
+    "TokenCutTracker",
+    "TrackedObject",
+    "fiedler_vector",
+    "tokencut",
+    "tokencut_multi",
+]
+
+
+@dataclass
+class TokenCutResult:
+    """One TokenCut object on an ``h x w`` patch grid (all arrays numpy)."""
+
+    mask: np.ndarray  #: [h, w] bool, the seed's connected component
+    eigenvector: np.ndarray  #: [h, w] float64 second generalised eigenvector (NaN on excluded patches)
+    seed: tuple[int, int]  #: (row, col) of max |eigenvector|
+    box: tuple[int, int, int, int]  #: (x0, y0, x1, y1) in patch units, exclusive end
+    eigenvalue: float = float("nan")  #: λ of (D − W) x = λ D x
+    bipartition: np.ndarray | None = None  #: [h, w] bool foreground side before the component step
+
+    def box_pixels(self, patch_size: int = 16, image_size: tuple[int, int] | None = None) -> tuple[int, ...]:
+        """Box in pixels (x0, y0, x1, y1), clipped to ``image_size=(H, W)`` when given."""
+        x0, y0, x1, y1 = (int(v) * patch_size for v in self.box)
+        if image_size is not None:
+            H, W = image_size
+            x1, y1 = min(x1, W), min(y1, H)
+        return (x0, y0, x1, y1)
+
+
+# ----------------------------------------------------------------------------------------------
+# input handling
+
+
+def _tokens(features: ArrayLike, grid: tuple[int, int] | None) -> tuple[torch.Tensor, int, int]:
+    t = float_tensor(features, name="features")
+    if t.ndim == 3:
+        if grid is not None and tuple(grid) != tuple(t.shape[:2]):
+            raise ValueError(f"features: grid {tuple(grid)} does not match feature shape {tuple(t.shape)}")
+        h, w, c = t.shape
+        t = t.reshape(h * w, c)
+    elif t.ndim == 2:
+        if grid is None:
+            raise ValueError(
+                f"features: got {t.shape[0]} tokens [N, C] without grid=(h, w); pass the patch grid "
+                "or a [h, w, C] array"
+            )
+        h, w = (int(g) for g in grid)
+        n = t.shape[0]
+        if n != h * w:
+            extra = n - h * w
+            hint = ""
+            if extra in (1, 4, 5):
+                hint = (
+                    f" ({extra} extra token(s): CLS/register tokens must be excluded - DINOv3 has "
+                    "1 CLS + 4 register tokens before the patches)"
+                )
+            raise ValueError(f"features: {n} tokens do not match the patch grid {h}x{w} = {h * w}{hint}")
+    else:
+        raise ValueError(
+            f"features: expected patch tokens [h, w, C] (or [N, C] with grid), got shape {tuple(t.shape)}"
+        )
+    if t.shape[0] < 3:
+        raise ValueError(f"features: TokenCut needs at least 3 patches, got {t.shape[0]}")
+    check_finite(t, name="features")
+    return t, h, w
+
+
+def _affinity(F: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
+    """Binary TokenCut graph ``W`` from tokens ``F [n, C]`` (cosine in F's dtype, W float64)."""
+    Fn = torch.nn.functional.normalize(F, dim=1)
+    S = Fn @ Fn.T
+    W = torch.full(S.shape, eps, dtype=torch.float64, device=S.device)
+    W[S > tau] = 1.0
+    return W
+
+
+def _affinity_np(F: np.ndarray, tau: float, eps: float) -> np.ndarray:
+    """Numpy twin of :func:`_affinity` (the CPU path stays in one BLAS, no torch/OpenMP handover)."""
+    norm = np.sqrt((F * F).sum(1, keepdims=True))
+    Fn = F / np.maximum(norm, 1e-12)
+    S = Fn @ Fn.T
+    W = np.full(S.shape, eps, dtype=np.float64)
+    W[S > tau] = 1.0
+    return W
+
+
+# ----------------------------------------------------------------------------------------------
+# eigen solvers: return (x [n] float64 numpy with xᵀDx = 1, λ)
+
+
+def _solve_scipy(W: np.ndarray) -> tuple[np.ndarray, float]:
+    """Reference: dense generalised solve exactly as the TokenCut code does it."""
+    import scipy.linalg
+
+    D = np.diag(W.sum(1))
+    vals, vecs = scipy.linalg.eigh(D - W, D, subset_by_index=[1, 2])
+    return vecs[:, 0], float(vals[0])
+
+
+def _normalised_np(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dis = 1.0 / np.sqrt(W.sum(1))
+    M = W * dis[:, None] * dis[None, :]
+    return 0.5 * (M + M.T), dis
+
+
+def _solve_arpack(W: np.ndarray) -> tuple[np.ndarray, float]:
+    """Lanczos (ARPACK) for the two largest eigenpairs of ``D^-1/2 W D^-1/2`` (CPU)."""
+    from scipy.sparse.linalg import eigsh
+
+    M, dis = _normalised_np(W)
+    n = M.shape[0]
+    v0 = np.random.default_rng(0).standard_normal(n)
+    mu, Y = eigsh(M, k=2, which="LA", v0=v0, tol=1e-12, ncv=min(n, 24), maxiter=10 * n)
+    i = int(np.argmin(mu))
+    return dis * Y[:, i], float(1.0 - mu[i])
+
+
+def _solve_dense_np(W: np.ndarray) -> tuple[np.ndarray, float]:
+    import scipy.linalg
+
+    M, dis = _normalised_np(W)
+    n = M.shape[0]
+    mu, Y = scipy.linalg.eigh(M, subset_by_index=[n - 2, n - 2])
+    return dis * Y[:, 0], float(1.0 - mu[0])
+
+
+def _normalised(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d = W.sum(1)
+    dis = d.rsqrt()
+    M = W * dis[:, None] * dis[None, :]
+    M = 0.5 * (M + M.T)
+    return M, d, dis
+
+
+def _solve_dense(W: torch.Tensor) -> tuple[np.ndarray, float]:
+    """``torch.linalg.eigh`` of the normalised affinity in float64 on W's device."""
+    M, _d, dis = _normalised(W)
+    mu, Y = torch.linalg.eigh(M)
+    x = (dis * Y[:, -2]).cpu().numpy()
+    return x, float(1.0 - mu[-2])
+
+
+def _solve_subspace(
+    W: torch.Tensor, block: int = 8, squarings: int = 12, tol: float = 1e-9
+) -> tuple[np.ndarray, float]:
+    """Top eigenvector of the deflated, shifted operator via ``A^(2^s) Q`` + Rayleigh-Ritz.
+
+    ``A = (M + I)/2 − u0 u0ᵀ`` has spectrum in [0, 1] with the trivial eigenvector ``u0 ∝ sqrt(d)``
+    removed, so its top eigenvector is the Fiedler vector. Only float64 matmuls (fast on GPUs), one
+    small ``eigh`` and one residual check; falls back to the dense solve if the check fails.
+    """
+    M, d, dis = _normalised(W)
+    n = M.shape[0]
+    u0 = d.sqrt()
+    u0 = u0 / u0.norm()
+    A = 0.5 * M
+    A.diagonal().add_(0.5)
+    A -= u0[:, None] * u0[None, :]
+    B = A
+    for _ in range(squarings):
+        B = B @ B
+        B = B / B.abs().amax().clamp_min(1e-300)
+    k = min(block, n - 1)
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(n, k, generator=gen, dtype=torch.float64).to(W.device)
+    Q, _ = torch.linalg.qr(B @ G)
+    for _ in range(3):
+        AQ = A @ Q
+        T = Q.T @ AQ
+        theta, V = torch.linalg.eigh(0.5 * (T + T.T))
+        y = Q @ V[:, -1]
+        res = (AQ @ V[:, -1] - theta[-1] * y).norm()
+        if float(res) < tol:
+            mu = 2.0 * float(theta[-1]) - 1.0
+            return (dis * y).cpu().numpy(), 1.0 - mu
+        Q, _ = torch.linalg.qr(AQ)
+    return _solve_dense(W)
+
+
+def fiedler_vector(
+    features: ArrayLike,
+    tau: float = 0.2,
+    eps: float = 1e-5,
+    *,
+    method: str = "auto",
+) -> tuple[np.ndarray, float]:
+    """Second-smallest generalised eigenvector of ``(D − W) x = λ D x`` for tokens ``[n, C]``.
+
+    Returns ``(x [n] float64 numpy, λ)`` with ``xᵀ D x = 1`` (sign arbitrary).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    F = float_tensor(features, name="features")
+    if F.ndim != 2:
+        raise ValueError(f"features: expected tokens [n, C], got shape {tuple(F.shape)}")
+    n = F.shape[0]
+    if method == "auto":
+        if F.is_cuda:
+            method = "dense" if n <= 256 else "subspace"
+        else:
+            method = "cpu_dense" if n <= 400 else "arpack"
+    if method == "arpack" and n <= 4:
+        method = "cpu_dense"
+    if method in ("scipy", "arpack", "cpu_dense"):
+        W = _affinity_np(F.detach().cpu().numpy(), tau, eps)
+        return {"scipy": _solve_scipy, "arpack": _solve_arpack, "cpu_dense": _solve_dense_np}[method](W)
+    W = _affinity(F, tau, eps)
+    return _solve_dense(W) if method == "dense" else _solve_subspace(W)
+
+
+# ----------------------------------------------------------------------------------------------
+# the algorithm
+
+
+def _validate_params(tau: float, eps: float) -> None:
+    if not (-1.0 <= tau < 1.0):
+        raise ValueError(f"tau must be in [-1, 1), got {tau}")
+    if not (eps > 0.0):
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def _cut(
+    F: torch.Tensor, h: int, w: int, active: np.ndarray, tau: float, eps: float, method: str
+) -> TokenCutResult:
+    """TokenCut restricted to the ``active`` patches of the grid (all active = the paper)."""
+    idx = np.flatnonzero(active.reshape(-1))
+    sub = F[torch.from_numpy(idx).to(F.device)] if idx.size < h * w else F
+    x, lam = fiedler_vector(sub, tau, eps, method=method)
+    bip = x > x.mean()
+    seed_i = int(np.argmax(np.abs(x)))
+    if not bip[seed_i]:
+        x = -x
+        bip = np.logical_not(bip)
+    vec = np.full(h * w, np.nan)
+    vec[idx] = x
+    bip_grid = np.zeros(h * w, dtype=bool)
+    bip_grid[idx] = bip
+    bip_grid = bip_grid.reshape(h, w)
+    seed_flat = int(idx[seed_i])
+    seed = (seed_flat // w, seed_flat % w)
+    labels, _ = ndimage.label(bip_grid)  # default structure = 4-connectivity
+    comp = labels == labels[seed]
+    ys, xs = np.nonzero(comp)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return TokenCutResult(
+        mask=comp, eigenvector=vec.reshape(h, w), seed=seed, box=box, eigenvalue=lam, bipartition=bip_grid
+    )
+
+
+def tokencut(
+    features: ArrayLike,
+    tau: float = 0.2,
+    eps: float = 1e-5,
+    *,
+    grid: tuple[int, int] | None = None,
+    method: str = "auto",
+) -> TokenCutResult:
+    """TokenCut on patch tokens ``[h, w, C]`` (or ``[h*w, C]`` with ``grid=(h, w)``).
+
+    Never pass CLS or register tokens: a token count that does not match the grid is refused.
+    """
+    _validate_params(tau, eps)
+    F, h, w = _tokens(features, grid)
+    return _cut(F, h, w, np.ones((h, w), dtype=bool), tau, eps, method)
+
+
+def tokencut_multi(
+    features: ArrayLike,
+    k: int = 3,
+    tau: float = 0.2,
+    eps: float = 1e-5,
+    *,
+    grid: tuple[int, int] | None = None,
+    method: str = "auto",
+    min_patches: int = 2,
+    max_fraction: float = 0.6,
+    max_eigenvalue: float | None = None,
+    min_remaining: int = 8,
+) -> list[TokenCutResult]:
+    """Up to ``k`` objects: cut, remove the found object's patches from the graph, cut again.
+
+    The first object is exactly :func:`tokencut`. Later cuts stop when fewer than ``min_remaining``
+    patches are left, the object has fewer than ``min_patches`` patches or covers more than
+    ``max_fraction`` of the remaining patches (the cut split background, not an object), or when the
+    cut's eigenvalue exceeds ``max_eigenvalue`` (a weak cut). Eigenvectors are NaN on removed patches.
+    """
+    _validate_params(tau, eps)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    F, h, w = _tokens(features, grid)
+    active = np.ones((h, w), dtype=bool)
+    out: list[TokenCutResult] = []
+    for i in range(k):
+        n_active = int(active.sum())
+        if i > 0 and n_active < max(min_remaining, 3):
+            break
+        res = _cut(F, h, w, active, tau, eps, method)
+        size = int(res.mask.sum())
+        if i > 0:
+            if size < min_patches or size > max_fraction * n_active:
+                break
+            if max_eigenvalue is not None and res.eigenvalue > max_eigenvalue:
+                break
+        out.append(res)
+        active &= ~res.mask
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# video
+
+
+@dataclass
+class TrackedObject:
+    """A TokenCut object with an identity that persists across frames."""
+
+    track_id: int
+    result: TokenCutResult
+    hits: int = 1  #: frames in which the object was found
+    age: int = 0  #: frames since it was last found (0 = this frame)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+@dataclass
+class TokenCutTracker:
+    """Per-frame :func:`tokencut_multi` with identities kept by mask overlap (Hungarian on IoU).
+
+    With ``use_features=True`` the previous masks are first carried into the current frame through
+    feature nearest neighbours (each current patch takes the label of its most similar previous
+    patch), which keeps identities through fast motion.
+    """
+
+    k: int = 1
+    tau: float = 0.2
+    eps: float = 1e-5
+    iou_threshold: float = 0.3
+    max_age: int = 5
+    use_features: bool = False
+    method: str = "auto"
+    multi_kwargs: dict = field(default_factory=dict)
+    _tracks: list[TrackedObject] = field(default_factory=list, init=False, repr=False)
+    _next_id: int = field(default=0, init=False, repr=False)
+    _prev_feats: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def reset(self) -> None:
+        """Forget all tracks."""
+        self._tracks, self._next_id, self._prev_feats = [], 0, None
+
+    @property
+    def tracks(self) -> list[TrackedObject]:
+        """Tracks alive now (including ones not seen for up to ``max_age`` frames)."""
+        return list(self._tracks)
+
+    def _carry(self, mask: np.ndarray, cur: torch.Tensor) -> np.ndarray:
+        prev = self._prev_feats
+        if not self.use_features or prev is None or prev.shape[-1] != cur.shape[-1]:
+            return mask
+        a = torch.nn.functional.normalize(cur.reshape(-1, cur.shape[-1]), dim=1)
+        b = torch.nn.functional.normalize(prev.reshape(-1, prev.shape[-1]), dim=1)
+        nn_idx = (a @ b.T).argmax(1).cpu().numpy()
+        return mask.reshape(-1)[nn_idx].reshape(cur.shape[:2])
+
+    def update(self, features: ArrayLike) -> list[TrackedObject]:
+        """Process one frame's ``[h, w, C]`` patch features; returns the objects found in it."""
+        from scipy.optimize import linear_sum_assignment
+
+        feats = float_tensor(features, name="features")
+        dets = tokencut_multi(feats, self.k, self.tau, self.eps, method=self.method, **self.multi_kwargs)
+        shape = dets[0].mask.shape
+        prev_masks = []
+        for tr in self._tracks:
+            m = tr.result.mask
+            if m.shape != shape and not (self.use_features and self._prev_feats is not None):
+                prev_masks.append(np.zeros(shape, dtype=bool))
+            else:
+                prev_masks.append(self._carry(m, feats) if self.use_features else m)
+        iou = np.zeros((len(self._tracks), len(dets)))
+        for i, pm in enumerate(prev_masks):
+            for j, d in enumerate(dets):
+                iou[i, j] = _iou(pm, d.mask) if pm.shape == d.mask.shape else 0.0
+        matched_t, matched_d = set(), set()
+        if iou.size:
+            rows, cols = linear_sum_assignment(-iou)
+            for r, c in zip(rows, cols):
+                if iou[r, c] >= self.iou_threshold:
+                    tr = self._tracks[r]
+                    tr.result, tr.hits, tr.age = dets[c], tr.hits + 1, 0
+                    matched_t.add(r)
+                    matched_d.add(c)
+        for i, tr in enumerate(self._tracks):
+            if i not in matched_t:
+                tr.age += 1
+        self._tracks = [t for t in self._tracks if t.age <= self.max_age]
+        for j, d in enumerate(dets):
+            if j not in matched_d:
+                self._tracks.append(TrackedObject(track_id=self._next_id, result=d))
+                self._next_id += 1
+        self._prev_feats = feats.detach()
+        return sorted((t for t in self._tracks if t.age == 0), key=lambda t: t.track_id)
