@@ -170,16 +170,14 @@ class OutputBag:
         self._journal = (self.work / JOURNAL).open("w")
         self._journal_line(lines[0])
         if cp is not None:
-            for key in cp["conns"]:
-                self._conn(ConnKey(*key))
+            keys = [ConnKey(*k) for k in cp["conns"]]
             bounds = {c["out_msgs"] for c in cps if c["out_msgs"] <= cp["out_msgs"]}
-            for i, rec in enumerate(recovered[: cp["out_msgs"]]):
-                key = self.conn_order[rec.channel_id - 1]
-                self.writer.write(self.conns[key], rec.log_time, rec.data)
-                self.count += 1
+            # Same writes, same connection first-use order, same chunk cuts: the bytes match a run
+            # that was never interrupted.
+            for rec in recovered[: cp["out_msgs"]]:
+                self.write(keys[rec.channel_id - 1], rec.log_time, rec.data)
                 if self.count in bounds:
                     self._flush_chunk()
-                _ = i
             for c in cps:
                 if c["out_msgs"] <= cp["out_msgs"]:
                     self.checkpoints.append(c)

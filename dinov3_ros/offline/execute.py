@@ -443,13 +443,13 @@ def run_source(
 
 
 def _intrinsics(k: Any, rgb: np.ndarray, cls: Any) -> Any:
-    """camera_info -> ``CameraIntrinsics`` matching the decoded image (``None`` if absent or mismatched)."""
+    """Intrinsics for a decoded image: a bag's ``CameraIntrinsics`` (rescaled if calibrated at another
+    size) or CLI/YAML :class:`~.sources.Intrinsics`; ``None`` when absent."""
     if k is None:
         return None
     H, W = rgb.shape[:2]
+    if isinstance(k, cls):
+        return k if (k.width, k.height) == (W, H) else k.resized(W, H)
     w, h = (k.width or W), (k.height or H)
-    K = k.k()
-    if (w, h) != (W, H):
-        K = np.diag([W / w, H / h, 1.0]) @ K  # calibration at another resolution: scale it
-    D = np.asarray(k.d, dtype=np.float64)
-    return cls(K, W, H, D, k.distortion_model or "plumb_bob")
+    intr = cls(k.k(), w, h, np.asarray(k.d, dtype=np.float64), k.distortion_model or "plumb_bob")
+    return intr if (w, h) == (W, H) else intr.resized(W, H)

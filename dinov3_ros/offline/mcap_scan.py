@@ -160,6 +160,37 @@ def _records(
         pos += 9 + length
 
 
+def _salvage_chunk(path: Path, offset: int, body: bytes, length: int) -> Iterator[Record]:
+    """Yield the complete records at the start of a cut, uncompressed chunk; raise at the first cut one."""
+    b = _Buf(body)
+    try:
+        b.u64(), b.u64(), b.u64(), b.u32()
+        comp = b.string()
+        b.u64()
+    except ValueError:
+        return
+    if comp != "":
+        return  # a compressed chunk cannot be read in part
+    start = offset + 9 + b.pos
+    inner = memoryview(body)[b.pos :]
+    pos = 0
+    while pos + 9 <= len(inner):
+        op = inner[pos]
+        (n,) = struct.unpack("<Q", inner[pos + 1 : pos + 9])
+        if pos + 9 + n > len(inner):
+            break
+        try:
+            rec = _parse(op, inner[pos + 9 : pos + 9 + n], start + pos)
+        except (ValueError, UnicodeDecodeError):
+            break
+        if rec is not None:
+            yield rec
+        pos += 9 + n
+    raise McapDamagedError(
+        path, start + pos, f"chunk at byte {offset} ({length} bytes) is cut off after {len(body)} bytes"
+    )
+
+
 def scan(path: str | Path) -> Iterator[Record]:
     """Yield the schemas, channels and messages of an MCAP file in file order.
 
@@ -186,6 +217,8 @@ def scan(path: str | Path) -> Iterator[Record]:
                 return
             body = f.read(length)
             if len(body) < length:
+                if op == OP_CHUNK:
+                    yield from _salvage_chunk(path, offset, body, length)
                 raise McapDamagedError(path, offset, f"record 0x{op:02x} of {length} bytes cut off")
             if op == OP_CHUNK:
                 try:

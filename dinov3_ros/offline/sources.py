@@ -137,21 +137,15 @@ def camera_info_topic(image_topic: str) -> str:
     return f"{base}/camera_info"
 
 
-def intrinsics_from_msg(msg: Any) -> Intrinsics | None:
-    """Intrinsics from a deserialized ``sensor_msgs/CameraInfo`` (``None`` when K is all zero)."""
-    k = [float(v) for v in np.asarray(msg.k, dtype=np.float64).ravel()]
-    if k[0] == 0.0 or k[4] == 0.0:
+def intrinsics_from_msg(msg: Any) -> Any:
+    """``CameraIntrinsics`` of a deserialized ``sensor_msgs/CameraInfo`` (the node's conversion), or
+    ``None`` for an unusable one (zero K or size)."""
+    from dinov3_ros.msgs.decode import camera_info_to_intrinsics
+
+    try:
+        return camera_info_to_intrinsics(msg)
+    except ValueError:
         return None
-    return Intrinsics(
-        k[0],
-        k[4],
-        k[2],
-        k[5],
-        int(msg.width),
-        int(msg.height),
-        str(msg.distortion_model),
-        tuple(float(v) for v in np.asarray(msg.d, dtype=np.float64).ravel()),
-    )
 
 
 def intrinsics_from_yaml(path: str | Path) -> Intrinsics:
@@ -365,9 +359,9 @@ class BagSource(Source):
             return self.typestore.deserialize_ros1(bytes(raw), msgtype)
         return self.typestore.deserialize_cdr(bytes(raw), msgtype)
 
-    def first_camera_info(self) -> dict[str, Intrinsics]:
+    def first_camera_info(self) -> dict[str, Any]:
         """First camera_info of each paired topic (so the first frames have intrinsics too)."""
-        out: dict[str, Intrinsics] = {}
+        out: dict[str, Any] = {}
         if self._reader is None:
             return out
         wanted = set(self.info_topics.values())
