@@ -93,74 +93,47 @@ def depth_to_mm16(depth: np.ndarray) -> np.ndarray:
 # rosbag2 (mcap)
 # --------------------------------------------------------------------------------------------
 class _BagMessages:
-    """Builds rosbags message objects for the topics above."""
+    """Message objects for the topics above: Image / CompressedImage / CameraInfo / Header through the
+    shared builders of :mod:`dinov3_ros.msgs` (same layouts as the live node), the rest here."""
 
     def __init__(self, typestore) -> None:
-        self.ts = typestore
-        T = typestore.types
-        self.Time, self.Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
-        self.Image, self.CImage = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CompressedImage"]
-        self.CameraInfo, self.ROI = T["sensor_msgs/msg/CameraInfo"], T["sensor_msgs/msg/RegionOfInterest"]
-        self.PoseStamped, self.Pose = T["geometry_msgs/msg/PoseStamped"], T["geometry_msgs/msg/Pose"]
-        self.Point, self.Quat = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Quaternion"]
-        self.String = T["std_msgs/msg/String"]
+        from dinov3_ros.msgs import builders
+        from dinov3_ros.msgs.provider import rosbags_types
+
+        self.b = builders
+        self.tp = rosbags_types(typestore)
 
     def header(self, stamp_ns: int, frame_id: str):
-        return self.Header(
-            stamp=self.Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
-            frame_id=frame_id,
-        )
+        return self.b.header(self.tp, stamp_ns, frame_id)
 
     def image(self, arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
-        arr = np.ascontiguousarray(arr)
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        h, w = arr.shape[:2]
-        return self.Image(
-            header=self.header(stamp_ns, frame_id),
-            height=h,
-            width=w,
-            encoding=encoding,
-            is_bigendian=0,
-            step=arr.strides[0],
-            data=arr.view(np.uint8).ravel(),
-        )
+        return self.b.image(self.tp, self.header(stamp_ns, frame_id), arr, encoding)
 
     def jpeg(self, rgb: np.ndarray, quality: int, stamp_ns: int, frame_id: str):
-        ok, buf = cv2.imencode(
-            ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-        )
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return self.CImage(header=self.header(stamp_ns, frame_id), format="jpeg", data=buf.ravel())
+        return self.b.compressed_image(self.tp, self.header(stamp_ns, frame_id), rgb, "jpeg", quality)
 
     def camera_info(self, K: np.ndarray, width: int, height: int, stamp_ns: int, frame_id: str):
-        P = np.zeros((3, 4))
-        P[:, :3] = K
-        return self.CameraInfo(
-            header=self.header(stamp_ns, frame_id),
-            height=height,
-            width=width,
-            distortion_model="plumb_bob",
-            d=np.zeros(5),
-            k=np.asarray(K, np.float64).ravel().copy(),
-            r=np.eye(3).ravel(),
-            p=P.ravel(),
-            binning_x=0,
-            binning_y=0,
-            roi=self.ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-        )
+        from dinov3_ros.pipeline.types import CameraIntrinsics
+
+        intr = CameraIntrinsics(K=K, width=width, height=height, D=np.zeros(5), distortion_model="plumb_bob")
+        return self.b.camera_info(self.tp, self.header(stamp_ns, frame_id), intr)
 
     def pose(self, T: np.ndarray, stamp_ns: int):
         x, y, z, w = rotation_to_quaternion(T[:3, :3])
         p = T[:3, 3]
-        return self.PoseStamped(
+        new = self.tp.new
+        return new(
+            "geometry_msgs/msg/PoseStamped",
             header=self.header(stamp_ns, WORLD_FRAME),
-            pose=self.Pose(
-                position=self.Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
-                orientation=self.Quat(x=x, y=y, z=z, w=w),
+            pose=new(
+                "geometry_msgs/msg/Pose",
+                position=new("geometry_msgs/msg/Point", x=float(p[0]), y=float(p[1]), z=float(p[2])),
+                orientation=new("geometry_msgs/msg/Quaternion", x=x, y=y, z=z, w=w),
             ),
         )
+
+    def string(self, text: str):
+        return self.tp.new("std_msgs/msg/String", data=text)
 
 
 def write_bag(
@@ -251,7 +224,7 @@ def write_bag(
                     "instance_classes": fr.instance_classes.tolist(),
                     "class_names": list(CLASS_NAMES),
                 }
-                out.append(("meta", mk.String(data=json.dumps(meta)), "std_msgs/msg/String"))
+                out.append(("meta", mk.string(json.dumps(meta)), "std_msgs/msg/String"))
                 for key, m, typ in out:
                     writer.write(conns[key], t, ts.serialize_cdr(m, typ))
                 n += 1
