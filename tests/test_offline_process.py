@@ -593,3 +593,62 @@ def test_preview_and_contact_sheet(tmp_path: Path) -> None:
         "/dinov3/objects/mask",
         "/dinov3/objects/boxes",
     }
+
+
+def test_ros1_bag_input(tmp_path: Path) -> None:
+    """ROS 1 .bag: frames decoded from ROS 1 serialization give the same outputs as the direct pipeline."""
+    torch.set_num_threads(1)
+    from rosbags.rosbag1 import Writer as Writer1
+
+    ts1 = get_typestore(Stores.ROS1_NOETIC)
+    Image1, Header1, Time1 = (
+        ts1.types[k] for k in ("sensor_msgs/msg/Image", "std_msgs/msg/Header", "builtin_interfaces/msg/Time")
+    )
+    bag = tmp_path / "old.bag"
+    frames = [_frame(i) for i in range(3)]
+    with Writer1(bag) as w:
+        c = w.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=ts1)
+        for i, f in enumerate(frames):
+            t = BASE_T + i * 10**8
+            msg = Image1(
+                header=Header1(seq=i, stamp=Time1(sec=t // 10**9, nanosec=t % 10**9), frame_id="cam"),
+                height=H,
+                width=W,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=W * 3,
+                data=f.ravel(),
+            )
+            w.write(c, t, ts1.serialize_ros1(msg, "sensor_msgs/msg/Image"))
+    before = tree_hash(bag)
+    assert (
+        run(str(bag), "--out", str(tmp_path / "o"), "--outputs", "features_pca,depth", "--batch-size", "2")
+        == 0
+    )
+    assert tree_hash(bag) == before
+    fr = [
+        ("/cam/image_raw", BASE_T + i * 10**8, f, BASE_T + i * 10**8, "cam", None)
+        for i, f in enumerate(frames)
+    ]
+    ref = reference(fr, {"features_pca", "depth"}, 2, {"/cam/image_raw": "/dinov3"})
+    assert sorted(output_only(read_bag(tmp_path / "o")[0])) == sorted(ref)
+    assert run(str(bag), "--out", str(tmp_path / "o2"), "--copy-input") == 1  # refused with a clear reason
+
+
+def test_truncated_sqlite_processes_prefix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.set_num_threads(1)
+    src = make_bag(tmp_path / "in", "sqlite3", n=12)
+    assert (
+        run(str(src), "--out", str(tmp_path / "full"), "--outputs", "features_pca", "--batch-size", "2") == 0
+    )
+    data = (src / "in.db3").read_bytes()
+    cut = tmp_path / "cut.db3"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    before = tree_hash(cut)
+    assert run(str(cut), "--out", str(tmp_path / "o"), "--outputs", "features_pca", "--batch-size", "2") == 3
+    err = capsys.readouterr().err
+    assert tree_hash(cut) == before
+    assert "corrupt input" in err and str(cut) in err and "truncated" in err and "timestamp" in err
+    got = output_only(read_bag(tmp_path / "o.partial" / "o")[0])
+    ref = output_only(read_bag(tmp_path / "full")[0])
+    assert 0 < len(got) < len(ref) and got == ref[: len(got)]

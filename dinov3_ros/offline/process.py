@@ -285,6 +285,11 @@ def process_one(
         inp, topics=args.topics, intrinsics=intr, fps=args.fps, frame_id=args.frame_id, topic=args.topic
     )
     try:
+        if args.copy_input and getattr(source, "ros1", False):
+            raise InputError(
+                f"{inp}: --copy-input cannot copy ROS 1 messages into a ROS 2 bag (their layouts differ); "
+                "convert the bag with rosbags-convert first, or process it without --copy-input"
+            )
         pipeline = Pipeline.from_model(model, config, device=device)
         emitter = MsgEmitter(source, outputs, args.prefix, mask_encoding=config.mask_encoding)
         bag = OutputBag(

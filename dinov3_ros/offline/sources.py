@@ -280,10 +280,83 @@ class BagSource(Source):
             self._open_error = str(err)
             self._reader = None
         files = self._storage_files()
-        if not files or any(f.suffix != ".mcap" for f in files):
+        if files and all(f.suffix == ".db3" for f in files) and len(files) == 1 and files[0].exists():
+            self._conns = self._sqlite_salvage(files[0])
+            return
+        if not files or any(f.suffix != ".mcap" for f in files) or not all(f.exists() for f in files):
             raise InputCorruptError(self.path, f"cannot open bag: {self._open_error}", offset=0)
         self._fallback_files = files
         self._conns = self._scan_connections(files)
+
+    def _sqlite_salvage(self, db: Path) -> list[Any]:
+        """Open a cut SQLite bag: a zero-padded private copy (the input is never touched) read in
+        timestamp order until the first unreadable page."""
+        import shutil
+        import sqlite3
+        import struct
+        import tempfile
+
+        from rosbags.interfaces import (
+            Connection,
+            ConnectionExtRosbag2,
+            MessageDefinition,
+            MessageDefinitionFormat,
+        )
+        from rosbags.rosbag2.metadata import parse_qos
+
+        size = db.stat().st_size
+        with db.open("rb") as f:
+            head = f.read(100)
+        if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+            raise InputCorruptError(db, f"not an SQLite database ({self._open_error})", offset=0)
+        page = struct.unpack(">H", head[16:18])[0] or 65536
+        pages = struct.unpack(">I", head[28:32])[0]
+        self._tmpdir = tempfile.mkdtemp(prefix="dinov3-salvage-")
+        copy = Path(self._tmpdir) / db.name
+        shutil.copyfile(db, copy)
+        if pages * page > size:
+            with copy.open("ab") as f:
+                f.truncate(pages * page)
+        self._sqlite_size = (size, pages * page)
+        try:
+            con = sqlite3.connect(f"file:{copy}?immutable=1", uri=True, check_same_thread=False)
+            topics = con.execute("SELECT * FROM topics ORDER BY id").fetchall()
+            try:
+                defs = {
+                    r[0]: (r[1], r[2])
+                    for r in con.execute(
+                        "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions"
+                    )
+                }
+            except sqlite3.DatabaseError:
+                defs = {}
+        except sqlite3.DatabaseError as err:
+            raise InputCorruptError(
+                db, f"cannot read the topic table: {err} ({self._open_error})", offset=0
+            ) from None
+        self._sqlite = con
+        conns = []
+        for row in topics:
+            tid, name, msgtype, fmt, qos = row[:5]
+            enc, text = defs.get(msgtype, ("", ""))
+            mfmt = MessageDefinitionFormat.IDL if enc == "ros2idl" else MessageDefinitionFormat.MSG
+            try:
+                q = parse_qos(qos)
+            except Exception:  # noqa: BLE001 - QoS is cosmetic here
+                q = []
+            conns.append(
+                Connection(
+                    id=tid,
+                    topic=name,
+                    msgtype=msgtype,
+                    msgdef=MessageDefinition(mfmt, text),
+                    digest=row[5] if len(row) > 5 else "",
+                    msgcount=0,
+                    ext=ConnectionExtRosbag2(fmt, q),
+                    owner=None,
+                )
+            )
+        return conns
 
     def _storage_files(self) -> list[Path]:
         if self.path.is_file():
@@ -341,15 +414,21 @@ class BagSource(Source):
         self._fallback_conn = conns
         return list(conns.values())
 
-    @staticmethod
-    def _spec(c: Any) -> ConnSpec:
+    def _spec(self, c: Any) -> ConnSpec:
         from rosbags.interfaces import MessageDefinitionFormat
 
         ext = c.ext
         qos = tuple(getattr(ext, "offered_qos_profiles", ()) or ())
         fmt = "ros2idl" if c.msgdef.format == MessageDefinitionFormat.IDL else "ros2msg"
+        msgdef, digest = c.msgdef.data, c.digest
+        if not self.ros1 and (not msgdef or not str(digest).startswith("RIHS01_")):
+            try:  # salvaged connections may lack them: regenerate from the typestore
+                msgdef = msgdef or self.typestore.generate_msgdef(c.msgtype, ros_version=2)[0]
+                digest = self.typestore.hash_rihs01(c.msgtype)
+            except Exception:  # noqa: BLE001 - unknown type: copying it fails later with a clear error
+                pass
         return ConnSpec(
-            c.topic, c.msgtype, c.msgdef.data, fmt, c.digest, getattr(ext, "serialization_format", "cdr"), qos
+            c.topic, c.msgtype, msgdef, fmt, digest, getattr(ext, "serialization_format", "cdr"), qos
         )
 
     # -- reading ---------------------------------------------------------
@@ -397,6 +476,33 @@ class BagSource(Source):
                     f"unreadable data after the message at {last_t} ns on {last_topic}: "
                     f"{type(err).__name__}: {err}",
                     topic=last_topic,
+                    timestamp_ns=last_t,
+                ) from None
+            return
+        if getattr(self, "_sqlite", None) is not None:
+            import sqlite3
+
+            ids = {c.id: i for i, c in enumerate(self._conns)}
+            last_t = None
+            last_topic = None
+            try:
+                for tid, t, raw in self._sqlite.execute(
+                    "SELECT topic_id, timestamp, data FROM messages ORDER BY timestamp"
+                ):
+                    i = ids.get(tid)
+                    if i is None:
+                        continue
+                    last_t, last_topic = t, self._conns[i].topic
+                    if i in wanted_ids:
+                        yield i, t, raw, None
+            except sqlite3.DatabaseError as err:
+                have, need = self._sqlite_size
+                raise InputCorruptError(
+                    self.path,
+                    f"{err} (file has {have} of {need} bytes: truncated); last complete message: "
+                    f"{last_topic} at {last_t} ns",
+                    topic=last_topic,
+                    offset=have,
                     timestamp_ns=last_t,
                 ) from None
             return
@@ -475,6 +581,14 @@ class BagSource(Source):
             except Exception:  # noqa: BLE001
                 pass
             self._reader = None
+        if getattr(self, "_sqlite", None) is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        if getattr(self, "_tmpdir", None):
+            import shutil
+
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
 
 # --------------------------------------------------------------------------- videos and folders
