@@ -40,23 +40,42 @@ def assert_same_cdr(rclpy_bytes: bytes, rosbags_bytes: bytes, msgtype: str, ts) 
 
 def _outputs() -> FrameOutputs:
     rng = np.random.default_rng(1)
-    K = CameraIntrinsics(np.array([[500.0, 0, 319.5], [0, 510.0, 239.5], [0, 0, 1]]), 640, 480,
-                         np.array([0.1, -0.05, 0.001, 0.0, 0.0]))
+    K = CameraIntrinsics(
+        np.array([[500.0, 0, 319.5], [0, 510.0, 239.5], [0, 0, 1]]),
+        640,
+        480,
+        np.array([0.1, -0.05, 0.001, 0.0, 0.0]),
+    )
     mask = np.zeros((48, 64), np.uint16)
     mask[10:20, 5:30] = 3
     mask[30:40, 40:60] = 7
     return FrameOutputs(
-        stamp_ns=1_700_000_123_456_789, frame_id="cam_optical", source="cam", width=64, height=48,
+        stamp_ns=1_700_000_123_456_789,
+        frame_id="cam_optical",
+        source="cam",
+        width=64,
+        height=48,
         features=rng.standard_normal((3, 4, 5)).astype(np.float32),
         features_pca=rng.integers(0, 255, (3, 4, 3), dtype=np.uint8),
-        depth=rng.uniform(0.5, 4, (48, 64)).astype(np.float32), depth_info=K.resized(64, 48),
+        depth=rng.uniform(0.5, 4, (48, 64)).astype(np.float32),
+        depth_info=K.resized(64, 48),
         points=rng.standard_normal((11, 3)).astype(np.float32),
         points_rgb=rng.integers(0, 255, (11, 3), dtype=np.uint8),
-        matches=MatchResult(rng.uniform(0, 60, (6, 2)).astype(np.float32), rng.uniform(0, 60, (6, 2)).astype(np.float32),
-                            rng.uniform(0, 1, 6).astype(np.float32), np.array([1, 0, 1, 1, 0, 1], bool),
-                            1_700_000_100_000_000_1, "cam_optical"),
-        objects=ObjectsResult(mask, np.array([3, 7], np.uint32), np.array([[5, 10, 30, 20], [40, 30, 60, 40]], np.float32),
-                              np.array([0.9, 0.4], np.float32), np.array([250, 200], np.uint32)),
+        matches=MatchResult(
+            rng.uniform(0, 60, (6, 2)).astype(np.float32),
+            rng.uniform(0, 60, (6, 2)).astype(np.float32),
+            rng.uniform(0, 1, 6).astype(np.float32),
+            np.array([1, 0, 1, 1, 0, 1], bool),
+            1_700_000_100_000_000_1,
+            "cam_optical",
+        ),
+        objects=ObjectsResult(
+            mask,
+            np.array([3, 7], np.uint32),
+            np.array([[5, 10, 30, 20], [40, 30, 60, 40]], np.float32),
+            np.array([0.9, 0.4], np.float32),
+            np.array([250, 200], np.uint32),
+        ),
         debug=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
     )
 
@@ -66,8 +85,17 @@ def test_frame_messages_identical_cdr(providers):
     out = _outputs()
     m_r = B.frame_messages(rp, out)
     m_b = B.frame_messages(bp, out)
-    assert set(m_r) == {"features", "features/pca", "depth", "depth/camera_info", "points", "matches",
-                        "objects/mask", "objects/boxes", "debug"}
+    assert set(m_r) == {
+        "features",
+        "features/pca",
+        "depth",
+        "depth/camera_info",
+        "points",
+        "matches",
+        "objects/mask",
+        "objects/boxes",
+        "debug",
+    }
     for topic, msg in m_r.items():
         a = bytes(rclpy_ser.serialize_message(msg))
         b = bytes(ts.serialize_cdr(m_b[topic], B.TOPIC_TYPES[topic]))
@@ -80,19 +108,30 @@ def test_other_messages_identical_cdr(providers):
     cases = []
     for tp in (rp, bp):
         h = B.header(tp, 5_000_000_007, "f")
-        statuses = [{"level": "WARN", "name": "dinov3: cam", "message": "ok", "hardware_id": "cpu",
-                     "values": {"latency_p50_ms": 12.5, "dropped": 3}}]
-        cases.append({
-            "diagnostic_msgs/msg/DiagnosticArray": B.diagnostics(tp, 5_000_000_007, statuses),
-            "sensor_msgs/msg/CompressedImage": B.compressed_image(tp, h, rgb, "png"),
-            "sensor_msgs/msg/Image": B.mask(tp, h, np.full((4, 4), 300, np.uint16), "mono16"),
-        })
+        statuses = [
+            {
+                "level": "WARN",
+                "name": "dinov3: cam",
+                "message": "ok",
+                "hardware_id": "cpu",
+                "values": {"latency_p50_ms": 12.5, "dropped": 3},
+            }
+        ]
+        cases.append(
+            {
+                "diagnostic_msgs/msg/DiagnosticArray": B.diagnostics(tp, 5_000_000_007, statuses),
+                "sensor_msgs/msg/CompressedImage": B.compressed_image(tp, h, rgb, "png"),
+                "sensor_msgs/msg/Image": B.mask(tp, h, np.full((4, 4), 300, np.uint16), "mono16"),
+            }
+        )
     for t, msg in cases[0].items():
-        assert_same_cdr(bytes(rclpy_ser.serialize_message(msg)), bytes(ts.serialize_cdr(cases[1][t], t)), t, ts)
+        assert_same_cdr(
+            bytes(rclpy_ser.serialize_message(msg)), bytes(ts.serialize_cdr(cases[1][t], t)), t, ts
+        )
 
 
 def test_decoders_round_trip(providers):
-    rp, bp, ts = providers
+    rp, bp, _ = providers
     out = _outputs()
     for tp in (rp, bp):
         msgs = B.frame_messages(tp, out, mask_encoding="mono8")
@@ -118,7 +157,9 @@ def test_decoders_round_trip(providers):
 def test_empty_matches_have_no_reference(providers):
     rp, _, _ = providers
     e = np.zeros((0, 2), np.float32)
-    msg = B.matches(rp, B.header(rp, 1, "f"), MatchResult(e, e, np.zeros(0, np.float32), np.zeros(0, bool), None))
+    msg = B.matches(
+        rp, B.header(rp, 1, "f"), MatchResult(e, e, np.zeros(0, np.float32), np.zeros(0, bool), None)
+    )
     m = D.decode_matches(msg)
     assert len(m) == 0 and m.ref_stamp_ns is None
     with pytest.raises(ValueError, match="not a dinov3_ros boxes"):

@@ -22,8 +22,17 @@ W, H = 160, 120  # input frames
 RES = (64, 96)  # network H, W
 K_IN = [100.0, 0.0, 79.5, 0.0, 100.0, 59.5, 0.0, 0.0, 1.0]
 ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "yuv422", "yuv422_yuy2"]
-OUT_TOPICS = ["features", "features/pca", "depth", "depth/camera_info", "points", "matches", "objects/mask",
-              "objects/boxes", "debug"]
+OUT_TOPICS = [
+    "features",
+    "features/pca",
+    "depth",
+    "depth/camera_info",
+    "points",
+    "matches",
+    "objects/mask",
+    "objects/boxes",
+    "debug",
+]
 NODE = "/dinov3_node"
 
 
@@ -59,7 +68,9 @@ def _role_pub(a: dict) -> None:
     p_cmp = node.create_publisher(CompressedImage, "image/compressed", q)
     p_inf = node.create_publisher(CameraInfo, "camera_info", q)
     t_end = time.time() + 20
-    while (p_img.get_subscription_count() == 0 or p_cmp.get_subscription_count() == 0) and time.time() < t_end:
+    while (
+        p_img.get_subscription_count() == 0 or p_cmp.get_subscription_count() == 0
+    ) and time.time() < t_end:
         time.sleep(0.05)
     time.sleep(0.5)
     K = np.array(K_IN).reshape(3, 3)
@@ -98,7 +109,9 @@ def _role_pub(a: dict) -> None:
             n, period = it["n"], 1.0 / it["hz"]
             t0 = time.perf_counter()
             for k in range(n):
-                p_img.publish(B.raw_image(tp, B.header(tp, stamp + k, "cam_optical"), data, h, w, step, "rgb8"))
+                p_img.publish(
+                    B.raw_image(tp, B.header(tp, stamp + k, "cam_optical"), data, h, w, step, "rgb8")
+                )
                 delay = t0 + (k + 1) * period - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
@@ -111,7 +124,12 @@ def _role_pub(a: dict) -> None:
 def _summ(topic: str, msg) -> dict:
     from dinov3_ros.msgs import decode as D
 
-    rec = {"topic": topic, "type": type(msg).__name__, "stamp": D.stamp_ns(msg), "frame_id": msg.header.frame_id}
+    rec = {
+        "topic": topic,
+        "type": type(msg).__name__,
+        "stamp": D.stamp_ns(msg),
+        "frame_id": msg.header.frame_id,
+    }
     for k in ("encoding", "width", "height", "step"):
         if hasattr(msg, k):
             rec[k] = getattr(msg, k)
@@ -140,12 +158,17 @@ def _role_sub(a: dict) -> None:
     rclpy.init()
     node = rclpy.create_node("test_sub")
     tp = ros_types()
-    out = open(a["out"], "w")  # noqa: SIM115
+    out = open(a["out"], "w")
     subs = []
     for t in a.get("topics", OUT_TOPICS):
-        subs.append(node.create_subscription(
-            tp.cls(TOPIC_TYPES[t]), f"{NODE}/{t}",
-            lambda m, t=t: (out.write(json.dumps(_summ(t, m)) + "\n"), out.flush()), 10))
+        subs.append(
+            node.create_subscription(
+                tp.cls(TOPIC_TYPES[t]),
+                f"{NODE}/{t}",
+                lambda m, t=t: (out.write(json.dumps(_summ(t, m)) + "\n"), out.flush()),
+                10,
+            )
+        )
 
     def on_diag(m) -> None:
         for s in m.status:
@@ -170,9 +193,14 @@ def _role_sub(a: dict) -> None:
 # test-side process management
 # ------------------------------------------------------------------------------------------------
 def _spawn(role: str, args: dict, log: Path) -> subprocess.Popen:
-    f = open(log, "w")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, __file__, role, json.dumps(args)], cwd=ROOT, stdout=f,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    f = open(log, "w")
+    return subprocess.Popen(
+        [sys.executable, __file__, role, json.dumps(args)],
+        cwd=ROOT,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _kill(p: subprocess.Popen | None) -> None:
@@ -211,10 +239,25 @@ def _last_diag(path: Path) -> dict:
 def node_proc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node")
     log = tmp / "node.log"
-    f = open(log, "w")  # noqa: SIM115
-    cmd = [sys.executable, "-m", "dinov3_ros.ros.node", "--ros-args", "--params-file", str(ROOT / "config/dinov3.yaml"),
-           "-p", "weights:=random:vitt16", "-p", f"resolution:=[{RES[0]},{RES[1]}]", "-p", "image_transport:=both",
-           "-p", "diagnostics_period:=0.5", "-p", "pipeline.max_objects:=3"]
+    f = open(log, "w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "dinov3_ros.ros.node",
+        "--ros-args",
+        "--params-file",
+        str(ROOT / "config/dinov3.yaml"),
+        "-p",
+        "weights:=random:vitt16",
+        "-p",
+        f"resolution:=[{RES[0]},{RES[1]}]",
+        "-p",
+        "image_transport:=both",
+        "-p",
+        "diagnostics_period:=0.5",
+        "-p",
+        "pipeline.max_objects:=3",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -283,8 +326,12 @@ def test_lazy_no_subscriber_no_inference(node_proc):
 
 def test_outputs_every_encoding(node_proc):
     _p, _log, tmp = node_proc
-    items = [{"kind": "raw", "encoding": e, "stamp": 2_000_000_000 + 1000 * i} for i, e in enumerate(ENCODINGS)]
-    items += [{"kind": "compressed", "format": f, "stamp": 3_000_000_000 + i} for i, f in enumerate(["jpeg", "png"])]
+    items = [
+        {"kind": "raw", "encoding": e, "stamp": 2_000_000_000 + 1000 * i} for i, e in enumerate(ENCODINGS)
+    ]
+    items += [
+        {"kind": "compressed", "format": f, "stamp": 3_000_000_000 + i} for i, f in enumerate(["jpeg", "png"])
+    ]
     stamps = [it["stamp"] for it in items]
     with _Session(tmp, "enc", {}, items) as s:
         s.wait_pub()
@@ -293,20 +340,33 @@ def test_outputs_every_encoding(node_proc):
     for r in recs:
         if r["topic"] != "diag":
             by.setdefault(r["stamp"], {})[r["topic"]] = r
-    missing = {st: sorted(set(OUT_TOPICS) - set(by.get(st, {}))) for st in stamps if set(OUT_TOPICS) - set(by.get(st, {}))}
+    missing = {
+        st: sorted(set(OUT_TOPICS) - set(by.get(st, {})))
+        for st in stamps
+        if set(OUT_TOPICS) - set(by.get(st, {}))
+    }
     assert not missing, f"outputs missing per stamp: {missing}; got stamps {sorted(by)}"
     h, w = RES[0] // 16, RES[1] // 16
     for st in stamps:
         o = by[st]
         for r in o.values():
             assert r["frame_id"] == "cam_optical" and r["stamp"] == st
-        assert o["features"]["encoding"] == "32FC192" and (o["features"]["height"], o["features"]["width"]) == (h, w)
-        assert o["features/pca"]["encoding"] == "rgb8" and (o["features/pca"]["height"], o["features/pca"]["width"]) == (h, w)
+        assert o["features"]["encoding"] == "32FC192" and (
+            o["features"]["height"],
+            o["features"]["width"],
+        ) == (h, w)
+        assert o["features/pca"]["encoding"] == "rgb8" and (
+            o["features/pca"]["height"],
+            o["features/pca"]["width"],
+        ) == (h, w)
         assert o["depth"]["encoding"] == "32FC1" and (o["depth"]["width"], o["depth"]["height"]) == (W, H)
         ci = o["depth/camera_info"]
         assert (ci["width"], ci["height"]) == (W, H) and ci["k"] == pytest.approx(K_IN)
         assert o["points"]["fields"] == ["x", "y", "z", "rgb"] and o["points"]["width"] > 0
-        assert o["objects/mask"]["encoding"] == "mono8" and (o["objects/mask"]["width"], o["objects/mask"]["height"]) == (W, H)
+        assert o["objects/mask"]["encoding"] == "mono8" and (
+            o["objects/mask"]["width"],
+            o["objects/mask"]["height"],
+        ) == (W, H)
         assert o["debug"]["encoding"] == "rgb8" and (o["debug"]["width"], o["debug"]["height"]) == (W, H)
         assert 0 < o["objects/boxes"]["n"] <= 3
         assert o["matches"]["type"] == "PointCloud2"
@@ -321,16 +381,27 @@ def test_bad_input_one_error_each_and_recovers(node_proc):
     bads = ["encoding", "zero", "step", "jpeg", "info"]
     items = []
     for i, b in enumerate(bads):
-        items.append({"kind": "bad", "bad": b, "stamp": 4_000_000_000 + 10 * i,
-                      **({"info_size": (80, 60)} if b == "info" else {})})
+        items.append(
+            {
+                "kind": "bad",
+                "bad": b,
+                "stamp": 4_000_000_000 + 10 * i,
+                **({"info_size": (80, 60)} if b == "info" else {}),
+            }
+        )
         items.append({"kind": "raw", "encoding": "rgb8", "stamp": 4_000_000_001 + 10 * i})
     with _Session(tmp, "bad", {"topics": ["depth"]}, items) as s:
         s.wait_pub()
         recs = s.stop_sub()
-    new = log.read_text()[len(before):]
+    new = log.read_text()[len(before) :]
     errors = [ln for ln in new.splitlines() if "bad frame" in ln]
-    expect = ["unknown image encoding 'weird16'", "zero-size image", "step mismatch", "truncated JPEG",
-              "camera_info size 80x60 does not match image 160x120"]
+    expect = [
+        "unknown image encoding 'weird16'",
+        "zero-size image",
+        "step mismatch",
+        "truncated JPEG",
+        "camera_info size 80x60 does not match image 160x120",
+    ]
     assert len(errors) == len(bads), new
     for e, line in zip(expect, errors):
         assert e in line, (e, line)

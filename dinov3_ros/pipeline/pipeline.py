@@ -19,22 +19,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from dinov3_ros.pipeline.heads_ops import (
-    InstanceTracker,
-    PCABasis,
-    backproject,
-    match_features,
-    ransac_inliers,
-    tokencut_instances,
-    voxel_downsample,
-)
+from dinov3_ros.heads.correspondence import match
+from dinov3_ros.heads.pca import PCAView
+from dinov3_ros.heads.pointcloud import backproject
+from dinov3_ros.heads.tokencut import TokenCutTracker
 from dinov3_ros.pipeline.model import as_numpy
 from dinov3_ros.pipeline.types import (
     OUTPUTS,
@@ -45,6 +40,7 @@ from dinov3_ros.pipeline.types import (
     ObjectsResult,
     PipelineConfig,
 )
+from dinov3_ros.pipeline.voxel import voxel_downsample
 from dinov3_ros.runtime.preprocess import Geometry, Preprocessor
 
 #: outputs each output needs computed first
@@ -53,20 +49,20 @@ _DEPENDS = {"points": {"depth"}, "debug": {"features_pca"}}
 
 @dataclass
 class _Keyframe:
-    feats: np.ndarray  # [N, C] features of valid patches
-    uv: np.ndarray  # [N, 2] their centres in input pixels
+    tokens: np.ndarray  # [h, w, C] patch grid of the keyframe
+    geom: Geometry
     stamp_ns: int
     frame_id: str
-    size: tuple[int, int]
     age: int = 0
 
 
 @dataclass
 class _SourceState:
-    pca_rgb: PCABasis | None = None
-    pca_k: PCABasis | None = None
+    pca_rgb: PCAView | None = None
+    pca_k: PCAView | None = None
     keyframe: _Keyframe | None = None
-    tracker: InstanceTracker = field(default_factory=InstanceTracker)
+    tracker: TokenCutTracker | None = None
+    grid: tuple[int, int, int, int] | None = None  # valid patch crop the tracker runs on
 
 
 def resolve_outputs(outputs: Iterable[str]) -> set[str]:
@@ -151,6 +147,20 @@ class Pipeline:
             else:
                 self._states.pop(source, None)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Per-source state (PCA bases, keyframes, trackers), picklable; for checkpoint/resume."""
+        import copy
+
+        with self._lock:
+            return copy.deepcopy(self._states)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        import copy
+
+        with self._lock:
+            self._states = copy.deepcopy(dict(state))
+
     # ------------------------------------------------------------------------------------------
     def process(self, frames: list[Frame], outputs: Iterable[str]) -> list[FrameOutputs]:
         """Run the engine once on all ``frames`` and compute ``outputs`` for each (in frame order)."""
@@ -212,10 +222,8 @@ class Pipeline:
     ) -> FrameOutputs:
         H, W = frame.image.shape[:2]
         out = FrameOutputs(frame.stamp_ns, frame.frame_id, frame.source, W, H, timings_ms=timings)
-        h, w, C = tok.shape
+        h, w, _ = tok.shape
         valid = self._valid_patches(geom, h, w)
-        flat = tok.reshape(-1, C)
-        vflat = flat[valid.ravel()]
         t = time.perf_counter()
 
         def lap(name: str) -> None:
@@ -224,22 +232,22 @@ class Pipeline:
             out.timings_ms[name] = (now - t) * 1e3
             t = now
 
+        momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
+        vmask = valid.astype(np.float32)
         if "features" in want:
             if cfg.features_k > 0:
-                if st.pca_k is None or st.pca_k.comps.shape[1] != C:
-                    st.pca_k = PCABasis.fit(vflat, cfg.features_k)
-                elif cfg.pca_mode == "update":
-                    st.pca_k.update(vflat, cfg.pca_momentum)
-                out.features = st.pca_k.project(flat).reshape(h, w, cfg.features_k)
+                if st.pca_k is None or st.pca_k.n_components != cfg.features_k:
+                    st.pca_k = PCAView(cfg.features_k, whiten=False, momentum=momentum)
+                st.pca_k.update(tok, fg_mask=vmask)
+                out.features = as_numpy(st.pca_k.project(tok)).reshape(h, w, cfg.features_k)
             else:
                 out.features = np.ascontiguousarray(tok, dtype=np.float32)
             lap("features")
         if "features_pca" in want:
-            if st.pca_rgb is None or st.pca_rgb.comps.shape[1] != C:
-                st.pca_rgb = PCABasis.fit(vflat, 3)
-            elif cfg.pca_mode == "update":
-                st.pca_rgb.update(vflat, cfg.pca_momentum)
-            out.features_pca = st.pca_rgb.to_rgb(flat).reshape(h, w, 3)
+            if st.pca_rgb is None:
+                st.pca_rgb = PCAView(3, momentum=momentum)
+            st.pca_rgb.update(tok, fg_mask=vmask)
+            out.features_pca = st.pca_rgb.transform(tok, mask_background=False)
             lap("features_pca")
         K_in = frame.camera_info or CameraIntrinsics.from_fov(W, H, cfg.default_hfov_deg)
         if "depth" in want and depth_net is not None:
@@ -258,15 +266,17 @@ class Pipeline:
             lap("depth")
             if "points" in want:
                 Kn, _ = geom.scale_intrinsics(K_in.K, geom.network_size)
-                pts, idx = backproject(d_canvas, Kn, cfg.points_stride)
                 cols = None
                 if cfg.points_color == "rgb":
-                    cols = self._canvas_rgb(frame.image, geom).reshape(-1, 3)[idx]
-                pts, cols = voxel_downsample(pts, cols, cfg.points_voxel)
+                    rgb_c = self._canvas_rgb(frame.image, geom)
+                    pts, cols = backproject(d_canvas, Kn, rgb_c, stride=cfg.points_stride)
+                else:
+                    pts = backproject(d_canvas, Kn, stride=cfg.points_stride)
+                pts, cols = voxel_downsample(np.asarray(pts, np.float32), cols, cfg.points_voxel)
                 out.points, out.points_rgb = pts, cols
                 lap("points")
         if "matches" in want:
-            out.matches = self._matches(frame, geom, flat, valid, cfg, st)
+            out.matches = self._matches(frame, geom, tok, cfg, st)
             lap("matches")
         if "objects" in want:
             out.objects = self._objects(frame, geom, tok, valid, cfg, st)
@@ -299,36 +309,49 @@ class Pipeline:
         return canvas
 
     def _matches(
-        self,
-        frame: Frame,
-        geom: Geometry,
-        flat: np.ndarray,
-        valid: np.ndarray,
-        cfg: PipelineConfig,
-        st: _SourceState,
+        self, frame: Frame, geom: Geometry, tok: np.ndarray, cfg: PipelineConfig, st: _SourceState
     ) -> MatchResult:
-        rows, cols = np.nonzero(valid)
-        u, v = geom.patch_to_input(rows, cols)
-        uv = np.stack([u, v], 1).astype(np.float32)
-        feats = flat[valid.ravel()]
-        size = frame.image.shape[:2]
         kf = st.keyframe
-        if kf is None or kf.feats.shape[1] != feats.shape[1] or kf.size != size:
-            st.keyframe = _Keyframe(feats, uv, frame.stamp_ns, frame.frame_id, size)
+        if kf is None or kf.tokens.shape != tok.shape or kf.geom != geom:
+            st.keyframe = _Keyframe(tok, geom, frame.stamp_ns, frame.frame_id)
             e = np.zeros((0, 2), np.float32)
             return MatchResult(e, e.copy(), np.zeros(0, np.float32), np.zeros(0, bool), None, "")
-        i0, i1, score = match_features(kf.feats, feats, cfg.match_ratio, cfg.match_threshold, cfg.match_max)
-        uv0, uv1 = kf.uv[i0], uv[i1]
-        inl = ransac_inliers(uv0, uv1, geom.patch_size / max(geom.scale_x, 1e-9))
-        res = MatchResult(uv0, uv1, score, inl, kf.stamp_ns, kf.frame_id)
+
+        def to_input(pts: np.ndarray) -> np.ndarray:
+            # patch-area coordinates ((col + 0.5) * p) -> pixel centres -> input pixels
+            u, v = geom.network_to_input(pts[:, 0] - 0.5, pts[:, 1] - 0.5)
+            return np.stack([u, v], 1)
+
+        H, W = frame.image.shape[:2]
+        m = match(
+            kf.tokens,
+            tok,
+            patch_size=float(geom.patch_size),
+            ratio=cfg.match_ratio if cfg.match_ratio < 1.0 else None,
+            min_score=cfg.match_threshold,
+            max_matches=cfg.match_max,
+            to_input=to_input,
+            verify_with="fundamental",
+            ransac_threshold=geom.patch_size / max(geom.scale_x, 1e-9),
+        )
+        lim = np.array([W - 0.5, H - 0.5])
+        inside = np.all((m.pts0 >= -0.5) & (m.pts0 <= lim), 1) & np.all((m.pts1 >= -0.5) & (m.pts1 <= lim), 1)
+        res = MatchResult(
+            m.pts0[inside].astype(np.float32),
+            m.pts1[inside].astype(np.float32),
+            m.scores[inside].astype(np.float32),
+            m.inliers[inside].astype(bool),
+            kf.stamp_ns,
+            kf.frame_id,
+        )
         kf.age += 1
         renew = (
             cfg.keyframe_policy == "previous"
             or (cfg.keyframe_policy == "interval" and kf.age >= cfg.keyframe_interval)
-            or (cfg.keyframe_policy == "min_matches" and int(inl.sum()) < cfg.keyframe_min_matches)
+            or (cfg.keyframe_policy == "min_matches" and int(res.inlier.sum()) < cfg.keyframe_min_matches)
         )
         if renew:
-            st.keyframe = _Keyframe(feats, uv, frame.stamp_ns, frame.frame_id, size)
+            st.keyframe = _Keyframe(tok, geom, frame.stamp_ns, frame.frame_id)
         return res
 
     def _objects(
@@ -341,40 +364,66 @@ class Pipeline:
         st: _SourceState,
     ) -> ObjectsResult:
         rows, cols = np.nonzero(valid)
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        lab_crop, scores = tokencut_instances(
-            tok[r0:r1, c0:c1], cfg.tokencut_tau, cfg.tokencut_eps, cfg.max_objects, cfg.min_object_patches
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        if st.tracker is None or st.grid != (r0, r1, c0, c1):
+            st.tracker = TokenCutTracker(k=cfg.max_objects)
+            st.grid = (r0, r1, c0, c1)
+        tr = st.tracker
+        tr.k, tr.tau, tr.eps, tr.iou_threshold = (
+            cfg.max_objects,
+            cfg.tokencut_tau,
+            cfg.tokencut_eps,
+            cfg.track_iou,
         )
-        labels = np.zeros(tok.shape[:2], np.int32)
-        labels[r0:r1, c0:c1] = lab_crop
+        tr.multi_kwargs = {
+            "min_patches": cfg.min_object_patches,
+            "max_eigenvalue": 1.0 - cfg.min_object_score,
+        }
+        objs = tr.update(np.ascontiguousarray(tok[r0:r1, c0:c1]))
         max_id = 255 if cfg.mask_encoding == "mono8" else 65535
-        ids = st.tracker.assign(labels, cfg.track_iou, max_id)
-        grid = ids[labels].astype(np.float32)
-        mask = geom.to_input(torch.from_numpy(grid)[None], mode="nearest")[0].numpy()
-        mask = np.rint(mask).astype(np.uint16)
-        obj_ids = ids[1:].astype(np.uint32)
-        boxes = np.zeros((len(obj_ids), 4), np.float32)
-        areas = np.zeros(len(obj_ids), np.uint32)
-        keep = []
-        for k, oid in enumerate(obj_ids):
+        grid = np.zeros(tok.shape[:2], np.uint16)
+        ids, scores = [], []
+        for o in objs:
+            oid = o.track_id % max_id + 1
+            grid[r0:r1, c0:c1][o.result.mask] = oid
+            ids.append(oid)
+            lam = o.result.eigenvalue
+            scores.append(float(np.clip(1.0 - lam, 0.0, 1.0)) if np.isfinite(lam) else 0.0)
+        mask = np.ascontiguousarray(self._grid_to_input(grid, geom))
+        boxes, areas, keep = [], [], []
+        for k, oid in enumerate(ids):
             ys, xs = np.nonzero(mask == oid)
             if ys.size == 0:
                 continue
-            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-            areas[k] = ys.size
+            boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+            areas.append(ys.size)
             keep.append(k)
-        keep_a = np.asarray(keep, np.int64)
         return ObjectsResult(
-            mask, obj_ids[keep_a], boxes[keep_a], scores[keep_a].astype(np.float32), areas[keep_a]
+            mask,
+            np.asarray([ids[k] for k in keep], np.uint32),
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray([scores[k] for k in keep], np.float32),
+            np.asarray(areas, np.uint32),
         )
+
+    @staticmethod
+    def _grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
+        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``."""
+        H, W = geom.input_size
+        un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
+        _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
+        p = geom.patch_size
+        gh, gw = grid.shape[:2]
+        ci = np.clip(np.floor((un + 0.5) / p).astype(np.int64), 0, gw - 1)
+        ri = np.clip(np.floor((vn + 0.5) / p).astype(np.int64), 0, gh - 1)
+        return grid[ri[:, None], ci[None, :]]
 
     @staticmethod
     def _debug(frame: Frame, geom: Geometry, out: FrameOutputs, cfg: PipelineConfig) -> np.ndarray:
         assert out.features_pca is not None
-        pca = torch.from_numpy(out.features_pca.astype(np.float32)).permute(2, 0, 1)
-        pca_in = geom.to_input(pca, mode="nearest").permute(1, 2, 0).numpy()
-        img = frame.image.astype(np.float32)
-        dbg = np.clip(img * (1 - cfg.debug_alpha) + pca_in * cfg.debug_alpha + 0.5, 0, 255).astype(np.uint8)
+        pca_in = np.ascontiguousarray(Pipeline._grid_to_input(out.features_pca, geom))
+        a = cfg.debug_alpha
+        dbg = cv2.addWeighted(frame.image, 1.0 - a, pca_in, a, 0.0)
         if out.objects is not None:
             for (x0, y0, x1, y1), oid in zip(out.objects.boxes, out.objects.ids):
                 col = tuple(int(c) for c in np.random.default_rng(int(oid)).integers(64, 256, 3))

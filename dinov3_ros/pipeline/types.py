@@ -169,6 +169,7 @@ class PipelineConfig:
     tokencut_eps: float = 1e-5
     max_objects: int = 4
     min_object_patches: int = 2
+    min_object_score: float = 0.1  # objects after the first need a cut with eigenvalue <= 1 - this
     track_iou: float = 0.3
     mask_encoding: str = "mono8"
     # debug overlay
@@ -199,6 +200,7 @@ class PipelineConfig:
             "tokencut_eps": self.tokencut_eps >= 0,
             "max_objects": 1 <= self.max_objects <= 65535,
             "min_object_patches": self.min_object_patches >= 1,
+            "min_object_score": 0.0 <= self.min_object_score <= 1.0,
             "track_iou": 0.0 <= self.track_iou <= 1.0,
             "debug_alpha": 0.0 <= self.debug_alpha <= 1.0,
         }

@@ -32,8 +32,17 @@ class RateWindow:
 class NodeStats:
     """Counters of the perception node (all methods thread-safe)."""
 
-    COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_stale", "bad_frames",
-                "inferences", "skipped_no_subscribers", "messages_published", "errors")
+    COUNTERS = (
+        "frames_received",
+        "frames_processed",
+        "frames_dropped",
+        "frames_stale",
+        "bad_frames",
+        "inferences",
+        "skipped_no_subscribers",
+        "messages_published",
+        "errors",
+    )
 
     def __init__(self, latency_window: int = 1000) -> None:
         self._lock = threading.Lock()

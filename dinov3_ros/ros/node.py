@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dinov3_ros.msgs import builders as B
@@ -84,15 +84,19 @@ class PerceptionCore:
     def _declare(self) -> None:
         n = self.node
         for name, default in P.NODE_DEFAULTS.items():
-            desc = ParameterDescriptor(description=P.NODE_DESCRIPTIONS.get(name, ""), read_only=False,
-                                       dynamic_typing=isinstance(default, float))
+            desc = ParameterDescriptor(
+                description=P.NODE_DESCRIPTIONS.get(name, ""),
+                read_only=False,
+                dynamic_typing=isinstance(default, float),
+            )
             n.declare_parameter(name, default, desc)
         for o in OUTPUTS:
             n.declare_parameter(f"outputs.{o}", True, ParameterDescriptor(description=f"enable output {o}"))
         for name, default in P.pipeline_defaults().items():
             dyn = isinstance(default, float) and not isinstance(default, bool)
-            n.declare_parameter(name, default, ParameterDescriptor(description="pipeline setting",
-                                                                   dynamic_typing=dyn))
+            n.declare_parameter(
+                name, default, ParameterDescriptor(description="pipeline setting", dynamic_typing=dyn)
+            )
 
     def _values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         vals = {name: self.node.get_parameter(name).value for name in P.all_parameter_names()}
@@ -105,8 +109,9 @@ class PerceptionCore:
         changes = {p.name: p.value for p in params}
         ro = sorted(k for k in changes if k in P.READ_ONLY and changes[k] != self._values()[k])
         if ro and self.pipeline is not None:
-            return SetParametersResult(successful=False,
-                                       reason=f"{ro} cannot change while configured (cleanup + configure)")
+            return SetParametersResult(
+                successful=False, reason=f"{ro} cannot change while configured (cleanup + configure)"
+            )
         try:
             new = P.validate(self._values(changes))
         except ValueError as exc:
@@ -136,12 +141,14 @@ class PerceptionCore:
         for cam in s.cameras:
             self._pubs[cam] = {
                 t: self.node.create_publisher(self.tp.cls(B.TOPIC_TYPES[t]), "~/" + _join(cam, t), qos)
-                for o in OUTPUTS for t in B.TOPICS[o]
+                for o in OUTPUTS
+                for t in B.TOPICS[o]
             }
             self._infos[cam] = deque(maxlen=16)
             self._slots[cam] = None
-        self._diag_pub = self.node.create_publisher(self.tp.cls("diagnostic_msgs/msg/DiagnosticArray"),
-                                                    "/diagnostics", 10)
+        self._diag_pub = self.node.create_publisher(
+            self.tp.cls("diagnostic_msgs/msg/DiagnosticArray"), "/diagnostics", 10
+        )
         self._diag_timer = self.node.create_timer(s.diagnostics_period, self.publish_diagnostics)
 
     def activate(self) -> None:
@@ -151,14 +158,25 @@ class PerceptionCore:
         qin = qos_of(s.input_qos)
         for cam in s.cameras:
             if s.image_transport in ("raw", "both"):
-                self._subs.append(self.node.create_subscription(
-                    Image, _join(cam, "image"), lambda m, c=cam: self._on_image(c, m, "raw"), qin))
+                self._subs.append(
+                    self.node.create_subscription(
+                        Image, _join(cam, "image"), lambda m, c=cam: self._on_image(c, m, "raw"), qin
+                    )
+                )
             if s.image_transport in ("compressed", "both"):
-                self._subs.append(self.node.create_subscription(
-                    CompressedImage, _join(cam, "image/compressed"),
-                    lambda m, c=cam: self._on_image(c, m, "compressed"), qin))
-            self._subs.append(self.node.create_subscription(
-                CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin))
+                self._subs.append(
+                    self.node.create_subscription(
+                        CompressedImage,
+                        _join(cam, "image/compressed"),
+                        lambda m, c=cam: self._on_image(c, m, "compressed"),
+                        qin,
+                    )
+                )
+            self._subs.append(
+                self.node.create_subscription(
+                    CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin
+                )
+            )
         self._stop.clear()
         self._active = True
         self._worker = threading.Thread(target=self._run, name="dinov3_worker", daemon=True)
@@ -296,16 +314,27 @@ class PerceptionCore:
             return
         snap = self.stats.snapshot()
         info = self.model.info if self.model is not None else {}
-        values = {**snap, "backend": info.get("backend", ""), "model": info.get("model", ""),
-                  "arch": info.get("arch", ""), "device": info.get("device", ""),
-                  "precision": info.get("precision", ""), "active": self._active}
+        values = {
+            **snap,
+            "backend": info.get("backend", ""),
+            "model": info.get("model", ""),
+            "arch": info.get("arch", ""),
+            "device": info.get("device", ""),
+            "precision": info.get("precision", ""),
+            "active": self._active,
+        }
         level = "OK" if self._active else "WARN"
         msg = "running" if self._active else "inactive"
         if snap["bad_frames"] or snap["errors"]:
             msg += f"; {snap['bad_frames']} bad frames, {snap['errors']} errors"
         now_ns = self.node.get_clock().now().nanoseconds
-        status = {"level": level, "name": f"{self.node.get_fully_qualified_name()}: perception",
-                  "message": msg, "hardware_id": str(info.get("device", "")), "values": values}
+        status = {
+            "level": level,
+            "name": f"{self.node.get_fully_qualified_name()}: perception",
+            "message": msg,
+            "hardware_id": str(info.get("device", "")),
+            "values": values,
+        }
         self._diag_pub.publish(B.diagnostics(self.tp, now_ns, [status]))
 
 

@@ -13,8 +13,18 @@ from typing import Any
 
 from dinov3_ros.pipeline.types import OUTPUTS, PipelineConfig
 
-READ_ONLY = ("weights", "backend", "device", "precision", "resolution", "cameras", "image_transport",
-             "input_qos", "output_qos", "diagnostics_period")
+READ_ONLY = (
+    "weights",
+    "backend",
+    "device",
+    "precision",
+    "resolution",
+    "cameras",
+    "image_transport",
+    "input_qos",
+    "output_qos",
+    "diagnostics_period",
+)
 TRANSPORTS = ("raw", "compressed", "both")
 QOS_NAMES = ("sensor_data", "default", "system_default")
 
@@ -123,9 +133,13 @@ def validate(values: dict[str, Any]) -> NodeSettings:
     if res is None or len(list(res)) != 2:
         raise ValueError(f"parameter resolution must be [H, W], got {values['resolution']!r}")
     resolution = (int(res[0]), int(res[1]))
-    for name, choices in (("image_transport", TRANSPORTS), ("input_qos", QOS_NAMES), ("output_qos", QOS_NAMES),
-                          ("backend", ("torch", "onnxruntime", "tensorrt")),
-                          ("precision", ("fp32", "fp16", "bf16"))):
+    for name, choices in (
+        ("image_transport", TRANSPORTS),
+        ("input_qos", QOS_NAMES),
+        ("output_qos", QOS_NAMES),
+        ("backend", ("torch", "onnxruntime", "tensorrt")),
+        ("precision", ("fp32", "fp16", "bf16")),
+    ):
         if v[name] not in choices:
             raise ValueError(f"parameter {name} must be one of {choices}, got {v[name]!r}")
     if not v["weights"]:

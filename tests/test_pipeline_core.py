@@ -1,0 +1,225 @@
+"""Pipeline: output selection, resolutions + intrinsics, per-source state, determinism, geometry.
+
+Uses a tiny deterministic torch engine built here (a fixed random linear patch embedding, so patch
+tokens are a known function of the pixels) and a constant-depth head; plus the real random ViT-Ti.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinov3_ros.pipeline import OUTPUTS, CameraIntrinsics, Frame, PipelineConfig
+from dinov3_ros.pipeline.pipeline import Pipeline, resolve_outputs
+from dinov3_ros.runtime.preprocess import Preprocessor
+
+
+class PatchEngine:
+    """patch_tokens = a fixed random linear embedding of each 16x16 patch (content-addressed tokens)."""
+
+    def __init__(self, C: int = 48, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(C, 3, 16, 16, generator=g) / 16.0
+        self.calls = 0
+
+    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        t = F.conv2d(batch.float(), self.w, stride=16).permute(0, 2, 3, 1).contiguous()
+        return {"patch_tokens": t, "cls": t.mean((1, 2))}
+
+
+class ConstDepth(torch.nn.Module):
+    def __init__(self, z: float) -> None:
+        super().__init__()
+        self.z = torch.nn.Parameter(torch.tensor(z), requires_grad=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.z.expand(tokens.shape[0], 1, *tokens.shape[2:]).clone()
+
+
+def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+K640 = CameraIntrinsics(np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]]), 640, 480)
+
+
+def make(res=(64, 96), z=2.0, **cfg) -> Pipeline:
+    return Pipeline(PatchEngine(), PipelineConfig(resolution=res, **cfg), ConstDepth(z))
+
+
+def test_only_requested_outputs_are_computed():
+    p = make()
+    f = Frame(texture(64, 96), 10, "cam", None)
+    (o,) = p.process([f], {"features"})
+    assert o.features is not None and o.features.shape == (4, 6, 48)
+    for name in ("features_pca", "depth", "points", "matches", "objects", "debug"):
+        assert getattr(o, name) is None, name
+    assert resolve_outputs({"points", "debug"}) == {"points", "depth", "debug", "features_pca"}
+    with pytest.raises(ValueError, match="unknown output"):
+        p.process([f], {"segmentation"})
+
+
+def test_config_and_frame_validation():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        PipelineConfig(resolution=(100, 96)).validate()
+    with pytest.raises(ValueError, match="match_ratio"):
+        PipelineConfig().with_updates(match_ratio=1.5)
+    with pytest.raises(ValueError, match="keyframe_policy"):
+        PipelineConfig().with_updates(keyframe_policy="sometimes")
+    with pytest.raises(ValueError, match="unknown pipeline setting"):
+        PipelineConfig().with_updates(nope=1)
+    with pytest.raises(ValueError, match="camera_info size 640x480 does not match image 96x64"):
+        Frame(texture(64, 96), 0, "cam", K640)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        Frame(np.zeros((4, 4), np.uint8), 0, "cam")
+
+
+def test_intrinsics_resize_matches_geometry():
+    small = K640.resized(320, 240)
+    assert small.K[0, 0] == 250 and small.K[0, 2] == pytest.approx((319.5 + 0.5) * 0.5 - 0.5)
+    g = Preprocessor((240, 320), 16).plan([(480, 640)])[0]
+    Kg, size = g.scale_intrinsics(K640.K)
+    assert size == (320, 240) and np.allclose(Kg, small.K)
+    assert np.allclose(small.P[:, :3], small.K)
+
+
+def test_depth_resolution_and_camera_info():
+    img = texture(480, 640)
+    o_in = make(res=(64, 96)).process([Frame(img, 1, "cam", K640)], {"depth"})[0]
+    assert o_in.depth.shape == (480, 640) and o_in.depth_info is K640
+    assert np.allclose(o_in.depth, 2.0)
+    o_net = make(res=(64, 96), depth_resolution="network").process([Frame(img, 1, "cam", K640)], {"depth"})[0]
+    assert o_net.depth.shape == (64, 96)
+    g = Preprocessor((64, 96), 16).plan([(480, 640)])[0]
+    Kn, _size = g.scale_intrinsics(K640.K, (64, 96))
+    assert (o_net.depth_info.width, o_net.depth_info.height) == (96, 64) and np.allclose(
+        o_net.depth_info.K, Kn
+    )
+    x0, _, x1, _ = g.valid_box  # 640x480 letterboxed into 96x64: 85x64 content, NaN padding
+    assert np.isnan(o_net.depth[:, :x0]).all() and np.allclose(o_net.depth[:, x0:x1], 2.0)
+    o_nok = make().process([Frame(img, 1, "cam", None)], {"depth"})[0]
+    assert np.allclose(o_nok.depth_info.K, CameraIntrinsics.from_fov(640, 480, 70.0).K)
+
+
+def test_points_lie_on_the_depth_plane_with_camera_geometry():
+    img = texture(128, 192)
+    K = CameraIntrinsics(np.array([[150.0, 0, 95.5], [0, 150.0, 63.5], [0, 0, 1]]), 192, 128)
+    o = make(res=(64, 96), z=3.0).process([Frame(img, 1, "cam", K)], {"points"})[0]
+    assert o.points.shape == (64 * 96, 3) and o.points_rgb.shape == (64 * 96, 3)
+    assert np.allclose(o.points[:, 2], 3.0)
+    # network = input / 2: x spans the image width: (u - cx) * z / fx over network pixel centres
+    fx_n, cx_n = 75.0, (95.5 + 0.5) * 0.5 - 0.5
+    assert o.points[:, 0].min() == pytest.approx((0 - cx_n) * 3 / fx_n, abs=1e-4)
+    assert o.points[:, 0].max() == pytest.approx((95 - cx_n) * 3 / fx_n, abs=1e-4)
+    ov = make(res=(64, 96), z=3.0, points_voxel=0.5).process([Frame(img, 1, "cam", K)], {"points"})[0]
+    keys = np.unique(np.floor(o.points / 0.5).astype(int), axis=0)
+    assert ov.points.shape[0] == keys.shape[0] < o.points.shape[0]
+    ox = make(res=(64, 96), z=3.0, points_color="none").process([Frame(img, 1, "cam", K)], {"points"})[0]
+    assert ox.points_rgb is None
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_matches_recover_a_known_shift_in_input_pixels(scale):
+    big = texture(64 * scale, 96 * scale + 32 * scale, seed=3)
+    f0 = big[:, 16 * scale : 16 * scale + 96 * scale].copy()
+    f1 = big[:, : 96 * scale].copy()  # content moved right by 16*scale input pixels
+    p = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
+    a, b = p.process([Frame(f0, 100, "cam", None, "s")], {"matches"})[0], None
+    assert a.matches.ref_stamp_ns is None and len(a.matches) == 0
+    b = p.process([Frame(f1, 200, "cam", None, "s")], {"matches"})[0]
+    m = b.matches
+    assert m.ref_stamp_ns == 100 and m.ref_frame_id == "cam"
+    assert len(m) >= 10
+    d = m.uv1 - m.uv0
+    good = np.all(np.abs(d - [16 * scale, 0]) <= 1.0 + 0.5 * scale, axis=1)
+    assert good.mean() > 0.9, d
+
+
+def test_per_source_state_and_batching():
+    pa, pb = make(), make()
+    f = {
+        s: [
+            Frame(
+                texture(64, 96, seed=i + (10 if s == "b" else 0)),
+                1000 * i + (1 if s == "b" else 0),
+                s,
+                None,
+                s,
+            )
+            for i in range(3)
+        ]
+        for s in ("a", "b")
+    }
+    batched = [pa.process([f["a"][i], f["b"][i]], set(OUTPUTS)) for i in range(3)]
+    single_a = [pb.process([f["a"][i]], set(OUTPUTS))[0] for i in range(3)]
+    assert pa.engine.calls == 3  # one engine call per batch of two cameras
+    for i in range(3):
+        oa, ob = batched[i]
+        assert (
+            oa.source == "a" and ob.source == "b" and oa.stamp_ns == 1000 * i and ob.stamp_ns == 1000 * i + 1
+        )
+        assert np.allclose(oa.features, single_a[i].features, atol=1e-5)
+        assert np.array_equal(oa.features_pca, single_a[i].features_pca)
+        if i:
+            assert oa.matches.ref_stamp_ns == 1000 * (i - 1) and ob.matches.ref_stamp_ns == 1000 * (i - 1) + 1
+
+
+def test_deterministic_and_state_dict_round_trip():
+    frames = [Frame(texture(96, 128, seed=i), i, "cam", None, "s") for i in range(3)]
+    outs = [make().process([fr], set(OUTPUTS))[0] for fr in frames[:1]]
+    again = [make().process([fr], set(OUTPUTS))[0] for fr in frames[:1]]
+    for name in ("features", "features_pca", "depth", "points", "points_rgb", "debug"):
+        assert np.array_equal(getattr(outs[0], name), getattr(again[0], name)), name
+    assert np.array_equal(outs[0].objects.mask, again[0].objects.mask)
+    p1, p2 = make(), make()
+    p1.process(frames[:2], {"matches", "objects", "features_pca"})
+    p2.load_state_dict(p1.state_dict())
+    r1 = p1.process([frames[2]], {"matches", "objects", "features_pca"})[0]
+    r2 = p2.process([frames[2]], {"matches", "objects", "features_pca"})[0]
+    assert np.array_equal(r1.matches.uv0, r2.matches.uv0) and np.array_equal(r1.features_pca, r2.features_pca)
+    assert np.array_equal(r1.objects.mask, r2.objects.mask)
+
+
+def test_objects_find_a_square_and_boxes_are_in_input_pixels():
+    img = np.full((64, 96, 3), 40, np.uint8)
+    img[16:48, 32:64] = (250, 30, 30)  # 2x2 patches
+    p = make(res=(64, 96), max_objects=2, mask_encoding="mono16", tokencut_tau=0.5)
+    o = p.process([Frame(img, 5, "cam", None)], {"objects"})[0]
+    ob = o.objects
+    assert ob.mask.shape == (64, 96) and ob.mask.dtype == np.uint16
+    assert len(ob.ids) == 1, ob
+    best = 0
+    assert np.allclose(ob.boxes[best], [32, 16, 64, 48])
+    assert ob.areas[best] == int((ob.mask == ob.ids[best]).sum()) == 32 * 32
+    assert set(np.unique(ob.mask).tolist()) == {0, int(ob.ids[0])}
+    # the same object keeps its id on the next frame (tracker per source)
+    o2 = p.process([Frame(img, 6, "cam", None)], {"objects"})[0]
+    assert ob.ids[best] in set(o2.objects.ids.tolist())
+
+
+def test_runtime_config_change_applies():
+    p = make(match_max=512, match_ratio=1.0, match_threshold=-1.0)
+    frames = [Frame(texture(64, 96, seed=9), i, "cam", None) for i in range(3)]
+    p.process([frames[0]], {"matches"})
+    n_all = len(p.process([frames[1]], {"matches"})[0].matches)
+    p.set_config(p.config.with_updates(match_max=5))
+    assert n_all > 5 and len(p.process([frames[2]], {"matches"})[0].matches) <= 5
+
+
+@pytest.mark.slow
+def test_random_vit_end_to_end_all_outputs():
+    from dinov3_ros.pipeline.model import ModelLoadError, load_model
+
+    torch.set_num_threads(1)
+    m = load_model("random:vitt16", resolution=(64, 96))
+    p = Pipeline.from_model(m, PipelineConfig(resolution=(64, 96)))
+    o = p.process([Frame(texture(120, 160), 7, "cam_optical", None)], set(OUTPUTS))[0]
+    assert o.features.shape == (4, 6, 192) and o.depth.shape == (120, 160) and np.isfinite(o.depth).all()
+    assert o.debug.shape == (120, 160, 3) and o.objects.mask.shape == (120, 160)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model("/nonexistent/model.pth")
+    with pytest.raises(ModelLoadError, match=r"unknown arch|cannot build"):
+        load_model("random:vit_nope")
