@@ -173,10 +173,14 @@ def encode_raw(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
     else:
         if w % 2:
             raise ValueError(f"{encoding} needs an even width, got {w}")
-        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV).astype(np.int32)
-        y = yuv[..., 0]
-        u = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1]) // 2
-        v = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2]) // 2
+        # BT.601 video range, the convention OpenCV's YUV2RGB_UYVY/YUYV decoders invert
+        f = rgb.astype(np.float64)
+        r, g, b = f[..., 0], f[..., 1], f[..., 2]
+        y = np.clip(np.rint(16 + 0.257 * r + 0.504 * g + 0.098 * b), 0, 255).astype(np.int32)
+        uu = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+        vv = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+        u = np.clip(np.rint((uu[:, 0::2] + uu[:, 1::2]) / 2), 0, 255).astype(np.int32)
+        v = np.clip(np.rint((vv[:, 0::2] + vv[:, 1::2]) / 2), 0, 255).astype(np.int32)
         out = np.empty((h, w // 2, 4), np.uint8)
         if enc in _UYVY:
             out[..., 0], out[..., 1], out[..., 2], out[..., 3] = u, y[:, 0::2], v, y[:, 1::2]
