@@ -16,10 +16,12 @@ that does not match ``h * w`` is refused.
 Solvers (``method``): ``"scipy"`` is the reference dense generalised solve
 (``scipy.linalg.eigh(D−W, D)``); the others solve the equivalent symmetric problem
 ``D^-1/2 W D^-1/2 y = μ y`` (``λ = 1 − μ``, ``x = D^-1/2 y``, same normalisation ``xᵀDx = 1``):
-``"dense"`` (``torch.linalg.eigh`` in float64 on the features' device), ``"arpack"`` (Lanczos,
+``"dense"`` (``torch.linalg.eigh`` in float64 on the features' device), ``"cpu_dense"``
+(``scipy.linalg.eigh`` of one eigenpair), ``"arpack"`` (Lanczos,
 CPU), ``"subspace"`` (block subspace iteration on repeated squares of the deflated operator, all
 matmuls - the GPU fast path; falls back to ``"dense"`` if its residual check fails) and ``"auto"``
-(small grids ``"dense"``, CPU ``"arpack"``, CUDA ``"subspace"``).
+(CPU: ``"cpu_dense"`` up to 400 patches, else ``"arpack"``; CUDA: ``"dense"`` up to 256, else
+``"subspace"``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from scipy import ndimage
 
 from ._common import ArrayLike, check_finite, float_tensor
 
-METHODS = ("auto", "dense", "scipy", "arpack", "subspace")
+METHODS = ("auto", "dense", "cpu_dense", "scipy", "arpack", "subspace")
 
 __all__ = [
     "TokenCutResult",
@@ -54,6 +56,7 @@ class TokenCutResult:
     box: tuple[int, int, int, int]  #: (x0, y0, x1, y1) in patch units, exclusive end
     eigenvalue: float = float("nan")  #: λ of (D − W) x = λ D x
     bipartition: np.ndarray | None = None  #: [h, w] bool foreground side before the component step
+    contrast: float = float("nan")  #: edge density (S > tau) inside the object / from it to the rest
 
     def box_pixels(self, patch_size: int = 16, image_size: tuple[int, int] | None = None) -> tuple[int, ...]:
         """Box in pixels (x0, y0, x1, y1), clipped to ``image_size=(H, W)`` when given."""
@@ -279,8 +282,25 @@ def _cut(
     comp = labels == labels[seed]
     ys, xs = np.nonzero(comp)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    # contrast: density of graph edges (S > tau) inside the component over density to the other patches
+    comp_idx = torch.from_numpy(np.flatnonzero(comp.reshape(-1))).to(F.device)
+    act_idx = torch.from_numpy(idx).to(F.device)
+    Fn = torch.nn.functional.normalize(F, dim=1)
+    E = (Fn[comp_idx] @ Fn[act_idx].T) > tau
+    inside = torch.from_numpy(comp.reshape(-1)[idx]).to(F.device)
+    k, n_act = int(comp_idx.numel()), int(idx.size)
+    e_in = float(E[:, inside].sum())
+    e_out = float(E.sum()) - e_in
+    pairs_out = k * (n_act - k)
+    contrast = (e_in / (k * k)) / max(e_out / pairs_out, 1.0 / pairs_out) if pairs_out else float("inf")
     return TokenCutResult(
-        mask=comp, eigenvector=vec.reshape(h, w), seed=seed, box=box, eigenvalue=lam, bipartition=bip_grid
+        mask=comp,
+        eigenvector=vec.reshape(h, w),
+        seed=seed,
+        box=box,
+        eigenvalue=lam,
+        bipartition=bip_grid,
+        contrast=contrast,
     )
 
 
@@ -312,14 +332,18 @@ def tokencut_multi(
     min_patches: int = 2,
     max_fraction: float = 0.6,
     max_eigenvalue: float | None = None,
+    min_contrast: float = 2.5,
     min_remaining: int = 8,
 ) -> list[TokenCutResult]:
     """Up to ``k`` objects: cut, remove the found object's patches from the graph, cut again.
 
     The first object is exactly :func:`tokencut`. Later cuts stop when fewer than ``min_remaining``
     patches are left, the object has fewer than ``min_patches`` patches or covers more than
-    ``max_fraction`` of the remaining patches (the cut split background, not an object), or when the
-    cut's eigenvalue exceeds ``max_eigenvalue`` (a weak cut). Eigenvectors are NaN on removed patches.
+    ``max_fraction`` of the remaining patches (the cut split background, not an object), when its
+    ``contrast`` (density of similarity edges ``S > tau`` inside it over the density from it to the
+    other patches) is below ``min_contrast`` (a piece of a larger region - about 1 - not a distinct
+    object), or when the cut's
+    eigenvalue exceeds ``max_eigenvalue`` (a weak cut). Eigenvectors are NaN on removed patches.
     """
     _validate_params(tau, eps)
     if k < 1:
@@ -337,6 +361,8 @@ def tokencut_multi(
             if size < min_patches or size > max_fraction * n_active:
                 break
             if max_eigenvalue is not None and res.eigenvalue > max_eigenvalue:
+                break
+            if res.contrast < min_contrast:
                 break
         out.append(res)
         active &= ~res.mask

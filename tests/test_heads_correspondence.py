@@ -1,0 +1,272 @@
+"""Correspondences: matcher on real photos with known motion, OpenCV verification, 3-D rigid motion."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data as sd
+import torch
+from scipy import ndimage
+
+from dinov3_ros.heads.correspondence import (
+    Matches,
+    estimate_rigid,
+    kabsch,
+    lift_to_3d,
+    match,
+    match_tensors,
+    verify,
+)
+
+# ---- deterministic dense descriptor (stands in for a backbone so the matcher itself is tested)
+
+
+def grid_descriptor(img: np.ndarray, patch: int = 16, bins: int = 8, context: int = 2) -> np.ndarray:
+    """SIFT-like dense descriptor on the patch grid: ``[h, w, C]`` float32.
+
+    Per 8x8 cell: magnitude-weighted gradient-orientation histogram (``bins``) at two blur scales plus
+    mean colour; a patch's descriptor concatenates the cells of a ``(2·context+1)·2`` square window
+    centred on it (so neighbouring patches differ), sqrt-normalised (RootSIFT style).
+    """
+    g = img.astype(np.float64) / 255.0
+    gray = g @ np.array([0.299, 0.587, 0.114])
+    H, W = gray.shape
+    h, w = H // patch, W // patch
+    cell = patch // 2
+    feats = []
+    for sigma in (1.0, 2.5):
+        s = ndimage.gaussian_filter(gray, sigma)
+        gy, gx = np.gradient(s)
+        mag = np.hypot(gx, gy)
+        ang = (np.arctan2(gy, gx) % (2 * np.pi)) / (2 * np.pi) * bins
+        b0 = np.floor(ang).astype(int) % bins
+        frac = ang - np.floor(ang)
+        hist = np.zeros((H, W, bins))
+        np.put_along_axis(hist, b0[..., None], (mag * (1 - frac))[..., None], axis=2)
+        b1 = (b0 + 1) % bins
+        hist += np.eye(bins)[b1] * (mag * frac)[..., None]
+        feats.append(hist)
+    feats.append(ndimage.gaussian_filter(g, (2, 2, 0)) * 0.5)
+    pix = np.concatenate(feats, axis=2)[: h * patch, : w * patch]
+    cells = pix.reshape(2 * h, cell, 2 * w, cell, -1).mean((1, 3))  # [2h, 2w, D]
+    r = context
+    pad = np.pad(cells, ((2 * r, 2 * r), (2 * r, 2 * r), (0, 0)), mode="edge")
+    parts = []
+    for dy in range(-2 * r, 2 * r + 2):
+        for dx in range(-2 * r, 2 * r + 2):
+            parts.append(pad[2 * r + dy : 2 * r + dy + 2 * h : 2, 2 * r + dx : 2 * r + dx + 2 * w : 2])
+    d = np.sqrt(np.concatenate(parts, axis=2))
+    d = d - d.mean(axis=(0, 1), keepdims=True)
+    return d.astype(np.float32)
+
+
+def shift_pair(img: np.ndarray, dx: int, dy: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Two crops of ``img``: the second is the first moved by ``(dx, dy)``: p1 = p0 - (dx, dy)."""
+    H, W = size
+    a = img[40 : 40 + H, 40 : 40 + W]
+    b = img[40 + dy : 40 + dy + H, 40 + dx : 40 + dx + W]
+    return np.ascontiguousarray(a), np.ascontiguousarray(b)
+
+
+PHOTOS = ["astronaut", "coffee", "chelsea"]
+SIZE = (256, 320)  # H, W -> 16 x 20 patches
+
+
+def _inside(p: np.ndarray) -> np.ndarray:
+    return (p[:, 0] >= 0) & (p[:, 1] >= 0) & (p[:, 0] < SIZE[1]) & (p[:, 1] < SIZE[0])
+
+
+def _homography() -> np.ndarray:
+    a = 0.08
+    return np.array(
+        [[1.05 * np.cos(a), -np.sin(a), 12.0], [np.sin(a), 1.05 * np.cos(a), -8.0], [2e-5, 1e-5, 1.0]]
+    )
+
+
+def _apply_h(H: np.ndarray, p: np.ndarray) -> np.ndarray:
+    q = np.c_[p, np.ones(len(p))] @ H.T
+    return q[:, :2] / q[:, 2:]
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_shift_matches_within_one_patch(name):
+    img = getattr(sd, name)()
+    dx, dy = 37, 21  # not a multiple of the patch size
+    a, b = shift_pair(img, dx, dy, SIZE)
+    m = match(grid_descriptor(a), grid_descriptor(b), mutual=True)
+    truth = m.pts0 - np.array([dx, dy], dtype=np.float32)
+    keep = _inside(truth)  # patches whose true match left the image have no correct answer
+    assert keep.sum() >= 120
+    err = np.linalg.norm(m.pts1[keep] - truth[keep], axis=1)
+    assert (err < 16).mean() >= 0.90
+    # every returned match is mutual: nn(0->1) of idx0 is idx1 and vice versa
+    da, db = grid_descriptor(a), grid_descriptor(b)
+    fa = torch.nn.functional.normalize(torch.from_numpy(da).reshape(-1, da.shape[-1]), dim=1)
+    fb = torch.nn.functional.normalize(torch.from_numpy(db).reshape(-1, db.shape[-1]), dim=1)
+    S = fa @ fb.T
+    assert np.array_equal(S.argmax(1).numpy()[m.idx0], m.idx1)
+    assert np.array_equal(S.argmax(0).numpy()[m.idx1], m.idx0)
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_homography_matches_and_verification(name):
+    img = getattr(sd, name)()
+    src = np.ascontiguousarray(img[40 : 40 + SIZE[0], 40 : 40 + SIZE[1]])
+    H = _homography()
+    dst = cv2.warpPerspective(src, H, (SIZE[1], SIZE[0]))
+    m = match(grid_descriptor(src), grid_descriptor(dst), verify_with="homography", ransac_threshold=8.0)
+    truth = _apply_h(H, m.pts0.astype(np.float64))
+    keep = _inside(truth)
+    err = np.linalg.norm(m.pts1[keep] - truth[keep], axis=1)
+    assert (err < 16).mean() >= 0.90
+    # the verified homography maps the whole image grid to within a few pixels of the truth
+    yy, xx = np.mgrid[8 : SIZE[0] : 16, 8 : SIZE[1] : 16]
+    grid = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
+    gerr = np.linalg.norm(_apply_h(H, grid) - _apply_h(m.model, grid), axis=1)
+    assert gerr.mean() < 8.0 and gerr.max() < 16.0
+    assert m.inliers.mean() > 0.6
+    assert np.all(err[m.inliers[keep]] < 16)  # inliers are correct matches
+
+
+def test_ratio_threshold_and_coordinates():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((6, 7, 32)).astype(np.float32)
+    m = match(f, f, ratio=None, refine=False)  # identical maps: identity matching, exact centres
+    assert len(m) == 42
+    assert np.array_equal(m.idx0, m.idx1)
+    np.testing.assert_allclose(m.pts0, m.pts1)
+    np.testing.assert_allclose(m.pts0[8], [(8 % 7 + 0.5) * 16, (8 // 7 + 0.5) * 16])
+    # input-pixel mapping: scale then offset
+    m2 = match(f, f, ratio=None, refine=False, scale=(0.5, 0.25), offset=(3.0, 4.0))
+    np.testing.assert_allclose(m2.pts0, m.pts0 * [0.5, 0.25] + [3.0, 4.0], rtol=1e-6)
+    # a duplicated descriptor in frame 1 makes the match ambiguous: the ratio test drops it
+    g = f.copy()
+    g[0, 1] = f[0, 0]
+    t = match_tensors(f, g, ratio=0.9, refine=False)
+    assert 0 not in t["idx0"].tolist()
+    t_all = match_tensors(f, f, min_score=1.1)  # nothing reaches similarity 1.1
+    assert t_all["idx0"].numel() == 0
+
+
+def test_subpatch_refinement_interpolates():
+    # a smooth feature field sampled at half-patch offsets: the soft-argmax lands between patches
+    h, w = 12, 12
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    centres = np.stack([xx, yy], -1).reshape(-1, 2)
+    anchors = np.random.default_rng(1).uniform(0, 12, size=(64, 2))
+
+    def field(pos):
+        d2 = ((pos[:, None, :] - anchors[None]) ** 2).sum(-1)
+        return np.exp(-d2 / 8.0)
+
+    f0 = field(centres).reshape(h, w, -1).astype(np.float32)
+    f1 = field(centres + 0.5).reshape(h, w, -1).astype(np.float32)  # frame 1 sampled half a patch further
+    raw = match(f0, f1, refine=False, ratio=None)
+    ref = match(f0, f1, refine=True, ratio=None, window=3, temperature=0.002)
+    inner = (raw.pts0[:, 0] > 40) & (raw.pts0[:, 0] < 150) & (raw.pts0[:, 1] > 40) & (raw.pts0[:, 1] < 150)
+    truth = ref.pts0 - 8.0  # p1 = p0 - half a patch
+    e_raw = np.linalg.norm(raw.pts1 - truth, axis=1)[inner].mean()
+    e_ref = np.linalg.norm(ref.pts1 - truth, axis=1)[inner].mean()
+    assert e_ref < 0.75 * e_raw
+
+
+def test_essential_matrix_recovers_pose():
+    rng = np.random.default_rng(2)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    X = np.c_[rng.uniform(-2, 2, 200), rng.uniform(-1.5, 1.5, 200), rng.uniform(2, 6, 200)]
+    ang = np.deg2rad(5.0)
+    R = cv2.Rodrigues(np.array([0.2, 1.0, 0.1]) / np.linalg.norm([0.2, 1.0, 0.1]) * ang)[0]
+    t = np.array([0.5, 0.05, 0.1])
+
+    def proj(P):
+        q = P @ K.T
+        return q[:, :2] / q[:, 2:]
+
+    p0 = proj(X) + rng.normal(0, 0.3, (200, 2))
+    p1 = proj(X @ R.T + t) + rng.normal(0, 0.3, (200, 2))
+    p1[:30] = rng.uniform(0, 640, (30, 2))  # 15% gross outliers
+    m = Matches(
+        pts0=p0.astype(np.float32),
+        pts1=p1.astype(np.float32),
+        scores=np.ones(200, np.float32),
+        idx0=np.arange(200),
+        idx1=np.arange(200),
+        inliers=np.ones(200, bool),
+    )
+    verify(m, "essential", K=K, threshold=1.5)
+    rot_err = np.degrees(np.arccos(np.clip((np.trace(m.R.T @ R) - 1) / 2, -1, 1)))
+    t_err = np.degrees(np.arccos(np.clip(m.t @ t / np.linalg.norm(t), -1, 1)))
+    assert rot_err < 0.5 and t_err < 3.0
+    assert m.inliers[:30].mean() < 0.2 and m.inliers[30:].mean() > 0.9
+    # fundamental matrix: inliers satisfy the epipolar constraint
+    verify(m, "fundamental", threshold=1.5)
+    x0, x1 = np.c_[p0, np.ones(200)], np.c_[p1, np.ones(200)]
+    lines = x0 @ m.model.T
+    dist = np.abs((x1 * lines).sum(1)) / np.linalg.norm(lines[:, :2], axis=1)
+    assert np.median(dist[m.inliers]) < 1.5
+    with pytest.raises(ValueError, match="intrinsics"):
+        verify(m, "essential")
+
+
+def _random_motion(rng):
+    R = cv2.Rodrigues(rng.normal(size=3) * 0.3)[0]
+    return R, rng.normal(size=3)
+
+
+def test_kabsch_exact_and_ransac_with_outliers():
+    rng = np.random.default_rng(3)
+    R, t = _random_motion(rng)
+    X0 = rng.uniform(-2, 2, (100, 3))
+    X1 = X0 @ R.T + t
+    Re, te = kabsch(X0, X1)
+    np.testing.assert_allclose(Re, R, atol=1e-10)
+    np.testing.assert_allclose(te, t, atol=1e-10)
+    assert abs(np.linalg.det(Re) - 1) < 1e-10
+    X1o = X1.copy()
+    out = rng.choice(100, 35, replace=False)
+    X1o[out] += rng.uniform(-3, 3, (35, 3)) + 0.5
+    for method in ("kabsch", "open3d"):
+        Rr, tr, inl = estimate_rigid(X0, X1o, threshold=0.05, method=method)
+        np.testing.assert_allclose(Rr, R, atol=1e-8)
+        np.testing.assert_allclose(tr, t, atol=1e-8)
+        truth = np.ones(100, bool)
+        truth[out] = False
+        assert np.array_equal(inl, truth)
+
+
+def test_lift_and_match_with_depth_recovers_motion():
+    # a fronto-parallel textured plane at 3 m seen by two cameras related by a pure x translation
+    K = np.array([[200.0, 0, 159.5], [0, 200.0, 127.5], [0, 0, 1]])
+    depth = np.full(SIZE, 3.0)
+    pts = np.array([[10.0, 20.0], [100.5, 50.25]])
+    X, ok = lift_to_3d(pts, depth, K)
+    assert ok.all()
+    np.testing.assert_allclose(
+        X,
+        [
+            [(10 - 159.5) * 3 / 200, (20 - 127.5) * 3 / 200, 3],
+            [(100.5 - 159.5) * 3 / 200, (50.25 - 127.5) * 3 / 200, 3],
+        ],
+    )
+    img = sd.astronaut()
+    shift = 32  # px == 0.48 m at 3 m: camera 1 moved +0.48 m in x (scene moves -x)
+    a, b = shift_pair(img, shift, 0, SIZE)
+    m = match(grid_descriptor(a), grid_descriptor(b), K=K, depth0=depth, depth1=depth, rigid_threshold=0.1)
+    assert m.R is not None and m.inliers.mean() > 0.8
+    np.testing.assert_allclose(m.R, np.eye(3), atol=2e-2)
+    np.testing.assert_allclose(m.t, [-shift * 3.0 / 200, 0, 0], atol=0.03)
+    bad = depth.copy()
+    bad[:, :] = np.nan
+    _, ok = lift_to_3d(pts, bad, K)
+    assert not ok.any()
+
+
+def test_match_input_validation():
+    f = np.zeros((4, 5, 8), np.float32)
+    with pytest.raises(ValueError, match=r"\[h, w, C\]"):
+        match(np.zeros((20, 8), np.float32), f)
+    with pytest.raises(ValueError, match="channel"):
+        match(f, np.zeros((4, 5, 9), np.float32))
+    with pytest.raises(ValueError, match="window"):
+        match(f + 1, f + 1, window=4)

@@ -1,0 +1,160 @@
+"""TokenCut: planted objects, agreement with the reference scipy generalised solve, validation, video."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from scipy import ndimage
+
+from dinov3_ros.heads.tokencut import TokenCutTracker, fiedler_vector, tokencut, tokencut_multi
+
+
+def _planted(h, w, masks, C=64, noise=1.2, seed=0):
+    """Background cluster + one cluster per object mask (unit-norm centres, Gaussian noise)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(masks) + 1, C))
+    feats = centres[0] + noise * rng.standard_normal((h, w, C))
+    for i, m in enumerate(masks, start=1):
+        feats[m] = centres[i] + noise * rng.standard_normal((int(m.sum()), C))
+    return feats.astype(np.float32)
+
+
+def _disk(h, w, cy, cx, r):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _iou(a, b):
+    return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
+
+
+def _reference(feats: np.ndarray, tau=0.2, eps=1e-5):
+    """Independent transcription of the published TokenCut steps with scipy.linalg.eigh(D-W, D)."""
+    h, w, C = feats.shape
+    F = feats.reshape(-1, C).astype(np.float64)
+    F = F / np.linalg.norm(F, axis=1, keepdims=True)
+    A = F @ F.T
+    A = np.where(A > tau, 1.0, eps)
+    d = A.sum(1)
+    D = np.diag(d)
+    _, vecs = scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2])
+    v = vecs[:, 0].copy()
+    bip = v > v.mean()
+    seed = int(np.argmax(np.abs(v)))
+    if not bip[seed]:
+        v, bip = -v, ~bip
+    lab, _ = ndimage.label(bip.reshape(h, w))
+    comp = lab == lab[np.unravel_index(seed, (h, w))]
+    return v.reshape(h, w), comp, np.unravel_index(seed, (h, w))
+
+
+def test_planted_object_iou():
+    h, w = 24, 32
+    obj = _disk(h, w, 11, 19, 6) | _disk(h, w, 15, 13, 4)  # non-convex blob
+    feats = _planted(h, w, [obj], noise=1.5)
+    res = tokencut(feats)
+    assert res.mask.dtype == bool and res.mask.shape == (h, w)
+    assert _iou(res.mask, obj) >= 0.9
+    ys, xs = np.nonzero(res.mask)
+    assert res.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert res.mask[res.seed]
+    assert res.eigenvector[res.seed] == np.abs(res.eigenvector).max()
+    assert res.box_pixels(16, image_size=(380, 500))[2] <= 500
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("method", ["scipy", "cpu_dense", "dense", "arpack", "subspace", "auto"])
+def test_agrees_with_scipy_generalised_solve(seed, method):
+    h, w = 9, 11
+    rng = np.random.default_rng(seed)
+    masks = [_disk(h, w, rng.integers(2, 7), rng.integers(2, 9), 2.5)]
+    feats = _planted(h, w, masks, C=48, noise=2.2, seed=seed)  # noisy: eigenvector has no ties
+    v_ref, comp_ref, seed_ref = _reference(feats)
+    res = tokencut(feats, method=method)
+    # same eigenvector (normalised xᵀDx = 1 in both; sign fixed by the seed rule)
+    np.testing.assert_allclose(res.eigenvector, v_ref, atol=1e-6)
+    assert np.array_equal(res.mask, comp_ref)
+    assert res.seed == tuple(int(i) for i in seed_ref)
+
+
+def test_fiedler_vector_large_grid_solvers_agree():
+    torch.manual_seed(0)
+    h, w = 20, 30
+    feats = _planted(h, w, [_disk(h, w, 8, 10, 5), _disk(h, w, 12, 24, 4)], C=32, noise=2.5, seed=5)
+    F = feats.reshape(-1, 32)
+    x_ref, lam_ref = fiedler_vector(F, method="scipy")
+    for method in ("arpack", "subspace", "dense"):
+        x, lam = fiedler_vector(torch.from_numpy(F), method=method)
+        s = np.sign(x @ x_ref)
+        np.testing.assert_allclose(s * x, x_ref, atol=1e-6)
+        assert abs(lam - lam_ref) < 1e-9
+
+
+def test_cls_and_register_tokens_are_refused():
+    h, w, C = 6, 7, 16
+    feats = np.random.default_rng(0).standard_normal((h, w, C)).astype(np.float32)
+    tokens = feats.reshape(-1, C)
+    # the patch tokens alone, with their grid, are accepted and equal the [h, w, C] call
+    assert np.array_equal(tokencut(tokens, grid=(h, w)).mask, tokencut(feats).mask)
+    cls_regs = np.random.default_rng(1).standard_normal((5, C)).astype(np.float32)
+    with pytest.raises(ValueError, match="register"):
+        tokencut(np.concatenate([cls_regs, tokens]), grid=(h, w))  # DINOv3: CLS + 4 registers
+    with pytest.raises(ValueError, match="CLS"):
+        tokencut(np.concatenate([cls_regs[:1], tokens]), grid=(h, w))  # DINO v1 style CLS only
+    with pytest.raises(ValueError, match="grid"):
+        tokencut(tokens)
+    with pytest.raises(ValueError, match=r"\[h, w, C\]"):
+        tokencut(feats[None])
+    with pytest.raises(ValueError, match="NaN"):
+        tokencut(np.full((h, w, C), np.nan, np.float32))
+    with pytest.raises(ValueError, match="tau"):
+        tokencut(feats, tau=1.5)
+
+
+def test_multi_object_finds_both_planted_objects():
+    h, w = 20, 28
+    a, b = _disk(h, w, 6, 7, 4), _disk(h, w, 13, 20, 4)
+    feats = _planted(h, w, [a, b], noise=1.5, seed=3)
+    objs = tokencut_multi(feats, k=4)
+    assert len(objs) >= 2
+    found = [o.mask for o in objs[:2]]
+    assert max(_iou(found[0], a), _iou(found[0], b)) >= 0.9
+    assert max(_iou(found[1], a), _iou(found[1], b)) >= 0.9
+    assert not np.logical_and(found[0], found[1]).any()
+    assert np.isnan(objs[1].eigenvector[found[0]]).all()  # first object removed from the 2nd graph
+    assert np.array_equal(objs[0].mask, tokencut(feats).mask)  # first cut == paper algorithm
+
+
+def test_tracker_keeps_identity():
+    h, w = 16, 20
+    rng = np.random.default_rng(0)
+    C = 48
+    bg, oa, ob = rng.standard_normal((3, C))
+
+    def frame(ca, cb=None):
+        f = bg + 1.2 * rng.standard_normal((h, w, C))
+        ma = _disk(h, w, *ca, 3)
+        f[ma] = oa + 1.2 * rng.standard_normal((int(ma.sum()), C))
+        if cb is not None:
+            mb = _disk(h, w, *cb, 3)
+            f[mb] = ob + 1.2 * rng.standard_normal((int(mb.sum()), C))
+        return f.astype(np.float32)
+
+    tr = TokenCutTracker(k=2, iou_threshold=0.3)
+    t0 = tr.update(frame((6, 6)))
+    assert len(t0) == 1
+    ida = t0[0].track_id
+    t1 = tr.update(frame((7, 7)))  # moved by one patch: same identity
+    assert [t.track_id for t in t1] == [ida] and t1[0].hits == 2
+    t2 = tr.update(frame((7, 8), (11, 15)))  # a second object appears: new identity
+    ids = {t.track_id for t in t2}
+    assert ida in ids and len(ids) == 2
+    a_track = next(t for t in t2 if t.track_id == ida)
+    assert _iou(a_track.result.mask, _disk(h, w, 7, 8, 3)) >= 0.7
+    # feature-carried matching survives a jump larger than the object
+    trf = TokenCutTracker(k=1, use_features=True)
+    i0 = trf.update(frame((4, 4)))[0].track_id
+    i1 = trf.update(frame((11, 15)))[0].track_id
+    assert i0 == i1
