@@ -1,0 +1,209 @@
+"""Correspondence evaluation: dense-feature matching vs generator ground truth, and relative pose.
+
+Two matchers: ``heads`` (default) runs ``dinov3_ros.heads.correspondence.match`` on the two patch grids
+(mutual nearest neighbours, ratio test, soft-argmax refinement) and scores every returned match whose
+source has a co-visible GT match. ``dense`` (Probe3D-style, adapted to pixels): source pixels are the points of a stride-4 grid of frame A
+that have a valid (co-visible, occlusion-checked) ground-truth match in B; up to ``n_sources`` of them
+are drawn (seeded). Each source descriptor is sampled bilinearly from A's patch features; its nearest
+B patch (cosine) is refined to a pixel by searching B's features bilinearly upsampled to a stride-2
+grid within +-1 patch, with a parabolic sub-pixel fit. Matches are ranked by the soft ratio weight
+``1 - d1/d2`` (L2 distances of normalised features) and the top ``keep`` are scored: recall@r =
+fraction of kept matches within ``r`` px of the GT. The relative pose comes from the kept matches
+(5-point RANSAC essential matrix, OpenCV) and is compared with the GT pose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from dinov3_ros.eval.metrics import correspondence_recall, random_match_chance, relative_pose_error
+from dinov3_ros.synthetic.correspondence import gt_correspondences, relative_pose
+from dinov3_ros.synthetic.frame import SynthFrame
+
+THRESHOLDS = (1.0, 2.0, 4.0)
+
+#: matcher(frame_a, frame_b, source_pixels [N,2]) -> (kept source pixels [M,2], predicted targets [M,2])
+Matcher = Callable[[SynthFrame, SynthFrame, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def source_pixels(
+    a: SynthFrame, b: SynthFrame, n: int, rng: np.random.Generator, stride: int = 4
+) -> np.ndarray:
+    """Up to ``n`` stride-``stride`` grid pixels of A with a valid GT match in B (random, seeded)."""
+    u, v = np.meshgrid(np.arange(stride // 2, a.width, stride), np.arange(stride // 2, a.height, stride))
+    px = np.stack([u.ravel(), v.ravel()], 1).astype(np.float64)
+    c = gt_correspondences(a, b, px)
+    px = px[c.valid]
+    if px.shape[0] > n:
+        px = px[np.sort(rng.choice(px.shape[0], n, replace=False))]
+    return px
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _bilinear(feat: np.ndarray, xy_patch: np.ndarray) -> np.ndarray:
+    """Sample ``feat [h,w,C]`` at continuous patch coordinates ``[N,2]`` (x, y; centres at integers)."""
+    h, w, _ = feat.shape
+    x = np.clip(xy_patch[:, 0], 0, w - 1)
+    y = np.clip(xy_patch[:, 1], 0, h - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    return (
+        feat[y0, x0] * (1 - fx) * (1 - fy)
+        + feat[y0, x1] * fx * (1 - fy)
+        + feat[y1, x0] * (1 - fx) * fy
+        + feat[y1, x1] * fx * fy
+    )
+
+
+def match_features(
+    fa: np.ndarray, fb: np.ndarray, src: np.ndarray, image_hw: tuple[int, int], keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match source pixels of A (``[N,2]``) into B with patch features ``fa, fb [h,w,C]``.
+
+    Returns the ``keep`` best (by ratio weight) source pixels and their predicted pixels in B.
+    """
+    H, W = image_hw
+    h, w, C = fb.shape
+    p = H / h
+    da = _l2n(_bilinear(fa, (src + 0.5) / p - 0.5))
+    fbn = _l2n(fb.reshape(-1, C))
+    sim = da @ fbn.T
+    top2 = np.argpartition(-sim, 1, axis=1)[:, :2]
+    s2 = np.take_along_axis(sim, top2, 1)
+    order = np.argsort(-s2, axis=1)
+    s2 = np.take_along_axis(s2, order, 1)
+    best = np.take_along_axis(top2, order, 1)[:, 0]
+    d1 = np.sqrt(np.maximum(2 - 2 * s2[:, 0], 0))
+    d2 = np.sqrt(np.maximum(2 - 2 * s2[:, 1], 1e-12))
+    weight = 1.0 - d1 / d2
+    # refine on a stride-2 grid of bilinearly upsampled B features, within +-1 patch of the best patch
+    up = cv2.resize(fb, (W // 2, H // 2), interpolation=cv2.INTER_LINEAR) if C <= 512 else None
+    if up is None:  # cv2.resize supports at most 512 channels: resize in chunks
+        up = np.concatenate(
+            [
+                cv2.resize(fb[..., i : i + 512], (W // 2, H // 2), interpolation=cv2.INTER_LINEAR)
+                for i in range(0, C, 512)
+            ],
+            axis=-1,
+        )
+    if up.ndim == 2:
+        up = up[..., None]
+    up = _l2n(up)
+    pred = np.concatenate(
+        [_refine(up, da[i : i + 256], best[i : i + 256], w, p) for i in range(0, len(best), 256)]
+    )
+    sel = np.argsort(-weight, kind="stable")[: min(keep, len(weight))]
+    return src[sel], pred[sel]
+
+
+def _parabola(sm: np.ndarray, s0: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    den = sm - 2 * s0 + sp
+    safe = np.where(np.abs(den) > 1e-9, den, 1.0)
+    return np.where(np.abs(den) > 1e-9, 0.5 * (sm - sp) / safe, 0.0).clip(-0.5, 0.5)
+
+
+def _refine(up: np.ndarray, da: np.ndarray, best: np.ndarray, w: int, p: float) -> np.ndarray:
+    """Best stride-2 grid cell within +-1 patch of the best patch, with parabolic sub-cell offsets."""
+    gh, gw = up.shape[:2]
+    r = int(np.ceil(p / 2)) + 1  # cells: +-(p/2 + 1) * 2 px covers +-1 patch
+    offs = np.arange(-r, r + 1)
+    k = offs.size
+    by, bx = best // w, best % w
+    # grid cell g is centred on pixel 2g + 0.5; the best patch on pixel (b + 0.5) p - 0.5
+    cy = np.rint(((by + 0.5) * p - 1.0) / 2).astype(int)
+    cx = np.rint(((bx + 0.5) * p - 1.0) / 2).astype(int)
+    gy = np.clip(cy[:, None] + offs[None, :], 0, gh - 1)  # [N,k]
+    gx = np.clip(cx[:, None] + offs[None, :], 0, gw - 1)
+    win = up[gy[:, :, None], gx[:, None, :]]  # [N,k,k,C]
+    s = np.einsum("nijc,nc->nij", win, da)
+    flat = s.reshape(s.shape[0], -1).argmax(1)
+    iy, ix = flat // k, flat % k
+    n = np.arange(s.shape[0])
+    ym, yp = np.maximum(iy - 1, 0), np.minimum(iy + 1, k - 1)
+    xm, xp = np.maximum(ix - 1, 0), np.minimum(ix + 1, k - 1)
+    dy = np.where((iy > 0) & (iy < k - 1), _parabola(s[n, ym, ix], s[n, iy, ix], s[n, yp, ix]), 0.0)
+    dx = np.where((ix > 0) & (ix < k - 1), _parabola(s[n, iy, xm], s[n, iy, ix], s[n, iy, xp]), 0.0)
+    return np.stack([2.0 * (gx[n, ix] + dx) + 0.5, 2.0 * (gy[n, iy] + dy) + 0.5], 1)
+
+
+def evaluate_matching(
+    pairs: Sequence[tuple[SynthFrame, SynthFrame]],
+    matcher: Matcher,
+    n_sources: int = 2000,
+    seed: int = 0,
+    ransac_px: float = 2.0,
+) -> dict:
+    """Recall@1/2/4 px (mean over pairs), median relative-pose errors, and chance levels.
+
+    The matcher gets GT-co-visible source pixels (it may ignore them and return its own sources, e.g.
+    patch centres); recall is over the returned matches whose source has a valid GT match (GT for
+    fractional sources via ``gt_correspondences(..., subpixel=True)``); the pose uses all of them.
+    """
+    rng = np.random.default_rng(seed)
+    rec: list[dict] = []
+    rot, trans, nm = [], [], []
+    for a, b in pairs:
+        src = source_pixels(a, b, n_sources, rng)
+        if src.shape[0] < 8:
+            continue
+        pa, pb = matcher(a, b, src)
+        if len(pa) == 0:
+            rec.append({f"recall@{t:g}px": 0.0 for t in THRESHOLDS})
+            nm.append(0)
+            rot.append(180.0)
+            trans.append(180.0)
+            continue
+        gt = gt_correspondences(a, b, pa, subpixel=True)
+        rec.append(correspondence_recall(pb[gt.valid], gt.pixels_b[gt.valid], THRESHOLDS))
+        nm.append(int(gt.valid.sum()))
+        pe = relative_pose_error(pa, pb, a.K, relative_pose(a, b), threshold_px=ransac_px)
+        rot.append(pe["rot_err_deg"])
+        trans.append(pe["trans_err_deg"])
+    if not rec:
+        raise ValueError("no usable frame pairs for the correspondence evaluation")
+    out = {k: float(np.mean([r[k] for r in rec])) for k in rec[0]}
+    H, W = pairs[0][0].depth.shape
+    out.update(
+        {
+            "rot_err_deg_median": float(np.median(rot)),
+            "trans_err_deg_median": float(np.median(trans)),
+            "rot_err_deg_mean": float(np.mean(rot)),
+            "pose_acc@5deg": float(np.mean(np.maximum(rot, trans) <= 5.0)),
+            "pairs": len(rec),
+            "matches_per_pair": float(np.mean(nm)),
+            "chance": {f"recall@{t:g}px": random_match_chance(W, H, t) for t in THRESHOLDS},
+        }
+    )
+    return out
+
+
+def heads_match(fa: np.ndarray, fb: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matches of ``dinov3_ros.heads.correspondence.match`` (mutual NN, ratio 0.95, soft-argmax refine)."""
+    from dinov3_ros.heads.correspondence import match
+
+    m = match(fa, fb, patch_size=float(patch_size), mutual=True, ratio=0.95, refine=True)
+    return np.asarray(m.pts0, np.float64), np.asarray(m.pts1, np.float64)
+
+
+def oracle_matcher(a: SynthFrame, b: SynthFrame, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth matches (upper bound)."""
+    return src, gt_correspondences(a, b, src).pixels_b
+
+
+def uniform_random_matcher(seed: int = 0) -> Matcher:
+    """Uniformly random target pixels (chance level)."""
+    rng = np.random.default_rng(seed)
+
+    def m(a: SynthFrame, b: SynthFrame, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return src, np.stack(
+            [rng.uniform(-0.5, b.width - 0.5, len(src)), rng.uniform(-0.5, b.height - 0.5, len(src))], 1
+        )
+
+    return m

@@ -1,0 +1,139 @@
+"""Object evaluations: TokenCut mask IoU / CorLoc on the dominant object, and the object-class probe.
+
+TokenCut runs on the last-layer output patch features (DINOv3 paper protocol, not attention keys)
+through ``dinov3_ros.heads.tokencut.tokencut`` when that package provides it, otherwise through the
+built-in reference implementation below (binary cosine graph with tau / eps, generalised eigenproblem,
+Fiedler vector split at its mean, foreground = side with the largest |v|, connected component of the
+seed). The patch mask is upsampled (nearest) to pixels; IoU is against the dominant object's mask
+(largest visible instance); CorLoc counts the mask's box with IoU >= 0.5 against that object's box
+(``corloc``) and against any visible object's box (``corloc_any``, LOST protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dinov3_ros.eval.data import Crop, dominant_instance
+from dinov3_ros.eval.metrics import (
+    accuracy,
+    corloc,
+    knn_predict,
+    linear_probe_predict,
+    mask_box,
+    mask_iou,
+    prior_chance,
+)
+from dinov3_ros.synthetic.frame import SynthFrame
+
+
+def tokencut_builtin(features: np.ndarray, tau: float = 0.2, eps: float = 1e-5) -> np.ndarray:
+    """Reference TokenCut on ``[h,w,C]`` patch features; returns the ``[h,w]`` bool object mask."""
+    from scipy import ndimage
+    from scipy.linalg import eigh
+
+    h, w, C = features.shape
+    f = features.reshape(-1, C).astype(np.float64)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    A = f @ f.T
+    A = np.where(A > tau, 1.0, eps)
+    d = A.sum(1)
+    D = np.diag(d)
+    _, vecs = eigh(D - A, D, subset_by_index=[1, 2])
+    v = vecs[:, 0]
+    part = v > v.mean()
+    seed = int(np.argmax(np.abs(v)))
+    if not part[seed]:
+        part = ~part
+    lab, _ = ndimage.label(part.reshape(h, w))
+    return lab == lab.flat[seed]
+
+
+def tokencut_mask(features: np.ndarray, tau: float = 0.2, eps: float = 1e-5) -> tuple[np.ndarray, str]:
+    """``[h,w]`` object mask from the heads package if available (else built-in) and which one ran."""
+    try:
+        from dinov3_ros.heads.tokencut import tokencut
+    except ImportError:
+        return tokencut_builtin(features, tau, eps), "builtin"
+    res = tokencut(features, tau=tau, eps=eps)
+    mask = getattr(res, "mask", None)
+    if mask is None:
+        return tokencut_builtin(features, tau, eps), "builtin"
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask).astype(bool).squeeze()
+    return mask, "heads.tokencut"
+
+
+def upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest upsampling of a patch mask to the image size (pixel masks pass through)."""
+    if mask.shape == (height, width):
+        return mask
+    h, w = mask.shape
+    ys = np.minimum((np.arange(height) * h) // height, h - 1)
+    xs = np.minimum((np.arange(width) * w) // width, w - 1)
+    return mask[ys][:, xs]
+
+
+def evaluate_tokencut(
+    frames: Sequence[SynthFrame],
+    segment: Callable[[int, SynthFrame], np.ndarray],
+    min_fraction: float = 0.015,
+) -> dict:
+    """Mean IoU with the dominant object, CorLoc (its box) and CorLoc-any (any visible object's box)."""
+    ious, pred_boxes, dom_boxes, any_boxes = [], [], [], []
+    for i, fr in enumerate(frames):
+        inst = dominant_instance(fr, min_fraction)
+        if inst is None:
+            continue
+        gt = fr.instances == inst
+        m = upsample_mask(np.asarray(segment(i, fr), bool), fr.height, fr.width)
+        ious.append(mask_iou(m, gt))
+        pred_boxes.append(mask_box(m))
+        dom_boxes.append([fr.instance_box(inst)])
+        any_boxes.append([fr.instance_box(k) for k in fr.instance_areas()])
+    if not ious:
+        raise ValueError("no frame has a dominant object large enough for the TokenCut evaluation")
+    return {
+        "iou": float(np.mean(ious)),
+        "corloc": corloc(pred_boxes, dom_boxes),
+        "corloc_any": corloc(pred_boxes, any_boxes),
+        "images": len(ious),
+    }
+
+
+def evaluate_probe(
+    train: Sequence[Crop],
+    test: Sequence[Crop],
+    embed: Callable[[Sequence[Crop]], np.ndarray],
+    num_classes: int,
+    k: int = 20,
+) -> dict:
+    """k-NN (cosine, k=20, T=0.07), 1-NN and ridge linear probe accuracy on instance crops, with chance
+    levels. ``embed(crops) -> [N, D]`` features."""
+    if not train or not test:
+        raise ValueError("the class probe needs training and test crops")
+    seen = {c.label for c in train}
+    n_all = len(test)
+    test = [c for c in test if c.label in seen]  # a probe cannot predict classes it never saw
+    if not test:
+        raise ValueError("no test crop has a class present in the training crops")
+    ytr = np.array([c.label for c in train])
+    yte = np.array([c.label for c in test])
+    xtr = np.asarray(embed(train))
+    xte = np.asarray(embed(test))
+    knn = knn_predict(xtr, ytr, xte, k=k, num_classes=num_classes)
+    lin = linear_probe_predict(xtr, ytr, xte, num_classes)
+    knn1 = knn_predict(xtr, ytr, xte, k=1, num_classes=num_classes)
+    return {
+        "knn_acc": accuracy(knn, yte),
+        "knn1_acc": accuracy(knn1, yte),
+        "linear_acc": accuracy(lin, yte),
+        "chance_uniform": 1.0 / num_classes,
+        "chance_prior": prior_chance(ytr, yte, num_classes),
+        "chance_majority": float(np.bincount(yte, minlength=num_classes).max() / len(yte)),
+        "train_crops": len(train),
+        "test_crops": len(test),
+        "test_crops_unseen_class": n_all - len(test),
+    }

@@ -1,0 +1,197 @@
+"""Run every evaluation for one feature model (or the ground-truth oracle) on one data set."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from dinov3_ros.eval.data import EvalData, instance_crops
+from dinov3_ros.eval.depth import DepthProbe, evaluate_depth
+from dinov3_ros.eval.features import FeatureModel
+from dinov3_ros.eval.matching import evaluate_matching, heads_match, match_features, oracle_matcher
+from dinov3_ros.eval.objects import evaluate_probe, evaluate_tokencut, tokencut_mask
+
+TASKS = ("depth", "correspondence", "tokencut", "probe")
+ORACLE = "oracle"
+
+
+@dataclass
+class EvalOptions:
+    """Knobs of the evaluation protocol (defaults documented in each task module)."""
+
+    tasks: tuple[str, ...] = TASKS
+    tau: float = 0.2
+    eps: float = 1e-5
+    n_sources: int = 2000
+    keep: int = 1000
+    ransac_px: float = 2.0
+    matcher: str = "heads"  # heads | dense (see eval.matching)
+    crop_size: int = 112
+    knn_k: int = 20
+    depth_head: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+
+def _check_tasks(tasks) -> None:
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise ValueError(f"unknown task(s) {bad}; known: {', '.join(TASKS)}")
+
+
+def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None = None) -> tuple[dict, dict]:
+    """Return ``(results, examples)``: JSON-able metrics per task, and arrays for the report."""
+    opts = opts or EvalOptions()
+    _check_tasks(opts.tasks)
+    oracle = isinstance(model, str) and model == ORACLE
+    if isinstance(model, str) and not oracle:
+        raise ValueError(f"model must be a FeatureModel or {ORACLE!r}, got {model!r}")
+    name = ORACLE if oracle else model.name
+    res: dict = {
+        "model": name,
+        "data": data.source,
+        "data_meta": data.meta,
+        "train_frames": len(data.train),
+        "test_frames": len(data.test),
+        "options": {k: v for k, v in asdict(opts).items() if k != "extra"},
+        "timing_s": {},
+    }
+    ex: dict = {"frame": data.test[0]}
+    C = len(data.class_names)
+    key = {(f.scene_index, f.frame_index): i for i, f in enumerate(data.test)}
+
+    if not oracle:
+        t0 = time.perf_counter()
+        f_test, _ = model(np.stack([f.rgb for f in data.test]))
+        f_train = None
+        if "depth" in opts.tasks and opts.depth_head is None:
+            f_train, _ = model(np.stack([f.rgb for f in data.train]))
+        res["timing_s"]["features"] = time.perf_counter() - t0
+        res["feature_dim"] = int(f_test.shape[-1])
+        res["patch_grid"] = list(f_test.shape[1:3])
+
+    if "depth" in opts.tasks:
+        t0 = time.perf_counter()
+        if oracle:
+
+            def pred(i, fr):
+                return np.where(fr.depth > 0, fr.depth, 1.0)
+
+            res["depth_method"] = "ground truth"
+        elif opts.depth_head:
+            if not hasattr(model, "depth_with_head"):
+                raise ValueError(
+                    "--depth-head needs a real backbone (--weights default | random:ARCH | PATH)"
+                )
+            head_depth = model.depth_with_head(np.stack([f.rgb for f in data.test]), opts.depth_head)
+
+            def pred(i, fr):
+                return head_depth[i]
+
+            res["depth_method"] = f"head:{opts.depth_head}"
+        else:
+            probe = DepthProbe().fit(list(f_train), data.train)
+
+            def pred(i, fr):
+                return probe.predict(f_test[i], fr.height, fr.width)
+
+            res["depth_method"] = "ridge probe on log depth (frozen patch features)"
+        res["depth"] = evaluate_depth(data.test, pred)
+        ex["depth_pred"] = pred(0, data.test[0])
+        res["timing_s"]["depth"] = time.perf_counter() - t0
+
+    if "correspondence" in opts.tasks:
+        t0 = time.perf_counter()
+        if oracle:
+            matcher = oracle_matcher
+        else:
+            if opts.matcher not in ("heads", "dense"):
+                raise ValueError(f"matcher must be 'heads' or 'dense', got {opts.matcher!r}")
+
+            def matcher(a, b, src):
+                fa = f_test[key[(a.scene_index, a.frame_index)]]
+                fb = f_test[key[(b.scene_index, b.frame_index)]]
+                if opts.matcher == "heads":
+                    return heads_match(fa, fb, a.height // fa.shape[0])
+                return match_features(fa, fb, src, (a.height, a.width), opts.keep)
+
+            res["matcher"] = opts.matcher
+        pairs = data.pairs()
+        res["correspondence"] = evaluate_matching(pairs, matcher, opts.n_sources, opts.seed, opts.ransac_px)
+        if pairs:
+            a, b = pairs[0]
+            from dinov3_ros.eval.matching import source_pixels
+
+            src = source_pixels(a, b, 200, np.random.default_rng(opts.seed))
+            pa, pb = matcher(a, b, src)
+            pick = np.unique(np.linspace(0, max(len(pa) - 1, 0), min(len(pa), 60)).astype(int))
+            ex["pair"] = (a, b, pa[pick], pb[pick])
+        res["timing_s"]["correspondence"] = time.perf_counter() - t0
+
+    if "tokencut" in opts.tasks:
+        t0 = time.perf_counter()
+        used = set()
+        if oracle:
+            from dinov3_ros.eval.data import dominant_instance
+
+            def segment(i, fr):
+                inst = dominant_instance(fr, 0.0)
+                return fr.instances == inst
+
+            used.add("ground truth")
+        else:
+
+            def segment(i, fr):
+                m, how = tokencut_mask(f_test[i], opts.tau, opts.eps)
+                used.add(how)
+                return m
+
+        res["tokencut"] = evaluate_tokencut(data.test, segment)
+        res["tokencut"]["implementation"] = sorted(used)
+        ex["mask"] = segment(0, data.test[0])
+        res["timing_s"]["tokencut"] = time.perf_counter() - t0
+
+    if "probe" in opts.tasks:
+        t0 = time.perf_counter()
+        tr = instance_crops(data.train, opts.crop_size)
+        te = instance_crops(data.test, opts.crop_size)
+        if oracle:
+
+            def embed(crops):
+                return np.eye(C)[[c.label for c in crops]]  # one-hot of the true class
+        else:
+
+            def embed(crops):
+                images = np.stack([c.image for c in crops])
+                out = []
+                for i in range(0, len(images), 64):
+                    pt, cls = model(images[i : i + 64])
+                    out.append(np.concatenate([cls, pt.mean((1, 2))], 1))
+                return np.concatenate(out)
+
+        res["probe"] = evaluate_probe(tr, te, embed, C, k=opts.knn_k)
+        res["timing_s"]["probe"] = time.perf_counter() - t0
+    res["summary"] = summary(res)
+    return res, ex
+
+
+def summary(res: dict) -> dict[str, float]:
+    """The headline numbers (flat)."""
+    out: dict[str, float] = {}
+    if "depth" in res:
+        for k in ("abs_rel", "rmse", "delta1"):
+            out[f"depth.{k}"] = res["depth"][k]
+    if "correspondence" in res:
+        c = res["correspondence"]
+        for k in ("recall@1px", "recall@2px", "recall@4px", "rot_err_deg_median", "trans_err_deg_median"):
+            out[f"corr.{k}"] = c[k]
+    if "tokencut" in res:
+        out["tokencut.iou"] = res["tokencut"]["iou"]
+        out["tokencut.corloc"] = res["tokencut"]["corloc"]
+    if "probe" in res:
+        out["probe.knn_acc"] = res["probe"]["knn_acc"]
+        out["probe.linear_acc"] = res["probe"]["linear_acc"]
+    return out
