@@ -115,15 +115,16 @@ class PCAView:
         self._fg_dir, self._fg_mean = d, mu
 
     def foreground(self, features: ArrayLike) -> torch.Tensor:
-        """Boolean foreground mask with the leading shape of ``features`` (all True without threshold)."""
+        """Boolean foreground ``[h, w]`` (``[B, h, w]`` for a batch); all True without a threshold."""
         X, lead = _flatten(features)
+        shape = lead[1:] if float_tensor(features, name="features").ndim == 3 else lead
         if self.fg_threshold is None:
-            return torch.ones(lead, dtype=torch.bool, device=X.device)
+            return torch.ones(shape, dtype=torch.bool, device=X.device)
         if self._fg_dir is None:
             self._fg_direction(X)
         p = (X - self._fg_mean.to(X.device)) @ self._fg_dir.to(X.device)
         p = (p - p.min()) / (p.max() - p.min()).clamp_min(1e-12)
-        return (p > self.fg_threshold).reshape(lead)
+        return (p > self.fg_threshold).reshape(shape)
 
     # -- basis -------------------------------------------------------------------------------
 
