@@ -120,15 +120,14 @@ class ConvNeXtBackbone(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def _check(self, x: Tensor) -> tuple[int, int]:
-        return check_input_size(x, 16)
+    def _check(self, x: Tensor) -> None:
+        check_input_size(x, 16)
 
     def _patch_grid(self, x: Tensor) -> tuple[int, int]:
-        H, W = x.shape[-2:]
-        return int(H) // self.patch_size, int(W) // self.patch_size
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
     def _maybe_resample(self, fmap: Tensor, grid: tuple[int, int]) -> Tensor:
-        if self.resample and tuple(fmap.shape[-2:]) != grid:
+        if self.resample:
             return F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
         return fmap
 

@@ -16,30 +16,35 @@ from torch import Tensor, nn
 Rope = tuple[Tensor, Tensor]  # (sin, cos), each [HW, head_dim], fp32
 
 
-def check_input_size(x: Tensor, patch_size: int) -> tuple[int, int]:
-    """Return the patch grid ``(h, w)`` of an image batch; ValueError unless H, W are multiples of the patch."""
+def check_input_size(x: Tensor, patch_size: int) -> None:
+    """ValueError unless ``x`` is ``[B, C, H, W]`` with H, W positive multiples of ``patch_size``.
+
+    Works on symbolic shapes (torch.export / ONNX tracing): no ``int()`` conversion of H, W.
+    """
     if x.ndim != 4:
         raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}")
-    H, W = int(x.shape[-2]), int(x.shape[-1])
-    if H % patch_size or W % patch_size or H == 0 or W == 0:
+    H, W = x.shape[-2], x.shape[-1]
+    if H % patch_size != 0 or W % patch_size != 0 or H < patch_size or W < patch_size:
         raise ValueError(
             f"input size {H}x{W} (HxW) is not a multiple of the patch size {patch_size}; "
             f"resize or pad to e.g. {max(patch_size, H // patch_size * patch_size)}x"
             f"{max(patch_size, W // patch_size * patch_size)} first"
         )
-    return H // patch_size, W // patch_size
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch x patch`` convolution; returns tokens ``[B, h*w, D]`` (row-major grid)."""
+    """Non-overlapping ``patch x patch`` convolution; tokens in row-major grid order."""
 
     def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 384) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        """``(tokens [B, h*w, D], h, w)``; h, w come from the conv output (symbolic when exporting)."""
+        f = self.proj(x)
+        h, w = f.shape[-2], f.shape[-1]
+        return f.flatten(2).transpose(1, 2), h, w
 
     def reset_parameters(self) -> None:
         k = 1 / (self.proj.in_channels * self.patch_size**2)

@@ -149,8 +149,8 @@ class DinoVisionTransformer(nn.Module):
         self, x: Tensor, masks: Tensor | None = None
     ) -> tuple[Tensor, tuple[int, int]]:
         """Patch-embed ``x`` and prepend CLS + storage tokens; ``masks`` [B,HW] bool -> mask_token."""
-        h, w = check_input_size(x, self.patch_size)
-        x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))
+        check_input_size(x, self.patch_size)
+        x, h, w = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))
         B = x.shape[0]
         if masks is not None:
             if masks.shape != (B, h * w):
