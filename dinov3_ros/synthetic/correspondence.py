@@ -51,11 +51,14 @@ def gt_correspondences(
     abs_tol: float = 0.01,
     rel_tol: float = 0.01,
     check_instance: bool = True,
+    subpixel: bool = False,
 ) -> Correspondences:
     """Map ``pixels`` (``[N,2]`` u, v; default: every pixel) of ``frame_a`` into ``frame_b``.
 
-    Pixel coordinates are rounded to the nearest pixel centre to read A's depth (GT depth is per pixel
-    centre); ``pixels_b`` is the exact sub-pixel projection of that pixel-centre point.
+    A's depth is read at the nearest pixel centre (GT depth is per pixel centre). By default the point
+    is that pixel centre's surface point, so ``pixels_b`` is exact; with ``subpixel=True`` the ray
+    through the given (fractional) coordinates is used with that depth (exact on fronto-parallel
+    surfaces, a sub-pixel approximation elsewhere).
     """
     if pixels is None:
         pixels = all_pixels(frame_a)
@@ -66,7 +69,7 @@ def gt_correspondences(
     inside_a = (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
     uc, vc = np.clip(ui, 0, W - 1), np.clip(vi, 0, H - 1)
     za = np.where(inside_a, frame_a.depth[vc, uc].astype(np.float64), 0.0)
-    centres = np.stack([uc, vc], 1).astype(np.float64)
+    centres = px if subpixel else np.stack([uc, vc], 1).astype(np.float64)
     pa = backproject(centres, za, frame_a.K)
     T = relative_pose(frame_a, frame_b)
     pb = np.einsum("ij,nj->ni", T[:3, :3], pa) + T[:3, 3]

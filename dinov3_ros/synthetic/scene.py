@@ -251,11 +251,17 @@ class Scene:
         th = t[idx]
         dh = d[idx]
         nh = n[idx]
-        p = o.astype(np.float32) + th[:, None] * dh
-        # local coordinates / normals
-        R = self._g_R[gi]
-        pl = np.einsum("ni,nij->nj", p - self._g_t[gi], R) * self._g_inv_s[gi, None]
-        nl = np.einsum("ni,nij->nj", nh, R)
+        # hit points relative to each surface's origin (one gather of [N,3] instead of [N,3,3])
+        q = (o - self._g_t[gi]).astype(np.float32) + th[:, None] * dh
+        # local coordinates / normals: x_local_j = sum_i x_i R[i, j] (column gathers of the 3x3)
+        Rg = self._g_R.reshape(-1, 9)
+        inv_s = self._g_inv_s[gi]
+        pl = np.empty_like(q)
+        nl = np.empty_like(q)
+        for j in range(3):
+            c0, c1, c2 = Rg[gi, j], Rg[gi, 3 + j], Rg[gi, 6 + j]
+            pl[:, j] = (q[:, 0] * c0 + q[:, 1] * c1 + q[:, 2] * c2) * inv_s
+            nl[:, j] = nh[:, 0] * c0 + nh[:, 1] * c1 + nh[:, 2] * c2
         a = np.abs(nl).argmax(1)
         uu = np.where(a == 0, pl[:, 1], pl[:, 0])
         vv = np.where(a == 2, pl[:, 1], -pl[:, 2])  # texture rows run downwards
