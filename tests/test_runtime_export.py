@@ -1,0 +1,246 @@
+"""Export: ONNX Runtime vs torch parity (fixed and dynamic), TensorRT checker, metadata, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from dinov3_ros.models import build_backbone
+from dinov3_ros.runtime.engine import create_engine
+from dinov3_ros.runtime.export import ExportError, export_onnx
+from dinov3_ros.runtime.export import main as export_main
+from dinov3_ros.runtime.graph import DeployModel
+from dinov3_ros.runtime.onnx_check import check_tensorrt_compat
+from dinov3_ros.runtime.ort_backend import read_metadata
+from dinov3_ros.runtime.vit_infer import InferenceViT
+
+
+def _perturbed(arch: str = "vits16", **overrides) -> torch.nn.Module:
+    """Random backbone whose blocks matter (released-like LayerScale ~0.5 instead of the 1e-5 init)."""
+    torch.manual_seed(0)
+    bb = build_backbone(arch, **overrides)
+    with torch.no_grad():
+        for name, p in bb.named_parameters():
+            if name.endswith("gamma"):
+                p.uniform_(0.2, 1.0)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "norm" in name:
+                p.normal_(1.0, 0.1)
+    return bb.eval()
+
+
+@pytest.fixture(scope="module")
+def vits16():
+    return _perturbed("vits16")
+
+
+def _compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    a = a.float().reshape(-1, a.shape[-1])
+    b = b.float().reshape(-1, b.shape[-1])
+    return (a - b).abs().max().item(), torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
+
+
+def test_inference_vit_matches_reference_backbone(vits16):
+    """Our deploy forward (cached fp32 RoPE, folded LayerScale) equals dinov3_ros.models token by token."""
+    m = InferenceViT.from_backbone(vits16)
+    m.layer_indices = (5, 11)
+    x = torch.randn(2, 3, 224, 288)
+    with torch.no_grad():
+        ref = vits16.forward_features(x)
+        inter = vits16.get_intermediate_layers(x, n=[5, 11], reshape=True, return_class_token=True)
+        patch, cls, layers = m(x)
+    err, cos = _compare(patch, ref["x_norm_patchtokens"])
+    assert err < 1e-4 and cos > 0.99999
+    assert (cls - ref["x_norm_clstoken"]).abs().max() < 1e-4
+    for (ref_l, _), ours in zip(inter, layers):
+        assert (ref_l - ours).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(224, 224), (480, 640)])
+def test_ort_parity_fixed_full_vits16(vits16, tmp_path, size):
+    path, findings = export_onnx(vits16, tmp_path / "m.onnx", resolution=size)
+    assert not [f for f in findings if f.severity != "info"], findings
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "LayerNormalization" in ops and not ops & {"If", "Loop", "Range", "Tile"}
+    assert [i.name for i in graph.input] == ["image"]
+    ort = create_engine("onnxruntime", onnx_path=path, threads=2)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ref = vits16.forward_features(x)
+    out = ort.run(x)
+    assert out["patch_tokens"].shape == (1, size[0] // 16, size[1] // 16, 384)
+    err, cos = _compare(out["patch_tokens"], ref["x_norm_patchtokens"])
+    assert err <= 1e-3 and cos >= 0.9999, (err, cos)
+    assert (out["cls"] - ref["x_norm_clstoken"]).abs().max() <= 1e-3
+
+
+def test_ort_parity_dynamic(tmp_path):
+    """Dynamic batch and H/W export (2-block ViT-S/16) at 224x224 and 480x640, batch 1 and 2."""
+    bb = _perturbed("vits16", depth=2)
+    path, findings = export_onnx(bb, tmp_path / "dyn.onnx", resolution="dynamic")
+    assert not [f for f in findings if f.severity == "error"]
+    assert any("dynamic" in f.message for f in findings)  # warned for Isaac ROS
+    assert "If" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    ort = create_engine("onnxruntime", onnx_path=path, threads=2)
+    assert ort.info.input_size is None
+    for b, size in ((1, (224, 224)), (2, (480, 640))):
+        x = torch.randn(b, 3, *size)
+        with torch.no_grad():
+            ref = bb.forward_features(x)
+        out = ort.run(x)
+        err, cos = _compare(out["patch_tokens"], ref["x_norm_patchtokens"])
+        assert err <= 1e-3 and cos >= 0.9999, (size, err, cos)
+
+
+class _ToyDepthHead(torch.nn.Module):
+    """Stand-in dense head: two layers in, [B, 1, h, w] out (the export upsamples to the input size)."""
+
+    layer_indices = (0, 1)
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Conv2d(2 * dim, 1, 1)
+
+    def forward(self, feats):
+        return torch.nn.functional.softplus(self.proj(torch.cat(list(feats), 1)))
+
+
+def test_export_with_depth_head_and_metadata(tmp_path):
+    bb = _perturbed("vits16", depth=2)
+    head = _ToyDepthHead(384).eval()
+    path, _ = export_onnx(bb, tmp_path / "d.onnx", resolution=(64, 96), depth_head=head)
+    meta = read_metadata(path)
+    assert meta["arch"] == "vits16" and meta["patch_size"] == 16 and meta["embed_dim"] == 384
+    assert meta["norm_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["heads"] == ["depth"] and meta["outputs"] == ["patch_tokens", "cls", "depth"]
+    assert meta["output_layout"]["depth"] == "B,1,H,W" and meta["input_size"] == [64, 96]
+    assert meta["layer_indices"] == [0, 1]
+    ort = create_engine("onnxruntime", onnx_path=path, threads=2)
+    assert ort.info.arch == "vits16" and ort.info.input_size == (64, 96)
+    x = torch.randn(2, 3, 64, 96)
+    tch = create_engine("torch", model=DeployModel(bb, head), device="cpu")
+    a, b = tch.run(x), ort.run(x)
+    assert b["depth"].shape == (2, 1, 64, 96)
+    assert (a["depth"] - b["depth"]).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="built for 64x96"):
+        ort.run(torch.randn(1, 3, 64, 64))
+
+
+def _graph(nodes, opset=17, inputs=None):
+    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])]
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_checker_flags_bad_graphs():
+    # decomposed LayerNorm at opset 13
+    def c(n, v):
+        return helper.make_node("Constant", [], [n], value=helper.make_tensor(n, TensorProto.FLOAT, [], [v]))
+
+    ln = [
+        c("two", 2.0),
+        c("eps", 1e-5),
+        helper.make_node("ReduceMean", ["x"], ["m"], name="rm1", axes=[-1]),
+        helper.make_node("Sub", ["x", "m"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["y"]),
+    ]
+    found = check_tensorrt_compat(_graph(ln, opset=13))
+    kinds = {(f.severity, f.op) for f in found}
+    assert ("error", "opset") in kinds and ("error", "LayerNorm(decomposed)") in kinds
+    # If node + a double cast + a mask input + an unsupported op + antialiased Resize
+    then_g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["t"])],
+        "t",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        c("z", 0.0),
+        helper.make_node("Greater", ["x", "z"], ["cond_full"]),
+        helper.make_node("ReduceMin", ["cond_i"], ["cond_r"], keepdims=0),
+        helper.make_node("Cast", ["cond_full"], ["cond_i"], to=TensorProto.INT32),
+        helper.make_node("Cast", ["cond_r"], ["cond"], to=TensorProto.BOOL),
+        helper.make_node("If", ["cond"], ["ifo"], name="rope_if", then_branch=then_g, else_branch=then_g),
+        helper.make_node("Cast", ["ifo"], ["dbl"], name="to_double", to=TensorProto.DOUBLE),
+        helper.make_node("Unique", ["x"], ["u"], name="uniq"),
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], name="aa", mode="linear", antialias=1),
+        helper.make_node("Identity", ["x"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+        helper.make_tensor_value_info("masks", TensorProto.BOOL, [1, 8]),
+        helper.make_tensor_value_info("scales", TensorProto.FLOAT, [2]),
+    ]
+    found = check_tensorrt_compat(_graph(nodes, opset=18, inputs=inputs))
+    errs = {(f.op, f.node) for f in found if f.severity == "error"}
+    assert ("If", "rope_if") in errs
+    assert ("Cast", "to_double") in errs
+    assert ("Unique", "uniq") in errs
+    assert ("Resize", "aa") in errs
+    assert ("input", "masks") in errs
+    assert all(f.severity in ("error", "warning", "info") for f in found)
+
+
+def test_export_refuses_bad_graph_unless_forced(tmp_path, monkeypatch):
+    """The export fails (writes nothing) on checker errors, and --force keeps the file."""
+    import dinov3_ros.runtime.export as ex
+    from dinov3_ros.runtime.onnx_check import Finding
+
+    bad = [Finding("error", "n", "If", "crafted")]
+    monkeypatch.setattr(ex, "check_tensorrt_compat", lambda _model: bad)
+    bb = _perturbed("vits16", depth=1)
+    with pytest.raises(ExportError, match="1 TensorRT compatibility error"):
+        export_onnx(bb, tmp_path / "x.onnx", resolution=(32, 32))
+    assert not (tmp_path / "x.onnx").exists()
+    path, found = export_onnx(bb, tmp_path / "x.onnx", resolution=(32, 32), force=True)
+    assert path.exists() and found == bad
+
+
+def test_export_cli(tmp_path, capsys):
+    import argparse
+
+    from dinov3_ros.runtime import export
+
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    out = tmp_path / "cli.onnx"
+    args = parser.parse_args(["--arch", "vitt16", "--resolution", "64x64", "--out", str(out)])
+    assert export_main(args) == 0
+    assert "no findings" in capsys.readouterr().out or out.exists()
+    meta = read_metadata(out)
+    assert meta["arch"] == "vitt16" and meta["dynamic_batch"] is True
+    sess_in = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert sess_in[0].dim_param == "batch" and [d.dim_value for d in sess_in[1:]] == [3, 64, 64]
+    bad = parser.parse_args(["--arch", "vitt16", "--resolution", "60x64", "--out", str(tmp_path / "b.onnx")])
+    assert export_main(bad) == 2
+    assert "multiple of the patch size" in capsys.readouterr().err
+    nohead = parser.parse_args(["--arch", "vitt16", "--heads", "depth", "--out", str(tmp_path / "c.onnx")])
+    assert export_main(nohead) == 2
+    assert json.dumps(meta)  # metadata is plain JSON
+
+
+def test_fp16_export_keeps_rope_and_layernorm_fp32(tmp_path):
+    bb = _perturbed("vits16", depth=1)
+    path, _ = export_onnx(bb, tmp_path / "h.onnx", resolution=(32, 48), precision="fp16")
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert read_metadata(path)["precision"] == "fp16"
+    ort = create_engine("onnxruntime", onnx_path=path, threads=2)
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        ref = bb.forward_features(x)["x_norm_patchtokens"]
+    _, cos = _compare(ort.run(x)["patch_tokens"], ref)
+    assert cos > 0.999
+    assert np.isfinite(ort.run(x)["cls"].float().numpy()).all()
