@@ -64,18 +64,23 @@ def _role_pub(a: dict) -> None:
     node = rclpy.create_node("test_pub")
     tp = ros_types()
     q = qos_profile_sensor_data
-    p_img = node.create_publisher(Image, "image", q)
-    p_cmp = node.create_publisher(CompressedImage, "image/compressed", q)
-    p_inf = node.create_publisher(CameraInfo, "camera_info", q)
+    pubs = {}
+    for ns in a.get("namespaces", [""]):
+        pre = f"{ns}/" if ns else ""
+        pubs[ns] = (
+            node.create_publisher(Image, pre + "image", q),
+            node.create_publisher(CompressedImage, pre + "image/compressed", q),
+            node.create_publisher(CameraInfo, pre + "camera_info", q),
+        )
     t_end = time.time() + 20
-    while (
-        p_img.get_subscription_count() == 0 or p_cmp.get_subscription_count() == 0
-    ) and time.time() < t_end:
+    need = [p for trio in pubs.values() for p in trio[: 1 if a.get("namespaces") else 2]]
+    while any(p.get_subscription_count() == 0 for p in need) and time.time() < t_end:
         time.sleep(0.05)
     time.sleep(0.5)
     K = np.array(K_IN).reshape(3, 3)
     for it in a["items"]:
         kind, stamp = it["kind"], it.get("stamp", 0)
+        p_img, p_cmp, p_inf = pubs[it.get("ns", "")]
         hdr = B.header(tp, stamp, it.get("frame_id", "cam_optical"))
         w, h = it.get("w", W), it.get("h", H)
         if it.get("info", True) and kind != "sleep":
@@ -163,8 +168,8 @@ def _role_sub(a: dict) -> None:
     for t in a.get("topics", OUT_TOPICS):
         subs.append(
             node.create_subscription(
-                tp.cls(TOPIC_TYPES[t]),
-                f"{NODE}/{t}",
+                tp.cls(TOPIC_TYPES.get(t) or TOPIC_TYPES[t.split("/", 1)[1]]),
+                f"{a.get('node', NODE)}/{t}",
                 lambda m, t=t: (out.write(json.dumps(_summ(t, m)) + "\n"), out.flush()),
                 10,
             )
@@ -274,12 +279,15 @@ def node_proc(tmp_path_factory):
 class _Session:
     """A subscriber process + a publisher process; always killed."""
 
-    def __init__(self, tmp: Path, name: str, sub_args: dict, items: list[dict]) -> None:
+    def __init__(
+        self, tmp: Path, name: str, sub_args: dict, items: list[dict], pub_args: dict | None = None
+    ) -> None:
         self.tmp, self.name = tmp, name
         self.out = tmp / f"{name}.jsonl"
         self.ready = tmp / f"{name}.ready"
         self.sub_args = {"out": str(self.out), "ready": str(self.ready), "seconds": 40, **sub_args}
         self.items = items
+        self.pub_args = pub_args or {}
         self.sub = self.pub = None
 
     def __enter__(self) -> _Session:
@@ -289,7 +297,7 @@ class _Session:
             assert self.sub.poll() is None, (self.tmp / f"{self.name}.sub.log").read_text()
             time.sleep(0.1)
         time.sleep(0.5)  # the node's publishers see the new subscriptions
-        self.pub = _spawn("pub", {"items": self.items}, self.tmp / f"{self.name}.pub.log")
+        self.pub = _spawn("pub", {"items": self.items, **self.pub_args}, self.tmp / f"{self.name}.pub.log")
         return self
 
     def wait_pub(self, timeout: float = 60) -> str:
@@ -423,13 +431,25 @@ def test_burst_1000fps_drops_counted_memory_flat(node_proc):
             time.sleep(0.25)
         pub_log = s.wait_pub()
         recs = s.stop_sub(settle=1.5)
-    diag = _last_diag(s.out)
+    diags = [r for r in recs if r["topic"] == "diag"]
+    first, last = diags[0], diags[-1]
+
+    def delta(key: str) -> int:
+        return int(last[key]) - int(first[key])
+
     burst_s = json.loads(pub_log.strip().splitlines()[-1])["burst_seconds"]
     assert burst_s < 8, pub_log
     got = len({r["stamp"] for r in recs if r["topic"] == "depth"})
-    dropped, received = int(diag["frames_dropped"]), int(diag["frames_received"])
-    assert received > 500 and dropped > 0, diag
-    assert got > 0 and got < received, (got, diag)
+    # DDS (best effort, keep-last 5) may shed some of the 3000 messages before the node's callback
+    # when the machine is loaded; of those that arrive, the stale ones are dropped and counted.
+    received, dropped, processed = (
+        delta("frames_received"),
+        delta("frames_dropped"),
+        delta("frames_processed"),
+    )
+    assert received >= 100 and dropped > 0, (first, last)
+    assert 0 < processed < received and processed + dropped <= received + 1, (first, last)
+    assert got >= processed - 2, (got, processed)
     # memory flat: RSS late in the burst within 40 MB of RSS early in the burst
     assert len(rss) >= 6, rss
     early, late = max(rss[1:3]), max(rss[-3:])

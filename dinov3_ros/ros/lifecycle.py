@@ -26,6 +26,10 @@ class PerceptionLifecycleNode(LifecycleNode):
         super().__init__(name, **kwargs)
         self.core = PerceptionCore(self)
 
+    def destroy_node(self) -> None:
+        self.core.cleanup()
+        super().destroy_node()
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.core.configure()

@@ -251,6 +251,15 @@ class PerceptionCore:
                     self._cond.wait(timeout=0.5)
                 if self._stop.is_set():
                     return
+                s = self.settings
+                if s is not None and len(self._slots) > 1 and s.batch_window_ms > 0:
+                    # several cameras: give the others' frames a moment to arrive and share the batch
+                    deadline = time.monotonic() + s.batch_window_ms / 1e3
+                    while not all(v is not None for v in self._slots.values()) and not self._stop.is_set():
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(timeout=left)
                 taken = [(c, p) for c, p in self._slots.items() if p is not None]
                 for c, _ in taken:
                     self._slots[c] = None

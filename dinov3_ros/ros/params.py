@@ -2,8 +2,8 @@
 
 Read-only (need a restart / lifecycle cleanup+configure): ``weights``, ``backend``, ``device``,
 ``precision``, ``resolution``, ``cameras``, ``image_transport``, ``input_qos``, ``output_qos``.
-Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``diagnostics_period`` is read
-at start, and every ``pipeline.<setting>`` of :class:`~dinov3_ros.pipeline.PipelineConfig`.
+Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``batch_window_ms`` and every
+``pipeline.<setting>`` of :class:`~dinov3_ros.pipeline.PipelineConfig`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ NODE_DEFAULTS: dict[str, Any] = {
     "output_qos": "default",
     "lazy": True,
     "max_age_ms": 0.0,
+    "batch_window_ms": 5.0,
     "diagnostics_period": 1.0,
 }
 NODE_DESCRIPTIONS: dict[str, str] = {
@@ -55,6 +56,7 @@ NODE_DESCRIPTIONS: dict[str, str] = {
     "output_qos": "sensor_data | default | system_default",
     "lazy": "compute an output only while it has subscribers",
     "max_age_ms": "drop frames older than this when the worker takes them (0 = off)",
+    "batch_window_ms": "with several cameras, wait up to this long for the others' frames to batch them",
     "diagnostics_period": "seconds between /diagnostics messages",
 }
 
@@ -85,6 +87,7 @@ class NodeSettings:
     output_qos: str
     lazy: bool
     max_age_ms: float
+    batch_window_ms: float
     diagnostics_period: float
     outputs: dict[str, bool] = field(default_factory=dict)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -146,6 +149,8 @@ def validate(values: dict[str, Any]) -> NodeSettings:
         raise ValueError("parameter weights is empty: give a path, 'default' or 'random:<arch>'")
     if v["max_age_ms"] < 0:
         raise ValueError(f"parameter max_age_ms must be >= 0, got {v['max_age_ms']}")
+    if v["batch_window_ms"] < 0:
+        raise ValueError(f"parameter batch_window_ms must be >= 0, got {v['batch_window_ms']}")
     if v["diagnostics_period"] <= 0:
         raise ValueError(f"parameter diagnostics_period must be > 0, got {v['diagnostics_period']}")
     outputs = {o: _coerce(f"outputs.{o}", values[f"outputs.{o}"], True) for o in OUTPUTS}
