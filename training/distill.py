@@ -313,7 +313,7 @@ def load_teacher(
             )
         from dinov3_ros.models import load_backbone
 
-        backbone = load_backbone(p, arch)
+        backbone = load_backbone(p, arch, **dict(overrides or {}))
         return _freeze(Teacher(backbone=backbone, arch=str(getattr(backbone, "arch", arch or ""))))
     parts = _split_prefixed(sd, ("backbone", "dino_head", "ibot_head"))
     arch = arch or meta.get("arch") or (meta.get("config") or {}).get("student", {}).get("arch")
@@ -510,9 +510,12 @@ class Distiller:
         self.students: dict[str, _Student] = {}
         self.emas: dict[str, nn.Module] = {}
         self.optims: dict[str, torch.optim.Optimizer] = {}
-        for s in cfg.students:
+        for i, s in enumerate(cfg.students):
             if self.rank in range(*self.groups[s.name][0]):
-                self._add_student(s)
+                # initialisation depends on (seed, student index) only, not on the rank layout
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(cfg.raw["seed"]) * 1000 + i)
+                    self._add_student(s)
         if not self.students:
             raise ValueError(f"rank {self.rank} belongs to no student's ranks range")
         self.iteration = 0
