@@ -8,6 +8,9 @@ Main API (see docs in each module)::
     for frame in gen.stream(worker_id, num_workers): ...      # infinite, disjoint scenes per worker
     a, b = gen.pair(scene_index, 0, 5)
     corr = gt_correspondences(a, b, pixels)                   # occlusion-checked GT matches
+
+PyTorch: ``dinov3_ros.synthetic.dataset.SyntheticStream`` (infinite IterableDataset, sharded over
+DataLoader workers and ranks) and ``SyntheticFrames`` (map-style), both yielding tensor dicts.
 """
 
 from __future__ import annotations
