@@ -1,0 +1,279 @@
+"""Offline processing throughput (``dinov3-ros process``) against the bare batched engine, same run.
+
+Rows (frames/s, all with the same model, batch size and network resolution):
+
+- ``engine (bare, batched)``: ``engine.run`` on a ready, normalised batch already on the device: the
+  ceiling the offline tool is measured against (target: tool >= 80 % of it);
+- ``pipeline.process``: ``Pipeline.process`` on pre-decoded frames (preprocess + engine + heads);
+- ``offline serial``: read -> decode -> process -> build -> write one batch after the other, one thread;
+- ``offline tool``: the real tool (threads + bounded queues) from a bag on disk to a finished bag
+  (model load excluded; reading, decoding, writing and the final rename included).
+
+The input bag is synthetic (textured frames, JPEG CompressedImage by default) and written first.
+
+    .venv/bin/python benchmarks/bench_offline.py --device cpu --out bench_offline.json
+    python benchmarks/bench_offline.py --device cuda --weights random:vitb16 --resolution 448x448 \\
+        --batch-size 32 --frames 1024 --precision fp16 --out bench_offline_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dinov3_ros.runtime.bench import environment, markdown_table, write_json
+
+
+def make_input(path: Path, n: int, w: int, h: int, kind: str) -> None:
+    """A bag with ``n`` textured frames on /cam/image_raw[/compressed] plus /cam/camera_info."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from dinov3_ros.msgs import builders
+    from dinov3_ros.msgs.provider import rosbags_types
+    from dinov3_ros.pipeline.types import CameraIntrinsics
+
+    ts = get_typestore(Stores.LATEST)
+    tp = rosbags_types(ts)
+    intr = CameraIntrinsics.from_fov(w, h, 70.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    topic = "/cam/image_raw" + ("/compressed" if kind == "jpeg" else "")
+    mt = "sensor_msgs/msg/CompressedImage" if kind == "jpeg" else "sensor_msgs/msg/Image"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as wr:
+        ci = wr.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
+        im = wr.add_connection(topic, mt, typestore=ts)
+        for i in range(n):
+            t = 1_700_000_000_000_000_000 + i * 33_333_333
+            rgb = (
+                np.stack(
+                    [
+                        127 + 100 * np.sin((xx + 5 * i) / 17),
+                        127 + 100 * np.cos((yy - 3 * i) / 13),
+                        ((xx // 32 + yy // 32 + i) % 2) * 200 + 20,
+                    ],
+                    -1,
+                )
+                .clip(0, 255)
+                .astype(np.uint8)
+            )
+            hdr = builders.header(tp, t, "cam_optical")
+            wr.write(
+                ci, t, ts.serialize_cdr(builders.camera_info(tp, hdr, intr), "sensor_msgs/msg/CameraInfo")
+            )
+            msg = builders.compressed_image(tp, hdr, rgb) if kind == "jpeg" else builders.image(tp, hdr, rgb)
+            wr.write(im, t, ts.serialize_cdr(msg, mt))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--weights", default="random:vitt16")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    ap.add_argument("--resolution", default="224x224", help="network HxW")
+    ap.add_argument("--image-size", default="640x480", help="input frames WxH")
+    ap.add_argument("--input", default="jpeg", choices=("jpeg", "raw"))
+    ap.add_argument("--frames", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--outputs", default="features_pca,depth")
+    ap.add_argument("--decode-workers", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--workdir", default=None, help="where the bags go (default: a temp dir)")
+    ap.add_argument("--out", default="bench_offline.json")
+    args = ap.parse_args()
+
+    from dinov3_ros.offline import process as proc
+    from dinov3_ros.pipeline.model import load_model
+    from dinov3_ros.pipeline.pipeline import Pipeline
+    from dinov3_ros.pipeline.types import Frame, PipelineConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    res = tuple(int(v) for v in args.resolution.lower().split("x"))
+    iw, ih = (int(v) for v in args.image_size.lower().split("x"))
+    outputs = set(args.outputs.split(","))
+    B = args.batch_size
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_offline_"))
+    work.mkdir(parents=True, exist_ok=True)
+    bag = work / "input"
+    if bag.exists():
+        shutil.rmtree(bag)
+    t0 = time.perf_counter()
+    make_input(bag, args.frames, iw, ih, args.input)
+    print(
+        f"input: {args.frames} {args.input} frames {iw}x{ih} in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+
+    dev = str(device) if device.type == "cpu" else "cuda:0"
+    model = load_model(args.weights, "torch", dev, args.precision, res)
+    config = PipelineConfig(resolution=res)
+    rows = []
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # 1. bare batched engine ----------------------------------------------------------------
+    mean = torch.tensor(model.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=dev).view(1, 3, 1, 1)
+    batch = ((torch.rand(B, 3, *res, device=dev) - mean) / std).contiguous()
+    for _ in range(3):
+        model.engine.run(batch)
+    sync()
+    n_iter = max(3, args.frames // B)
+    t0 = time.perf_counter()
+    for _ in range(n_iter):
+        model.engine.run(batch)
+    sync()
+    eng_fps = n_iter * B / (time.perf_counter() - t0)
+    rows.append({"row": "engine (bare, batched)", "frames_per_s": eng_fps})
+
+    # 2. pipeline.process on pre-decoded frames ----------------------------------------------------
+    from dinov3_ros.offline.sources import open_source
+
+    src = open_source(bag)
+    frames = []
+    for m in src.messages():
+        from dinov3_ros.offline.sources import decode_message
+
+        rgb, stamp, fid = decode_message(src, m)
+        frames.append(Frame(rgb, stamp, fid, None, m.topic))
+        if len(frames) >= min(args.frames, 4 * B):
+            break
+    src.close()
+    pipe = Pipeline.from_model(model, config, device=dev)
+    pipe.process(frames[:B], outputs)
+    sync()
+    t0 = time.perf_counter()
+    done = 0
+    for _ in range(max(1, n_iter // max(1, len(frames) // B))):
+        for s in range(0, len(frames) - B + 1, B):
+            pipe.process(frames[s : s + B], outputs)
+            done += B
+    sync()
+    rows.append(
+        {"row": "pipeline.process (decoded frames)", "frames_per_s": done / (time.perf_counter() - t0)}
+    )
+
+    # 3./4. offline: serial loop, then the real tool ------------------------------------------------
+    parser = argparse.ArgumentParser()
+    proc.add_arguments(parser)
+
+    def tool_args(out: Path, extra: list[str]) -> argparse.Namespace:
+        a = [
+            str(bag),
+            "--out",
+            str(out),
+            "--weights",
+            args.weights,
+            "--precision",
+            args.precision,
+            "--resolution",
+            args.resolution,
+            "--outputs",
+            args.outputs,
+            "--batch-size",
+            str(B),
+            "--device",
+            dev,
+            "--no-progress",
+            "--overwrite",
+            *extra,
+        ]
+        if args.decode_workers:
+            a += ["--decode-workers", str(args.decode_workers)]
+        return parser.parse_args(a)
+
+    def run_tool(out: Path, extra: list[str]) -> float:
+        a = tool_args(out, extra)
+        t = time.perf_counter()
+        rc, text = proc.process_one(a, bag, out, model, config, outputs, dev, False, None)
+        dt = time.perf_counter() - t
+        if rc != 0:
+            raise RuntimeError(text)
+        return dt
+
+    # warm-up pass (allocator, cuDNN/cuBLAS heuristics, page cache)
+    run_tool(work / "warm", [])
+    dt_serial = serial_run(bag, work / "serial", model, config, outputs, B, dev, args)
+    rows.append({"row": "offline serial (1 thread, no overlap)", "frames_per_s": args.frames / dt_serial})
+    dt = run_tool(work / "tool", [])
+    rows.append({"row": "offline tool (pipelined)", "frames_per_s": args.frames / dt})
+    for r in rows:
+        r["vs_engine"] = r["frames_per_s"] / eng_fps
+    table = markdown_table(rows, ["row", "frames_per_s", "vs_engine"])
+    print(table)
+    ratio = rows[-1]["vs_engine"]
+    print(f"\noffline tool / bare engine = {ratio:.2f} (target >= 0.80)")
+    write_json(
+        args.out,
+        {
+            "env": environment(device),
+            "weights": args.weights,
+            "precision": args.precision,
+            "resolution": res,
+            "image_size": [iw, ih],
+            "input": args.input,
+            "frames": args.frames,
+            "batch_size": B,
+            "outputs": sorted(outputs),
+            "rows": rows,
+            "tool_vs_engine": ratio,
+            "target": 0.8,
+        },
+    )
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def serial_run(bag: Path, out: Path, model, config, outputs, B, dev, args) -> float:
+    """The straightforward loop (read, decode, process, build, write; nothing overlapped)."""
+    from dinov3_ros.offline.bagout import OutputBag
+    from dinov3_ros.offline.emit import MsgEmitter
+    from dinov3_ros.offline.execute import _intrinsics
+    from dinov3_ros.offline.sources import decode_message, open_source
+    from dinov3_ros.pipeline.pipeline import Pipeline
+    from dinov3_ros.pipeline.types import CameraIntrinsics, Frame
+
+    if out.exists():
+        shutil.rmtree(out)
+    t = time.perf_counter()
+    src = open_source(bag)
+    pipe = Pipeline.from_model(model, config, device=dev)
+    em = MsgEmitter(src, outputs)
+    ob = OutputBag(out, resolve_conn=em.resolve)
+    ob.open()
+    pending = []
+
+    def flush() -> None:
+        fos = pipe.process([f for f, _m, _r in pending], outputs)
+        for (_f, m, rgb), fo in zip(pending, fos):
+            for key, ts, raw in em.frame_messages(fo, m, rgb):
+                ob.write(key, ts, raw)
+        pending.clear()
+
+    for m in src.messages():
+        rgb, stamp, fid = decode_message(src, m)
+        pending.append(
+            (Frame(rgb, stamp, fid, _intrinsics(m.camera_info, rgb, CameraIntrinsics), m.topic), m, rgb)
+        )
+        if len(pending) == B:
+            flush()
+    if pending:
+        flush()
+    ob.finalize()
+    src.close()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
