@@ -338,8 +338,10 @@ def main(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"dinov3-train pretrain: bad config: {e}", file=sys.stderr)
         return 2
+    main_rank = True
     try:
         result = run_pretraining(cfg)
+        main_rank = is_main_process()
     except NonFiniteLossError as e:
         print(
             f"dinov3-train pretrain: stopping: {e}; the last good checkpoint is left intact", file=sys.stderr
@@ -348,7 +350,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if is_distributed():
             dist.destroy_process_group()
-    if is_main_process():
+    if main_rank:
         print(
             f"done: iteration {result['iteration']}, skipped images {result['skipped_images']}, "
             f"checkpoint {result['checkpoint']}"
