@@ -261,8 +261,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ValueError, match=r"section\.key=value"):
         load_config(None, ["optim.lr"])
-    for f in Path("training/configs").glob("*.yaml"):
-        load_config(f)  # every shipped config is valid
+    for name in ("tiny_cpu", "vits16_1gpu", "vits16_gram_anchor", "vits16_highres_adapt"):
+        load_config(Path("training/configs") / f"{name}.yaml")  # every shipped pretraining config is valid
 
 
 def test_synthetic_source_when_available():

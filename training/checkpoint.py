@@ -143,15 +143,26 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = True,
+    optional_prefixes: tuple[str, ...] = ("gram_teacher.",),
 ) -> dict[str, Any]:
     """Collective: load model (+ optimizer) shards from a checkpoint directory in place and return this
-    rank's ``extra`` dict (rank 0's if the world size changed); restores the RNG states by default."""
+    rank's ``extra`` dict (rank 0's if the world size changed); restores the RNG states by default.
+
+    Model keys under ``optional_prefixes`` that the checkpoint lacks (e.g. the Gram teacher when a
+    pretraining checkpoint is continued by the Gram-anchoring stage) are left as they are and listed
+    in ``extra["missing_optional"]``."""
     path = Path(path)
     if not (path / ".metadata").exists():
         raise FileNotFoundError(f"not a complete DCP checkpoint: {path}")
     state = _states(model, optimizer)
+    stored = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    missing_optional = sorted(
+        k for k in state["model"] if k.startswith(optional_prefixes) and f"model.{k}" not in stored
+    )
+    for k in missing_optional:
+        state["model"].pop(k)
     dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=not missing_optional))
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
     f = path / f"extra_rank{get_rank()}.pt"
@@ -160,6 +171,7 @@ def load_checkpoint(
     extra = torch.load(f, map_location="cpu", weights_only=False)
     if restore_rng and "rng" in extra:
         restore_rng_state(extra["rng"])
+    extra["missing_optional"] = missing_optional
     return extra
 
 

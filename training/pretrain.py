@@ -92,9 +92,13 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model = SSLMetaArch(cfg, backbone=backbone)
-    if cfg["model"].get("pretrained"):
-        load_backbone_weights(model.student.backbone, cfg["model"]["pretrained"])
-        model.teacher.backbone.load_state_dict(model.student.backbone.state_dict())
+    pre = cfg["model"].get("pretrained")
+    if pre:
+        # a .pth: backbone only; a pretraining checkpoint dir: its EMA teacher's backbone and both heads
+        names = ("backbone", "dino_head", "ibot_head") if Path(pre).is_dir() else ("backbone",)
+        for name in names:
+            load_backbone_weights(model.student[name], pre, prefix=f"teacher.{name}.")
+            model.teacher[name].load_state_dict(model.student[name].state_dict())
     if model.gram_teacher is not None:
         if cfg["gram"].get("ckpt"):
             load_backbone_weights(model.gram_teacher, cfg["gram"]["ckpt"])
@@ -255,6 +259,8 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     if latest is not None:
         extra = load_checkpoint(latest, state.model, state.optimizer, restore_rng=False)
         start = int(extra["next_iteration"])
+        if extra["missing_optional"] and state.model.gram_teacher is not None and not cfg["gram"].get("ckpt"):
+            state.model.update_gram_teacher()  # Gram stage continuing a pretraining run: anchor to its teacher
         state.gram_updates = int(extra.get("gram_updates", 0))
         state.n_skipped = int(extra.get("n_skipped", 0))
     loader = build_pretrain_loader(
