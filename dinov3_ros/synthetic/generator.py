@@ -22,6 +22,9 @@ from dinov3_ros.synthetic.scene import Scene, SceneObject, quad
 from dinov3_ros.synthetic.shapes import CLASS_NAMES, SPHERE_CLASS, canonical_mesh
 from dinov3_ros.synthetic.textures import N_PROCEDURAL_PER_KIND, PROCEDURAL_KINDS, n_textures
 
+#: bumped whenever the same (config, seed) would render different pixels (invalidates cached data)
+GENERATOR_VERSION = 2
+
 
 @dataclass(frozen=True)
 class SceneConfig:
@@ -171,7 +174,9 @@ def sample_scene(config: SceneConfig, seed: int, index: int) -> SceneSpec:
     cx = float(np.mean([p[0] for p in placed])) if placed else 0.0
     cy = float(np.mean([p[1] for p in placed])) if placed else 0.0
     r_max = min(lx, ly) - 0.4 - math.hypot(cx, cy)
-    radius = float(min(rng.uniform(*config.cam_radius), max(r_max - 0.3, 1.2)))
+    # keep the orbit outside every object (largest object distance from the centre + margin)
+    far = max((math.hypot(px - cx, py - cy) + pr for px, py, pr in placed), default=0.0)
+    radius = float(min(max(rng.uniform(*config.cam_radius), far + 0.6), max(r_max - 0.3, 1.2)))
     traj = OrbitTrajectory(
         center=(cx, cy, 0.25),
         radius=radius,

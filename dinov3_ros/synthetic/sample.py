@@ -14,12 +14,13 @@ import json
 import os
 from pathlib import Path
 
-from dinov3_ros.synthetic.generator import SceneGenerator
+from dinov3_ros.synthetic.generator import GENERATOR_VERSION, SceneGenerator
 from dinov3_ros.synthetic.writers import atomic_path, write_bag
 
 SAMPLE_NAME = "sample_bag"
 SAMPLE_PARAMS: dict = {
     "version": 1,
+    "generator_version": GENERATOR_VERSION,
     "seed": 3,
     "scene": 0,
     "frames": 48,
@@ -95,3 +96,7 @@ def ensure_sample_bag(path: str | os.PathLike | None = None) -> Path:
     if sample_ok(bag):
         return bag
     return make_sample_bag(bag)
+
+
+if __name__ == "__main__":
+    print(ensure_sample_bag())
