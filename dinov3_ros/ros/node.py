@@ -31,6 +31,7 @@ from dinov3_ros.msgs.decode import camera_info_to_intrinsics, compressed_to_rgb,
 from dinov3_ros.pipeline.types import OUTPUTS, Frame
 from dinov3_ros.ros import params as P
 from dinov3_ros.ros.diagnostics import NodeStats
+from dinov3_ros.ros.mailbox import Mailbox
 from dinov3_ros.ros.types import ros_types
 
 NODE_NAME = "dinov3_node"
@@ -49,7 +50,6 @@ def qos_of(name: str) -> QoSProfile:
 class _Pending:
     msg: Any
     kind: str  # "raw" | "compressed"
-    recv: float  # time.monotonic() at receipt
 
 
 def _join(cam: str, name: str) -> str:
@@ -70,8 +70,7 @@ class PerceptionCore:
         self._pubs: dict[str, dict[str, Any]] = {}
         self._subs: list[Any] = []
         self._infos: dict[str, deque] = {}
-        self._slots: dict[str, _Pending | None] = {}
-        self._cond = threading.Condition()
+        self._mailbox = Mailbox([])
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._diag_timer: Any = None
@@ -145,7 +144,7 @@ class PerceptionCore:
                 for t in B.TOPICS[o]
             }
             self._infos[cam] = deque(maxlen=16)
-            self._slots[cam] = None
+        self._mailbox = Mailbox(list(s.cameras))
         self._diag_pub = self.node.create_publisher(
             self.tp.cls("diagnostic_msgs/msg/DiagnosticArray"), "/diagnostics", 10
         )
@@ -186,16 +185,14 @@ class PerceptionCore:
         """Unsubscribe and stop the worker (model stays loaded)."""
         self._active = False
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._mailbox.wake()
         if self._worker is not None:
             self._worker.join(timeout=10.0)
             self._worker = None
         for sub in self._subs:
             self.node.destroy_subscription(sub)
         self._subs.clear()
-        for cam in self._slots:
-            self._slots[cam] = None
+        self._mailbox.clear()
 
     def cleanup(self) -> None:
         """Release publishers, timer and the model."""
@@ -221,11 +218,8 @@ class PerceptionCore:
     def _on_image(self, cam: str, msg: Any, kind: str) -> None:
         now = time.monotonic()
         self.stats.received(cam, now)
-        with self._cond:
-            if self._slots.get(cam) is not None:
-                self.stats.add("frames_dropped")
-            self._slots[cam] = _Pending(msg, kind, now)
-            self._cond.notify()
+        if self._mailbox.put(cam, _Pending(msg, kind), now):
+            self.stats.add("frames_dropped")
 
     # -- worker -----------------------------------------------------------------------------------
     def wanted_topics(self, cam: str) -> set[str]:
@@ -246,23 +240,11 @@ class PerceptionCore:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._cond:
-                while not self._stop.is_set() and not any(v is not None for v in self._slots.values()):
-                    self._cond.wait(timeout=0.5)
-                if self._stop.is_set():
-                    return
-                s = self.settings
-                if s is not None and len(self._slots) > 1 and s.batch_window_ms > 0:
-                    # several cameras: give the others' frames a moment to arrive and share the batch
-                    deadline = time.monotonic() + s.batch_window_ms / 1e3
-                    while not all(v is not None for v in self._slots.values()) and not self._stop.is_set():
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(timeout=left)
-                taken = [(c, p) for c, p in self._slots.items() if p is not None]
-                for c, _ in taken:
-                    self._slots[c] = None
+            s = self.settings
+            window = s.batch_window_ms / 1e3 if s is not None else 0.0
+            taken = self._mailbox.take(self._stop, window)
+            if not taken:
+                continue
             try:
                 self._process(taken)
             except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame triggers
@@ -281,18 +263,18 @@ class PerceptionCore:
             intr = camera_info_to_intrinsics(ci)
         return Frame(rgb, st, msg.header.frame_id, intr, source=cam or "/")
 
-    def _process(self, taken: list[tuple[str, _Pending]]) -> None:
+    def _process(self, taken: list[tuple[str, _Pending, float]]) -> None:
         s = self.settings
         if s is None or self.pipeline is None:
             return
         frames, cams, recvs, topics = [], [], [], []
         max_age = s.max_age_ms / 1e3
-        for cam, p in taken:
+        for cam, p, recv in taken:
             want = self.wanted_topics(cam)
             if not want:
                 self.stats.add("skipped_no_subscribers")
                 continue
-            if max_age and time.monotonic() - p.recv > max_age:
+            if max_age and time.monotonic() - recv > max_age:
                 self.stats.add("frames_stale")
                 continue
             try:
@@ -302,7 +284,7 @@ class PerceptionCore:
                 self.log.error(f"bad frame on '{_join(cam, 'image')}' (stamp {stamp_ns(p.msg)}): {exc}")
                 continue
             cams.append(cam)
-            recvs.append(p.recv)
+            recvs.append(recv)
             topics.append(want)
         if not frames:
             return

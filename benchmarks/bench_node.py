@@ -1,0 +1,396 @@
+"""End-to-end node latency/throughput at 30 Hz 640x480 with all outputs, against bare engine inference.
+
+Three measurements in one run, same model, same device:
+
+1. ``engine``: bare ``Engine.run`` on a preprocessed batch (the baseline), and preprocess + engine.
+2. ``pipeline``: ``Pipeline.process`` with every output (decode-free, no messages).
+3. ``stream``: frames at ``--hz`` for ``--seconds`` (after ``--warmup``):
+   - ``dds`` (rclpy available): ``dinov3_node`` in its own process; this process publishes
+     sensor_msgs/Image rgb8 + CameraInfo (header stamp = send time) and subscribes to every output;
+     latency = arrival of a frame's last output - send time (receive -> publish -> delivery).
+   - ``inproc`` (no rclpy, e.g. the GPU machine): the node's worker path without DDS: a producer
+     thread at ``--hz`` fills the same newest-frame ``Mailbox``; the worker decodes the raw image
+     buffer, runs the pipeline and builds every output message (plain provider); latency = message
+     built - frame put.
+   Drops = frames replaced before the worker took them (+ frames with no output in ``dds`` mode).
+
+Overhead = stream p50 / engine p50 - 1 (target <= 25 %; on GPU also 0 drops and p99 <= 15 ms).
+
+    .venv/bin/python benchmarks/bench_node.py --device cpu --out bench_node_cpu.json
+    python benchmarks/bench_node.py --device cuda --precision fp16 --out bench_node_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dinov3_ros.msgs import builders as B  # noqa: E402
+from dinov3_ros.msgs.decode import image_to_rgb  # noqa: E402
+from dinov3_ros.msgs.image_codec import encode_raw  # noqa: E402
+from dinov3_ros.msgs.provider import plain_types  # noqa: E402
+from dinov3_ros.pipeline import OUTPUTS, CameraIntrinsics, Frame, PipelineConfig  # noqa: E402
+from dinov3_ros.pipeline.model import load_model  # noqa: E402
+from dinov3_ros.pipeline.pipeline import Pipeline  # noqa: E402
+from dinov3_ros.ros.mailbox import Mailbox  # noqa: E402
+
+W, H = 640, 480
+K = CameraIntrinsics(np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]]), W, H)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, np.float64)
+    if a.size == 0:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
+    return {
+        "n": int(a.size),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+    }
+
+
+def test_image(i: int = 0) -> np.ndarray:
+    y, x = np.mgrid[0:H, 0:W]
+    img = np.stack([(x + 3 * i) % 256, y % 256, ((x // 40 + y // 40) % 2) * 200], 2).astype(np.uint8)
+    img[160:320, 240:400] = (230, 40, 40)
+    return img
+
+
+def bench_engine(model: Any, pipe: Pipeline, device: str, seconds: float) -> dict[str, Any]:
+    img = test_image()
+    pre = pipe._pre
+    batch, _ = pre([img])
+    for _ in range(3):
+        model.engine.run(batch)
+    _sync(device)
+    eng, both = [], []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(eng) < 5:
+        t0 = time.perf_counter()
+        b, _ = pre([img])
+        _sync(device)
+        t1 = time.perf_counter()
+        model.engine.run(b)
+        _sync(device)
+        t2 = time.perf_counter()
+        eng.append((t2 - t1) * 1e3)
+        both.append((t2 - t0) * 1e3)
+    return {"engine": _stats(eng), "preprocess+engine": _stats(both)}
+
+
+def bench_pipeline(pipe: Pipeline, device: str, seconds: float) -> dict[str, Any]:
+    ms, stages = [], {}
+    i = 0
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(ms) < 5:
+        fr = Frame(test_image(i), i, "camera_optical", K, "bench_pipeline")
+        t0 = time.perf_counter()
+        (o,) = pipe.process([fr], set(OUTPUTS))
+        _sync(device)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        if i >= 2:
+            for k, v in o.timings_ms.items():
+                stages.setdefault(k, []).append(v)
+        i += 1
+    return {
+        "pipeline": _stats(ms[2:] or ms),
+        "stages_p50_ms": {k: float(np.median(v)) for k, v in stages.items()},
+    }
+
+
+def stream_inproc(pipe: Pipeline, device: str, hz: float, seconds: float, warmup: float) -> dict[str, Any]:
+    """The node's worker path (Mailbox -> decode -> pipeline -> all messages) without DDS."""
+    tp = plain_types()
+    raw = [encode_raw(test_image(i), "rgb8") for i in range(4)]
+    box = Mailbox(["/"])
+    stop = threading.Event()
+    lat: list[tuple[float, float]] = []  # (put time, latency ms)
+    produced = [0]
+
+    def producer() -> None:
+        period, t0, k = 1.0 / hz, time.perf_counter(), 0
+        while not stop.is_set():
+            data, step = raw[k % len(raw)]
+            msg = B.raw_image(tp, B.header(tp, time.time_ns(), "camera_optical"), data, H, W, step, "rgb8")
+            box.put("/", msg)
+            produced[0] += 1
+            k += 1
+            delay = t0 + k * period - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    def worker() -> None:
+        while not stop.is_set():
+            for _cam, msg, recv in box.take(stop):
+                st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                fr = Frame(image_to_rgb(msg), st, msg.header.frame_id, K, "/")
+                (o,) = pipe.process([fr], set(OUTPUTS))
+                B.frame_messages(tp, o)
+                _sync(device)
+                lat.append((recv, (time.monotonic() - recv) * 1e3))
+
+    th = [threading.Thread(target=producer, daemon=True), threading.Thread(target=worker, daemon=True)]
+    for t in th:
+        t.start()
+    time.sleep(warmup)
+    t_meas, drop0, prod0 = time.monotonic(), box.dropped, produced[0]
+    time.sleep(seconds)
+    t_end, drops, prod = time.monotonic(), box.dropped - drop0, produced[0] - prod0
+    stop.set()
+    box.wake()
+    for t in th:
+        t.join(timeout=30)
+    window = [ms for recv, ms in lat if t_meas <= recv < t_end]
+    return {
+        "mode": "inproc",
+        "sent": prod,
+        "outputs": len(window),
+        "dropped": drops,
+        "throughput_hz": len(window) / seconds,
+        "latency": _stats(window),
+    }
+
+
+def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
+    """dinov3_node in a child process; publish + subscribe here over DDS."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+
+    from dinov3_ros.ros.types import ros_types
+
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    h, w = args.resolution
+    cmd = [
+        sys.executable,
+        "-m",
+        "dinov3_ros.ros.node",
+        "--ros-args",
+        "--params-file",
+        str(ROOT / "config/dinov3.yaml"),
+        "-p",
+        f"weights:={args.weights}",
+        "-p",
+        f"device:={args.device}",
+        "-p",
+        f"precision:={args.precision}",
+        "-p",
+        f"resolution:=[{h},{w}]",
+        "-p",
+        f"backend:={args.backend}",
+    ]
+    log = open(args.node_log, "w")
+    node_p = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    rclpy.init()
+    node = rclpy.create_node("bench_driver")
+    tp = ros_types()
+    arrivals: dict[int, dict[str, int]] = {}
+    diags: list[dict[str, str]] = []
+    lock = threading.Lock()
+    for topic, mtype in B.TOPIC_TYPES.items():
+
+        def cb(m, topic=topic) -> None:
+            now = time.time_ns()
+            st = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+            with lock:
+                arrivals.setdefault(st, {})[topic] = now
+
+        node.create_subscription(tp.cls(mtype), f"/dinov3_node/{topic}", cb, 10)
+
+    def on_diag(m) -> None:
+        for s in m.status:
+            if "perception" in s.name:
+                diags.append({kv.key: kv.value for kv in s.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    p_img = node.create_publisher(tp.cls("sensor_msgs/msg/Image"), "image", qos_profile_sensor_data)
+    p_inf = node.create_publisher(
+        tp.cls("sensor_msgs/msg/CameraInfo"), "camera_info", qos_profile_sensor_data
+    )
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        t_end = time.time() + 180
+        while p_img.get_subscription_count() == 0 or len(diags) == 0:
+            if node_p.poll() is not None or time.time() > t_end:
+                raise RuntimeError("node did not start: " + Path(args.node_log).read_text()[-2000:])
+            time.sleep(0.2)
+        time.sleep(1.0)
+        raw = [encode_raw(test_image(i), "rgb8") for i in range(4)]
+        sent: list[tuple[int, bool]] = []  # (stamp, in measurement window)
+        period = 1.0 / args.hz
+        t0 = time.perf_counter()
+        n_warm, n_total = int(args.warmup * args.hz), int((args.warmup + args.seconds) * args.hz)
+        d0 = None
+        for k in range(n_total):
+            if k == n_warm:
+                d0 = dict(diags[-1]) if diags else None
+            st = time.time_ns()
+            hdr = B.header(tp, st, "camera_optical")
+            data, step = raw[k % len(raw)]
+            p_inf.publish(B.camera_info(tp, hdr, K))
+            p_img.publish(B.raw_image(tp, hdr, data, H, W, step, "rgb8"))
+            sent.append((st, k >= n_warm))
+            delay = t0 + (k + 1) * period - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(2.5)
+        d1 = dict(diags[-1])
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+        try:
+            os.killpg(node_p.pid, 2)
+            node_p.wait(timeout=10)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            os.killpg(node_p.pid, 9)
+        log.close()
+    n_topics = len(B.TOPIC_TYPES)
+    lat, complete = [], 0
+    for st, measured in sent:
+        arr = arrivals.get(st, {})
+        if measured and len(arr) == n_topics:
+            complete += 1
+            lat.append((max(arr.values()) - st) / 1e6)
+    n_sent = sum(m for _, m in sent)
+
+    def delta(key: str) -> int:
+        return int(d1.get(key, 0)) - int((d0 or {}).get(key, 0))
+
+    return {
+        "mode": "dds",
+        "sent": n_sent,
+        "outputs": complete,
+        "dropped": n_sent - complete,
+        "dropped_in_node": delta("frames_dropped") + delta("frames_stale"),
+        "received_by_node": delta("frames_received"),
+        "throughput_hz": complete / args.seconds,
+        "latency": _stats(lat),
+        "node_latency_p50_ms": float(d1.get("latency_p50_ms", "nan")),
+        "node_latency_p99_ms": float(d1.get("latency_p99_ms", "nan")),
+    }
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--weights", default="random:vits16", help="path, 'default' or random:<arch>")
+    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--resolution", default="224x304", help="network HxW (640x480 frames are letterboxed)")
+    ap.add_argument("--hz", type=float, default=30.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--baseline-seconds", type=float, default=5.0)
+    ap.add_argument("--mode", default="auto", choices=("auto", "dds", "inproc", "both"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--node-log", default="/tmp/bench_node_node.log")
+    ap.add_argument("--out", default="bench_node.json")
+    args = ap.parse_args()
+    args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import rclpy  # noqa: F401
+
+        has_ros = True
+    except ImportError:
+        has_ros = False
+    modes = {"auto": ["dds" if has_ros else "inproc"], "both": ["inproc", "dds"]}.get(args.mode, [args.mode])
+    model = load_model(args.weights, args.backend, args.device, args.precision, args.resolution)
+    pipe = Pipeline.from_model(model, PipelineConfig(resolution=args.resolution), device=args.device)
+    res: dict[str, Any] = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "model": model.info,
+        "host": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+        },
+    }
+    print(f"model {model.info} at {args.resolution}, frames {W}x{H}, all outputs, {args.hz} Hz", flush=True)
+    res.update(bench_engine(model, pipe, args.device, args.baseline_seconds))
+    res.update(bench_pipeline(pipe, args.device, args.baseline_seconds))
+    eng = res["engine"]["p50_ms"]
+    res["streams"] = {}
+    for m in modes:
+        if m == "dds" and not has_ros:
+            print("dds mode needs rclpy; skipped", file=sys.stderr)
+            continue
+        pipe.reset()
+        r = (
+            stream_inproc(pipe, args.device, args.hz, args.seconds, args.warmup)
+            if m == "inproc"
+            else stream_dds(args)
+        )
+        r["overhead_vs_engine"] = r["latency"]["p50_ms"] / eng - 1.0
+        r["overhead_vs_pipeline"] = r["latency"]["p50_ms"] / res["pipeline"]["p50_ms"] - 1.0
+        if args.device.startswith("cuda"):
+            r["gpu_targets_met"] = bool(r["dropped"] == 0 and r["latency"]["p99_ms"] <= 15.0)
+        r["overhead_target_met"] = bool(r["overhead_vs_engine"] <= 0.25)
+        res["streams"][m] = r
+    rows = [
+        ("engine (bare Engine.run)", res["engine"]),
+        ("preprocess + engine", res["preprocess+engine"]),
+        ("pipeline.process, all outputs", res["pipeline"]),
+    ]
+    print(
+        f"\n| measurement ({args.device}) | n | p50 ms | p99 ms | throughput Hz | drops | overhead vs engine |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, st in rows:
+        print(
+            f"| {name} | {st['n']} | {st['p50_ms']:.1f} | {st['p99_ms']:.1f} | {1e3 / st['mean_ms']:.1f} | - | "
+            f"{st['p50_ms'] / eng - 1:+.0%} |"
+        )
+    for m, r in res["streams"].items():
+        st = r["latency"]
+        print(
+            f"| stream {m} @ {args.hz:g} Hz (receive -> publish) | {st['n']} | {st['p50_ms']:.1f} | "
+            f"{st['p99_ms']:.1f} | {r['throughput_hz']:.1f} | {r['dropped']}/{r['sent']} | "
+            f"{r['overhead_vs_engine']:+.0%} |"
+        )
+    print("\npipeline stages p50 ms: " + ", ".join(f"{k} {v:.1f}" for k, v in res["stages_p50_ms"].items()))
+    write_json_atomic(Path(args.out), res)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
