@@ -58,8 +58,8 @@ def test_inference_vit_matches_reference_backbone(vits16):
     err, cos = _compare(patch, ref["x_norm_patchtokens"])
     assert err < 1e-4 and cos > 0.99999
     assert (cls - ref["x_norm_clstoken"]).abs().max() < 1e-4
-    for (ref_l, _), ours in zip(inter, layers):
-        assert (ref_l - ours).abs().max() < 1e-4
+    for (ref_l, ref_c), (ours, ours_c) in zip(inter, layers):
+        assert (ref_l - ours).abs().max() < 1e-4 and (ref_c - ours_c).abs().max() < 1e-4
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ class _ToyDepthHead(torch.nn.Module):
         self.proj = torch.nn.Conv2d(2 * dim, 1, 1)
 
     def forward(self, feats):
-        return torch.nn.functional.softplus(self.proj(torch.cat(list(feats), 1)))
+        return torch.nn.functional.softplus(self.proj(torch.cat([p for p, _cls in feats], 1)))
 
 
 def test_export_with_depth_head_and_metadata(tmp_path):
@@ -244,3 +244,44 @@ def test_fp16_export_keeps_rope_and_layernorm_fp32(tmp_path):
     _, cos = _compare(ort.run(x)["patch_tokens"], ref)
     assert cos > 0.999
     assert np.isfinite(ort.run(x)["cls"].float().numpy()).all()
+
+
+@pytest.mark.parametrize("kind", ["linear", "dpt"])
+def test_export_with_real_depth_head_file(tmp_path, kind):
+    """A saved dinov3_ros.heads depth head (file -> load_head) exports into the graph; ORT == torch."""
+    depth_mod = pytest.importorskip("dinov3_ros.heads.depth")
+    bb = _perturbed("vits16", depth=4)
+    torch.manual_seed(1)
+    if kind == "linear":
+        head = depth_mod.LinearDepthHead(384, n_bins=16, n_layers=2)
+        layers = [2, 3]
+    else:
+        head = depth_mod.DPTHead(384, features=32, n_bins=16, readout="project", layers=[0, 1, 2, 3])
+        layers = [0, 1, 2, 3]
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.05)
+    head.eval()
+    meta = {
+        "arch": "vits16",
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "input_size": [64, 96],
+        "layers": layers,
+    }
+    hp = tmp_path / "head.pt"
+    depth_mod.save_head(hp, head, meta)
+    from dinov3_ros.runtime.torch_backend import load_depth_head
+
+    loaded = load_depth_head(hp)
+    assert tuple(loaded.layer_indices) == tuple(layers)
+    path, findings = export_onnx(bb, tmp_path / "d.onnx", resolution=(64, 96), depth_head=loaded)
+    assert not [f for f in findings if f.severity == "error"], findings
+    assert read_metadata(path)["layer_indices"] == layers
+    x = torch.randn(1, 3, 64, 96)
+    # ground truth: the reference backbone's intermediate layers through the head
+    with torch.no_grad():
+        inter = bb.get_intermediate_layers(x, n=layers, reshape=True, return_class_token=True)
+        ref = head(list(inter), output_size=(64, 96))
+    out = create_engine("onnxruntime", onnx_path=path, threads=2).run(x)
+    assert out["depth"].shape == (1, 1, 64, 96)
+    assert (out["depth"] - ref).abs().max() < 1e-3 * float(ref.abs().max())

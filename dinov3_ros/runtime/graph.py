@@ -22,7 +22,12 @@ OUTPUT_LAYOUT = {"patch_tokens": "B,h,w,C", "cls": "B,C", "depth": "B,1,H,W"}
 
 
 def head_layer_indices(head: nn.Module | None, depth: int) -> tuple[int, ...]:
-    """Block indices a dense head consumes (``head.layer_indices`` / ``head.layers``; default: the last)."""
+    """Block indices a dense head consumes.
+
+    ``head.layer_indices`` (set from the head file's ``meta["layers"]`` by the loader) or ``head.layers``;
+    a DPT head without them gets ``dinov3_ros.heads.depth.default_layers``; otherwise the last
+    ``n_layers`` blocks (default 1).
+    """
     if head is None:
         return (depth - 1,)
     for name in ("layer_indices", "layers", "in_layers", "intermediate_layers"):
@@ -31,7 +36,17 @@ def head_layer_indices(head: nn.Module | None, depth: int) -> tuple[int, ...]:
             return tuple(range(depth - val, depth))
         if isinstance(val, Sequence) and val and all(isinstance(v, int) for v in val):
             return tuple(v if v >= 0 else depth + v for v in val)
+    if getattr(head, "head_type", None) == "dpt":
+        from dinov3_ros.heads.depth import default_layers
+
+        return tuple(default_layers(n_blocks=depth))
     n = getattr(head, "n_layers", None)
+    if n is None:
+        n = (
+            getattr(head, "config", {}).get("n_layers")
+            if isinstance(getattr(head, "config", None), dict)
+            else None
+        )
     if isinstance(n, int) and n > 0:
         return tuple(range(depth - n, depth))
     return (depth - 1,)
@@ -70,6 +85,7 @@ class DeployModel(nn.Module):
             n_blocks = self.vit.cfg.depth
         else:
             n_blocks = int(getattr(backbone, "n_blocks", 1))
+        self.n_blocks = n_blocks
         self.depth_head = depth_head
         self.layer_indices = head_layer_indices(depth_head, n_blocks)
         if self.vit is not None:
@@ -88,15 +104,17 @@ class DeployModel(nn.Module):
         if self.vit is not None:
             self.vit.dynamic_rope = dynamic
 
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def _features(self, x: torch.Tensor):
+        """-> (patch_tokens [B, h, w, C], cls [B, C], [(patches [B, C, h, w], cls [B, C]) per head layer])."""
         if self.vit is not None:
             return self.vit(x)
+        idx = sorted(set(self.layer_indices) | {self.n_blocks - 1})
         outs = self.backbone.get_intermediate_layers(
-            x, n=list(self.layer_indices), reshape=True, return_class_token=True, norm=True
+            x, n=idx, reshape=True, return_class_token=True, norm=True
         )
-        layers = [o[0] for o in outs]
-        cls = outs[-1][1]
-        return layers[-1].permute(0, 2, 3, 1), cls, layers
+        by_idx = {i: (o[0], o[1]) for i, o in zip(idx, outs)}
+        last_p, last_c = by_idx[self.n_blocks - 1]
+        return last_p.permute(0, 2, 3, 1), last_c, [by_idx[i] for i in self.layer_indices]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if image.dtype == torch.uint8:
@@ -112,13 +130,13 @@ class DeployModel(nn.Module):
         depth = self._head(layers, cls, x)
         return patch, cls, depth
 
-    def _head(self, layers: list[torch.Tensor], cls: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _head(self, layers: list[tuple[torch.Tensor, torch.Tensor]], cls: torch.Tensor, x: torch.Tensor):
         head = self.depth_head
-        arg = layers if len(layers) > 1 else layers[0]
+        size = (x.shape[-2], x.shape[-1])
         try:
-            out = head(arg, image_size=(x.shape[-2], x.shape[-1]))
-        except TypeError:
-            out = head(arg)
+            out = head(list(layers), output_size=size)
+        except TypeError:  # a head without output_size: resized below
+            out = head(list(layers))
         if isinstance(out, dict):
             out = out["depth"]
         if isinstance(out, (tuple, list)):

@@ -23,7 +23,13 @@ def load_depth_head(head: nn.Module | str | Path | None) -> nn.Module | None:
     from dinov3_ros.heads.depth import load_head  # lazy: heads are optional here
 
     loaded = load_head(head)
-    return loaded[0] if isinstance(loaded, tuple) else loaded
+    if not isinstance(loaded, tuple):
+        return loaded
+    module, meta = loaded
+    layers = meta.get("layers") if isinstance(meta, dict) else None
+    if layers:
+        module.layer_indices = tuple(int(i) for i in layers)  # which backbone blocks feed the head
+    return module
 
 
 class TorchEngine(Engine):

@@ -119,8 +119,9 @@ class _Block(nn.Module):
 class InferenceViT(nn.Module):
     """DINOv3 ViT forward for inference and export.
 
-    ``forward(x) -> (patch_tokens [B, h, w, D], cls [B, D], layers)`` where ``layers`` is a list of
-    final-normed patch features ``[B, D, h, w]`` of ``layer_indices`` (for dense heads).
+    ``forward(x) -> (patch_tokens [B, h, w, D], cls [B, D], layers)`` where ``layers`` lists, for each
+    of ``layer_indices``, the final-normed ``(patches [B, D, h, w], cls [B, D])`` as
+    ``get_intermediate_layers(..., reshape=True, return_class_token=True)`` does (for dense heads).
     """
 
     def __init__(self, cfg: ViTConfig, periods: torch.Tensor | None = None) -> None:
@@ -258,7 +259,9 @@ class InferenceViT(nn.Module):
         return hit
 
     # -- forward ------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         B = x.shape[0]
         p = self.patch_size
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
@@ -282,9 +285,6 @@ class InferenceViT(nn.Module):
         patch = last[:, self.n_prefix :].reshape(B, gh, gw, D)
         layers = []
         for i, lt in zip(sorted(want), taken):
-            if i == self.cfg.depth - 1:
-                n = last
-            else:
-                n = _ln(lt, self.norm, self.ln_fp32)
-            layers.append(n[:, self.n_prefix :].reshape(B, gh, gw, D).permute(0, 3, 1, 2))
+            n = last if i == self.cfg.depth - 1 else _ln(lt, self.norm, self.ln_fp32)
+            layers.append((n[:, self.n_prefix :].reshape(B, gh, gw, D).permute(0, 3, 1, 2), n[:, 0]))
         return patch, cls, layers
