@@ -98,12 +98,19 @@ def _runtime_engine() -> Any | None:
     return getattr(mod, "create_engine", None)
 
 
-def _default_weights() -> str:
+def registry_weights(name: str) -> str:
+    """Shipped weights of registry entry ``name`` (``default`` = our model); ModelLoadError if absent."""
     try:
         reg = importlib.import_module("dinov3_ros.models.registry")
-        return str(reg.default_weights_path())
-    except (ImportError, AttributeError, FileNotFoundError) as exc:
-        raise ModelLoadError(f"weights 'default': the shipped model is not available ({exc})") from exc
+    except ImportError as exc:
+        raise ModelLoadError(f"weights {name!r}: the model registry is not available ({exc})") from exc
+    try:
+        fn = getattr(reg, "default_weights_path", None)
+        if name == "default" and fn is not None:
+            return str(fn())
+        return str(reg.get_entry(name).weights_path())
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise ModelLoadError(f"weights {name!r}: {exc}") from exc
 
 
 def build_random_backbone(arch: str, seed: int = 0) -> nn.Module:
@@ -143,8 +150,10 @@ def load_model(
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     if not weights:
         raise ModelLoadError("weights is empty: give a path, 'default' or 'random:<arch>'")
-    if weights == "default":
-        weights = _default_weights()
+    if weights == "default" or (
+        "/" not in weights and not weights.startswith("random:") and not Path(weights).suffix
+    ):
+        weights = registry_weights(weights)
     create = _runtime_engine()
     size = tuple(int(v) for v in resolution) if resolution is not None else None
     depth_head = None
