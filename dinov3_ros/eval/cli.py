@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scenes", type=int, default=4)
     parser.add_argument("--frames-per-scene", type=int, default=8)
     parser.add_argument("--pair-gap", type=int, default=3, help="frames between the two views of a pair")
+    parser.add_argument(
+        "--probe-scenes",
+        type=int,
+        nargs=2,
+        default=(48, 24),
+        metavar=("TRAIN", "TEST"),
+        help="single-view scenes for the class probe",
+    )
     parser.add_argument("--tasks", default="depth,correspondence,tokencut,probe")
     parser.add_argument("--depth-head", default=None, help="trained depth head file (else a ridge probe)")
     parser.add_argument("--matcher", choices=("heads", "dense"), default="heads")

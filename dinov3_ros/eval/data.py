@@ -21,10 +21,14 @@ EVAL_SEED = 100_003
 
 @dataclass
 class EvalData:
-    """Train frames (for fitting probes) and test frames (grouped by scene, for pairs)."""
+    """Train frames (for fitting probes) and test frames (grouped by scene, for pairs); optional
+    ``probe_train`` / ``probe_test`` frames for the class probe (many scenes, one view each, so crops
+    are not dominated by a few instances seen many times; default: ``train`` / ``test``)."""
 
     train: list[SynthFrame]
     test: list[SynthFrame]
+    probe_train: list[SynthFrame] = field(default_factory=list)
+    probe_test: list[SynthFrame] = field(default_factory=list)
     class_names: tuple[str, ...] = CLASS_NAMES
     source: str = "synthetic"
     pair_gap: int = 3
@@ -50,8 +54,10 @@ def synthetic_data(
     test_scenes: int = 4,
     frames_per_scene: int = 8,
     pair_gap: int = 3,
+    probe_scenes: tuple[int, int] = (48, 24),
 ) -> EvalData:
-    """Render ``train_scenes + test_scenes`` scenes of ``frames_per_scene`` frames each."""
+    """Render ``train_scenes + test_scenes`` scenes of ``frames_per_scene`` frames each, plus
+    ``probe_scenes`` (train, test) single-view scenes (generator seed ``seed + 1``) for the class probe."""
     from dinov3_ros.synthetic.generator import SceneGenerator
 
     w, h = size
@@ -125,15 +131,21 @@ class Crop:
 
 
 def instance_crops(
-    frames: list[SynthFrame], size: int = 112, min_area: int = 300, pad: float = 0.15
+    frames: list[SynthFrame],
+    size: int = 112,
+    min_fraction: float = 0.006,
+    min_area: int = 48,
+    pad: float = 0.15,
 ) -> list[Crop]:
-    """Square crops (``size``², resized) around every visible instance with at least ``min_area`` pixels."""
+    """Square crops (``size``², resized) around every visible instance covering at least
+    ``max(min_area, min_fraction * H * W)`` pixels."""
     import cv2
 
     out: list[Crop] = []
     for f in frames:
+        thr = max(min_area, min_fraction * f.height * f.width)
         for inst, area in f.instance_areas().items():
-            if area < min_area:
+            if area < thr:
                 continue
             x0, y0, x1, y1 = f.instance_box(inst)
             cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0

@@ -185,10 +185,14 @@ def evaluate_matching(
 
 
 def heads_match(fa: np.ndarray, fb: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Matches of ``dinov3_ros.heads.correspondence.match`` (mutual NN, ratio 0.95, soft-argmax refine)."""
+    """Matches of ``dinov3_ros.heads.correspondence.match`` (mutual NN, ratio 0.95, soft-argmax refine).
+
+    The heads put patch centres at ``(c + 0.5) p`` (pixel k spans [k, k+1)); the generator's K puts
+    pixel centres at integers, hence ``offset=-0.5``.
+    """
     from dinov3_ros.heads.correspondence import match
 
-    m = match(fa, fb, patch_size=float(patch_size), mutual=True, ratio=0.95, refine=True)
+    m = match(fa, fb, patch_size=float(patch_size), mutual=True, ratio=0.95, refine=True, offset=(-0.5, -0.5))
     return np.asarray(m.pts0, np.float64), np.asarray(m.pts1, np.float64)
 
 

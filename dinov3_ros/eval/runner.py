@@ -156,8 +156,8 @@ def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None
 
     if "probe" in opts.tasks:
         t0 = time.perf_counter()
-        tr = instance_crops(data.train, opts.crop_size)
-        te = instance_crops(data.test, opts.crop_size)
+        tr = instance_crops(data.probe_train or data.train, opts.crop_size)
+        te = instance_crops(data.probe_test or data.test, opts.crop_size)
         if oracle:
 
             def embed(crops):
