@@ -81,9 +81,13 @@ class TorchEngine(Engine):
             dm.vit.periods.data = dm.vit.periods.data.float()
         for p in dm.parameters():
             p.requires_grad_(False)
+        if self.device.type == "cuda" and dm.vit is not None:
+            # uint8 NHWC frames arrive channels-last: keep the patch-embed conv in the same layout
+            dm.vit.patch_embed.to(memory_format=torch.channels_last)
         self.model = dm
         self._fn = torch.compile(dm, mode=compile_mode, dynamic=False) if compile else dm
         self.cuda_graphs = cuda_graphs
+        self._graph_owned_outputs = bool(compile) and compile_mode == "reduce-overhead"
         self.clone_outputs = clone_outputs
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         mode = ("compile:" + compile_mode if compile else "eager") + ("+cudagraphs" if cuda_graphs else "")
@@ -135,7 +139,12 @@ class TorchEngine(Engine):
 
     def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._prepare(batch)
-        outs = self._graph_forward(x) if self.cuda_graphs else self._forward(x)
+        if self.cuda_graphs:
+            outs = self._graph_forward(x)
+        else:
+            outs = self._forward(x)
+            if self._graph_owned_outputs and self.clone_outputs:  # reduce-overhead reuses its buffers
+                outs = tuple(o.clone() for o in outs)
         return dict(zip(self.model.output_names, outs))
 
     def run(self, batch) -> dict[str, torch.Tensor]:

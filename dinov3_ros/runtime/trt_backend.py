@@ -219,8 +219,9 @@ def build_engine(
     onnx_fp16 = meta.get("precision") == "fp16"
     strongly_typed = not weak_fp16 or onnx_fp16
     flags = 0
-    if strongly_typed:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed and st_flag is not None:  # TRT 11 networks are strongly typed without the flag
+        flags = 1 << int(st_flag)
     if not weak_fp16 and precision == "fp16" and not onnx_fp16:
         raise ValueError(
             f"TensorRT {trt.__version__} is strongly typed only: export an fp16 ONNX "

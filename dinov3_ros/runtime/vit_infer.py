@@ -253,7 +253,8 @@ class InferenceViT(nn.Module):
         key = (int(h), int(w), str(device))
         hit = self._rope_cache.get(key)
         if hit is None:
-            with torch.no_grad():
+            # normal (not inference-mode) tensors, so the cache also serves export/tracing later
+            with torch.inference_mode(False), torch.no_grad():
                 hit = self._rope_tables(int(h), int(w), device)
             self._rope_cache[key] = hit
         return hit
