@@ -89,8 +89,9 @@ class SSLMetaArch(nn.Module):
 
     def train(self, mode: bool = True) -> SSLMetaArch:
         super().train(mode)
+        self.teacher.eval()  # as the reference: EMA teacher without drop path or RoPE box jitter
         if self.gram_teacher is not None:
-            self.gram_teacher.eval()  # frozen, no RoPE box augmentation
+            self.gram_teacher.eval()
         return self
 
     # -------------------------------------------------------------- teachers

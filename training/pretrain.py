@@ -134,9 +134,8 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
     groups = build_param_groups(model.student, float(o["layer_decay"]), float(o["patch_embed_lr_mult"]))
     for g in groups:
         g.pop("names")
-    optimizer = torch.optim.AdamW(
-        groups, lr=0.0, betas=tuple(o["betas"]), weight_decay=0.0, fused=device.type == "cuda"
-    )
+    fused = device.type == "cuda" and not fsdp  # sharded (DTensor) parameters: foreach implementation
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(o["betas"]), weight_decay=0.0, fused=fused)
     global_batch = int(t["batch_size_per_gpu"]) * get_world_size()
     schedules = build_schedules(cfg, global_batch)
     return PretrainState(cfg, model, optimizer, schedules, device, fsdp, autocast_dtype)

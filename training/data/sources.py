@@ -284,6 +284,11 @@ class ProceduralSource(ImageSource):
         return UNBOUNDED
 
     def get(self, index: int) -> np.ndarray:
+        return self.render(index)[0]
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``index`` and its per-pixel shape-kind labels (0 background, 1 rectangle, 2 ellipse,
+        3 line, 4 polygon; later shapes cover earlier ones) — dense ground truth for probes."""
         rng = np.random.default_rng([self.seed, index])
         H, W = self.height, self.width
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -295,25 +300,29 @@ class ProceduralSource(ImageSource):
         small = rng.normal(0, rng.uniform(5, 30), (max(2, H // 16), max(2, W // 16), 3)).astype(np.float32)
         img += cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC)
         img = np.clip(img, 0, 255).astype(np.uint8)
+        labels = np.zeros((H, W), np.uint8)
         for _ in range(int(rng.integers(self.n_shapes[0], self.n_shapes[1] + 1))):
             color = tuple(int(c) for c in rng.integers(0, 256, 3))
             kind = int(rng.integers(0, 4))
             cx, cy = int(rng.integers(0, W)), int(rng.integers(0, H))
             s = int(rng.integers(max(4, min(H, W) // 16), max(5, min(H, W) // 3)))
-            if kind == 0:
-                cv2.rectangle(img, (cx - s, cy - s // 2), (cx + s, cy + s // 2), color, -1)
-            elif kind == 1:
-                cv2.ellipse(img, (cx, cy), (s, max(2, s // 2)), float(rng.uniform(0, 180)), 0, 360, color, -1)
-            elif kind == 2:
-                p2 = (int(rng.integers(0, W)), int(rng.integers(0, H)))
-                cv2.line(img, (cx, cy), p2, color, int(rng.integers(1, 6)))
-            else:
-                pts = rng.integers(-s, s, (int(rng.integers(3, 6)), 2)) + np.array([cx, cy])
-                cv2.fillPoly(img, [pts.astype(np.int32)], color)
+            ang = float(rng.uniform(0, 180))
+            p2 = (int(rng.integers(0, W)), int(rng.integers(0, H)))
+            width = int(rng.integers(1, 6))
+            pts = (rng.integers(-s, s, (int(rng.integers(3, 6)), 2)) + np.array([cx, cy])).astype(np.int32)
+            for target, col in ((img, color), (labels, kind + 1)):
+                if kind == 0:
+                    cv2.rectangle(target, (cx - s, cy - s // 2), (cx + s, cy + s // 2), col, -1)
+                elif kind == 1:
+                    cv2.ellipse(target, (cx, cy), (s, max(2, s // 2)), ang, 0, 360, col, -1)
+                elif kind == 2:
+                    cv2.line(target, (cx, cy), p2, col, width)
+                else:
+                    cv2.fillPoly(target, [pts], col)
         if rng.uniform() < 0.5:
             noise = rng.normal(0, rng.uniform(1, 10), img.shape)
             img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-        return img
+        return img, labels
 
 
 class SyntheticSceneSource(ImageSource):
