@@ -79,6 +79,9 @@ class TorchEngine(Engine):
             dm = dm.to(self.dtype)
         if dm.vit is not None:  # RoPE periods stay fp32
             dm.vit.periods.data = dm.vit.periods.data.float()
+        # in-graph normalisation constants stay exact fp32 (a bf16 std*255 would be off by ~0.2%)
+        dm.mean255 = torch.tensor(dm.norm_mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        dm.std255 = torch.tensor(dm.norm_std, device=self.device).view(1, 3, 1, 1) * 255.0
         for p in dm.parameters():
             p.requires_grad_(False)
         if self.device.type == "cuda" and dm.vit is not None:
