@@ -575,7 +575,9 @@ class Distiller:
         for g in groups:
             g.pop("names", None)
             g["weight_decay"] = float(o["weight_decay"]) * g["wd_multiplier"]
-        self.optims[s.name] = torch.optim.AdamW(groups, lr=float(s.lr or o["lr"]), betas=tuple(o["betas"]))
+        self.optims[s.name] = torch.optim.AdamW(
+            groups, lr=float(s.lr or o["lr"]), betas=tuple(o["betas"]), fused=self.device.type == "cuda"
+        )
 
     def _autocast(self):
         enabled = self.device.type == "cuda" and self.train_cfg["amp"] == "bf16"
