@@ -301,6 +301,7 @@ class DepthTrainer:
             lr=float(o["lr"]),
             betas=tuple(o["betas"]),
             weight_decay=float(o["weight_decay"]),
+            fused=self.device.type == "cuda",
         )
         warm = int(o["warmup_iters"])
         cosine = o["schedule"] == "cosine"
