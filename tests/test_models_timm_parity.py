@@ -94,7 +94,7 @@ def test_vit_matches_timm(arch: str, H: int, W: int) -> None:
 
 def test_timm_state_dict_loads_through_load_backbone(tmp_path) -> None:
     """A timm state_dict saved to disk loads with load_backbone (arch inferred) and matches timm."""
-    model, tm = _pair("vits16")
+    _model, tm = _pair("vits16")
     path = tmp_path / "vit_small_patch16_dinov3_qkvb.pth"
     torch.save(tm.state_dict(), path)
     ours = load_backbone(path)

@@ -23,6 +23,8 @@ def check_input_size(x: Tensor, patch_size: int) -> None:
     """
     if x.ndim != 4:
         raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}")
+    if torch.jit.is_tracing():  # legacy ONNX export: the sizes are traced values, checked at run time
+        return
     H, W = x.shape[-2], x.shape[-1]
     if H % patch_size != 0 or W % patch_size != 0 or H < patch_size or W < patch_size:
         raise ValueError(
