@@ -6,7 +6,9 @@ import json
 
 import pytest
 import torch
+import yaml
 
+from training import cli
 from training.depth_head import DepthTrainer, SyntheticDepthDataset, build_config, evaluate, run
 
 BB = {"depth": 4, "rope_rescale": None}
@@ -48,8 +50,12 @@ def test_linear_head_trains_saves_and_reloads(tmp_path):
 
     torch.set_num_threads(1)
     cfg = _cfg(tmp_path)
-    tr, metrics = run(cfg, device="cpu", max_steps=8)
-    assert tr.iteration == 8 and metrics is None and (tmp_path / "depth/checkpoint.pt").is_file()
+    cfg_file = tmp_path / "depth.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    # first chunk through the CLI (`dinov3-train depth ... --max-steps 8`), then resume to the end
+    assert cli.main(["depth", "--config", str(cfg_file), "--device", "cpu", "--max-steps", "8"]) == 0
+    ck = torch.load(tmp_path / "depth/checkpoint.pt", weights_only=False)
+    assert ck["iteration"] == 8 and not (tmp_path / "depth/depth_head.pt").exists()
     tr, metrics = run(cfg, device="cpu")  # resumes at 8 and finishes
     assert tr.iteration == 16 and metrics is not None
     for k in ("abs_rel", "rmse", "delta1"):

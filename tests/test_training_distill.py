@@ -235,6 +235,18 @@ def test_config_validation(tmp_path):
     assert cfg.raw["optim"]["lr"] == 0.01 and cfg.mode == "features"
 
 
+def test_shipped_configs_parse():
+    from training.depth_head import load_config as depth_config
+    from training.distill import load_config
+
+    root = Path(__file__).resolve().parent.parent / "training" / "configs"
+    for p in sorted(root.glob("distill_*.yaml")):
+        cfg = DistillConfig.from_dict(load_config(p))
+        assert cfg.students, p
+    for p in sorted(root.glob("depth_*.yaml")):
+        assert depth_config(p)["head"]["type"] in ("linear", "dpt"), p
+
+
 def test_patch_grid_alignment():
     assert patch_grid(16, (64, 64)) == (4, 4)
     assert patch_grid(4, (64, 64)) == (2, 2)  # ConvNeXt stride 32
