@@ -76,6 +76,35 @@ def test_tiny_vit_trains_then_gram_stage_anchors_to_checkpoint(tmp_path):
         assert not torch.equal(gt, teacher_sd_param(teacher_sd, st, gt))
         break
 
+    # high-resolution adaptation: student (backbone + heads) and Gram teacher from the checkpoint's EMA
+    # teacher, mixed-resolution loaders, fixed Gram teacher at weight 1.5, DINO local weight 0.5
+    ck = a / "ckpt" / "00000008"
+    cfg = _cfg(
+        tmp_path / "c",
+        f"model.pretrained={ck}",
+        f"gram.ckpt={ck}",
+        "gram.use=true",
+        "gram.loss_weight=1.5",
+        "gram.rep_update=false",
+        "dino.local_weight=0.5",
+        "crops.mixed=[{global_crops_size: 32, gram_teacher_crops_size: 64, ratio: 0.5},"
+        " {global_crops_size: 64, gram_teacher_crops_size: 96, ratio: 0.5}]",
+    )
+    st = build_training(cfg)
+    for k, v in st.model.student.backbone.state_dict().items():
+        assert torch.equal(v, teacher_sd[k]), k
+    torch.testing.assert_close(
+        st.model.student.dino_head.state_dict(), st.model.teacher.dino_head.state_dict()
+    )
+    loader = build_pretrain_loader({**cfg["data"], "crops": cfg["crops"]}, batch_size=4, max_iter=6)
+    sizes, gram_w = set(), set()
+    for it, b in enumerate(loader):
+        sizes.add((b["global_crops"].shape[-1], b["gram_teacher_crops"].shape[-1]))
+        log = train_step(st, b, it)
+        assert log["loss/gram"] >= 0 and log["local_weight"] == 0.5
+        gram_w.add(log["gram_weight"])
+    assert sizes == {(32, 64), (64, 96)} and gram_w == {1.5}
+
 
 def teacher_sd_param(sd: dict, st, p: torch.Tensor) -> torch.Tensor:
     name = next(n for n, q in st.model.gram_teacher.named_parameters() if q is p)

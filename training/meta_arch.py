@@ -85,6 +85,8 @@ class SSLMetaArch(nn.Module):
             for p in self.gram_teacher.parameters():
                 p.requires_grad_(False)
         self.patch_size = int(student_bb.patch_size)
+        # iBOT needs a mask token (ViT); ConvNeXt students train with DINO + KoLeo (+ Gram) only
+        self.ibot_enabled = float(ib.get("loss_weight", 1.0)) > 0 and hasattr(student_bb, "mask_token")
         self.train()
 
     def train(self, mode: bool = True) -> SSLMetaArch:
@@ -152,14 +154,15 @@ class SSLMetaArch(nn.Module):
         B = g.shape[0] // n_g
         local = batch.get("local_crops")
         masks = batch["masks"]
-        use_masks = bool(cfg["ibot"].get("loss_weight", 1.0) > 0) and hasattr(
-            self.student.backbone, "mask_token"
-        )
+        use_masks = self.ibot_enabled
+        if not use_masks:  # no iBOT: nothing is masked and no patch targets are needed
+            batch = {**batch, "mask_indices": batch["mask_indices"][:0], "masks": torch.zeros_like(masks)}
+            masks = batch["masks"]
         targets = self.teacher_targets(batch, teacher_temp)
 
         bb = self.student.backbone
         if local is not None and local.numel():
-            s_g, s_l = bb.forward_features([g, local], masks=[masks if use_masks else None, None])
+            s_g, s_l = bb.forward_features([g, local], masks=[masks, None] if use_masks else None)
         else:
             s_g, s_l = bb.forward_features(g, masks=masks if use_masks else None), None
         g_cls = s_g["x_norm_clstoken"]
@@ -178,7 +181,7 @@ class SSLMetaArch(nn.Module):
         total = float(d.get("loss_weight", 1.0)) * terms["total"]
 
         iw = float(cfg["ibot"].get("loss_weight", 1.0))
-        if iw > 0:
+        if use_masks:
             patches = s_g["x_norm_patchtokens"]
             masked = patches.flatten(0, 1).index_select(0, batch["mask_indices"])
             s_ibot = self.student.ibot_head(masked)

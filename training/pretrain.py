@@ -213,13 +213,14 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
     ):
         model.update_gram_teacher()
         state.gram_updates += 1
-    state.n_skipped += int(batch.get("n_skipped", 0))
     keys = sorted(losses)
-    vec = torch.stack([losses[k].detach().float() for k in keys])
+    skipped = total.new_tensor(float(batch.get("n_skipped", 0)))
+    vec = torch.stack([losses[k].detach().float() for k in keys] + [skipped.float()])
     if is_distributed():
         dist.all_reduce(vec)
-        vec /= get_world_size()
-    out = {f"loss/{k}": float(v) for k, v in zip(keys, vec.tolist())}
+        vec[:-1] /= get_world_size()
+    state.n_skipped += int(vec[-1].item())  # unreadable images skipped on all ranks
+    out = {f"loss/{k}": float(v) for k, v in zip(keys, vec[:-1].tolist())}
     out.update({k: float(v) for k, v in norms.items() if v is not None})
     out.update(
         lr=lr,
