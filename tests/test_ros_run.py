@@ -106,6 +106,14 @@ LIFECYCLE = textwrap.dedent(
     assert n.count_subscribers("image") == 0  # not active: no input subscription yet
     assert n.trigger_activate() == R.SUCCESS
     assert n.count_subscribers("image") == 1 and n.core._worker.is_alive()
+    r = n.set_parameters([Parameter("pipeline.match_max", value=7), Parameter("outputs.debug", value=False)])
+    assert all(x.successful for x in r), r
+    assert n.core.pipeline.config.match_max == 7 and n.core.settings.outputs["debug"] is False
+    r = n.set_parameters([Parameter("pipeline.match_ratio", value=5.0)])
+    assert not r[0].successful and "match_ratio" in r[0].reason, r
+    assert n.core.pipeline.config.match_ratio == 0.9
+    r = n.set_parameters([Parameter("weights", value="random:vits16")])
+    assert not r[0].successful and "cannot change while configured" in r[0].reason, r
     assert n.trigger_deactivate() == R.SUCCESS
     assert n.count_subscribers("image") == 0 and n.core._worker is None
     assert n.trigger_cleanup() == R.SUCCESS and n.core.model is None

@@ -366,7 +366,9 @@ class Pipeline:
         rows, cols = np.nonzero(valid)
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
         if st.tracker is None or st.grid != (r0, r1, c0, c1):
-            st.tracker = TokenCutTracker(k=cfg.max_objects)
+            # dense eigh is far faster than ARPACK for grids of a few hundred patches (the "auto" CPU choice)
+            method = "dense" if (r1 - r0) * (c1 - c0) <= 2048 else "auto"
+            st.tracker = TokenCutTracker(k=cfg.max_objects, method=method)
             st.grid = (r0, r1, c0, c1)
         tr = st.tracker
         tr.k, tr.tau, tr.eps, tr.iou_threshold = (
