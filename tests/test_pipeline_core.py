@@ -223,3 +223,10 @@ def test_random_vit_end_to_end_all_outputs():
         load_model("/nonexistent/model.pth")
     with pytest.raises(ModelLoadError, match=r"unknown arch|cannot build"):
         load_model("random:vit_nope")
+
+
+def test_model_without_depth_head_skips_depth_and_points_only():
+    p = Pipeline(PatchEngine(), PipelineConfig(resolution=(64, 96)), depth_head=None)
+    (o,) = p.process([Frame(texture(64, 96), 1, "cam", None)], set(OUTPUTS))
+    assert o.depth is None and o.points is None and o.depth_info is None
+    assert o.features is not None and o.objects is not None and o.matches is not None and o.debug is not None

@@ -16,6 +16,7 @@ Results are deterministic given the inputs and the sequence of frames per source
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -42,6 +43,8 @@ from dinov3_ros.pipeline.types import (
 )
 from dinov3_ros.pipeline.voxel import voxel_downsample
 from dinov3_ros.runtime.preprocess import Geometry, Preprocessor
+
+_LOG = logging.getLogger("dinov3_ros.pipeline")
 
 #: outputs each output needs computed first
 _DEPENDS = {"points": {"depth"}, "debug": {"features_pca"}}
@@ -102,6 +105,7 @@ class Pipeline:
         self._pre = self._make_pre(self._config)
         self._states: dict[str, _SourceState] = {}
         self._lock = threading.Lock()
+        self._warned_depth = False
 
     @classmethod
     def from_model(cls, model: Any, config: PipelineConfig | None = None, device: str = "cpu") -> Pipeline:
@@ -176,6 +180,12 @@ class Pipeline:
         tokens_t = res["patch_tokens"]
         t2 = time.perf_counter()
         depth_net = None
+        if "depth" in want and "depth" not in res and self.depth_head is None:
+            # a backbone-only model: depth and points are unavailable, the other outputs still run
+            if not self._warned_depth:
+                _LOG.warning("depth/points requested but the model has no depth head; they are skipped")
+                self._warned_depth = True
+            want = want - {"depth", "points"}
         if "depth" in want:
             depth_net = self._depth(res, tokens_t, geoms[0].network_size)
         tokens = as_numpy(tokens_t)
