@@ -46,14 +46,15 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return (a - b).abs().max().item(), torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
 
 
-def test_inference_vit_matches_reference_backbone(vits16):
+def test_inference_vit_matches_reference_backbone():
     """Our deploy forward (cached fp32 RoPE, folded LayerScale) equals dinov3_ros.models token by token."""
-    m = InferenceViT.from_backbone(vits16)
-    m.layer_indices = (5, 11)
-    x = torch.randn(2, 3, 224, 288)
+    ref_model = _perturbed("vits16", depth=4)
+    m = InferenceViT.from_backbone(ref_model)
+    m.layer_indices = (1, 3)
+    x = torch.randn(2, 3, 96, 160)
     with torch.no_grad():
-        ref = vits16.forward_features(x)
-        inter = vits16.get_intermediate_layers(x, n=[5, 11], reshape=True, return_class_token=True)
+        ref = ref_model.forward_features(x)
+        inter = ref_model.get_intermediate_layers(x, n=[1, 3], reshape=True, return_class_token=True)
         patch, cls, layers = m(x)
     err, cos = _compare(patch, ref["x_norm_patchtokens"])
     assert err < 1e-4 and cos > 0.99999
