@@ -130,12 +130,14 @@ def _ensure_onnx(kwargs: dict[str, Any]) -> None:
     if model is None and arch is None and weights is None:
         raise ValueError("give onnx_path=, or model= / arch= / weights= to export one")
     from .export import export_onnx, load_model
+    from .torch_backend import load_depth_head
 
     backbone = model if model is not None else load_model(arch, weights)
+    depth_head = load_depth_head(depth_head)
     size = kwargs.get("input_size")
     cache = Path(kwargs.get("cache_dir") or Path.home() / ".cache" / "dinov3_ros")
     cache.mkdir(parents=True, exist_ok=True)
     tag = f"{getattr(backbone, 'arch', 'model')}_{'dynamic' if size is None else f'{size[0]}x{size[1]}'}"
-    out = cache / f"{tag}_{id(backbone):x}.onnx"
+    out = cache / f"{tag}{'_depth' if depth_head is not None else ''}.onnx"  # TRT keys on its sha256
     export_onnx(backbone, out, resolution=size, depth_head=depth_head, check=False)
     kwargs["onnx_path"] = str(out)

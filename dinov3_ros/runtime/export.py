@@ -244,6 +244,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``dinov3-ros export``."""
     try:
+        if args.precision == "int8" and args.format != "tensorrt":
+            raise ValueError("--precision int8 is a TensorRT engine precision: use --format tensorrt")
         heads, head_path = _parse_heads(args.heads, args.depth_head)
         size = parse_resolution(args.resolution)
         model = load_model(args.arch, args.weights)
