@@ -15,7 +15,7 @@
 #   MAX_STEPS=N      run at most N more iterations of the current training stage, then stop (a chunk
 #                    for short GPU leases); re-run to continue. 0 (default) = run to the end.
 #   STAGES="..."     subset/order of: pretrain distill depth eval export (default: all).
-#   PRETRAIN_CONFIG  pretraining YAML (default training/configs/pretrain_default_gram.yaml).
+#   PRETRAIN_CONFIG  pretraining YAML (default training/recipes/default_teacher.yaml).
 #   DISTILL_CONFIG / DEPTH_CONFIG   override the stage configs.
 #   DEVICE=cuda|cpu  (default: cuda when available).   PY=python interpreter (default: python3).
 #   EXTRA_PRETRAIN / EXTRA_DISTILL / EXTRA_DEPTH   extra section.key=value overrides per stage;
@@ -28,7 +28,7 @@ OUT="${1:-runs/default_model}"
 PY="${PY:-python3}"
 MAX_STEPS="${MAX_STEPS:-0}"
 STAGES="${STAGES:-pretrain distill depth eval export}"
-PRETRAIN_CONFIG="${PRETRAIN_CONFIG:-training/configs/pretrain_default_gram.yaml}"
+PRETRAIN_CONFIG="${PRETRAIN_CONFIG:-training/recipes/default_teacher.yaml}"
 DISTILL_CONFIG="${DISTILL_CONFIG:-training/configs/distill_default_vits16.yaml}"
 DEPTH_CONFIG="${DEPTH_CONFIG:-training/configs/depth_default_vits16.yaml}"
 DEVICE="${DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"
