@@ -255,3 +255,24 @@ def test_schedules_and_param_groups():
     last = [g for g in groups if g["is_last_layer"]]
     assert len(last) == 2 and all(g["lr_multiplier"] == 1.0 for g in groups)
     assert sum(len(g["params"]) for g in groups) == len(list(student.parameters()))
+
+
+def test_gram_teacher_features_resized_to_student_grid_keep_layout():
+    from training.meta_arch import resize_patch_features
+
+    h = w = 8
+    rr, cc = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    feats = torch.stack([rr.flatten(), cc.flatten(), torch.ones(h * w)], -1)[None].repeat(
+        2, 1, 1
+    )  # [B, hw, 3]
+    out = resize_patch_features(feats, (h, w), (4, 4))
+    assert out.shape == (2, 16, 3)
+    grid = out[0].reshape(4, 4, 3)
+    # bicubic 2x downsampling of a ramp: the value at the centre of each 2x2 block (row-major layout kept)
+    inner = grid[1:3, 1:3]
+    torch.testing.assert_close(inner[..., 0], torch.tensor([[2.5, 2.5], [4.5, 4.5]]), atol=0.05, rtol=0)
+    torch.testing.assert_close(inner[..., 1], torch.tensor([[2.5, 4.5], [2.5, 4.5]]), atol=0.05, rtol=0)
+    torch.testing.assert_close(grid[..., 2], torch.ones(4, 4))
+    assert resize_patch_features(feats, (h, w), (h, w)) is feats
