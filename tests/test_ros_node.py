@@ -194,6 +194,23 @@ def _role_sub(a: dict) -> None:
     rclpy.shutdown()
 
 
+def _role_setparam(a: dict) -> None:
+    """Set parameters of the node through its parameter services; print the results as JSON."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    rclpy.init()
+    node = rclpy.create_node("test_setparam")
+    client = AsyncParameterClient(node, a.get("node", NODE))
+    assert client.wait_for_services(timeout_sec=20.0), "parameter services not found"
+    fut = client.set_parameters([Parameter(k, value=v) for k, v in a["params"].items()])
+    rclpy.spin_until_future_complete(node, fut, timeout_sec=20.0)
+    print(json.dumps([{"ok": r.successful, "reason": r.reason} for r in fut.result().results]), flush=True)
+    node.destroy_node()
+    rclpy.shutdown()
+
+
 # ------------------------------------------------------------------------------------------------
 # test-side process management
 # ------------------------------------------------------------------------------------------------
@@ -420,6 +437,42 @@ def test_bad_input_one_error_each_and_recovers(node_proc):
     assert _p.poll() is None, new
 
 
+def _setparam(tmp: Path, params: dict) -> list[dict]:
+    p = _spawn("setparam", {"params": params}, tmp / "setparam.log")
+    try:
+        p.wait(timeout=60)
+    finally:
+        _kill(p)
+    out = (tmp / "setparam.log").read_text()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_runtime_parameters_depth_at_network_resolution_scaled_camera_info(node_proc):
+    _p, _log, tmp = node_proc
+    assert _setparam(tmp, {"pipeline.depth_resolution": "network"}) == [{"ok": True, "reason": ""}]
+    bad = _setparam(tmp, {"pipeline.match_ratio": 3.0})
+    assert not bad[0]["ok"] and "match_ratio" in bad[0]["reason"]
+    try:
+        items = [{"kind": "raw", "encoding": "rgb8", "stamp": 6_000_000_000 + i} for i in range(2)]
+        with _Session(tmp, "net", {"topics": ["depth", "depth/camera_info"]}, items) as s:
+            s.wait_pub()
+            recs = s.stop_sub()
+    finally:
+        assert _setparam(tmp, {"pipeline.depth_resolution": "input"})[0]["ok"]
+    import numpy as np
+
+    from dinov3_ros.runtime.preprocess import Preprocessor
+
+    g = Preprocessor(RES, 16).plan([(H, W)])[0]
+    K_net, (wn, hn) = g.scale_intrinsics(np.array(K_IN).reshape(3, 3), RES)
+    by = {(r["topic"], r["stamp"]): r for r in recs if r["topic"] != "diag"}
+    for i in range(2):
+        d, ci = by[("depth", 6_000_000_000 + i)], by[("depth/camera_info", 6_000_000_000 + i)]
+        assert (d["width"], d["height"]) == (RES[1], RES[0]) == (wn, hn) == (ci["width"], ci["height"])
+        assert ci["k"] == pytest.approx(K_net.ravel().tolist())
+        assert ci["k"][0] == pytest.approx(K_IN[0] * g.scale_x) and g.offset_x > 0  # letterboxed 4:3 -> 3:2
+
+
 @pytest.mark.slow
 def test_burst_1000fps_drops_counted_memory_flat(node_proc):
     p, _log, tmp = node_proc
@@ -460,4 +513,4 @@ def test_burst_1000fps_drops_counted_memory_flat(node_proc):
 if __name__ == "__main__":
     _role = sys.argv[1]
     _args = json.loads(sys.argv[2])
-    {"pub": _role_pub, "sub": _role_sub}[_role](_args)
+    {"pub": _role_pub, "sub": _role_sub, "setparam": _role_setparam}[_role](_args)
