@@ -150,11 +150,15 @@ def profile_top(fn, x, device, path: Path, rows: int = 25) -> None:
         for _ in range(3):
             fn(x)
         sync(device)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    try:
-        table = prof.key_averages().table(sort_by=key, row_limit=rows)
-    except Exception:  # noqa: BLE001 - older/newer profiler column names
-        table = prof.key_averages().table(sort_by="self_" + key.replace("_total", "_total"), row_limit=rows)
+    table = None
+    keys = ("device_time_total", "cuda_time_total") if device.type == "cuda" else ()
+    for key in (*keys, "cpu_time_total"):
+        try:
+            table = prof.key_averages().table(sort_by=key, row_limit=rows)
+            break
+        except Exception:  # noqa: BLE001 - column names differ across torch versions
+            continue
+    table = table or str(prof.key_averages())
     path.write_text(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ class TorchEngine(Engine):
 
     # -- execution ----------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=self.autocast):
+        amp = torch.autocast(self.device.type, self.dtype) if self.autocast else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
             return self._fn(x)
 
     def _graph_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
