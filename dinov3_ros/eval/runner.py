@@ -100,6 +100,12 @@ def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None
 
             res["depth_method"] = "ridge probe on log depth (frozen patch features)"
         res["depth"] = evaluate_depth(data.test, pred)
+        # reference: one constant depth everywhere (the training frames' median), what a content-blind
+        # predictor achieves
+        const = float(np.median(np.concatenate([f.depth[f.depth > 0] for f in data.train])))
+        res["depth"]["const_baseline"] = evaluate_depth(
+            data.test, lambda i, fr: np.full(fr.depth.shape, const)
+        )
         ex["depth_pred"] = pred(0, data.test[0])
         res["timing_s"]["depth"] = time.perf_counter() - t0
 
