@@ -99,6 +99,8 @@ def _profile_shapes(
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """min/opt/max for ``[B, 3, H, W]``; ``hw`` = (min, opt, max) sizes for dynamic H/W."""
     mn, opt, mx = batch
+    if isinstance(input_shape[0], int) and input_shape[0] > 0:  # static batch export
+        mn = opt = mx = input_shape[0]
     H, W = input_shape[2], input_shape[3]
     if (H is None or H < 0 or W is None or W < 0) and hw is None:
         raise ValueError("dynamic H/W ONNX needs hw=((Hmin,Wmin),(Hopt,Wopt),(Hmax,Wmax)) for the profile")
@@ -222,6 +224,11 @@ def build_engine(
     st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed and st_flag is not None:  # TRT 11 networks are strongly typed without the flag
         flags = 1 << int(st_flag)
+    if precision == "int8" and not weak_fp16:
+        raise ValueError(
+            f"TensorRT {trt.__version__} removed implicit INT8 calibration: use TensorRT 10, or an explicitly "
+            "quantized (Q/DQ) ONNX"
+        )
     if not weak_fp16 and precision == "fp16" and not onnx_fp16:
         raise ValueError(
             f"TensorRT {trt.__version__} is strongly typed only: export an fp16 ONNX "
@@ -252,7 +259,12 @@ def build_engine(
         from .preprocess import Preprocessor
 
         size = (shapes[1][2], shapes[1][3])
-        pre = Preprocessor(size, int(meta.get("patch_size", 16)), meta.get("norm_mean"), meta.get("norm_std"))
+        pre = Preprocessor(
+            size,
+            int(meta.get("patch_size", 16)),
+            meta.get("norm_mean", (0.485, 0.456, 0.406)),
+            meta.get("norm_std", (0.229, 0.224, 0.225)),
+        )
         n_per = shapes[1][0]
         imgs = list(calibration_images(calibration, limit=calibration_batches * n_per))
         batches = [pre(imgs[i : i + n_per])[0].numpy() for i in range(0, len(imgs) - n_per + 1, n_per)]
