@@ -186,3 +186,18 @@ def test_tensorrt_engine_matches_onnxruntime(small, tmp_path):  # pragma: no cov
     assert len(list((tmp_path / "c").glob("*.engine"))) == 1
     again = create_engine("tensorrt", onnx_path=path, precision="fp32", cache_dir=tmp_path / "c")
     assert again.engine_path == trt_eng.engine_path  # cache hit
+
+
+def test_trt_profile_shapes():
+    from dinov3_ros.runtime.trt_backend import _profile_shapes
+
+    assert _profile_shapes([-1, 3, 480, 640], (1, 4, 8), None) == (
+        (1, 3, 480, 640),
+        (4, 3, 480, 640),
+        (8, 3, 480, 640),
+    )
+    assert _profile_shapes([2, 3, 224, 224], (1, 4, 8), None)[0] == (2, 3, 224, 224)  # static batch wins
+    hw = ((224, 224), (480, 640), (1024, 1024))
+    assert _profile_shapes([-1, 3, -1, -1], (1, 1, 2), hw)[2] == (2, 3, 1024, 1024)
+    with pytest.raises(ValueError, match="needs hw="):
+        _profile_shapes([-1, 3, -1, -1], (1, 1, 1), None)
