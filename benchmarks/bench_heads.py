@@ -49,14 +49,15 @@ def timeit(fn: Callable[[], object], device: str, reps: int, budget_s: float) ->
     if time.perf_counter() - t0 < budget_s / 4:  # second warm-up only for fast cases
         fn()
         sync()
-    times = []
+    times, cpu = [], []
     t_start = time.perf_counter()
     for _ in range(reps):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
         if time.perf_counter() - t_start > budget_s and len(times) >= 3:
             break
     times.sort()
@@ -64,6 +65,7 @@ def timeit(fn: Callable[[], object], device: str, reps: int, budget_s: float) ->
         "median_ms": statistics.median(times),
         "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
         "min_ms": times[0],
+        "cpu_ms": statistics.median(cpu),  # process CPU time per call (all threads)
         "n": len(times),
     }
 
@@ -115,7 +117,8 @@ def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -
         row = {"case": case, "impl": impl, "device": device, **res, **extra}
         rows.append(row)
         print(
-            f"  {case:<14} {impl:<34} {res['median_ms']:>10.2f} ms (p90 {res['p90_ms']:.2f}, n={res['n']})",
+            f"  {case:<14} {impl:<38} {res['median_ms']:>10.2f} ms (p90 {res['p90_ms']:.2f}, "
+            f"cpu {res['cpu_ms']:.2f}, n={res['n']})",
             flush=True,
         )
 
@@ -271,9 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown cases {sorted(unknown)}; known: {CASES}", file=sys.stderr)
         return 2
     rows = run(args.device, args.reps, args.budget, cases)
-    print(f"\n{'case':<14} {'impl':<40} {'median ms':>10} {'p90 ms':>10}")
+    print(f"\n{'case':<14} {'impl':<40} {'median ms':>10} {'p90 ms':>10} {'cpu ms':>10}")
     for r in rows:
-        print(f"{r['case']:<14} {r['impl']:<40} {r['median_ms']:>10.2f} {r['p90_ms']:>10.2f}")
+        print(
+            f"{r['case']:<14} {r['impl']:<40} {r['median_ms']:>10.2f} {r['p90_ms']:>10.2f} {r['cpu_ms']:>10.2f}"
+        )
+    print(
+        "(cpu ms = process CPU time per call; on a shared, loaded machine with --threads 1 it is the unloaded latency)"
+    )
     tc = next((r for r in rows if r["case"] == "tokencut"), None)
     if tc is not None:
         print(

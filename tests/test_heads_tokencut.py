@@ -11,6 +11,15 @@ from scipy import ndimage
 from dinov3_ros.heads.tokencut import TokenCutTracker, fiedler_vector, tokencut, tokencut_multi
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Single-threaded torch: tiny ops, and no OpenMP barriers stalling on a shared, loaded CI box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _planted(h, w, masks, C=64, noise=1.2, seed=0):
     """Background cluster + one cluster per object mask (unit-norm centres, Gaussian noise)."""
     rng = np.random.default_rng(seed)

@@ -39,7 +39,7 @@ def _flatten(features: ArrayLike) -> tuple[torch.Tensor, tuple[int, ...]]:
 def _sign_fix(V: torch.Tensor) -> torch.Tensor:
     """Deterministic sign: the largest-magnitude loading of each component is positive."""
     idx = V.abs().argmax(0)
-    s = torch.sign(V[idx, torch.arange(V.shape[1])])
+    s = torch.sign(V[idx, torch.arange(V.shape[1], device=V.device)])
     s[s == 0] = 1
     return V * s
 

@@ -17,7 +17,7 @@ Solvers (``method``): ``"scipy"`` is the reference dense generalised solve
 (``scipy.linalg.eigh(D−W, D)``); the others solve the equivalent symmetric problem
 ``D^-1/2 W D^-1/2 y = μ y`` (``λ = 1 − μ``, ``x = D^-1/2 y``, same normalisation ``xᵀDx = 1``):
 ``"dense"`` (``torch.linalg.eigh`` in float64 on the features' device), ``"cpu_dense"``
-(``scipy.linalg.eigh`` of one eigenpair), ``"arpack"`` (Lanczos,
+(the same on CPU from the numpy graph), ``"arpack"`` (Lanczos,
 CPU), ``"subspace"`` (block subspace iteration on repeated squares of the deflated operator, all
 matmuls - the GPU fast path; falls back to ``"dense"`` if its residual check fails) and ``"auto"``
 (CPU: ``"cpu_dense"`` up to 400 patches, else ``"arpack"``; CUDA: ``"dense"`` up to 256, else
@@ -109,19 +109,16 @@ def _affinity(F: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
     """Binary TokenCut graph ``W`` from tokens ``F [n, C]`` (cosine in F's dtype, W float64)."""
     Fn = torch.nn.functional.normalize(F, dim=1)
     S = Fn @ Fn.T
-    W = torch.full(S.shape, eps, dtype=torch.float64, device=S.device)
-    W[S > tau] = 1.0
-    return W
+    one = torch.ones((), dtype=torch.float64, device=S.device)
+    return torch.where(S > tau, one, one * eps)  # no boolean indexing: no host sync on CUDA
 
 
 def _affinity_np(F: np.ndarray, tau: float, eps: float) -> np.ndarray:
     """Numpy twin of :func:`_affinity` (the CPU path stays in one BLAS, no torch/OpenMP handover)."""
     norm = np.sqrt((F * F).sum(1, keepdims=True))
-    Fn = F / np.maximum(norm, 1e-12)
-    S = Fn @ Fn.T
-    W = np.full(S.shape, eps, dtype=np.float64)
-    W[S > tau] = 1.0
-    return W
+    Fn = np.ascontiguousarray(F / np.maximum(norm, 1e-12))
+    S = Fn @ Fn.T  # numpy uses syrk for X @ X.T: S is exactly symmetric
+    return np.where(S > tau, 1.0, eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,31 +134,22 @@ def _solve_scipy(W: np.ndarray) -> tuple[np.ndarray, float]:
     return vecs[:, 0], float(vals[0])
 
 
-def _normalised_np(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    dis = 1.0 / np.sqrt(W.sum(1))
-    M = W * dis[:, None] * dis[None, :]
-    return 0.5 * (M + M.T), dis
-
-
 def _solve_arpack(W: np.ndarray) -> tuple[np.ndarray, float]:
     """Lanczos (ARPACK) for the two largest eigenpairs of ``D^-1/2 W D^-1/2`` (CPU)."""
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
-    M, dis = _normalised_np(W)
-    n = M.shape[0]
+    dis = 1.0 / np.sqrt(W.sum(1))
+    n = W.shape[0]
+    op = LinearOperator((n, n), matvec=lambda v: dis * (W @ (dis * v.ravel())), dtype=np.float64)
     v0 = np.random.default_rng(0).standard_normal(n)
-    mu, Y = eigsh(M, k=2, which="LA", v0=v0, tol=1e-12, ncv=min(n, 24), maxiter=10 * n)
+    mu, Y = eigsh(op, k=2, which="LA", v0=v0, tol=1e-12, ncv=min(n, 24), maxiter=10 * n)
     i = int(np.argmin(mu))
     return dis * Y[:, i], float(1.0 - mu[i])
 
 
 def _solve_dense_np(W: np.ndarray) -> tuple[np.ndarray, float]:
-    import scipy.linalg
-
-    M, dis = _normalised_np(W)
-    n = M.shape[0]
-    mu, Y = scipy.linalg.eigh(M, subset_by_index=[n - 2, n - 2])
-    return dis * Y[:, 0], float(1.0 - mu[0])
+    """Dense float64 solve of the normalised problem on CPU (torch's LAPACK: obeys torch's threads)."""
+    return _solve_dense(torch.from_numpy(W))
 
 
 def _normalised(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,6 +247,28 @@ def _validate_params(tau: float, eps: float) -> None:
         raise ValueError(f"eps must be > 0, got {eps}")
 
 
+def _contrast(F: torch.Tensor, act: np.ndarray, obj: np.ndarray, inside: np.ndarray, tau: float) -> float:
+    """Density of graph edges (S > tau) inside the object over the density from it to the other patches."""
+    if F.is_cuda:
+        Fn = torch.nn.functional.normalize(F, dim=1)
+        E = (
+            ((Fn[torch.from_numpy(obj).to(F.device)] @ Fn[torch.from_numpy(act).to(F.device)].T) > tau)
+            .cpu()
+            .numpy()
+        )
+    else:  # numpy only on CPU (no torch/OpenMP hand-over next to the BLAS eigen solve)
+        Fa = F.detach().numpy()
+        Fa = Fa / np.maximum(np.linalg.norm(Fa, axis=1, keepdims=True), 1e-12)
+        E = (Fa[obj] @ Fa[act].T) > tau
+    k, n_act = obj.size, act.size
+    e_in = float(E[:, inside].sum())
+    e_out = float(E.sum()) - e_in
+    pairs_out = k * (n_act - k)
+    if pairs_out == 0:
+        return float("inf")
+    return (e_in / (k * k)) / max(e_out / pairs_out, 1.0 / pairs_out)
+
+
 def _cut(
     F: torch.Tensor, h: int, w: int, active: np.ndarray, tau: float, eps: float, method: str
 ) -> TokenCutResult:
@@ -282,17 +292,7 @@ def _cut(
     comp = labels == labels[seed]
     ys, xs = np.nonzero(comp)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    # contrast: density of graph edges (S > tau) inside the component over density to the other patches
-    comp_idx = torch.from_numpy(np.flatnonzero(comp.reshape(-1))).to(F.device)
-    act_idx = torch.from_numpy(idx).to(F.device)
-    Fn = torch.nn.functional.normalize(F, dim=1)
-    E = (Fn[comp_idx] @ Fn[act_idx].T) > tau
-    inside = torch.from_numpy(comp.reshape(-1)[idx]).to(F.device)
-    k, n_act = int(comp_idx.numel()), int(idx.size)
-    e_in = float(E[:, inside].sum())
-    e_out = float(E.sum()) - e_in
-    pairs_out = k * (n_act - k)
-    contrast = (e_in / (k * k)) / max(e_out / pairs_out, 1.0 / pairs_out) if pairs_out else float("inf")
+    contrast = _contrast(F, idx, np.flatnonzero(comp.reshape(-1)), comp.reshape(-1)[idx], tau)
     return TokenCutResult(
         mask=comp,
         eigenvector=vec.reshape(h, w),
