@@ -25,6 +25,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import scipy.ndimage
 import torch
 
 from dinov3_ros.heads.correspondence import match
@@ -266,7 +267,7 @@ class Pipeline:
             d_canvas = np.full_like(d, np.nan)
             d_canvas[y0:y1, x0:x1] = d[y0:y1, x0:x1]
             if cfg.depth_resolution == "input":
-                out.depth = geom.to_input(torch.from_numpy(d)[None])[0].numpy()
+                out.depth = self._canvas_to_input(d, geom)
                 out.depth_info = K_in
             else:
                 out.depth = d_canvas
@@ -304,6 +305,20 @@ class Pipeline:
         cy = (np.arange(h) + 0.5) * p
         cx = (np.arange(w) + 0.5) * p
         return ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
+
+    @staticmethod
+    def _canvas_to_input(d: np.ndarray, geom: Geometry) -> np.ndarray:
+        """Bilinear map of a network-canvas map ``[H, W]`` to input pixels (pixel-centre convention).
+
+        Letterbox case: crop the content and resize (edges replicate content, no padding bleed);
+        otherwise ``Geometry.to_input``.
+        """
+        if geom.offset_x >= 0 and geom.offset_y >= 0:
+            ox, oy = int(geom.offset_x), int(geom.offset_y)
+            rh, rw = geom.resized_size
+            H, W = geom.input_size
+            return cv2.resize(d[oy : oy + rh, ox : ox + rw], (W, H), interpolation=cv2.INTER_LINEAR)
+        return geom.to_input(torch.from_numpy(d)[None])[0].numpy()
 
     @staticmethod
     def _canvas_rgb(image: np.ndarray, geom: Geometry) -> np.ndarray:
@@ -403,13 +418,17 @@ class Pipeline:
             scores.append(float(np.clip(1.0 - lam, 0.0, 1.0)) if np.isfinite(lam) else 0.0)
         mask = np.ascontiguousarray(self._grid_to_input(grid, geom))
         boxes, areas, keep = [], [], []
-        for k, oid in enumerate(ids):
-            ys, xs = np.nonzero(mask == oid)
-            if ys.size == 0:
-                continue
-            boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-            areas.append(ys.size)
-            keep.append(k)
+        if ids:
+            counts = np.bincount(mask.ravel(), minlength=max(ids) + 1)
+            slices = scipy.ndimage.find_objects(mask.astype(np.int32), max_label=max(ids))
+            for k, oid in enumerate(ids):
+                sl = slices[oid - 1]
+                if sl is None:
+                    continue
+                ys, xs = sl
+                boxes.append((xs.start, ys.start, xs.stop, ys.stop))
+                areas.append(int(counts[oid]))
+                keep.append(k)
         return ObjectsResult(
             mask,
             np.asarray([ids[k] for k in keep], np.uint32),
@@ -428,7 +447,7 @@ class Pipeline:
         gh, gw = grid.shape[:2]
         ci = np.clip(np.floor((un + 0.5) / p).astype(np.int64), 0, gw - 1)
         ri = np.clip(np.floor((vn + 0.5) / p).astype(np.int64), 0, gh - 1)
-        return grid[ri[:, None], ci[None, :]]
+        return np.take(np.take(grid, ri, axis=0), ci, axis=1)
 
     @staticmethod
     def _debug(frame: Frame, geom: Geometry, out: FrameOutputs, cfg: PipelineConfig) -> np.ndarray:
