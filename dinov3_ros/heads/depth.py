@@ -40,10 +40,12 @@ __all__ = [
 
 #: 0-based block indices of the four DPT layers per architecture (DINOv2/DINOv3 depth configs).
 DEFAULT_LAYERS: dict[str, list[int]] = {
+    "vitt16": [2, 5, 8, 11],
     "vits16": [2, 5, 8, 11],
     "vits16plus": [2, 5, 8, 11],
     "vitb16": [2, 5, 8, 11],
     "vitl16": [4, 11, 17, 23],
+    "vitl16plus": [4, 11, 17, 23],
     "vith16plus": [7, 15, 23, 31],
     "vit7b16": [9, 19, 29, 39],
 }
