@@ -115,3 +115,59 @@ def test_gradient_loss_and_config_errors(tmp_path):
     bad = _cfg(tmp_path, {"layers": [7]})
     with pytest.raises(ValueError, match="outside"):
         DepthTrainer(bad, "cpu")
+
+
+@pytest.mark.slow
+def test_default_model_recipe_is_resumable(tmp_path):
+    """training/recipes/default_model.sh on CPU at toy sizes, in two invocations: the first stops
+    after a 2-step chunk of distillation; the second skips the finished teacher, resumes the
+    student, trains the depth head and exports the fp16 model with its provenance."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "default_model"
+    env = dict(
+        os.environ,
+        PY=sys.executable,
+        DEVICE="cpu",
+        PRETRAIN_CONFIG="training/configs/tiny_cpu.yaml",
+        STAGES="pretrain distill depth export",
+        EXTRA_PRETRAIN="train.iterations=2 train.checkpoint_period=1 train.batch_size_per_gpu=4 data.num_workers=0",
+        EXTRA_DISTILL="train.iterations=3 train.batch_size_per_gpu=4 crops.global_crops_size=64 "
+        "crops.local_crops_size=32 crops.local_crops_number=2 data.num_workers=0 "
+        'students=[{"name":"vits16","arch":"vits16","overrides":{"depth":2}}]',
+        EXTRA_DEPTH="train.iterations=2 train.batch_size=2 data.image_size=[64,64] data.num_workers=0 "
+        'data.val_scenes=1 data.val_frames_per_scene=1 backbone.overrides={"depth":2}',
+    )
+    script = str(root / "training/recipes/default_model.sh")
+
+    def go(max_steps: str) -> str:
+        r = subprocess.run(
+            ["bash", script, str(out)],
+            cwd=root,
+            env={**env, "MAX_STEPS": max_steps},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    first = go("2")
+    assert "distill not finished yet" in first
+    ck = torch.load(out / "distill/students/vits16/checkpoint.pt", weights_only=False)
+    assert ck["iteration"] == 2 and not (out / "depth").exists()
+    second = go("0")
+    assert "pretrain: done" in second and "resume" in second
+    meta = json.loads((out / "distill/students/vits16/export.json").read_text())
+    assert meta["iteration"] == 3
+    model = json.loads((out / "model/model.json").read_text())
+    assert set(model["files"]) == {"vits16_default_fp16.pth", "depth_head.pt"}
+    assert model["depth_metrics_held_out"]["frames"] == 1
+    sd = torch.load(out / "model/vits16_default_fp16.pth", weights_only=True)
+    assert sd["cls_token"].dtype == torch.float16
+    third = go("0")  # everything done: every stage is skipped
+    assert "distill: done" in third and "depth: done" in third
