@@ -284,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     tc = next((r for r in rows if r["case"] == "tokencut"), None)
     if tc is not None:
-        print(
-            f"\nTokenCut {tc['median_ms']:.2f} ms vs target {tc['target_ms']} ms -> {'OK' if tc['median_ms'] <= tc['target_ms'] else 'MISSED'}; mask agrees with scipy: {tc['mask_agrees_with_scipy']}"
-        )
+        tgt = tc["target_ms"]
+        verdict = "OK" if tc["median_ms"] <= tgt else "MISSED"
+        line = f"\nTokenCut wall {tc['median_ms']:.2f} ms vs target {tgt} ms -> {verdict}"
+        if args.device == "cpu":
+            cpu_ok = "OK" if tc["cpu_ms"] <= tgt else "MISSED"
+            line += (
+                f"; CPU time {tc['cpu_ms']:.2f} ms -> {cpu_ok} (wall is inflated if the machine is shared)"
+            )
+        print(line + f"; mask agrees with scipy: {tc['mask_agrees_with_scipy']}")
     if args.out:
         out = os.path.abspath(args.out)
         d = os.path.dirname(out)
