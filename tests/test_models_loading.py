@@ -266,3 +266,13 @@ def test_arch_from_shapes_for_every_arch() -> None:
         elif arch in ("vits16plus", "vit7b16"):
             assert arch_from_shapes(to_official(official_to_hf(sd), num_heads=spec.num_heads)[0]) == arch
             assert arch_from_shapes(to_official(official_to_timm(sd))[0]) == arch
+
+
+def test_plain_strict_load_state_dict_of_saved_file(official_file, ref) -> None:
+    """The issue's contract: load_state_dict(torch.load(f, weights_only=True), strict=True) works unchanged."""
+    from dinov3_ros.models import build_backbone
+
+    fresh = build_backbone("vitt16")
+    result = fresh.load_state_dict(torch.load(official_file, weights_only=True), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    _same(fresh, ref)

@@ -96,7 +96,8 @@ def check_hash(path: str | Path) -> tuple[str, str | None, str | None]:
 def _torch_load(path: Path) -> object:
     size = path.stat().st_size
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: a 26 GB 7B file is paged in lazily instead of being copied into RAM first
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "weights_only" in msg:
