@@ -953,8 +953,9 @@ def run(
     total = int(tc["iterations"])
     if rank == 0:
         log.info(
-            "distill: %s students=%s mode=%s world=%d at %d/%d",
+            "distill: %s, students %s (on this rank: %s), mode %s, world %d, at %d/%d",
             "resume" if resumed else "start",
+            [s.name for s in cfg.students],
             list(d.students),
             cfg.mode,
             world,
