@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +84,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--outputs", default="features_pca,depth")
     ap.add_argument("--decode-workers", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="round-robin repeats per row (median)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--workdir", default=None, help="where the bags go (default: a temp dir)")
     ap.add_argument("--out", default="bench_offline.json")
@@ -115,7 +117,6 @@ def main() -> int:
     dev = str(device) if device.type == "cpu" else "cuda:0"
     model = load_model(args.weights, "torch", dev, args.precision, res)
     config = PipelineConfig(resolution=res)
-    rows = []
 
     def sync() -> None:
         if device.type == "cuda":
@@ -125,49 +126,46 @@ def main() -> int:
     mean = torch.tensor(model.mean, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(model.std, device=dev).view(1, 3, 1, 1)
     batch = ((torch.rand(B, 3, *res, device=dev) - mean) / std).contiguous()
-    for _ in range(3):
-        model.engine.run(batch)
-    sync()
     n_iter = max(3, args.frames // B)
-    t0 = time.perf_counter()
-    for _ in range(n_iter):
-        model.engine.run(batch)
-    sync()
-    eng_fps = n_iter * B / (time.perf_counter() - t0)
-    rows.append({"row": "engine (bare, batched)", "frames_per_s": eng_fps})
+
+    def engine_fps() -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n_iter):
+            model.engine.run(batch)
+        sync()
+        return n_iter * B / (time.perf_counter() - t0)
 
     # 2. pipeline.process on pre-decoded frames ----------------------------------------------------
-    from dinov3_ros.offline.sources import open_source
+    from dinov3_ros.offline.sources import decode_message, open_source
 
     src = open_source(bag)
     frames = []
     for m in src.messages():
-        from dinov3_ros.offline.sources import decode_message
-
         rgb, stamp, fid = decode_message(src, m)
         frames.append(Frame(rgb, stamp, fid, None, m.topic))
         if len(frames) >= min(args.frames, 4 * B):
             break
     src.close()
     pipe = Pipeline.from_model(model, config, device=dev)
-    pipe.process(frames[:B], outputs)
-    sync()
-    t0 = time.perf_counter()
-    done = 0
-    for _ in range(max(1, n_iter // max(1, len(frames) // B))):
-        for s in range(0, len(frames) - B + 1, B):
-            pipe.process(frames[s : s + B], outputs)
-            done += B
-    sync()
-    rows.append(
-        {"row": "pipeline.process (decoded frames)", "frames_per_s": done / (time.perf_counter() - t0)}
-    )
+
+    def pipeline_fps() -> float:
+        sync()
+        t0 = time.perf_counter()
+        done = 0
+        while done < n_iter * B:
+            for s in range(0, len(frames) - B + 1, B):
+                pipe.process(frames[s : s + B], outputs)
+                done += B
+        sync()
+        return done / (time.perf_counter() - t0)
 
     # 3./4. offline: serial loop, then the real tool ------------------------------------------------
     parser = argparse.ArgumentParser()
     proc.add_arguments(parser)
 
-    def tool_args(out: Path, extra: list[str]) -> argparse.Namespace:
+    def tool_fps() -> float:
+        out = work / "tool"
         a = [
             str(bag),
             "--out",
@@ -186,30 +184,41 @@ def main() -> int:
             dev,
             "--no-progress",
             "--overwrite",
-            *extra,
         ]
         if args.decode_workers:
             a += ["--decode-workers", str(args.decode_workers)]
-        return parser.parse_args(a)
-
-    def run_tool(out: Path, extra: list[str]) -> float:
-        a = tool_args(out, extra)
         t = time.perf_counter()
-        rc, text = proc.process_one(a, bag, out, model, config, outputs, dev, False, None)
+        rc, text = proc.process_one(parser.parse_args(a), bag, out, model, config, outputs, dev, False, None)
         dt = time.perf_counter() - t
         if rc != 0:
             raise RuntimeError(text)
-        return dt
+        return args.frames / dt
 
-    # warm-up pass (allocator, cuDNN/cuBLAS heuristics, page cache)
-    run_tool(work / "warm", [])
-    dt_serial = serial_run(bag, work / "serial", model, config, outputs, B, dev, args)
-    rows.append({"row": "offline serial (1 thread, no overlap)", "frames_per_s": args.frames / dt_serial})
-    dt = run_tool(work / "tool", [])
-    rows.append({"row": "offline tool (pipelined)", "frames_per_s": args.frames / dt})
+    def serial_fps() -> float:
+        return args.frames / serial_run(bag, work / "serial", model, config, outputs, B, dev, args)
+
+    # warm-up of everything (allocator, cuDNN/cuBLAS heuristics, page cache), then round-robin repeats so
+    # slow drifts of a shared machine hit every row alike; the median is reported.
+    measures = [
+        ("engine (bare, batched)", engine_fps),
+        ("pipeline.process (decoded frames)", pipeline_fps),
+        ("offline serial (1 thread, no overlap)", serial_fps),
+        ("offline tool (pipelined)", tool_fps),
+    ]
+    for _name, fn in measures:
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name, _ in measures}
+    for _ in range(args.repeats):
+        for name, fn in measures:
+            samples[name].append(fn())
+    rows = [
+        {"row": name, "frames_per_s": statistics.median(v), "min": min(v), "max": max(v)}
+        for name, v in samples.items()
+    ]
+    eng_fps = rows[0]["frames_per_s"]
     for r in rows:
         r["vs_engine"] = r["frames_per_s"] / eng_fps
-    table = markdown_table(rows, ["row", "frames_per_s", "vs_engine"])
+    table = markdown_table(rows, ["row", "frames_per_s", "min", "max", "vs_engine"])
     print(table)
     ratio = rows[-1]["vs_engine"]
     print(f"\noffline tool / bare engine = {ratio:.2f} (target >= 0.80)")

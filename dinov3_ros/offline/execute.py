@@ -118,6 +118,85 @@ def set_state(pipeline: Any, blob: bytes) -> None:
         pipeline._states.update(st)
 
 
+# ---------------------------------------------------------------------------- staged inference
+
+
+class Stages:
+    """``Pipeline.process`` split in two so the engine of batch k+1 overlaps the heads of batch k.
+
+    ``infer(frames, outputs)`` (preprocess + engine + depth head; touches no per-source state) runs on
+    the main thread, ``finish(handle)`` (heads, in call order; updates per-source state) on the heads
+    thread; ``finish(infer(f, o)) == pipeline.process(f, o)``. Uses the pipeline's public
+    ``infer``/``finish`` when it has them; otherwise the same steps as ``Pipeline.process`` through its
+    own methods (tests check the outputs are identical to ``process``); otherwise plain ``process``
+    on the heads thread (no engine/heads overlap).
+    """
+
+    def __init__(self, pipeline: Any, mode: str | None = None) -> None:
+        import os
+
+        self.p = pipeline
+        internal = ("_pre", "_lock", "_config", "_depth", "_heads", "_states", "engine")
+        if mode is None:
+            mode = os.environ.get("DINOV3_OFFLINE_STAGES", "")
+        if not mode:
+            if hasattr(pipeline, "infer") and hasattr(pipeline, "finish"):
+                mode = "api"
+            elif all(hasattr(pipeline, a) for a in internal) and _source_state_cls(pipeline) is not None:
+                mode = "split"
+            else:
+                mode = "process"
+        self.mode = mode
+
+    def infer(self, frames: list[Any], outputs: set[str]) -> Any:
+        if not frames:
+            return ("none",)
+        if self.mode == "api":
+            return ("api", self.p.infer(frames, outputs))
+        if self.mode == "process":
+            return ("process", frames, outputs)
+        from dinov3_ros.pipeline.model import as_numpy
+        from dinov3_ros.pipeline.pipeline import resolve_outputs
+
+        p = self.p
+        want = resolve_outputs(outputs)
+        with p._lock:
+            cfg, pre = p._config, p._pre
+        t0 = time.perf_counter()
+        batch, geoms = pre([f.image for f in frames])
+        t1 = time.perf_counter()
+        res = p.engine.run(batch)
+        tokens_t = res["patch_tokens"]
+        t2 = time.perf_counter()
+        depth_net = p._depth(res, tokens_t, geoms[0].network_size) if "depth" in want else None
+        tokens = as_numpy(tokens_t)
+        t3 = time.perf_counter()
+        shared = {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3, "depth_head": (t3 - t2) * 1e3}
+        return ("split", frames, geoms, tokens, depth_net, want, cfg, shared)
+
+    def finish(self, h: Any) -> list[Any]:
+        if h[0] == "none":
+            return []
+        if h[0] == "api":
+            return list(self.p.finish(h[1]))
+        if h[0] == "process":
+            return self.p.process(h[1], h[2])
+        _k, frames, geoms, tokens, depth_net, want, cfg, shared = h
+        p = self.p
+        state_cls = _source_state_cls(p)
+        outs = []
+        for i, (frame, geom) in enumerate(zip(frames, geoms)):
+            st = p._states.setdefault(frame.source, state_cls())
+            d = depth_net[i] if depth_net is not None else None
+            outs.append(p._heads(frame, geom, tokens[i], d, want, cfg, st, dict(shared)))
+        return outs
+
+
+def _source_state_cls(pipeline: Any) -> Any:
+    mod = sys.modules.get(type(pipeline).__module__)
+    return getattr(mod, "_SourceState", None)
+
+
 # ---------------------------------------------------------------------------- run
 
 
@@ -303,24 +382,49 @@ def run_source(
             msgs = emitter.input_messages(m, rgb) + msgs
         return msgs, fo, rgb
 
-    def flush() -> None:
-        from dinov3_ros.pipeline.types import Frame
+    stages = Stages(pipeline)
+    q_heads: queue.Queue = queue.Queue(maxsize=2)  # batches between engine (main) and heads thread
 
-        frames, metas = [], []
-        for rec in pending:
-            if isinstance(rec, tuple) and rec[0] == "img":
-                frames.append(rec[2])
-                metas.append(rec)
-        results = pipeline.process(frames, opts.outputs) if frames else []
-        it = iter(results)
-        for rec in pending:
-            if isinstance(rec, tuple) and rec[0] == "img":
-                fo = next(it)
-                _put(q_out, ("frame", build_pool.submit(build, fo, rec[1], rec[3]), rec[1]), stop)
-            else:
-                _put(q_out, rec, stop)
+    def heads() -> None:
+        """Heads + per-source state in batch order; forwards everything to the writer in order."""
+        try:
+            while True:
+                item = _get(q_heads, stop)
+                if item is _END:
+                    _put(q_out, _END, stop)
+                    return
+                if item[0] == "batch":
+                    it = iter(stages.finish(item[1]))
+                    for rec in item[2]:
+                        if isinstance(rec, tuple) and rec[0] == "img":
+                            fut = build_pool.submit(build, next(it), rec[1], rec[3])
+                            _put(q_out, ("frame", fut, rec[1]), stop)
+                        else:
+                            _put(q_out, rec, stop)
+                elif item[0] == "checkpoint":
+                    _put(q_out, ("checkpoint", item[1], get_state(pipeline)), stop)
+                else:
+                    _put(q_out, item[1], stop)
+        except _StopError:
+            return
+        except BaseException as err:  # noqa: BLE001 - surfaced on the main thread
+            writer_exc.append(err)
+            stop.set()
+
+    ht = threading.Thread(target=heads, name="offline-heads", daemon=True)
+    ht.start()
+
+    def _to_heads(rec: Any) -> None:
+        _put(q_heads, rec if rec is _END else ("rec", rec), stop)
+
+    def flush() -> None:
+        frames = [rec[2] for rec in pending if isinstance(rec, tuple) and rec[0] == "img"]
+        if frames:
+            _put(q_heads, ("batch", stages.infer(frames, opts.outputs), list(pending)), stop)
+        else:
+            for rec in pending:
+                _to_heads(rec)
         pending.clear()
-        _ = Frame
 
     interrupted: BaseException | None = None
     try:
@@ -333,17 +437,17 @@ def run_source(
             item = _get(q_in, stop)
             if item is _END:
                 flush()
-                _put(q_out, _END, stop)
+                _to_heads(_END)
                 break
             if isinstance(item, _Failure):
                 flush()
-                _put(q_out, ("failure", item), stop)
-                _put(q_out, _END, stop)
+                _to_heads(("failure", item))
+                _to_heads(_END)
                 break
             if isinstance(item, _Barrier):
                 flush()
                 n_batch = 0
-                _put(q_out, ("checkpoint", item, get_state(pipeline)), stop)
+                _put(q_heads, ("checkpoint", item), stop)
                 continue
             if isinstance(item, InputMessage):  # copied input (camera_info, other topics)
                 rec = (
@@ -359,7 +463,7 @@ def run_source(
                 if pending:
                     pending.append(rec)
                 else:
-                    _put(q_out, rec, stop)
+                    _to_heads(rec)
                 continue
             assert isinstance(item, _Img)
             m = item.m
@@ -376,8 +480,8 @@ def run_source(
                         offset=m.offset,
                         timestamp_ns=m.log_ns,
                     )
-                    _put(q_out, ("failure", _Failure(m.seq, err2)), stop)
-                    _put(q_out, _END, stop)
+                    _to_heads(("failure", _Failure(m.seq, err2)))
+                    _to_heads(_END)
                     break
                 copied = []
                 if opts.copy_input and m.raw is not None and m.conn >= 0:
@@ -393,7 +497,7 @@ def run_source(
                     pending.extend(recs)
                 else:
                     for r in recs:
-                        _put(q_out, r, stop)
+                        _to_heads(r)
                 continue
             ci = _intrinsics(m.camera_info, rgb, CameraIntrinsics)
             frame = Frame(image=rgb, stamp_ns=stamp, frame_id=frame_id, camera_info=ci, source=m.topic)
@@ -424,6 +528,7 @@ def run_source(
         wt.join()
     stop.set()
     rt.join(timeout=5)
+    ht.join(timeout=30)
     wt.join(timeout=30)
     decode_pool.shutdown(wait=True, cancel_futures=True)
     build_pool.shutdown(wait=True, cancel_futures=True)
