@@ -276,3 +276,22 @@ def test_plain_strict_load_state_dict_of_saved_file(official_file, ref) -> None:
     result = fresh.load_state_dict(torch.load(official_file, weights_only=True), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     _same(fresh, ref)
+
+
+def test_convnext_official_and_hf_checkpoints(tmp_path) -> None:
+    from dinov3_ros.models import convnext_official_to_hf
+
+    m = random_backbone("convnext_tiny", seed=34)
+    official = tmp_path / "dinov3_convnext_tiny_pretrain_lvd1689m-21b726bb.pth"
+    torch.save(m.state_dict(), official)
+    hf_dir = tmp_path / "dinov3-convnext-tiny-pretrain-lvd1689m"
+    hf_dir.mkdir()
+    hf = {k: v.contiguous() for k, v in convnext_official_to_hf(m.state_dict()).items()}
+    save_file(hf, str(hf_dir / "model.safetensors"))
+    a = load_backbone(official, verify_hash=False)
+    b = load_backbone(hf_dir, patch_size=16)
+    assert a.arch == b.arch == "convnext_tiny" and b.checkpoint_info.format == "hf_convnext"
+    assert (a.patch_size, b.patch_size) == (32, 16)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(a(x), m(x)) and torch.equal(b(x), m(x))
