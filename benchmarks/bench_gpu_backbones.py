@@ -165,7 +165,7 @@ def profile_top(fn, x, device, path: Path, rows: int = 25) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description="ours vs timm vs transformers DINOv3 ViT on GPU")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", default="bench_gpu", help="output directory (results.json, results.md)")
+    ap.add_argument("--out", default="bench_gpu", help="output dir (results.json/.md) or FILE.json")
     ap.add_argument("--models", default="vits16,vitb16")
     ap.add_argument("--resolution", default="480x640")
     ap.add_argument("--batch", type=int, default=64, help="throughput batch")
@@ -180,7 +180,9 @@ def main() -> int:
 
     device = torch.device(args.device)
     out_dir = Path(args.out)
-    if out_dir.suffix == ".json":
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    if out_dir.suffix == ".json":  # --out FILE.json: markdown beside it
+        json_path, md_path = out_dir, out_dir.with_suffix(".md")
         out_dir = out_dir.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     H, W = (int(v) for v in args.resolution.lower().split("x"))
@@ -332,13 +334,14 @@ def main() -> int:
     )
     print(table)
     payload = {"env": env, "rows": rows, "total_s": time.perf_counter() - t_start}
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, out_dir / "results.json")
-    tmp = out_dir / "results.md.tmp"
-    tmp.write_text(header + table + "\n")
-    os.replace(tmp, out_dir / "results.md")
-    print(f"wrote {out_dir / 'results.json'} and results.md ({payload['total_s']:.0f} s)")
+    for path, text in (
+        (json_path, json.dumps(payload, indent=2, default=str)),
+        (md_path, header + table + "\n"),
+    ):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    print(f"wrote {json_path} and {md_path} ({payload['total_s']:.0f} s)")
     return 0
 
 
