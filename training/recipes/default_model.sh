@@ -41,8 +41,14 @@ want() { [[ " $STAGES " == *" $1 "* ]]; }
 unfinished() { say "$1 not finished yet (chunk of MAX_STEPS=$MAX_STEPS done); re-run this command to continue"; exit 0; }
 
 # The scikit-image sample photographs (the only real photos an install ships) as a folder source.
-SKIMAGE_DATA="$("$PY" -c 'import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), "data"))')"
-SOURCES="[{type: procedural, weight: 0.4, height: 256, width: 256, seed: 1}, {type: synthetic, weight: 0.4, height: 256, width: 256, seed: 1}, {type: folder, root: '$SKIMAGE_DATA', weight: 0.2}]"
+SOURCES="{type: procedural, weight: 0.4, height: 256, width: 256, seed: 1}, {type: synthetic, weight: 0.4, height: 256, width: 256, seed: 1}"
+if SKIMAGE_DATA="$("$PY" -c 'import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), "data"))' 2>/dev/null)" \
+    && [[ -d "$SKIMAGE_DATA" ]]; then
+  SOURCES="$SOURCES, {type: folder, root: '$SKIMAGE_DATA', weight: 0.2}"
+else
+  say "scikit-image sample photographs not found: training on procedural + synthetic images only"
+fi
+SOURCES="[$SOURCES]"
 
 # ------------------------------------------------------------------------------------ 1 pretrain
 if want pretrain; then
