@@ -90,6 +90,13 @@ def test_intrinsics_scaling_projects_consistently():
         np.testing.assert_allclose(vb, v, atol=1e-9)
 
 
+def test_fixed_patch_grid():
+    pre = Preprocessor.for_grid((30, 40), 16, mean=MEAN, std=STD)
+    batch, (g,) = pre(np.zeros((720, 1280, 3), np.uint8))
+    assert batch.shape == (1, 3, 480, 640) and g.grid_size == (30, 40)
+    assert g.resized_size == (360, 640) and g.offset_y == 60.0  # letterboxed, centred
+
+
 def test_patch_centre_maps_to_input():
     g = Geometry((480, 640), (480, 640), (480, 640), 1.0, 1.0, 0.0, 0.0, 16)
     u, v = g.patch_to_input(np.array([0, 29]), np.array([0, 39]))

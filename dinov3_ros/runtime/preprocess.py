@@ -216,6 +216,12 @@ class Preprocessor:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
 
+    @classmethod
+    def for_grid(cls, grid: tuple[int, int], patch_size: int = 16, **kwargs) -> Preprocessor:
+        """Letterbox into a fixed patch grid ``(rows, cols)`` (network size = grid x patch size)."""
+        gh, gw = (int(v) for v in grid)
+        return cls((gh * patch_size, gw * patch_size), patch_size, **kwargs)
+
     # -- geometry -------------------------------------------------------------------------------
     def _resized(self, h: int, w: int) -> tuple[int, int]:
         if isinstance(self.target, tuple):
