@@ -365,8 +365,14 @@ def main() -> int:
             r["gpu_targets_met"] = bool(r["dropped"] == 0 and r["latency"]["p99_ms"] <= 15.0)
         r["overhead_target_met"] = bool(r["overhead_vs_engine"] <= 0.25)
         res["streams"][m] = r
+    # baseline again after the streams: on a shared/loaded machine the spread shows how far to trust the ratios
+    res["engine_after"] = bench_engine(model, pipe, args.device, args.baseline_seconds)["engine"]
+    eng2 = 0.5 * (eng + res["engine_after"]["p50_ms"])
+    for r in res["streams"].values():
+        r["overhead_vs_engine_mean_baseline"] = r["latency"]["p50_ms"] / eng2 - 1.0
     rows = [
         ("engine (bare Engine.run)", res["engine"]),
+        ("engine again, after the streams", res["engine_after"]),
         ("preprocess + engine", res["preprocess+engine"]),
         ("pipeline.process, all outputs", res["pipeline"]),
     ]
