@@ -150,38 +150,45 @@ class OutputBag:
             )
         cps = [x for x in lines[1:] if "checkpoint" in x]
         old_bag = self.work / (self.out.name + ".resume-old")
-        if old_bag.exists():
-            shutil.rmtree(old_bag)
-        recovered: list[McapMessage] = []
-        mcap = self.bag_dir / f"{self.out.name}.mcap"
-        if self.bag_dir.exists():
+        if old_bag.exists():  # an earlier resume died while copying: its source is still complete
+            shutil.rmtree(self.bag_dir, ignore_errors=True)
+        elif self.bag_dir.exists():
             self.bag_dir.rename(old_bag)
-            mcap = old_bag / f"{self.out.name}.mcap"
-            if mcap.exists():
-                try:
-                    for rec in scan(mcap):
-                        if isinstance(rec, McapMessage):
-                            recovered.append(rec)
-                except McapDamagedError:
-                    pass
-        usable = [cp for cp in cps if cp["out_msgs"] <= len(recovered)]
+        mcap = old_bag / f"{self.out.name}.mcap"
+
+        def messages() -> Any:
+            if not mcap.exists():
+                return
+            try:
+                for rec in scan(mcap):
+                    if isinstance(rec, McapMessage):
+                        yield rec
+            except McapDamagedError:
+                return
+
+        n_recovered = sum(1 for _ in messages())  # pass 1: count (nothing kept in memory)
+        usable = [cp for cp in cps if cp["out_msgs"] <= n_recovered]
         cp = usable[-1] if usable else None
         self._new_writer()
-        self._journal = (self.work / JOURNAL).open("w")
-        self._journal_line(lines[0])
+        kept = [c for c in cps if cp is not None and c["out_msgs"] <= cp["out_msgs"]]
         if cp is not None:
             keys = [ConnKey(*k) for k in cp["conns"]]
-            bounds = {c["out_msgs"] for c in cps if c["out_msgs"] <= cp["out_msgs"]}
-            # Same writes, same connection first-use order, same chunk cuts: the bytes match a run
-            # that was never interrupted.
-            for rec in recovered[: cp["out_msgs"]]:
+            bounds = {c["out_msgs"] for c in kept}
+            # pass 2: same writes, same connection first-use order, same chunk cuts as the interrupted
+            # run, so the final bytes match a run that was never interrupted.
+            for rec in messages():
+                if self.count >= cp["out_msgs"]:
+                    break
                 self.write(keys[rec.channel_id - 1], rec.log_time, rec.data)
                 if self.count in bounds:
                     self._flush_chunk()
-            for c in cps:
-                if c["out_msgs"] <= cp["out_msgs"]:
-                    self.checkpoints.append(c)
-                    self._journal_line(c)
+            self._flush_chunk()
+        # only now replace the journal (atomically): a crash above leaves the old one valid
+        tmp = self.work / (JOURNAL + ".tmp")
+        tmp.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [lines[0], *kept]))
+        tmp.replace(self.work / JOURNAL)
+        self._journal = (self.work / JOURNAL).open("a")
+        self.checkpoints = list(kept)
         shutil.rmtree(old_bag, ignore_errors=True)
         return cp
 
