@@ -195,7 +195,8 @@ def _solve_subspace(
     for _ in range(3):
         AQ = A @ Q
         T = Q.T @ AQ
-        theta, V = torch.linalg.eigh(0.5 * (T + T.T))
+        theta, V = torch.linalg.eigh(0.5 * (T + T.T).cpu())  # k x k: cheaper on the host than cusolver
+        theta, V = theta.to(Q.device), V.to(Q.device)
         y = Q @ V[:, -1]
         res = (AQ @ V[:, -1] - theta[-1] * y).norm()
         if float(res) < tol:
