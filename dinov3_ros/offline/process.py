@@ -345,6 +345,15 @@ def process_one(
                 on_frame=on_frame if (preview or sheet) else None,
                 total=total,
             )
+        except Exception as err:  # noqa: BLE001 - a pipeline/writer failure: keep the run resumable
+            bag.abandon()
+            for pv in (preview, sheet):
+                if pv is not None:
+                    pv.close(ok=False)
+            return EXIT_ERROR, (
+                f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
+                f"{partial_dir(out)} (--resume continues from its last checkpoint)"
+            )
         except KeyboardInterrupt:
             bag.abandon()
             for pv in (preview, sheet):
