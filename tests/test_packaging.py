@@ -82,7 +82,7 @@ def test_colcon_build_install_tree(tmp_path):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     out = subprocess.run(
-        [str(colcon), "build", "--packages-select", "dinov3_ros", "--event-handlers", "console_direct+"],
+        [str(colcon), "build", "--event-handlers", "console_direct+"],
         cwd=ws, capture_output=True, text=True, env=env, timeout=900,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
