@@ -131,10 +131,13 @@ class ConvNeXtBackbone(nn.Module):
             return F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
         return fmap
 
-    def forward_features(self, x: Tensor | list[Tensor], masks: Tensor | None = None):
+    def forward_features(self, x: Tensor | list[Tensor], masks: Tensor | list[Tensor | None] | None = None):
         """Dict with pooled CLS, empty storage tokens, patch tokens on the stride-32 (or /16) grid."""
         if isinstance(x, (list, tuple)):
-            return [self.forward_features(t, masks) for t in x]
+            mlist = masks if isinstance(masks, (list, tuple)) else [masks] * len(x)
+            if len(mlist) != len(x):
+                raise ValueError(f"got {len(mlist)} masks for {len(x)} crops")
+            return [self.forward_features(t, m) for t, m in zip(x, mlist)]
         if masks is not None:
             raise ValueError("ConvNeXt backbones do not support token masks")
         self._check(x)
