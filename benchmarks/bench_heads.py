@@ -9,7 +9,7 @@ Cases (ours | baseline):
   dpt_depth      DPTHead (ViT-S config: 64 features, regression)| LinearDepthHead (reference point)
   matching       match_tensors 1200x1200 (mutual+ratio+refine) | per-row numpy loop matcher
   tokencut       tokencut(method="auto")                       | scipy.linalg.eigh(D-W, D) (published code path)
-  upsample_jbu   joint bilateral upsampling 384ch -> 480x640   | bilinear
+  upsample       guided (JBU) / guided filter 384ch -> 480x640 | bilinear
 Targets: TokenCut <= 5 ms (GPU), <= 100 ms (CPU).
 """
 
@@ -224,14 +224,19 @@ def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -
             guide = (torch.rand(IMG[0], IMG[1], 3) * 255).to(torch.uint8).numpy()
             add(
                 "upsample",
-                "jbu 384ch -> 480x640",
-                timeit(lambda: upsample(x, IMG, mode="jbu", guide=guide), device, max(3, reps // 4), budget),
+                "guided (JBU) 384ch -> 480x640",
+                timeit(
+                    lambda: upsample(x, IMG, mode="guided", guide=guide), device, max(3, reps // 4), budget
+                ),
             )
             add(
                 "upsample",
                 "guided filter 384ch -> 480x640",
                 timeit(
-                    lambda: upsample(x, IMG, mode="guided", guide=guide), device, max(3, reps // 4), budget
+                    lambda: upsample(x, IMG, mode="guided_filter", guide=guide),
+                    device,
+                    max(3, reps // 4),
+                    budget,
                 ),
             )
             add(

@@ -117,10 +117,10 @@ def test_upsample_edge_aware_beats_bilinear():
     img, hi, lo = _disk_scene()
     err = {
         m: np.abs(upsample(lo, (96, 128), mode=m, guide=img) - hi).mean()
-        for m in ("bilinear", "jbu", "guided")
+        for m in ("bilinear", "guided", "guided_filter")
     }
-    assert err["jbu"] < 0.25 * err["bilinear"]
-    assert err["guided"] < err["bilinear"]
+    assert err["guided"] < 0.25 * err["bilinear"]
+    assert err["guided_filter"] < err["bilinear"]
     # torch [B, C, h, w] layout, float guide in [0, 1]
     t = torch.from_numpy(lo).permute(2, 0, 1)[None].float()
     g = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
@@ -131,7 +131,7 @@ def test_upsample_edge_aware_beats_bilinear():
     )
 
 
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest", "jbu", "guided"])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest", "guided", "jbu", "guided_filter"])
 def test_upsample_preserves_constant_fields(mode):
     img, _, _ = _disk_scene()
     const = np.tile(np.array([0.3, -1.0, 2.0], np.float32), (6, 8, 1))

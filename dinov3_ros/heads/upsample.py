@@ -1,8 +1,8 @@
 """Patch features to image resolution: bilinear/bicubic/nearest, or edge-aware guided by the RGB image.
 
-Two edge-aware modes: ``"jbu"`` - joint bilateral upsampling (Kopf et al., SIGGRAPH 2007): each
+Two edge-aware modes: ``"guided"`` (alias ``"jbu"``, the recommended one) - joint bilateral upsampling (Kopf et al., SIGGRAPH 2007): each
 output pixel is a weighted mean of the 3x3 neighbouring patch features, weights = spatial Gaussian
-(patch units) x range Gaussian between the pixel's colour and the patch's mean colour; ``"guided"`` -
+(patch units) x range Gaussian between the pixel's colour and the patch's mean colour; ``"guided_filter"`` -
 the guided filter (He, Sun, Tang; TPAMI 2013) applied per feature channel to
 the bilinearly upsampled features, with the image as guide (grey or colour), in its fast form: the
 linear coefficients are computed at ``1/subsample`` of the output resolution and upsampled. Pure torch,
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ._common import ArrayLike, float_tensor, like_input
 
-MODES = ("bilinear", "bicubic", "nearest", "jbu", "guided")
+MODES = ("bilinear", "bicubic", "nearest", "guided", "jbu", "guided_filter")
 
 __all__ = ["MODES", "box_mean", "guided_filter", "joint_bilateral_upsample", "upsample"]
 
@@ -171,9 +171,9 @@ def upsample(
 ) -> ArrayLike:
     """Upsample ``[h, w, C]`` (returns ``[H, W, C]``) or ``[B, C, h, w]`` (returns ``[B, C, H, W]``).
 
-    ``mode="jbu"`` needs ``guide``; ``sigma_spatial`` (patch units) and ``sigma_range`` (colour in
+    ``mode="guided"`` (= ``"jbu"``) needs ``guide``; ``sigma_spatial`` (patch units) and ``sigma_range`` (colour in
     [0, 1]) set its kernels; it works at the next integer factor and resizes bilinearly if needed.
-    ``mode="guided"`` needs ``guide`` (the RGB image, uint8 or float in [0, 1], any resolution):
+    ``mode="guided_filter"`` needs ``guide`` (the RGB image, uint8 or float in [0, 1], any resolution):
     ``radius`` defaults to the upsampling factor (one patch) in output pixels, ``eps`` is the
     regulariser in guide units (smaller = sharper edges), ``subsample`` the fast-guided-filter factor
     (default: ``max(1, factor // 4)``), ``gray`` uses a luminance guide (cheaper) instead of colour.
@@ -198,14 +198,14 @@ def upsample(
     else:
         if guide is None:
             raise ValueError(f"mode={mode!r} needs guide= (the RGB image)")
-    if mode == "jbu":
+    if mode in ("guided", "jbu"):
         h, w = t.shape[-2:]
         s = max(1, int(-(-max(H / h, W / w) // 1)))
         g = _guide_tensor(guide, t.shape[0], (h * s, w * s), t.device, t.dtype, gray)
         out = joint_bilateral_upsample(t, g, s, sigma_spatial=sigma_spatial, sigma_range=sigma_range)
         if tuple(out.shape[-2:]) != (H, W):
             out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
-    elif mode == "guided":
+    elif mode == "guided_filter":
         factor = max(H / t.shape[-2], W / t.shape[-1])
         s = max(1, int(factor) // 4) if subsample is None else int(subsample)
         r_full = max(1, round(factor)) if radius is None else int(radius)
