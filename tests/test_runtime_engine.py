@@ -201,3 +201,18 @@ def test_trt_profile_shapes():
     assert _profile_shapes([-1, 3, -1, -1], (1, 1, 2), hw)[2] == (2, 3, 1024, 1024)
     with pytest.raises(ValueError, match="needs hw="):
         _profile_shapes([-1, 3, -1, -1], (1, 1, 1), None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_and_bf16_match_fp32_eager(small):  # pragma: no cover - GPU machine only
+    ref = create_engine("torch", model=small, device="cuda")
+    g = create_engine("torch", model=small, device="cuda", precision="bf16", cuda_graphs=True)
+    img = torch.randint(0, 256, (2, 64, 96, 3), dtype=torch.uint8, device="cuda")
+    a = ref.run(img)["patch_tokens"].float()
+    for _ in range(2):  # capture, then replay
+        b = g.run(img)["patch_tokens"].float()
+    cos = torch.nn.functional.cosine_similarity(a.flatten(0, 2), b.flatten(0, 2), dim=-1)
+    assert cos.min() > 0.99
+    img2 = torch.randint(0, 256, (2, 64, 96, 3), dtype=torch.uint8, device="cuda")
+    assert not torch.equal(g.run(img2)["patch_tokens"], b.to(torch.bfloat16))  # replay sees new input
