@@ -38,8 +38,13 @@ class ViTConfig:
 
 
 def is_dinov3_vit_state_dict(sd: dict[str, torch.Tensor]) -> bool:
-    """True when ``sd`` has the DINOv3 ViT key layout (patch_embed.proj, blocks.N.attn.qkv, rope periods)."""
-    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "cls_token" in sd
+    """True when ``sd`` has the DINOv3 ViT key layout this forward covers (no untied ``cls_norm``)."""
+    return (
+        "patch_embed.proj.weight" in sd
+        and "blocks.0.attn.qkv.weight" in sd
+        and "cls_token" in sd
+        and "cls_norm.weight" not in sd
+    )
 
 
 def _config_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int | None, ln_eps: float) -> ViTConfig:
