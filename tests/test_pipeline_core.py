@@ -230,3 +230,15 @@ def test_model_without_depth_head_skips_depth_and_points_only():
     (o,) = p.process([Frame(texture(64, 96), 1, "cam", None)], set(OUTPUTS))
     assert o.depth is None and o.points is None and o.depth_info is None
     assert o.features is not None and o.objects is not None and o.matches is not None and o.debug is not None
+
+
+def test_parallel_heads_give_identical_results():
+    frames = [Frame(texture(96, 128, seed=i), i, "cam", None, "s") for i in range(3)]
+    par, ser = make(parallel_heads=True), make(parallel_heads=False)
+    for fr in frames:
+        a = par.process([fr], set(OUTPUTS))[0]
+        b = ser.process([fr], set(OUTPUTS))[0]
+        assert np.array_equal(a.objects.mask, b.objects.mask) and np.array_equal(
+            a.objects.boxes, b.objects.boxes
+        )
+        assert np.array_equal(a.debug, b.debug) and np.array_equal(a.matches.uv1, b.matches.uv1)

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,7 @@ class Pipeline:
         self._states: dict[str, _SourceState] = {}
         self._lock = threading.Lock()
         self._warned_depth = False
+        self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_model(cls, model: Any, config: PipelineConfig | None = None, device: str = "cpu") -> Pipeline:
@@ -243,6 +245,11 @@ class Pipeline:
             out.timings_ms[name] = (now - t) * 1e3
             t = now
 
+        objects_future = None
+        if "objects" in want and cfg.parallel_heads:
+            # TokenCut is the costliest head and independent of the others: overlap it with them
+            t_obj = time.perf_counter()
+            objects_future = self._pool().submit(self._objects, frame, geom, tok, valid, cfg, st)
         momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
         vmask = valid.astype(np.float32)
         if "features" in want:
@@ -289,13 +296,22 @@ class Pipeline:
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
             lap("matches")
-        if "objects" in want:
+        if objects_future is not None:
+            out.objects = objects_future.result()
+            out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time, overlapped
+            t = time.perf_counter()
+        elif "objects" in want:
             out.objects = self._objects(frame, geom, tok, valid, cfg, st)
             lap("objects")
         if "debug" in want:
             out.debug = self._debug(frame, geom, out, cfg)
             lap("debug")
         return out
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinov3_heads")
+        return self._executor
 
     @staticmethod
     def _valid_patches(geom: Geometry, h: int, w: int) -> np.ndarray:

@@ -174,6 +174,8 @@ class PipelineConfig:
     mask_encoding: str = "mono8"
     # debug overlay
     debug_alpha: float = 0.5
+    # run TokenCut in a helper thread, overlapped with the other heads (same results)
+    parallel_heads: bool = True
 
     def validate(self) -> PipelineConfig:
         """Return self, or raise ``ValueError`` naming the first bad setting."""
