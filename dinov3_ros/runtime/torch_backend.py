@@ -147,7 +147,7 @@ class TorchEngine(Engine):
         vit = self.model.vit
         if vit is not None:  # fill the RoPE cache eagerly so compiled/captured graphs only read it
             hw = x.shape[1:3] if x.dtype == torch.uint8 else x.shape[-2:]
-            vit.rope(hw[0] // vit.patch_size, hw[1] // vit.patch_size, self.device)
+            vit.rope(hw[0] // vit.patch_size, hw[1] // vit.patch_size, x.device)
         if self.cuda_graphs:
             outs = self._graph_forward(x)
         else:
