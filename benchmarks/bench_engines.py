@@ -1,9 +1,9 @@
 """ONNX Runtime vs torch eager fp32 for ViT-S/16 (CPU by default), batch 1, at 224x224 and 480x640.
 
 Baselines in the same run: the reference backbone (``dinov3_ros.models``) in eager fp32, and our torch
-engine (same graph as the export) in eager fp32. ONNX Runtime variants: default session (all graph
-optimisations), and the graph after ``onnxruntime.transformers.optimizer`` (LayerNorm/GELU/attention
-fusions) when it is available offline.
+engine (same graph as the export) in eager fp32. ONNX Runtime variants: default session (all / extended
+graph optimisations), our in-memory rewrite of attention to ORT's fused ``MultiHeadAttention``, and the
+graph after ``onnxruntime.transformers.optimizer`` (LayerNorm/GELU fusions) when available offline.
 
     .venv/bin/python benchmarks/bench_engines.py --device cpu --out bench_engines.json
 """
@@ -92,6 +92,13 @@ def main() -> int:
                 variants[f"onnxruntime ({level})"] = lambda e=e, x=x: e.run(x)
             except Exception as err:  # noqa: BLE001
                 print(f"onnxruntime {level}: {err}", file=sys.stderr)
+        try:
+            e = create_engine(
+                "onnxruntime", onnx_path=onnx_path, device=ort_dev, threads=threads, fuse_attention=True
+            )
+            variants["onnxruntime + fused MHA"] = lambda e=e, x=x: e.run(x)
+        except Exception as err:  # noqa: BLE001
+            print(f"fused MHA: {err}", file=sys.stderr)
         fused = _transformer_optimize(
             onnx_path, tmp / f"vit_{H}x{W}_fused.onnx", cfg.num_heads, cfg.embed_dim
         )

@@ -286,3 +286,17 @@ def test_export_with_real_depth_head_file(tmp_path, kind):
     out = create_engine("onnxruntime", onnx_path=path, threads=2).run(x)
     assert out["depth"].shape == (1, 1, 64, 96)
     assert (out["depth"] - ref).abs().max() < 1e-3 * float(ref.abs().max())
+
+
+def test_ort_fused_attention_matches(tmp_path):
+    """The ORT-only MultiHeadAttention rewrite fuses every block and keeps the outputs."""
+    bb = _perturbed("vits16", depth=2)
+    for res in ((64, 96), "dynamic"):
+        path, _ = export_onnx(bb, tmp_path / "m.onnx", resolution=res)
+        plain = create_engine("onnxruntime", onnx_path=path, threads=2)
+        fused = create_engine("onnxruntime", onnx_path=path, threads=2, fuse_attention=True)
+        assert fused.n_fused_attention == 2 and plain.n_fused_attention == 0
+        x = torch.randn(2, 3, 64, 96)
+        err, cos = _compare(fused.run(x)["patch_tokens"], plain.run(x)["patch_tokens"])
+        assert err < 1e-4 and cos > 0.99999
+    assert "com.microsoft" not in {o.domain for o in onnx.load(str(path)).opset_import}  # file untouched

@@ -154,6 +154,7 @@ def export_onnx(
         "arch": dm.arch,
         "patch_size": p,
         "embed_dim": dm.embed_dim,
+        "num_heads": dm.vit.cfg.num_heads if dm.vit is not None else 0,
         "n_storage_tokens": dm.vit.cfg.n_storage_tokens if dm.vit is not None else 0,
         "norm_mean": list(dm.norm_mean),
         "norm_std": list(dm.norm_std),

@@ -12,7 +12,7 @@ import torch
 
 from .engine import Engine, EngineInfo
 
-__all__ = ["OrtEngine", "read_metadata"]
+__all__ = ["OrtEngine", "fuse_mha", "read_metadata"]
 
 _GRAPH_OPT = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 
@@ -48,12 +48,112 @@ def info_from_metadata(meta: dict[str, Any], backend: str, precision: str, devic
     )
 
 
+def _perm(node) -> list[int] | None:
+    for a in node.attribute:
+        if a.name == "perm":
+            return list(a.ints)
+    return None
+
+
+def fuse_mha(model, num_heads: int, head_dim: int):
+    """Replace exported SDPA subgraphs with ``com.microsoft.MultiHeadAttention`` (ONNX Runtime only).
+
+    The TorchScript SDPA symbolic gives ``Transpose(q) * s``, ``Transpose(k) * s`` -> MatMul -> Softmax ->
+    MatMul(``Transpose(v)``) -> Transpose; ORT's fused kernel avoids materialising the N x N scores in
+    separate passes. Returns ``(model, n_fused)``; the model is changed in place. Not for TensorRT.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    prod = {o: n for n in g.node for o in n.output}
+    cons: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    shape3, shape4 = "ort_mha_shape_bsd", "ort_mha_shape_bsnh"
+    remove: set[int] = set()
+    new_nodes = []
+    for sm in [n for n in g.node if n.op_type == "Softmax"]:
+        mm1 = prod.get(sm.input[0])
+        after = cons.get(sm.output[0], [])
+        if mm1 is None or mm1.op_type != "MatMul" or len(after) != 1 or after[0].op_type != "MatMul":
+            continue
+        mm2 = after[0]
+        mq, mk = prod.get(mm1.input[0]), prod.get(mm1.input[1])
+        if mq is None or mk is None or mq.op_type != "Mul" or mk.op_type != "Mul":
+            continue
+        tq, tk, tv = prod.get(mq.input[0]), prod.get(mk.input[0]), prod.get(mm2.input[1])
+        if not all(t is not None and t.op_type == "Transpose" for t in (tq, tk, tv)):
+            continue
+        if (_perm(tq), _perm(tk), _perm(tv)) != ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3]):
+            continue
+        tail = cons.get(mm2.output[0], [])
+        if len(tail) != 1 or tail[0].op_type != "Transpose" or _perm(tail[0]) != [0, 2, 1, 3]:
+            continue
+        if len(cons.get(mm1.output[0], [])) != 1:
+            continue
+        k = f"ort_mha_{len(remove) // 4}"
+        new_nodes += [
+            helper.make_node("Reshape", [tq.input[0], shape3], [k + "_q"], name=k + "_rq"),
+            helper.make_node("Reshape", [tk.input[0], shape3], [k + "_k"], name=k + "_rk"),
+            helper.make_node("Reshape", [tv.input[0], shape3], [k + "_v"], name=k + "_rv"),
+            helper.make_node(
+                "MultiHeadAttention",
+                [k + "_q", k + "_k", k + "_v"],
+                [k + "_o"],
+                name=k,
+                domain="com.microsoft",
+                num_heads=num_heads,
+            ),
+            helper.make_node("Reshape", [k + "_o", shape4], [tail[0].output[0]], name=k + "_ro"),
+        ]
+        remove |= {id(sm), id(mm1), id(mm2), id(tail[0])}
+    n_fused = len(remove) // 4
+    if not n_fused:
+        return model, 0
+    kept = [n for n in g.node if id(n) not in remove]
+    outs = {o.name for o in g.output}
+    while True:  # drop nodes nobody reads any more (the old scale/transposes)
+        used = {i for n in kept + new_nodes for i in n.input} | outs
+        alive = [n for n in kept if any(o in used for o in n.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape3),
+            numpy_helper.from_array(np.array([0, 0, num_heads, head_dim], np.int64), shape4),
+        ]
+    )
+    avail = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending, ordered = kept + new_nodes, []
+    while pending:  # topological order
+        rest = []
+        for n in pending:
+            if all(i in avail for i in n.input):
+                ordered.append(n)
+                avail |= set(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError("fuse_mha: graph is not a DAG after rewriting")
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, n_fused
+
+
 class OrtEngine(Engine):
     """An exported ONNX graph in ONNX Runtime.
 
     ``device="cuda"`` uses ``CUDAExecutionProvider`` (error if the installed onnxruntime lacks it) and
     binds torch CUDA tensors directly (no host round trip). ``threads`` sets intra-op threads (default:
     all cores); ``optimization`` is ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+    ``fuse_attention`` rewrites the attention subgraphs to ORT's fused ``MultiHeadAttention`` in memory
+    (the file on disk stays TensorRT-clean).
     """
 
     def __init__(
@@ -65,6 +165,7 @@ class OrtEngine(Engine):
         optimization: str = "all",
         precision: str | None = None,
         optimized_model_path: str | Path | None = None,
+        fuse_attention: bool = False,
         **_ignored: Any,
     ) -> None:
         import onnxruntime as ort
@@ -99,16 +200,30 @@ class OrtEngine(Engine):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if optimized_model_path:
             so.optimized_model_filepath = str(optimized_model_path)
-        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=providers)
+        meta = read_metadata(self.onnx_path)
+        source: str | bytes = str(self.onnx_path)
+        self.n_fused_attention = 0
+        if fuse_attention:
+            import onnx
+
+            proto = onnx.load(str(self.onnx_path))
+            D, p = int(meta.get("embed_dim", 0)), meta.get("num_heads")
+            heads = int(p) if p else max(1, D // 64)
+            proto, self.n_fused_attention = fuse_mha(proto, heads, D // heads)
+            source = proto.SerializeToString()
+        self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        meta = read_metadata(self.onnx_path)
         in_type = self.session.get_inputs()[0].type
         prec = precision or ("fp16" if "float16" in in_type else "fp32")
         self._in_dtype = np.float16 if "float16" in in_type else np.float32
         self.info = info_from_metadata(meta, "onnxruntime", prec, str(dev))
         self.info.outputs = tuple(self.output_names)
-        self.info.extra = {"providers": self.session.get_providers(), "threads": so.intra_op_num_threads}
+        self.info.extra = {
+            "providers": self.session.get_providers(),
+            "threads": so.intra_op_num_threads,
+            "fused_attention": self.n_fused_attention,
+        }
 
     def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.device.type == "cuda":
