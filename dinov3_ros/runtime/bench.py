@@ -273,8 +273,10 @@ def main(args: argparse.Namespace) -> int:
                         modes.append("cudagraphs")
                     if prec != "fp32" and device.type == "cpu":
                         continue
-                elif backend == "onnxruntime" and prec != "fp32":
-                    continue
+                elif backend == "onnxruntime":
+                    if prec != "fp32":
+                        continue
+                    modes = ["default", "fused-mha"]
                 elif backend == "tensorrt" and prec == "bf16":
                     continue
                 for mode in modes:
@@ -296,6 +298,7 @@ def main(args: argparse.Namespace) -> int:
                             kw: dict[str, Any] = {"onnx_path": onnx_path, "device": device}
                             if backend == "onnxruntime":
                                 kw["threads"] = args.threads
+                                kw["fuse_attention"] = mode == "fused-mha"
                             else:
                                 kw.update(precision=prec, max_batch=max(batches), cache_dir=tmp / "trt")
                             eng = create_engine(backend, **kw)
