@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,7 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=None, help="override every ViT's depth (quick CPU checks)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     args = ap.parse_args()
 
@@ -142,34 +144,32 @@ def main() -> int:
         "global_batch": args.batch * world,
     }
 
-    def teacher_only():
-        d_t._teacher_pass(batch)
-
     specs = _student_specs(names, args.depth)
     rows = []
     if world == 1:
-        d_t = Distiller(_cfg(specs[:1], args, tmp), teacher, dev)
-        t_teacher = _time_steps(teacher_only, args.steps, args.warmup, dev)
-        res["teacher_img_s"] = args.batch / t_teacher
-        del d_t
-        alone = {}
+        # every configuration is built once and timed in `--repeats` interleaved rounds (median), so
+        # drifting load on a shared machine hits all of them alike
+        runs = {"teacher": Distiller(_cfg(specs[:1], args, tmp), teacher, dev)}
         for s in specs:
-            d = Distiller(_cfg([s], args, tmp), teacher, dev)
-            alone[s["name"]] = _time_steps(lambda d=d: d.step(batch), args.steps, args.warmup, dev)
-            del d
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-        d = Distiller(_cfg(specs, args, tmp), teacher, dev)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        t_shared = _time_steps(lambda: d.step(batch), args.steps, args.warmup, dev)
+            runs[s["name"]] = Distiller(_cfg([s], args, tmp), teacher, dev)
+        runs["shared"] = Distiller(_cfg(specs, args, tmp), teacher, dev)
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(args.repeats):
+            for k, d in runs.items():
+                fn = (lambda d=d: d._teacher_pass(batch)) if k == "teacher" else (lambda d=d: d.step(batch))
+                times[k].append(_time_steps(fn, args.steps, args.warmup, dev))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        alone = {s["name"]: med[s["name"]] for s in specs}
+        t_shared = med["shared"]
+        res["raw_step_s"] = times
+        res["teacher_img_s"] = args.batch / med["teacher"]
         res["alone_step_s"] = alone
         res["shared_step_s"] = t_shared
         res["alone_img_s"] = {n: args.batch / t for n, t in alone.items()}
         res["shared_img_s_per_student"] = {n: args.batch / t_shared for n in alone}
         res["speedup_shared_vs_separate"] = sum(alone.values()) / t_shared
         if dev.type == "cuda":
-            res["shared_peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+            res["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
         rows = [(n, res["alone_img_s"][n], res["shared_img_s_per_student"][n]) for n in alone]
     else:
         d = Distiller(_cfg(specs, args, tmp), teacher, dev)
