@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
         "brightness": [0.75, 1.25],
         "num_workers": 4,
         "scene": None,  # extra SceneConfig fields (photo_prob, noise_std, ...)
+        # Pre-rendered packs (`dinov3-ros synth --format folder`) instead of rendering on the fly, for
+        # machines without open3d: frames must already be image_size; val_folder replaces the val scenes.
+        "folder": None,
+        "val_folder": None,
     },
     "loss": {"sig": 1.0, "gradient": 0.0, "warm_up_iters": 100},
     "optim": {
@@ -155,13 +159,22 @@ class SyntheticDepthDataset(Dataset):
         hflip: bool = True,
         brightness: tuple[float, float] = (0.75, 1.25),
         scene: dict[str, Any] | None = None,
+        folder: str | os.PathLike[str] | None = None,
     ) -> None:
-        from dinov3_ros.synthetic import SceneGenerator
-
         H, W = image_size
-        self.gen = SceneGenerator(
-            seed=seed, width=W, height=H, frames_per_scene=frames_per_scene, **(scene or {})
-        )
+        if folder is not None:
+            from dinov3_ros.synthetic.writers import FolderFrames
+
+            self.gen: Any = FolderFrames(folder)
+            h, w = self.gen[0].depth.shape
+            if (h, w) != (H, W):
+                raise ValueError(f"depth pack {folder} holds {w}x{h} frames, data.image_size wants {W}x{H}")
+        else:
+            from dinov3_ros.synthetic import SceneGenerator
+
+            self.gen = SceneGenerator(
+                seed=seed, width=W, height=H, frames_per_scene=frames_per_scene, **(scene or {})
+            )
         self.seed = seed
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -171,7 +184,7 @@ class SyntheticDepthDataset(Dataset):
         return 2**31 - 1
 
     def frame(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.gen[int(k)]
+        f = self.gen[int(k) % len(self.gen)] if hasattr(self.gen, "__len__") else self.gen[int(k)]
         img = torch.from_numpy(np.ascontiguousarray(f.rgb)).permute(2, 0, 1).float() / 255.0
         depth = torch.from_numpy(np.ascontiguousarray(f.depth)).float()[None]
         return img, depth
@@ -445,8 +458,11 @@ def evaluate(trainer: DepthTrainer, *, batch_size: int = 8) -> dict[str, float]:
         frames_per_scene=int(d["val_frames_per_scene"]),
         augment=False,
         scene=d["scene"],
+        folder=d["val_folder"],
     )
     n = int(d["val_scenes"]) * int(d["val_frames_per_scene"])
+    if d["val_folder"] is not None:
+        n = len(ds.gen)
     trainer.head.eval()
     items = []
     for s in range(0, n, batch_size):
@@ -505,6 +521,7 @@ def run(
             hflip=bool(d["hflip"]),
             brightness=tuple(d["brightness"]),
             scene=d["scene"],
+            folder=d["folder"],
         )
         loader = _loader(
             ds, int(t["batch_size"]), tr.iteration, stop, int(cfg["seed"]), int(d["num_workers"])

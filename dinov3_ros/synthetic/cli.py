@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--depth-encoding", choices=("32FC1", "16UC1"), default="32FC1", help="bag depth encoding"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=None, help="folder format: store RGB as JPEG of this quality"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,7 +71,13 @@ def main(args: argparse.Namespace) -> int:
         elif args.format == "video":
             out = write_video(frames, args.out, fps=args.fps, overwrite=args.overwrite)
         else:
-            out = write_folder(frames, args.out, frame_rate=args.fps, overwrite=args.overwrite)
+            out = write_folder(
+                frames,
+                args.out,
+                frame_rate=args.fps,
+                overwrite=args.overwrite,
+                jpeg_quality=args.jpeg_quality,
+            )
     except (FileExistsError, ValueError, RuntimeError) as e:
         print(f"dinov3-ros synth: {e}", file=sys.stderr)
         return 1

@@ -243,9 +243,13 @@ def write_folder(
     frame_rate: float = 10.0,
     start_ns: int = DEFAULT_START_NS,
     overwrite: bool = False,
+    jpeg_quality: int | None = None,
 ) -> Path:
     """Write ``rgb/NNNNNN.png``, ``depth/NNNNNN.png`` (uint16 mm), ``instances/NNNNNN.png`` (uint16)
-    and ``meta.json`` (class names, depth scale, per frame: stamp, K, T_world_cam, instance classes)."""
+    and ``meta.json`` (class names, depth scale, per frame: stamp, K, T_world_cam, instance classes).
+
+    ``jpeg_quality`` stores RGB as ``rgb/NNNNNN.jpg`` instead (about 8x smaller: a compact training pack).
+    """
     period = _period_ns(frame_rate)
     final = Path(path)
     with atomic_path(final, overwrite) as tmp:
@@ -254,12 +258,15 @@ def write_folder(
         records = []
         for k, fr in enumerate(frames):
             name = f"{k:06d}.png"
-            cv2.imwrite(str(tmp / "rgb" / name), cv2.cvtColor(fr.rgb, cv2.COLOR_RGB2BGR))
+            rgb_name = name if jpeg_quality is None else f"{k:06d}.jpg"
+            params = [] if jpeg_quality is None else [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+            cv2.imwrite(str(tmp / "rgb" / rgb_name), cv2.cvtColor(fr.rgb, cv2.COLOR_RGB2BGR), params)
             cv2.imwrite(str(tmp / "depth" / name), depth_to_mm16(fr.depth))
             cv2.imwrite(str(tmp / "instances" / name), fr.instances.astype(np.uint16))
             records.append(
                 {
                     "file": name,
+                    "rgb_file": rgb_name,
                     "stamp_ns": int(start_ns) + k * period,
                     "scene_index": fr.scene_index,
                     "frame_index": fr.frame_index,
@@ -286,21 +293,48 @@ def write_folder(
 
 def read_folder(path: str | os.PathLike) -> Iterator[SynthFrame]:
     """Read back a folder written by :func:`write_folder` (normals are not stored: zeros)."""
-    root = Path(path)
-    meta_file = root / "meta.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{root} is not a synthetic image folder (no meta.json)")
-    meta = json.loads(meta_file.read_text())
-    scale = float(meta.get("depth_scale", 0.001))
-    for rec in meta["frames"]:
-        bgr = cv2.imread(str(root / "rgb" / rec["file"]), cv2.IMREAD_COLOR)
-        d = cv2.imread(str(root / "depth" / rec["file"]), cv2.IMREAD_UNCHANGED)
-        inst = cv2.imread(str(root / "instances" / rec["file"]), cv2.IMREAD_UNCHANGED)
-        if bgr is None or d is None or inst is None:
-            raise FileNotFoundError(f"missing image(s) for frame {rec['file']} in {root}")
-        yield SynthFrame(
+    frames = FolderFrames(path)
+    for k in range(len(frames)):
+        yield frames[k]
+
+
+class FolderFrames:
+    """Random access to a folder written by :func:`write_folder`: ``len()`` and ``frames[k]``.
+
+    A drop-in for ``SceneGenerator[k]`` where open3d is not installed (e.g. a GPU training machine fed
+    a pre-rendered pack). Picklable (for DataLoader workers): only the path and the metadata are held.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.root = Path(path)
+        meta_file = self.root / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{self.root} is not a synthetic image folder (no meta.json)")
+        meta = json.loads(meta_file.read_text())
+        self.records: list[dict] = list(meta["frames"])
+        if not self.records:
+            raise ValueError(f"{self.root}: meta.json lists no frames")
+        self.scale = float(meta.get("depth_scale", 0.001))
+        self.class_names = list(meta.get("class_names", CLASS_NAMES))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, k: int) -> SynthFrame:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"frame {k} out of range for {len(self)} frames in {self.root}")
+        rec = self.records[k]
+        bgr = cv2.imread(str(self.root / "rgb" / rec.get("rgb_file", rec["file"])), cv2.IMREAD_COLOR)
+        d = cv2.imread(str(self.root / "depth" / rec["file"]), cv2.IMREAD_UNCHANGED)
+        inst_path = self.root / "instances" / rec["file"]
+        inst = cv2.imread(str(inst_path), cv2.IMREAD_UNCHANGED) if inst_path.is_file() else None
+        if bgr is None or d is None:
+            raise FileNotFoundError(f"missing or unreadable image(s) for frame {rec['file']} in {self.root}")
+        if inst is None:
+            inst = np.zeros(d.shape, np.int32)
+        return SynthFrame(
             rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
-            depth=d.astype(np.float32) * np.float32(scale),
+            depth=d.astype(np.float32) * np.float32(self.scale),
             instances=inst.astype(np.int32),
             normals=np.zeros((*d.shape, 3), np.float32),
             K=np.array(rec["K"], np.float64),

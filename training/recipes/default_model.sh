@@ -17,6 +17,7 @@
 #   STAGES="..."     subset/order of: pretrain distill depth eval export (default: all).
 #   PRETRAIN_CONFIG  pretraining YAML (default training/recipes/default_teacher.yaml).
 #   DISTILL_CONFIG / DEPTH_CONFIG   override the stage configs.
+#   SYNTH_PACK / SYNTH_VAL_PACK  pre-rendered synthetic folders instead of rendering (no open3d needed).
 #   DEVICE=cuda|cpu  (default: cuda when available).   PY=python interpreter (default: python3).
 #   EXTRA_PRETRAIN / EXTRA_DISTILL / EXTRA_DEPTH   extra section.key=value overrides per stage;
 #   EXTRA_EVAL       extra dinov3-ros eval flags (e.g. "--train-scenes 4 --test-scenes 2").
@@ -41,7 +42,15 @@ want() { [[ " $STAGES " == *" $1 "* ]]; }
 unfinished() { say "$1 not finished yet (chunk of MAX_STEPS=$MAX_STEPS done); re-run this command to continue"; exit 0; }
 
 # The scikit-image sample photographs (the only real photos an install ships) as a folder source.
-SOURCES="{type: procedural, weight: 0.4, height: 256, width: 256, seed: 1}, {type: synthetic, weight: 0.4, height: 256, width: 256, seed: 1}"
+# SYNTH_PACK=DIR (and SYNTH_VAL_PACK=DIR): pre-rendered `dinov3-ros synth --format folder` packs replace
+# on-the-fly rendering, for machines without open3d (the pack's rgb/ feeds pretrain/distill, its depth the head).
+if [[ -n "${SYNTH_PACK:-}" ]]; then
+  SYNTH="{type: folder, root: '$SYNTH_PACK/rgb', weight: 0.4}"
+  EXTRA_DEPTH="data.folder=$SYNTH_PACK data.val_folder=${SYNTH_VAL_PACK:-$SYNTH_PACK} ${EXTRA_DEPTH:-}"
+else
+  SYNTH="{type: synthetic, weight: 0.4, height: 256, width: 256, seed: 1}"
+fi
+SOURCES="{type: procedural, weight: 0.4, height: 256, width: 256, seed: 1}, $SYNTH"
 if SKIMAGE_DATA="$("$PY" -c 'import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), "data"))' 2>/dev/null)" \
     && [[ -d "$SKIMAGE_DATA" ]]; then
   SOURCES="$SOURCES, {type: folder, root: '$SKIMAGE_DATA', weight: 0.2}"
