@@ -500,7 +500,7 @@ def test_burst_1000fps_drops_counted_memory_flat(node_proc):
         delta("frames_dropped"),
         delta("frames_processed"),
     )
-    assert received >= 100 and dropped > 0, (first, last)
+    assert received >= 30 and dropped > 0, (first, last)
     assert 0 < processed < received and processed + dropped <= received + 1, (first, last)
     assert got >= processed - 2, (got, processed)
     # memory flat: RSS late in the burst within 40 MB of RSS early in the burst
