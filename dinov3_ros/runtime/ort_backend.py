@@ -152,7 +152,8 @@ class OrtEngine(Engine):
     ``device="cuda"`` uses ``CUDAExecutionProvider`` (error if the installed onnxruntime lacks it) and
     binds torch CUDA tensors directly (no host round trip). ``threads`` sets intra-op threads (default:
     all cores); ``optimization`` is ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
-    ``fuse_attention`` rewrites the attention subgraphs to ORT's fused ``MultiHeadAttention`` in memory
+    ``spin=False`` stops idle worker threads from busy-waiting between runs (they would steal
+    cores from other nodes); ``fuse_attention`` rewrites the attention subgraphs to ORT's fused ``MultiHeadAttention`` in memory
     (the file on disk stays TensorRT-clean).
     """
 
@@ -166,6 +167,7 @@ class OrtEngine(Engine):
         precision: str | None = None,
         optimized_model_path: str | Path | None = None,
         fuse_attention: bool = False,
+        spin: bool = False,
         **_ignored: Any,
     ) -> None:
         import onnxruntime as ort
@@ -198,6 +200,8 @@ class OrtEngine(Engine):
         so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # idle worker threads spinning after a run steal cores from the rest of a robot's stack
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if optimized_model_path:
             so.optimized_model_filepath = str(optimized_model_path)
         meta = read_metadata(self.onnx_path)
