@@ -27,15 +27,18 @@ def _resolve_weights(weights: str) -> str:
     """Fall back to a random-initialised ViT-S/16 (with a loud note) if the default model is missing."""
     if weights != "default":
         return weights
-    from dinov3_ros.models.registry import default_weights_path
+    from dinov3_ros.models.registry import get_entry
 
     try:
-        path = default_weights_path()
+        path = get_entry("default").weights_path()
     except FileNotFoundError as exc:
-        print(f"demo: NOTE the shipped default model is missing ({exc}); using random:vits16 instead — "
-              "outputs show the pipeline working, not a trained model.", file=sys.stderr)
+        print(
+            f"demo: NOTE the shipped default model is missing ({exc}); using random:vits16 instead — "
+            "outputs show the pipeline working, not a trained model.",
+            file=sys.stderr,
+        )
         return "random:vits16"
-    return str(path) if path.exists() else "random:vits16"
+    return "default" if path.exists() else "random:vits16"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,8 +62,27 @@ def main(args: argparse.Namespace) -> int:
     out_bag = out / "outputs"
     preview = out / "preview.mp4"
     sheet = out / "contact_sheet.png"
-    argv = [str(bag), "--out", str(out_bag), "--weights", weights, "--device", args.device,
-            "--overwrite", "--preview", str(preview), "--contact-sheet", str(sheet)]
+    # the sample bag also holds ground-truth depth and instance images: process the camera stream only
+    argv = [
+        str(bag),
+        "--topics",
+        "/camera/image_raw/compressed",
+        "--out",
+        str(out_bag),
+        "--weights",
+        weights,
+        "--device",
+        args.device,
+        "--outputs",
+        "features_pca,depth,points,matches,objects,debug",
+        "--resolution",
+        "240x320",
+        "--overwrite",
+        "--preview",
+        str(preview),
+        "--contact-sheet",
+        str(sheet),
+    ]
     parser = argparse.ArgumentParser()
     process.add_arguments(parser)
     rc = int(process.main(parser.parse_args(argv)) or 0)

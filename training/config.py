@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "hidden_dim": 2048,
         "bottleneck_dim": 256,
         "nlayers": 3,
+        "norm_last_layer": False,  # unit-norm prototypes (DINOv1/v2); DINOv3 uses raw ones
         "student_temp": 0.1,
         "local_weight": 1.0,  # number or schedule dict (training.schedules)
         "koleo_loss_weight": 0.1,
@@ -39,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "hidden_dim": 2048,
         "bottleneck_dim": 256,
         "nlayers": 3,
+        "norm_last_layer": False,
         "mask_probability": 0.5,
         "mask_ratio": [0.1, 0.5],
     },

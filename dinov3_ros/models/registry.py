@@ -35,7 +35,21 @@ class ModelEntry:
     hf_repo: str | None = None
     timm: str | None = None
     weights: str | None = None  # shipped weights, relative to models_dir()
+    depth_head: str | None = (
+        None  # shipped depth head (dinov3_ros.heads.depth file), relative to models_dir()
+    )
     untie_global_and_local_cls_norm: bool = False
+
+    def depth_head_path(self) -> Path | None:
+        """Absolute path of the shipped depth head, or None when the entry ships none."""
+        if not self.depth_head:
+            return None
+        from dinov3_ros.paths import models_dir
+
+        p = models_dir() / self.depth_head
+        if not p.is_file():
+            raise FileNotFoundError(f"registry entry {self.name!r}: depth head {p} is missing")
+        return p
 
     def weights_path(self) -> Path:
         """Absolute path of the shipped weights; FileNotFoundError (naming the entry) if absent."""
@@ -94,6 +108,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, ModelEntry]:
             hf_repo=e.get("hf_repo"),
             timm=e.get("timm"),
             weights=e.get("weights"),
+            depth_head=e.get("depth_head"),
             untie_global_and_local_cls_norm=bool(e.get("untie_global_and_local_cls_norm", False)),
         )
     return out

@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--weights", default="default", help="checkpoint/engine path, 'default' or 'random:<arch>'"
     )
+    g.add_argument(
+        "--depth-head", default="auto", help="depth head file; 'auto' = the registry model's head; 'none'"
+    )
     g.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
     g.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda:LOCAL_RANK under torchrun)"
@@ -419,7 +422,9 @@ def main(args: argparse.Namespace) -> int:
 
     device = _device(args.device, local)
     try:
-        model = load_model(args.weights, args.backend, device, args.precision, tuple(config.resolution))
+        model = load_model(
+            args.weights, args.backend, device, args.precision, tuple(config.resolution), args.depth_head
+        )
     except ModelLoadError as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -113,6 +113,18 @@ def registry_weights(name: str) -> str:
         raise ModelLoadError(f"weights {name!r}: {exc}") from exc
 
 
+def registry_depth_head(name: str) -> str | None:
+    """Shipped depth head of registry entry ``name`` (None when it ships none)."""
+    try:
+        reg = importlib.import_module("dinov3_ros.models.registry")
+        path = reg.get_entry(name).depth_head_path()
+    except (ImportError, AttributeError):
+        return None
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise ModelLoadError(f"weights {name!r}: {exc}") from exc
+    return None if path is None else str(path)
+
+
 def build_random_backbone(arch: str, seed: int = 0) -> nn.Module:
     """Random-init backbone ``arch`` with a fixed seed (via ``dinov3_ros.models.build_backbone``)."""
     models = _models()
@@ -137,9 +149,12 @@ def load_model(
     device: str = "cpu",
     precision: str = "fp32",
     resolution: tuple[int, int] | None = None,
+    depth_head: str | None = "auto",
 ) -> LoadedModel:
     """Load ``weights`` into an engine for ``backend``; raises :class:`ModelLoadError` with a clear message.
 
+    ``depth_head``: a head file (``dinov3_ros.heads.depth``) attached to the torch engine; ``"auto"`` uses
+    the registry entry's shipped head (``default`` ships one), ``None``/``""``/``"none"`` attaches none.
     ``random:<arch>`` also gets a :class:`RandomDepthHead` so depth and point clouds can be exercised.
     """
     if backend not in BACKENDS:
@@ -150,10 +165,15 @@ def load_model(
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     if not weights:
         raise ModelLoadError("weights is empty: give a path, 'default' or 'random:<arch>'")
+    head_path = None if depth_head in (None, "", "none", "auto") else str(depth_head)
     if weights == "default" or (
         "/" not in weights and not weights.startswith("random:") and not Path(weights).suffix
     ):
+        if depth_head == "auto":
+            head_path = registry_depth_head(weights)
         weights = registry_weights(weights)
+    if head_path is not None and not Path(head_path).is_file():
+        raise ModelLoadError(f"depth head file not found: {head_path}")
     create = _runtime_engine()
     size = tuple(int(v) for v in resolution) if resolution is not None else None
     depth_head = None
@@ -170,6 +190,8 @@ def load_model(
             raise ModelLoadError(f"weights file not found: {path}")
         if backend == "torch":
             kwargs["weights"] = str(path)
+            if head_path is not None:
+                kwargs["depth_head"] = head_path
         elif path.suffix == ".onnx":
             kwargs["onnx_path"] = str(path)
         else:
@@ -191,7 +213,15 @@ def load_model(
             ) from exc
         ei = engine.info
         patch, mean, std, arch = int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), str(ei.arch)
-    info = {"backend": backend, "model": weights, "arch": arch, "device": device, "precision": precision}
+    info = {
+        "backend": backend,
+        "model": weights,
+        "arch": arch,
+        "device": device,
+        "precision": precision,
+        "depth_head": head_path
+        or ("random" if depth_head is not None and weights.startswith("random:") else "none"),
+    }
     return LoadedModel(engine, depth_head, patch, mean, std, info)  # type: ignore[arg-type]
 
 

@@ -130,7 +130,7 @@ class PerceptionCore:
         s = P.validate(self._values())
         self.settings = s
         t0 = time.perf_counter()
-        self.model = load_model(s.weights, s.backend, s.device, s.precision, s.resolution)
+        self.model = load_model(s.weights, s.backend, s.device, s.precision, s.resolution, s.depth_head)
         self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
         self.log.info(
             f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{s.precision} "

@@ -15,6 +15,7 @@ from dinov3_ros.pipeline.types import OUTPUTS, PipelineConfig
 
 READ_ONLY = (
     "weights",
+    "depth_head",
     "backend",
     "device",
     "precision",
@@ -31,6 +32,7 @@ QOS_NAMES = ("sensor_data", "default", "system_default")
 #: top-level parameter -> default
 NODE_DEFAULTS: dict[str, Any] = {
     "weights": "default",
+    "depth_head": "auto",
     "backend": "torch",
     "device": "cpu",
     "precision": "fp32",
@@ -46,6 +48,7 @@ NODE_DEFAULTS: dict[str, Any] = {
 }
 NODE_DESCRIPTIONS: dict[str, str] = {
     "weights": "checkpoint/engine path, 'default' (registry model) or 'random:<arch>'",
+    "depth_head": "depth head file; 'auto' = the registry model's shipped head; 'none' = no depth",
     "backend": "torch | onnxruntime | tensorrt",
     "device": "cpu | cuda | cuda:N",
     "precision": "fp32 | fp16 | bf16",
@@ -77,6 +80,7 @@ class NodeSettings:
     """Validated node parameters."""
 
     weights: str
+    depth_head: str
     backend: str
     device: str
     precision: str
