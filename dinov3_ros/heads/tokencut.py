@@ -250,20 +250,20 @@ def _validate_params(tau: float, eps: float) -> None:
 
 def _contrast(F: torch.Tensor, act: np.ndarray, obj: np.ndarray, inside: np.ndarray, tau: float) -> float:
     """Density of graph edges (S > tau) inside the object over the density from it to the other patches."""
-    if F.is_cuda:
+    if F.device.type != "cpu":
+        # counted on the device: only two scalars come back (one sync), not the k x n edge matrix
+        dev = F.device
         Fn = torch.nn.functional.normalize(F, dim=1)
-        E = (
-            ((Fn[torch.from_numpy(obj).to(F.device)] @ Fn[torch.from_numpy(act).to(F.device)].T) > tau)
-            .cpu()
-            .numpy()
-        )
+        E = (Fn[torch.from_numpy(obj).to(dev)] @ Fn[torch.from_numpy(act).to(dev)].T) > tau
+        cnt = torch.stack([E[:, torch.from_numpy(inside).to(dev)].sum(), E.sum()]).cpu()
+        e_in, e_all = float(cnt[0]), float(cnt[1])
     else:  # numpy only on CPU (no torch/OpenMP hand-over next to the BLAS eigen solve)
         Fa = F.detach().numpy()
         Fa = Fa / np.maximum(np.linalg.norm(Fa, axis=1, keepdims=True), 1e-12)
         E = (Fa[obj] @ Fa[act].T) > tau
+        e_in, e_all = float(E[:, inside].sum()), float(E.sum())
     k, n_act = obj.size, act.size
-    e_in = float(E[:, inside].sum())
-    e_out = float(E.sum()) - e_in
+    e_out = e_all - e_in
     pairs_out = k * (n_act - k)
     if pairs_out == 0:
         return float("inf")

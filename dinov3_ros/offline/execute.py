@@ -127,25 +127,22 @@ class Stages:
     ``infer(frames, outputs)`` (preprocess + engine + depth head; touches no per-source state) runs on
     the main thread, ``finish(handle)`` (heads, in call order; updates per-source state) on the heads
     thread; ``finish(infer(f, o)) == pipeline.process(f, o)``. Uses the pipeline's public
-    ``infer``/``finish`` when it has them; otherwise the same steps as ``Pipeline.process`` through its
-    own methods (tests check the outputs are identical to ``process``); otherwise plain ``process``
-    on the heads thread (no engine/heads overlap).
+    ``infer``/``finish`` (mode ``"api"``, alias ``"split"``); a pipeline without them, or mode
+    ``"process"`` (env ``DINOV3_OFFLINE_STAGES``), runs plain ``process`` on the heads thread (no
+    engine/heads overlap).
     """
 
     def __init__(self, pipeline: Any, mode: str | None = None) -> None:
         import os
 
         self.p = pipeline
-        internal = ("_pre", "_lock", "_config", "_depth", "_heads", "_states", "engine")
         if mode is None:
             mode = os.environ.get("DINOV3_OFFLINE_STAGES", "")
-        if not mode:
-            if hasattr(pipeline, "infer") and hasattr(pipeline, "finish"):
-                mode = "api"
-            elif all(hasattr(pipeline, a) for a in internal) and _source_state_cls(pipeline) is not None:
-                mode = "split"
-            else:
-                mode = "process"
+        has_api = hasattr(pipeline, "infer") and hasattr(pipeline, "finish")
+        if mode in ("", "api", "split"):
+            mode = "api" if has_api else "process"
+        if mode not in ("api", "process"):
+            raise ValueError(f"DINOV3_OFFLINE_STAGES must be 'api', 'split' or 'process', got {mode!r}")
         self.mode = mode
 
     def infer(self, frames: list[Any], outputs: set[str]) -> Any:
@@ -153,48 +150,14 @@ class Stages:
             return ("none",)
         if self.mode == "api":
             return ("api", self.p.infer(frames, outputs))
-        if self.mode == "process":
-            return ("process", frames, outputs)
-        from dinov3_ros.pipeline.model import as_numpy
-        from dinov3_ros.pipeline.pipeline import resolve_outputs
-
-        p = self.p
-        want = resolve_outputs(outputs)
-        with p._lock:
-            cfg, pre = p._config, p._pre
-        t0 = time.perf_counter()
-        batch, geoms = pre([f.image for f in frames])
-        t1 = time.perf_counter()
-        res = p.engine.run(batch)
-        tokens_t = res["patch_tokens"]
-        t2 = time.perf_counter()
-        depth_net = p._depth(res, tokens_t, geoms[0].network_size) if "depth" in want else None
-        tokens = as_numpy(tokens_t)
-        t3 = time.perf_counter()
-        shared = {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3, "depth_head": (t3 - t2) * 1e3}
-        return ("split", frames, geoms, tokens, depth_net, want, cfg, shared)
+        return ("process", frames, outputs)
 
     def finish(self, h: Any) -> list[Any]:
         if h[0] == "none":
             return []
         if h[0] == "api":
             return list(self.p.finish(h[1]))
-        if h[0] == "process":
-            return self.p.process(h[1], h[2])
-        _k, frames, geoms, tokens, depth_net, want, cfg, shared = h
-        p = self.p
-        state_cls = _source_state_cls(p)
-        outs = []
-        for i, (frame, geom) in enumerate(zip(frames, geoms)):
-            st = p._states.setdefault(frame.source, state_cls())
-            d = depth_net[i] if depth_net is not None else None
-            outs.append(p._heads(frame, geom, tokens[i], d, want, cfg, st, dict(shared)))
-        return outs
-
-
-def _source_state_cls(pipeline: Any) -> Any:
-    mod = sys.modules.get(type(pipeline).__module__)
-    return getattr(mod, "_SourceState", None)
+        return self.p.process(h[1], h[2])
 
 
 # ---------------------------------------------------------------------------- run

@@ -29,6 +29,7 @@ __all__ = [
     "CameraIntrinsics",
     "Frame",
     "FrameOutputs",
+    "InferHandle",
     "LoadedModel",
     "MatchResult",
     "ModelLoadError",
@@ -40,6 +41,7 @@ __all__ = [
 
 _LAZY = {
     "Pipeline": "dinov3_ros.pipeline.pipeline",
+    "InferHandle": "dinov3_ros.pipeline.pipeline",
     "load_model": "dinov3_ros.pipeline.model",
     "LoadedModel": "dinov3_ros.pipeline.model",
     "ModelLoadError": "dinov3_ros.pipeline.model",

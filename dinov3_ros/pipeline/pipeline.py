@@ -54,11 +54,30 @@ _DEPENDS = {"points": {"depth"}, "debug": {"features_pca"}}
 
 @dataclass
 class _Keyframe:
-    tokens: np.ndarray  # [h, w, C] patch grid of the keyframe
+    tokens: torch.Tensor  # [h, w, C] patch grid of the keyframe (engine device)
     geom: Geometry
     stamp_ns: int
     frame_id: str
     age: int = 0
+
+
+@dataclass
+class InferHandle:
+    """What :meth:`Pipeline.infer` hands to :meth:`Pipeline.finish` (tokens/depth on the device)."""
+
+    frames: list[Frame]
+    geoms: list[Geometry]
+    tokens: torch.Tensor | None  # [B, h, w, C] float32
+    depth_net: torch.Tensor | None  # [B, H, W] float32, scaled and clipped, network size
+    want: set[str]
+    cfg: PipelineConfig
+    shared: dict[str, float]
+
+
+def _float_tokens(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float()
+    return torch.from_numpy(np.asarray(x, dtype=np.float32))
 
 
 @dataclass
@@ -170,12 +189,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------
     def process(self, frames: list[Frame], outputs: Iterable[str]) -> list[FrameOutputs]:
-        """Run the engine once on all ``frames`` and compute ``outputs`` for each (in frame order)."""
+        """Run the engine once on all ``frames`` and compute ``outputs`` for each (in frame order).
+
+        Same as ``finish(infer(frames, outputs))``.
+        """
+        return self.finish(self.infer(frames, outputs))
+
+    def infer(self, frames: list[Frame], outputs: Iterable[str]) -> InferHandle:
+        """Stage 1: preprocess + engine + depth head for the batch (touches no per-source state).
+
+        Tokens and depth stay on the engine's device; pass the handle to :meth:`finish` (which must
+        be called in ``infer`` order per source, as it advances the per-source state).
+        """
         want = resolve_outputs(outputs)
         with self._lock:
             cfg, pre = self._config, self._pre
         if not frames:
-            return []
+            return InferHandle([], [], None, None, want, cfg, {})
         t0 = time.perf_counter()
         batch, geoms = pre([f.image for f in frames])
         t1 = time.perf_counter()
@@ -191,17 +221,31 @@ class Pipeline:
             want = want - {"depth", "points"}
         if "depth" in want:
             depth_net = self._depth(res, tokens_t, geoms[0].network_size)
-        tokens = as_numpy(tokens_t)
+            depth_net = torch.clamp(depth_net * cfg.depth_scale, cfg.min_depth, cfg.max_depth)
+        tokens = _float_tokens(tokens_t)
         t3 = time.perf_counter()
         shared = {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3, "depth_head": (t3 - t2) * 1e3}
+        return InferHandle(list(frames), list(geoms), tokens, depth_net, want, cfg, shared)
+
+    def finish(self, handle: InferHandle) -> list[FrameOutputs]:
+        """Stage 2: the per-frame heads of an :meth:`infer` handle (advances per-source state)."""
+        h = handle
+        if not h.frames:
+            return []
+        t0 = time.perf_counter()
+        # one device->host copy per batch for what the messages need as numpy
+        depth_np = h.depth_net.cpu().numpy() if h.depth_net is not None else None
+        tok_np = h.tokens.cpu().numpy() if "features" in h.want and h.tokens.device.type != "cpu" else None
+        h.shared["transfer"] = (time.perf_counter() - t0) * 1e3
         outs = []
-        for i, (frame, geom) in enumerate(zip(frames, geoms)):
+        for i, (frame, geom) in enumerate(zip(h.frames, h.geoms)):
             st = self._states.setdefault(frame.source, _SourceState())
-            d = depth_net[i] if depth_net is not None else None
-            outs.append(self._heads(frame, geom, tokens[i], d, want, cfg, st, dict(shared)))
+            dev = (h.depth_net[i], depth_np[i]) if depth_np is not None else None
+            tn = tok_np[i] if tok_np is not None else None
+            outs.append(self._heads(frame, geom, h.tokens[i], dev, h.want, h.cfg, st, dict(h.shared), tn))
         return outs
 
-    def _depth(self, res: dict[str, Any], tokens: Any, net: tuple[int, int]) -> np.ndarray:
+    def _depth(self, res: dict[str, Any], tokens: Any, net: tuple[int, int]) -> torch.Tensor:
         if "depth" in res:
             d = res["depth"]
             d = d if isinstance(d, torch.Tensor) else torch.as_tensor(np.asarray(d))
@@ -219,20 +263,23 @@ class Pipeline:
             d = d[:, None]
         if tuple(d.shape[-2:]) != tuple(net):
             d = torch.nn.functional.interpolate(d, size=net, mode="bilinear", align_corners=False)
-        return d[:, 0].cpu().numpy()
+        return d[:, 0]
 
     # ------------------------------------------------------------------------------------------
     def _heads(
         self,
         frame: Frame,
         geom: Geometry,
-        tok: np.ndarray,
-        depth_net: np.ndarray | None,
+        tok: torch.Tensor,
+        depth: tuple[torch.Tensor, np.ndarray] | None,
         want: set[str],
         cfg: PipelineConfig,
         st: _SourceState,
         timings: dict[str, float],
+        tok_np: np.ndarray | None = None,
     ) -> FrameOutputs:
+        """Per-frame heads. ``tok`` [h, w, C] float32 on the engine's device; ``depth`` = (network-size
+        clipped depth on the device, the same as numpy)."""
         H, W = frame.image.shape[:2]
         out = FrameOutputs(frame.stamp_ns, frame.frame_id, frame.source, W, H, timings_ms=timings)
         h, w, _ = tok.shape
@@ -251,7 +298,7 @@ class Pipeline:
             t_obj = time.perf_counter()
             objects_future = self._pool().submit(self._objects, frame, geom, tok, valid, cfg, st)
         momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
-        vmask = valid.astype(np.float32)
+        vmask = torch.from_numpy(valid.astype(np.float32))
         if "features" in want:
             if cfg.features_k > 0:
                 if st.pca_k is None or st.pca_k.n_components != cfg.features_k:
@@ -259,7 +306,7 @@ class Pipeline:
                 st.pca_k.update(tok, fg_mask=vmask)
                 out.features = as_numpy(st.pca_k.project(tok)).reshape(h, w, cfg.features_k)
             else:
-                out.features = np.ascontiguousarray(tok, dtype=np.float32)
+                out.features = np.ascontiguousarray(tok_np if tok_np is not None else as_numpy(tok))
             lap("features")
         if "features_pca" in want:
             if st.pca_rgb is None:
@@ -268,8 +315,8 @@ class Pipeline:
             out.features_pca = st.pca_rgb.transform(tok, mask_background=False)
             lap("features_pca")
         K_in = frame.camera_info or CameraIntrinsics.from_fov(W, H, cfg.default_hfov_deg)
-        if "depth" in want and depth_net is not None:
-            d = np.clip(depth_net * cfg.depth_scale, cfg.min_depth, cfg.max_depth).astype(np.float32)
+        if "depth" in want and depth is not None:
+            d_dev, d = depth
             x0, y0, x1, y1 = geom.valid_box
             d_canvas = np.full_like(d, np.nan)
             d_canvas[y0:y1, x0:x1] = d[y0:y1, x0:x1]
@@ -284,13 +331,18 @@ class Pipeline:
             lap("depth")
             if "points" in want:
                 Kn, _ = geom.scale_intrinsics(K_in.K, geom.network_size)
+                # back-projection on the depth's device; only the (smaller) cloud comes back
+                dc = torch.full_like(d_dev, float("nan"))
+                dc[y0:y1, x0:x1] = d_dev[y0:y1, x0:x1]
                 cols = None
                 if cfg.points_color == "rgb":
-                    rgb_c = self._canvas_rgb(frame.image, geom)
-                    pts, cols = backproject(d_canvas, Kn, rgb_c, stride=cfg.points_stride)
+                    rgb_c = torch.from_numpy(self._canvas_rgb(frame.image, geom)).to(dc.device)
+                    pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
+                    cols = cols_t.cpu().numpy()
                 else:
-                    pts = backproject(d_canvas, Kn, stride=cfg.points_stride)
-                pts, cols = voxel_downsample(np.asarray(pts, np.float32), cols, cfg.points_voxel)
+                    pts_t = backproject(dc, Kn, stride=cfg.points_stride)
+                pts = pts_t.to(torch.float32).cpu().numpy()
+                pts, cols = voxel_downsample(pts, cols, cfg.points_voxel)
                 out.points, out.points_rgb = pts, cols
                 lap("points")
         if "matches" in want:
@@ -350,7 +402,7 @@ class Pipeline:
         return canvas
 
     def _matches(
-        self, frame: Frame, geom: Geometry, tok: np.ndarray, cfg: PipelineConfig, st: _SourceState
+        self, frame: Frame, geom: Geometry, tok: torch.Tensor, cfg: PipelineConfig, st: _SourceState
     ) -> MatchResult:
         kf = st.keyframe
         if kf is None or kf.tokens.shape != tok.shape or kf.geom != geom:
@@ -399,7 +451,7 @@ class Pipeline:
         self,
         frame: Frame,
         geom: Geometry,
-        tok: np.ndarray,
+        tok: torch.Tensor,
         valid: np.ndarray,
         cfg: PipelineConfig,
         st: _SourceState,
@@ -407,8 +459,10 @@ class Pipeline:
         rows, cols = np.nonzero(valid)
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
         if st.tracker is None or st.grid != (r0, r1, c0, c1):
-            # dense eigh is far faster than ARPACK for grids of a few hundred patches (the "auto" CPU choice)
-            method = "dense" if (r1 - r0) * (c1 - c0) <= 2048 else "auto"
+            # CPU: dense eigh is far faster than ARPACK for grids of a few hundred patches; on a GPU
+            # "auto" (dense / block subspace iteration on the device) avoids any host solve
+            small = (r1 - r0) * (c1 - c0) <= 2048
+            method = "dense" if small and tok.device.type == "cpu" else "auto"
             st.tracker = TokenCutTracker(k=cfg.max_objects, method=method)
             st.grid = (r0, r1, c0, c1)
         tr = st.tracker
@@ -422,7 +476,7 @@ class Pipeline:
             "min_patches": cfg.min_object_patches,
             "max_eigenvalue": 1.0 - cfg.min_object_score,
         }
-        objs = tr.update(np.ascontiguousarray(tok[r0:r1, c0:c1]))
+        objs = tr.update(tok[r0:r1, c0:c1].contiguous())
         max_id = 255 if cfg.mask_encoding == "mono8" else 65535
         grid = np.zeros(tok.shape[:2], np.uint16)
         ids, scores = [], []
