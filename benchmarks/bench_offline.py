@@ -5,6 +5,8 @@ Rows (frames/s, all with the same model, batch size and network resolution):
 - ``engine (bare, batched)``: ``engine.run`` on a ready, normalised batch already on the device: the
   ceiling the offline tool is measured against (target: tool >= 80 % of it);
 - ``pipeline.process``: ``Pipeline.process`` on pre-decoded frames (preprocess + engine + heads);
+- ``pipeline infer|finish overlapped``: the same with ``Pipeline.infer`` on the main thread and
+  ``Pipeline.finish`` on a helper thread (what the tool overlaps; no decoding, no bag writing);
 - ``offline serial``: read -> decode -> process -> build -> write one batch after the other, one thread;
 - ``offline tool``: the real tool (threads + bounded queues) from a bag on disk to a finished bag
   (model load excluded; reading, decoding, writing and the final rename included).
@@ -14,6 +16,9 @@ The input bag is synthetic (textured frames, JPEG CompressedImage by default) an
     .venv/bin/python benchmarks/bench_offline.py --device cpu --out bench_offline.json
     python benchmarks/bench_offline.py --device cuda --weights random:vitb16 --resolution 448x448 \\
         --batch-size 32 --frames 1024 --precision fp16 --out bench_offline_gpu.json
+
+``--weights`` takes a comma-separated list (e.g. ``random:vits16,random:vitl16``): one table per model
+(the input bag is shared); the JSON keeps the first model's rows at the top level and all in ``models``.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def make_input(path: Path, n: int, w: int, h: int, kind: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--weights", default="random:vitt16")
+    ap.add_argument("--weights", default="random:vitt16", help="one or more (comma-separated) models")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--resolution", default="224x224", help="network HxW")
     ap.add_argument("--image-size", default="640x480", help="input frames WxH")
@@ -90,18 +95,12 @@ def main() -> int:
     ap.add_argument("--out", default="bench_offline.json")
     args = ap.parse_args()
 
-    from dinov3_ros.offline import process as proc
-    from dinov3_ros.pipeline.model import load_model
-    from dinov3_ros.pipeline.pipeline import Pipeline
-    from dinov3_ros.pipeline.types import Frame, PipelineConfig
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     res = tuple(int(v) for v in args.resolution.lower().split("x"))
     iw, ih = (int(v) for v in args.image_size.lower().split("x"))
     outputs = set(args.outputs.split(","))
-    B = args.batch_size
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_offline_"))
     work.mkdir(parents=True, exist_ok=True)
     bag = work / "input"
@@ -115,7 +114,30 @@ def main() -> int:
     )
 
     dev = str(device) if device.type == "cpu" else "cuda:0"
-    model = load_model(args.weights, "torch", dev, args.precision, res)
+    results = []
+    for weights in [w for w in args.weights.split(",") if w]:
+        results.append(bench_model(args, weights, bag, work, device, dev, res, (iw, ih), outputs))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    first = dict(results[0])
+    first["models"] = results
+    write_json(args.out, first)
+
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def bench_model(args, weights, bag, work, device, dev, res, size, outputs) -> dict:
+    """All rows for one model (round-robin repeats, medians)."""
+    from dinov3_ros.offline import process as proc
+    from dinov3_ros.pipeline.model import load_model
+    from dinov3_ros.pipeline.pipeline import Pipeline
+    from dinov3_ros.pipeline.types import Frame, PipelineConfig
+
+    iw, ih = size
+    B = args.batch_size
+    model = load_model(weights, "torch", dev, args.precision, res)
     config = PipelineConfig(resolution=res)
 
     def sync() -> None:
@@ -160,6 +182,30 @@ def main() -> int:
         sync()
         return done / (time.perf_counter() - t0)
 
+    def overlapped_fps() -> float:
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=2)
+
+        def heads() -> None:
+            while (h := q.get()) is not None:
+                pipe.finish(h)
+
+        th = threading.Thread(target=heads, daemon=True)
+        sync()
+        t0 = time.perf_counter()
+        th.start()
+        done = 0
+        while done < n_iter * B:
+            for s in range(0, len(frames) - B + 1, B):
+                q.put(pipe.infer(frames[s : s + B], outputs))
+                done += B
+        q.put(None)
+        th.join()
+        sync()
+        return done / (time.perf_counter() - t0)
+
     # 3./4. offline: serial loop, then the real tool ------------------------------------------------
     parser = argparse.ArgumentParser()
     proc.add_arguments(parser)
@@ -171,7 +217,7 @@ def main() -> int:
             "--out",
             str(out),
             "--weights",
-            args.weights,
+            weights,
             "--precision",
             args.precision,
             "--resolution",
@@ -202,6 +248,7 @@ def main() -> int:
     measures = [
         ("engine (bare, batched)", engine_fps),
         ("pipeline.process (decoded frames)", pipeline_fps),
+        ("pipeline infer|finish overlapped (decoded frames)", overlapped_fps),
         ("offline serial (1 thread, no overlap)", serial_fps),
         ("offline tool (pipelined)", tool_fps),
     ]
@@ -218,30 +265,24 @@ def main() -> int:
     eng_fps = rows[0]["frames_per_s"]
     for r in rows:
         r["vs_engine"] = r["frames_per_s"] / eng_fps
-    table = markdown_table(rows, ["row", "frames_per_s", "min", "max", "vs_engine"])
+    table = f"### {weights}\n" + markdown_table(rows, ["row", "frames_per_s", "min", "max", "vs_engine"])
     print(table)
     ratio = rows[-1]["vs_engine"]
-    print(f"\noffline tool / bare engine = {ratio:.2f} (target >= 0.80)")
-    write_json(
-        args.out,
-        {
-            "env": environment(device),
-            "weights": args.weights,
-            "precision": args.precision,
-            "resolution": res,
-            "image_size": [iw, ih],
-            "input": args.input,
-            "frames": args.frames,
-            "batch_size": B,
-            "outputs": sorted(outputs),
-            "rows": rows,
-            "tool_vs_engine": ratio,
-            "target": 0.8,
-        },
-    )
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    print(f"\n{weights}: offline tool / bare engine = {ratio:.2f} (target >= 0.80)")
+    return {
+        "env": environment(device),
+        "weights": weights,
+        "precision": args.precision,
+        "resolution": res,
+        "image_size": [iw, ih],
+        "input": args.input,
+        "frames": args.frames,
+        "batch_size": B,
+        "outputs": sorted(outputs),
+        "rows": rows,
+        "tool_vs_engine": ratio,
+        "target": 0.8,
+    }
 
 
 def serial_run(bag: Path, out: Path, model, config, outputs, B, dev, args) -> float:

@@ -164,13 +164,13 @@ def _solve_dense(W: torch.Tensor) -> tuple[np.ndarray, float]:
     """``torch.linalg.eigh`` of the normalised affinity in float64 on W's device."""
     M, _d, dis = _normalised(W)
     mu, Y = torch.linalg.eigh(M)
-    x = (dis * Y[:, -2]).cpu().numpy()
+    x = (dis * Y[:, -2]).cpu().numpy().astype(np.float64, copy=False)
     return x, float(1.0 - mu[-2])
 
 
 def _solve_subspace(
     W: torch.Tensor, block: int = 8, squarings: int = 12, tol: float = 1e-9
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float]:  # W's dtype: float64 (exact path) or float32 (later multi-object cuts)
     """Top eigenvector of the deflated, shifted operator via ``A^(2^s) Q`` + Rayleigh-Ritz.
 
     ``A = (M + I)/2 − u0 u0ᵀ`` has spectrum in [0, 1] with the trivial eigenvector ``u0 ∝ sqrt(d)``
@@ -190,7 +190,7 @@ def _solve_subspace(
         B = B / B.abs().amax().clamp_min(1e-300)
     k = min(block, n - 1)
     gen = torch.Generator().manual_seed(0)
-    G = torch.randn(n, k, generator=gen, dtype=torch.float64).to(W.device)
+    G = torch.randn(n, k, generator=gen, dtype=torch.float64).to(W.device, W.dtype)
     Q, _ = torch.linalg.qr(B @ G)
     for _ in range(3):
         AQ = A @ Q
@@ -201,7 +201,7 @@ def _solve_subspace(
         res = (AQ @ V[:, -1] - theta[-1] * y).norm()
         if float(res) < tol:
             mu = 2.0 * float(theta[-1]) - 1.0
-            return (dis * y).cpu().numpy(), 1.0 - mu
+            return (dis * y).cpu().numpy().astype(np.float64, copy=False), 1.0 - mu
         Q, _ = torch.linalg.qr(AQ)
     return _solve_dense(W)
 
@@ -277,6 +277,14 @@ def _cut(
     idx = np.flatnonzero(active.reshape(-1))
     sub = F[torch.from_numpy(idx).to(F.device)] if idx.size < h * w else F
     x, lam = fiedler_vector(sub, tau, eps, method=method)
+    res = _partition(x, lam, idx, h, w)
+    comp = res.mask
+    res.contrast = _contrast(F, idx, np.flatnonzero(comp.reshape(-1)), comp.reshape(-1)[idx], tau)
+    return res
+
+
+def _partition(x: np.ndarray, lam: float, idx: np.ndarray, h: int, w: int) -> TokenCutResult:
+    """Steps 4-5 on the eigenvector ``x`` of the ``idx`` patches (contrast left NaN)."""
     bip = x > x.mean()
     seed_i = int(np.argmax(np.abs(x)))
     if not bip[seed_i]:
@@ -293,7 +301,6 @@ def _cut(
     comp = labels == labels[seed]
     ys, xs = np.nonzero(comp)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    contrast = _contrast(F, idx, np.flatnonzero(comp.reshape(-1)), comp.reshape(-1)[idx], tau)
     return TokenCutResult(
         mask=comp,
         eigenvector=vec.reshape(h, w),
@@ -301,8 +308,52 @@ def _cut(
         box=box,
         eigenvalue=lam,
         bipartition=bip_grid,
-        contrast=contrast,
     )
+
+
+class _DeviceGraph:
+    """The TokenCut graph of all patches built once on an accelerator, for the multi-object loop.
+
+    Cut 1 is the exact published solve (the same ``W`` and solver :func:`tokencut` uses); later cuts
+    take the sub-graph of the still active patches (no recomputed similarities) and, unless
+    ``exact_later``, solve it in float32 (block subspace iteration, looser residual check, float32
+    dense fallback): only the ``x > mean`` split of their eigenvector is used. The contrast is
+    counted from the same edge matrix on the device (two scalars come back).
+    """
+
+    def __init__(self, F: torch.Tensor, tau: float, eps: float, method: str, exact_later: bool) -> None:
+        Fn = torch.nn.functional.normalize(F, dim=1)
+        self.E = (Fn @ Fn.T) > tau  # the graph's edges, = (W == 1)
+        one = torch.ones((), dtype=torch.float64, device=F.device)
+        self.W = torch.where(self.E, one, one * eps)  # identical to _affinity(F, tau, eps)
+        self.n = F.shape[0]
+        self.method, self.exact_later = method, exact_later
+
+    def cut(self, h: int, w: int, active: np.ndarray, first: bool) -> TokenCutResult:
+        idx = np.flatnonzero(active.reshape(-1))
+        dev = self.W.device
+        it = torch.from_numpy(idx).to(dev) if idx.size < self.n else None
+        Wsub = self.W if it is None else self.W[it][:, it]
+        n = idx.size
+        if first or self.exact_later:
+            dense = self.method == "dense" or (self.method == "auto" and n <= 256)
+            x, lam = _solve_dense(Wsub) if dense else _solve_subspace(Wsub)
+        else:
+            x, lam = _solve_subspace(Wsub.float(), squarings=10, tol=1e-4)
+        res = _partition(x, lam, idx, h, w)
+        comp = res.mask.reshape(-1)
+        obj = torch.from_numpy(np.flatnonzero(comp)).to(dev)
+        Eo = self.E[obj] if it is None else self.E[obj][:, it]
+        inside = torch.from_numpy(comp[idx]).to(dev)
+        cnt = torch.stack([Eo[:, inside].sum(), Eo.sum()]).cpu()
+        k = int(obj.numel())
+        pairs_out = k * (n - k)
+        e_in, e_out = float(cnt[0]), float(cnt[1] - cnt[0])
+        if pairs_out == 0:
+            res.contrast = float("inf")
+        else:
+            res.contrast = (e_in / (k * k)) / max(e_out / pairs_out, 1.0 / pairs_out)
+        return res
 
 
 def tokencut(
@@ -335,6 +386,8 @@ def tokencut_multi(
     max_eigenvalue: float | None = None,
     min_contrast: float = 2.5,
     min_remaining: int = 8,
+    exact_later: bool = False,
+    graph_once: bool | None = None,
 ) -> list[TokenCutResult]:
     """Up to ``k`` objects: cut, remove the found object's patches from the graph, cut again.
 
@@ -345,18 +398,31 @@ def tokencut_multi(
     other patches) is below ``min_contrast`` (a piece of a larger region - about 1 - not a distinct
     object), or when the cut's
     eigenvalue exceeds ``max_eigenvalue`` (a weak cut). Eigenvectors are NaN on removed patches.
+
+    ``graph_once`` (default: on accelerators; methods auto/dense/subspace) builds the graph once and
+    solves later cuts in float32 on its sub-graphs (see :class:`_DeviceGraph`; ``exact_later=True``
+    keeps float64 for every cut); otherwise every cut is :func:`tokencut` on the remaining patches.
     """
     _validate_params(tau, eps)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     F, h, w = _tokens(features, grid)
     active = np.ones((h, w), dtype=bool)
     out: list[TokenCutResult] = []
+    graph = None
+    if graph_once is None:
+        graph_once = F.device.type != "cpu"
+    if graph_once and method in ("auto", "dense", "subspace"):
+        graph = _DeviceGraph(F, tau, eps, method, exact_later)
     for i in range(k):
         n_active = int(active.sum())
         if i > 0 and n_active < max(min_remaining, 3):
             break
-        res = _cut(F, h, w, active, tau, eps, method)
+        res = (
+            graph.cut(h, w, active, i == 0) if graph is not None else _cut(F, h, w, active, tau, eps, method)
+        )
         size = int(res.mask.sum())
         if i > 0:
             if size < min_patches or size > max_fraction * n_active:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +127,7 @@ class Pipeline:
         self._states: dict[str, _SourceState] = {}
         self._lock = threading.Lock()
         self._warned_depth = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: dict[str, ThreadPoolExecutor] = {}
 
     @classmethod
     def from_model(cls, model: Any, config: PipelineConfig | None = None, device: str = "cpu") -> Pipeline:
@@ -237,12 +237,22 @@ class Pipeline:
         depth_np = h.depth_net.cpu().numpy() if h.depth_net is not None else None
         tok_np = h.tokens.cpu().numpy() if "features" in h.want and h.tokens.device.type != "cpu" else None
         h.shared["transfer"] = (time.perf_counter() - t0) * 1e3
+        deps = [(h.depth_net[i], depth_np[i]) if depth_np is not None else None for i in range(len(h.frames))]
+        geos: list[Future | None] = [None] * len(h.frames)
+        if depth_np is not None and h.cfg.parallel_heads:
+            # stateless depth/points of every frame start now, in parallel with the stateful heads
+            pool = self._pool("geo", 2)
+            geos = [
+                pool.submit(self._geometry, f, g, d, h.want, h.cfg)
+                for f, g, d in zip(h.frames, h.geoms, deps)
+            ]
         outs = []
         for i, (frame, geom) in enumerate(zip(h.frames, h.geoms)):
             st = self._states.setdefault(frame.source, _SourceState())
-            dev = (h.depth_net[i], depth_np[i]) if depth_np is not None else None
             tn = tok_np[i] if tok_np is not None else None
-            outs.append(self._heads(frame, geom, h.tokens[i], dev, h.want, h.cfg, st, dict(h.shared), tn))
+            outs.append(
+                self._heads(frame, geom, h.tokens[i], deps[i], h.want, h.cfg, st, dict(h.shared), tn, geos[i])
+            )
         return outs
 
     def _depth(self, res: dict[str, Any], tokens: Any, net: tuple[int, int]) -> torch.Tensor:
@@ -277,9 +287,12 @@ class Pipeline:
         st: _SourceState,
         timings: dict[str, float],
         tok_np: np.ndarray | None = None,
+        geo: Future | None = None,
     ) -> FrameOutputs:
         """Per-frame heads. ``tok`` [h, w, C] float32 on the engine's device; ``depth`` = (network-size
-        clipped depth on the device, the same as numpy)."""
+        clipped depth on the device, the same as numpy). Depth/points (stateless) run in a helper
+        thread (``geo``: already submitted by :meth:`finish`), TokenCut in another (``parallel_heads``);
+        the stateful heads (PCA, matches) run here, in frame order."""
         H, W = frame.image.shape[:2]
         out = FrameOutputs(frame.stamp_ns, frame.frame_id, frame.source, W, H, timings_ms=timings)
         h, w, _ = tok.shape
@@ -296,7 +309,13 @@ class Pipeline:
         if "objects" in want and cfg.parallel_heads:
             # TokenCut is the costliest head and independent of the others: overlap it with them
             t_obj = time.perf_counter()
-            objects_future = self._pool().submit(self._objects, frame, geom, tok, valid, cfg, st)
+            objects_future = self._pool("objects", 1).submit(self._objects, frame, geom, tok, valid, cfg, st)
+        if geo is None and "depth" in want and depth is not None:
+            if cfg.parallel_heads:
+                geo = self._pool("geo", 2).submit(self._geometry, frame, geom, depth, want, cfg)
+            else:
+                geo = Future()
+                geo.set_result(self._geometry(frame, geom, depth, want, cfg))
         momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
         vmask = torch.from_numpy(valid.astype(np.float32))
         if "features" in want:
@@ -314,37 +333,6 @@ class Pipeline:
             st.pca_rgb.update(tok, fg_mask=vmask)
             out.features_pca = st.pca_rgb.transform(tok, mask_background=False)
             lap("features_pca")
-        K_in = frame.camera_info or CameraIntrinsics.from_fov(W, H, cfg.default_hfov_deg)
-        if "depth" in want and depth is not None:
-            d_dev, d = depth
-            x0, y0, x1, y1 = geom.valid_box
-            d_canvas = np.full_like(d, np.nan)
-            d_canvas[y0:y1, x0:x1] = d[y0:y1, x0:x1]
-            if cfg.depth_resolution == "input":
-                out.depth = self._canvas_to_input(d, geom)
-                out.depth_info = K_in
-            else:
-                out.depth = d_canvas
-                Kn, (wn, hn) = geom.scale_intrinsics(K_in.K, geom.network_size)
-                Pn = Kn @ np.linalg.solve(K_in.K, K_in.P) if K_in.P is not None else None
-                out.depth_info = CameraIntrinsics(Kn, wn, hn, K_in.D.copy(), K_in.distortion_model, Pn)
-            lap("depth")
-            if "points" in want:
-                Kn, _ = geom.scale_intrinsics(K_in.K, geom.network_size)
-                # back-projection on the depth's device; only the (smaller) cloud comes back
-                dc = torch.full_like(d_dev, float("nan"))
-                dc[y0:y1, x0:x1] = d_dev[y0:y1, x0:x1]
-                cols = None
-                if cfg.points_color == "rgb":
-                    rgb_c = torch.from_numpy(self._canvas_rgb(frame.image, geom)).to(dc.device)
-                    pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
-                    cols = cols_t.cpu().numpy()
-                else:
-                    pts_t = backproject(dc, Kn, stride=cfg.points_stride)
-                pts = pts_t.to(torch.float32).cpu().numpy()
-                pts, cols = voxel_downsample(pts, cols, cfg.points_voxel)
-                out.points, out.points_rgb = pts, cols
-                lap("points")
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
             lap("matches")
@@ -355,15 +343,69 @@ class Pipeline:
         elif "objects" in want:
             out.objects = self._objects(frame, geom, tok, valid, cfg, st)
             lap("objects")
+        if geo is not None:
+            t_geo = time.perf_counter()
+            res = geo.result()
+            for k in ("depth", "depth_info", "points", "points_rgb"):
+                setattr(out, k, res[k])
+            out.timings_ms.update(res["timings"])
+            out.timings_ms["geometry_wait"] = (time.perf_counter() - t_geo) * 1e3
+            t = time.perf_counter()
         if "debug" in want:
             out.debug = self._debug(frame, geom, out, cfg)
             lap("debug")
         return out
 
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinov3_heads")
-        return self._executor
+    def _pool(self, name: str, workers: int) -> ThreadPoolExecutor:
+        ex = self._executors.get(name)
+        if ex is None:
+            ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"dinov3_{name}")
+            self._executors[name] = ex
+        return ex
+
+    def _geometry(
+        self,
+        frame: Frame,
+        geom: Geometry,
+        depth: tuple[torch.Tensor, np.ndarray],
+        want: set[str],
+        cfg: PipelineConfig,
+    ) -> dict[str, Any]:
+        """Depth image + intrinsics and the point cloud of one frame (stateless: any thread)."""
+        H, W = frame.image.shape[:2]
+        res: dict[str, Any] = {"points": None, "points_rgb": None, "timings": {}}
+        t = time.perf_counter()
+        K_in = frame.camera_info or CameraIntrinsics.from_fov(W, H, cfg.default_hfov_deg)
+        d_dev, d = depth
+        x0, y0, x1, y1 = geom.valid_box
+        if cfg.depth_resolution == "input":
+            res["depth"] = self._canvas_to_input(d, geom)
+            res["depth_info"] = K_in
+        else:
+            d_canvas = np.full_like(d, np.nan)
+            d_canvas[y0:y1, x0:x1] = d[y0:y1, x0:x1]
+            res["depth"] = d_canvas
+            Kn, (wn, hn) = geom.scale_intrinsics(K_in.K, geom.network_size)
+            Pn = Kn @ np.linalg.solve(K_in.K, K_in.P) if K_in.P is not None else None
+            res["depth_info"] = CameraIntrinsics(Kn, wn, hn, K_in.D.copy(), K_in.distortion_model, Pn)
+        now = time.perf_counter()
+        res["timings"]["depth"], t = (now - t) * 1e3, now
+        if "points" in want:
+            Kn, _ = geom.scale_intrinsics(K_in.K, geom.network_size)
+            # back-projection on the depth's device; only the (smaller) cloud comes back
+            dc = torch.full_like(d_dev, float("nan"))
+            dc[y0:y1, x0:x1] = d_dev[y0:y1, x0:x1]
+            cols = None
+            if cfg.points_color == "rgb":
+                rgb_c = torch.from_numpy(self._canvas_rgb(frame.image, geom)).to(dc.device)
+                pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
+                cols = cols_t.cpu().numpy()
+            else:
+                pts_t = backproject(dc, Kn, stride=cfg.points_stride)
+            pts = pts_t.to(torch.float32).cpu().numpy()
+            res["points"], res["points_rgb"] = voxel_downsample(pts, cols, cfg.points_voxel)
+            res["timings"]["points"] = (time.perf_counter() - t) * 1e3
+        return res
 
     @staticmethod
     def _valid_patches(geom: Geometry, h: int, w: int) -> np.ndarray:
