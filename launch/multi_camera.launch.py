@@ -19,6 +19,7 @@ ARGS = [
     ("image_suffix", "image", "image topic inside each camera namespace (e.g. color/image_raw)"),
     ("weights", "default", "checkpoint path, 'default' or 'random:<arch>'"),
     ("engine", "", "TensorRT plan or ONNX model; overrides weights when set"),
+    ("depth_head", "auto", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
     ("backend", "torch", "torch | onnxruntime | tensorrt"),
     ("device", "cpu", "cpu | cuda | cuda:N"),
     ("precision", "fp32", "fp32 | fp16 | bf16"),
@@ -46,6 +47,7 @@ def _nodes(context):
     overrides = {
         "cameras": ",".join(cams),
         "weights": cfg["engine"] or cfg["weights"],
+        "depth_head": cfg["depth_head"],
         "backend": cfg["backend"],
         "device": cfg["device"],
         "precision": cfg["precision"],

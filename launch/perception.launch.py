@@ -15,6 +15,7 @@ from launch import LaunchDescription
 ARGS = [
     ("weights", "default", "checkpoint path, 'default' (models/registry.yaml) or 'random:<arch>'"),
     ("engine", "", "TensorRT plan or ONNX model; overrides weights when set"),
+    ("depth_head", "auto", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
     ("backend", "torch", "torch | onnxruntime | tensorrt"),
     ("device", "cpu", "cpu | cuda | cuda:N"),
     ("precision", "fp32", "fp32 | fp16 | bf16"),
@@ -40,6 +41,7 @@ def _nodes(context):
     weights = cfg["engine"] or cfg["weights"]
     overrides = {
         "weights": weights,
+        "depth_head": cfg["depth_head"],
         "backend": cfg["backend"],
         "device": cfg["device"],
         "precision": cfg["precision"],
