@@ -276,3 +276,20 @@ def test_gram_teacher_features_resized_to_student_grid_keep_layout():
     torch.testing.assert_close(inner[..., 1], torch.tensor([[2.5, 4.5], [2.5, 4.5]]), atol=0.05, rtol=0)
     torch.testing.assert_close(grid[..., 2], torch.ones(4, 4))
     assert resize_patch_features(feats, (h, w), (h, w)) is feats
+
+
+def test_dino_head_unit_norm_prototypes_bound_logits_and_keep_the_layout():
+    from training.heads import DINOHead
+
+    torch.manual_seed(0)
+    raw = DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16)
+    normed = DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16, norm_last_layer=True)
+    assert raw.state_dict().keys() == normed.state_dict().keys()
+    normed.load_state_dict(raw.state_dict())
+    x = torch.randn(8, 32)
+    z = normed(x, no_last_layer=True)
+    logits = normed(x)
+    assert logits.abs().max() <= 1.0 + 1e-5  # cosines between unit bottleneck and unit prototypes
+    w = torch.nn.functional.normalize(raw.last_layer.weight, dim=1)
+    assert torch.allclose(logits, z @ w.T, atol=1e-6)
+    assert torch.allclose(normed(z, only_last_layer=True), logits, atol=1e-6)

@@ -364,7 +364,11 @@ def _load_pretrain_dir(p: Path, need_heads: bool) -> Teacher:
     if need_heads:
         for name, sec in (("dino_head", pcfg["dino"]), ("ibot_head", pcfg["ibot"])):
             mods[name] = DINOHead(
-                dim, sec["n_prototypes"], sec["hidden_dim"], sec["bottleneck_dim"], sec.get("nlayers", 3),
+                dim,
+                sec["n_prototypes"],
+                sec["hidden_dim"],
+                sec["bottleneck_dim"],
+                sec.get("nlayers", 3),
                 norm_last_layer=bool(sec.get("norm_last_layer", False)),
             )
     state = {"model": {f"teacher.{m}.{k}": v for m, mod in mods.items() for k, v in mod.state_dict().items()}}
@@ -561,7 +565,11 @@ class Distiller:
                 first = next(m for m in th.mlp.modules() if isinstance(m, nn.Linear))
                 hidden = int(self.heads_cfg["hidden_dim"] or first.out_features)
                 head = DINOHead(
-                    sdim, kk, hidden_dim=hidden, bottleneck_dim=bn, nlayers=nl,
+                    sdim,
+                    kk,
+                    hidden_dim=hidden,
+                    bottleneck_dim=bn,
+                    nlayers=nl,
                     norm_last_layer=getattr(th, "norm_last_layer", False),
                 )
                 if self.heads_cfg["init_last_layer_from_teacher"]:

@@ -66,11 +66,19 @@ class SSLMetaArch(nn.Module):
         dim = int(student_bb.embed_dim)
         d, ib = cfg["dino"], cfg["ibot"]
         dino_head = DINOHead(
-            dim, d["n_prototypes"], d["hidden_dim"], d["bottleneck_dim"], d.get("nlayers", 3),
+            dim,
+            d["n_prototypes"],
+            d["hidden_dim"],
+            d["bottleneck_dim"],
+            d.get("nlayers", 3),
             norm_last_layer=bool(d.get("norm_last_layer", False)),
         )
         ibot_head = DINOHead(
-            dim, ib["n_prototypes"], ib["hidden_dim"], ib["bottleneck_dim"], ib.get("nlayers", 3),
+            dim,
+            ib["n_prototypes"],
+            ib["hidden_dim"],
+            ib["bottleneck_dim"],
+            ib.get("nlayers", 3),
             norm_last_layer=bool(ib.get("norm_last_layer", False)),
         )
         self.student = nn.ModuleDict({"backbone": student_bb, "dino_head": dino_head, "ibot_head": ibot_head})
