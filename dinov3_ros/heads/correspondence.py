@@ -195,14 +195,17 @@ def match(
         temperature=temperature,
         max_matches=max_matches,
     )
-    pts0 = _map(as_numpy(t["pts0"]).astype(np.float32), scale, offset, to_input)
-    pts1 = _map(as_numpy(t["pts1"]).astype(np.float32), scale, offset, to_input)
+    # one device->host copy for the float fields and one for the indices (not five)
+    fl = as_numpy(torch.cat([t["pts0"].float(), t["pts1"].float(), t["scores"].float()[:, None]], 1))
+    ix = as_numpy(torch.stack([t["idx0"], t["idx1"]], 1).long())
+    pts0 = _map(np.ascontiguousarray(fl[:, 0:2]), scale, offset, to_input)
+    pts1 = _map(np.ascontiguousarray(fl[:, 2:4]), scale, offset, to_input)
     m = Matches(
         pts0=pts0,
         pts1=pts1,
-        scores=as_numpy(t["scores"]).astype(np.float32),
-        idx0=as_numpy(t["idx0"]).astype(np.int64),
-        idx1=as_numpy(t["idx1"]).astype(np.int64),
+        scores=np.ascontiguousarray(fl[:, 4]),
+        idx0=np.ascontiguousarray(ix[:, 0]),
+        idx1=np.ascontiguousarray(ix[:, 1]),
         inliers=np.ones(pts0.shape[0], dtype=bool),
     )
     if verify_with is not None:
