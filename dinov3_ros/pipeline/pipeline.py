@@ -16,6 +16,7 @@ Results are deterministic given the inputs and the sequence of frames per source
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -72,6 +73,7 @@ class InferHandle:
     want: set[str]
     cfg: PipelineConfig
     shared: dict[str, float]
+    ready: Any = None  # CUDA event recorded after inference on the side stream
 
 
 def _float_tokens(x: Any) -> torch.Tensor:
@@ -128,6 +130,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._warned_depth = False
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._stream: Any = None
 
     @classmethod
     def from_model(cls, model: Any, config: PipelineConfig | None = None, device: str = "cpu") -> Pipeline:
@@ -206,26 +209,46 @@ class Pipeline:
             cfg, pre = self._config, self._pre
         if not frames:
             return InferHandle([], [], None, None, want, cfg, {})
-        t0 = time.perf_counter()
-        batch, geoms = pre([f.image for f in frames])
-        t1 = time.perf_counter()
-        res = self.engine.run(batch)
-        tokens_t = res["patch_tokens"]
-        t2 = time.perf_counter()
-        depth_net = None
-        if "depth" in want and "depth" not in res and self.depth_head is None:
-            # a backbone-only model: depth and points are unavailable, the other outputs still run
-            if not self._warned_depth:
-                _LOG.warning("depth/points requested but the model has no depth head; they are skipped")
-                self._warned_depth = True
-            want = want - {"depth", "points"}
-        if "depth" in want:
-            depth_net = self._depth(res, tokens_t, geoms[0].network_size)
-            depth_net = torch.clamp(depth_net * cfg.depth_scale, cfg.min_depth, cfg.max_depth)
-        tokens = _float_tokens(tokens_t)
-        t3 = time.perf_counter()
+        stream = self._infer_stream()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            images = [f.image for f in frames]
+            if stream is not None and len(images) > 1 and len({im.shape for im in images}) == 1:
+                # one host->device copy for the batch (Frame images are validated HxWx3 uint8)
+                images = list(torch.from_numpy(np.stack(images)).to(self.device).unbind(0))
+            batch, geoms = pre(images)
+            t1 = time.perf_counter()
+            res = self.engine.run(batch)
+            tokens_t = res["patch_tokens"]
+            t2 = time.perf_counter()
+            depth_net = None
+            if "depth" in want and "depth" not in res and self.depth_head is None:
+                # a backbone-only model: depth and points are unavailable, the other outputs still run
+                if not self._warned_depth:
+                    _LOG.warning("depth/points requested but the model has no depth head; they are skipped")
+                    self._warned_depth = True
+                want = want - {"depth", "points"}
+            if "depth" in want:
+                depth_net = self._depth(res, tokens_t, geoms[0].network_size)
+                depth_net = torch.clamp(depth_net * cfg.depth_scale, cfg.min_depth, cfg.max_depth)
+            tokens = _float_tokens(tokens_t)
+            ready = None
+            if stream is not None:
+                ready = torch.cuda.Event()
+                ready.record(stream)
+            t3 = time.perf_counter()
         shared = {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3, "depth_head": (t3 - t2) * 1e3}
-        return InferHandle(list(frames), list(geoms), tokens, depth_net, want, cfg, shared)
+        return InferHandle(list(frames), list(geoms), tokens, depth_net, want, cfg, shared, ready)
+
+    def _infer_stream(self) -> Any:
+        """CUDA: a side stream for preprocess + engine, so a batch's inference can overlap the heads
+        of the previous one (the heads run on the default stream and wait for its event)."""
+        dev = torch.device(self.device)
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=dev)
+        return self._stream
 
     def finish(self, handle: InferHandle) -> list[FrameOutputs]:
         """Stage 2: the per-frame heads of an :meth:`infer` handle (advances per-source state)."""
@@ -233,6 +256,12 @@ class Pipeline:
         if not h.frames:
             return []
         t0 = time.perf_counter()
+        on_gpu = [x for x in (h.tokens, h.depth_net) if x is not None and x.is_cuda]
+        if h.ready is not None and on_gpu:  # heads (default stream) wait for the inference stream
+            cur = torch.cuda.current_stream(on_gpu[0].device)
+            cur.wait_event(h.ready)
+            for x in on_gpu:
+                x.record_stream(cur)  # allocated on the inference stream, used here
         # one device->host copy per batch for what the messages need as numpy
         depth_np = h.depth_net.cpu().numpy() if h.depth_net is not None else None
         tok_np = h.tokens.cpu().numpy() if "features" in h.want and h.tokens.device.type != "cpu" else None
