@@ -242,6 +242,16 @@ class PCAView:
         The projections are upsampled bilinearly before the sigmoid; with a foreground (``fg_mask``
         or ``fg_threshold``) and ``mask_background`` the background is painted ``background``.
         """
+        return self.transform_tensor(features, size, fg_mask, mask_background).cpu().numpy()
+
+    def transform_tensor(
+        self,
+        features: ArrayLike,
+        size: tuple[int, int] | None = None,
+        fg_mask: ArrayLike | None = None,
+        mask_background: bool = True,
+    ) -> torch.Tensor:
+        """:meth:`transform` as a uint8 tensor on the features' device (no host sync)."""
         single = float_tensor(features, name="features").ndim == 3
         P = self.project(features)  # [B, h, w, k]
         k = P.shape[-1]
@@ -265,7 +275,7 @@ class PCAView:
         if fg is not None:
             bg = torch.tensor(self.background, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1) / 255.0
             rgb = torch.where(fg, rgb, bg)
-        out = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return out[0] if single else out
 
     def __call__(

@@ -276,12 +276,21 @@ class Pipeline:
                 for f, g, d in zip(h.frames, h.geoms, deps)
             ]
         outs = []
+        defer: list = []  # features_pca images: one device->host copy per batch
         for i, (frame, geom) in enumerate(zip(h.frames, h.geoms)):
             st = self._states.setdefault(frame.source, _SourceState())
             tn = tok_np[i] if tok_np is not None else None
             outs.append(
-                self._heads(frame, geom, h.tokens[i], deps[i], h.want, h.cfg, st, dict(h.shared), tn, geos[i])
+                self._heads(
+                    frame, geom, h.tokens[i], deps[i], h.want, h.cfg, st, dict(h.shared), tn, geos[i], defer
+                )
             )
+        if defer:
+            t = time.perf_counter()
+            imgs = torch.stack([r for _o, r in defer]).cpu().numpy()
+            for (o, _r), img in zip(defer, imgs):
+                o.features_pca = img
+                o.timings_ms["features_pca"] += (time.perf_counter() - t) * 1e3 / len(defer)
         return outs
 
     def _depth(self, res: dict[str, Any], tokens: Any, net: tuple[int, int]) -> torch.Tensor:
@@ -317,6 +326,7 @@ class Pipeline:
         timings: dict[str, float],
         tok_np: np.ndarray | None = None,
         geo: Future | None = None,
+        defer_pca: list | None = None,
     ) -> FrameOutputs:
         """Per-frame heads. ``tok`` [h, w, C] float32 on the engine's device; ``depth`` = (network-size
         clipped depth on the device, the same as numpy). Depth/points (stateless) run in a helper
@@ -360,7 +370,11 @@ class Pipeline:
             if st.pca_rgb is None:
                 st.pca_rgb = PCAView(3, momentum=momentum)
             st.pca_rgb.update(tok, fg_mask=vmask)
-            out.features_pca = st.pca_rgb.transform(tok, mask_background=False)
+            rgb_t = st.pca_rgb.transform_tensor(tok, mask_background=False)
+            if defer_pca is not None and "debug" not in want:
+                defer_pca.append((out, rgb_t))  # finish() copies the batch's images in one go
+            else:
+                out.features_pca = rgb_t.cpu().numpy()
             lap("features_pca")
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
