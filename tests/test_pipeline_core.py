@@ -242,3 +242,52 @@ def test_parallel_heads_give_identical_results():
             a.objects.boxes, b.objects.boxes
         )
         assert np.array_equal(a.debug, b.debug) and np.array_equal(a.matches.uv1, b.matches.uv1)
+
+
+def _same_outputs(a, b) -> None:
+    for name in ("features", "features_pca", "depth", "points", "points_rgb", "debug"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    np.testing.assert_array_equal(a.objects.mask, b.objects.mask)
+    np.testing.assert_array_equal(a.objects.ids, b.objects.ids)
+    np.testing.assert_array_equal(a.matches.uv0, b.matches.uv0)
+    np.testing.assert_array_equal(a.matches.uv1, b.matches.uv1)
+
+
+def test_infer_finish_split_equals_process_batched_and_overlapped():
+    """``finish(infer(f))`` == ``process(f)``; several handles in flight (the offline overlap) and
+    frames of two sources in one batch change nothing; per-frame and batched runs agree."""
+    frames = [Frame(texture(96, 128, seed=i), i, "cam", K640.resized(128, 96), f"s{i % 2}") for i in range(6)]
+    outs = set(OUTPUTS)
+    ref = make(res=(64, 96))
+    want = [ref.process([f], outs)[0] for f in frames]
+    p = make(res=(64, 96))
+    h1 = p.infer(frames[:3], outs)
+    h2 = p.infer(frames[3:], outs)  # inferred before the first batch's heads ran
+    got = p.finish(h1) + p.finish(h2)
+    assert len(got) == 6
+    for a, b in zip(want, got):
+        _same_outputs(a, b)
+    assert p.finish(p.infer([], outs)) == []
+
+
+def test_voxel_downsample_matches_reference_accumulation():
+    from dinov3_ros.pipeline.voxel import voxel_downsample
+
+    rng = np.random.default_rng(0)
+    pts = (rng.standard_normal((5000, 3)) * [2, 1, 3]).astype(np.float32)
+    cols = rng.integers(0, 256, (5000, 3), dtype=np.uint8)
+    out, oc = voxel_downsample(pts, cols, 0.25)
+    keys = np.floor(pts / 0.25).astype(np.int64)
+    u, inv, cnt = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    ref = np.zeros((len(u), 3))
+    np.add.at(ref, inv, pts)
+    refc = np.zeros((len(u), 3))
+    np.add.at(refc, inv, cols.astype(np.float64))
+    np.testing.assert_array_equal(out, (ref / cnt[:, None]).astype(np.float32))
+    np.testing.assert_array_equal(oc, np.clip(refc / cnt[:, None] + 0.5, 0, 255).astype(np.uint8))
+    # voxel ordering is lexicographic on the integer keys
+    assert np.all(np.diff(np.floor(out[:, 0] / 0.25)) >= 0)
