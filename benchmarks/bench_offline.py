@@ -14,8 +14,10 @@ Rows (frames/s, all with the same model, batch size and network resolution):
 The input bag is synthetic (textured frames, JPEG CompressedImage by default) and written first.
 
     .venv/bin/python benchmarks/bench_offline.py --device cpu --out bench_offline.json
-    python benchmarks/bench_offline.py --device cuda --weights random:vitb16 --resolution 448x448 \\
-        --batch-size 32 --frames 1024 --precision fp16 --out bench_offline_gpu.json
+    python benchmarks/bench_offline.py --device cuda --weights random:vits16 --precision fp16 \\
+        --resolution 448x448 --batch-size 32 --frames 512 --decode-workers 8 --out offline_cuda.json
+    python benchmarks/bench_offline.py --device cuda --weights random:vitl16 --precision fp16 \\
+        --resolution 448x448 --batch-size 32 --frames 256 --decode-workers 8 --out offline_cuda_vitl.json
 
 ``--weights`` takes a comma-separated list (e.g. ``random:vits16,random:vitl16``): one table per model
 (the input bag is shared); the JSON keeps the first model's rows at the top level and all in ``models``.
