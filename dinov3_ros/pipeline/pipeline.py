@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -48,6 +49,9 @@ from dinov3_ros.pipeline.voxel import voxel_downsample
 from dinov3_ros.runtime.preprocess import Geometry, Preprocessor
 
 _LOG = logging.getLogger("dinov3_ros.pipeline")
+
+#: threads for the stateless per-frame depth/points work (numpy/OpenCV release the GIL)
+_GEO_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
 
 #: outputs each output needs computed first
 _DEPENDS = {"points": {"depth"}, "debug": {"features_pca"}}
@@ -270,7 +274,7 @@ class Pipeline:
         geos: list[Future | None] = [None] * len(h.frames)
         if depth_np is not None and h.cfg.parallel_heads:
             # stateless depth/points of every frame start now, in parallel with the stateful heads
-            pool = self._pool("geo", 2)
+            pool = self._pool("geo", _GEO_WORKERS)
             geos = [
                 pool.submit(self._geometry, f, g, d, h.want, h.cfg)
                 for f, g, d in zip(h.frames, h.geoms, deps)
@@ -351,7 +355,7 @@ class Pipeline:
             objects_future = self._pool("objects", 1).submit(self._objects, frame, geom, tok, valid, cfg, st)
         if geo is None and "depth" in want and depth is not None:
             if cfg.parallel_heads:
-                geo = self._pool("geo", 2).submit(self._geometry, frame, geom, depth, want, cfg)
+                geo = self._pool("geo", _GEO_WORKERS).submit(self._geometry, frame, geom, depth, want, cfg)
             else:
                 geo = Future()
                 geo.set_result(self._geometry(frame, geom, depth, want, cfg))
