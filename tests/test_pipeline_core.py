@@ -318,21 +318,21 @@ def test_cuda_pipeline_matches_cpu_and_overlap_is_deterministic():
     torch.backends.cudnn.allow_tf32 = False  # full-precision convs for the CPU comparison
     try:
         gpu = g.process(frames[:2], outs) + g.process(frames[2:], outs)
+        for a, b in zip(cpu, gpu):
+            np.testing.assert_allclose(a.features, b.features, rtol=1e-3, atol=1e-3)
+            np.testing.assert_array_equal(a.depth, b.depth)
+            np.testing.assert_allclose(a.points, b.points, rtol=1e-5, atol=1e-5)
+            assert np.abs(a.features_pca.astype(int) - b.features_pca.astype(int)).max() <= 2
+            assert b.objects.mask.shape == a.objects.mask.shape and len(b.objects.ids) >= 1
+        g2 = mk("cuda")
+        got: list = []
+        handles = [g2.infer(frames[:2], outs)]
+        th = threading.Thread(target=lambda: got.extend(g2.finish(handles[0])))
+        th.start()
+        handles.append(g2.infer(frames[2:], outs))  # overlaps the first batch's heads
+        th.join()
+        got += g2.finish(handles[1])
+        for a, b in zip(gpu, got):
+            _same_outputs(a, b)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
-    for a, b in zip(cpu, gpu):
-        np.testing.assert_allclose(a.features, b.features, rtol=1e-3, atol=1e-3)
-        np.testing.assert_array_equal(a.depth, b.depth)
-        np.testing.assert_allclose(a.points, b.points, rtol=1e-5, atol=1e-5)
-        assert np.abs(a.features_pca.astype(int) - b.features_pca.astype(int)).max() <= 2
-        assert b.objects.mask.shape == a.objects.mask.shape and len(b.objects.ids) >= 1
-    g2 = mk("cuda")
-    got: list = []
-    handles = [g2.infer(frames[:2], outs)]
-    th = threading.Thread(target=lambda: got.extend(g2.finish(handles[0])))
-    th.start()
-    handles.append(g2.infer(frames[2:], outs))  # overlaps the first batch's heads
-    th.join()
-    got += g2.finish(handles[1])
-    for a, b in zip(gpu, got):
-        _same_outputs(a, b)
