@@ -216,11 +216,7 @@ class Pipeline:
         stream = self._infer_stream()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             t0 = time.perf_counter()
-            images = [f.image for f in frames]
-            if stream is not None and len(images) > 1 and len({im.shape for im in images}) == 1:
-                # one host->device copy for the batch (Frame images are validated HxWx3 uint8)
-                images = list(torch.from_numpy(np.stack(images)).to(self.device).unbind(0))
-            batch, geoms = pre(images)
+            batch, geoms = pre([f.image for f in frames])
             t1 = time.perf_counter()
             res = self.engine.run(batch)
             tokens_t = res["patch_tokens"]
