@@ -1,5 +1,6 @@
 """ament_python package definition for dinov3_ros (also a plain pip-installable package)."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -40,7 +41,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.md")),
-        (f"share/{PACKAGE}/models/default", glob("models/default/*")),
+        (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
+        (f"share/{PACKAGE}/models/default/provenance", glob("models/default/provenance/*")),
     ],
     python_requires=">=3.10",
     install_requires=[

@@ -3,6 +3,7 @@
 #   benchmarks/gpu_suite.sh inference   # 1 GPU: parity tests on CUDA, backbones vs timm/HF, heads
 #   benchmarks/gpu_suite.sh pipeline    # 1 GPU: node path, offline tool, pretraining, Gram, distillation
 #   benchmarks/gpu_suite.sh multi       # 2-4 GPUs: FSDP2 scaling, distillation with student subgroups
+#   benchmarks/gpu_suite.sh heads2      # 1 GPU: CUDA pipeline tests, node + offline after the head work, Gram
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
@@ -55,6 +56,18 @@ multi)
   fi
   step distill2 120 torchrun --standalone --nproc_per_node 2 benchmarks/bench_distill.py --device cuda \
     --students vits16,convnext_tiny --steps 10 --out "$R/distill_2gpu.json"
+  ;;
+heads2)
+  step cuda_tests 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_pipeline_core.py tests/test_heads_tokencut.py \
+    tests/test_heads_gpu.py
+  step node 70 "$PY" benchmarks/bench_node.py --device cuda --precision fp16 --weights random:vits16 \
+    --resolution 480x640 --seconds 20 --out "$R/node_cuda.json"
+  step offline 80 "$PY" benchmarks/bench_offline.py --device cuda --weights random:vits16 --precision fp16 \
+    --resolution 448x448 --batch-size 32 --frames 512 --decode-workers 8 --out "$R/offline_cuda.json"
+  step offline_vitl 100 "$PY" benchmarks/bench_offline.py --device cuda --weights random:vitl16 --precision fp16 \
+    --resolution 448x448 --batch-size 32 --frames 256 --decode-workers 8 --out "$R/offline_cuda_vitl.json"
+  step gram 210 "$PY" benchmarks/bench_pretrain.py --device cuda --mode gram --gram-start 150 --gram-iters 100 \
+    --out "$R/pretrain_gram.json"
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac
