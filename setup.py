@@ -39,7 +39,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.md")),
         (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
         (f"share/{PACKAGE}/models/default/provenance", glob("models/default/provenance/*")),

@@ -2,13 +2,16 @@
 
 Steps: make (or reuse) the deterministic synthetic sample bag, run ``dinov3-ros process`` on it with the
 default model on CPU, write the output bag, an mp4 preview and a contact sheet, print where they are.
-``--live`` instead feeds the sample bag through real DDS into the live node and records its outputs.
+``--live`` instead feeds the sample bag through real DDS into the live node (its own process) and
+records its outputs to ``<out>/live_outputs`` (MCAP).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="default", help="'default', a checkpoint path or random:<arch>")
     parser.add_argument("--live", action="store_true", help="run the live node over DDS instead")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--bag", type=Path, default=None, help="input bag (default: the synthetic sample bag)"
+    )
+    parser.add_argument("--frames", type=int, default=None, help="--live: play only the first N images")
 
 
 def _resolve_weights(weights: str) -> str:
@@ -41,6 +48,41 @@ def _resolve_weights(weights: str) -> str:
     return "default" if path.exists() else "random:vits16"
 
 
+def _live(args: argparse.Namespace, bag: Path, out: Path, weights: str, t0: float) -> int:
+    """``--live``: the sample bag over DDS into the node; exit 1 with the reason on failure."""
+    from dinov3_ros.ros.demo_live import run_live_demo
+
+    def _term(signum: int, _frame: object) -> None:  # run the cleanup (stop the node) on SIGTERM
+        raise SystemExit(128 + signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    try:
+        res = run_live_demo(
+            bag,
+            out / "live_outputs",
+            weights=weights,
+            device=args.device,
+            max_frames=getattr(args, "frames", None),
+        )
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        print(f"demo: live run failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
+    print(f"demo: done in {time.perf_counter() - t0:.1f} s ({res.frames} frames through the live node)")
+    print(f"demo: live outputs   {res.path}  (MCAP; ros2 bag play / Foxglove)")
+    for topic, n in sorted(res.counts.items()):
+        print(f"demo:   {topic:36s} {n} messages")
+    if res.incomplete:
+        print(
+            f"demo: {len(res.incomplete)} frames without all their outputs: {res.incomplete}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
     from dinov3_ros.synthetic.sample import ensure_sample_bag
@@ -48,25 +90,21 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    bag = ensure_sample_bag()
-    print(f"demo: sample bag {bag}")
+    bag = args.bag if getattr(args, "bag", None) is not None else ensure_sample_bag()
+    print(f"demo: input bag {bag}")
     weights = _resolve_weights(args.weights)
     if args.live:
-        from dinov3_ros.ros.demo_live import run_live_demo
-
-        result = run_live_demo(bag, out / "live_outputs", weights=weights, device=args.device)
-        print(f"demo: live node outputs recorded to {result}")
-        return 0
+        return _live(args, bag, out, weights, t0)
     from dinov3_ros.offline import process
 
     out_bag = out / "outputs"
     preview = out / "preview.mp4"
     sheet = out / "contact_sheet.png"
     # the sample bag also holds ground-truth depth and instance images: process the camera stream only
-    argv = [
-        str(bag),
-        "--topics",
-        "/camera/image_raw/compressed",
+    argv = [str(bag)]
+    if getattr(args, "bag", None) is None:
+        argv += ["--topics", "/camera/image_raw/compressed"]
+    argv += [
         "--out",
         str(out_bag),
         "--weights",

@@ -1,9 +1,17 @@
 """``dinov3-ros demo --live``: play a bag over real DDS into ``dinov3_node`` and record its outputs.
 
-The node runs in its own process (``python -m dinov3_ros.ros.node``, input remapped to the bag's first
-image topic and its camera_info); this process publishes the bag's messages in order (each frame waits
-for the node's outputs of the previous one, so a slow CPU drops nothing) and writes every output
-message into a rosbag2 directory (written to a temporary name, then renamed).
+The node runs in its own process (``python -m dinov3_ros.ros.node``, input remapped to the bag's
+first image topic and its camera_info). This process publishes the bag's camera messages in order;
+after each image it waits until the node has published every output for that image's stamp (so a
+slow CPU drops nothing and keyframe matching sees every frame), then sends the next one. Every
+output message is written, with the input header stamp as its time, to an MCAP rosbag2 directory
+(written under a temporary name, then renamed).
+
+With Fast DDS (the default RMW) and no profile of the user's, both processes load
+``config/fastdds_local.xml``: the built-in 0.5 MB shared-memory segment cannot carry the node's
+dense outputs at once and each frame would otherwise wait for a 3 s reliability heartbeat.
+The node is stopped (SIGINT, then SIGKILL) however this function exits, and is also signalled by
+the kernel if this process dies without cleaning up (Linux ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -15,32 +23,188 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+NODE_NAME = "dinov3_node"
+FASTDDS_PROFILE = "fastdds_local.xml"
+_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
-def _image_topics(reader: Any) -> tuple[str | None, str | None, str | None]:
-    img = next(
-        (
-            c.topic
-            for c in reader.connections
-            if c.msgtype == "sensor_msgs/msg/Image" and "depth" not in c.topic
-        ),
-        None,
-    )
-    cmp_ = next((c.topic for c in reader.connections if c.msgtype == "sensor_msgs/msg/CompressedImage"), None)
+@dataclass
+class LiveDemoResult:
+    """What :func:`run_live_demo` recorded."""
+
+    path: Path  # the rosbag2 directory (MCAP)
+    frames: int  # images played into the node
+    stamps: list[int]  # their header stamps (ns), in play order
+    counts: dict[str, int] = field(default_factory=dict)  # output topic -> messages recorded
+    incomplete: list[int] = field(default_factory=list)  # stamps whose outputs did not all arrive
+    seconds: float = 0.0  # wall time from node start to the bag being written
+
+
+#: raw image encodings that are camera pictures (not depth, instance ids or masks)
+COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "rgb16", "bgr16", "mono16")
+_NOT_CAMERA = ("depth", "instance", "mask", "label", "seg", "disparity")
+
+
+def _first_encoding(reader: Any, conn: Any) -> str | None:
+    for _c, _t, raw in reader.messages(connections=[conn]):
+        return str(reader.deserialize(raw, conn.msgtype).encoding)
+    return None
+
+
+def _image_topics(reader: Any, image_topic: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """(raw image topic, compressed image topic, camera_info topic) of a bag; either image may be None.
+
+    Without ``image_topic``: a raw ``sensor_msgs/Image`` stream with a colour/grey encoding whose name
+    does not look like depth, instance ids or masks; else the first ``CompressedImage`` stream.
+    """
+    conns = list(reader.connections)
+    if image_topic is not None:
+        hit = [c for c in conns if c.topic == image_topic]
+        if not hit or hit[0].msgtype not in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"):
+            have = sorted(
+                c.topic for c in conns if c.msgtype.startswith("sensor_msgs/msg/") and "Image" in c.msgtype
+            )
+            raise ValueError(
+                f"image topic {image_topic!r} is not an image topic of the bag; image topics: {have}"
+            )
+        img = image_topic if hit[0].msgtype == "sensor_msgs/msg/Image" else None
+        cmp_ = image_topic if img is None else None
+    else:
+        img = next(
+            (
+                c.topic
+                for c in conns
+                if c.msgtype == "sensor_msgs/msg/Image"
+                and not any(w in c.topic.lower() for w in _NOT_CAMERA)
+                and _first_encoding(reader, c) in COLOR_ENCODINGS
+            ),
+            None,
+        )
+        cmp_ = (
+            None
+            if img
+            else next((c.topic for c in conns if c.msgtype == "sensor_msgs/msg/CompressedImage"), None)
+        )
     base = (img or cmp_ or "").removesuffix("/compressed").rsplit("/", 1)[0]
     info = next(
         (
             c.topic
-            for c in reader.connections
-            if c.msgtype == "sensor_msgs/msg/CameraInfo" and c.topic.startswith(base)
+            for c in conns
+            if c.msgtype == "sensor_msgs/msg/CameraInfo" and c.topic.startswith(base + "/")
         ),
         None,
     )
     return img, cmp_, info
+
+
+def dds_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) plus the shipped Fast DDS profile where it applies.
+
+    Applies when the RMW is Fast DDS (unset = the default) and no Fast DDS profile file is set.
+    """
+    from dinov3_ros.paths import config_dir
+
+    out = dict(os.environ if env is None else env)
+    rmw = out.get("RMW_IMPLEMENTATION", "")
+    if (rmw == "" or rmw.startswith("rmw_fastrtps")) and not any(out.get(v) for v in _PROFILE_VARS):
+        try:
+            profile = config_dir() / FASTDDS_PROFILE
+        except FileNotFoundError:
+            return out
+        if profile.is_file():
+            out["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+    return out
+
+
+def _die_with_parent() -> None:
+    """Child-side (``preexec_fn``): get SIGTERM when the parent dies (Linux only; else no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGINT the process group of ``proc``, then SIGKILL it after ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)
+    except ProcessLookupError:
+        proc.wait(timeout=timeout_s)
+
+
+def _node_command(
+    weights: str,
+    device: str,
+    resolution: tuple[int, int],
+    depth_head: str,
+    transport: str,
+    in_topic: str,
+    info_topic: str | None,
+) -> list[str]:
+    from dinov3_ros.paths import config_dir
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "dinov3_ros.ros.node",
+        "--ros-args",
+        "--params-file",
+        str(config_dir() / "dinov3.yaml"),
+        "-p",
+        f"weights:={weights}",
+        "-p",
+        f"depth_head:={depth_head}",
+        "-p",
+        f"device:={device}",
+        "-p",
+        f"resolution:=[{resolution[0]},{resolution[1]}]",
+        "-p",
+        f"image_transport:={transport}",
+        "-p",
+        "input_qos:=default",
+        "-p",
+        "output_qos:=default",
+        "-r",
+        f"image:={in_topic}" if transport == "raw" else f"image/compressed:={in_topic}",
+    ]
+    if info_topic:
+        cmd += ["-r", f"camera_info:={info_topic}"]
+    return cmd
+
+
+def _write_bag(tmp_root: Path, out: Path, records: list[tuple[str, str, int, bytes]]) -> dict[str, int]:
+    """Write ``records`` (topic, type, stamp, cdr) to an MCAP bag, then rename it to ``out``."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    bag = tmp_root / out.name
+    counts: dict[str, int] = {}
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conns: dict[str, Any] = {}
+        for topic, mtype, st, raw in sorted(records, key=lambda r: (r[2], r[0])):
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, mtype, typestore=ts)
+            w.write(conns[topic], st, raw)
+            counts[topic] = counts.get(topic, 0) + 1
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(bag, out)
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    return counts
 
 
 def run_live_demo(
@@ -49,123 +213,172 @@ def run_live_demo(
     *,
     weights: str = "default",
     device: str = "cpu",
-    resolution: tuple[int, int] = (224, 224),
-    timeout_s: float = 30.0,
-) -> Path:
-    """Feed ``bag`` into a ``dinov3_node`` process over DDS; record its outputs to the rosbag2 ``out``."""
+    resolution: tuple[int, int] = (240, 320),
+    depth_head: str = "auto",
+    image_topic: str | None = None,
+    max_frames: int | None = None,
+    frame_timeout_s: float = 30.0,
+    start_timeout_s: float = 120.0,
+    log: Callable[[str], None] | None = None,
+) -> LiveDemoResult:
+    """Feed ``bag`` into a ``dinov3_node`` process over DDS; record its outputs to the rosbag2 ``out``.
+
+    ``image_topic`` picks the input stream (default: see :func:`_image_topics`); ``max_frames`` limits
+    the images played. Raises RuntimeError if the node exits or does not come
+    up within ``start_timeout_s``, ValueError if the bag has no image topic. A frame whose outputs do
+    not all arrive within ``frame_timeout_s`` is listed in ``LiveDemoResult.incomplete``.
+    """
     import rclpy
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile
     from rclpy.serialization import deserialize_message, serialize_message
+    from rclpy.signals import SignalHandlerOptions
     from rosbags.highlevel import AnyReader
-    from rosbags.rosbag2 import Writer
-    from rosbags.typesys import Stores, get_typestore
 
     from dinov3_ros.msgs.builders import TOPIC_TYPES
     from dinov3_ros.ros.types import ros_types
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    say = log or (lambda s: print(f"demo-live: {s}", flush=True))
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    bag, out = Path(bag), Path(out)
+    if not bag.exists():
+        raise FileNotFoundError(f"input bag not found: {bag}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = out.parent / f".{out.name}.partial"
+    if tmp_root.exists():
+        shutil.rmtree(tmp_root)
     tp = ros_types()
-    with AnyReader([Path(bag)]) as reader:
-        img_t, cmp_t, info_t = _image_topics(reader)
+    t0 = time.perf_counter()
+    with AnyReader([bag]) as reader:
+        img_t, cmp_t, info_t = _image_topics(reader, image_topic)
         if img_t is None and cmp_t is None:
             raise ValueError(f"{bag}: no sensor_msgs/Image or CompressedImage topic")
+        frame_topic = img_t or cmp_t
+        assert frame_topic is not None
         transport = "raw" if img_t else "compressed"
-        in_topic = img_t or cmp_t.removesuffix("/compressed")  # type: ignore[union-attr]
-        cmd = [
-            sys.executable,
-            "-m",
-            "dinov3_ros.ros.node",
-            "--ros-args",
-            "--params-file",
-            str(ROOT / "config/dinov3.yaml"),
-            "-p",
-            f"weights:={weights}",
-            "-p",
-            f"device:={device}",
-            "-p",
-            f"resolution:=[{resolution[0]},{resolution[1]}]",
-            "-p",
-            f"image_transport:={transport}",
-            "-p",
-            "input_qos:=default",
-            "-r",
-            f"image:={in_topic}",
-            "-r",
-            f"image/compressed:={in_topic}/compressed",
-        ]
-        if info_t:
-            cmd += ["-r", f"camera_info:={info_t}"]
-        node_p = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
-        rclpy.init()
-        drv = rclpy.create_node("dinov3_demo_player")
-        qos = QoSProfile(depth=50)
-        pubs: dict[str, Any] = {}
-        got: dict[int, int] = {}
-        lock = threading.Lock()
+        env = dds_env()
+        cmd = _node_command(weights, device, resolution, depth_head, transport, frame_topic, info_t)
+        node_p = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        say(f"started {NODE_NAME} (pid {node_p.pid}): weights={weights} device={device} input={frame_topic}")
+        ctx = rclpy.Context()
         records: list[tuple[str, str, int, bytes]] = []
-
-        def on_out(msg: Any, topic: str, msgtype: str) -> None:
-            st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            with lock:
-                records.append((f"/dinov3_node/{topic}", msgtype, st, bytes(serialize_message(msg))))
-                got[st] = got.get(st, 0) + 1
-
-        for topic, mtype in TOPIC_TYPES.items():
-            drv.create_subscription(
-                tp.cls(mtype), f"/dinov3_node/{topic}", lambda m, t=topic, mt=mtype: on_out(m, t, mt), qos
-            )
+        got: dict[int, set[str]] = {}
+        lock = threading.Lock()
         stop = threading.Event()
-        spinner = threading.Thread(
-            target=lambda: [rclpy.spin_once(drv, timeout_sec=0.05) for _ in iter(stop.is_set, True)],
-            daemon=True,
-        )
-        spinner.start()
+        spinner: threading.Thread | None = None
+        drv = executor = None
+        stamps: list[int] = []
+        incomplete: list[int] = []
         try:
-            wanted = {img_t, cmp_t, info_t} - {None}
-            conns = [c for c in reader.connections if c.topic in wanted]
-            for c in conns:
-                pubs[c.topic] = drv.create_publisher(tp.cls(c.msgtype), c.topic, qos)
-            frame_topic = img_t or cmp_t
-            t_end = time.time() + 120
-            while pubs[frame_topic].get_subscription_count() == 0:
-                if node_p.poll() is not None or time.time() > t_end:
-                    raise RuntimeError("dinov3_node did not start (see its log above)")
-                time.sleep(0.2)
-            time.sleep(1.0)
+            saved = {v: os.environ.get(v) for v in _PROFILE_VARS}
+            os.environ.update({k: v for k, v in env.items() if k in _PROFILE_VARS})
+            try:  # the profile is read when the participant is created
+                rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+                drv = rclpy.create_node("dinov3_demo_player", context=ctx)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            qos = QoSProfile(depth=100)
+
+            def on_out(msg: Any, topic: str, msgtype: str) -> None:
+                st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                with lock:
+                    seen = got.setdefault(st, set())
+                    if topic not in seen:  # keep the first of any duplicate
+                        seen.add(topic)
+                        records.append((f"/{NODE_NAME}/{topic}", msgtype, st, bytes(serialize_message(msg))))
+
+            subs = [
+                drv.create_subscription(
+                    tp.cls(mt), f"/{NODE_NAME}/{t}", lambda m, t=t, mt=mt: on_out(m, t, mt), qos
+                )
+                for t, mt in TOPIC_TYPES.items()
+            ]
+            executor = SingleThreadedExecutor(context=ctx)
+            executor.add_node(drv)
+
+            def spin() -> None:
+                while not stop.is_set() and ctx.ok():
+                    executor.spin_once(timeout_sec=0.05)
+
+            spinner = threading.Thread(target=spin, name="demo_live_spin", daemon=True)
+            spinner.start()
+            conns = [c for c in reader.connections if c.topic in {frame_topic, info_t}]
+            pubs = {c.topic: drv.create_publisher(tp.cls(c.msgtype), c.topic, qos) for c in conns}
+
+            def check_node() -> None:
+                if node_p.poll() is not None:
+                    raise RuntimeError(
+                        f"{NODE_NAME} exited with code {node_p.returncode} (see its log above)"
+                    )
+
+            # Up when it subscribes to our inputs and we are matched to all its output publishers.
+            deadline = time.monotonic() + start_timeout_s
+            while not (
+                all(p.get_subscription_count() > 0 for p in pubs.values())
+                and all(s.get_publisher_count() > 0 for s in subs)
+            ):
+                check_node()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{NODE_NAME} did not come up within {start_timeout_s:.0f} s")
+                time.sleep(0.05)
+            time.sleep(0.3)  # let the node's side of the matching settle (lazy outputs)
+            say(f"{NODE_NAME} up after {time.perf_counter() - t0:.1f} s; playing {bag}")
+            expected: set[str] | None = None  # learnt from the first frame (depth needs a depth head)
             for conn, _t, raw in reader.messages(connections=conns):
                 msg = deserialize_message(raw, tp.cls(conn.msgtype))
+                if conn.topic != frame_topic:
+                    pubs[conn.topic].publish(msg)
+                    continue
+                if max_frames is not None and len(stamps) >= max_frames:
+                    break
+                st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                stamps.append(st)
                 pubs[conn.topic].publish(msg)
-                if conn.topic == frame_topic:
-                    st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                    t_wait = time.time() + timeout_s
-                    while time.time() < t_wait:
-                        with lock:
-                            if got.get(st, 0) >= len(TOPIC_TYPES):
-                                break
-                        time.sleep(0.01)
-            time.sleep(1.0)
+                t_end = time.monotonic() + frame_timeout_s
+                last_new, n_seen = time.monotonic(), 0
+                while True:
+                    check_node()
+                    now = time.monotonic()
+                    with lock:
+                        seen = set(got.get(st, ()))
+                    if len(seen) != n_seen:
+                        last_new, n_seen = now, len(seen)
+                    if expected is not None and seen >= expected:
+                        break
+                    if expected is None and seen and (len(seen) == len(TOPIC_TYPES) or now - last_new > 1.0):
+                        expected = seen
+                        say(f"outputs: {', '.join(sorted(expected))}")
+                        break
+                    if now > t_end:
+                        incomplete.append(st)
+                        say(f"frame {st}: only {sorted(seen)} within {frame_timeout_s:.0f} s")
+                        break
+                    time.sleep(0.005)
+            # stragglers of incomplete frames
+            t_end = time.monotonic() + (2.0 if incomplete else 0.0)
+            while incomplete and time.monotonic() < t_end:
+                with lock:
+                    incomplete = [s for s in incomplete if not (expected and got.get(s, set()) >= expected)]
+                time.sleep(0.05)
         finally:
             stop.set()
-            spinner.join(timeout=5)
-            drv.destroy_node()
-            rclpy.shutdown()
-            if node_p.poll() is None:
-                os.killpg(node_p.pid, signal.SIGINT)
-                try:
-                    node_p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(node_p.pid, signal.SIGKILL)
-    ts = get_typestore(Stores.LATEST)
-    with Writer(tmp, version=9) as w:
-        conns_out: dict[str, Any] = {}
-        for topic, mtype, st, raw in sorted(records, key=lambda r: (r[2], r[0])):
-            if topic not in conns_out:
-                conns_out[topic] = w.add_connection(topic, mtype, typestore=ts)
-            w.write(conns_out[topic], st, raw)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+            if spinner is not None:
+                spinner.join(timeout=5)
+            if executor is not None:
+                executor.shutdown(timeout_sec=1.0)
+            if drv is not None:
+                drv.destroy_node()
+            if ctx.ok():
+                rclpy.shutdown(context=ctx)
+            _stop_process(node_p)
+            if node_p.returncode not in (0, None, -signal.SIGINT, -signal.SIGTERM):
+                say(f"{NODE_NAME} exited with code {node_p.returncode}")
+    with lock:
+        recs = list(records)
+    counts = _write_bag(tmp_root, out, recs)
+    return LiveDemoResult(out, len(stamps), stamps, counts, incomplete, time.perf_counter() - t0)
