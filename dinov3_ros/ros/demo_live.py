@@ -355,6 +355,11 @@ def run_live_demo(
                         say(f"outputs: {', '.join(sorted(expected))}")
                         break
                     if now > t_end:
+                        if expected is None:
+                            raise RuntimeError(
+                                f"{NODE_NAME} published nothing for the first image ({frame_topic}, stamp {st}) "
+                                f"within {frame_timeout_s:.0f} s (see its log above)"
+                            )
                         incomplete.append(st)
                         say(f"frame {st}: only {sorted(seen)} within {frame_timeout_s:.0f} s")
                         break
