@@ -13,7 +13,10 @@ from collections.abc import Sequence
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "inspect-weights": ("dinov3_ros.models.inspect", "print format, arch, parameters and hash status of a checkpoint"),
+    "inspect-weights": (
+        "dinov3_ros.models.inspect",
+        "print format, arch, parameters and hash status of a checkpoint",
+    ),
     "export": ("dinov3_ros.runtime.export", "export backbone + heads to ONNX or a TensorRT engine"),
     "bench": ("dinov3_ros.runtime.bench", "latency/throughput of every available backend"),
     "process": ("dinov3_ros.offline.process", "run the pipeline over rosbags, videos or image folders"),

@@ -61,8 +61,16 @@ def test_package_xml_is_format3_ament_python():
     assert root.findtext("name") == "dinov3_ros"
     assert root.find("export/build_type").text == "ament_python"
     deps = {e.text for e in root.findall("exec_depend")}
-    for d in ["rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "diagnostic_msgs",
-              "python3-numpy", "python3-opencv", "python3-yaml"]:
+    for d in [
+        "rclpy",
+        "sensor_msgs",
+        "std_msgs",
+        "geometry_msgs",
+        "diagnostic_msgs",
+        "python3-numpy",
+        "python3-opencv",
+        "python3-yaml",
+    ]:
         assert d in deps, d
     assert "python3-pytest" in {e.text for e in root.findall("test_depend")}
 
@@ -76,14 +84,29 @@ def test_colcon_build_install_tree(tmp_path):
     src = ws / "src" / "dinov3_ros"
     src.parent.mkdir(parents=True)
     # Copy the package sources only (no venv, no build outputs).
-    ignore = shutil.ignore_patterns(".venv", ".git", "build", "install", "log", "__pycache__",
-                                    "*.egg-info", ".pytest_cache", ".ruff_cache", "runs", "out")
+    ignore = shutil.ignore_patterns(
+        ".venv",
+        ".git",
+        "build",
+        "install",
+        "log",
+        "__pycache__",
+        "*.egg-info",
+        ".pytest_cache",
+        ".ruff_cache",
+        "runs",
+        "out",
+    )
     shutil.copytree(ROOT, src, ignore=ignore)
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     out = subprocess.run(
         [str(colcon), "build", "--event-handlers", "console_direct+"],
-        cwd=ws, capture_output=True, text=True, env=env, timeout=900,
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     inst = ws / "install" / "dinov3_ros"
