@@ -72,7 +72,7 @@ def _live(args: argparse.Namespace, bag: Path, out: Path, weights: str, t0: floa
         if main_thread:
             signal.signal(signal.SIGTERM, old)
     print(f"demo: done in {time.perf_counter() - t0:.1f} s ({res.frames} frames through the live node)")
-    print(f"demo: live outputs   {res.path}  (MCAP; ros2 bag play / Foxglove)")
+    print(f"demo: live outputs   {res.path.resolve()}  (MCAP; ros2 bag play / Foxglove)")
     for topic, n in sorted(res.counts.items()):
         print(f"demo:   {topic:36s} {n} messages")
     if res.incomplete:
