@@ -115,6 +115,7 @@ def test_colcon_build_install_tree(tmp_path):
     launch = sorted(p.name for p in (inst / "share/dinov3_ros/launch").glob("*.launch.py"))
     assert "perception.launch.py" in launch, launch
     assert (inst / "share/dinov3_ros/config/dinov3.yaml").is_file()
+    assert (inst / "share/dinov3_ros/config/fastdds_local.xml").is_file()  # used by demo --live
     assert (inst / "share/dinov3_ros/models/registry.yaml").is_file()
     for exe in ["dinov3_node", "dinov3_lifecycle_node", "dinov3-ros", "dinov3-train"]:
         p = inst / "lib/dinov3_ros" / exe
