@@ -160,6 +160,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return apply_overrides(cfg, overrides)
 
 
+def read_yaml_layers(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config with its ``_base_: other.yaml`` chain merged in (bases first), no defaults applied."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a config must be a mapping")
+    base = data.pop("_base_", None)
+    if base:
+        data = merge(read_yaml_layers(p.parent / base), data, strict=False)
+    return data
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")

@@ -122,20 +122,9 @@ def build_config(
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a depth YAML (optional ``_base_``) and apply overrides."""
-    import yaml
+    from training.config import read_yaml_layers
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file not found: {p}")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: a config must be a mapping")
-    base = data.pop("_base_", None)
-    if base:
-        from training.config import merge
-
-        data = merge(load_config(p.parent / base), data, strict=False)
-    return build_config(data, overrides)
+    return build_config(read_yaml_layers(path), overrides)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dinov3_ros.fsutil import fsync_dir
+
 JOURNAL = "journal.jsonl"
 PARTIAL_SUFFIX = ".partial"
 
@@ -48,19 +50,6 @@ class ConnKey:
 def partial_dir(out: Path) -> Path:
     """``OUT.partial``: where an unfinished run of ``out`` lives."""
     return out.with_name(out.name + PARTIAL_SUFFIX)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class OutputBag:
@@ -274,12 +263,12 @@ class OutputBag:
             conv = self.work / "sqlite3" / self.out.name
             convert_bag(self.bag_dir, conv, "sqlite3", self._custom)
             src = conv
-        _fsync_dir(src)
+        fsync_dir(src)
         if self.out.exists():  # --overwrite: swap only once the new output is complete
             trash = self.work / (self.out.name + ".replaced")
             self.out.rename(trash)
         src.rename(self.out)
-        _fsync_dir(self.out.parent)
+        fsync_dir(self.out.parent)
         shutil.rmtree(self.work, ignore_errors=True)
         return self.out
 
