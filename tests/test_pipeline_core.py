@@ -312,7 +312,8 @@ def test_cuda_pipeline_matches_cpu_and_overlap_is_deterministic():
             DevEngine(), PipelineConfig(resolution=(96, 128)), ConstDepth(2.0).to(device), device=device
         )
 
-    cpu = [mk("cpu").process([f], outs)[0] for f in frames]
+    ref = mk("cpu")  # one pipeline: per-source state (PCA basis, keyframe, tracker) carries across frames
+    cpu = [ref.process([f], outs)[0] for f in frames]
     g = mk("cuda")
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # full-precision convs for the CPU comparison
