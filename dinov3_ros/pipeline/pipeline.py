@@ -107,6 +107,26 @@ def resolve_outputs(outputs: Iterable[str]) -> set[str]:
     return full
 
 
+_LINALG_LOCK = threading.Lock()
+_LINALG_WARM: set[str] = set()
+
+
+def _warm_cuda_linalg(device: torch.device) -> None:
+    """Load torch's CUDA linear-algebra libraries once, on this thread.
+
+    Their lazy loading is not thread-safe: the first ``eigh`` racing from the head workers fails with
+    "lazy wrapper should be called at most once" (seen on torch 2.11 + CUDA 13).
+    """
+    with _LINALG_LOCK:
+        if str(device) in _LINALG_WARM:
+            return
+        a = torch.eye(2, device=device)
+        torch.linalg.eigh(a)
+        torch.linalg.svd(a)
+        torch.linalg.solve(a, a)
+        _LINALG_WARM.add(str(device))
+
+
 class Pipeline:
     """Frames -> FrameOutputs. ``engine.run(batch)`` must return ``patch_tokens [B, h, w, C]``
     (and ``depth [B, 1, H, W]`` when it has a depth head); otherwise ``depth_head(tokens [B, C, h, w])``
@@ -128,6 +148,8 @@ class Pipeline:
         self.depth_head = depth_head
         self.patch_size = int(patch_size)
         self.mean, self.std, self.device = mean, std, device
+        if str(device).startswith("cuda"):
+            _warm_cuda_linalg(torch.device(device))
         self._config = (config or PipelineConfig()).validate()
         self._pre = self._make_pre(self._config)
         self._states: dict[str, _SourceState] = {}
