@@ -27,3 +27,17 @@ def _seed():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Single-threaded torch for tiny models: fastest, and no OpenMP barriers stalling on a loaded 2-core box.
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,12 +9,7 @@ import torch
 models = pytest.importorskip("dinov3_ros.models.archs", reason="dinov3_ros.models not available")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,7 @@ from dinov3_ros.heads.correspondence import (
     verify,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: tiny ops, and no OpenMP barriers stalling on a shared, loaded CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- deterministic dense descriptor (stands in for a backbone so the matcher itself is tested)

@@ -25,14 +25,7 @@ from dinov3_ros.heads.losses import (
 )
 from dinov3_ros.heads.pointcloud import backproject, clean_cloud, scale_intrinsics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: tiny ops, and no OpenMP barriers stalling on a shared, loaded CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 K = np.array([[300.0, 0.0, 79.5], [0.0, 310.0, 59.5], [0.0, 0.0, 1.0]])

@@ -9,14 +9,7 @@ import torch
 from dinov3_ros.heads.pca import PCAView
 from dinov3_ros.heads.upsample import upsample
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: tiny ops, and no OpenMP barriers stalling on a shared, loaded CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scene(h=12, w=16, C=32, seed=0):

@@ -10,14 +10,7 @@ from scipy import ndimage
 
 from dinov3_ros.heads.tokencut import TokenCutTracker, fiedler_vector, tokencut, tokencut_multi
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: tiny ops, and no OpenMP barriers stalling on a shared, loaded CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _planted(h, w, masks, C=64, noise=1.2, seed=0):

@@ -23,13 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "training/configs/tiny_cpu.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest (and far faster on a shared, loaded CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(out: Path, *overrides: str) -> dict:
