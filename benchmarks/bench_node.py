@@ -179,31 +179,23 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
 
+    from dinov3_ros.ros.params import node_command
     from dinov3_ros.ros.types import ros_types
 
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    h, w = args.resolution
-    cmd = [
-        sys.executable,
-        "-m",
-        "dinov3_ros.ros.node",
-        "--ros-args",
-        "--params-file",
-        str(ROOT / "config/dinov3.yaml"),
-        "-p",
-        f"weights:={args.weights}",
-        "-p",
-        f"device:={args.device}",
-        "-p",
-        f"precision:={args.precision}",
-        "-p",
-        f"resolution:=[{h},{w}]",
-        "-p",
-        f"backend:={args.backend}",
-    ]
+    cmd = node_command(
+        {
+            "weights": args.weights,
+            "device": args.device,
+            "precision": args.precision,
+            "resolution": args.resolution,
+            "backend": args.backend,
+        },
+        params_file=ROOT / "config/dinov3.yaml",
+    )
     log = open(args.node_log, "w")
     node_p = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

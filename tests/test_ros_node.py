@@ -262,24 +262,18 @@ def node_proc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node")
     log = tmp / "node.log"
     f = open(log, "w")
-    cmd = [
-        sys.executable,
-        "-m",
-        "dinov3_ros.ros.node",
-        "--ros-args",
-        "--params-file",
-        str(ROOT / "config/dinov3.yaml"),
-        "-p",
-        "weights:=random:vitt16",
-        "-p",
-        f"resolution:=[{RES[0]},{RES[1]}]",
-        "-p",
-        "image_transport:=both",
-        "-p",
-        "diagnostics_period:=0.5",
-        "-p",
-        "pipeline.max_objects:=3",
-    ]
+    from dinov3_ros.ros.params import node_command
+
+    cmd = node_command(
+        {
+            "weights": "random:vitt16",
+            "resolution": RES,
+            "image_transport": "both",
+            "diagnostics_period": 0.5,
+            "pipeline.max_objects": 3,
+        },
+        params_file=ROOT / "config/dinov3.yaml",
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -154,35 +153,21 @@ def _node_command(
     in_topic: str,
     info_topic: str | None,
 ) -> list[str]:
-    from dinov3_ros.paths import config_dir
+    from dinov3_ros.ros.params import node_command
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "dinov3_ros.ros.node",
-        "--ros-args",
-        "--params-file",
-        str(config_dir() / "dinov3.yaml"),
-        "-p",
-        f"weights:={weights}",
-        "-p",
-        f"depth_head:={depth_head}",
-        "-p",
-        f"device:={device}",
-        "-p",
-        f"resolution:=[{resolution[0]},{resolution[1]}]",
-        "-p",
-        f"image_transport:={transport}",
-        "-p",
-        "input_qos:=default",
-        "-p",
-        "output_qos:=default",
-        "-r",
-        f"image:={in_topic}" if transport == "raw" else f"image/compressed:={in_topic}",
-    ]
+    remaps = {"image" if transport == "raw" else "image/compressed": in_topic}
     if info_topic:
-        cmd += ["-r", f"camera_info:={info_topic}"]
-    return cmd
+        remaps["camera_info"] = info_topic
+    params = {
+        "weights": weights,
+        "depth_head": depth_head,
+        "device": device,
+        "resolution": resolution,
+        "image_transport": transport,
+        "input_qos": "default",
+        "output_qos": "default",
+    }
+    return node_command(params, remaps)
 
 
 def _write_bag(tmp_root: Path, out: Path, records: list[tuple[str, str, int, bytes]]) -> dict[str, int]:

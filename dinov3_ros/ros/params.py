@@ -8,7 +8,10 @@ Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``batch_wi
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from dinov3_ros.pipeline.types import OUTPUTS, PipelineConfig
@@ -166,3 +169,25 @@ def validate(values: dict[str, Any]) -> NodeSettings:
         raise ValueError(f"parameter pipeline: {exc}") from exc
     cams = parse_cameras(v.pop("cameras"))
     return NodeSettings(cameras=cams, resolution=resolution, outputs=outputs, pipeline=pipe, **v)
+
+
+def node_command(
+    params: Mapping[str, Any],
+    remaps: Mapping[str, str] | None = None,
+    params_file: str | Path | None = None,
+) -> list[str]:
+    """``python -m dinov3_ros.ros.node`` argv: the params file (default: the package's
+    ``config/dinov3.yaml``), then ``-p name:=value`` overrides and ``-r from:=to`` remappings.
+
+    Lists/tuples are written as YAML sequences (``resolution:=[240,320]``)."""
+    if params_file is None:
+        from dinov3_ros.paths import config_dir
+
+        params_file = config_dir() / "dinov3.yaml"
+    cmd = [sys.executable, "-m", "dinov3_ros.ros.node", "--ros-args", "--params-file", str(params_file)]
+    for name, value in params.items():
+        text = f"[{','.join(str(v) for v in value)}]" if isinstance(value, (list, tuple)) else str(value)
+        cmd += ["-p", f"{name}:={text}"]
+    for src, dst in (remaps or {}).items():
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
