@@ -160,6 +160,19 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return apply_overrides(cfg, overrides)
 
 
+def layered(
+    defaults: Mapping[str, Any], raw: Mapping[str, Any] | None, overrides: Sequence[str], what: str
+) -> dict[str, Any]:
+    """``defaults`` <- ``raw`` <- ``section.key=value`` overrides, unknown keys rejected as
+    ``ValueError("bad <what> config: ...")``."""
+    data = dict(raw or {})
+    data.pop("_base_", None)
+    try:
+        return apply_overrides(merge(copy.deepcopy(dict(defaults)), data), list(overrides))
+    except KeyError as e:
+        raise ValueError(f"bad {what} config: {e.args[0]}") from None
+
+
 def read_yaml_layers(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML config with its ``_base_: other.yaml`` chain merged in (bases first), no defaults applied."""
     p = Path(path)

@@ -15,7 +15,6 @@ and normalisation. Every ``checkpoint_period`` iterations the run is checkpointe
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -103,15 +102,9 @@ def build_config(
     raw: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Defaults <- ``raw`` <- ``section.key=value`` overrides, unknown keys rejected."""
-    from training.config import apply_overrides, merge
+    from training.config import layered
 
-    cfg = copy.deepcopy(DEFAULTS)
-    raw = dict(raw or {})
-    raw.pop("_base_", None)
-    try:
-        cfg = apply_overrides(merge(cfg, raw), list(overrides))
-    except KeyError as e:
-        raise ValueError(f"bad depth config: {e.args[0]}") from None
+    cfg = layered(DEFAULTS, raw, overrides, "depth")
     if cfg["head"]["type"] not in ("linear", "dpt"):
         raise ValueError(f"head.type must be 'linear' or 'dpt', got {cfg['head']['type']!r}")
     h, w = (int(v) for v in cfg["data"]["image_size"])

@@ -158,16 +158,9 @@ def build_config(
     raw: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Defaults <- ``raw`` <- ``section.key=value`` overrides, with unknown keys rejected."""
-    from training.config import apply_overrides, merge
+    from training.config import layered
 
-    cfg = copy.deepcopy(DEFAULTS)
-    raw = dict(raw or {})
-    raw.pop("_base_", None)
-    try:
-        cfg = merge(cfg, raw)
-        return apply_overrides(cfg, list(overrides))
-    except KeyError as e:
-        raise ValueError(f"bad distillation config: {e.args[0]}") from None
+    return layered(DEFAULTS, raw, overrides, "distillation")
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
