@@ -4,6 +4,7 @@
 #   benchmarks/gpu_suite.sh pipeline    # 1 GPU: node path, offline tool, pretraining, Gram, distillation
 #   benchmarks/gpu_suite.sh multi       # 2-4 GPUs: FSDP2 scaling, distillation with student subgroups
 #   benchmarks/gpu_suite.sh heads2      # 1 GPU: CUDA pipeline tests, node + offline after the head work, Gram
+#   benchmarks/gpu_suite.sh offline2    # 1 GPU: offline tool vs bare engine, ViT-S/B/L (issue 7), ~4 min
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
@@ -68,6 +69,10 @@ heads2)
     --resolution 448x448 --batch-size 32 --frames 256 --decode-workers 8 --out "$R/offline_cuda_vitl.json"
   step gram 210 "$PY" benchmarks/bench_pretrain.py --device cuda --mode gram --gram-start 150 --gram-iters 100 \
     --out "$R/pretrain_gram.json"
+  ;;
+offline2)  # issue 7 throughput: ViT-S/B/L in one process (shared input bag), stage timings in the JSON
+  step offline2 330 "$PY" benchmarks/bench_offline.py --device cuda --weights random:vits16,random:vitb16,random:vitl16 \
+    --precision fp16 --resolution 448x448 --batch-size 32 --frames 512 --repeats 2 --out "$R/offline2_cuda.json"
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac

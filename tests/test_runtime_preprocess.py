@@ -150,3 +150,21 @@ def test_to_input_resamples_back():
     back = g.to_input(m)[0].numpy()
     # bilinear interpolation of a linear function is exact away from the borders
     np.testing.assert_allclose(back[10:50, 12:88], np.arange(100)[None, 12:88].repeat(40, 0), atol=1e-3)
+
+
+@pytest.mark.parametrize("target", [(224, 224), (112, 160), 96])
+def test_batched_upload_identical_to_one_by_one(target):
+    """Same-size numpy frames are uploaded and resized together: bit-identical to one frame at a time,
+    whatever the batch composition (order, a tensor among the arrays, another size for fixed targets)."""
+    rng = np.random.default_rng(3)
+    a = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    pre = Preprocessor(target, 16, MEAN, STD)
+    singles = [pre([im])[0][0] for im in a]
+    batch, _ = pre([a[0], a[1], torch.from_numpy(a[2]), a[2]])
+    for got, want in zip(batch, [*singles, singles[2]]):
+        assert torch.equal(got, want)
+    rev, _ = pre(a[::-1])
+    assert all(torch.equal(rev[i], singles[2 - i]) for i in range(3))
+    if isinstance(target, tuple):  # fixed canvas: a frame of another size does not change the others
+        mixed, _ = pre([a[0], rng.integers(0, 256, (90, 150, 3), dtype=np.uint8), a[1]])
+        assert torch.equal(mixed[0], singles[0]) and torch.equal(mixed[2], singles[1])

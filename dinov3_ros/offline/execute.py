@@ -63,6 +63,7 @@ class Summary:
     resumed_from_frame: int = 0
     complete: bool = False
     error: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage/wait (see StageTimes)
 
     @property
     def fps(self) -> float:
@@ -80,7 +81,44 @@ class Summary:
             s += f"\n  error: {self.error}"
         for ex in self.undecodable_examples:
             s += f"\n  undecodable: {ex}"
+        if self.stages and self.frames:
+            per = ", ".join(f"{k} {v * 1e3 / self.frames:.2f}" for k, v in self.stages.items() if v > 0)
+            s += f"\n  ms/frame (thread time; pools summed over workers): {per}"
         return s
+
+
+class StageTimes:
+    """Seconds spent per stage and per queue wait, summed over the threads doing it (thread-safe).
+
+    Busy stages: ``read`` (reader: input parsing), ``decode`` (decode pool, summed over workers),
+    ``infer`` (main: preprocess + engine launch), ``finish`` (heads thread), ``build`` (build pool,
+    summed), ``write`` (writer: bag writes). Waits: ``wait_*`` is time a thread sat blocked on a
+    neighbour (``main_wait_input`` = main waiting for decoded frames, ``main_wait_heads`` = main
+    blocked because the heads thread is behind, ``heads_wait_out`` = heads blocked by a full writer
+    queue, ``writer_wait`` = writer idle or waiting for a build).
+    """
+
+    KEYS = (
+        "read",
+        "decode",
+        "main_wait_input",
+        "infer",
+        "main_wait_heads",
+        "finish",
+        "heads_wait_in",
+        "heads_wait_out",
+        "build",
+        "writer_wait",
+        "write",
+    )
+
+    def __init__(self) -> None:
+        self.t = dict.fromkeys(self.KEYS, 0.0)
+        self._lock = threading.Lock()
+
+    def add(self, key: str, dt: float) -> None:
+        with self._lock:
+            self.t[key] = self.t.get(key, 0.0) + dt
 
 
 class Emitter:
@@ -241,26 +279,37 @@ def run_source(
     build_pool = ThreadPoolExecutor(max(1, opts.build_workers), thread_name_prefix="build")
     writer_exc: list[BaseException] = []
     t0 = time.perf_counter()
+    times = StageTimes()
+    clock = time.perf_counter
 
     def decode(m: InputMessage) -> tuple[np.ndarray, int, str]:
-        return decode_message(source, m)
+        t = clock()
+        try:
+            return decode_message(source, m)
+        finally:
+            times.add("decode", clock() - t)
 
     # -- reader ----------------------------------------------------------------------------
     def reader() -> None:
         seen = frames_before
         seq_next = skip_before
         try:
+            t = clock()
             for m in source.messages(copy_input=opts.copy_input, skip_before=skip_before):
                 if m.seq < skip_before:
                     continue
                 seq_next = m.seq + 1
                 if m.kind in ("image", "compressed", "frame", "file"):
-                    _put(q_in, _Img(m, decode_pool.submit(decode, m)), stop)
+                    fut = decode_pool.submit(decode, m)
+                    times.add("read", clock() - t)
+                    _put(q_in, _Img(m, fut), stop)
                     seen += 1
                     if opts.checkpoint_every > 0 and seen % opts.checkpoint_every == 0:
                         _put(q_in, _Barrier(seq_next, seen), stop)
                 else:
+                    times.add("read", clock() - t)
                     _put(q_in, m, stop)
+                t = clock()
             _put(q_in, _END, stop)
         except _StopError:
             return
@@ -287,22 +336,31 @@ def run_source(
     def writer() -> None:
         try:
             while True:
+                tw = clock()
                 item = _get(q_out, stop)
                 if item is _END:
                     return
                 kind = item[0]
                 if kind == "msgs":
+                    times.add("writer_wait", clock() - tw)
+                    tw = clock()
                     for key, t, raw in item[1]:
                         bag.write(key, t, raw)
+                    times.add("write", clock() - tw)
                 elif kind == "frame":
                     _kind, fut, m = item
                     msgs, fo, rgb = fut.result()
+                    times.add("writer_wait", clock() - tw)
+                    tw = clock()
                     for key, t, raw in msgs:
                         bag.write(key, t, raw)
                     summary.frames += 1
                     bar.update(1)
+                    times.add("write", clock() - tw)
                     if on_frame is not None:
+                        tw = clock()
                         on_frame(fo, rgb, m)
+                        times.add("preview", clock() - tw)
                 elif kind == "skip":
                     _kind, m, reason = item
                     summary.undecodable += 1
@@ -340,9 +398,11 @@ def run_source(
     pending: list[Any] = []  # records waiting for the current batch, in order
 
     def build(fo: Any, m: InputMessage, rgb: np.ndarray) -> tuple[list, Any, np.ndarray]:
+        t = clock()
         msgs = emitter.frame_messages(fo, m, rgb)
         if opts.copy_input and m.kind in ("frame", "file"):
             msgs = emitter.input_messages(m, rgb) + msgs
+        times.add("build", clock() - t)
         return msgs, fo, rgb
 
     stages = Stages(pipeline)
@@ -352,18 +412,24 @@ def run_source(
         """Heads + per-source state in batch order; forwards everything to the writer in order."""
         try:
             while True:
+                t = clock()
                 item = _get(q_heads, stop)
+                times.add("heads_wait_in", clock() - t)
                 if item is _END:
                     _put(q_out, _END, stop)
                     return
                 if item[0] == "batch":
+                    t = clock()
                     it = iter(stages.finish(item[1]))
+                    times.add("finish", clock() - t)
                     for rec in item[2]:
+                        t = clock()
                         if isinstance(rec, tuple) and rec[0] == "img":
                             fut = build_pool.submit(build, next(it), rec[1], rec[3])
                             _put(q_out, ("frame", fut, rec[1]), stop)
                         else:
                             _put(q_out, rec, stop)
+                        times.add("heads_wait_out", clock() - t)
                 elif item[0] == "checkpoint":
                     _put(q_out, ("checkpoint", item[1], get_state(pipeline)), stop)
                 else:
@@ -383,7 +449,12 @@ def run_source(
     def flush() -> None:
         frames = [rec[2] for rec in pending if isinstance(rec, tuple) and rec[0] == "img"]
         if frames:
-            _put(q_heads, ("batch", stages.infer(frames, opts.outputs), list(pending)), stop)
+            t = clock()
+            handle = stages.infer(frames, opts.outputs)
+            t1 = clock()
+            times.add("infer", t1 - t)
+            _put(q_heads, ("batch", handle, list(pending)), stop)
+            times.add("main_wait_heads", clock() - t1)
         else:
             for rec in pending:
                 _to_heads(rec)
@@ -397,7 +468,9 @@ def run_source(
         while True:
             if writer_exc:
                 break
+            t = clock()
             item = _get(q_in, stop)
+            times.add("main_wait_input", clock() - t)
             if item is _END:
                 flush()
                 _to_heads(_END)
@@ -430,6 +503,7 @@ def run_source(
                 continue
             assert isinstance(item, _Img)
             m = item.m
+            t = clock()
             try:
                 rgb, stamp, frame_id = item.fut.result()
             except Exception as err:  # noqa: BLE001 - undecodable frame
@@ -462,6 +536,7 @@ def run_source(
                     for r in recs:
                         _to_heads(r)
                 continue
+            times.add("main_wait_input", clock() - t)
             ci = _intrinsics(m.camera_info, rgb, CameraIntrinsics)
             frame = Frame(image=rgb, stamp_ns=stamp, frame_id=frame_id, camera_info=ci, source=m.topic)
             if opts.copy_input and m.raw is not None and m.conn >= 0:
@@ -498,6 +573,7 @@ def run_source(
     bar.close()
     summary.seconds = time.perf_counter() - t0
     summary.messages = bag.count
+    summary.stages = dict(times.t)
     if interrupted is not None:
         raise interrupted
     if writer_exc:

@@ -82,7 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     e = p.add_argument_group("execution")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--decode-workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
+    e.add_argument("--decode-workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    e.add_argument(
+        "--build-workers",
+        type=int,
+        default=max(2, min(6, (os.cpu_count() or 2) // 3)),
+        help="threads building + serialising output messages",
+    )
     e.add_argument(
         "--checkpoint-every", type=int, default=256, help="frames between resume points (0 = none)"
     )
@@ -275,8 +281,12 @@ def process_one(
     multi: bool,
     intr: Intrinsics | None,
     label: str = "",
+    summaries: list[Any] | None = None,
 ) -> tuple[int, str]:
-    """Process one input to one output; returns ``(exit code, summary text)``."""
+    """Process one input to one output; returns ``(exit code, summary text)``.
+
+    ``summaries`` (optional) receives the run's :class:`~.execute.Summary` (stage timings included).
+    """
     from dinov3_ros.pipeline.pipeline import Pipeline
 
     from .emit import MsgEmitter
@@ -330,7 +340,7 @@ def process_one(
             outputs=outputs,
             batch_size=max(1, args.batch_size),
             decode_workers=max(1, args.decode_workers),
-            build_workers=2,
+            build_workers=max(1, args.build_workers),
             queue_frames=max(16, 4 * args.batch_size),
             checkpoint_every=args.checkpoint_every,
             copy_input=args.copy_input,
@@ -348,6 +358,8 @@ def process_one(
                 on_frame=on_frame if (preview or sheet) else None,
                 total=total,
             )
+            if summaries is not None:
+                summaries.append(summary)
         except Exception as err:  # noqa: BLE001 - a pipeline/writer failure: keep the run resumable
             bag.abandon()
             for pv in (preview, sheet):

@@ -80,6 +80,15 @@ class InferHandle:
     ready: Any = None  # CUDA event recorded after inference on the side stream
 
 
+class _PcaBatch(list):
+    """``finish``'s list of deferred PCA images, plus the images it already computed per batch
+    (``pre``: ``id(frame)`` -> tensors in frame order) for sources with a fixed (fitted) basis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre: dict[int, list[torch.Tensor]] = {}
+
+
 def _float_tokens(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().float()
@@ -298,7 +307,20 @@ class Pipeline:
                 for f, g, d in zip(h.frames, h.geoms, deps)
             ]
         outs = []
-        defer: list = []  # features_pca images: one device->host copy per batch
+        defer = _PcaBatch()  # features_pca images: one device->host copy per batch
+        if "features_pca" in h.want and h.cfg.pca_mode == "fit_once" and h.tokens is not None:
+            # a source whose basis is already fitted (and fixed) is coloured for the whole batch at once
+            groups: dict[str, list[int]] = {}
+            for i, frame in enumerate(h.frames):
+                st = self._states.get(frame.source)
+                pv = st.pca_rgb if st is not None else None
+                if pv is not None and pv.fitted and pv.momentum == 0.0:
+                    groups.setdefault(frame.source, []).append(i)
+            for src, idx in groups.items():
+                sel = h.tokens if len(idx) == len(h.frames) else h.tokens[idx]
+                rgb = self._states[src].pca_rgb.transform_tensor(sel, mask_background=False)
+                for j, i in enumerate(idx):
+                    defer.pre.setdefault(id(h.frames[i]), []).append(rgb[j])
         for i, (frame, geom) in enumerate(zip(h.frames, h.geoms)):
             st = self._states.setdefault(frame.source, _SourceState())
             tn = tok_np[i] if tok_np is not None else None
@@ -391,8 +413,12 @@ class Pipeline:
         if "features_pca" in want:
             if st.pca_rgb is None:
                 st.pca_rgb = PCAView(3, momentum=momentum)
-            st.pca_rgb.update(tok, fg_mask=vmask)
-            rgb_t = st.pca_rgb.transform_tensor(tok, mask_background=False)
+            pre = getattr(defer_pca, "pre", {}).get(id(frame))
+            if pre:  # fixed basis: finish() coloured the batch in one go
+                rgb_t = pre.pop(0)
+            else:
+                st.pca_rgb.update(tok, fg_mask=vmask)
+                rgb_t = st.pca_rgb.transform_tensor(tok, mask_background=False)
             if defer_pca is not None and "debug" not in want:
                 defer_pca.append((out, rgb_t))  # finish() copies the batch's images in one go
             else:
