@@ -175,6 +175,7 @@ def bench_model(args, weights, bag, work, device, dev, res, size, outputs) -> di
     pipe = Pipeline.from_model(model, config, device=dev)
 
     # the serialized output messages of a few real frames: what the write-only ceiling row writes
+    from dinov3_ros.msgs.cdr import parts_len
     from dinov3_ros.offline.emit import MsgEmitter
 
     emitter = MsgEmitter(src, outputs)
@@ -184,7 +185,7 @@ def bench_model(args, weights, bag, work, device, dev, res, size, outputs) -> di
     ]
     src.close()
     pipe.reset()
-    bytes_per_frame = sum(len(raw) for msgs in out_msgs for _k, _t, raw in msgs) / len(out_msgs)
+    bytes_per_frame = sum(parts_len(raw) for msgs in out_msgs for _k, _t, raw in msgs) / len(out_msgs)
 
     def write_only_fps() -> float:
         """Ceiling of the output side: the same serialized bytes through OutputBag, no model."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dinov3_ros.msgs import builders
+from dinov3_ros.msgs import builders, cdr
 from dinov3_ros.msgs.provider import rosbags_types
 
 from .bagout import ConnKey
@@ -103,13 +103,39 @@ class MsgEmitter(Emitter):
     def _ser(self, msg: Any, msgtype: str) -> bytes:
         return bytes(self.ts.serialize_cdr(msg, msgtype))
 
-    def frame_messages(self, fo: Any, m: InputMessage, rgb: np.ndarray) -> list[tuple[ConnKey, int, bytes]]:
+    def frame_messages(self, fo: Any, m: InputMessage, rgb: np.ndarray) -> list[tuple[ConnKey, int, Any]]:
+        """The frame's messages in ``builders.frame_messages`` order. Images and camera_info are
+        serialized directly (:mod:`dinov3_ros.msgs.cdr`, same bytes, pixel data not copied: the
+        serialized message is a list of buffers); point clouds and masks go through the builders."""
         names = self._suffix[m.topic]
-        msgs = builders.frame_messages(self.tp, fo, set(names), self.mask_encoding)
+        stamp, fid = fo.stamp_ns, fo.frame_id
+        built: dict[str, Any] = {}
+        slow = [s for s in ("points", "matches", "objects/mask", "objects/boxes") if s in names]
+        if slow:
+            built = builders.frame_messages(self.tp, fo, set(slow), self.mask_encoding)
         out = []
-        for suffix, msg in msgs.items():
-            mt = builders.TOPIC_TYPES[suffix]
-            out.append((ConnKey(names[suffix], mt, "out"), m.log_ns, self._ser(msg, mt)))
+
+        def add(suffix: str, raw: Any) -> None:
+            out.append((ConnKey(names[suffix], builders.TOPIC_TYPES[suffix], "out"), m.log_ns, raw))
+
+        if fo.features is not None and "features" in names:
+            f = np.ascontiguousarray(fo.features, dtype=np.float32)
+            add("features", cdr.image_parts(stamp, fid, f, builders.image_encoding(f)))
+        if fo.features_pca is not None and "features/pca" in names:
+            add("features/pca", cdr.image_parts(stamp, fid, fo.features_pca, "rgb8"))
+        if fo.depth is not None:
+            if "depth" in names:
+                add("depth", cdr.image_parts(stamp, fid, np.asarray(fo.depth, dtype=np.float32), "32FC1"))
+            k = fo.depth_info
+            if k is not None and "depth/camera_info" in names:
+                p = k.P if k.P is not None else np.hstack([k.K, np.zeros((3, 1))])
+                raw = cdr.camera_info_bytes(stamp, fid, k.height, k.width, k.distortion_model, k.D, k.K, p)
+                add("depth/camera_info", raw)
+        for suffix in slow:
+            if suffix in built:
+                add(suffix, self._ser(built[suffix], builders.TOPIC_TYPES[suffix]))
+        if fo.debug is not None and "debug" in names:
+            add("debug", cdr.image_parts(stamp, fid, fo.debug, "rgb8"))
         return out
 
     def input_messages(self, m: InputMessage, rgb: np.ndarray | None) -> list[tuple[ConnKey, int, bytes]]:
