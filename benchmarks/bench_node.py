@@ -9,10 +9,11 @@ Three measurements in one run, same model, same device:
      sensor_msgs/Image rgb8 + CameraInfo (header stamp = send time) and subscribes to every output
      (keep-last 1); latency = arrival of each output message - send time (receive -> publish ->
      delivery); the node's own receive -> publish percentiles come from /diagnostics.
-   - ``inproc`` (no rclpy, e.g. the GPU machine): the node's worker path without DDS: a producer
-     thread at ``--hz`` fills the same newest-frame ``Mailbox``; the worker decodes the raw image
-     buffer, runs the pipeline and builds every output message (plain provider); latency = message
-     built - frame put.
+   - ``inproc`` (no rclpy, e.g. the GPU machine): the node's own worker
+     (:class:`dinov3_ros.ros.worker.FrameWorker`) without DDS: a producer thread at ``--hz`` fills the
+     same newest-frame ``Mailbox``; the worker decodes the raw image buffer, runs ``Pipeline.infer``
+     and, on its second thread, ``Pipeline.finish`` and builds every output message (plain provider);
+     latency = messages built - frame put.
    Drops = frames replaced before the worker took them (+ frames with no output in ``dds`` mode).
 
 Overhead = stream p50 / engine p50 - 1 (target <= 25 %; on GPU also 0 drops and p99 <= 15 ms).
@@ -119,13 +120,52 @@ def bench_pipeline(pipe: Pipeline, device: str, seconds: float) -> dict[str, Any
     }
 
 
+class _BenchHost:
+    """The :class:`FrameWorker` host of the in-process stream: decodes raw images, records latency."""
+
+    def __init__(self, pipe: Pipeline) -> None:
+        from types import SimpleNamespace
+
+        self.settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=pipe.config)
+        self.tp = plain_types()
+        self.lat: list[tuple[float, float]] = []  # (receive time, latency ms)
+        self.counts: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.stats = self
+        self.log = self
+        self._recv: dict[int, float] = {}
+
+    # stats / log
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def published_frame(self, latency_s: float, now: float) -> None:
+        self.lat.append((now - latency_s, latency_s * 1e3))
+
+    def error(self, text: str) -> None:
+        self.errors.append(text)
+
+    # host
+    def wanted_topics(self, cam: str) -> set[str]:
+        return set(B.TOPIC_TYPES)
+
+    def make_frame(self, cam: str, msg: Any) -> Frame:
+        st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        return Frame(image_to_rgb(msg), st, msg.header.frame_id, K, cam or "/")
+
+    def publish(self, cam: str, msgs: dict[str, Any]) -> None:
+        pass
+
+
 def stream_inproc(pipe: Pipeline, device: str, hz: float, seconds: float, warmup: float) -> dict[str, Any]:
-    """The node's worker path (Mailbox -> decode -> pipeline -> all messages) without DDS."""
-    tp = plain_types()
+    """The node's worker (:class:`FrameWorker`: mailbox -> decode -> infer | finish -> messages) without DDS."""
+    from dinov3_ros.ros.worker import FrameWorker
+
+    host = _BenchHost(pipe)
+    tp = host.tp
     raw = [encode_raw(test_image(i), "rgb8") for i in range(4)]
-    box = Mailbox(["/"])
+    box = Mailbox([""])
     stop = threading.Event()
-    lat: list[tuple[float, float]] = []  # (put time, latency ms)
     produced = [0]
 
     def producer() -> None:
@@ -133,40 +173,31 @@ def stream_inproc(pipe: Pipeline, device: str, hz: float, seconds: float, warmup
         while not stop.is_set():
             data, step = raw[k % len(raw)]
             msg = B.raw_image(tp, B.header(tp, time.time_ns(), "camera_optical"), data, H, W, step, "rgb8")
-            box.put("/", msg)
+            box.put("", msg)
             produced[0] += 1
             k += 1
             delay = t0 + k * period - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
 
-    def worker() -> None:
-        while not stop.is_set():
-            for _cam, msg, recv in box.take(stop):
-                st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                fr = Frame(image_to_rgb(msg), st, msg.header.frame_id, K, "/")
-                (o,) = pipe.process([fr], set(OUTPUTS))
-                B.frame_messages(tp, o)
-                _sync(device)
-                lat.append((recv, (time.monotonic() - recv) * 1e3))
-
-    th = [threading.Thread(target=producer, daemon=True), threading.Thread(target=worker, daemon=True)]
-    for t in th:
-        t.start()
+    worker = FrameWorker(host, pipe, box)
+    worker.start()
+    th = threading.Thread(target=producer, daemon=True)
+    th.start()
     time.sleep(warmup)
     t_meas, drop0, prod0 = time.monotonic(), box.dropped, produced[0]
     time.sleep(seconds)
     t_end, drops, prod = time.monotonic(), box.dropped - drop0, produced[0] - prod0
     stop.set()
-    box.wake()
-    for t in th:
-        t.join(timeout=30)
-    window = [ms for recv, ms in lat if t_meas <= recv < t_end]
+    th.join(timeout=30)
+    worker.stop(timeout=30)
+    window = [ms for recv, ms in host.lat if t_meas <= recv < t_end]
     return {
         "mode": "inproc",
         "sent": prod,
         "outputs": len(window),
         "dropped": drops,
+        "errors": host.errors[:5],
         "throughput_hz": len(window) / seconds,
         "latency": _stats(window),
     }
@@ -193,6 +224,7 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
             "precision": args.precision,
             "resolution": args.resolution,
             "backend": args.backend,
+            "cuda_graphs": bool(args.cuda_graphs),
         },
         params_file=ROOT / "config/dinov3.yaml",
     )
@@ -315,6 +347,9 @@ def main() -> int:
     ap.add_argument("--baseline-seconds", type=float, default=5.0)
     ap.add_argument("--mode", default="auto", choices=("auto", "dds", "inproc", "both"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument(
+        "--cuda-graphs", type=int, default=1, help="torch on CUDA: engine as a CUDA graph (node default)"
+    )
     ap.add_argument("--node-log", default="/tmp/bench_node_node.log")
     ap.add_argument("--out", default="bench_node.json")
     args = ap.parse_args()
@@ -328,7 +363,11 @@ def main() -> int:
     except ImportError:
         has_ros = False
     modes = {"auto": ["dds" if has_ros else "inproc"], "both": ["inproc", "dds"]}.get(args.mode, [args.mode])
-    model = load_model(args.weights, args.backend, args.device, args.precision, args.resolution)
+    graphs = bool(args.cuda_graphs) and args.backend == "torch" and args.device.startswith("cuda")
+    opts = {"cuda_graphs": True} if graphs else {}
+    model = load_model(
+        args.weights, args.backend, args.device, args.precision, args.resolution, engine_options=opts
+    )
     pipe = Pipeline.from_model(model, PipelineConfig(resolution=args.resolution), device=args.device)
     res: dict[str, Any] = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},

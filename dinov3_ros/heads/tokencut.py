@@ -26,6 +26,7 @@ matmuls - the GPU fast path; falls back to ``"dense"`` if its residual check fai
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -311,48 +312,156 @@ def _partition(x: np.ndarray, lam: float, idx: np.ndarray, h: int, w: int) -> To
     )
 
 
-class _DeviceGraph:
-    """The TokenCut graph of all patches built once on an accelerator, for the multi-object loop.
+class _MaskedCut:
+    """One multi-object cut step with fixed shapes: the Fiedler vector of the *active* sub-graph.
 
-    Cut 1 is the exact published solve (the same ``W`` and solver :func:`tokencut` uses); later cuts
-    take the sub-graph of the still active patches (no recomputed similarities) and, unless
-    ``exact_later``, solve it in float32 (block subspace iteration, looser residual check, float32
-    dense fallback): only the ``x > mean`` split of their eigenvector is used. The contrast is
-    counted from the same edge matrix on the device (two scalars come back).
+    Removed patches are masked (their rows/columns of ``W`` zeroed), not dropped, so every cut of a
+    frame - and every frame of a fixed grid - has the same shapes and, on CUDA, replays one captured
+    CUDA graph: the squarings of the deflated operator ``A = (M + diag(m))/2 − u0 u0ᵀ`` (masked patches
+    become eigenvalue 0, far below the Fiedler pair), block orthogonalisation, two extra block power
+    steps and the Rayleigh-Ritz quantities ``T = QᵀAQ``, ``R = AQ − QT`` - all float64, no host sync.
+    The host gets ``[Q | R | D^-1/2]`` and ``T`` in one copy, solves the ``k x k`` problem and checks the
+    residual ``‖R v‖`` exactly; a failed check falls back to the dense solve of the sub-graph.
+    """
+
+    def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int = 12) -> None:
+        f64 = torch.float64
+        self.n, self.k, self.squarings = n, min(block, n - 1), squarings
+        self.W = torch.zeros(n, n, dtype=f64, device=device)
+        self.m = torch.ones(n, dtype=f64, device=device)
+        gen = torch.Generator().manual_seed(0)
+        self.G = torch.randn(n, self.k, generator=gen, dtype=f64).to(device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+        self.use_graph = device.type == "cuda"
+
+    @staticmethod
+    def _orth(Q: torch.Tensor) -> torch.Tensor:
+        """Block Gram-Schmidt, twice (CGS2); fixed shapes, no pivoting, no host sync."""
+        cols: list[torch.Tensor] = []
+        for j in range(Q.shape[1]):
+            v = Q[:, j]
+            for _ in range(2):
+                if cols:
+                    P = torch.stack(cols, 1)
+                    v = v - P @ (P.T @ v)
+            cols.append(v / v.norm().clamp_min(1e-300))
+        return torch.stack(cols, 1)
+
+    def _body(self) -> torch.Tensor:
+        m, W = self.m, self.W * self.m[:, None] * self.m[None, :]
+        d = W.sum(1)
+        dis = torch.where(m > 0, d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
+        M = W * dis[:, None] * dis[None, :]
+        M = 0.5 * (M + M.T)
+        u0 = d.sqrt()
+        u0 = u0 / u0.norm().clamp_min(1e-300)
+        A = 0.5 * M + torch.diag(0.5 * m) - u0[:, None] * u0[None, :]
+        B = A
+        for _ in range(self.squarings):
+            B = B @ B
+            B = B / B.abs().amax().clamp_min(1e-300)
+        Q = self._orth(B @ self.G)
+        for _ in range(2):
+            Q = self._orth(A @ Q)
+        AQ = A @ Q
+        T = Q.T @ AQ
+        R = AQ - Q @ T
+        return torch.cat([torch.cat([Q, R, dis[:, None]], 1).reshape(-1), T.reshape(-1)])
+
+    def _run(self) -> np.ndarray:
+        if not self.use_graph:
+            return self._body().numpy()
+        if self.graph is None:
+            side = torch.cuda.Stream(self.W.device)
+            side.wait_stream(torch.cuda.current_stream(self.W.device))
+            with torch.cuda.stream(side):
+                self._body()  # warm-up (cuBLAS handles, workspaces) outside the capture
+            torch.cuda.current_stream(self.W.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.out = self._body()
+            self.graph = graph
+        assert self.out is not None
+        self.graph.replay()
+        return self.out.cpu().numpy()
+
+    def solve(self, active: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
+        """``(x [n_active], λ)`` of the active sub-graph (order of ``flatnonzero(active)``), or None
+        when the residual check fails."""
+        self.m.copy_(torch.from_numpy(active.reshape(-1).astype(np.float64)), non_blocking=False)
+        flat = self._run()
+        n, k = self.n, self.k
+        QRd = flat[: n * (2 * k + 1)].reshape(n, 2 * k + 1)
+        T = flat[n * (2 * k + 1) :].reshape(k, k)
+        theta, V = np.linalg.eigh(0.5 * (T + T.T))
+        v = V[:, -1]
+        if not np.isfinite(theta[-1]) or float(np.linalg.norm(QRd[:, k : 2 * k] @ v)) >= tol:
+            return None
+        idx = np.flatnonzero(active.reshape(-1))
+        x = QRd[idx, 2 * k] * (QRd[idx, :k] @ v)
+        return x, float(2.0 - 2.0 * theta[-1])
+
+
+_CUT_CACHE: dict[tuple[int, str], tuple[_MaskedCut, threading.Lock]] = {}
+_CUT_CACHE_LOCK = threading.Lock()
+
+
+def _masked_cut(n: int, device: torch.device) -> tuple[_MaskedCut, threading.Lock]:
+    """The (graph-captured on CUDA) cut step for ``n`` patches on ``device``, built once and reused."""
+    key = (n, str(device))
+    with _CUT_CACHE_LOCK:
+        hit = _CUT_CACHE.get(key)
+        if hit is None:
+            if len(_CUT_CACHE) >= 8:  # a few grids in use at a time; drop the oldest
+                _CUT_CACHE.pop(next(iter(_CUT_CACHE)))
+            hit = _CUT_CACHE[key] = (_MaskedCut(n, device), threading.Lock())
+        return hit
+
+
+class _DeviceGraph:
+    """The TokenCut graph of all patches built once, for the multi-object loop.
+
+    Every cut solves the sub-graph of the still active patches (no recomputed similarities) in
+    float64 with :class:`_MaskedCut` (one CUDA graph replay and one device->host copy per cut on
+    GPUs); a failed residual check (``tol`` 1e-9 for the first cut, 1e-6 for later ones, whose
+    eigenvector only feeds the ``x > mean`` split) falls back to the dense solve, so cut 1 is the
+    published solve. The contrast is counted on the host from the edge matrix, copied once.
     """
 
     def __init__(self, F: torch.Tensor, tau: float, eps: float, method: str, exact_later: bool) -> None:
         Fn = torch.nn.functional.normalize(F, dim=1)
-        self.E = (Fn @ Fn.T) > tau  # the graph's edges, = (W == 1)
+        E = (Fn @ Fn.T) > tau  # the graph's edges, = (W == 1)
+        self.n, self.eps, self.exact_later = F.shape[0], eps, exact_later
+        self.solver, self.lock = _masked_cut(self.n, F.device)
+        self.lock.acquire()  # released in close(): the solver's buffers belong to this frame
         one = torch.ones((), dtype=torch.float64, device=F.device)
-        self.W = torch.where(self.E, one, one * eps)  # identical to _affinity(F, tau, eps)
-        self.n = F.shape[0]
-        self.method, self.exact_later = method, exact_later
+        self.solver.W.copy_(torch.where(E, one, one * eps))  # identical to _affinity(F, tau, eps)
+        self.E = E.cpu().numpy()
+        self.method = method
+
+    def close(self) -> None:
+        self.lock.release()
 
     def cut(self, h: int, w: int, active: np.ndarray, first: bool) -> TokenCutResult:
         idx = np.flatnonzero(active.reshape(-1))
-        dev = self.W.device
-        it = torch.from_numpy(idx).to(dev) if idx.size < self.n else None
-        Wsub = self.W if it is None else self.W[it][:, it]
         n = idx.size
-        if first or self.exact_later:
-            dense = self.method == "dense" or (self.method == "auto" and n <= 256)
-            x, lam = _solve_dense(Wsub) if dense else _solve_subspace(Wsub)
-        else:
-            x, lam = _solve_subspace(Wsub.float(), squarings=10, tol=1e-4)
-        res = _partition(x, lam, idx, h, w)
+        dense = self.method == "dense" or (self.method == "auto" and n <= 256)
+        sol = None if dense else self.solver.solve(active, 1e-9 if first or self.exact_later else 1e-6)
+        if sol is None:
+            it = torch.from_numpy(idx).to(self.solver.W.device)
+            sol = _solve_dense(self.solver.W[it][:, it])
+        res = _partition(sol[0], sol[1], idx, h, w)
         comp = res.mask.reshape(-1)
-        obj = torch.from_numpy(np.flatnonzero(comp)).to(dev)
-        Eo = self.E[obj] if it is None else self.E[obj][:, it]
-        inside = torch.from_numpy(comp[idx]).to(dev)
-        cnt = torch.stack([Eo[:, inside].sum(), Eo.sum()]).cpu()
-        k = int(obj.numel())
+        Eo = self.E[np.flatnonzero(comp)][:, idx]
+        e_all = float(Eo.sum())
+        e_in = float(Eo[:, comp[idx]].sum())
+        k = int(comp.sum())
         pairs_out = k * (n - k)
-        e_in, e_out = float(cnt[0]), float(cnt[1] - cnt[0])
         if pairs_out == 0:
             res.contrast = float("inf")
         else:
-            res.contrast = (e_in / (k * k)) / max(e_out / pairs_out, 1.0 / pairs_out)
+            res.contrast = (e_in / (k * k)) / max((e_all - e_in) / pairs_out, 1.0 / pairs_out)
         return res
 
 
@@ -400,8 +509,9 @@ def tokencut_multi(
     eigenvalue exceeds ``max_eigenvalue`` (a weak cut). Eigenvectors are NaN on removed patches.
 
     ``graph_once`` (default: on accelerators; methods auto/dense/subspace) builds the graph once and
-    solves later cuts in float32 on its sub-graphs (see :class:`_DeviceGraph`; ``exact_later=True``
-    keeps float64 for every cut); otherwise every cut is :func:`tokencut` on the remaining patches.
+    solves every cut on it with fixed shapes (see :class:`_DeviceGraph`: one CUDA graph replay per cut
+    on GPUs; ``exact_later=True`` checks later cuts' residuals as tightly as the first's); otherwise
+    every cut is :func:`tokencut` on the remaining patches.
     """
     _validate_params(tau, eps)
     if k < 1:
@@ -409,13 +519,49 @@ def tokencut_multi(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     F, h, w = _tokens(features, grid)
-    active = np.ones((h, w), dtype=bool)
-    out: list[TokenCutResult] = []
     graph = None
     if graph_once is None:
         graph_once = F.device.type != "cpu"
     if graph_once and method in ("auto", "dense", "subspace"):
         graph = _DeviceGraph(F, tau, eps, method, exact_later)
+    try:
+        return _multi_loop(
+            F,
+            h,
+            w,
+            k,
+            tau,
+            eps,
+            method,
+            graph,
+            min_patches,
+            max_fraction,
+            max_eigenvalue,
+            min_contrast,
+            min_remaining,
+        )
+    finally:
+        if graph is not None:
+            graph.close()
+
+
+def _multi_loop(
+    F: torch.Tensor,
+    h: int,
+    w: int,
+    k: int,
+    tau: float,
+    eps: float,
+    method: str,
+    graph: _DeviceGraph | None,
+    min_patches: int,
+    max_fraction: float,
+    max_eigenvalue: float | None,
+    min_contrast: float,
+    min_remaining: int,
+) -> list[TokenCutResult]:
+    active = np.ones((h, w), dtype=bool)
+    out: list[TokenCutResult] = []
     for i in range(k):
         n_active = int(active.sum())
         if i > 0 and n_active < max(min_remaining, 3):

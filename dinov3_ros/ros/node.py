@@ -5,15 +5,15 @@ Inputs per camera namespace ``<cam>`` (``cameras`` parameter; '' = none): ``<cam
 ``<cam>/camera_info``. Outputs ``~/[<cam>/]features``, ``features/pca``, ``depth``,
 ``depth/camera_info``, ``points``, ``matches``, ``objects/mask``, ``objects/boxes``, ``debug``; each
 switchable (``outputs.<name>``) and, with ``lazy``, computed only while it has subscribers. Every
-output carries the input header. Subscription callbacks only park the newest message per camera; one
-worker thread decodes, batches all cameras through one engine call and publishes; a message replaced
-before the worker took it is counted in ``frames_dropped``. ``/diagnostics`` reports rates, latency
-(receive -> publish) p50/p99, counters, backend and model.
+output carries the input header. Subscription callbacks only park the newest message per camera; the
+worker (:mod:`dinov3_ros.ros.worker`) decodes, batches all cameras through one engine call and, on a
+second thread, overlapped with the next frame's inference, runs the heads and publishes; a message
+replaced before the worker took it is counted in ``frames_dropped``. ``/diagnostics`` reports rates,
+latency (receive -> publish) p50/p99, counters, backend and model.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from dinov3_ros.ros import params as P
 from dinov3_ros.ros.diagnostics import NodeStats
 from dinov3_ros.ros.mailbox import Mailbox
 from dinov3_ros.ros.types import ros_types
+from dinov3_ros.ros.worker import FrameWorker
 
 NODE_NAME = "dinov3_node"
 
@@ -71,8 +72,7 @@ class PerceptionCore:
         self._subs: list[Any] = []
         self._infos: dict[str, deque] = {}
         self._mailbox = Mailbox([])
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._worker: FrameWorker | None = None
         self._diag_timer: Any = None
         self._diag_pub: Any = None
         self._active = False
@@ -130,7 +130,15 @@ class PerceptionCore:
         s = P.validate(self._values())
         self.settings = s
         t0 = time.perf_counter()
-        self.model = load_model(s.weights, s.backend, s.device, s.precision, s.resolution, s.depth_head)
+        self.model = load_model(
+            s.weights,
+            s.backend,
+            s.device,
+            s.precision,
+            s.resolution,
+            s.depth_head,
+            engine_options=P.engine_options(s),
+        )
         self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
         self.log.info(
             f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{s.precision} "
@@ -176,18 +184,15 @@ class PerceptionCore:
                     CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin
                 )
             )
-        self._stop.clear()
         self._active = True
-        self._worker = threading.Thread(target=self._run, name="dinov3_worker", daemon=True)
+        self._worker = FrameWorker(self, self.pipeline, self._mailbox)
         self._worker.start()
 
     def deactivate(self) -> None:
         """Unsubscribe and stop the worker (model stays loaded)."""
         self._active = False
-        self._stop.set()
-        self._mailbox.wake()
         if self._worker is not None:
-            self._worker.join(timeout=10.0)
+            self._worker.stop(timeout=10.0)
             self._worker = None
         for sub in self._subs:
             self.node.destroy_subscription(sub)
@@ -238,68 +243,27 @@ class PerceptionCore:
                     out.add(t)
         return out
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            s = self.settings
-            window = s.batch_window_ms / 1e3 if s is not None else 0.0
-            taken = self._mailbox.take(self._stop, window)
-            if not taken:
-                continue
-            try:
-                self._process(taken)
-            except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame triggers
-                self.stats.add("errors")
-                self.log.error(f"processing failed: {type(exc).__name__}: {exc}")
-
-    def _frame(self, cam: str, p: _Pending) -> Frame:
+    def make_frame(self, cam: str, p: _Pending) -> Frame:
+        """Decode a parked message into a :class:`Frame` (raises ValueError naming the problem)."""
         msg = p.msg
-        rgb = image_to_rgb(msg) if p.kind == "raw" else compressed_to_rgb(msg)
         st = stamp_ns(msg)
-        intr = None
-        infos = list(self._infos.get(cam, ()))
-        if infos:
-            same = [i for i in infos if stamp_ns(i) == st]
-            ci = same[-1] if same else infos[-1]
-            intr = camera_info_to_intrinsics(ci)
+        try:
+            rgb = image_to_rgb(msg) if p.kind == "raw" else compressed_to_rgb(msg)
+            intr = None
+            infos = list(self._infos.get(cam, ()))
+            if infos:
+                same = [i for i in infos if stamp_ns(i) == st]
+                ci = same[-1] if same else infos[-1]
+                intr = camera_info_to_intrinsics(ci)
+        except ValueError as exc:
+            raise ValueError(f"(stamp {st}) {exc}") from exc
         return Frame(rgb, st, msg.header.frame_id, intr, source=cam or "/")
 
-    def _process(self, taken: list[tuple[str, _Pending, float]]) -> None:
-        s = self.settings
-        if s is None or self.pipeline is None:
-            return
-        frames, cams, recvs, topics = [], [], [], []
-        max_age = s.max_age_ms / 1e3
-        for cam, p, recv in taken:
-            want = self.wanted_topics(cam)
-            if not want:
-                self.stats.add("skipped_no_subscribers")
-                continue
-            if max_age and time.monotonic() - recv > max_age:
-                self.stats.add("frames_stale")
-                continue
-            try:
-                frames.append(self._frame(cam, p))
-            except ValueError as exc:  # ImageDecodeError, bad camera_info, size mismatch
-                self.stats.add("bad_frames")
-                self.log.error(f"bad frame on '{_join(cam, 'image')}' (stamp {stamp_ns(p.msg)}): {exc}")
-                continue
-            cams.append(cam)
-            recvs.append(recv)
-            topics.append(want)
-        if not frames:
-            return
-        need = {o for o in OUTPUTS if any(set(B.TOPICS[o]) & t for t in topics)}
-        results = self.pipeline.process(frames, need)
-        self.stats.add("inferences")
-        for cam, recv, want, out in zip(cams, recvs, topics, results):
-            msgs = B.frame_messages(self.tp, out, want, s.pipeline.mask_encoding)
-            pubs = self._pubs[cam]
-            for t, m in msgs.items():
-                pubs[t].publish(m)
-            self.stats.add("messages_published", len(msgs))
-            self.stats.published_frame(time.monotonic() - recv, time.monotonic())
+    def publish(self, cam: str, msgs: dict[str, Any]) -> None:
+        pubs = self._pubs[cam]
+        for t, m in msgs.items():
+            pubs[t].publish(m)
 
-    # -- diagnostics ------------------------------------------------------------------------------
     def publish_diagnostics(self) -> None:
         if self._diag_pub is None:
             return

@@ -1,7 +1,7 @@
 """Node parameters: declaration with descriptors, validation with clear errors, run-time updates.
 
 Read-only (need a restart / lifecycle cleanup+configure): ``weights``, ``backend``, ``device``,
-``precision``, ``resolution``, ``cameras``, ``image_transport``, ``input_qos``, ``output_qos``.
+``precision``, ``resolution``, ``cuda_graphs``, ``cameras``, ``image_transport``, ``input_qos``, ``output_qos``.
 Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``batch_window_ms`` and every
 ``pipeline.<setting>`` of :class:`~dinov3_ros.pipeline.PipelineConfig`.
 """
@@ -23,6 +23,7 @@ READ_ONLY = (
     "device",
     "precision",
     "resolution",
+    "cuda_graphs",
     "cameras",
     "image_transport",
     "input_qos",
@@ -40,6 +41,7 @@ NODE_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "precision": "fp32",
     "resolution": [224, 224],
+    "cuda_graphs": True,
     "cameras": "",
     "image_transport": "raw",
     "input_qos": "sensor_data",
@@ -56,6 +58,7 @@ NODE_DESCRIPTIONS: dict[str, str] = {
     "device": "cpu | cuda | cuda:N",
     "precision": "fp32 | fp16 | bf16",
     "resolution": "network input [H, W], multiples of 16 (frames are letterboxed)",
+    "cuda_graphs": "torch backend on CUDA: replay the forward as a CUDA graph (one launch per frame)",
     "cameras": "comma-separated camera namespaces ('' = one camera on 'image'); batched through one model",
     "image_transport": "raw (image) | compressed (image/compressed) | both",
     "input_qos": "sensor_data | default | system_default",
@@ -88,6 +91,7 @@ class NodeSettings:
     device: str
     precision: str
     resolution: tuple[int, int]
+    cuda_graphs: bool
     cameras: list[str]
     image_transport: str
     input_qos: str
@@ -131,6 +135,13 @@ def parse_cameras(spec: str) -> list[str]:
         if n and not all(ch.isalnum() or ch in "_/" for ch in n):
             raise ValueError(f"camera namespace {n!r} is not a valid ROS name")
     return names
+
+
+def engine_options(s: NodeSettings) -> dict[str, Any]:
+    """Backend keywords for :func:`~dinov3_ros.pipeline.model.load_model` from the settings."""
+    if s.backend == "torch" and s.device.startswith("cuda") and s.cuda_graphs:
+        return {"cuda_graphs": True}
+    return {}
 
 
 def validate(values: dict[str, Any]) -> NodeSettings:
