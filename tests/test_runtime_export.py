@@ -293,7 +293,7 @@ def test_ort_fused_attention_matches(tmp_path):
     bb = _perturbed("vits16", depth=2)
     for res in ((64, 96), "dynamic"):
         path, _ = export_onnx(bb, tmp_path / "m.onnx", resolution=res)
-        plain = create_engine("onnxruntime", onnx_path=path, threads=2)
+        plain = create_engine("onnxruntime", onnx_path=path, threads=2, fuse_attention=False)
         fused = create_engine("onnxruntime", onnx_path=path, threads=2, fuse_attention=True)
         assert fused.n_fused_attention == 2 and plain.n_fused_attention == 0
         x = torch.randn(2, 3, 64, 96)

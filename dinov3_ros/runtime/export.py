@@ -5,6 +5,10 @@ TorchScript exporter (``dynamo=False``), opset 17/18 (real ``LayerNormalization`
 optionally ``depth [B, 1, H, W]``. Fixed-size exports bake the RoPE sin/cos tables as constants (no
 Range/Tile/If); ``--resolution dynamic`` computes them in-graph (dynamic batch and H/W). The static
 TensorRT checker runs on the result and the export fails on errors unless ``--force``.
+
+``--target cpu`` writes the ONNX Runtime CPU form instead (fused ``com.microsoft.MultiHeadAttention``;
+not for TensorRT), and ``--quantize int8`` its INT8 form (dynamically quantized MatMul weights, see
+:func:`~dinov3_ros.runtime.ort_backend.quantize_int8`).
 """
 
 from __future__ import annotations
@@ -92,9 +96,13 @@ def export_onnx(
     check: bool = True,
     force: bool = False,
     extra_metadata: dict[str, Any] | None = None,
+    target: str = "tensorrt",
+    quantize: str | None = None,
 ) -> tuple[Path, list[Finding]]:
     """Export ``model`` (a backbone or :class:`DeployModel`) to ``out``; returns ``(path, findings)``.
 
+    ``target="tensorrt"`` (default) is the portable, TensorRT-checked graph; ``"cpu"`` the ONNX Runtime
+    CPU form (fused attention); ``quantize="int8"`` (implies ``"cpu"``) quantizes its MatMul weights.
     Raises :class:`ExportError` (and writes nothing) when the checker finds errors and ``force`` is False.
     """
     import onnx
@@ -103,6 +111,15 @@ def export_onnx(
         raise ValueError(f"opset {opset} < 17 would decompose LayerNorm; use 17 or 18")
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"ONNX export precision must be fp32 or fp16, got {precision!r}")
+    if quantize not in (None, "none", "int8"):
+        raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+    quantize = None if quantize == "none" else quantize
+    if target not in ("tensorrt", "cpu"):
+        raise ValueError(f"target must be 'tensorrt' or 'cpu', got {target!r}")
+    if quantize and precision != "fp32":
+        raise ValueError("int8 quantization starts from fp32: drop --precision fp16")
+    if quantize:
+        target = "cpu"
     size = parse_resolution(resolution) if not isinstance(resolution, tuple) else resolution
     dm = model if isinstance(model, DeployModel) else DeployModel(model.eval(), depth_head)
     dm = dm.eval().float()
@@ -177,7 +194,7 @@ def export_onnx(
         entry.key = k
         entry.value = v if isinstance(v, str) else json.dumps(v)
     proto.producer_name = "dinov3_ros"
-    findings = check_tensorrt_compat(proto) if check else []
+    findings = check_tensorrt_compat(proto) if check and target == "tensorrt" else []
     errors = [f for f in findings if f.severity == "error"]
     if errors and not force:
         raise ExportError(
@@ -185,6 +202,12 @@ def export_onnx(
             + format_findings(findings),
             findings,
         )
+    if target == "cpu":
+        from .ort_backend import cpu_variant, quantize_int8
+
+        proto, _ = cpu_variant(proto)
+        if quantize == "int8":
+            proto = quantize_int8(proto)
     _save_atomic(proto, out)
     dm.set_dynamic(False)
     return out, findings
@@ -231,6 +254,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("fp32", "fp16", "int8"),
         help="ONNX dtype (fp16 for strongly-typed TensorRT 11); for tensorrt: engine precision",
     )
+    parser.add_argument(
+        "--target",
+        default="tensorrt",
+        choices=("tensorrt", "cpu"),
+        help="tensorrt: portable graph, checked for TensorRT (default); cpu: ONNX Runtime CPU form "
+        "(fused attention, com.microsoft ops)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "int8"),
+        help="int8: dynamically quantized MatMul weights for ONNX Runtime on CPU (implies --target cpu)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="trace batch / TensorRT max batch")
     parser.add_argument(
         "--static-batch", action="store_true", help="fixed batch dim (default: dynamic batch)"
@@ -245,8 +281,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``dinov3-ros export``."""
     try:
+        quantize = getattr(args, "quantize", "none")
+        target = getattr(args, "target", "tensorrt")
         if args.precision == "int8" and args.format != "tensorrt":
-            raise ValueError("--precision int8 is a TensorRT engine precision: use --format tensorrt")
+            raise ValueError(
+                "--precision int8 is a TensorRT engine precision: use --format tensorrt "
+                "(or --quantize int8 for ONNX Runtime on CPU)"
+            )
+        if args.format == "tensorrt" and (quantize != "none" or target != "tensorrt"):
+            raise ValueError("--quantize/--target cpu are ONNX Runtime CPU forms: use --format onnx")
         heads, head_path = _parse_heads(args.heads, args.depth_head)
         size = parse_resolution(args.resolution)
         model = load_model(args.arch, args.weights)
@@ -279,6 +322,8 @@ def main(args: argparse.Namespace) -> int:
             batch=args.batch,
             dynamic_batch=not args.static_batch,
             force=args.force,
+            target=target,
+            quantize=quantize,
         )
         print(format_findings(findings))
         print(f"wrote {path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 
 from .engine import Engine, EngineInfo
 
-__all__ = ["OrtEngine", "fuse_mha", "read_metadata"]
+__all__ = ["OrtEngine", "cpu_variant", "fuse_mha", "quantize_int8", "read_metadata"]
 
 _GRAPH_OPT = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 
@@ -146,6 +147,88 @@ def fuse_mha(model, num_heads: int, head_dim: int):
     return model, n_fused
 
 
+def _set_metadata(model, **entries: Any) -> None:
+    """Overwrite/add ``metadata_props`` entries (JSON-encoded unless str)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    for k, v in entries.items():
+        props[k] = v if isinstance(v, str) else json.dumps(v)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def _heads_of(model) -> tuple[int, int]:
+    """(num_heads, head_dim) from our export metadata."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    D = int(json.loads(meta.get("embed_dim", "0")))
+    n = int(json.loads(meta.get("num_heads", "0")) or max(1, D // 64))
+    return n, D // n
+
+
+def cpu_variant(model):
+    """The ONNX Runtime CPU form of a standard (TensorRT-safe) fp32 export: fused ``MultiHeadAttention``.
+
+    Returns ``(model, n_fused)``; ``model`` is changed in place and tagged ``target=cpu``. The result uses
+    ``com.microsoft`` ops, so it is for ONNX Runtime only.
+    """
+    n_heads, head_dim = _heads_of(model)
+    model, n = fuse_mha(model, n_heads, head_dim)
+    _set_metadata(model, target="cpu", fused_attention=n)
+    return model, n
+
+
+def quantize_int8(model, *, per_channel: bool = True):
+    """INT8 weights for ONNX Runtime on CPU (dynamic quantization); returns a new ``ModelProto``.
+
+    Every ``MatMul`` with a constant weight becomes ``DynamicQuantizeMatMul`` (s8 weights, per output
+    channel by default; u8 activations quantized per tensor at run time; MLAS runs the u8 x s8 GEMM on
+    VNNI/AMX where the CPU has them). Attention is fused first and stays fp32 (``MultiHeadAttention``), as
+    do the patch-embedding ``Conv``, LayerNorms, GELU and RoPE. ``model`` is a standard fp32 export (or
+    its CPU variant); it is not modified. ONNX Runtime CPU only; not for TensorRT.
+    """
+    import tempfile
+
+    import onnx
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("precision", '"fp32"').strip('"') != "fp32":
+        raise ValueError(f"int8 quantization needs an fp32 ONNX, this one is {meta.get('precision')}")
+    src = onnx.ModelProto()
+    src.CopyFrom(model)
+    if not any(n.domain == "com.microsoft" and n.op_type == "MultiHeadAttention" for n in src.graph.node):
+        src, _ = cpu_variant(src)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a "run pre-processing" hint on the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix="dinov3_ros_int8_") as td:
+            out = Path(td) / "int8.onnx"
+            quantize_dynamic(
+                src,
+                out,
+                op_types_to_quantize=["MatMul"],
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": TensorProto.FLOAT, "MatMulConstBOnly": True},
+            )
+            q = onnx.load(str(out))
+    finally:
+        root.setLevel(level)
+    n_q = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in q.graph.node)
+    if not n_q:
+        raise RuntimeError("int8 quantization found no MatMul with constant weights to quantize")
+    _set_metadata(
+        q,
+        precision="int8",
+        target="cpu",
+        quantization={"method": "dynamic", "weights": "s8", "per_channel": per_channel, "matmuls": n_q},
+    )
+    return q
+
+
 class OrtEngine(Engine):
     """An exported ONNX graph in ONNX Runtime.
 
@@ -153,8 +236,10 @@ class OrtEngine(Engine):
     binds torch CUDA tensors directly (no host round trip). ``threads`` sets intra-op threads (default:
     all cores); ``optimization`` is ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
     ``spin=False`` stops idle worker threads from busy-waiting between runs (they would steal
-    cores from other nodes); ``fuse_attention`` rewrites the attention subgraphs to ORT's fused ``MultiHeadAttention`` in memory
-    (the file on disk stays TensorRT-clean).
+    cores from other nodes). ``fuse_attention`` rewrites the attention subgraphs to ORT's fused
+    ``MultiHeadAttention`` in memory (:func:`cpu_variant`; the file on disk stays TensorRT-clean); the
+    default (None) does it on CPU. ``precision="int8"`` quantizes an fp32 export in memory
+    (:func:`quantize_int8`, CPU only; an ONNX exported with ``--quantize int8`` is used as is).
     """
 
     def __init__(
@@ -166,7 +251,7 @@ class OrtEngine(Engine):
         optimization: str = "all",
         precision: str | None = None,
         optimized_model_path: str | Path | None = None,
-        fuse_attention: bool = False,
+        fuse_attention: bool | None = None,
         spin: bool = False,
         **_ignored: Any,
     ) -> None:
@@ -206,20 +291,38 @@ class OrtEngine(Engine):
             so.optimized_model_filepath = str(optimized_model_path)
         meta = read_metadata(self.onnx_path)
         source: str | bytes = str(self.onnx_path)
+        file_prec = str(meta.get("precision", "fp32"))
+        if precision not in (None, "fp32", "fp16", "int8"):
+            raise ValueError(f"onnxruntime precision must be fp32, fp16 or int8, got {precision!r}")
+        if precision == "int8" and dev.type != "cpu":
+            raise ValueError("onnxruntime int8 (dynamic quantization) runs on CPU only; use device='cpu'")
+        if precision == "fp16" and file_prec != "fp16":
+            raise ValueError(f"{self.onnx_path.name} is a {file_prec} export; export with --precision fp16")
+        if file_prec == "int8" and precision in ("fp32", "fp16"):
+            raise ValueError(
+                f"{self.onnx_path.name} is an int8 export; use precision='int8' or an fp32 export"
+            )
+        quantize = precision == "int8" and file_prec != "int8"
+        if quantize and file_prec != "fp32":
+            raise ValueError(f"int8 needs an fp32 export, {self.onnx_path.name} is {file_prec}")
+        if fuse_attention is None:
+            fuse_attention = dev.type == "cpu" and file_prec == "fp32"
         self.n_fused_attention = 0
-        if fuse_attention:
+        if fuse_attention or quantize:
             import onnx
 
             proto = onnx.load(str(self.onnx_path))
-            D, p = int(meta.get("embed_dim", 0)), meta.get("num_heads")
-            heads = int(p) if p else max(1, D // 64)
-            proto, self.n_fused_attention = fuse_mha(proto, heads, D // heads)
+            proto, self.n_fused_attention = cpu_variant(proto)
+            if quantize:
+                proto = quantize_int8(proto)
             source = proto.SerializeToString()
+        elif file_prec == "int8":
+            self.n_fused_attention = int(meta.get("fused_attention", 0) or 0)
         self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         in_type = self.session.get_inputs()[0].type
-        prec = precision or ("fp16" if "float16" in in_type else "fp32")
+        prec = "int8" if (quantize or file_prec == "int8") else "fp16" if "float16" in in_type else "fp32"
         self._in_dtype = np.float16 if "float16" in in_type else np.float32
         self.info = info_from_metadata(meta, "onnxruntime", prec, str(dev))
         self.info.outputs = tuple(self.output_names)

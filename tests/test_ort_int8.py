@@ -1,0 +1,147 @@
+"""ONNX Runtime CPU forms: fused-attention ``--target cpu`` parity and the INT8 accuracy bound (real ORT)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dinov3_ros.models import build_backbone, load_backbone
+from dinov3_ros.runtime import export
+from dinov3_ros.runtime.accuracy import (
+    feature_agreement,
+    nn_match_agreement,
+    pca_rgb_difference,
+    related_pair,
+)
+from dinov3_ros.runtime.engine import create_engine
+from dinov3_ros.runtime.export import export_onnx
+from dinov3_ros.runtime.ort_backend import quantize_int8, read_metadata
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _perturbed(depth: int = 2) -> torch.nn.Module:
+    """Random ViT-S/16 whose blocks matter (LayerScale ~0.5 instead of the 1e-5 init)."""
+    torch.manual_seed(0)
+    bb = build_backbone("vits16", depth=depth)
+    with torch.no_grad():
+        for name, p in bb.named_parameters():
+            if name.endswith("gamma"):
+                p.uniform_(0.2, 1.0)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    return bb.eval()
+
+
+def _ops(path) -> set[tuple[str, str]]:
+    return {(n.domain, n.op_type) for n in onnx.load(str(path)).graph.node}
+
+
+def _image() -> np.ndarray:
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photo")
+    return skimage_data.coffee()
+
+
+@pytest.mark.parametrize("resolution", [(64, 96), "dynamic"])
+def test_cpu_target_matches_torch(tmp_path, resolution):
+    """``--target cpu`` (fused MultiHeadAttention) equals torch fp32 to 1e-3 / 0.9999, fixed and dynamic."""
+    bb = _perturbed()
+    path, findings = export_onnx(bb, tmp_path / "cpu.onnx", resolution=resolution, target="cpu")
+    assert findings == []  # the TensorRT checker does not apply to the CPU form
+    assert ("com.microsoft", "MultiHeadAttention") in _ops(path)
+    assert read_metadata(path)["target"] == "cpu"
+    eng = create_engine("onnxruntime", onnx_path=path, threads=1)
+    assert eng.info.precision == "fp32" and eng.n_fused_attention == 0  # already fused in the file
+    tch = create_engine("torch", model=bb, device="cpu")
+    for b, size in (
+        ((1, (64, 96)), (2, (64, 96))) if resolution != "dynamic" else ((1, (48, 80)), (2, (64, 96)))
+    ):
+        x = torch.randn(b, 3, *size)
+        agree = feature_agreement(tch.run(x)["patch_tokens"], eng.run(x)["patch_tokens"])
+        assert agree["max_abs"] <= 1e-3 and agree["cos_min"] >= 0.9999, agree
+
+
+def test_ort_engine_fuses_attention_on_cpu_by_default(tmp_path):
+    bb = _perturbed()
+    path, _ = export_onnx(bb, tmp_path / "std.onnx", resolution=(32, 48))
+    assert not any(d == "com.microsoft" for d, _ in _ops(path))  # the standard export stays TensorRT-clean
+    assert create_engine("onnxruntime", onnx_path=path, threads=1).n_fused_attention == 2
+    assert (
+        create_engine("onnxruntime", onnx_path=path, threads=1, fuse_attention=False).n_fused_attention == 0
+    )
+
+
+def test_int8_accuracy_bound_default_model(tmp_path):
+    """The shipped ViT-S/16 in INT8 (ORT dynamic quantization) vs torch fp32 on a real photo at 224x224.
+
+    Bounds (measured: cos_min 0.9999998, max-abs 8e-4, NN agreement 1.0, PCA-RGB 6e-4 levels) leave room
+    for other CPUs' int8 kernels (VNNI/AMX vs AVX2 paths round differently).
+    """
+    bb = load_backbone("default").float().eval()
+    size = (224, 224)
+    path, _ = export_onnx(bb, tmp_path / "std.onnx", resolution=size)
+    int8 = create_engine("onnxruntime", onnx_path=path, threads=2, precision="int8")
+    assert int8.info.precision == "int8" and int8.n_fused_attention == 12
+    tch = create_engine("torch", model=bb, device="cpu")
+    a, b = related_pair(_image(), size)
+    pre = tch.preprocessor(size)
+    xa, _ = pre(a)
+    xb, _ = pre(b)
+    ref_a, ref_b = tch.run(xa), tch.run(xb)
+    q_a, q_b = int8.run(xa), int8.run(xb)
+    agree = feature_agreement(ref_a["patch_tokens"], q_a["patch_tokens"])
+    assert agree["cos_min"] >= 0.999 and agree["cos_mean"] >= 0.9999 and agree["max_abs_rel"] <= 0.02, agree
+    assert feature_agreement(ref_a["cls"], q_a["cls"])["cos_min"] >= 0.999
+    assert (
+        nn_match_agreement(
+            ref_a["patch_tokens"], ref_b["patch_tokens"], q_a["patch_tokens"], q_b["patch_tokens"]
+        )
+        >= 0.98
+    )
+    assert pca_rgb_difference(ref_a["patch_tokens"], q_a["patch_tokens"]) <= 2.0  # 8-bit levels
+    # and int8 really is quantized: it differs from fp32 (cls moves by ~1e-2)
+    assert (ref_a["cls"] - q_a["cls"]).abs().max() > 1e-4
+
+
+def test_export_cli_quantize_int8(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    out = tmp_path / "q.onnx"
+    args = parser.parse_args(
+        ["--arch", "vitt16", "--resolution", "32x48", "--quantize", "int8", "--out", str(out)]
+    )
+    assert export.main(args) == 0
+    meta = read_metadata(out)
+    n_blocks = len(build_backbone("vitt16", device="meta").blocks)
+    assert meta["precision"] == "int8" and meta["target"] == "cpu"
+    assert meta["quantization"]["matmuls"] == 4 * n_blocks  # qkv, proj, fc1, fc2 per block
+    ops = _ops(out)
+    assert ("", "MatMulInteger") in ops and ("com.microsoft", "MultiHeadAttention") in ops
+    assert ("", "ConvInteger") not in ops  # the patch embedding stays fp32
+    eng = create_engine("onnxruntime", onnx_path=out, threads=1)
+    assert eng.info.precision == "int8" and eng.info.arch == "vitt16"
+    assert eng.run(torch.randn(1, 3, 32, 48))["patch_tokens"].shape == (1, 2, 3, 192)
+    with pytest.raises(ValueError, match="int8 export"):
+        create_engine("onnxruntime", onnx_path=out, threads=1, precision="fp32")
+    trt = parser.parse_args(
+        ["--arch", "vitt16", "--format", "tensorrt", "--quantize", "int8", "--out", str(tmp_path / "x.plan")]
+    )
+    assert export.main(trt) == 2 and "--format onnx" in capsys.readouterr().err
+
+
+def test_quantize_int8_rejects_fp16_and_keeps_input(tmp_path):
+    bb = _perturbed(depth=1)
+    path, _ = export_onnx(bb, tmp_path / "h.onnx", resolution=(32, 32), precision="fp16")
+    with pytest.raises(ValueError, match="fp32"):
+        quantize_int8(onnx.load(str(path)))
+    with pytest.raises(ValueError, match="fp16"):
+        create_engine("onnxruntime", onnx_path=path, threads=1, precision="int8")
+    path32, _ = export_onnx(bb, tmp_path / "f.onnx", resolution=(32, 32))
+    model = onnx.load(str(path32))
+    n = len(model.graph.node)
+    q = quantize_int8(model)
+    assert len(model.graph.node) == n and any(nd.op_type == "MatMulInteger" for nd in q.graph.node)
