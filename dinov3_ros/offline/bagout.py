@@ -91,6 +91,8 @@ class OutputBag:
         self.checkpoints: list[dict[str, Any]] = []
         self._journal: Any = None
         self._fast = False  # rosbags' MCAP storage written through _fast_write (see there)
+        self._bg: Any = None  # background checkpoint durability (fsync + journal), one thread
+        self._pending: list[Any] = []
 
     # ------------------------------------------------------------------ opening
     def check_target(self) -> None:
@@ -229,8 +231,21 @@ class OutputBag:
             os.fsync(bio.fileno())
 
     def checkpoint(self, info: dict[str, Any], state: bytes | None) -> None:
-        """Make everything written so far durable and journal a resume point."""
-        self._flush_chunk()
+        """Make everything written so far durable and journal a resume point.
+
+        The chunk is closed and flushed to the OS here; the fsync (hundreds of MB at the default
+        interval), the state file and the journal line follow on a background thread, so writing goes
+        on meanwhile. The journal line appears only once the data before it is durable; closing the
+        bag waits for pending checkpoints.
+        """
+        self._raise_pending()
+        st = getattr(self.writer, "storage", None)
+        chunk = getattr(st, "chunk", None)
+        if chunk is not None and chunk.bio.tell() and hasattr(st, "close_chunk"):
+            st.close_chunk()
+        bio = getattr(st, "bio", None)
+        if bio is not None:
+            bio.flush()
         n = len(self.checkpoints)
         cp = dict(
             info,
@@ -239,19 +254,51 @@ class OutputBag:
             conns=[[k.topic, k.msgtype, k.source] for k in self.conn_order],
         )
         if state is not None:
-            name = f"state-{n:06d}.pkl"
+            cp["state"] = f"state-{n:06d}.pkl"
+        self.checkpoints.append(cp)
+        if self._bg is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._bg = ThreadPoolExecutor(1, thread_name_prefix="bag-durable")
+        self._pending.append(
+            self._bg.submit(self._durable, cp, state, bio.fileno() if bio is not None else None)
+        )
+
+    def _durable(self, cp: dict[str, Any], state: bytes | None, fd: int | None) -> None:
+        """Background half of :meth:`checkpoint` (one at a time, in order)."""
+        if fd is not None:
+            os.fsync(fd)
+        n = int(cp["checkpoint"])
+        if state is not None:
+            name = cp["state"]
             tmp = self.work / (name + ".tmp")
             with tmp.open("wb") as f:
                 f.write(state)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self.work / name)
-            cp["state"] = name
             old = self.work / f"state-{n - 2:06d}.pkl"  # keep the last two
             if n >= 2 and old.exists():
                 old.unlink()
-        self.checkpoints.append(cp)
         self._journal_line(cp)
+
+    def _raise_pending(self, wait: bool = False) -> None:
+        """Surface a failed background checkpoint (waiting for all of them with ``wait``)."""
+        keep = []
+        for fut in self._pending:
+            if wait or fut.done():
+                fut.result()
+            else:
+                keep.append(fut)
+        self._pending = keep
+
+    def _wait_pending(self) -> None:
+        try:
+            self._raise_pending(wait=True)
+        finally:
+            if self._bg is not None:
+                self._bg.shutdown(wait=True)
+                self._bg = None
 
     def load_state(self, cp: dict[str, Any]) -> bytes | None:
         """The pipeline state stored with checkpoint ``cp``."""
@@ -260,6 +307,7 @@ class OutputBag:
 
     # ------------------------------------------------------------------ closing
     def _close_writer(self, custom: dict[str, str]) -> None:
+        self._wait_pending()
         self._custom = dict(custom)
         for k, v in custom.items():
             self.writer.set_custom_data(k, v)
@@ -304,6 +352,10 @@ class OutputBag:
 
     def abandon(self) -> None:
         """Leave the work directory as is (for --resume); just release file handles."""
+        try:
+            self._wait_pending()
+        except OSError:
+            pass
         if self.writer is not None:
             st = getattr(self.writer, "storage", None)
             try:
