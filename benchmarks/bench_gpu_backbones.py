@@ -114,16 +114,26 @@ def make_hf(arch: str, dtype: torch.dtype, device: torch.device, size: tuple[int
 
 
 def make_ours(backbone, dtype_name: str, device: torch.device, mode: str):
-    """mode: eager | cudagraphs | compile | compile+cudagraphs | reduce-overhead."""
-    compile_mode = "reduce-overhead" if mode == "reduce-overhead" else "max-autotune-no-cudagraphs"
+    """mode: ``+``-joined tokens: eager | cudagraphs | compile (max-autotune-no-cudagraphs) |
+    compiledef (inductor default mode: fusions, no GEMM autotuning) | reduce-overhead, plus ``gelu``
+    (MLP GELU in the cuBLASLt GEMM epilogue, tanh approximation)."""
+    tok = set(mode.split("+"))
+    compile_mode = (
+        "reduce-overhead"
+        if "reduce-overhead" in tok
+        else "default"
+        if "compiledef" in tok
+        else "max-autotune-no-cudagraphs"
+    )
     eng = create_engine(
         "torch",
         model=backbone,
         precision=dtype_name,
         device=device,
-        compile=mode in ("compile", "compile+cudagraphs", "reduce-overhead"),
+        compile=bool(tok & {"compile", "compiledef", "reduce-overhead"}),
         compile_mode=compile_mode,
-        cuda_graphs=mode in ("cudagraphs", "compile+cudagraphs"),
+        cuda_graphs="cudagraphs" in tok,
+        gelu_epilogue="gelu" in tok,
         clone_outputs=False,
     )
     return eng, (lambda x: eng.run(x))
@@ -176,6 +186,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip remaining variants after this")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
     ap.add_argument("--profile", action="store_true", help="top-kernel tables for batch-64 runs")
+    ap.add_argument(
+        "--plan",
+        default="",
+        help="explicit comma-separated variants arch:impl:mode:precision (e.g. vitb16:ours:compile+cudagraphs+gelu:bf16)",
+    )
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -240,6 +255,8 @@ def main() -> int:
     if not args.no_compile:
         plan += [(a, "ours", "reduce-overhead", first) for a in reversed(models)]
         plan += [(a, "ours", "compile+cudagraphs", p) for p in rest for a in reversed(models)]
+    if args.plan:
+        plan = [tuple(v.strip().split(":")) for v in args.plan.split(",") if v.strip()]  # type: ignore[misc]
     if device.type != "cuda":
         plan = [v for v in plan if "cudagraphs" not in v[2] and v[2] != "reduce-overhead"]
 
@@ -277,7 +294,7 @@ def main() -> int:
             row["tflops"] = gfl * ips / 1e3
             peak = gpu_peak_tflops(env.get("gpu"), prec)
             row["mfu"] = row["tflops"] / peak if peak else None
-            if args.profile and (impl == "timm" or mode == "compile+cudagraphs" or mode == "eager"):
+            if args.profile and (impl == "timm" or "compile" in mode or mode == "eager") and B > 1:
                 if eng is not None and eng.cuda_graphs:
                     eng.cuda_graphs = False  # profile kernels, not one graph launch
                 name = f"profile_{arch}_{impl}_{mode}_{prec}_b{B}.txt".replace("+", "_")

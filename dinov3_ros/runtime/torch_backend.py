@@ -40,6 +40,8 @@ class TorchEngine(Engine):
     ``autocast=True``, keeps fp32 weights under ``torch.autocast``. ``compile`` wraps the model in
     ``torch.compile(mode=compile_mode)``. ``cuda_graphs`` captures one graph per input
     shape/dtype on first use and replays it (CUDA only; inputs are copied into a static buffer).
+    On CUDA the patch embedding runs as one GEMM; ``gelu_epilogue`` (fp16/bf16 on CUDA) fuses the MLP's
+    GELU - as its tanh approximation - into the ``fc1`` GEMM (see ``InferenceViT.set_gelu_epilogue``).
     ``run`` also accepts uint8 ``[B, H, W, 3]`` RGB at the network size: normalisation then runs
     inside the same (compiled / graphed) forward.
     """
@@ -60,6 +62,7 @@ class TorchEngine(Engine):
         input_size: tuple[int, int] | None = None,
         fast: bool = True,
         clone_outputs: bool = True,
+        gelu_epilogue: bool = False,
         **_ignored: Any,
     ) -> None:
         if precision not in _DTYPES:
@@ -86,8 +89,9 @@ class TorchEngine(Engine):
         for p in dm.parameters():
             p.requires_grad_(False)
         if self.device.type == "cuda" and dm.vit is not None:
-            # uint8 NHWC frames arrive channels-last: keep the patch-embed conv in the same layout
-            dm.vit.patch_embed.to(memory_format=torch.channels_last)
+            dm.vit.patch_gemm = True  # patchify + GEMM: same math, faster than the strided conv
+            if gelu_epilogue and self.dtype != torch.float32:
+                dm.vit.set_gelu_epilogue(True)
         self.model = dm
         self._fn = torch.compile(dm, mode=compile_mode, dynamic=False) if compile else dm
         self.cuda_graphs = cuda_graphs
@@ -95,6 +99,8 @@ class TorchEngine(Engine):
         self.clone_outputs = clone_outputs
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         mode = ("compile:" + compile_mode if compile else "eager") + ("+cudagraphs" if cuda_graphs else "")
+        if dm.vit is not None and any(getattr(b, "gelu_epilogue", False) for b in dm.vit.blocks):
+            mode += "+gelu_epilogue"
         self.info = EngineInfo(
             backend="torch",
             precision=precision,
