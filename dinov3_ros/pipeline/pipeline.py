@@ -663,7 +663,9 @@ class Pipeline:
                 col = tuple(int(c) for c in np.random.default_rng(int(oid)).integers(64, 256, 3))
                 cv2.rectangle(dbg, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), col, 2)
         if out.matches is not None and len(out.matches):
-            for (u0, v0), (u1, v1), ok in zip(out.matches.uv0, out.matches.uv1, out.matches.inlier):
-                col = (0, 255, 0) if ok else (255, 0, 0)
-                cv2.line(dbg, (int(u0), int(v0)), (int(u1), int(v1)), col, 1)
+            m = out.matches
+            seg = np.stack([m.uv0, m.uv1], 1).astype(np.int32)  # [N, 2 points, (u, v)]
+            for sel, col in ((~m.inlier, (255, 0, 0)), (m.inlier, (0, 255, 0))):  # inliers drawn last
+                if sel.any():
+                    cv2.polylines(dbg, list(seg[sel]), False, col, 1)  # one call for all segments
         return dbg
