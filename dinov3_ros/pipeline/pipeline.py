@@ -28,7 +28,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import scipy.ndimage
 import torch
 
 from dinov3_ros.heads.correspondence import match
@@ -619,19 +618,23 @@ class Pipeline:
             ids.append(oid)
             lam = o.result.eigenvalue
             scores.append(float(np.clip(1.0 - lam, 0.0, 1.0)) if np.isfinite(lam) else 0.0)
-        mask = np.ascontiguousarray(self._grid_to_input(grid, geom))
+        ri, ci = self._grid_maps(geom, grid.shape[0], grid.shape[1])
+        mask = np.ascontiguousarray(np.take(np.take(grid, ri, axis=0), ci, axis=1))
+        # boxes and areas from the grid: each patch maps to a product of input rows x columns, so this is
+        # exact and costs O(objects x patches) instead of two passes over the input-size mask
+        ny = np.bincount(ri, minlength=grid.shape[0])
+        nx = np.bincount(ci, minlength=grid.shape[1])
         boxes, areas, keep = [], [], []
-        if ids:
-            counts = np.bincount(mask.ravel(), minlength=max(ids) + 1)
-            slices = scipy.ndimage.find_objects(mask.astype(np.int32), max_label=max(ids))
-            for k, oid in enumerate(ids):
-                sl = slices[oid - 1]
-                if sl is None:
-                    continue
-                ys, xs = sl
-                boxes.append((xs.start, ys.start, xs.stop, ys.stop))
-                areas.append(int(counts[oid]))
-                keep.append(k)
+        for k, oid in enumerate(ids):
+            cells = grid == oid
+            ys = np.flatnonzero(np.isin(ri, np.flatnonzero(cells.any(1))))
+            xs = np.flatnonzero(np.isin(ci, np.flatnonzero(cells.any(0))))
+            area = int((ny[:, None] * nx[None, :])[cells].sum())
+            if area == 0 or ys.size == 0 or xs.size == 0:
+                continue  # the object lies in letterbox padding only
+            boxes.append((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1))
+            areas.append(area)
+            keep.append(k)
         return ObjectsResult(
             mask,
             np.asarray([ids[k] for k in keep], np.uint32),
@@ -641,15 +644,20 @@ class Pipeline:
         )
 
     @staticmethod
-    def _grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
-        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``."""
+    def _grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+        """Input row -> patch row and input column -> patch column (nearest, pixel-centre convention)."""
         H, W = geom.input_size
         un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
         _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
         p = geom.patch_size
-        gh, gw = grid.shape[:2]
         ci = np.clip(np.floor((un + 0.5) / p).astype(np.int64), 0, gw - 1)
         ri = np.clip(np.floor((vn + 0.5) / p).astype(np.int64), 0, gh - 1)
+        return ri, ci
+
+    @staticmethod
+    def _grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
+        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``."""
+        ri, ci = Pipeline._grid_maps(geom, grid.shape[0], grid.shape[1])
         return np.take(np.take(grid, ri, axis=0), ci, axis=1)
 
     @staticmethod
