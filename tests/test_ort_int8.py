@@ -48,12 +48,16 @@ def _image() -> np.ndarray:
 
 @pytest.mark.parametrize("resolution", [(64, 96), "dynamic"])
 def test_cpu_target_matches_torch(tmp_path, resolution):
-    """``--target cpu`` (fused MultiHeadAttention) equals torch fp32 to 1e-3 / 0.9999, fixed and dynamic."""
+    """``--target cpu`` (fused MultiHeadAttention, RotaryEmbedding) equals torch fp32 to 1e-3 / 0.9999, fixed and dynamic."""
     bb = _perturbed()
     path, findings = export_onnx(bb, tmp_path / "cpu.onnx", resolution=resolution, target="cpu")
     assert findings == []  # the TensorRT checker does not apply to the CPU form
     assert ("com.microsoft", "MultiHeadAttention") in _ops(path)
-    assert read_metadata(path)["target"] == "cpu"
+    meta = read_metadata(path)
+    assert meta["target"] == "cpu" and meta["fused_attention"] == 2
+    # fixed size: RoPE as com.microsoft.RotaryEmbedding (q and k per block); dynamic keeps the in-graph RoPE
+    assert meta["fused_rope"] == (0 if resolution == "dynamic" else 2)
+    assert (("com.microsoft", "RotaryEmbedding") in _ops(path)) == (resolution != "dynamic")
     eng = create_engine("onnxruntime", onnx_path=path, threads=1)
     assert eng.info.precision == "fp32" and eng.n_fused_attention == 0  # already fused in the file
     tch = create_engine("torch", model=bb, device="cpu")

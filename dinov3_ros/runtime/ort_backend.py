@@ -113,23 +113,160 @@ def fuse_mha(model, num_heads: int, head_dim: int):
     n_fused = len(remove) // 4
     if not n_fused:
         return model, 0
-    kept = [n for n in g.node if id(n) not in remove]
-    outs = {o.name for o in g.output}
-    while True:  # drop nodes nobody reads any more (the old scale/transposes)
-        used = {i for n in kept + new_nodes for i in n.input} | outs
-        alive = [n for n in kept if any(o in used for o in n.output)]
-        if len(alive) == len(kept):
-            break
-        kept = alive
     g.initializer.extend(
         [
             numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape3),
             numpy_helper.from_array(np.array([0, 0, num_heads, head_dim], np.int64), shape4),
         ]
     )
+    _replace_nodes(model, [n for n in g.node if id(n) not in remove], new_nodes)
+    return model, n_fused
+
+
+def _up(prod: dict[str, Any], name: str, ops: tuple[str, ...]) -> Any:
+    """The producer of ``name``, skipping ``Cast`` nodes; None unless its op is in ``ops``."""
+    n = prod.get(name)
+    while n is not None and n.op_type == "Cast":
+        n = prod.get(n.input[0])
+    return n if n is not None and n.op_type in ops else None
+
+
+def _gather_index(node, consts: dict[str, np.ndarray]) -> int | None:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    idx = consts.get(node.input[1])
+    return int(idx.reshape(-1)[0]) if axis == 2 and idx is not None and idx.size == 1 else None
+
+
+def fuse_rope(model, num_heads: int, head_dim: int):
+    """Rewrite each fused attention's q/k RoPE to ``com.microsoft.RotaryEmbedding`` (ONNX Runtime only).
+
+    Runs after :func:`fuse_mha` on fixed-size exports. The exported RoPE (reshape to ``[B, N, 3, H, Dh]``,
+    slice q/k, rotate-half by two slices + concat, ``* cos + rot * sin``, gather q, k, v) becomes
+    ``Split`` of the qkv projection + one ``RotaryEmbedding`` for q and one for k, feeding
+    ``MultiHeadAttention`` in ``[B, N, D]`` directly. The cos/sin tables are read by evaluating the
+    graph once and are checked to be the rotate-half form (``cos = [c, c]``, ``sin = [-s, s]``); any
+    mismatch leaves the graph unchanged. Returns ``(model, n_rewritten)``.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    prod = {o: n for n in g.node for o in n.output}
+    sites = []
+    for mha in [n for n in g.node if n.domain == "com.microsoft" and n.op_type == "MultiHeadAttention"]:
+        if len(mha.input) < 3:
+            continue
+        gathers = [_up(prod, t, ("Reshape",)) for t in mha.input[:3]]
+        if any(r is None for r in gathers):
+            continue
+        gathers = [prod.get(r.input[0]) for r in gathers]
+        if any(gn is None or gn.op_type != "Gather" for gn in gathers):
+            continue
+        if [_gather_index(gn, consts) for gn in gathers] != [0, 1, 2]:
+            continue
+        gq, gk, gv = gathers
+        if gq.input[0] != gk.input[0]:
+            continue
+        add = _up(prod, gq.input[0], ("Add",))
+        five = prod.get(gv.input[0])
+        if add is None or five is None or five.op_type != "Reshape":
+            continue
+        muls = [prod.get(i) for i in add.input]
+        if any(m is None or m.op_type != "Mul" for m in muls):
+            continue
+        m_cos = next((m for m in muls if _up(prod, m.input[0], ("Slice",)) is not None), None)
+        m_sin = next((m for m in muls if m is not m_cos), None)
+        if m_cos is None or m_sin is None or _up(prod, m_sin.input[0], ("Concat",)) is None:
+            continue
+        sites.append((mha, five.input[0], m_cos.input[1], m_sin.input[1]))
+    dims = g.input[0].type.tensor_type.shape.dim
+    if not sites or len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[2:]):
+        return model, 0  # nothing to do, or dynamic H/W (the tables depend on the input size)
+    # evaluate the (constant) cos/sin tensors once
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = sorted({t for s in sites for t in s[2:]})
+    del probe.graph.output[:]
+    probe.graph.output.extend([helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    vals = dict(zip(names, sess.run(names, {inp.name: np.zeros(shape, np.float32)})))
+    half = head_dim // 2
+    tables: dict[tuple[str, str], tuple[str, str]] = {}
+    for _, _, cname, sname in sites:
+        if (cname, sname) in tables:
+            continue
+        c, s_ = vals[cname], vals[sname]
+        if c.ndim != 4 or c.shape[1:3] != (1, 1) or c.shape[-1] != head_dim or s_.shape != c.shape:
+            return model, 0
+        c, s_ = c[:, 0, 0], s_[:, 0, 0]
+        if not (
+            np.array_equal(c[:, :half], c[:, half:]) and np.allclose(-s_[:, :half], s_[:, half:], atol=0)
+        ):
+            return model, 0
+        k = f"ort_rope_{len(tables)}"
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(np.ascontiguousarray(c[:, :half]), k + "_cos"),
+                numpy_helper.from_array(np.ascontiguousarray(s_[:, half:]), k + "_sin"),
+            ]
+        )
+        tables[(cname, sname)] = (k + "_cos", k + "_sin")
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros(1, np.int64), "ort_rope_pos0"),
+            numpy_helper.from_array(np.full(3, num_heads * head_dim, np.int64), "ort_rope_split"),
+        ]
+    )
+    new_nodes = []
+    for i, (mha, qkv, cname, sname) in enumerate(sites):
+        cos_t, sin_t = tables[(cname, sname)]
+        k = f"ort_rope_b{i}"
+        new_nodes += [
+            helper.make_node(
+                "Split", [qkv, "ort_rope_split"], [k + "_q", k + "_k", k + "_v"], name=k, axis=-1
+            ),
+            *[
+                helper.make_node(
+                    "RotaryEmbedding",
+                    [k + "_" + t, "ort_rope_pos0", cos_t, sin_t],
+                    [k + "_" + t + "r"],
+                    name=k + "_" + t + "r",
+                    domain="com.microsoft",
+                    num_heads=num_heads,
+                    interleaved=0,
+                )
+                for t in ("q", "k")
+            ],
+        ]
+        mha.input[0], mha.input[1], mha.input[2] = k + "_qr", k + "_kr", k + "_v"
+    _replace_nodes(model, list(g.node), new_nodes)
+    return model, len(sites)
+
+
+def _replace_nodes(model, kept: list, new_nodes: list) -> None:
+    """Set the graph's nodes to ``kept + new_nodes``, dropping dead nodes, in topological order."""
+    g = model.graph
+    outs = {o.name for o in g.output}
+    while True:
+        used = {i for n in kept + new_nodes for i in n.input} | outs
+        alive = [n for n in kept if any(o in used for o in n.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
     avail = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
     pending, ordered = kept + new_nodes, []
-    while pending:  # topological order
+    while pending:
         rest = []
         for n in pending:
             if all(i in avail for i in n.input):
@@ -138,13 +275,18 @@ def fuse_mha(model, num_heads: int, head_dim: int):
             else:
                 rest.append(n)
         if len(rest) == len(pending):
-            raise RuntimeError("fuse_mha: graph is not a DAG after rewriting")
+            raise RuntimeError("graph is not a DAG after rewriting")
         pending = rest
     del g.node[:]
     g.node.extend(ordered)
+    used = {i for n in ordered for i in n.input}
+    dead = [i for i in g.initializer if i.name not in used]
+    for i in dead:
+        g.initializer.remove(i)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        from onnx import helper
+
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model, n_fused
 
 
 def _set_metadata(model, **entries: Any) -> None:
@@ -166,7 +308,7 @@ def _heads_of(model) -> tuple[int, int]:
     return n, D // n
 
 
-def cpu_variant(model):
+def cpu_variant(model, *, rope: bool = True):
     """The ONNX Runtime CPU form of a standard (TensorRT-safe) fp32 export: fused ``MultiHeadAttention``.
 
     Returns ``(model, n_fused)``; ``model`` is changed in place and tagged ``target=cpu``. The result uses
@@ -174,7 +316,8 @@ def cpu_variant(model):
     """
     n_heads, head_dim = _heads_of(model)
     model, n = fuse_mha(model, n_heads, head_dim)
-    _set_metadata(model, target="cpu", fused_attention=n)
+    n_rope = fuse_rope(model, n_heads, head_dim)[1] if n and rope else 0
+    _set_metadata(model, target="cpu", fused_attention=n, fused_rope=n_rope)
     return model, n
 
 
