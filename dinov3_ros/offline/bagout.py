@@ -129,6 +129,7 @@ class OutputBag:
         if self._fast:
             st = self.writer.storage
             st.close_chunk = lambda: _close_chunk(st)
+            st.chunk = type(st.chunk)(2**63 - 1, 0, _PartsIO(), defaultdict(list))
 
     def _journal_line(self, obj: dict[str, Any]) -> None:
         assert self._journal is not None
@@ -443,7 +444,7 @@ def _fast_write(writer: Any, conn: Any, t: int, raw: Buffer | Sequence[Buffer]) 
     ch.msgs[conn.id].append((t, ch.bio.tell()))
     ch.bio.write(_MSG_HDR.pack(0x05, 22 + n, conn.id, 0, t, t))
     for p in parts:
-        ch.bio.write(p)
+        ch.bio.keep(p)
     writer.counts[conn.id] += 1
     writer.min_timestamp = min(t, writer.min_timestamp)
     writer.max_timestamp = max(t, writer.max_timestamp)
@@ -458,8 +459,8 @@ def _close_chunk(st: Any) -> None:
     head = struct.pack("<QQQIIQ", ch.message_start_time, ch.message_end_time, size, 0, 0, size)
     chunk_start = st.bio.tell()
     st.bio.write(struct.pack("<BQ", 0x06, len(head) + size) + head)
-    with ch.bio.getbuffer() as data:
-        st.bio.write(data)
+    for part in ch.bio.parts:
+        st.bio.write(part)
     chunk_end = st.bio.tell()
     offsets: list[tuple[int, int]] = []
     for cid, msgs in ch.msgs.items():
@@ -481,4 +482,30 @@ def _close_chunk(st: Any) -> None:
         rec.write(struct.pack("<HQ", cid, off))
     rec.write(struct.pack("<QIQQ", st.bio.tell() - chunk_end, 0, size, size))
     st.chunks.append(rec)
-    st.chunk = type(ch)(2**63 - 1, 0, BytesIO(), defaultdict(list))
+    st.chunk = type(ch)(2**63 - 1, 0, _PartsIO(), defaultdict(list))
+
+
+class _PartsIO:
+    """The pending chunk as a list of buffers (what rosbags keeps in a BytesIO): ``write`` copies
+    (rosbags passes views of its scratch buffers), ``keep`` holds a reference to message data, which
+    the offline tool never modifies after serialising it. Nothing large is copied under the GIL."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.size = 0
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self.parts.append(data)
+        self.size += len(data)
+        return len(data)
+
+    def keep(self, b: Any) -> None:
+        n = memoryview(b).nbytes
+        self.parts.append(b if isinstance(b, bytes) or n >= 4096 else bytes(b))
+        self.size += n
+
+    def tell(self) -> int:
+        return self.size
