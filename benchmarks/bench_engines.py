@@ -57,6 +57,17 @@ def _photo() -> np.ndarray:
         return ((img * 0.5 + 0.5) * 200 + rng.integers(0, 55, img.shape)).astype(np.uint8)
 
 
+def _cpu_busy_seconds() -> float | None:
+    """Busy CPU-seconds of the whole machine so far (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _median(v: list[float]) -> float:
     return float(statistics.median(v))
 
@@ -112,6 +123,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_engines_"))
     load_before = os.getloadavg()[0]
+    busy0, own0, wall0 = _cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
     for res in args.resolutions.split(","):
         H, W = (int(v) for v in res.split("x"))
         gfl = vit_gflops(
@@ -198,9 +210,16 @@ def main() -> int:
         "nn_agree",
         "pca_rgb_diff",
     ]
-    print(markdown_table(rows, cols))
+    fmt = {"cos_min": "{:.6f}", "max_abs": "{:.2e}", "nn_agree": "{:.4f}", "pca_rgb_diff": "{:.3f}"}
+    table = [{k: (fmt[k].format(v) if k in fmt else v) for k, v in r.items()} for r in rows]
+    print(markdown_table(table, cols))
     load_after = os.getloadavg()[0]
-    print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}; {os.cpu_count()} CPUs")
+    busy1, own1, wall = _cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter() - wall0
+    others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    print(
+        f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}; {os.cpu_count()} CPUs; "
+        + ("" if others is None else f"other processes used {others:.2f} cores on average during the run")
+    )
     env: dict[str, Any] = {
         "torch": torch.__version__,
         "device": "cpu",
@@ -208,6 +227,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
+        "other_processes_cores": others,
         "weights": args.weights,
     }
     try:
