@@ -71,6 +71,9 @@ def _save_atomic(model, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is normally readable
     try:
         big = model.ByteSize() > 1_900_000_000
         if big:  # protobuf 2 GB limit: weights beside the graph
@@ -325,7 +328,10 @@ def main(args: argparse.Namespace) -> int:
             target=target,
             quantize=quantize,
         )
-        print(format_findings(findings))
+        if target == "tensorrt" and quantize == "none":
+            print(format_findings(findings))
+        else:
+            print("ONNX Runtime CPU form (com.microsoft ops): the TensorRT check does not apply")
         print(f"wrote {path}")
         if args.format == "tensorrt":
             from .trt_backend import _atomic_write, build_engine

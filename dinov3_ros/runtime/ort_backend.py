@@ -437,17 +437,12 @@ class OrtEngine(Engine):
         file_prec = str(meta.get("precision", "fp32"))
         if precision not in (None, "fp32", "fp16", "int8"):
             raise ValueError(f"onnxruntime precision must be fp32, fp16 or int8, got {precision!r}")
-        if precision == "int8" and dev.type != "cpu":
-            raise ValueError("onnxruntime int8 (dynamic quantization) runs on CPU only; use device='cpu'")
-        if precision == "fp16" and file_prec != "fp16":
-            raise ValueError(f"{self.onnx_path.name} is a {file_prec} export; export with --precision fp16")
-        if file_prec == "int8" and precision in ("fp32", "fp16"):
-            raise ValueError(
-                f"{self.onnx_path.name} is an int8 export; use precision='int8' or an fp32 export"
-            )
+        # otherwise the file's precision wins (an int8 or fp16 export runs as such; info.precision says so)
         quantize = precision == "int8" and file_prec != "int8"
         if quantize and file_prec != "fp32":
             raise ValueError(f"int8 needs an fp32 export, {self.onnx_path.name} is {file_prec}")
+        if quantize and dev.type != "cpu":
+            raise ValueError("onnxruntime int8 (dynamic quantization) runs on CPU only; use device='cpu'")
         if fuse_attention is None:
             fuse_attention = dev.type == "cpu" and file_prec == "fp32"
         self.n_fused_attention = 0
