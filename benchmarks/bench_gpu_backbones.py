@@ -116,8 +116,13 @@ def make_hf(arch: str, dtype: torch.dtype, device: torch.device, size: tuple[int
 def make_ours(backbone, dtype_name: str, device: torch.device, mode: str):
     """mode: ``+``-joined tokens: eager | cudagraphs | compile (max-autotune-no-cudagraphs) |
     compiledef (inductor default mode: fusions, no GEMM autotuning) | reduce-overhead, plus ``gelu``
-    (MLP GELU in the cuBLASLt GEMM epilogue, tanh approximation)."""
+    (MLP GELU in the cuBLASLt GEMM epilogue, tanh approximation), ``cdt`` (coordinate-descent tuning
+    of the generated kernels; stays on for later variants: list those last)."""
     tok = set(mode.split("+"))
+    if "cdt" in tok:  # Inductor coordinate-descent tuning of its Triton kernels (LayerNorm, RoPE, ...)
+        import torch._inductor.config as icfg
+
+        icfg.coordinate_descent_tuning = True
     compile_mode = (
         "reduce-overhead"
         if "reduce-overhead" in tok

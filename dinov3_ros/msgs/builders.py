@@ -200,9 +200,30 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     return ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(np.float32)
 
 
-def points(tp: TypeProvider, hdr: Any, xyz: np.ndarray, rgb: np.ndarray | None = None) -> Any:
-    """``sensor_msgs/PointCloud2`` with fields x, y, z (float32) [+ rgb packed float32]."""
+def points(
+    tp: TypeProvider,
+    hdr: Any,
+    xyz: np.ndarray,
+    rgb: np.ndarray | None = None,
+    packed: np.ndarray | None = None,
+    dense: bool | None = None,
+) -> Any:
+    """``sensor_msgs/PointCloud2`` with fields x, y, z (float32) [+ rgb packed float32].
+
+    ``packed``: the same rows already laid out (``[N, 3|4]`` float32, e.g. packed on the GPU by the
+    pipeline) with ``dense`` = all finite; used as the message data without repacking.
+    """
     fields = XYZ_FIELDS if rgb is None else XYZRGB_FIELDS
+    width = 3 if rgb is None else 4
+    if (
+        packed is not None
+        and dense is not None
+        and packed.dtype == np.float32
+        and packed.shape == (xyz.shape[0], width)
+        and packed.flags.c_contiguous
+    ):
+        arr = packed.view(structured_dtype(fields, 4 * width)).reshape(packed.shape[0])
+        return point_cloud(tp, hdr, fields, arr, is_dense=bool(dense))
     arr = np.zeros(xyz.shape[0], structured_dtype(fields, 12 if rgb is None else 16))
     arr["x"], arr["y"], arr["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     if rgb is not None:
@@ -326,7 +347,14 @@ def frame_messages(
         if want("depth/camera_info") and out.depth_info is not None:
             msgs["depth/camera_info"] = camera_info(tp, hdr, out.depth_info)
     if out.points is not None and want("points"):
-        msgs["points"] = points(tp, hdr, out.points, out.points_rgb)
+        msgs["points"] = points(
+            tp,
+            hdr,
+            out.points,
+            out.points_rgb,
+            getattr(out, "points_packed", None),
+            getattr(out, "points_dense", None),
+        )
     if out.matches is not None and want("matches"):
         msgs["matches"] = matches(tp, hdr, out.matches)
     if out.objects is not None:

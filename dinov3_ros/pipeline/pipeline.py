@@ -103,6 +103,19 @@ class _SourceState:
     grid: tuple[int, int, int, int] | None = None  # valid patch crop the tracker runs on
 
 
+def _to_host(t: torch.Tensor, sync: bool = True) -> np.ndarray:
+    """``t`` as numpy; CUDA tensors go through pinned (page-locked, cached) host memory, which copies
+    several times faster than pageable memory; waits for the current stream only (``sync``; without it
+    the caller must sync before reading)."""
+    if t.device.type != "cuda":
+        return t.numpy()
+    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    buf.copy_(t, non_blocking=True)
+    if sync:
+        torch.cuda.current_stream(t.device).synchronize()
+    return buf.numpy()
+
+
 def resolve_outputs(outputs: Iterable[str]) -> set[str]:
     """Validate output names; returns them plus the outputs they depend on."""
     req = set(outputs)
@@ -164,6 +177,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._warned_depth = False
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._side_streams: dict[str, list[tuple[int, Any]]] = {}  # pool -> (thread id, CUDA stream)
         self._stream: Any = None
 
     @classmethod
@@ -293,16 +307,15 @@ class Pipeline:
             for x in on_gpu:
                 x.record_stream(cur)  # allocated on the inference stream, used here
         # one device->host copy per batch for what the messages need as numpy
-        depth_np = h.depth_net.cpu().numpy() if h.depth_net is not None else None
-        tok_np = h.tokens.cpu().numpy() if "features" in h.want and h.tokens.device.type != "cpu" else None
+        depth_np = _to_host(h.depth_net) if h.depth_net is not None else None
+        tok_np = _to_host(h.tokens) if "features" in h.want and h.tokens.device.type != "cpu" else None
         h.shared["transfer"] = (time.perf_counter() - t0) * 1e3
         deps = [(h.depth_net[i], depth_np[i]) if depth_np is not None else None for i in range(len(h.frames))]
         geos: list[Future | None] = [None] * len(h.frames)
         if depth_np is not None and h.cfg.parallel_heads:
             # stateless depth/points of every frame start now, in parallel with the stateful heads
-            pool = self._pool("geo", _GEO_WORKERS)
             geos = [
-                pool.submit(self._geometry, f, g, d, h.want, h.cfg)
+                self._submit("geo", _GEO_WORKERS, self._geometry, f, g, d, h.want, h.cfg)
                 for f, g, d in zip(h.frames, h.geoms, deps)
             ]
         outs = []
@@ -391,10 +404,10 @@ class Pipeline:
         if "objects" in want and cfg.parallel_heads:
             # TokenCut is the costliest head and independent of the others: overlap it with them
             t_obj = time.perf_counter()
-            objects_future = self._pool("objects", 1).submit(self._objects, frame, geom, tok, valid, cfg, st)
+            objects_future = self._submit("objects", 1, self._objects, frame, geom, tok, valid, cfg, st)
         if geo is None and "depth" in want and depth is not None:
             if cfg.parallel_heads:
-                geo = self._pool("geo", _GEO_WORKERS).submit(self._geometry, frame, geom, depth, want, cfg)
+                geo = self._submit("geo", _GEO_WORKERS, self._geometry, frame, geom, depth, want, cfg)
             else:
                 geo = Future()
                 geo.set_result(self._geometry(frame, geom, depth, want, cfg))
@@ -436,8 +449,8 @@ class Pipeline:
         if geo is not None:
             t_geo = time.perf_counter()
             res = geo.result()
-            for k in ("depth", "depth_info", "points", "points_rgb"):
-                setattr(out, k, res[k])
+            for k in ("depth", "depth_info", "points", "points_rgb", "points_packed", "points_dense"):
+                setattr(out, k, res.get(k))
             out.timings_ms.update(res["timings"])
             out.timings_ms["geometry_wait"] = (time.perf_counter() - t_geo) * 1e3
             t = time.perf_counter()
@@ -445,6 +458,29 @@ class Pipeline:
             out.debug = self._debug(frame, geom, out, cfg)
             lap("debug")
         return out
+
+    def _submit(self, name: str, workers: int, fn: Any, *args: Any) -> Future:
+        """Run ``fn(*args)`` in pool ``name``; on CUDA on that pool's own stream (after the work queued
+        so far on the caller's stream), so a head's syncs never wait for another head's kernels."""
+        dev = torch.device(self.device)
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            return self._pool(name, workers).submit(fn, *args)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(dev))
+        streams = self._side_streams.setdefault(name, [])
+
+        def run() -> Any:
+            ident = threading.get_ident()
+            with self._lock:
+                own = next((st for tid, st in streams if tid == ident), None)
+                if own is None:
+                    own = torch.cuda.Stream(device=dev)
+                    streams.append((ident, own))
+            own.wait_event(ready)
+            with torch.cuda.stream(own):
+                return fn(*args)
+
+        return self._pool(name, workers).submit(run)
 
     def _pool(self, name: str, workers: int) -> ThreadPoolExecutor:
         ex = self._executors.get(name)
@@ -485,15 +521,30 @@ class Pipeline:
             # back-projection on the depth's device; only the (smaller) cloud comes back
             dc = torch.full_like(d_dev, float("nan"))
             dc[y0:y1, x0:x1] = d_dev[y0:y1, x0:x1]
-            cols = None
+            cols = cols_t = None
             if cfg.points_color == "rgb":
                 rgb_c = torch.from_numpy(self._canvas_rgb(frame.image, geom)).to(dc.device)
                 pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
-                cols = cols_t.cpu().numpy()
+                cols = _to_host(cols_t, sync=False)
             else:
                 pts_t = backproject(dc, Kn, stride=cfg.points_stride)
-            pts = pts_t.to(torch.float32).cpu().numpy()
-            res["points"], res["points_rgb"] = voxel_downsample(pts, cols, cfg.points_voxel)
+            pts_t = pts_t.to(torch.float32)
+            if cfg.points_voxel > 0:
+                pts = _to_host(pts_t)
+                res["points"], res["points_rgb"] = voxel_downsample(pts, cols, cfg.points_voxel)
+            else:
+                # the ~/points message rows ([x y z (rgb)] float32, rgb = 0x00RRGGBB bits) are packed on
+                # the device: the host only copies them (no per-point repacking)
+                packed_t = pts_t
+                if cols_t is not None:
+                    c = cols_t.to(torch.int32)
+                    rgbf = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(torch.float32)
+                    packed_t = torch.cat([pts_t, rgbf[:, None]], 1)
+                dense_t = torch.isfinite(pts_t).all().reshape(1)
+                flag = _to_host(dense_t, sync=False)
+                packed = _to_host(packed_t.contiguous())
+                res["points"], res["points_rgb"] = packed[:, :3], cols
+                res["points_packed"], res["points_dense"] = packed, bool(flag[0])
             res["timings"]["points"] = (time.perf_counter() - t) * 1e3
         return res
 

@@ -124,6 +124,9 @@ class FrameOutputs:
     depth_info: CameraIntrinsics | None = None  # intrinsics scaled to the depth image
     points: np.ndarray | None = None  # [N, 3] float32 metres, camera optical frame
     points_rgb: np.ndarray | None = None  # [N, 3] uint8
+    #: the ~/points rows as computed on the device ([N, 3|4] float32: x y z [rgb bits]); points is a view
+    points_packed: np.ndarray | None = None
+    points_dense: bool | None = None  # all points finite (PointCloud2 is_dense), with points_packed
     matches: MatchResult | None = None
     objects: ObjectsResult | None = None
     debug: np.ndarray | None = None  # [H, W, 3] uint8 overlay at input resolution
