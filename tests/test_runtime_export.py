@@ -72,15 +72,18 @@ def test_ort_parity_fixed_full_vits16(vits16, tmp_path, size):
     ops = {n.op_type for n in graph.node}
     assert "LayerNormalization" in ops and not ops & {"If", "Loop", "Range", "Tile"}
     assert [i.name for i in graph.input] == ["image"]
-    ort = create_engine("onnxruntime", onnx_path=path, threads=2)
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         ref = vits16.forward_features(x)
-    out = ort.run(x)
-    assert out["patch_tokens"].shape == (1, size[0] // 16, size[1] // 16, 384)
-    err, cos = _compare(out["patch_tokens"], ref["x_norm_patchtokens"])
-    assert err <= 1e-3 and cos >= 0.9999, (err, cos)
-    assert (out["cls"] - ref["x_norm_clstoken"]).abs().max() <= 1e-3
+    # the standard graph as exported, and the CPU form the engine builds by default (fused MHA + RoPE)
+    for fuse in (False, None):
+        ort = create_engine("onnxruntime", onnx_path=path, threads=2, fuse_attention=fuse)
+        assert ort.n_fused_attention == (0 if fuse is False else 12)
+        out = ort.run(x)
+        assert out["patch_tokens"].shape == (1, size[0] // 16, size[1] // 16, 384)
+        err, cos = _compare(out["patch_tokens"], ref["x_norm_patchtokens"])
+        assert err <= 1e-3 and cos >= 0.9999, (fuse, err, cos)
+        assert (out["cls"] - ref["x_norm_clstoken"]).abs().max() <= 1e-3
 
 
 def test_ort_parity_dynamic(tmp_path):
@@ -90,15 +93,17 @@ def test_ort_parity_dynamic(tmp_path):
     assert not [f for f in findings if f.severity == "error"]
     assert any("dynamic" in f.message for f in findings)  # warned for Isaac ROS
     assert "If" not in {n.op_type for n in onnx.load(str(path)).graph.node}
-    ort = create_engine("onnxruntime", onnx_path=path, threads=2)
-    assert ort.info.input_size is None
+    engines = [
+        create_engine("onnxruntime", onnx_path=path, threads=2, fuse_attention=f) for f in (False, None)
+    ]
+    assert engines[0].info.input_size is None and engines[1].n_fused_attention == 2
     for b, size in ((1, (224, 224)), (2, (480, 640))):
         x = torch.randn(b, 3, *size)
         with torch.no_grad():
             ref = bb.forward_features(x)
-        out = ort.run(x)
-        err, cos = _compare(out["patch_tokens"], ref["x_norm_patchtokens"])
-        assert err <= 1e-3 and cos >= 0.9999, (size, err, cos)
+        for ort in engines:
+            err, cos = _compare(ort.run(x)["patch_tokens"], ref["x_norm_patchtokens"])
+            assert err <= 1e-3 and cos >= 0.9999, (size, ort.n_fused_attention, err, cos)
 
 
 class _ToyDepthHead(torch.nn.Module):
