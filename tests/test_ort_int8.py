@@ -59,7 +59,8 @@ def test_cpu_target_matches_torch(tmp_path, resolution):
     assert meta["fused_rope"] == (0 if resolution == "dynamic" else 2)
     assert (("com.microsoft", "RotaryEmbedding") in _ops(path)) == (resolution != "dynamic")
     eng = create_engine("onnxruntime", onnx_path=path, threads=1)
-    assert eng.info.precision == "fp32" and eng.n_fused_attention == 0  # already fused in the file
+    assert eng.info.precision == "fp32" and eng.n_fused_attention == 2  # fused in the file, not again
+    assert eng.n_fused_rope == meta["fused_rope"]
     tch = create_engine("torch", model=bb, device="cpu")
     for b, size in (
         ((1, (64, 96)), (2, (64, 96))) if resolution != "dynamic" else ((1, (48, 80)), (2, (64, 96)))
@@ -77,6 +78,13 @@ def test_ort_engine_fuses_attention_on_cpu_by_default(tmp_path):
     assert (
         create_engine("onnxruntime", onnx_path=path, threads=1, fuse_attention=False).n_fused_attention == 0
     )
+    # a graph without our metadata (head count unknown) is left as it is
+    foreign = onnx.load(str(path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    eng = create_engine("onnxruntime", onnx_path=tmp_path / "foreign.onnx", threads=1)
+    assert eng.n_fused_attention == 0
+    assert eng.run(torch.randn(1, 3, 32, 48))["patch_tokens"].shape == (1, 2, 3, 384)
 
 
 def test_int8_accuracy_bound_default_model(tmp_path):

@@ -22,7 +22,10 @@ def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
     """Our ``metadata_props`` (JSON-decoded where possible) without loading the weights."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    return _decoded_metadata(onnx.load(str(onnx_path), load_external_data=False))
+
+
+def _decoded_metadata(model) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in model.metadata_props:
         try:
@@ -301,10 +304,15 @@ def _set_metadata(model, **entries: Any) -> None:
 
 
 def _heads_of(model) -> tuple[int, int]:
-    """(num_heads, head_dim) from our export metadata."""
+    """(num_heads, head_dim) from our export metadata; (0, 0) when the file does not say."""
     meta = {p.key: p.value for p in model.metadata_props}
-    D = int(json.loads(meta.get("embed_dim", "0")))
-    n = int(json.loads(meta.get("num_heads", "0")) or max(1, D // 64))
+    try:
+        D = int(json.loads(meta.get("embed_dim", "0")))
+        n = int(json.loads(meta.get("num_heads", "0")))
+    except (ValueError, TypeError):
+        return 0, 0
+    if D <= 0 or n <= 0 or D % n:
+        return 0, 0
     return n, D // n
 
 
@@ -315,6 +323,8 @@ def cpu_variant(model, *, rope: bool = True):
     ``com.microsoft`` ops, so it is for ONNX Runtime only.
     """
     n_heads, head_dim = _heads_of(model)
+    if not n_heads:  # not our export (no embed_dim/num_heads metadata): leave the graph as it is
+        return model, 0
     model, n = fuse_mha(model, n_heads, head_dim)
     n_rope = fuse_rope(model, n_heads, head_dim)[1] if n and rope else 0
     _set_metadata(model, target="cpu", fused_attention=n, fused_rope=n_rope)
@@ -443,19 +453,21 @@ class OrtEngine(Engine):
             raise ValueError(f"int8 needs an fp32 export, {self.onnx_path.name} is {file_prec}")
         if quantize and dev.type != "cpu":
             raise ValueError("onnxruntime int8 (dynamic quantization) runs on CPU only; use device='cpu'")
+        cpu_form = meta.get("target") == "cpu"  # exported with --target cpu / --quantize int8
         if fuse_attention is None:
             fuse_attention = dev.type == "cpu" and file_prec == "fp32"
-        self.n_fused_attention = 0
-        if fuse_attention or quantize:
+        if (fuse_attention and not cpu_form) or quantize:
             import onnx
 
             proto = onnx.load(str(self.onnx_path))
-            proto, self.n_fused_attention = cpu_variant(proto)
+            if not cpu_form:
+                proto, _ = cpu_variant(proto)
             if quantize:
                 proto = quantize_int8(proto)
+            meta = {**meta, **_decoded_metadata(proto)}
             source = proto.SerializeToString()
-        elif file_prec == "int8":
-            self.n_fused_attention = int(meta.get("fused_attention", 0) or 0)
+        self.n_fused_attention = int(meta.get("fused_attention", 0) or 0)
+        self.n_fused_rope = int(meta.get("fused_rope", 0) or 0)
         self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -468,6 +480,7 @@ class OrtEngine(Engine):
             "providers": self.session.get_providers(),
             "threads": so.intra_op_num_threads,
             "fused_attention": self.n_fused_attention,
+            "fused_rope": self.n_fused_rope,
         }
 
     def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
