@@ -93,7 +93,8 @@ def create_engine(backend: str, **kwargs: Any) -> Engine:
     - ``"torch"``: :class:`~dinov3_ros.runtime.torch_backend.TorchEngine` (``model=`` nn.Module or
       ``arch=``/``weights=``; ``precision``, ``device``, ``compile``, ``cuda_graphs``, ``depth_head``).
     - ``"onnxruntime"``: :class:`~dinov3_ros.runtime.ort_backend.OrtEngine` (``onnx_path=``, ``device``,
-      ``threads``, ``optimization``).
+      ``threads``, ``optimization``, ``spin``; on CPU the fused CPU form by default, ``fuse_attention``;
+      ``precision="int8"`` quantizes an fp32 export for CPU).
     - ``"tensorrt"``: :class:`~dinov3_ros.runtime.trt_backend.TrtEngine` (``onnx_path=``, ``precision``,
       ``cache_dir``, shape profile).
     For onnxruntime/tensorrt, ``model=`` or ``arch=``/``weights=`` instead of ``onnx_path`` exports first
