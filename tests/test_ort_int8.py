@@ -158,3 +158,16 @@ def test_quantize_int8_rejects_fp16_and_keeps_input(tmp_path):
     n = len(model.graph.node)
     q = quantize_int8(model)
     assert len(model.graph.node) == n and any(nd.op_type == "MatMulInteger" for nd in q.graph.node)
+    # 7-bit weights (chosen automatically on x86 CPUs without VNNI) also run and stay close
+    q7 = quantize_int8(model, reduce_range=True)
+    q7_path = tmp_path / "q7.onnx"
+    onnx.save(q7, str(q7_path))
+    assert read_metadata(q7_path)["quantization"]["weights"] == "s7"
+    x = torch.randn(1, 3, 32, 32)
+    ref = create_engine("onnxruntime", onnx_path=path32, threads=1).run(x)["patch_tokens"]
+    assert (
+        feature_agreement(
+            ref, create_engine("onnxruntime", onnx_path=q7_path, threads=1).run(x)["patch_tokens"]
+        )["cos_min"]
+        >= 0.999
+    )

@@ -331,14 +331,27 @@ def cpu_variant(model, *, rope: bool = True):
     return model, n
 
 
-def quantize_int8(model, *, per_channel: bool = True):
+def _cpu_has_vnni() -> bool:
+    """True when this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI), or when the CPU is not x86/unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return True
+    if flags is None or not {"sse2", "avx2"} & set(flags):
+        return True
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def quantize_int8(model, *, per_channel: bool = True, reduce_range: bool | None = None):
     """INT8 weights for ONNX Runtime on CPU (dynamic quantization); returns a new ``ModelProto``.
 
     Every ``MatMul`` with a constant weight becomes ``DynamicQuantizeMatMul`` (s8 weights, per output
     channel by default; u8 activations quantized per tensor at run time; MLAS runs the u8 x s8 GEMM on
     VNNI/AMX where the CPU has them). Attention is fused first and stays fp32 (``MultiHeadAttention``), as
     do the patch-embedding ``Conv``, LayerNorms, GELU and RoPE. ``model`` is a standard fp32 export (or
-    its CPU variant); it is not modified. ONNX Runtime CPU only; not for TensorRT.
+    its CPU variant); it is not modified. ONNX Runtime CPU only; not for TensorRT. ``reduce_range``
+    (7-bit weights) avoids u8 x s8 saturation on x86 CPUs without VNNI; None = on exactly there.
     """
     import tempfile
 
@@ -353,6 +366,8 @@ def quantize_int8(model, *, per_channel: bool = True):
     src.CopyFrom(model)
     if not any(n.domain == "com.microsoft" and n.op_type == "MultiHeadAttention" for n in src.graph.node):
         src, _ = cpu_variant(src)
+    if reduce_range is None:
+        reduce_range = not _cpu_has_vnni()
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a "run pre-processing" hint on the root logger
@@ -364,6 +379,7 @@ def quantize_int8(model, *, per_channel: bool = True):
                 out,
                 op_types_to_quantize=["MatMul"],
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 weight_type=QuantType.QInt8,
                 extra_options={"DefaultTensorType": TensorProto.FLOAT, "MatMulConstBOnly": True},
             )
@@ -377,7 +393,12 @@ def quantize_int8(model, *, per_channel: bool = True):
         q,
         precision="int8",
         target="cpu",
-        quantization={"method": "dynamic", "weights": "s8", "per_channel": per_channel, "matmuls": n_q},
+        quantization={
+            "method": "dynamic",
+            "weights": "s7" if reduce_range else "s8",
+            "per_channel": per_channel,
+            "matmuls": n_q,
+        },
     )
     return q
 
