@@ -347,6 +347,7 @@ def main() -> int:
     ap.add_argument("--baseline-seconds", type=float, default=5.0)
     ap.add_argument("--mode", default="auto", choices=("auto", "dds", "inproc", "both"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--switch-interval-ms", type=float, default=0.0, help="sys.setswitchinterval (0 = keep)")
     ap.add_argument(
         "--cuda-graphs", type=int, default=1, help="torch on CUDA: engine as a CUDA graph (node default)"
     )
@@ -356,6 +357,8 @@ def main() -> int:
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.switch_interval_ms > 0:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     try:
         import rclpy  # noqa: F401
 

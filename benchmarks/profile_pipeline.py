@@ -69,8 +69,12 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--trace", default="")
+    ap.add_argument("--cprofile", default="", help="comma list of output sets to cProfile (e.g. objects,all)")
+    ap.add_argument("--switch-interval-ms", type=float, default=0.0, help="sys.setswitchinterval (0 = keep)")
     ap.add_argument("--out", default="prof_pipeline.json")
     args = ap.parse_args()
+    if args.switch_interval_ms > 0:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     res = tuple(int(v) for v in args.resolution.lower().split("x"))
     cfg = PipelineConfig(resolution=res)
     results: dict[str, Any] = {"torch": torch.__version__}
@@ -97,6 +101,23 @@ def main() -> int:
             print(f"{ename:12s} {name:28s} p50 {r['p50_ms']:7.2f} p99 {r['p99_ms']:7.2f}  {r['stages_p50_ms']}")
             sys.stdout.flush()
         pipe.set_config(cfg)
+    for spec in [c for c in args.cprofile.split(",") if c]:
+        import cProfile
+        import io
+        import pstats
+
+        outs = all_out if spec == "all" else set(spec.split("+"))
+        pipe.set_config(dataclasses.replace(cfg, parallel_heads=False))  # cProfile sees one thread
+        run(pipe, outs, 5, args.device)
+        pr = cProfile.Profile()
+        pr.enable()
+        run(pipe, outs, 20, args.device)
+        pr.disable()
+        for key in ("tottime", "cumulative"):
+            buf = io.StringIO()
+            pstats.Stats(pr, stream=buf).sort_stats(key).print_stats(28)
+            print(f"--- cProfile {spec} by {key} (23 frames) ---")
+            print(buf.getvalue()[-6000:])
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
