@@ -316,12 +316,12 @@ class _MaskedCut:
     """One multi-object cut step with fixed shapes: the Fiedler vector of the *active* sub-graph.
 
     Removed patches are masked (their rows/columns of ``W`` zeroed), not dropped, so every cut of a
-    frame - and every frame of a fixed grid - has the same shapes and, on CUDA, replays one captured
-    CUDA graph: the squarings of the deflated operator ``A = (M + diag(m))/2 − u0 u0ᵀ`` (masked patches
-    become eigenvalue 0, far below the Fiedler pair), block orthogonalisation, two extra block power
-    steps and the Rayleigh-Ritz quantities ``T = QᵀAQ``, ``R = AQ − QT`` - all float64, no host sync.
-    The host gets ``[Q | R | D^-1/2]`` and ``T`` in one copy, solves the ``k x k`` problem and checks the
-    residual ``‖R v‖`` exactly; a failed check falls back to the dense solve of the sub-graph.
+    frame - and every frame of a fixed grid - has the same shapes. The heavy part is one captured CUDA
+    graph on GPUs (no per-kernel launches): the deflated operator ``A = (M + diag(m))/2 − u0 u0ᵀ``
+    (masked patches become eigenvalue 0, far below the Fiedler pair), its repeated squares and
+    ``Y = A^(2^s) G`` - all float64. The host orthonormalises ``Y`` (an ``n x k`` QR, microseconds),
+    the device computes ``A Q`` (one GEMM) and the host does Rayleigh-Ritz with an exact residual check
+    (up to three block steps, as :func:`_solve_subspace`); if it fails, the caller solves densely.
     """
 
     def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int = 12) -> None:
@@ -331,22 +331,10 @@ class _MaskedCut:
         self.m = torch.ones(n, dtype=f64, device=device)
         gen = torch.Generator().manual_seed(0)
         self.G = torch.randn(n, self.k, generator=gen, dtype=f64).to(device)
+        self.A = torch.zeros(n, n, dtype=f64, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
         self.use_graph = device.type == "cuda"
-
-    @staticmethod
-    def _orth(Q: torch.Tensor) -> torch.Tensor:
-        """Block Gram-Schmidt, twice (CGS2); fixed shapes, no pivoting, no host sync."""
-        cols: list[torch.Tensor] = []
-        for j in range(Q.shape[1]):
-            v = Q[:, j]
-            for _ in range(2):
-                if cols:
-                    P = torch.stack(cols, 1)
-                    v = v - P @ (P.T @ v)
-            cols.append(v / v.norm().clamp_min(1e-300))
-        return torch.stack(cols, 1)
 
     def _body(self) -> torch.Tensor:
         m, W = self.m, self.W * self.m[:, None] * self.m[None, :]
@@ -357,17 +345,13 @@ class _MaskedCut:
         u0 = d.sqrt()
         u0 = u0 / u0.norm().clamp_min(1e-300)
         A = 0.5 * M + torch.diag(0.5 * m) - u0[:, None] * u0[None, :]
+        self.A.copy_(A)
         B = A
-        for _ in range(self.squarings):
+        for i in range(self.squarings):
             B = B @ B
-            B = B / B.abs().amax().clamp_min(1e-300)
-        Q = self._orth(B @ self.G)
-        for _ in range(2):
-            Q = self._orth(A @ Q)
-        AQ = A @ Q
-        T = Q.T @ AQ
-        R = AQ - Q @ T
-        return torch.cat([torch.cat([Q, R, dis[:, None]], 1).reshape(-1), T.reshape(-1)])
+            if i % 2 == 1 or i == self.squarings - 1:  # spectrum in [0, 1]: two squarings cannot underflow
+                B = B / B.abs().amax().clamp_min(1e-300)
+        return torch.cat([B @ self.G, dis[:, None]], 1)  # [n, k + 1]
 
     def _run(self) -> np.ndarray:
         if not self.use_graph:
@@ -384,23 +368,36 @@ class _MaskedCut:
             self.graph = graph
         assert self.out is not None
         self.graph.replay()
-        return self.out.cpu().numpy()
+        return _host(self.out)
 
     def solve(self, active: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
         """``(x [n_active], λ)`` of the active sub-graph (order of ``flatnonzero(active)``), or None
         when the residual check fails."""
-        self.m.copy_(torch.from_numpy(active.reshape(-1).astype(np.float64)), non_blocking=False)
-        flat = self._run()
-        n, k = self.n, self.k
-        QRd = flat[: n * (2 * k + 1)].reshape(n, 2 * k + 1)
-        T = flat[n * (2 * k + 1) :].reshape(k, k)
-        theta, V = np.linalg.eigh(0.5 * (T + T.T))
-        v = V[:, -1]
-        if not np.isfinite(theta[-1]) or float(np.linalg.norm(QRd[:, k : 2 * k] @ v)) >= tol:
-            return None
-        idx = np.flatnonzero(active.reshape(-1))
-        x = QRd[idx, 2 * k] * (QRd[idx, :k] @ v)
-        return x, float(2.0 - 2.0 * theta[-1])
+        self.m.copy_(torch.from_numpy(active.reshape(-1).astype(np.float64)))
+        Yd = self._run()
+        Y, dis = Yd[:, : self.k], Yd[:, self.k]
+        Q, _ = np.linalg.qr(Y)
+        for _ in range(3):
+            AQ = _host(self.A @ torch.from_numpy(Q).to(self.A.device))
+            T = Q.T @ AQ
+            theta, V = np.linalg.eigh(0.5 * (T + T.T))
+            v = V[:, -1]
+            y = Q @ v
+            if np.isfinite(theta[-1]) and float(np.linalg.norm(AQ @ v - theta[-1] * y)) < tol:
+                idx = np.flatnonzero(active.reshape(-1))
+                return dis[idx] * y[idx], float(2.0 - 2.0 * theta[-1])
+            Q, _ = np.linalg.qr(AQ)
+        return None
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """``t`` as numpy, through pinned host memory on CUDA (waits for the current stream only)."""
+    if t.device.type != "cuda":
+        return t.numpy()
+    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    buf.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return buf.numpy()
 
 
 _CUT_CACHE: dict[tuple[int, str], tuple[_MaskedCut, threading.Lock]] = {}
@@ -423,7 +420,7 @@ class _DeviceGraph:
     """The TokenCut graph of all patches built once, for the multi-object loop.
 
     Every cut solves the sub-graph of the still active patches (no recomputed similarities) in
-    float64 with :class:`_MaskedCut` (one CUDA graph replay and one device->host copy per cut on
+    float64 with :class:`_MaskedCut` (one CUDA graph replay, one GEMM and two small copies per cut on
     GPUs); a failed residual check (``tol`` 1e-9 for the first cut, 1e-6 for later ones, whose
     eigenvector only feeds the ``x > mean`` split) falls back to the dense solve, so cut 1 is the
     published solve. The contrast is counted on the host from the edge matrix, copied once.
@@ -437,7 +434,7 @@ class _DeviceGraph:
         self.lock.acquire()  # released in close(): the solver's buffers belong to this frame
         one = torch.ones((), dtype=torch.float64, device=F.device)
         self.solver.W.copy_(torch.where(E, one, one * eps))  # identical to _affinity(F, tau, eps)
-        self.E = E.cpu().numpy()
+        self.E = _host(E)
         self.method = method
 
     def close(self) -> None:
