@@ -90,6 +90,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--outputs", default="features_pca,depth")
+    ap.add_argument(
+        "--cuda-graphs", type=int, default=1, help="engine as CUDA graphs on CUDA (the tool's default)"
+    )
     ap.add_argument("--decode-workers", type=int, default=None)
     ap.add_argument("--build-workers", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="round-robin repeats per row (median)")
@@ -140,7 +143,11 @@ def bench_model(args, weights, bag, work, device, dev, res, size, outputs) -> di
 
     iw, ih = size
     B = args.batch_size
-    model = load_model(weights, "torch", dev, args.precision, res)
+    graphs = bool(args.cuda_graphs) and device.type == "cuda"
+    # the same engine (CUDA graphs on CUDA, as the tool's default) for the baseline and every row
+    model = load_model(
+        weights, "torch", dev, args.precision, res, engine_options={"cuda_graphs": True} if graphs else None
+    )
     config = PipelineConfig(resolution=res)
 
     def sync() -> None:

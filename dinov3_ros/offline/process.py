@@ -72,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda:LOCAL_RANK under torchrun)"
     )
     g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    g.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch backend on CUDA: replay the engine as CUDA graphs (one per batch shape)",
+    )
     g.add_argument("--resolution", default=None, help="network input HxW (e.g. 224x224 or 448x640)")
     g.add_argument(
         "--set",
@@ -434,8 +440,15 @@ def main(args: argparse.Namespace) -> int:
 
     device = _device(args.device, local)
     try:
+        graphs = args.cuda_graphs and args.backend == "torch" and device.startswith("cuda")
         model = load_model(
-            args.weights, args.backend, device, args.precision, tuple(config.resolution), args.depth_head
+            args.weights,
+            args.backend,
+            device,
+            args.precision,
+            tuple(config.resolution),
+            args.depth_head,
+            engine_options={"cuda_graphs": True} if graphs else None,
         )
     except ModelLoadError as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)
