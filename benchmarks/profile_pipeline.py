@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--trace", default="")
+    ap.add_argument("--profile-outputs", default="all", help="output set for --profile (all or a+b)")
+    ap.add_argument("--variants", type=int, default=1, help="0 = skip the variant table (profile only)")
     ap.add_argument("--cprofile", default="", help="comma list of output sets to cProfile (e.g. objects,all)")
     ap.add_argument("--switch-interval-ms", type=float, default=0.0, help="sys.setswitchinterval (0 = keep)")
     ap.add_argument("--out", default="prof_pipeline.json")
@@ -87,7 +89,9 @@ def main() -> int:
         model = load_model(args.weights, "torch", args.device, args.precision, res, engine_options=opts)
         pipe = Pipeline.from_model(model, cfg, device=args.device)
         variants: list[tuple[str, set[str], PipelineConfig]] = [("all outputs", all_out, cfg)]
-        if ename == list(engines)[-1]:
+        if not args.variants:
+            variants = []
+        elif ename == list(engines)[-1]:
             variants += [(f"only {o}", {o}, cfg) for o in sorted(all_out)]
             variants += [
                 ("all, parallel_heads off", all_out, dataclasses.replace(cfg, parallel_heads=False)),
@@ -122,9 +126,11 @@ def main() -> int:
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
-        run(pipe, all_out, 5, args.device)
+        pouts = all_out if args.profile_outputs == "all" else set(args.profile_outputs.split("+"))
+        pipe.set_config(cfg)
+        run(pipe, pouts, 5, args.device)
         with profile(activities=acts, record_shapes=False) as prof:
-            run(pipe, all_out, 10, args.device)
+            run(pipe, pouts, 10, args.device)
         ka = prof.key_averages()
         print(ka.table(sort_by="self_cpu_time_total", row_limit=40))
         if args.device.startswith("cuda"):
