@@ -97,12 +97,17 @@ def main() -> int:
     ap.add_argument("--build-workers", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="round-robin repeats per row (median)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--cv-threads", type=int, default=1, help="as dinov3-ros process --cv-threads")
+    ap.add_argument("--switch-interval-ms", type=float, default=1.0, help="as dinov3-ros process")
     ap.add_argument("--workdir", default=None, help="where the bags go (default: a temp dir)")
     ap.add_argument("--out", default="bench_offline.json")
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from dinov3_ros.offline.process import apply_thread_settings
+
+    apply_thread_settings(args)  # the tool's process-wide settings, for every row alike
     device = torch.device(args.device)
     res = tuple(int(v) for v in args.resolution.lower().split("x"))
     iw, ih = (int(v) for v in args.image_size.lower().split("x"))
