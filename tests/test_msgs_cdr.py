@@ -53,3 +53,27 @@ def test_camera_info_identical(ts, model, n_d):
         ref = bytes(store.serialize_cdr(msg, "sensor_msgs/msg/CameraInfo"))
         got = cdr.camera_info_bytes(STAMP, fid, k.height, k.width, k.distortion_model, k.D, k.K, k.P)
         assert got == ref
+
+
+def test_read_compressed_image_equals_rosbags_deserializer():
+    """The offline tool's direct CDR read of CompressedImage gives what rosbags' deserializer gives."""
+    from rosbags.typesys import Stores, get_typestore
+
+    from dinov3_ros.msgs import builders
+    from dinov3_ros.msgs.cdr import read_compressed_image
+    from dinov3_ros.msgs.provider import rosbags_types
+
+    ts = get_typestore(Stores.LATEST)
+    tp = rosbags_types(ts)
+    img = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    for fid in ("cam_optical", "", "a/b"):
+        msg = builders.compressed_image(tp, builders.header(tp, 1_700_000_000_123_456_789, fid), img)
+        raw = ts.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage")
+        stamp, frame_id, fmt, data = read_compressed_image(raw)
+        ref = ts.deserialize_cdr(raw, "sensor_msgs/msg/CompressedImage")
+        assert stamp == ref.header.stamp.sec * 1_000_000_000 + ref.header.stamp.nanosec
+        assert (frame_id, fmt, bytes(data)) == (ref.header.frame_id, ref.format, bytes(ref.data))
+    with pytest.raises(ValueError):
+        read_compressed_image(bytes(raw)[:-10])  # truncated payload
+    with pytest.raises(ValueError):
+        read_compressed_image(b"\x00\x00\x00\x00" + bytes(raw)[4:])  # big-endian / not CDR LE

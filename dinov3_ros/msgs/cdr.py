@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["camera_info_bytes", "image_parts", "join", "parts_len"]
+__all__ = ["camera_info_bytes", "image_parts", "join", "parts_len", "read_compressed_image"]
 
 _ENCAP = b"\x00\x01\x00\x00"
 Buffer = bytes | bytearray | memoryview
@@ -135,3 +135,36 @@ def join(parts: Buffer | Sequence[Buffer]) -> bytes:
     if isinstance(parts, (bytes, bytearray, memoryview)):
         return bytes(parts)
     return b"".join(parts)
+
+
+def read_compressed_image(raw: Buffer) -> tuple[int, str, str, memoryview]:
+    """Parse a little-endian CDR ``sensor_msgs/CompressedImage`` without building a message object.
+
+    Returns ``(stamp_ns, frame_id, format, data)`` with ``data`` a view into ``raw`` (no copy).
+    Raises ``ValueError`` on anything malformed (the caller may then fall back to a full deserializer).
+    """
+    mv = memoryview(raw).cast("B")
+    if len(mv) < 16 or bytes(mv[:2]) != b"\x00\x01":
+        raise ValueError("not a little-endian CDR buffer")
+    body = mv[4:]
+    n = len(body)
+
+    def u32(pos: int) -> tuple[int, int]:
+        pos += -pos % 4
+        if pos + 4 > n:
+            raise ValueError("CDR buffer truncated")
+        return struct.unpack_from("<I", body, pos)[0], pos + 4
+
+    def string(pos: int) -> tuple[str, int]:
+        ln, pos = u32(pos)
+        if ln == 0 or pos + ln > n:
+            raise ValueError("CDR string out of range")
+        return bytes(body[pos : pos + ln - 1]).decode(), pos + ln
+
+    sec, nsec = struct.unpack_from("<iI", body, 0)
+    frame_id, pos = string(8)
+    fmt, pos = string(pos)
+    size, pos = u32(pos)
+    if pos + size > n:
+        raise ValueError(f"CDR data of {size} bytes exceeds the buffer ({n - pos} left)")
+    return sec * 1_000_000_000 + nsec, frame_id, fmt, body[pos : pos + size]

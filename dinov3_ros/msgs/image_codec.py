@@ -136,6 +136,13 @@ def decode_compressed(fmt: str, data: object) -> np.ndarray:
         raise ImageDecodeError(
             f"unsupported compressed format {fmt!r}: payload is neither JPEG nor PNG (starts {head[:4].hex()})"
         )
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if kind == "jpeg" and rgb_flag is not None:
+        # 8-bit JPEG straight to RGB (gray replicated): the same pixels as decode + BGR->RGB, one pass less
+        img = cv2.imdecode(buf, rgb_flag)
+        if img is None or img.size == 0:
+            raise ImageDecodeError(f"corrupt {kind} payload ({buf.size} bytes, format {fmt!r})")
+        return img
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageDecodeError(f"corrupt {kind} payload ({buf.size} bytes, format {fmt!r})")

@@ -92,14 +92,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--cv-threads",
         type=int,
-        default=1,
-        help="OpenCV's own threads per call (default 1: the tool parallelises across frames; -1 = OpenCV's default)",
+        default=-1,
+        help="cv2.setNumThreads for the run (-1 = OpenCV's default)",
     )
     e.add_argument(
         "--switch-interval-ms",
         type=float,
-        default=1.0,
-        help="Python GIL switch interval (default 1 ms, Python's is 5: shorter waits between the stage threads)",
+        default=0.0,
+        help="Python GIL switch interval in ms for the run (0 = Python's default, 5 ms)",
     )
     e.add_argument(
         "--build-workers",

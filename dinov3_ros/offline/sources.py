@@ -10,6 +10,7 @@ file, topic and offset/timestamp, after every earlier message was yielded.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -750,6 +751,15 @@ def decode_message(src: Source, m: InputMessage) -> tuple[np.ndarray, int, str]:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), m.stamp_ns, m.frame_id
     assert isinstance(src, BagSource) and m.raw is not None
     msgtype = IMAGE_TYPES[0] if m.kind == "image" else IMAGE_TYPES[1]
+    if m.kind != "image" and not getattr(src, "ros1", False):
+        from dinov3_ros.msgs.cdr import read_compressed_image
+
+        try:  # direct CDR read: no message object, no copy of the payload, little GIL time
+            stamp, frame_id, fmt, data = read_compressed_image(m.raw)
+        except (ValueError, UnicodeDecodeError, struct.error):
+            pass  # not plain CDR (e.g. a ROS 1 bag): the full deserializer below decides
+        else:
+            return decode_compressed(fmt, data), stamp, frame_id
     try:
         msg = src.deserialize(m.raw, msgtype)
     except Exception as err:  # noqa: BLE001 - any deserialization failure = undecodable frame
