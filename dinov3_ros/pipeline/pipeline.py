@@ -434,7 +434,7 @@ class Pipeline:
             if defer_pca is not None and "debug" not in want:
                 defer_pca.append((out, rgb_t))  # finish() copies the batch's images in one go
             else:
-                out.features_pca = rgb_t.cpu().numpy()
+                out.features_pca = _to_host(rgb_t)
             lap("features_pca")
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
