@@ -321,7 +321,7 @@ class _MaskedCut:
     (masked patches become eigenvalue 0, far below the Fiedler pair), its repeated squares and
     ``Y = A^(2^s) G`` - all float64. The host orthonormalises ``Y`` (an ``n x k`` QR, microseconds),
     the device computes ``A Q`` (one GEMM) and the host does Rayleigh-Ritz with an exact residual check
-    (up to three block steps, as :func:`_solve_subspace`); if it fails, the caller solves densely.
+    (up to ``max_steps`` block steps); if it still fails, the caller solves densely.
     """
 
     def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int = 12) -> None:
@@ -335,6 +335,9 @@ class _MaskedCut:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
         self.use_graph = device.type == "cuda"
+        #: Rayleigh-Ritz block steps before giving up (each one GEMM + k x k host work, ~0.1 ms; the dense
+        #: fallback costs ~100x that, so a slow-converging frame takes more cheap steps first)
+        self.max_steps = 10
 
     def _body(self) -> torch.Tensor:
         m, W = self.m, self.W * self.m[:, None] * self.m[None, :]
@@ -377,7 +380,7 @@ class _MaskedCut:
         Yd = self._run()
         Y, dis = Yd[:, : self.k], Yd[:, self.k]
         Q, _ = np.linalg.qr(Y)
-        for _ in range(3):
+        for _ in range(self.max_steps):
             AQ = _host(self.A @ torch.from_numpy(Q).to(self.A.device))
             T = Q.T @ AQ
             theta, V = np.linalg.eigh(0.5 * (T + T.T))

@@ -10,11 +10,13 @@ Two threads, so a frame's inference overlaps the previous frame's heads and mess
 
 One inference waits between the two (a bounded queue of 1), so the queue never grows: when the
 finish thread is the bottleneck, frames are dropped in the mailbox (newest wins) and counted. Any
-exception of one frame is logged and counted; the threads keep going.
+exception of one frame is logged and counted; the threads keep going. ``start`` freezes the objects
+alive then (model, pipeline) out of the cyclic garbage collector, so no full collection stalls a frame.
 """
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
@@ -60,6 +62,10 @@ class FrameWorker:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        # the model and everything loaded so far are long-lived: move them out of the cyclic GC's
+        # generations so a full collection (tens of ms with a large heap) cannot stall a frame
+        gc.collect()
+        gc.freeze()
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._infer_loop, name="dinov3_infer", daemon=True),
