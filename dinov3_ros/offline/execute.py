@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,6 +245,43 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
             continue
 
 
+def _profiler() -> Any:
+    """A running cProfile profiler when ``DINOV3_OFFLINE_PROFILE`` names a directory (developer aid)."""
+    import os
+
+    if not os.environ.get("DINOV3_OFFLINE_PROFILE"):
+        return None
+    import cProfile
+
+    pr = cProfile.Profile()
+    pr.enable()
+    return pr
+
+
+def _dump_profile(pr: Any, name: str) -> None:
+    import os
+
+    if pr is None:
+        return
+    pr.disable()
+    d = Path(os.environ["DINOV3_OFFLINE_PROFILE"])
+    d.mkdir(parents=True, exist_ok=True)
+    pr.dump_stats(str(d / f"{name}.prof"))
+
+
+def _profiled(fn: Callable[[], None], name: str) -> Callable[[], None]:
+    """``fn`` run under cProfile per thread with ``DINOV3_OFFLINE_PROFILE=DIR`` (stats in DIR/name.prof)."""
+
+    def run() -> None:
+        pr = _profiler()
+        try:
+            fn()
+        finally:
+            _dump_profile(pr, name)
+
+    return run
+
+
 def run_source(
     source: Source,
     bag: OutputBag,
@@ -389,8 +427,8 @@ def run_source(
             writer_exc.append(err)
             stop.set()
 
-    rt = threading.Thread(target=reader, name="offline-reader", daemon=True)
-    wt = threading.Thread(target=writer, name="offline-writer", daemon=True)
+    rt = threading.Thread(target=_profiled(reader, "reader"), name="offline-reader", daemon=True)
+    wt = threading.Thread(target=_profiled(writer, "writer"), name="offline-writer", daemon=True)
     rt.start()
     wt.start()
 
@@ -440,7 +478,7 @@ def run_source(
             writer_exc.append(err)
             stop.set()
 
-    ht = threading.Thread(target=heads, name="offline-heads", daemon=True)
+    ht = threading.Thread(target=_profiled(heads, "heads"), name="offline-heads", daemon=True)
     ht.start()
 
     def _to_heads(rec: Any) -> None:
@@ -461,6 +499,7 @@ def run_source(
         pending.clear()
 
     interrupted: BaseException | None = None
+    main_prof = _profiler()
     try:
         from dinov3_ros.pipeline.types import CameraIntrinsics, Frame
 
@@ -562,6 +601,7 @@ def run_source(
     except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt/SIGTERM/pipeline error: re-raised below
         interrupted = err
         stop.set()
+    _dump_profile(main_prof, "main")
     if interrupted is None and not writer_exc:
         wt.join()
     stop.set()
