@@ -270,7 +270,12 @@ def _dump_profile(pr: Any, name: str) -> None:
 
 
 def _profiled(fn: Callable[[], None], name: str) -> Callable[[], None]:
-    """``fn`` run under cProfile per thread with ``DINOV3_OFFLINE_PROFILE=DIR`` (stats in DIR/name.prof)."""
+    """``fn`` run under cProfile per thread with ``DINOV3_OFFLINE_PROFILE=DIR`` (stats in DIR/name.prof).
+
+    Python >= 3.12 allows one cProfile at a time, which then sees every thread: only ``main.prof``.
+    """
+    if sys.version_info >= (3, 12):
+        return fn
 
     def run() -> None:
         pr = _profiler()
