@@ -314,8 +314,9 @@ class Pipeline:
         geos: list[Future | None] = [None] * len(h.frames)
         if depth_np is not None and h.cfg.parallel_heads:
             # stateless depth/points of every frame start now, in parallel with the stateful heads
+            ready = self._ready_event()  # one event for the whole batch (creating one costs driver time)
             geos = [
-                self._submit("geo", _GEO_WORKERS, self._geometry, f, g, d, h.want, h.cfg)
+                self._submit("geo", _GEO_WORKERS, self._geometry, f, g, d, h.want, h.cfg, ready=ready)
                 for f, g, d in zip(h.frames, h.geoms, deps)
             ]
         outs = []
@@ -459,14 +460,24 @@ class Pipeline:
             lap("debug")
         return out
 
-    def _submit(self, name: str, workers: int, fn: Any, *args: Any) -> Future:
+    def _ready_event(self) -> Any:
+        """A CUDA event recorded now on the caller's stream (None off CUDA); shareable by many tasks."""
+        dev = torch.device(self.device)
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            return None
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(dev))
+        return ev
+
+    def _submit(self, name: str, workers: int, fn: Any, *args: Any, ready: Any = None) -> Future:
         """Run ``fn(*args)`` in pool ``name``; on CUDA on that pool's own stream (after the work queued
-        so far on the caller's stream), so a head's syncs never wait for another head's kernels."""
+        so far on the caller's stream, or after ``ready``), so a head's syncs never wait for another
+        head's kernels."""
         dev = torch.device(self.device)
         if dev.type != "cuda" or not torch.cuda.is_available():
             return self._pool(name, workers).submit(fn, *args)
-        ready = torch.cuda.Event()
-        ready.record(torch.cuda.current_stream(dev))
+        if ready is None:
+            ready = self._ready_event()
         streams = self._side_streams.setdefault(name, [])
 
         def run() -> Any:
