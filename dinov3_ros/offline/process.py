@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda:LOCAL_RANK under torchrun)"
     )
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"))
     g.add_argument(
         "--cuda-graphs",
         action=argparse.BooleanOptionalAction,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: onnxruntime only
 
 
 class ModelLoadError(RuntimeError):
@@ -163,6 +163,8 @@ def load_model(
         raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in PRECISIONS:
         raise ModelLoadError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and backend != "onnxruntime":
+        raise ModelLoadError(f"precision int8 needs backend 'onnxruntime' (INT8 CPU path), got {backend!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     if not weights:

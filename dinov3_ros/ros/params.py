@@ -56,7 +56,7 @@ NODE_DESCRIPTIONS: dict[str, str] = {
     "depth_head": "depth head file; 'auto' = the registry model's shipped head; 'none' = no depth",
     "backend": "torch | onnxruntime | tensorrt",
     "device": "cpu | cuda | cuda:N",
-    "precision": "fp32 | fp16 | bf16",
+    "precision": "fp32 | fp16 | bf16 | int8 (int8: onnxruntime, dynamic INT8 MatMuls on CPU)",
     "resolution": "network input [H, W], multiples of 16 (frames are letterboxed)",
     "cuda_graphs": "torch backend on CUDA: replay the forward as a CUDA graph (one launch per frame)",
     "cameras": "comma-separated camera namespaces ('' = one camera on 'image'); batched through one model",
@@ -159,7 +159,7 @@ def validate(values: dict[str, Any]) -> NodeSettings:
         ("input_qos", QOS_NAMES),
         ("output_qos", QOS_NAMES),
         ("backend", ("torch", "onnxruntime", "tensorrt")),
-        ("precision", ("fp32", "fp16", "bf16")),
+        ("precision", ("fp32", "fp16", "bf16", "int8")),
     ):
         if v[name] not in choices:
             raise ValueError(f"parameter {name} must be one of {choices}, got {v[name]!r}")
