@@ -22,20 +22,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dinov3_ros.pipeline import OUTPUTS, CameraIntrinsics, Frame, PipelineConfig  # noqa: E402
+from bench_node import K, test_image  # noqa: E402  (the node benchmark's frames and intrinsics)
+
+from dinov3_ros.pipeline import OUTPUTS, Frame, PipelineConfig  # noqa: E402
 from dinov3_ros.pipeline.model import load_model  # noqa: E402
 from dinov3_ros.pipeline.pipeline import Pipeline  # noqa: E402
 
-W, H = 640, 480
-K = CameraIntrinsics(np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]]), W, H)
-
 
 def frame(i: int) -> Frame:
-    y, x = np.mgrid[0:H, 0:W]
-    img = np.stack([(x + 3 * i) % 256, y % 256, ((x // 40 + y // 40) % 2) * 200], 2).astype(np.uint8)
-    img[160 + i % 7 : 320, 240:400] = (230, 40, 40)
-    return Frame(img, i, "camera_optical", K, "prof")
+    return Frame(test_image(i), i, "camera_optical", K, "prof")
 
 
 def run(pipe: Pipeline, outputs: set[str], n: int, device: str) -> dict[str, Any]:
@@ -102,7 +99,9 @@ def main() -> int:
             pipe.set_config(c)
             r = run(pipe, outs, args.frames, args.device)
             results[f"{ename}: {name}"] = r
-            print(f"{ename:12s} {name:28s} p50 {r['p50_ms']:7.2f} p99 {r['p99_ms']:7.2f}  {r['stages_p50_ms']}")
+            print(
+                f"{ename:12s} {name:28s} p50 {r['p50_ms']:7.2f} p99 {r['p99_ms']:7.2f}  {r['stages_p50_ms']}"
+            )
             sys.stdout.flush()
         pipe.set_config(cfg)
     for spec in [c for c in args.cprofile.split(",") if c]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ._common import ArrayLike, check_finite, float_tensor
+from ._common import ArrayLike, check_finite, float_tensor, to_host
 
 METHODS = ("auto", "dense", "cpu_dense", "scipy", "arpack", "subspace")
 
@@ -371,7 +371,7 @@ class _MaskedCut:
             self.graph = graph
         assert self.out is not None
         self.graph.replay()
-        return _host(self.out)
+        return to_host(self.out)
 
     def solve(self, active: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
         """``(x [n_active], λ)`` of the active sub-graph (order of ``flatnonzero(active)``), or None
@@ -381,7 +381,7 @@ class _MaskedCut:
         Y, dis = Yd[:, : self.k], Yd[:, self.k]
         Q, _ = np.linalg.qr(Y)
         for _ in range(self.max_steps):
-            AQ = _host(self.A @ torch.from_numpy(Q).to(self.A.device))
+            AQ = to_host(self.A @ torch.from_numpy(Q).to(self.A.device))
             T = Q.T @ AQ
             theta, V = np.linalg.eigh(0.5 * (T + T.T))
             v = V[:, -1]
@@ -391,16 +391,6 @@ class _MaskedCut:
                 return dis[idx] * y[idx], float(2.0 - 2.0 * theta[-1])
             Q, _ = np.linalg.qr(AQ)
         return None
-
-
-def _host(t: torch.Tensor) -> np.ndarray:
-    """``t`` as numpy, through pinned host memory on CUDA (waits for the current stream only)."""
-    if t.device.type != "cuda":
-        return t.numpy()
-    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    buf.copy_(t, non_blocking=True)
-    torch.cuda.current_stream(t.device).synchronize()
-    return buf.numpy()
 
 
 _CUT_CACHE: dict[tuple[int, str], tuple[_MaskedCut, threading.Lock]] = {}
@@ -437,7 +427,7 @@ class _DeviceGraph:
         self.lock.acquire()  # released in close(): the solver's buffers belong to this frame
         one = torch.ones((), dtype=torch.float64, device=F.device)
         self.solver.W.copy_(torch.where(E, one, one * eps))  # identical to _affinity(F, tau, eps)
-        self.E = _host(E)
+        self.E = to_host(E)
         self.method = method
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from dinov3_ros.heads._common import to_host
 from dinov3_ros.heads.correspondence import match
 from dinov3_ros.heads.pca import PCAView
 from dinov3_ros.heads.pointcloud import backproject
@@ -101,19 +102,6 @@ class _SourceState:
     keyframe: _Keyframe | None = None
     tracker: TokenCutTracker | None = None
     grid: tuple[int, int, int, int] | None = None  # valid patch crop the tracker runs on
-
-
-def _to_host(t: torch.Tensor, sync: bool = True) -> np.ndarray:
-    """``t`` as numpy; CUDA tensors go through pinned (page-locked, cached) host memory, which copies
-    several times faster than pageable memory; waits for the current stream only (``sync``; without it
-    the caller must sync before reading)."""
-    if t.device.type != "cuda":
-        return t.numpy()
-    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    buf.copy_(t, non_blocking=True)
-    if sync:
-        torch.cuda.current_stream(t.device).synchronize()
-    return buf.numpy()
 
 
 def resolve_outputs(outputs: Iterable[str]) -> set[str]:
@@ -307,8 +295,8 @@ class Pipeline:
             for x in on_gpu:
                 x.record_stream(cur)  # allocated on the inference stream, used here
         # one device->host copy per batch for what the messages need as numpy
-        depth_np = _to_host(h.depth_net) if h.depth_net is not None else None
-        tok_np = _to_host(h.tokens) if "features" in h.want and h.tokens.device.type != "cpu" else None
+        depth_np = to_host(h.depth_net) if h.depth_net is not None else None
+        tok_np = to_host(h.tokens) if "features" in h.want and h.tokens.device.type != "cpu" else None
         h.shared["transfer"] = (time.perf_counter() - t0) * 1e3
         deps = [(h.depth_net[i], depth_np[i]) if depth_np is not None else None for i in range(len(h.frames))]
         geos: list[Future | None] = [None] * len(h.frames)
@@ -435,7 +423,7 @@ class Pipeline:
             if defer_pca is not None and "debug" not in want:
                 defer_pca.append((out, rgb_t))  # finish() copies the batch's images in one go
             else:
-                out.features_pca = _to_host(rgb_t)
+                out.features_pca = to_host(rgb_t)
             lap("features_pca")
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
@@ -536,12 +524,12 @@ class Pipeline:
             if cfg.points_color == "rgb":
                 rgb_c = torch.from_numpy(self._canvas_rgb(frame.image, geom)).to(dc.device)
                 pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
-                cols = _to_host(cols_t, sync=False)
+                cols = to_host(cols_t, sync=False)
             else:
                 pts_t = backproject(dc, Kn, stride=cfg.points_stride)
             pts_t = pts_t.to(torch.float32)
             if cfg.points_voxel > 0:
-                pts = _to_host(pts_t)
+                pts = to_host(pts_t)
                 res["points"], res["points_rgb"] = voxel_downsample(pts, cols, cfg.points_voxel)
             else:
                 # the ~/points message rows ([x y z (rgb)] float32, rgb = 0x00RRGGBB bits) are packed on
@@ -552,8 +540,8 @@ class Pipeline:
                     rgbf = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(torch.float32)
                     packed_t = torch.cat([pts_t, rgbf[:, None]], 1)
                 dense_t = torch.isfinite(pts_t).all().reshape(1)
-                flag = _to_host(dense_t, sync=False)
-                packed = _to_host(packed_t.contiguous())
+                flag = to_host(dense_t, sync=False)
+                packed = to_host(packed_t.contiguous())
                 res["points"], res["points_rgb"] = packed[:, :3], cols
                 res["points_packed"], res["points_dense"] = packed, bool(flag[0])
             res["timings"]["points"] = (time.perf_counter() - t) * 1e3
