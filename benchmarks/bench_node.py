@@ -348,7 +348,9 @@ def main() -> int:
     ap.add_argument("--mode", default="auto", choices=("auto", "dds", "inproc", "both"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--switch-interval-ms", type=float, default=0.0, help="sys.setswitchinterval (0 = keep)")
-    ap.add_argument("--cv-threads", type=int, default=-1, help="cv2.setNumThreads (-1 = keep OpenCV's default)")
+    ap.add_argument(
+        "--cv-threads", type=int, default=-1, help="cv2.setNumThreads (-1 = keep OpenCV's default)"
+    )
     ap.add_argument(
         "--cuda-graphs", type=int, default=1, help="torch on CUDA: engine as a CUDA graph (node default)"
     )
