@@ -25,16 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _perturbed(depth: int = 2) -> torch.nn.Module:
-    """Random ViT-S/16 whose blocks matter (LayerScale ~0.5 instead of the 1e-5 init)."""
-    torch.manual_seed(0)
-    bb = build_backbone("vits16", depth=depth)
-    with torch.no_grad():
-        for name, p in bb.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.2, 1.0)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-    return bb.eval()
+    """Random ViT-S/16 whose blocks matter (the export tests' released-like perturbation)."""
+    from test_runtime_export import _perturbed as perturbed
+
+    return perturbed("vits16", depth=depth)
 
 
 def _ops(path) -> set[tuple[str, str]]:

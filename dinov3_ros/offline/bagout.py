@@ -221,7 +221,8 @@ class OutputBag:
             self.writer.write(conn, int(log_ns), join(raw))
         self.count += 1
 
-    def _flush_chunk(self) -> None:
+    def _close_and_flush(self) -> Any:
+        """Close the open MCAP chunk and flush the file to the OS; returns the file object (or None)."""
         st = getattr(self.writer, "storage", None)
         chunk = getattr(st, "chunk", None)
         if chunk is not None and chunk.bio.tell() and hasattr(st, "close_chunk"):
@@ -229,6 +230,11 @@ class OutputBag:
         bio = getattr(st, "bio", None)
         if bio is not None:
             bio.flush()
+        return bio
+
+    def _flush_chunk(self) -> None:
+        bio = self._close_and_flush()
+        if bio is not None:
             os.fsync(bio.fileno())
 
     def checkpoint(self, info: dict[str, Any], state: bytes | None) -> None:
@@ -240,13 +246,7 @@ class OutputBag:
         bag waits for pending checkpoints.
         """
         self._raise_pending()
-        st = getattr(self.writer, "storage", None)
-        chunk = getattr(st, "chunk", None)
-        if chunk is not None and chunk.bio.tell() and hasattr(st, "close_chunk"):
-            st.close_chunk()
-        bio = getattr(st, "bio", None)
-        if bio is not None:
-            bio.flush()
+        bio = self._close_and_flush()
         n = len(self.checkpoints)
         cp = dict(
             info,
