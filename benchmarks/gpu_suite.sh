@@ -4,13 +4,14 @@
 #   benchmarks/gpu_suite.sh pipeline    # 1 GPU: node path, offline tool, pretraining, Gram, distillation
 #   benchmarks/gpu_suite.sh multi       # 2-4 GPUs: FSDP2 scaling, distillation with student subgroups
 #   benchmarks/gpu_suite.sh heads2      # 1 GPU: CUDA pipeline tests, node + offline after the head work, Gram
+#   benchmarks/gpu_suite.sh round2      # 1 GPU: session-2 node/offline/backbone figures (max-autotune row: see BENCHMARKS)
 #   benchmarks/gpu_suite.sh offline2    # 1 GPU: offline tool vs bare engine, ViT-S/B/L (issue 7), ~4 min
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -73,6 +74,17 @@ heads2)
 offline2)  # issue 7 throughput: ViT-S/B/L in one process (shared input bag), stage timings in the JSON
   step offline2 330 "$PY" benchmarks/bench_offline.py --device cuda --weights random:vits16,random:vitb16,random:vitl16 \
     --precision fp16 --resolution 448x448 --batch-size 32 --frames 512 --repeats 2 --out "$R/offline2_cuda.json"
+  ;;
+round2)  # session-2 figures (issues 5/6/7 on one GPU, ~9 min): CUDA tests, node, pipeline profile, offline, backbones
+  step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_heads_gpu.py tests/test_pipeline_core.py \
+    tests/test_runtime_vit_fast.py
+  step node 90 "$PY" benchmarks/bench_node.py --device cuda --precision fp16 --weights random:vits16 \
+    --resolution 480x640 --seconds 30 --out "$R/node_cuda.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  step offline 200 "$PY" benchmarks/bench_offline.py --device cuda --weights random:vits16,random:vitb16,random:vitl16 \
+    --precision fp16 --resolution 448x448 --batch-size 32 --frames 512 --repeats 2 --out "$R/offline_cuda.json"
+  step backbones 300 "$PY" benchmarks/bench_gpu_backbones.py --device cuda --out "$R/backbones" --budget-s 280 \
+    --plan vitb16:timm:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:bf16,vitb16:timm:eager:fp16,vitb16:hf:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:fp16,vits16:timm:eager:bf16,vits16:timm:eager:fp16,vits16:hf:eager:bf16,vits16:ours:cudagraphs:bf16,vits16:ours:compiledef+cudagraphs+gelu:fp16
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac
