@@ -425,9 +425,13 @@ class _DeviceGraph:
         self.n, self.eps, self.exact_later = F.shape[0], eps, exact_later
         self.solver, self.lock = _masked_cut(self.n, F.device)
         self.lock.acquire()  # released in close(): the solver's buffers belong to this frame
-        one = torch.ones((), dtype=torch.float64, device=F.device)
-        self.solver.W.copy_(torch.where(E, one, one * eps))  # identical to _affinity(F, tau, eps)
-        self.E = to_host(E)
+        try:
+            one = torch.ones((), dtype=torch.float64, device=F.device)
+            self.solver.W.copy_(torch.where(E, one, one * eps))  # identical to _affinity(F, tau, eps)
+            self.E = to_host(E)
+        except BaseException:
+            self.lock.release()
+            raise
         self.method = method
 
     def close(self) -> None:
