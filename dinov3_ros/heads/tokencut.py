@@ -440,7 +440,7 @@ class _DeviceGraph:
     def cut(self, h: int, w: int, active: np.ndarray, first: bool) -> TokenCutResult:
         idx = np.flatnonzero(active.reshape(-1))
         n = idx.size
-        dense = self.method == "dense" or (self.method == "auto" and n <= 256)
+        dense = self.method == "dense"  # small graphs too: the masked solve beats a small GPU eigh
         sol = None if dense else self.solver.solve(active, 1e-9 if first or self.exact_later else 1e-6)
         if sol is None:
             it = torch.from_numpy(idx).to(self.solver.W.device)
