@@ -169,42 +169,20 @@ def _solve_dense(W: torch.Tensor) -> tuple[np.ndarray, float]:
     return x, float(1.0 - mu[-2])
 
 
-def _solve_subspace(
-    W: torch.Tensor, block: int = 8, squarings: int = 12, tol: float = 1e-9
-) -> tuple[np.ndarray, float]:  # W's dtype: float64 (exact path) or float32 (later multi-object cuts)
+def _solve_subspace(W: torch.Tensor, tol: float = 1e-9) -> tuple[np.ndarray, float]:
     """Top eigenvector of the deflated, shifted operator via ``A^(2^s) Q`` + Rayleigh-Ritz.
 
     ``A = (M + I)/2 − u0 u0ᵀ`` has spectrum in [0, 1] with the trivial eigenvector ``u0 ∝ sqrt(d)``
-    removed, so its top eigenvector is the Fiedler vector. Only float64 matmuls (fast on GPUs), one
-    small ``eigh`` and one residual check; falls back to the dense solve if the check fails.
+    removed, so its top eigenvector is the Fiedler vector: the all-active case of :class:`_MaskedCut`
+    (float64 matmuls, a captured CUDA graph on GPUs, an exact residual check); falls back to the dense
+    solve if the check fails.
     """
-    M, d, dis = _normalised(W)
-    n = M.shape[0]
-    u0 = d.sqrt()
-    u0 = u0 / u0.norm()
-    A = 0.5 * M
-    A.diagonal().add_(0.5)
-    A -= u0[:, None] * u0[None, :]
-    B = A
-    for _ in range(squarings):
-        B = B @ B
-        B = B / B.abs().amax().clamp_min(1e-300)
-    k = min(block, n - 1)
-    gen = torch.Generator().manual_seed(0)
-    G = torch.randn(n, k, generator=gen, dtype=torch.float64).to(W.device, W.dtype)
-    Q, _ = torch.linalg.qr(B @ G)
-    for _ in range(3):
-        AQ = A @ Q
-        T = Q.T @ AQ
-        theta, V = torch.linalg.eigh(0.5 * (T + T.T).cpu())  # k x k: cheaper on the host than cusolver
-        theta, V = theta.to(Q.device), V.to(Q.device)
-        y = Q @ V[:, -1]
-        res = (AQ @ V[:, -1] - theta[-1] * y).norm()
-        if float(res) < tol:
-            mu = 2.0 * float(theta[-1]) - 1.0
-            return (dis * y).cpu().numpy().astype(np.float64, copy=False), 1.0 - mu
-        Q, _ = torch.linalg.qr(AQ)
-    return _solve_dense(W)
+    n = W.shape[0]
+    solver, lock = _masked_cut(n, W.device)
+    with lock:
+        solver.W.copy_(W)
+        sol = solver.solve(np.ones(n, dtype=bool), tol)
+    return sol if sol is not None else _solve_dense(W)
 
 
 def fiedler_vector(
@@ -422,7 +400,7 @@ class _DeviceGraph:
     def __init__(self, F: torch.Tensor, tau: float, eps: float, method: str, exact_later: bool) -> None:
         Fn = torch.nn.functional.normalize(F, dim=1)
         E = (Fn @ Fn.T) > tau  # the graph's edges, = (W == 1)
-        self.n, self.eps, self.exact_later = F.shape[0], eps, exact_later
+        self.n, self.exact_later = F.shape[0], exact_later
         self.solver, self.lock = _masked_cut(self.n, F.device)
         self.lock.acquire()  # released in close(): the solver's buffers belong to this frame
         try:
@@ -518,61 +496,31 @@ def tokencut_multi(
         graph_once = F.device.type != "cpu"
     if graph_once and method in ("auto", "dense", "subspace"):
         graph = _DeviceGraph(F, tau, eps, method, exact_later)
+    active = np.ones((h, w), dtype=bool)
+    out: list[TokenCutResult] = []
     try:
-        return _multi_loop(
-            F,
-            h,
-            w,
-            k,
-            tau,
-            eps,
-            method,
-            graph,
-            min_patches,
-            max_fraction,
-            max_eigenvalue,
-            min_contrast,
-            min_remaining,
-        )
+        for i in range(k):
+            n_active = int(active.sum())
+            if i > 0 and n_active < max(min_remaining, 3):
+                break
+            res = (
+                graph.cut(h, w, active, i == 0)
+                if graph is not None
+                else _cut(F, h, w, active, tau, eps, method)
+            )
+            size = int(res.mask.sum())
+            if i > 0:
+                if size < min_patches or size > max_fraction * n_active:
+                    break
+                if max_eigenvalue is not None and res.eigenvalue > max_eigenvalue:
+                    break
+                if res.contrast < min_contrast:
+                    break
+            out.append(res)
+            active &= ~res.mask
     finally:
         if graph is not None:
             graph.close()
-
-
-def _multi_loop(
-    F: torch.Tensor,
-    h: int,
-    w: int,
-    k: int,
-    tau: float,
-    eps: float,
-    method: str,
-    graph: _DeviceGraph | None,
-    min_patches: int,
-    max_fraction: float,
-    max_eigenvalue: float | None,
-    min_contrast: float,
-    min_remaining: int,
-) -> list[TokenCutResult]:
-    active = np.ones((h, w), dtype=bool)
-    out: list[TokenCutResult] = []
-    for i in range(k):
-        n_active = int(active.sum())
-        if i > 0 and n_active < max(min_remaining, 3):
-            break
-        res = (
-            graph.cut(h, w, active, i == 0) if graph is not None else _cut(F, h, w, active, tau, eps, method)
-        )
-        size = int(res.mask.sum())
-        if i > 0:
-            if size < min_patches or size > max_fraction * n_active:
-                break
-            if max_eigenvalue is not None and res.eigenvalue > max_eigenvalue:
-                break
-            if res.contrast < min_contrast:
-                break
-        out.append(res)
-        active &= ~res.mask
     return out
 
 
