@@ -352,8 +352,8 @@ def frame_messages(
             hdr,
             out.points,
             out.points_rgb,
-            getattr(out, "points_packed", None),
-            getattr(out, "points_dense", None),
+            out.points_packed,
+            out.points_dense,
         )
     if out.matches is not None and want("matches"):
         msgs["matches"] = matches(tp, hdr, out.matches)

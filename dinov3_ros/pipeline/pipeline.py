@@ -165,7 +165,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._warned_depth = False
         self._executors: dict[str, ThreadPoolExecutor] = {}
-        self._side_streams: dict[str, list[tuple[int, Any]]] = {}  # pool -> (thread id, CUDA stream)
+        self._side = threading.local()  # .stream: each head pool thread's own CUDA stream
         self._stream: Any = None
 
     @classmethod
@@ -466,15 +466,11 @@ class Pipeline:
             return self._pool(name, workers).submit(fn, *args)
         if ready is None:
             ready = self._ready_event()
-        streams = self._side_streams.setdefault(name, [])
 
         def run() -> Any:
-            ident = threading.get_ident()
-            with self._lock:
-                own = next((st for tid, st in streams if tid == ident), None)
-                if own is None:
-                    own = torch.cuda.Stream(device=dev)
-                    streams.append((ident, own))
+            own = getattr(self._side, "stream", None)
+            if own is None:
+                own = self._side.stream = torch.cuda.Stream(device=dev)
             own.wait_event(ready)
             with torch.cuda.stream(own):
                 return fn(*args)
@@ -669,7 +665,7 @@ class Pipeline:
             lam = o.result.eigenvalue
             scores.append(float(np.clip(1.0 - lam, 0.0, 1.0)) if np.isfinite(lam) else 0.0)
         ri, ci = self._grid_maps(geom, grid.shape[0], grid.shape[1])
-        mask = np.ascontiguousarray(np.take(np.take(grid, ri, axis=0), ci, axis=1))
+        mask = np.ascontiguousarray(self._grid_to_input(grid, geom, (ri, ci)))
         # boxes and areas from the grid: each patch maps to a product of input rows x columns, so this is
         # exact and costs O(objects x patches) instead of two passes over the input-size mask
         ny = np.bincount(ri, minlength=grid.shape[0])
@@ -705,9 +701,12 @@ class Pipeline:
         return ri, ci
 
     @staticmethod
-    def _grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
-        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``."""
-        ri, ci = Pipeline._grid_maps(geom, grid.shape[0], grid.shape[1])
+    def _grid_to_input(
+        grid: np.ndarray, geom: Geometry, maps: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``
+        (``maps``: :meth:`_grid_maps` when the caller already has them)."""
+        ri, ci = maps if maps is not None else Pipeline._grid_maps(geom, grid.shape[0], grid.shape[1])
         return np.take(np.take(grid, ri, axis=0), ci, axis=1)
 
     @staticmethod
