@@ -503,6 +503,10 @@ def run_source(
                 _to_heads(rec)
         pending.clear()
 
+    def copied_record(m: InputMessage) -> tuple[ConnKey, int, Any]:
+        """An input message copied to the output as is (``--copy-input`` and non-image topics)."""
+        return ConnKey(m.topic, source.connections[m.conn].msgtype, f"in:{m.conn}"), m.log_ns, m.raw
+
     interrupted: BaseException | None = None
     main_prof = _profiler()
     try:
@@ -530,16 +534,7 @@ def run_source(
                 _put(q_heads, ("checkpoint", item), stop)
                 continue
             if isinstance(item, InputMessage):  # copied input (camera_info, other topics)
-                rec = (
-                    "msgs",
-                    [
-                        (
-                            ConnKey(item.topic, source.connections[item.conn].msgtype, f"in:{item.conn}"),
-                            item.log_ns,
-                            item.raw,
-                        )
-                    ],
-                )
+                rec = ("msgs", [copied_record(item)])
                 if pending:
                     pending.append(rec)
                 else:
@@ -564,16 +559,9 @@ def run_source(
                     _to_heads(("failure", _Failure(m.seq, err2)))
                     _to_heads(_END)
                     break
-                copied = []
+                recs = [("skip", m, reason)]
                 if opts.copy_input and m.raw is not None and m.conn >= 0:
-                    copied = [
-                        (
-                            ConnKey(m.topic, source.connections[m.conn].msgtype, f"in:{m.conn}"),
-                            m.log_ns,
-                            m.raw,
-                        )
-                    ]
-                recs = [("skip", m, reason)] + ([("msgs", copied)] if copied else [])
+                    recs.append(("msgs", [copied_record(m)]))
                 if pending:
                     pending.extend(recs)
                 else:
@@ -584,18 +572,7 @@ def run_source(
             ci = _intrinsics(m.camera_info, rgb, CameraIntrinsics)
             frame = Frame(image=rgb, stamp_ns=stamp, frame_id=frame_id, camera_info=ci, source=m.topic)
             if opts.copy_input and m.raw is not None and m.conn >= 0:
-                pending.append(
-                    (
-                        "msgs",
-                        [
-                            (
-                                ConnKey(m.topic, source.connections[m.conn].msgtype, f"in:{m.conn}"),
-                                m.log_ns,
-                                m.raw,
-                            )
-                        ],
-                    )
-                )
+                pending.append(("msgs", [copied_record(m)]))
             pending.append(("img", m, frame, rgb))
             n_batch += 1
             if n_batch >= opts.batch_size:
