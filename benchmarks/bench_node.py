@@ -373,10 +373,13 @@ def main() -> int:
     except ImportError:
         has_ros = False
     modes = {"auto": ["dds" if has_ros else "inproc"], "both": ["inproc", "dds"]}.get(args.mode, [args.mode])
-    graphs = bool(args.cuda_graphs) and args.backend == "torch" and args.device.startswith("cuda")
-    opts = {"cuda_graphs": True} if graphs else {}
     model = load_model(
-        args.weights, args.backend, args.device, args.precision, args.resolution, engine_options=opts
+        args.weights,
+        args.backend,
+        args.device,
+        args.precision,
+        args.resolution,
+        cuda_graphs=bool(args.cuda_graphs),
     )
     pipe = Pipeline.from_model(model, PipelineConfig(resolution=args.resolution), device=args.device)
     res: dict[str, Any] = {

@@ -148,11 +148,8 @@ def bench_model(args, weights, bag, work, device, dev, res, size, outputs) -> di
 
     iw, ih = size
     B = args.batch_size
-    graphs = bool(args.cuda_graphs) and device.type == "cuda"
     # the same engine (CUDA graphs on CUDA, as the tool's default) for the baseline and every row
-    model = load_model(
-        weights, "torch", dev, args.precision, res, engine_options={"cuda_graphs": True} if graphs else None
-    )
+    model = load_model(weights, "torch", dev, args.precision, res, cuda_graphs=bool(args.cuda_graphs))
     config = PipelineConfig(resolution=res)
 
     def sync() -> None:

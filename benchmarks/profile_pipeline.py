@@ -81,9 +81,9 @@ def main() -> int:
         results["gpu"] = torch.cuda.get_device_name(0)
     all_out = set(OUTPUTS)
     graphs = args.device.startswith("cuda")
-    engines = {"eager": {}, **({"cuda_graphs": {"cuda_graphs": True}} if graphs else {})}
-    for ename, opts in engines.items():
-        model = load_model(args.weights, "torch", args.device, args.precision, res, engine_options=opts)
+    engines = {"eager": False, **({"cuda_graphs": True} if graphs else {})}
+    for ename, use_graphs in engines.items():
+        model = load_model(args.weights, "torch", args.device, args.precision, res, cuda_graphs=use_graphs)
         pipe = Pipeline.from_model(model, cfg, device=args.device)
         variants: list[tuple[str, set[str], PipelineConfig]] = [("all outputs", all_out, cfg)]
         if not args.variants:

@@ -463,7 +463,6 @@ def main(args: argparse.Namespace) -> int:
 
     device = _device(args.device, local)
     try:
-        graphs = args.cuda_graphs and args.backend == "torch" and device.startswith("cuda")
         model = load_model(
             args.weights,
             args.backend,
@@ -471,7 +470,7 @@ def main(args: argparse.Namespace) -> int:
             args.precision,
             tuple(config.resolution),
             args.depth_head,
-            engine_options={"cuda_graphs": True} if graphs else None,
+            cuda_graphs=args.cuda_graphs,
         )
     except ModelLoadError as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)

@@ -150,14 +150,14 @@ def load_model(
     precision: str = "fp32",
     resolution: tuple[int, int] | None = None,
     depth_head: str | None = "auto",
-    engine_options: dict[str, Any] | None = None,
+    cuda_graphs: bool = False,
 ) -> LoadedModel:
     """Load ``weights`` into an engine for ``backend``; raises :class:`ModelLoadError` with a clear message.
 
     ``depth_head``: a head file (``dinov3_ros.heads.depth``) attached to the torch engine; ``"auto"`` uses
     the registry entry's shipped head (``default`` ships one), ``None``/``""``/``"none"`` attaches none.
     ``random:<arch>`` also gets a :class:`RandomDepthHead` so depth and point clouds can be exercised.
-    ``engine_options``: extra backend keywords (torch: ``cuda_graphs``, ``compile``, ``compile_mode``).
+    ``cuda_graphs``: replay the torch engine as CUDA graphs when ``device`` is CUDA (ignored otherwise).
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -181,7 +181,9 @@ def load_model(
     create = _runtime_engine()
     size = tuple(int(v) for v in resolution) if resolution is not None else None
     depth_head = None
-    kwargs: dict[str, Any] = {"device": device, "precision": precision, **(engine_options or {})}
+    kwargs: dict[str, Any] = {"device": device, "precision": precision}
+    if cuda_graphs and backend == "torch" and device.startswith("cuda"):
+        kwargs["cuda_graphs"] = True
     if weights.startswith("random:"):
         if backend != "torch":
             raise ModelLoadError(f"random:<arch> weights need backend 'torch', got {backend!r}")

@@ -137,7 +137,7 @@ class PerceptionCore:
             s.precision,
             s.resolution,
             s.depth_head,
-            engine_options=P.engine_options(s),
+            cuda_graphs=s.cuda_graphs,
         )
         self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
         self.log.info(

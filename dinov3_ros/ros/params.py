@@ -137,13 +137,6 @@ def parse_cameras(spec: str) -> list[str]:
     return names
 
 
-def engine_options(s: NodeSettings) -> dict[str, Any]:
-    """Backend keywords for :func:`~dinov3_ros.pipeline.model.load_model` from the settings."""
-    if s.backend == "torch" and s.device.startswith("cuda") and s.cuda_graphs:
-        return {"cuda_graphs": True}
-    return {}
-
-
 def validate(values: dict[str, Any]) -> NodeSettings:
     """Build :class:`NodeSettings` from ``{name: value}`` (all declared parameters); ValueError on bad input."""
     v = {k: _coerce(k, values[k], d) for k, d in NODE_DEFAULTS.items() if k != "resolution"}
