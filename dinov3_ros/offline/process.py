@@ -417,11 +417,11 @@ def process_one(
 
 def apply_thread_settings(args: argparse.Namespace) -> None:
     """Process-wide thread settings of the tool (``--cv-threads``, ``--switch-interval-ms``)."""
-    if getattr(args, "cv_threads", -1) >= 0:
+    if args.cv_threads >= 0:
         import cv2
 
         cv2.setNumThreads(int(args.cv_threads))
-    if getattr(args, "switch_interval_ms", 0) > 0:
+    if args.switch_interval_ms > 0:
         sys.setswitchinterval(float(args.switch_interval_ms) / 1e3)
 
 
