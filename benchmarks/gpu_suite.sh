@@ -6,12 +6,16 @@
 #   benchmarks/gpu_suite.sh heads2      # 1 GPU: CUDA pipeline tests, node + offline after the head work, Gram
 #   benchmarks/gpu_suite.sh round2      # 1 GPU: session-2 node/offline/backbone figures (max-autotune row: see BENCHMARKS)
 #   benchmarks/gpu_suite.sh offline2    # 1 GPU: offline tool vs bare engine, ViT-S/B/L (issue 7), ~4 min
+#   benchmarks/gpu_suite.sh offline_spy # 1 GPU: the offline tool alone under py-spy (GIL holder, all threads)
+#   benchmarks/gpu_suite.sh offline3    # 1 GPU: offline tool on 2048-frame inputs, ViT-S/B/L + write/GIL A/B
+#   benchmarks/gpu_suite.sh offline4    # 1 GPU: offline tool after the thread-pool fix, ViT-S/B/L + trace
+#   benchmarks/gpu_suite.sh tune5       # 1 GPU: GIL switch interval (offline, ViT-B); node thread pools
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -85,6 +89,68 @@ round2)  # session-2 figures (issues 5/6/7 on one GPU, ~9 min): CUDA tests, node
     --precision fp16 --resolution 448x448 --batch-size 32 --frames 512 --repeats 2 --out "$R/offline_cuda.json"
   step backbones 300 "$PY" benchmarks/bench_gpu_backbones.py --device cuda --out "$R/backbones" --budget-s 280 \
     --plan vitb16:timm:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:bf16,vitb16:timm:eager:fp16,vitb16:hf:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:fp16,vits16:timm:eager:bf16,vits16:timm:eager:fp16,vits16:hf:eager:bf16,vits16:ours:cudagraphs:bf16,vits16:ours:compiledef+cudagraphs+gelu:fp16
+  ;;
+offline_spy)  # issue 7 diagnosis: the tool alone (CLI, 1024 JPEG frames) with per-run stage timings, and
+  # py-spy (wheel in .gpu/wheels) samples of the GIL holder and of every active thread
+  "$PY" -m pip install -q --no-index --find-links .gpu/wheels py-spy >>"$LOG" 2>&1
+  W="$R/work"; mkdir -p "$W"
+  "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import bench_offline as b; \
+b.make_input(Path('$W/in'), 1024, 640, 480, 'jpeg')"
+  tool() {  # tool NAME WEIGHTS [extra args...]
+    local name="$1" w="$2"; shift 2
+    step "$name" 120 "$PY" -m dinov3_ros.cli process "$W/in" --out "$W/out_$name" --overwrite --no-progress \
+      --weights "$w" --precision fp16 --resolution 448x448 --batch-size 32 --device cuda:0 \
+      --outputs features_pca,depth "$@"
+  }
+  tool s_base random:vits16
+  tool b_base random:vitb16
+  spy=$("$PY" -c 'import shutil,sys,os; print(shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable),"py-spy"))')
+  SPY="$spy record -r 250 -t -f raw --nonblocking"
+  step s_spy_gil 150 $SPY -g -o "$R/spy_s_gil.txt" -- "$PY" -m dinov3_ros.cli process "$W/in" --out "$W/out_sg" \
+    --overwrite --no-progress --weights random:vits16 --precision fp16 --resolution 448x448 --batch-size 32 \
+    --device cuda:0 --outputs features_pca,depth
+  step s_spy_all 150 $SPY -o "$R/spy_s_all.txt" -- "$PY" -m dinov3_ros.cli process "$W/in" --out "$W/out_sa" \
+    --overwrite --no-progress --weights random:vits16 --precision fp16 --resolution 448x448 --batch-size 32 \
+    --device cuda:0 --outputs features_pca,depth
+  tool s_dec4 random:vits16 --decode-workers 4
+  tool s_dec15 random:vits16 --decode-workers 15
+  tool s_b64 random:vits16 --batch-size 64
+  tool s_depth random:vits16 --outputs depth
+  rm -rf "$W"
+  ;;
+offline3)  # issue 7, long inputs (fixed open/finalize costs amortised as in real jobs), A/B of the
+  # write gathering and the GIL switch interval on ViT-S, then ViT-S/B/L with the defaults
+  B="--device cuda --precision fp16 --resolution 448x448 --batch-size 32 --repeats 2 --rows tool,ceiling"
+  step s_nogather 150 "$PY" benchmarks/bench_offline.py $B --weights random:vits16 --frames 2048 --gather-mb 0 \
+    --disk-mb 2048 --out "$R/s_nogather.json"
+  step s_gather 150 "$PY" benchmarks/bench_offline.py $B --weights random:vits16 --frames 2048 --out "$R/s_gather.json"
+  step s_switch1 150 "$PY" benchmarks/bench_offline.py $B --weights random:vits16 --frames 2048 \
+    --switch-interval-ms 1 --out "$R/s_switch1.json"
+  step sbl 400 "$PY" benchmarks/bench_offline.py --device cuda --precision fp16 --resolution 448x448 \
+    --batch-size 32 --repeats 2 --rows tool,ceiling,overlapped --weights random:vits16,random:vitb16,random:vitl16 \
+    --frames 2048 --out "$R/sbl.json"
+  ;;
+offline4)  # issue 7 after the thread-pool fix (torch/OpenCV one thread on CUDA): A/B on ViT-S, then S/B/L
+  B="--device cuda --precision fp16 --resolution 448x448 --batch-size 32 --repeats 2 --rows tool,ceiling"
+  step s_pools_default 150 "$PY" benchmarks/bench_offline.py $B --weights random:vits16 --frames 2048 \
+    --torch-threads 0 --cv-threads 16 --out "$R/s_pools_default.json"
+  step sbl 420 "$PY" benchmarks/bench_offline.py --device cuda --precision fp16 --resolution 448x448 \
+    --batch-size 32 --repeats 2 --rows tool,ceiling,overlapped --weights random:vits16,random:vitb16,random:vitl16 \
+    --frames 2048 --disk-mb 2048 --out "$R/sbl.json"
+  step prof_s 120 "$PY" benchmarks/profile_offline.py --device cuda --weights random:vits16 --precision fp16 \
+    --resolution 448x448 --batch-size 32 --frames 1024 --out "$R/prof_s"
+  ;;
+tune5)  # GIL switch interval for the offline tool (ViT-B) and host thread pools / switch interval for the node
+  B="--device cuda --precision fp16 --resolution 448x448 --batch-size 32 --repeats 2 --rows tool --frames 2048"
+  for si in 0 0.5 2; do
+    step "b_switch$si" 120 "$PY" benchmarks/bench_offline.py $B --weights random:vitb16 --switch-interval-ms $si \
+      --out "$R/b_switch$si.json"
+  done
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640 --seconds 20"
+  step node_default 90 "$PY" benchmarks/bench_node.py $N --out "$R/node_default.json"
+  step node_threads1 90 "$PY" benchmarks/bench_node.py $N --threads 1 --cv-threads 1 --out "$R/node_threads1.json"
+  step node_switch1 90 "$PY" benchmarks/bench_node.py $N --threads 1 --cv-threads 1 --switch-interval-ms 1 \
+    --out "$R/node_switch1.json"
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac

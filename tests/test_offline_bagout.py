@@ -51,3 +51,35 @@ def test_fast_mcap_write_identical_to_rosbags(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(bagout, "_fast_capable", lambda writer: False)  # rosbags' own Writer.write
     slow = _write(tmp_path / "bag", False)
     assert len(fast) > 5_000_000 and fast == slow
+
+
+@pytest.mark.parametrize("gather", [0, 1000, 3_000_000])
+def test_gathered_writes_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gather: int) -> None:
+    """Records gathered into few ``os.writev`` calls (any gather size, partial writes resumed) land as the
+    same file as one write per record."""
+    import os
+
+    from dinov3_ros.offline import bagout
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "gathered").mkdir()
+    ref = _write(tmp_path / "ref" / "bag", True)  # the bag's name is inside the file: same name
+    calls: list[int] = []
+    real = os.writev
+
+    def short_writev(fd: int, bufs: list) -> int:  # the kernel may take less than asked: at most 70 kB
+        calls.append(len(bufs))
+        head, left = [], 70_000
+        for b in bufs:
+            if left <= 0:
+                break
+            mv = memoryview(b)[:left]
+            head.append(mv)
+            left -= mv.nbytes
+        return real(fd, head)
+
+    monkeypatch.setattr(bagout, "GATHER_BYTES", gather)
+    monkeypatch.setattr(bagout.os, "writev", short_writev)
+    got = _write(tmp_path / "gathered" / "bag", True)
+    assert got == ref
+    assert calls and max(calls) <= 512

@@ -697,3 +697,27 @@ def test_staged_and_plain_process_give_identical_bags(
         assert run(str(src), "--out", str(o), "--outputs", OUTS, "--batch-size", "3") == 0
         outs[mode] = (o / "o.mcap").read_bytes()
     assert outs["split"] == outs["process"]
+
+
+def test_thread_settings_auto_on_cuda_only() -> None:
+    """``--cv-threads``/``--torch-threads`` auto: one thread each when the model runs on CUDA (the
+    decode workers own the cores), the libraries' defaults on CPU; explicit values win. Run in a child
+    process: the settings are process-wide."""
+    import subprocess
+    import sys
+
+    code = """
+import argparse, cv2, torch
+from dinov3_ros.offline.process import add_arguments, apply_thread_settings
+p = argparse.ArgumentParser(); add_arguments(p)
+cv0, t0 = cv2.getNumThreads(), torch.get_num_threads()
+apply_thread_settings(p.parse_args(["in", "--out", "o"]), "cpu")
+assert (cv2.getNumThreads(), torch.get_num_threads()) == (cv0, t0), "cpu: defaults kept"
+apply_thread_settings(p.parse_args(["in", "--out", "o"]), "cuda:0")
+assert (cv2.getNumThreads(), torch.get_num_threads()) == (1, 1), "cuda: one thread each"
+apply_thread_settings(p.parse_args(["in", "--out", "o", "--cv-threads", "2", "--torch-threads", "2"]), "cuda:0")
+assert (cv2.getNumThreads(), torch.get_num_threads()) == (2, 2), "explicit values win"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

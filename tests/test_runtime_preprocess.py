@@ -168,3 +168,22 @@ def test_batched_upload_identical_to_one_by_one(target):
     if isinstance(target, tuple):  # fixed canvas: a frame of another size does not change the others
         mixed, _ = pre([a[0], rng.integers(0, 256, (90, 150, 3), dtype=np.uint8), a[1]])
         assert torch.equal(mixed[0], singles[0]) and torch.equal(mixed[2], singles[1])
+
+
+def test_batched_upload_serial_copy_path_identical():
+    """With one torch thread the batch is copied in one ``torch.stack`` call (the offline tool on CUDA),
+    otherwise frame by frame: the same batch either way, read-only frames (message buffers) included."""
+    rng = np.random.default_rng(5)
+    a = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(4)]
+    ro = np.frombuffer(a[3].tobytes(), np.uint8).reshape(a[3].shape)  # a message buffer view
+    assert not ro.flags.writeable
+    pre = Preprocessor((112, 160), 16, MEAN, STD)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        many, _ = pre([*a[:3], ro])
+        torch.set_num_threads(1)
+        one, _ = pre([*a[:3], ro])
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(many, one)

@@ -130,6 +130,7 @@ class OutputBag:
             st = self.writer.storage
             st.close_chunk = lambda: _close_chunk(st)
             st.chunk = type(st.chunk)(2**63 - 1, 0, _PartsIO(), defaultdict(list))
+            st.bio = _GatherFile(st.bio)
 
     def _journal_line(self, obj: dict[str, Any]) -> None:
         assert self._journal is not None
@@ -460,7 +461,7 @@ def _close_chunk(st: Any) -> None:
     chunk_start = st.bio.tell()
     st.bio.write(struct.pack("<BQ", 0x06, len(head) + size) + head)
     for part in ch.bio.parts:
-        st.bio.write(part)
+        st.bio.keep(part)
     chunk_end = st.bio.tell()
     offsets: list[tuple[int, int]] = []
     for cid, msgs in ch.msgs.items():
@@ -483,6 +484,77 @@ def _close_chunk(st: Any) -> None:
     rec.write(struct.pack("<QIQQ", st.bio.tell() - chunk_end, 0, size, size))
     st.chunks.append(rec)
     st.chunk = type(ch)(2**63 - 1, 0, _PartsIO(), defaultdict(list))
+
+
+GATHER_BYTES = 8 << 20  # MCAP bytes gathered per write system call (0: write every record at once)
+
+
+class _GatherFile:
+    """The MCAP file as rosbags sees it (``write``/``tell``/``flush``/``close``), gathering records and
+    writing them with one ``os.writev`` per ~8 MB. A frame's messages are then one system call instead
+    of ~15: each call releases and re-takes the GIL, and re-taking it behind busy threads (decoders,
+    inference, heads) costs up to a switch interval, which made the writer the tool's slowest stage.
+    ``flush`` (checkpoints, close) writes everything out, so what is on disk is unchanged."""
+
+    __slots__ = ("_f", "_n", "_parts", "_pos", "limit")
+
+    def __init__(self, f: Any, limit: int | None = None) -> None:
+        f.flush()
+        self._f = f
+        self._parts: list[Any] = []
+        self._n = 0
+        self._pos = f.tell()
+        self.limit = GATHER_BYTES if limit is None else limit
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)  # callers pass views of scratch buffers
+        self._add(data, len(data))
+        return len(data)
+
+    def keep(self, b: Any) -> None:
+        """Append ``b`` without copying it (the caller never modifies it afterwards)."""
+        self._add(b, memoryview(b).nbytes)
+
+    def _add(self, b: Any, n: int) -> None:
+        self._parts.append(b)
+        self._n += n
+        self._pos += n
+        if self._n >= self.limit or len(self._parts) >= 512:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        parts, self._parts, self._n = self._parts, [], 0
+        fd = self._f.fileno()
+        views = [memoryview(p).cast("B") for p in parts]
+        i = 0
+        while i < len(views):  # writev may write less than asked (signals, huge batches)
+            done = os.writev(fd, views[i : i + 512])
+            while i < len(views) and done >= views[i].nbytes:
+                done -= views[i].nbytes
+                i += 1
+            if done:
+                views[i] = views[i][done:]
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def flush(self) -> None:
+        if self._parts:
+            self._write_out()
+        self._f.flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
 
 
 class _PartsIO:

@@ -93,7 +93,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cv-threads",
         type=int,
         default=-1,
-        help="cv2.setNumThreads for the run (-1 = OpenCV's default)",
+        help="cv2.setNumThreads for the run (-1 = auto: 1 when the model runs on CUDA, where each decode "
+        "worker already keeps a core busy, else OpenCV's default)",
+    )
+    e.add_argument(
+        "--torch-threads",
+        type=int,
+        default=-1,
+        help="torch.set_num_threads for the run (-1 = auto: 1 when the model runs on CUDA, where host-side "
+        "torch work is only copies, else torch's default; 0 = torch's default)",
     )
     e.add_argument(
         "--switch-interval-ms",
@@ -415,12 +423,27 @@ def process_one(
         source.close()
 
 
-def apply_thread_settings(args: argparse.Namespace) -> None:
-    """Process-wide thread settings of the tool (``--cv-threads``, ``--switch-interval-ms``)."""
-    if args.cv_threads >= 0:
+def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None:
+    """Process-wide thread settings of the tool (``--cv-threads``, ``--torch-threads``,
+    ``--switch-interval-ms``).
+
+    With the model on CUDA both libraries' own thread pools default to one thread: the decode workers
+    already run one image per thread on every core, and a parallel copy or resize that waits for pool
+    threads competing with them for the cores collapses (a 29 MB batch copy took 260 ms instead of
+    3 ms next to 8 busy decoders on a 16-core host, see BENCHMARKS.md).
+    """
+    on_cuda = str(device).startswith("cuda")
+    cv_n = args.cv_threads if args.cv_threads >= 0 else (1 if on_cuda else -1)
+    if cv_n >= 0:
         import cv2
 
-        cv2.setNumThreads(int(args.cv_threads))
+        cv2.setNumThreads(int(cv_n))
+    torch_n = getattr(args, "torch_threads", -1)
+    torch_n = (1 if on_cuda else 0) if torch_n < 0 else torch_n
+    if torch_n > 0:
+        import torch
+
+        torch.set_num_threads(int(torch_n))
     if args.switch_interval_ms > 0:
         sys.setswitchinterval(float(args.switch_interval_ms) / 1e3)
 
@@ -428,7 +451,6 @@ def apply_thread_settings(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``dinov3-ros process``."""
     t0 = time.perf_counter()
-    apply_thread_settings(args)
     try:
         inputs, globbed = _expand(args.inputs)
         multi = len(inputs) > 1 or globbed
@@ -462,6 +484,7 @@ def main(args: argparse.Namespace) -> int:
     from dinov3_ros.pipeline.model import ModelLoadError, load_model
 
     device = _device(args.device, local)
+    apply_thread_settings(args, device)
     try:
         model = load_model(
             args.weights,

@@ -9,12 +9,16 @@ maps to ``(u + 0.5) * s - 0.5`` in the resized image.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# read-only frames (views of message buffers) are only read here; torch's warning about them is noise
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
 
 __all__ = ["Geometry", "Preprocessor", "parse_target", "to_rgb_uint8"]
 
@@ -316,9 +320,14 @@ class Preprocessor:
         h, w = arrs[0].shape[:2]
         pin = self.device.type == "cuda"
         host = torch.empty((len(arrs), h, w, 3), dtype=torch.uint8, pin_memory=pin)
-        hn = host.numpy()
-        for k, a in enumerate(arrs):
-            hn[k] = a
+        if torch.get_num_threads() == 1:
+            # one call for the batch: the GIL is released once, not once per frame (the offline tool
+            # on CUDA runs torch with one thread)
+            torch.stack([torch.from_numpy(np.ascontiguousarray(a)) for a in arrs], out=host)
+        else:  # torch's parallel copy collapses when other threads keep the cores busy
+            hn = host.numpy()
+            for k, a in enumerate(arrs):
+                hn[k] = a
         t = host.to(self.device, non_blocking=pin)
         return t.permute(0, 3, 1, 2).float()
 
