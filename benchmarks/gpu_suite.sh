@@ -10,12 +10,13 @@
 #   benchmarks/gpu_suite.sh offline3    # 1 GPU: offline tool on 2048-frame inputs, ViT-S/B/L + write/GIL A/B
 #   benchmarks/gpu_suite.sh offline4    # 1 GPU: offline tool after the thread-pool fix, ViT-S/B/L + trace
 #   benchmarks/gpu_suite.sh tune5       # 1 GPU: GIL switch interval (offline, ViT-B); node thread pools
+#   benchmarks/gpu_suite.sh offline5    # 1 GPU: offline tool on 6144-frame inputs, ViT-S/B/L (issue 7 figures)
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -151,6 +152,20 @@ tune5)  # GIL switch interval for the offline tool (ViT-B) and host thread pools
   step node_threads1 90 "$PY" benchmarks/bench_node.py $N --threads 1 --cv-threads 1 --out "$R/node_threads1.json"
   step node_switch1 90 "$PY" benchmarks/bench_node.py $N --threads 1 --cv-threads 1 --switch-interval-ms 1 \
     --out "$R/node_switch1.json"
+  ;;
+offline5)  # issue 7 final: 6144-frame inputs (a few minutes of camera, as real jobs), ViT-S/B/L, + a CUDA check
+  step cuda_check 60 "$PY" -c "
+import numpy as np, torch
+from dinov3_ros.runtime.preprocess import Preprocessor
+rng = np.random.default_rng(0)
+fr = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(32)]
+pre = Preprocessor((448, 448), 16, device='cuda')
+torch.set_num_threads(8); a, _ = pre(fr)
+torch.set_num_threads(1); b, _ = pre(fr)
+torch.cuda.synchronize(); assert torch.equal(a, b); print('cuda batch upload: serial copy path identical')"
+  step sbl 480 "$PY" benchmarks/bench_offline.py --device cuda --precision fp16 --resolution 448x448 \
+    --batch-size 32 --repeats 2 --rows tool,ceiling --weights random:vits16,random:vitb16,random:vitl16 \
+    --frames 6144 --disk-mb 4096 --out "$R/sbl6144.json"
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac

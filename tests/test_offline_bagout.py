@@ -83,3 +83,29 @@ def test_gathered_writes_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     got = _write(tmp_path / "gathered" / "bag", True)
     assert got == ref
     assert calls and max(calls) <= 512
+
+
+def test_finalize_syncs_data_before_publishing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bag's files are fsynced after their last write and before the rename that makes OUT appear
+    (a power cut then leaves no output rather than a truncated one that looks complete)."""
+    import os
+
+    from dinov3_ros.offline import bagout
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, Path.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(self: Path, target: Path) -> Path:
+        events.append(("rename", str(target)))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(bagout.os, "fsync", fsync)
+    monkeypatch.setattr(Path, "rename", rename)
+    _write(tmp_path / "bag", True)
+    publish = events.index(("rename", str(tmp_path / "bag")))
+    synced = {p for e, p in events[:publish] if e == "fsync"}
+    assert any(p.endswith("bag.mcap") for p in synced) and any(p.endswith("metadata.yaml") for p in synced)

@@ -327,7 +327,9 @@ class OutputBag:
             conv = self.work / "sqlite3" / self.out.name
             convert_bag(self.bag_dir, conv, "sqlite3", self._custom)
             src = conv
-        fsync_dir(src)
+        # the data since the last checkpoint (and the index, metadata.yaml) reach the disk before the
+        # rename publishes the bag: a power cut can leave no output, never a truncated one under OUT
+        fsync_tree(src)
         if self.out.exists():  # --overwrite: swap only once the new output is complete
             trash = self.work / (self.out.name + ".replaced")
             self.out.rename(trash)
@@ -368,6 +370,18 @@ class OutputBag:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file of a bag directory, then the directory itself."""
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(path)
 
 
 def convert_bag(src: Path, dst: Path, storage: str, custom: dict[str, str] | None = None) -> None:
