@@ -17,6 +17,7 @@ Results are deterministic given the inputs and the sequence of frames per source
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -52,6 +53,31 @@ _LOG = logging.getLogger("dinov3_ros.pipeline")
 
 #: threads for the stateless per-frame depth/points work (numpy/OpenCV release the GIL)
 _GEO_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+_REMAP_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    H, W = geom.input_size
+    un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
+    _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
+    p = geom.patch_size
+    ci = np.clip(np.floor((un + 0.5) / p).astype(np.int64), 0, gw - 1)
+    ri = np.clip(np.floor((vn + 0.5) / p).astype(np.int64), 0, gh - 1)
+    ri.flags.writeable = ci.flags.writeable = False  # shared by every frame of this geometry
+    return ri, ci
+
+
+@functools.lru_cache(maxsize=16)
+def _remap_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps (x, y) of :func:`_grid_maps`: exact integer source coordinates."""
+    ri, ci = _grid_maps(geom, gh, gw)
+    H, W = ri.size, ci.size
+    mx = np.ascontiguousarray(np.broadcast_to(ci.astype(np.float32)[None, :], (H, W)))
+    my = np.ascontiguousarray(np.broadcast_to(ri.astype(np.float32)[:, None], (H, W)))
+    mx.flags.writeable = my.flags.writeable = False
+    return mx, my
+
 
 #: outputs each output needs computed first
 _DEPENDS = {"points": {"depth"}, "debug": {"features_pca"}}
@@ -425,6 +451,11 @@ class Pipeline:
             else:
                 out.features_pca = to_host(rgb_t)
             lap("features_pca")
+        debug_base = None
+        if "debug" in want and cfg.parallel_heads and out.features_pca is not None:
+            # the overlay's image part (input blended with PCA) needs nothing else: it is made while
+            # matches and TokenCut run; only boxes and match lines are drawn at the end
+            debug_base = self._pool("debug", 1).submit(self._debug_base, frame, geom, out.features_pca, cfg)
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
             lap("matches")
@@ -444,7 +475,7 @@ class Pipeline:
             out.timings_ms["geometry_wait"] = (time.perf_counter() - t_geo) * 1e3
             t = time.perf_counter()
         if "debug" in want:
-            out.debug = self._debug(frame, geom, out, cfg)
+            out.debug = self._debug(frame, geom, out, cfg, debug_base.result() if debug_base else None)
             lap("debug")
         return out
 
@@ -691,30 +722,42 @@ class Pipeline:
 
     @staticmethod
     def _grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
-        """Input row -> patch row and input column -> patch column (nearest, pixel-centre convention)."""
-        H, W = geom.input_size
-        un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
-        _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
-        p = geom.patch_size
-        ci = np.clip(np.floor((un + 0.5) / p).astype(np.int64), 0, gw - 1)
-        ri = np.clip(np.floor((vn + 0.5) / p).astype(np.int64), 0, gh - 1)
-        return ri, ci
+        """Input row -> patch row and input column -> patch column (nearest, pixel-centre convention;
+        cached per geometry, read-only)."""
+        return _grid_maps(geom, gh, gw)
 
     @staticmethod
     def _grid_to_input(
         grid: np.ndarray, geom: Geometry, maps: tuple[np.ndarray, np.ndarray] | None = None
     ) -> np.ndarray:
         """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``
-        (``maps``: :meth:`_grid_maps` when the caller already has them)."""
-        ri, ci = maps if maps is not None else Pipeline._grid_maps(geom, grid.shape[0], grid.shape[1])
+        (``maps``: :meth:`_grid_maps` when the caller already has them).
+
+        8/16-bit and float32 grids of up to 4 channels go through one ``cv2.remap`` with cached integer
+        maps (the same picks, ~4x faster than two ``np.take`` and without the GIL); others use ``np.take``.
+        """
+        gh, gw = grid.shape[:2]
+        c = grid.shape[2] if grid.ndim == 3 else 0
+        if grid.dtype in _REMAP_DTYPES and c in (0, 3, 4) and grid.flags.c_contiguous:
+            mx, my = _remap_maps(geom, gh, gw)
+            return cv2.remap(grid, mx, my, cv2.INTER_NEAREST)
+        ri, ci = maps if maps is not None else _grid_maps(geom, gh, gw)
         return np.take(np.take(grid, ri, axis=0), ci, axis=1)
 
     @staticmethod
-    def _debug(frame: Frame, geom: Geometry, out: FrameOutputs, cfg: PipelineConfig) -> np.ndarray:
-        assert out.features_pca is not None
-        pca_in = np.ascontiguousarray(Pipeline._grid_to_input(out.features_pca, geom))
+    def _debug_base(frame: Frame, geom: Geometry, pca_grid: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
+        """The overlay's image: the input blended with the PCA colours (``debug_alpha``)."""
+        pca_in = np.ascontiguousarray(Pipeline._grid_to_input(pca_grid, geom))
         a = cfg.debug_alpha
-        dbg = cv2.addWeighted(frame.image, 1.0 - a, pca_in, a, 0.0)
+        return cv2.addWeighted(frame.image, 1.0 - a, pca_in, a, 0.0)
+
+    @staticmethod
+    def _debug(
+        frame: Frame, geom: Geometry, out: FrameOutputs, cfg: PipelineConfig, base: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The overlay: :meth:`_debug_base` (or ``base``, made earlier) + object boxes + match lines."""
+        assert out.features_pca is not None
+        dbg = base if base is not None else Pipeline._debug_base(frame, geom, out.features_pca, cfg)
         if out.objects is not None:
             for (x0, y0, x1, y1), oid in zip(out.objects.boxes, out.objects.ids):
                 col = tuple(int(c) for c in np.random.default_rng(int(oid)).integers(64, 256, 3))
