@@ -399,6 +399,25 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _start_until_checkpoints(src: Path, out: Path, args: list[str], n: int) -> subprocess.Popen:
+    """``dinov3-ros process`` started in a child process, returned once its journal holds ``n``
+    checkpoints (still running, so the caller can kill or stop it)."""
+    journal = out.with_name(out.name + ".partial") / "journal.jsonl"
+    p = subprocess.Popen(
+        _cmd(str(src), "--out", str(out), *args),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= n + 1:  # fingerprint + n
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, f"run ended before it could be stopped: {p.stderr.read().decode()[-2000:]}"
+    return p
+
+
 @pytest.mark.slow
 def test_kill_and_resume_gives_identical_output(tmp_path: Path) -> None:
     torch.set_num_threads(1)
@@ -415,19 +434,7 @@ def test_kill_and_resume_gives_identical_output(tmp_path: Path) -> None:
     full = tmp_path / "ref" / "out"  # same name: the name is stored in the bag's metadata
     assert run(str(src), "--out", str(full), *args) == 0
     out = tmp_path / "out"
-    journal = tmp_path / "out.partial" / "journal.jsonl"
-    p = subprocess.Popen(
-        _cmd(str(src), "--out", str(out), *args),
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 4:  # fingerprint + 3 checkpoints
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, f"run ended before it could be killed: {p.stderr.read().decode()[-2000:]}"
+    p = _start_until_checkpoints(src, out, args, 3)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not out.exists(), "a killed run must not leave a complete-looking output"
@@ -662,18 +669,7 @@ def test_sigterm_leaves_resumable_partial(tmp_path: Path) -> None:
     args = ["--outputs", "features_pca,depth", "--batch-size", "2", "--checkpoint-every", "4"]
     out = tmp_path / "out"
     journal = tmp_path / "out.partial" / "journal.jsonl"
-    p = subprocess.Popen(
-        _cmd(str(src), "--out", str(out), *args),
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, p.stderr.read().decode()[-2000:]
+    p = _start_until_checkpoints(src, out, args, 2)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()[-2000:]
