@@ -128,7 +128,8 @@ class _BenchHost:
 
         self.settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=pipe.config)
         self.tp = plain_types()
-        self.lat: list[tuple[float, float]] = []  # (receive time, latency ms)
+        self.lat: list[tuple[float, float]] = []  # (receive time, latency ms): the frame's last output
+        self.topic_lat: dict[str, list[tuple[float, float]]] = {}  # the same per output topic
         self.counts: dict[str, int] = {}
         self.errors: list[str] = []
         self.stats = self
@@ -141,6 +142,11 @@ class _BenchHost:
 
     def published_frame(self, latency_s: float, now: float) -> None:
         self.lat.append((now - latency_s, latency_s * 1e3))
+
+    def published_topics(self, topics: tuple[str, ...], latency_s: float) -> None:
+        now = time.monotonic()
+        for t in topics:
+            self.topic_lat.setdefault(t, []).append((now - latency_s, latency_s * 1e3))
 
     def error(self, text: str) -> None:
         self.errors.append(text)
@@ -192,8 +198,12 @@ def stream_inproc(pipe: Pipeline, device: str, hz: float, seconds: float, warmup
     th.join(timeout=30)
     worker.stop(timeout=30)
     window = [ms for recv, ms in host.lat if t_meas <= recv < t_end]
+    per_topic = {
+        t: _stats([ms for recv, ms in v if t_meas <= recv < t_end]) for t, v in sorted(host.topic_lat.items())
+    }
     return {
         "mode": "inproc",
+        "latency_per_topic": per_topic,
         "sent": prod,
         "outputs": len(window),
         "dropped": drops,
@@ -440,6 +450,16 @@ def main() -> int:
             f"{st['p99_ms']:.1f} | {r['throughput_hz']:.1f} | {r['dropped']}/{r['sent']} | "
             f"{r['overhead_vs_engine']:+.0%} |"
         )
+    for m, r in res["streams"].items():
+        if r.get("latency_per_topic"):
+            print(
+                f"\nstream {m}: receive -> publish per output (each is published when ready), p50 / p99 ms: "
+                + ", ".join(
+                    f"{t} {st['p50_ms']:.1f} / {st['p99_ms']:.1f}"
+                    for t, st in r["latency_per_topic"].items()
+                    if st.get("n")
+                )
+            )
     if "dds" in res["streams"]:
         r = res["streams"]["dds"]
         print(

@@ -337,3 +337,43 @@ def test_cuda_pipeline_matches_cpu_and_overlap_is_deterministic():
             _same_outputs(a, b)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("outputs", [set(OUTPUTS), {"features_pca", "depth", "points", "objects"}])
+def test_on_ready_reports_each_output_once_when_final(outputs):
+    """``finish(h, on_ready)`` reports every requested output of every frame exactly once, at a moment its
+    fields are already set, and changes nothing in the results (batched PCA copy path included)."""
+    frames = [Frame(texture(96, 128, seed=i), i, "cam", None, f"s{i % 2}") for i in range(4)]
+    fields = {
+        "features": ("features",),
+        "features_pca": ("features_pca",),
+        "depth": ("depth", "depth_info"),
+        "points": ("points",),
+        "matches": ("matches",),
+        "objects": ("objects",),
+        "debug": ("debug",),
+    }
+    want = resolve_outputs(outputs)
+    seen: dict[int, list[str]] = {}
+
+    def on_ready(i, out, names):
+        for n in names:
+            assert all(getattr(out, f) is not None for f in fields[n]), n
+        seen.setdefault(i, []).extend(names)
+
+    a, b = make(pca_mode="fit_once"), make(pca_mode="fit_once")
+    for _ in range(2):  # second round: fixed PCA bases, coloured per batch
+        seen.clear()
+        got = a.finish(a.infer(frames, want), on_ready=on_ready)
+        ref = b.process(frames, want)
+        assert sorted(seen) == list(range(len(frames)))
+        for i in range(len(frames)):
+            assert sorted(seen[i]) == sorted(want), (i, seen[i])
+            for name in ("features", "features_pca", "depth", "points", "points_rgb", "debug"):
+                x, y = getattr(got[i], name), getattr(ref[i], name)
+                assert (x is None) == (y is None), name
+                if x is not None:
+                    np.testing.assert_array_equal(x, y, err_msg=name)
+            np.testing.assert_array_equal(got[i].objects.mask, ref[i].objects.mask)
+            if "matches" in want:
+                np.testing.assert_array_equal(got[i].matches.uv1, ref[i].matches.uv1)

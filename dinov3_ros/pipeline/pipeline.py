@@ -22,8 +22,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,8 @@ _LOG = logging.getLogger("dinov3_ros.pipeline")
 
 #: threads for the stateless per-frame depth/points work (numpy/OpenCV release the GIL)
 _GEO_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+#: ``on_ready(frame index, outputs, output names)`` of :meth:`Pipeline.finish`
+ReadyCallback = Callable[[int, FrameOutputs, tuple[str, ...]], None]
 _REMAP_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
@@ -308,8 +310,14 @@ class Pipeline:
             self._stream = torch.cuda.Stream(device=dev)
         return self._stream
 
-    def finish(self, handle: InferHandle) -> list[FrameOutputs]:
-        """Stage 2: the per-frame heads of an :meth:`infer` handle (advances per-source state)."""
+    def finish(self, handle: InferHandle, on_ready: ReadyCallback | None = None) -> list[FrameOutputs]:
+        """Stage 2: the per-frame heads of an :meth:`infer` handle (advances per-source state).
+
+        ``on_ready(i, out, names)`` (optional, called on this thread) reports that outputs ``names`` of
+        frame ``i`` are final in ``out`` as soon as they are, before the slower heads finish (depth and
+        points typically before TokenCut's objects): a node publishes each output when it is ready.
+        Every requested output is reported once; the results are the same with or without it.
+        """
         h = handle
         if not h.frames:
             return []
@@ -351,9 +359,21 @@ class Pipeline:
         for i, (frame, geom) in enumerate(zip(h.frames, h.geoms)):
             st = self._states.setdefault(frame.source, _SourceState())
             tn = tok_np[i] if tok_np is not None else None
+            notify = functools.partial(on_ready, i) if on_ready is not None else None
             outs.append(
                 self._heads(
-                    frame, geom, h.tokens[i], deps[i], h.want, h.cfg, st, dict(h.shared), tn, geos[i], defer
+                    frame,
+                    geom,
+                    h.tokens[i],
+                    deps[i],
+                    h.want,
+                    h.cfg,
+                    st,
+                    dict(h.shared),
+                    tn,
+                    geos[i],
+                    defer,
+                    notify,
                 )
             )
         if defer:
@@ -362,6 +382,10 @@ class Pipeline:
             for (o, _r), img in zip(defer, imgs):
                 o.features_pca = img
                 o.timings_ms["features_pca"] += (time.perf_counter() - t) * 1e3 / len(defer)
+            if on_ready is not None:
+                index = {id(o): i for i, o in enumerate(outs)}
+                for o, _r in defer:
+                    on_ready(index[id(o)], o, ("features_pca",))
         return outs
 
     def _depth(self, res: dict[str, Any], tokens: Any, net: tuple[int, int]) -> torch.Tensor:
@@ -398,11 +422,13 @@ class Pipeline:
         tok_np: np.ndarray | None = None,
         geo: Future | None = None,
         defer_pca: list | None = None,
+        notify: Any = None,
     ) -> FrameOutputs:
         """Per-frame heads. ``tok`` [h, w, C] float32 on the engine's device; ``depth`` = (network-size
         clipped depth on the device, the same as numpy). Depth/points (stateless) run in a helper
         thread (``geo``: already submitted by :meth:`finish`), TokenCut in another (``parallel_heads``);
-        the stateful heads (PCA, matches) run here, in frame order."""
+        the stateful heads (PCA, matches) run here, in frame order. ``notify(out, names)`` (optional)
+        is called as each output becomes final (see :meth:`finish`)."""
         H, W = frame.image.shape[:2]
         out = FrameOutputs(frame.stamp_ns, frame.frame_id, frame.source, W, H, timings_ms=timings)
         h, w, _ = tok.shape
@@ -414,6 +440,10 @@ class Pipeline:
             now = time.perf_counter()
             out.timings_ms[name] = (now - t) * 1e3
             t = now
+
+        def ready(*names: str) -> None:
+            if notify is not None:
+                notify(out, names)
 
         objects_future = None
         if "objects" in want and cfg.parallel_heads:
@@ -437,6 +467,7 @@ class Pipeline:
             else:
                 out.features = np.ascontiguousarray(tok_np if tok_np is not None else as_numpy(tok))
             lap("features")
+            ready("features")
         if "features_pca" in want:
             if st.pca_rgb is None:
                 st.pca_rgb = PCAView(3, momentum=momentum)
@@ -451,6 +482,8 @@ class Pipeline:
             else:
                 out.features_pca = to_host(rgb_t)
             lap("features_pca")
+            if out.features_pca is not None:  # else finish() reports it with the batch's copy
+                ready("features_pca")
         debug_base = None
         if "debug" in want and cfg.parallel_heads and out.features_pca is not None:
             # the overlay's image part (input blended with PCA) needs nothing else: it is made while
@@ -459,14 +492,11 @@ class Pipeline:
         if "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
             lap("matches")
-        if objects_future is not None:
-            out.objects = objects_future.result()
-            out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time, overlapped
-            t = time.perf_counter()
-        elif "objects" in want:
-            out.objects = self._objects(frame, geom, tok, valid, cfg, st)
-            lap("objects")
-        if geo is not None:
+            ready("matches")
+
+        def take_geometry() -> None:
+            nonlocal t
+            assert geo is not None
             t_geo = time.perf_counter()
             res = geo.result()
             for k in ("depth", "depth_info", "points", "points_rgb", "points_packed", "points_dense"):
@@ -474,9 +504,28 @@ class Pipeline:
             out.timings_ms.update(res["timings"])
             out.timings_ms["geometry_wait"] = (time.perf_counter() - t_geo) * 1e3
             t = time.perf_counter()
+            ready(*(n for n in ("depth", "points") if n in want))
+
+        if geo is not None and objects_future is not None and not objects_future.done():
+            wait([geo, objects_future], return_when=FIRST_COMPLETED)
+            if geo.done() and not objects_future.done():  # depth/points are out before TokenCut ends
+                take_geometry()
+                geo = None
+        if objects_future is not None:
+            out.objects = objects_future.result()
+            out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time, overlapped
+            t = time.perf_counter()
+            ready("objects")
+        elif "objects" in want:
+            out.objects = self._objects(frame, geom, tok, valid, cfg, st)
+            lap("objects")
+            ready("objects")
+        if geo is not None:
+            take_geometry()
         if "debug" in want:
             out.debug = self._debug(frame, geom, out, cfg, debug_base.result() if debug_base else None)
             lap("debug")
+            ready("debug")
         return out
 
     def _ready_event(self) -> Any:

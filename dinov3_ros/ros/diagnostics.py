@@ -48,6 +48,8 @@ class NodeStats:
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(self.COUNTERS, 0)
         self._lat: deque[float] = deque(maxlen=latency_window)
+        self._window = latency_window
+        self._topic_lat: dict[str, deque[float]] = {}
         self._in: dict[str, RateWindow] = {}
         self._out = RateWindow()
 
@@ -66,6 +68,15 @@ class NodeStats:
             self._lat.append(latency_s * 1e3)
             self._out.tick(now)
 
+    def published_topics(self, topics: tuple[str, ...], latency_s: float) -> None:
+        """Receive -> publish latency of some outputs of a frame (each output is sent when ready)."""
+        with self._lock:
+            for t in topics:
+                d = self._topic_lat.get(t)
+                if d is None:
+                    d = self._topic_lat[t] = deque(maxlen=self._window)
+                d.append(latency_s * 1e3)
+
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -75,6 +86,11 @@ class NodeStats:
             for cam, r in self._in.items():
                 out[f"input_rate_hz[{cam or '/'}]"] = r.rate(now)
             out["output_rate_hz"] = self._out.rate(now)
+            topic_lat = {t: np.asarray(d, dtype=np.float64) for t, d in self._topic_lat.items()}
+        for t, v in sorted(topic_lat.items()):  # per output topic, e.g. latency_p50_ms[depth]
+            if v.size:
+                out[f"latency_p50_ms[{t}]"] = float(np.percentile(v, 50))
+                out[f"latency_p99_ms[{t}]"] = float(np.percentile(v, 99))
         out["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat.size else 0.0
         out["latency_p99_ms"] = float(np.percentile(lat, 99)) if lat.size else 0.0
         out["latency_samples"] = int(lat.size)

@@ -5,8 +5,9 @@ Two threads, so a frame's inference overlaps the previous frame's heads and mess
 - ``infer`` thread: takes the newest frame of every camera from the :class:`Mailbox` (batching the
   cameras), decodes, and runs :meth:`Pipeline.infer` (preprocessing + engine + depth head, queued on
   the device without waiting for it);
-- ``finish`` thread: :meth:`Pipeline.finish` (the per-frame heads, in infer order), builds the output
-  messages and hands them to ``host.publish``.
+- ``finish`` thread: :meth:`Pipeline.finish` (the per-frame heads, in infer order); each output's
+  messages are built and handed to ``host.publish`` as soon as that output is final, so depth, points
+  and features do not wait for the slowest head (TokenCut).
 
 One inference waits between the two (a bounded queue of 1), so the queue never grows: when the
 finish thread is the bottleneck, frames are dropped in the mailbox (newest wins) and counted. Any
@@ -150,12 +151,34 @@ class FrameWorker:
                 self.host.log.error(f"processing failed: {type(exc).__name__}: {exc}")
 
     def _finish(self, job: _Job) -> None:
+        """Heads of a job; each output is published as soon as it is final (depth and points do not
+        wait for TokenCut), the rest once the frame is done."""
         h = self.host
-        results = self.pipeline.finish(job.handle)
         enc = h.settings.pipeline.mask_encoding if h.settings is not None else "mono8"
-        for cam, recv, want, out in zip(job.cams, job.recvs, job.topics, results):
-            msgs = B.frame_messages(h.tp, out, want, enc)
-            h.publish(cam, msgs)
+        sent: list[set[str]] = [set() for _ in job.cams]
+        per_topic = getattr(h.stats, "published_topics", None)
+
+        def send(i: int, out: Any, topics: set[str]) -> None:
+            topics = topics - sent[i]
+            if not topics:
+                return
+            msgs = B.frame_messages(h.tp, out, topics, enc)
+            sent[i] |= topics  # built or absent (an output the model cannot make): never retried
+            if msgs:
+                h.publish(job.cams[i], msgs)
+                h.stats.add("messages_published", len(msgs))
+                if per_topic is not None:
+                    per_topic(tuple(msgs), time.monotonic() - job.recvs[i])
+
+        def on_ready(i: int, out: Any, names: tuple[str, ...]) -> None:
+            try:
+                send(i, out, {t for n in names for t in B.TOPICS[n]} & job.topics[i])
+            except Exception as exc:  # noqa: BLE001 - a failed publish must not stop the other heads
+                h.stats.add("errors")
+                h.log.error(f"publishing {', '.join(names)} failed: {type(exc).__name__}: {exc}")
+
+        results = self.pipeline.finish(job.handle, on_ready=on_ready)
+        for i, (recv, want, out) in enumerate(zip(job.recvs, job.topics, results)):
+            send(i, out, want)
             now = time.monotonic()
-            h.stats.add("messages_published", len(msgs))
             h.stats.published_frame(now - recv, now)
