@@ -11,12 +11,13 @@
 #   benchmarks/gpu_suite.sh offline4    # 1 GPU: offline tool after the thread-pool fix, ViT-S/B/L + trace
 #   benchmarks/gpu_suite.sh tune5       # 1 GPU: GIL switch interval (offline, ViT-B); node thread pools
 #   benchmarks/gpu_suite.sh offline5    # 1 GPU: offline tool on 6144-frame inputs, ViT-S/B/L (issue 7 figures)
+#   benchmarks/gpu_suite.sh node3       # 1 GPU: node stream (20 s, 30 s) + pipeline profile, per-output latency
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -166,6 +167,13 @@ torch.cuda.synchronize(); assert torch.equal(a, b); print('cuda batch upload: se
   step sbl 480 "$PY" benchmarks/bench_offline.py --device cuda --precision fp16 --resolution 448x448 \
     --batch-size 32 --repeats 2 --rows tool,ceiling --weights random:vits16,random:vitb16,random:vitl16 \
     --frames 6144 --disk-mb 4096 --out "$R/sbl6144.json"
+  ;;
+node3)  # issue 6 after session 3 (outputs published when ready, debug overlay overlapped, remap): node x2 +
+  # pipeline profile; per-output latency in the node JSON (latency_per_topic)
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac
