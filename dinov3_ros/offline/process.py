@@ -386,20 +386,16 @@ def process_one(
             )
             if summaries is not None:
                 summaries.append(summary)
-        except Exception as err:  # noqa: BLE001 - a pipeline/writer failure: keep the run resumable
+        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - keep the run resumable
             bag.abandon()
             for pv in (preview, sheet):
                 if pv is not None:
                     pv.close(ok=False)
-            return EXIT_ERROR, (
-                f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
-                f"{partial_dir(out)} (--resume continues from its last checkpoint)"
-            )
-        except KeyboardInterrupt:
-            bag.abandon()
-            for pv in (preview, sheet):
-                if pv is not None:
-                    pv.close(ok=False)
+            if not isinstance(err, KeyboardInterrupt):  # a pipeline/writer failure
+                return EXIT_ERROR, (
+                    f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
+                    f"{partial_dir(out)} (--resume continues from its last checkpoint)"
+                )
             return EXIT_INTERRUPTED, (
                 f"{inp}: interrupted; the unfinished run is kept in {partial_dir(out)}; "
                 f"rerun the same command with --resume to continue"
