@@ -149,8 +149,15 @@ def _solve_arpack(W: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _solve_dense_np(W: np.ndarray) -> tuple[np.ndarray, float]:
-    """Dense float64 solve of the normalised problem on CPU (torch's LAPACK: obeys torch's threads)."""
-    return _solve_dense(torch.from_numpy(W))
+    """Dense float64 solve of the normalised problem on CPU: only the needed eigenpair (the second
+    largest of ``D^-1/2 W D^-1/2``, LAPACK ``syevr``), ~3x faster than a full ``eigh`` at n = 266-400
+    with the same vector (to 1e-16)."""
+    import scipy.linalg
+
+    n = W.shape[0]
+    M, _d, dis = _normalised(torch.from_numpy(W))
+    mu, Y = scipy.linalg.eigh(M.numpy(), subset_by_index=[n - 2, n - 2], driver="evr")
+    return dis.numpy() * Y[:, 0], float(1.0 - mu[0])
 
 
 def _normalised(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
