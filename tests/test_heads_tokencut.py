@@ -181,3 +181,14 @@ def test_multi_graph_once_path_agrees(exact_later):
         np.testing.assert_array_equal(r.mask, f.mask)
         assert f.contrast == pytest.approx(r.contrast, rel=1e-6)
         assert f.eigenvalue == pytest.approx(r.eigenvalue, abs=1e-4)
+
+
+def test_cpu_dense_solve_handles_degenerate_spectrum() -> None:
+    """A graph without edges (every eigenvalue equal) takes the full solve's answer: no error."""
+    from dinov3_ros.heads.tokencut import _solve_dense, _solve_dense_np
+
+    W = np.full((24, 24), 1e-5)
+    np.fill_diagonal(W, 1.0)
+    x, lam = _solve_dense_np(W)
+    _, lam_ref = _solve_dense(torch.from_numpy(W))
+    assert x.shape == (24,) and np.isfinite(x).all() and lam == pytest.approx(lam_ref)

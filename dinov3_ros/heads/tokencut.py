@@ -157,6 +157,10 @@ def _solve_dense_np(W: np.ndarray) -> tuple[np.ndarray, float]:
     n = W.shape[0]
     M, _d, dis = _normalised(torch.from_numpy(W))
     mu, Y = scipy.linalg.eigh(M.numpy(), subset_by_index=[n - 2, n - 2], driver="evr")
+    if Y.shape[1] != 1 or not np.isfinite(mu).all():
+        # syevr can return no pair for an index range inside a cluster of equal eigenvalues
+        # (e.g. a graph without edges): the full solve handles every case
+        return _solve_dense(torch.from_numpy(W))
     return dis.numpy() * Y[:, 0], float(1.0 - mu[0])
 
 
