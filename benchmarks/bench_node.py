@@ -335,6 +335,16 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
         "latency": _stats(lat),
         "node_latency_p50_ms": float(d1.get("latency_p50_ms", "nan")),
         "node_latency_p99_ms": float(d1.get("latency_p99_ms", "nan")),
+        # the node's own per-output receive -> publish (/diagnostics, each output sent when ready)
+        "latency_per_topic": {
+            k[len("latency_p50_ms[") : -1]: {
+                "n": int(d1.get("latency_samples", 0)),
+                "p50_ms": float(v),
+                "p99_ms": float(d1.get("latency_p99_ms[" + k[len("latency_p50_ms[") :], "nan")),
+            }
+            for k, v in sorted(d1.items())
+            if k.startswith("latency_p50_ms[")
+        },
     }
 
 
