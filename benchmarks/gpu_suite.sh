@@ -12,12 +12,13 @@
 #   benchmarks/gpu_suite.sh tune5       # 1 GPU: GIL switch interval (offline, ViT-B); node thread pools
 #   benchmarks/gpu_suite.sh offline5    # 1 GPU: offline tool on 6144-frame inputs, ViT-S/B/L (issue 7 figures)
 #   benchmarks/gpu_suite.sh node3       # 1 GPU: node stream (20 s, 30 s) + pipeline profile, per-output latency
+#   benchmarks/gpu_suite.sh offline_tmpfs # 1 GPU: offline ViT-S/B with the bags in /dev/shm (disk vs host limit)
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3 | offline_tmpfs}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -174,6 +175,15 @@ node3)  # issue 6 after session 3 (outputs published when ready, debug overlay o
   step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
   step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
   step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+offline_tmpfs)  # issue 7: disk vs host limit for ViT-S/B - the same bench with the bags in memory (/dev/shm)
+  free_gb=$(df -BG --output=avail /dev/shm | tail -1 | tr -dc 0-9)
+  if [[ "${free_gb:-0}" -lt 24 ]]; then say "/dev/shm has ${free_gb} GB free (< 24): skipped"; else
+    step sb_shm 300 "$PY" benchmarks/bench_offline.py --device cuda --precision fp16 --resolution 448x448 \
+      --batch-size 32 --repeats 2 --rows tool,ceiling --weights random:vits16,random:vitb16 --frames 4096 \
+      --workdir /dev/shm/bench_offline --out "$R/sb_shm.json"
+    rm -rf /dev/shm/bench_offline
+  fi
   ;;
 *) say "unknown suite $SUITE"; exit 2 ;;
 esac
