@@ -566,10 +566,6 @@ class _GatherFile:
         finally:
             self._f.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._f.closed
-
 
 class _PartsIO:
     """The pending chunk as a list of buffers (what rosbags keeps in a BytesIO): ``write`` copies

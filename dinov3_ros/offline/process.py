@@ -434,8 +434,7 @@ def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None
         import cv2
 
         cv2.setNumThreads(int(cv_n))
-    torch_n = getattr(args, "torch_threads", -1)
-    torch_n = (1 if on_cuda else 0) if torch_n < 0 else torch_n
+    torch_n = args.torch_threads if args.torch_threads >= 0 else (1 if on_cuda else 0)
     if torch_n > 0:
         import torch
 

@@ -60,6 +60,8 @@ _REMAP_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 @functools.lru_cache(maxsize=16)
 def _grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input row -> patch row and input column -> patch column (nearest, pixel-centre convention;
+    cached per geometry, read-only)."""
     H, W = geom.input_size
     un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
     _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
@@ -747,8 +749,8 @@ class Pipeline:
             ids.append(oid)
             lam = o.result.eigenvalue
             scores.append(float(np.clip(1.0 - lam, 0.0, 1.0)) if np.isfinite(lam) else 0.0)
-        ri, ci = self._grid_maps(geom, grid.shape[0], grid.shape[1])
-        mask = np.ascontiguousarray(self._grid_to_input(grid, geom, (ri, ci)))
+        ri, ci = _grid_maps(geom, grid.shape[0], grid.shape[1])
+        mask = np.ascontiguousarray(self._grid_to_input(grid, geom))
         # boxes and areas from the grid: each patch maps to a product of input rows x columns, so this is
         # exact and costs O(objects x patches) instead of two passes over the input-size mask
         ny = np.bincount(ri, minlength=grid.shape[0])
@@ -773,17 +775,8 @@ class Pipeline:
         )
 
     @staticmethod
-    def _grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
-        """Input row -> patch row and input column -> patch column (nearest, pixel-centre convention;
-        cached per geometry, read-only)."""
-        return _grid_maps(geom, gh, gw)
-
-    @staticmethod
-    def _grid_to_input(
-        grid: np.ndarray, geom: Geometry, maps: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``
-        (``maps``: :meth:`_grid_maps` when the caller already has them).
+    def _grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
+        """Nearest-neighbour map of a patch-grid array ``[h, w(, c)]`` to input pixels ``[H, W(, c)]``.
 
         8/16-bit and float32 grids of up to 4 channels go through one ``cv2.remap`` with cached integer
         maps (the same picks, ~4x faster than two ``np.take`` and without the GIL); others use ``np.take``.
@@ -793,7 +786,7 @@ class Pipeline:
         if grid.dtype in _REMAP_DTYPES and c in (0, 3, 4) and grid.flags.c_contiguous:
             mx, my = _remap_maps(geom, gh, gw)
             return cv2.remap(grid, mx, my, cv2.INTER_NEAREST)
-        ri, ci = maps if maps is not None else _grid_maps(geom, gh, gw)
+        ri, ci = _grid_maps(geom, gh, gw)
         return np.take(np.take(grid, ri, axis=0), ci, axis=1)
 
     @staticmethod

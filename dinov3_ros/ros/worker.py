@@ -34,7 +34,7 @@ class WorkerHost(Protocol):
     """What :class:`FrameWorker` needs from its owner (the node core, or a benchmark)."""
 
     settings: Any  # .batch_window_ms, .max_age_ms, .pipeline.mask_encoding
-    stats: Any  # .add(name, n=1), .published_frame(latency_s, now)
+    stats: Any  # .add(name, n=1), .published_frame(latency_s, now), .published_topics(topics, latency_s)
     log: Any  # .error(text)
     tp: Any  # message type provider for dinov3_ros.msgs.builders
 
@@ -156,7 +156,6 @@ class FrameWorker:
         h = self.host
         enc = h.settings.pipeline.mask_encoding if h.settings is not None else "mono8"
         sent: list[set[str]] = [set() for _ in job.cams]
-        per_topic = getattr(h.stats, "published_topics", None)
 
         def send(i: int, out: Any, topics: set[str]) -> None:
             topics = topics - sent[i]
@@ -167,8 +166,7 @@ class FrameWorker:
             if msgs:
                 h.publish(job.cams[i], msgs)
                 h.stats.add("messages_published", len(msgs))
-                if per_topic is not None:
-                    per_topic(tuple(msgs), time.monotonic() - job.recvs[i])
+                h.stats.published_topics(tuple(msgs), time.monotonic() - job.recvs[i])
 
         def on_ready(i: int, out: Any, names: tuple[str, ...]) -> None:
             try:
