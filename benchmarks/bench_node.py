@@ -37,11 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dinov3_ros.msgs import builders as B  # noqa: E402
+from dinov3_ros.msgs.cdr import serialized_types  # noqa: E402
 from dinov3_ros.msgs.decode import image_to_rgb  # noqa: E402
 from dinov3_ros.msgs.image_codec import encode_raw  # noqa: E402
 from dinov3_ros.msgs.provider import plain_types  # noqa: E402
@@ -49,6 +51,7 @@ from dinov3_ros.pipeline import OUTPUTS, CameraIntrinsics, Frame, PipelineConfig
 from dinov3_ros.pipeline.model import load_model  # noqa: E402
 from dinov3_ros.pipeline.pipeline import Pipeline  # noqa: E402
 from dinov3_ros.ros.mailbox import Mailbox  # noqa: E402
+from dinov3_ros.runtime.blas_threads import blas_threads_for, set_blas_threads  # noqa: E402
 
 W, H = 640, 480
 K = CameraIntrinsics(np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]]), W, H)
@@ -123,11 +126,13 @@ def bench_pipeline(pipe: Pipeline, device: str, seconds: float) -> dict[str, Any
 class _BenchHost:
     """The :class:`FrameWorker` host of the in-process stream: decodes raw images, records latency."""
 
-    def __init__(self, pipe: Pipeline) -> None:
+    def __init__(self, pipe: Pipeline, serialized: bool = True) -> None:
         from types import SimpleNamespace
 
         self.settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=pipe.config)
         self.tp = plain_types()
+        # the output messages as the node builds them (publish_serialized), or as message objects
+        self.out_tp = serialized_types() if serialized else plain_types()
         self.lat: list[tuple[float, float]] = []  # (receive time, latency ms): the frame's last output
         self.topic_lat: dict[str, list[tuple[float, float]]] = {}  # the same per output topic
         self.counts: dict[str, int] = {}
@@ -163,11 +168,13 @@ class _BenchHost:
         pass
 
 
-def stream_inproc(pipe: Pipeline, device: str, hz: float, seconds: float, warmup: float) -> dict[str, Any]:
+def stream_inproc(
+    pipe: Pipeline, device: str, hz: float, seconds: float, warmup: float, serialized: bool = True
+) -> dict[str, Any]:
     """The node's worker (:class:`FrameWorker`: mailbox -> decode -> infer | finish -> messages) without DDS."""
     from dinov3_ros.ros.worker import FrameWorker
 
-    host = _BenchHost(pipe)
+    host = _BenchHost(pipe, serialized)
     tp = host.tp
     raw = [encode_raw(test_image(i), "rgb8") for i in range(4)]
     box = Mailbox([""])
@@ -235,6 +242,9 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
             "resolution": args.resolution,
             "backend": args.backend,
             "cuda_graphs": bool(args.cuda_graphs),
+            "blas_threads": args.blas_threads,
+            "publish_serialized": bool(args.publish_serialized),
+            **{f"pipeline.{k}": v for k, v in args.pipeline.items()},
         },
         params_file=ROOT / "config/dinov3.yaml",
     )
@@ -374,10 +384,36 @@ def main() -> int:
     ap.add_argument(
         "--cuda-graphs", type=int, default=1, help="torch on CUDA: engine as a CUDA graph (node default)"
     )
+    ap.add_argument(
+        "--blas-threads",
+        type=int,
+        default=0,
+        help="host OpenBLAS threads as the node's blas_threads (0 = library default; -1 = auto: 1 on CUDA)",
+    )
+    ap.add_argument(
+        "--publish-serialized",
+        type=int,
+        default=1,
+        help="outputs as serialized CDR bytes (the node's default) or, with 0, as message objects",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PipelineConfig setting for every measurement (repeatable), e.g. --set max_objects=1",
+    )
     ap.add_argument("--node-log", default="/tmp/bench_node_node.log")
     ap.add_argument("--out", default="bench_node.json")
     args = ap.parse_args()
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
+    args.pipeline = {}
+    for kv in args.set:
+        if "=" not in kv:
+            ap.error(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        args.pipeline[k.strip()] = yaml.safe_load(v)
+    config = PipelineConfig(resolution=args.resolution).with_updates(**args.pipeline)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.switch_interval_ms > 0:
@@ -401,7 +437,10 @@ def main() -> int:
         args.resolution,
         cuda_graphs=bool(args.cuda_graphs),
     )
-    pipe = Pipeline.from_model(model, PipelineConfig(resolution=args.resolution), device=args.device)
+    pipe = Pipeline.from_model(model, config, device=args.device)
+    blas = blas_threads_for(args.blas_threads, args.device)
+    if blas:  # as the node does after loading its model
+        set_blas_threads(blas)
     res: dict[str, Any] = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
         "model": model.info,
@@ -423,7 +462,9 @@ def main() -> int:
             continue
         pipe.reset()
         r = (
-            stream_inproc(pipe, args.device, args.hz, args.seconds, args.warmup)
+            stream_inproc(
+                pipe, args.device, args.hz, args.seconds, args.warmup, bool(args.publish_serialized)
+            )
             if m == "inproc"
             else stream_dds(args)
         )

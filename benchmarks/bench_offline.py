@@ -116,6 +116,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--cv-threads", type=int, default=-1, help="as dinov3-ros process --cv-threads")
     ap.add_argument("--torch-threads", type=int, default=-1, help="as dinov3-ros process --torch-threads")
+    ap.add_argument("--blas-threads", type=int, default=0, help="as dinov3-ros process --blas-threads")
     ap.add_argument("--switch-interval-ms", type=float, default=0.0, help="as dinov3-ros process")
     ap.add_argument("--workdir", default=None, help="where the bags go (default: a temp dir)")
     ap.add_argument(

@@ -12,13 +12,20 @@
 #   benchmarks/gpu_suite.sh tune5       # 1 GPU: GIL switch interval (offline, ViT-B); node thread pools
 #   benchmarks/gpu_suite.sh offline5    # 1 GPU: offline tool on 6144-frame inputs, ViT-S/B/L (issue 7 figures)
 #   benchmarks/gpu_suite.sh node3       # 1 GPU: node stream (20 s, 30 s) + pipeline profile, per-output latency
+#   benchmarks/gpu_suite.sh node4       # 1 GPU: CUDA head tests, TokenCut squarings table, then node3's runs
+#   benchmarks/gpu_suite.sh node5       # 1 GPU: CUDA tests, squarings table, node under py-spy (GIL), node 20 s
+#   benchmarks/gpu_suite.sh node6       # 1 GPU: node5 after the TokenCut host trims + an OpenBLAS 1-thread A/B
+#   benchmarks/gpu_suite.sh node7       # 1 GPU: node with blas_threads auto vs library default, node 30 s, profile
+#   benchmarks/gpu_suite.sh node8       # 1 GPU: node, serialized outputs vs message objects (A/B/A), 30 s, profile
+#   benchmarks/gpu_suite.sh node9       # 1 GPU: node at max_objects 4, 1 (20 s + 30 s) and 2
+#   benchmarks/gpu_suite.sh node10      # 1 GPU: node with the shipped defaults (20 s, 30 s), max_objects 4, profile
 #   benchmarks/gpu_suite.sh offline_tmpfs # 1 GPU: offline ViT-S/B with the bags in /dev/shm (disk vs host limit)
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
 # Needs the repository on PYTHONPATH (set here); rosbags for the offline benchmark (wheels in .gpu/wheels).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3 | offline_tmpfs}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3 | node4 | node5 | node6 | node7 | node8 | node9 | node10 | offline_tmpfs}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -174,6 +181,72 @@ node3)  # issue 6 after session 3 (outputs published when ready, debug overlay o
   N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
   step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
   step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+node4)  # issue 6, session 4: TokenCut's staged squarings (CUDA tests, squarings table) + node3
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_heads_gpu.py tests/test_heads_tokencut.py
+  step tokencut 150 "$PY" benchmarks/bench_tokencut.py --device cuda --precision fp16 \
+    --images .gpu/tc/rooms_480x640.npz --out "$R/tokencut.json"
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+node5)  # issue 6: graphs captured thread-locally; the node stream under py-spy (GIL holder) + clean run
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_heads_gpu.py tests/test_heads_tokencut.py
+  step tokencut 120 "$PY" benchmarks/bench_tokencut.py --device cuda --precision fp16 --squarings 12,8,7 \
+    --images .gpu/tc/rooms_480x640.npz --out "$R/tokencut.json"
+  "$PY" -m pip install -q --no-index --find-links .gpu/wheels py-spy >>"$LOG" 2>&1
+  spy=$("$PY" -c 'import shutil,sys,os; print(shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable),"py-spy"))')
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node_spy 120 "$spy" record -r 500 -t -g -f raw --nonblocking -o "$R/spy_node_gil.txt" -- \
+    "$PY" benchmarks/bench_node.py $N --seconds 20 --baseline-seconds 2 --out "$R/node_spy.json"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+node6)  # issue 6: TokenCut host work trimmed (pinned buffers, label structure); OpenBLAS 1 thread A/B; py-spy
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_heads_gpu.py tests/test_heads_tokencut.py
+  step tokencut 120 "$PY" benchmarks/bench_tokencut.py --device cuda --precision fp16 --squarings 12,8,7 \
+    --images .gpu/tc/rooms_480x640.npz --out "$R/tokencut.json"
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step node20_blas1 90 env OPENBLAS_NUM_THREADS=1 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20_blas1.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  "$PY" -m pip install -q --no-index --find-links .gpu/wheels py-spy >>"$LOG" 2>&1
+  spy=$("$PY" -c 'import shutil,sys,os; print(shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable),"py-spy"))')
+  step node_spy 120 "$spy" record -r 500 -t -g -f raw --nonblocking -o "$R/spy_node_gil.txt" -- \
+    "$PY" benchmarks/bench_node.py $N --seconds 20 --baseline-seconds 2 --out "$R/node_spy.json"
+  ;;
+node7)  # issue 6: node with OpenBLAS auto (1 thread on CUDA) vs the library default (A/B, same run)
+  step tokencut 120 "$PY" benchmarks/bench_tokencut.py --device cuda --precision fp16 --squarings 12,7 \
+    --images .gpu/tc/rooms_480x640.npz --out "$R/tokencut.json"
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step node20_blas0 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --blas-threads 0 --out "$R/node20_blas0.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+node8)  # issue 6: outputs as serialized CDR (node default) vs message objects, A/B/A in one run
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20_ser 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20_ser.json"
+  step node20_obj 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --publish-serialized 0 --out "$R/node20_obj.json"
+  step node20_ser2 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20_ser2.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+node9)  # issue 6: the node at max_objects 4 / 1 / 2 in one run (TokenCut objects per frame vs latency)
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20_mo4 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --set max_objects=4 --out "$R/node20_mo4.json"
+  step node20_mo1 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --set max_objects=1 --out "$R/node20_mo1.json"
+  step node30_mo1 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --set max_objects=1 --out "$R/node30_mo1.json"
+  step node20_mo2 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --set max_objects=2 --out "$R/node20_mo2.json"
+  ;;
+node10)  # issue 6: depth/points and objects published from their own threads; defaults (max_objects 1)
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
+  step node20_mo4 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --set max_objects=4 --out "$R/node20_mo4.json"
   step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
   ;;
 offline_tmpfs)  # issue 7: disk vs host limit for ViT-S/B - the same bench with the bags in memory (/dev/shm)

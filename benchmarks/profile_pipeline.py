@@ -1,7 +1,7 @@
 """Where a frame's time goes in ``Pipeline.process`` (all outputs): per-variant latency + a torch profile.
 
 Variants (same model, same frames, one run): the default config, CUDA graphs for the engine, each output
-alone, ``parallel_heads`` off, ``max_objects: 1``. The profile (``--profile``) of the default variant
+alone, ``parallel_heads`` off, ``max_objects: 4``. The profile (``--profile``) of the default variant
 prints the top operators by self CPU and by device time and writes a Chrome trace.
 
     python benchmarks/profile_pipeline.py --device cuda --precision fp16 --out prof_pipeline.json
@@ -92,7 +92,7 @@ def main() -> int:
             variants += [(f"only {o}", {o}, cfg) for o in sorted(all_out)]
             variants += [
                 ("all, parallel_heads off", all_out, dataclasses.replace(cfg, parallel_heads=False)),
-                ("all, max_objects 1", all_out, dataclasses.replace(cfg, max_objects=1)),
+                ("all, max_objects 4", all_out, dataclasses.replace(cfg, max_objects=4)),
                 ("all but objects", all_out - {"objects"}, cfg),
             ]
         for name, outs, c in variants:

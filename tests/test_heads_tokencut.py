@@ -192,3 +192,40 @@ def test_cpu_dense_solve_handles_degenerate_spectrum() -> None:
     x, lam = _solve_dense_np(W)
     _, lam_ref = _solve_dense(torch.from_numpy(W))
     assert x.shape == (24,) and np.isfinite(x).all() and lam == pytest.approx(lam_ref)
+
+
+def test_seed_ties_resolve_to_the_first_patch_for_every_solver() -> None:
+    """Two objects made of the same repeated token give equal |x| up to round-off: every solver takes
+    the first of the tied patches as the seed, so all find the same object (not whichever object a
+    solver's last bits favour)."""
+    h, w = 12, 16
+    a, b = _disk(h, w, 3, 4, 2), _disk(h, w, 8, 11, 2)
+    feats = _planted(h, w, [], C=32, noise=1.0, seed=4)
+    tok = np.random.default_rng(9).standard_normal(32).astype(np.float32) * 3
+    feats[a | b] = tok  # both objects: one repeated token (a separate clique in the graph)
+    masks = [tokencut(feats, method=m).mask for m in ("scipy", "cpu_dense", "dense", "arpack", "subspace")]
+    for m in masks:  # (with a plain argmax, the five solvers pick seeds in a and in b)
+        assert np.array_equal(m, masks[0])
+    assert masks[0][a].all() and not masks[0][b].any(), "the seed must be the first tied patch, in a"
+
+
+@pytest.mark.parametrize("squarings", [3, 5])
+def test_masked_cut_refines_a_weak_filter(monkeypatch, squarings) -> None:
+    """Few squarings leave the block unconverged: further checks, each after one more squaring of B,
+    finish the solve (counted in CUT_STATS); with no further checks allowed the residual check fails
+    and the dense fallback gives the same objects."""
+    from dinov3_ros.heads import tokencut as tc
+
+    h, w = 20, 28
+    feats = _planted(h, w, [_disk(h, w, 6, 7, 4), _disk(h, w, 13, 20, 4)], noise=1.5, seed=3)
+    ref = tokencut_multi(feats, k=3, method="scipy")
+    monkeypatch.setattr(tc, "SQUARINGS", squarings)
+    tc.CUT_STATS.reset()
+    got = tokencut_multi(torch.from_numpy(feats), k=3, method="subspace", graph_once=True)
+    assert tc.CUT_STATS.steps > 0 and tc.CUT_STATS.fallbacks == 0
+    assert [r.mask.tolist() for r in got] == [r.mask.tolist() for r in ref]
+    monkeypatch.setattr(tc, "MAX_STEPS", 0)
+    tc.CUT_STATS.reset()
+    got = tokencut_multi(torch.from_numpy(feats), k=3, method="subspace", graph_once=True)
+    assert tc.CUT_STATS.fallbacks > 0
+    assert [r.mask.tolist() for r in got] == [r.mask.tolist() for r in ref]

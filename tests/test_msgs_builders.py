@@ -170,3 +170,59 @@ def test_mono8_mask_rejects_large_ids(providers):
     rp, _, _ = providers
     with pytest.raises(ValueError, match="mono16"):
         B.mask(rp, B.header(rp, 1, "f"), np.full((2, 2), 256, np.uint16), "mono8")
+
+
+@pytest.mark.parametrize("frame_id", ["", "c", "cam_optical", "a/b/c"])
+def test_serialized_provider_is_byte_identical(providers, frame_id):
+    """The node publishes the builders' output messages as serialized bytes (``cdr.serialized_types``):
+    byte-identical to rosbags' serializer for every output topic, with packed (GPU) and unpacked points,
+    xyz-only clouds, empty matches/boxes and mono16 masks - and rclpy deserializes them."""
+    import dataclasses
+
+    from rclpy.serialization import deserialize_message
+
+    from dinov3_ros.msgs.cdr import serialized_types
+    from dinov3_ros.ros.types import ros_types
+
+    _, bp, ts = providers
+    sp, rp = serialized_types(), ros_types()
+    base = dataclasses.replace(_outputs(), frame_id=frame_id)
+    packed = np.concatenate([base.points, B.pack_rgb(base.points_rgb)[:, None]], 1)
+    variants = [
+        (base, "mono8"),
+        (dataclasses.replace(base, points_packed=packed, points_dense=True), "mono16"),
+        (dataclasses.replace(base, points_rgb=None), "mono8"),
+        (
+            dataclasses.replace(
+                base,
+                matches=MatchResult(
+                    np.zeros((0, 2), np.float32),
+                    np.zeros((0, 2), np.float32),
+                    np.zeros(0, np.float32),
+                    np.zeros(0, bool),
+                    None,
+                    "",
+                ),
+                objects=dataclasses.replace(
+                    base.objects,
+                    ids=np.zeros(0, np.uint32),
+                    boxes=np.zeros((0, 4), np.float32),
+                    scores=np.zeros(0, np.float32),
+                    areas=np.zeros(0, np.uint32),
+                ),
+            ),
+            "mono16",
+        ),
+    ]
+    for out, enc in variants:
+        got = B.frame_messages(sp, out, mask_encoding=enc)
+        ref = B.frame_messages(bp, out, mask_encoding=enc)
+        assert set(got) == set(ref) and len(got) == 9
+        for topic, raw in got.items():
+            mtype = B.TOPIC_TYPES[topic]
+            assert isinstance(raw, bytes), topic
+            assert raw == bytes(ts.serialize_cdr(ref[topic], mtype)), (topic, enc)
+            msg = deserialize_message(raw, rp.cls(mtype))
+            assert msg.header.frame_id == frame_id and msg.header.stamp.nanosec == 123_456_789
+    with pytest.raises(KeyError, match="no direct CDR serializer"):
+        sp.cls("diagnostic_msgs/msg/DiagnosticArray")

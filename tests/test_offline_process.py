@@ -697,22 +697,30 @@ def test_staged_and_plain_process_give_identical_bags(
 
 def test_thread_settings_auto_on_cuda_only() -> None:
     """``--cv-threads``/``--torch-threads`` auto: one thread each when the model runs on CUDA (the
-    decode workers own the cores), the libraries' defaults on CPU; explicit values win. Run in a child
-    process: the settings are process-wide."""
+    decode workers own the cores), the libraries' defaults on CPU; ``--blas-threads`` keeps OpenBLAS's
+    default unless asked (-1 = auto: 1 on CUDA); explicit values win. Run in a child process: the
+    settings are process-wide."""
     import subprocess
     import sys
 
     code = """
 import argparse, cv2, torch
 from dinov3_ros.offline.process import add_arguments, apply_thread_settings
+from dinov3_ros.runtime.blas_threads import get_blas_threads
 p = argparse.ArgumentParser(); add_arguments(p)
-cv0, t0 = cv2.getNumThreads(), torch.get_num_threads()
+def now():
+    return cv2.getNumThreads(), torch.get_num_threads(), sorted(set(get_blas_threads().values()))
+cv0, t0, b0 = now()
+assert len(get_blas_threads()) >= 2, "numpy's and scipy's OpenBLAS are both found"
 apply_thread_settings(p.parse_args(["in", "--out", "o"]), "cpu")
-assert (cv2.getNumThreads(), torch.get_num_threads()) == (cv0, t0), "cpu: defaults kept"
+assert now() == (cv0, t0, b0), "cpu: defaults kept"
 apply_thread_settings(p.parse_args(["in", "--out", "o"]), "cuda:0")
-assert (cv2.getNumThreads(), torch.get_num_threads()) == (1, 1), "cuda: one thread each"
-apply_thread_settings(p.parse_args(["in", "--out", "o", "--cv-threads", "2", "--torch-threads", "2"]), "cuda:0")
-assert (cv2.getNumThreads(), torch.get_num_threads()) == (2, 2), "explicit values win"
+assert now() == (1, 1, b0), "cuda: one thread each (BLAS: the library's default)"
+apply_thread_settings(p.parse_args(["in", "--out", "o", "--blas-threads", "-1"]), "cuda:0")
+assert now() == (1, 1, [1]), "cuda: BLAS auto = one thread"
+apply_thread_settings(p.parse_args(["in", "--out", "o", "--cv-threads", "2", "--torch-threads", "2",
+                                    "--blas-threads", "2"]), "cuda:0")
+assert now() == (2, 2, [2]), "explicit values win"
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -6,6 +6,8 @@ tokens are a known function of the pixels) and a constant-depth head; plus the r
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -356,11 +358,16 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
     }
     want = resolve_outputs(outputs)
     seen: dict[int, list[str]] = {}
+    threads: dict[str, set[str]] = {}
+    lock = threading.Lock()
 
     def on_ready(i, out, names):
         for n in names:
             assert all(getattr(out, f) is not None for f in fields[n]), n
-        seen.setdefault(i, []).extend(names)
+        with lock:  # depth/points come from the geometry thread
+            seen.setdefault(i, []).extend(names)
+            for n in names:
+                threads.setdefault(n, set()).add(threading.current_thread().name)
 
     a, b = make(pca_mode="fit_once"), make(pca_mode="fit_once")
     for _ in range(2):  # second round: fixed PCA bases, coloured per batch
@@ -371,3 +378,9 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
         for i in range(len(frames)):
             assert sorted(seen[i]) == sorted(want), (i, seen[i])
             _same_outputs(got[i], ref[i], matches="matches" in want)
+    caller = threading.current_thread().name
+    # depth/points and objects: from their own threads when those finish later, else on the caller's
+    own = {"depth": "dinov3_geo", "points": "dinov3_geo", "objects": "dinov3_objects"}
+    for n, prefix in own.items():
+        assert all(th == caller or th.startswith(prefix) for th in threads.get(n, ())), threads
+    assert all(th == {caller} for n, th in threads.items() if n not in own), threads

@@ -3,6 +3,7 @@ as it is final, with per-topic latencies; a frame that fails to decode is counte
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from dinov3_ros.msgs import builders as B
-from dinov3_ros.msgs.provider import plain_types
+from dinov3_ros.msgs.cdr import serialized_types
 from dinov3_ros.pipeline import Frame, PipelineConfig
 from dinov3_ros.pipeline.model import load_model
 from dinov3_ros.pipeline.pipeline import Pipeline
@@ -28,7 +29,7 @@ class Host:
         self.settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=config)
         self.stats = NodeStats()
         self.log = self
-        self.tp = plain_types()
+        self.out_tp = serialized_types()  # the node's default: outputs as serialized CDR bytes
         self.topics = topics
         self.published: list[tuple[str, int, str]] = []  # (camera, stamp, topic)
         self.errors: list[str] = []
@@ -49,8 +50,8 @@ class Host:
     def publish(self, cam: str, msgs: dict[str, Any]) -> None:
         with self.lock:
             for t, m in msgs.items():
-                st = m.header.stamp
-                self.published.append((cam, st.sec * 1_000_000_000 + st.nanosec, t))
+                sec, nsec = struct.unpack_from("<iI", m, 4)  # header.stamp, after the CDR header
+                self.published.append((cam, sec * 1_000_000_000 + nsec, t))
 
 
 @pytest.mark.parametrize("topics", [set(B.TOPIC_TYPES), {"depth", "depth/camera_info", "objects/mask"}])

@@ -5,8 +5,9 @@ The published algorithm, step by step:
 1. L2-normalise the patch tokens, ``S = F Fᵀ`` (cosine similarity).
 2. Binary graph ``W_ij = 1`` if ``S_ij > tau`` else ``eps`` (defaults ``tau = 0.2``, ``eps = 1e-5``).
 3. ``D = diag(Σ_j W_ij)``; solve ``(D − W) x = λ D x`` and take the second-smallest eigenvector.
-4. Bipartition ``x > mean(x)``; the seed is ``argmax |x|``; if the seed is not in the ``True`` side the
-   mask and the eigenvector are flipped (foreground = side holding the largest ``|x|``).
+4. Bipartition ``x > mean(x)``; the seed is ``argmax |x|`` (the first of ties within 1e-9); if the seed
+   is not in the ``True`` side the mask and the eigenvector are flipped (foreground = side holding the
+   largest ``|x|``).
 5. Keep the 4-connected component of the mask containing the seed; its bounding box.
 
 ``features`` must be the **patch tokens only**: DINOv3 prepends 1 CLS and 4 register ("storage")
@@ -27,6 +28,7 @@ matmuls - the GPU fast path; falls back to ``"dense"`` if its residual check fai
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -273,10 +275,18 @@ def _cut(
     return res
 
 
+#: 4-connectivity (ndimage.label's default, built once instead of per call)
+_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+
+
 def _partition(x: np.ndarray, lam: float, idx: np.ndarray, h: int, w: int) -> TokenCutResult:
     """Steps 4-5 on the eigenvector ``x`` of the ``idx`` patches (contrast left NaN)."""
     bip = x > x.mean()
-    seed_i = int(np.argmax(np.abs(x)))
+    # argmax |x|, with values within 1e-9 (relative) of the maximum counted as ties and the first one
+    # taken: repeated patches (identical tokens) give equal |x| up to round-off, and which of them a
+    # solver's last bits favour must not move the seed to another component
+    ax = np.abs(x)
+    seed_i = int(np.flatnonzero(ax >= ax.max() * (1.0 - 1e-9))[0])
     if not bip[seed_i]:
         x = -x
         bip = np.logical_not(bip)
@@ -287,7 +297,7 @@ def _partition(x: np.ndarray, lam: float, idx: np.ndarray, h: int, w: int) -> To
     bip_grid = bip_grid.reshape(h, w)
     seed_flat = int(idx[seed_i])
     seed = (seed_flat // w, seed_flat % w)
-    labels, _ = ndimage.label(bip_grid)  # default structure = 4-connectivity
+    labels, _ = ndimage.label(bip_grid, structure=_FOUR_CONNECTED)
     comp = labels == labels[seed]
     ys, xs = np.nonzero(comp)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
@@ -301,34 +311,76 @@ def _partition(x: np.ndarray, lam: float, idx: np.ndarray, h: int, w: int) -> To
     )
 
 
+#: squarings of the deflated operator before the first check: ``B = A^(2^s)`` filters the random start
+#: block. On the node's 30x40 grids (the shipped model on synthetic rooms, a random ViT-S on the benchmark
+#: frames) ``μ_9 / μ_1`` of ``A`` is 0.57-0.83, so ``A^128`` already passes the 1e-9 residual check
+SQUARINGS = 7
+#: checks after the first: each takes ``Q = qr(B Q)`` and squares ``B`` once more, so the filter's power
+#: doubles per check (2^12, the earlier fixed setting, after 5; 2^14 after 7); then the dense fallback
+MAX_STEPS = 7
+
+
+@dataclass
+class CutStats:
+    """Counters of the masked cut solver (per process; for benchmarks and diagnostics)."""
+
+    solves: int = 0  #: cuts solved by the block iteration
+    steps: int = 0  #: checks after the first one, over all solves
+    fallbacks: int = 0  #: cuts whose residual check still failed after every step (solved densely)
+
+    def reset(self) -> None:
+        self.solves = self.steps = self.fallbacks = 0
+
+
+CUT_STATS = CutStats()
+
+
 class _MaskedCut:
     """One multi-object cut step with fixed shapes: the Fiedler vector of the *active* sub-graph.
 
     Removed patches are masked (their rows/columns of ``W`` zeroed), not dropped, so every cut of a
-    frame - and every frame of a fixed grid - has the same shapes. The heavy part is one captured CUDA
-    graph on GPUs (no per-kernel launches): the deflated operator ``A = (M + diag(m))/2 − u0 u0ᵀ``
-    (masked patches become eigenvalue 0, far below the Fiedler pair), its repeated squares and
-    ``Y = A^(2^s) G`` - all float64. The host orthonormalises ``Y`` (an ``n x k`` QR, microseconds),
-    the device computes ``A Q`` (one GEMM) and the host does Rayleigh-Ritz with an exact residual check
-    (up to ``max_steps`` block steps); if it still fails, the caller solves densely.
+    frame - and every frame of a fixed grid - has the same shapes. All device work is float64 and, on
+    GPUs, replays captured CUDA graphs (no per-kernel launches):
+
+    1. *filter*: the deflated operator ``A = (M + diag(m))/2 − u0 u0ᵀ`` (masked patches become
+       eigenvalue 0, far below the Fiedler pair), ``B = A^(2^s)`` by ``s`` squarings, ``Y = B G``;
+    2. *check*: ``[A Q | B Q]`` for the host's orthonormal block ``Q`` (two thin GEMMs, one copy back);
+       the host does Rayleigh-Ritz with ``A`` and an exact residual check;
+    3. *square* (only after a failed check): ``B ← B²``, queued before the next check, whose block is
+       ``Q = qr(B_old Q)`` - the filter's power doubles per check.
+
+    After ``max_steps`` failed checks the caller solves densely.
     """
 
-    def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int = 12) -> None:
+    def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int | None = None) -> None:
         f64 = torch.float64
-        self.n, self.k, self.squarings = n, min(block, n - 1), squarings
+        self.n, self.k = n, min(block, n - 1)
+        self.squarings = SQUARINGS if squarings is None else int(squarings)
+        self.max_steps = MAX_STEPS
         self.W = torch.zeros(n, n, dtype=f64, device=device)
         self.m = torch.ones(n, dtype=f64, device=device)
         gen = torch.Generator().manual_seed(0)
         self.G = torch.randn(n, self.k, generator=gen, dtype=f64).to(device)
         self.A = torch.zeros(n, n, dtype=f64, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.out: torch.Tensor | None = None
+        self.B = torch.zeros(n, n, dtype=f64, device=device)
+        self.Q = torch.zeros(n, self.k, dtype=f64, device=device)  # the check's input block
         self.use_graph = device.type == "cuda"
-        #: Rayleigh-Ritz block steps before giving up (each one GEMM + k x k host work, ~0.1 ms; the dense
-        #: fallback costs ~100x that, so a slow-converging frame takes more cheap steps first)
-        self.max_steps = 10
+        self._graphs: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
+        self._host: dict[str, torch.Tensor] = {}  # pinned copy-back buffers, one per step
 
-    def _body(self) -> torch.Tensor:
+    def _fetch(self, name: str, t: torch.Tensor) -> np.ndarray:
+        """``t`` on the host through this solver's own pinned buffer (reused: the caller consumes the
+        array before the next fetch of the same name); waits for the current stream only."""
+        if t.device.type != "cuda":
+            return t.numpy()
+        buf = self._host.get(name)
+        if buf is None:
+            buf = self._host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        buf.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return buf.numpy()
+
+    def _filter(self) -> torch.Tensor:
         m, W = self.m, self.W * self.m[:, None] * self.m[None, :]
         d = W.sum(1)
         dis = torch.where(m > 0, d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
@@ -343,52 +395,79 @@ class _MaskedCut:
             B = B @ B
             if i % 2 == 1 or i == self.squarings - 1:  # spectrum in [0, 1]: two squarings cannot underflow
                 B = B / B.abs().amax().clamp_min(1e-300)
+        self.B.copy_(B)
         return torch.cat([B @ self.G, dis[:, None]], 1)  # [n, k + 1]
 
-    def _run(self) -> np.ndarray:
-        if not self.use_graph:
-            return self._body().numpy()
-        if self.graph is None:
-            side = torch.cuda.Stream(self.W.device)
-            side.wait_stream(torch.cuda.current_stream(self.W.device))
-            with torch.cuda.stream(side):
-                self._body()  # warm-up (cuBLAS handles, workspaces) outside the capture
-            torch.cuda.current_stream(self.W.device).wait_stream(side)
+    def _check(self) -> torch.Tensor:
+        return torch.cat([self.A @ self.Q, self.B @ self.Q], 1)  # [n, 2k]
+
+    def _square(self) -> None:
+        B = self.B @ self.B
+        self.B.copy_(B / B.abs().amax().clamp_min(1e-300))
+
+    def _capture(self) -> None:
+        """Capture the three steps as CUDA graphs, together, before the first solve (no capture later in
+        a stream, at a frame's first failed check). ``thread_local`` capture: the other heads' threads
+        keep using CUDA meanwhile (the default global mode fails their calls)."""
+        dev = self.W.device
+        bodies = {"filter": self._filter, "check": self._check, "square": self._square}
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for body in bodies.values():
+                body()  # warm-up (cuBLAS handles, workspaces) outside the capture; B is rebuilt by filter
+        torch.cuda.current_stream(dev).wait_stream(side)
+        for name, body in bodies.items():
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.out = self._body()
-            self.graph = graph
-        assert self.out is not None
-        self.graph.replay()
-        return to_host(self.out)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = body()
+            self._graphs[name] = (graph, out)
+
+    def _replay(self, name: str, body: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+        """Run ``body`` (a replay of its captured CUDA graph on GPUs); its output, on the device."""
+        if not self.use_graph:
+            return body()
+        if not self._graphs:
+            self._capture()
+        graph, out = self._graphs[name]
+        graph.replay()
+        return out
 
     def solve(self, active: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
         """``(x [n_active], λ)`` of the active sub-graph (order of ``flatnonzero(active)``), or None
         when the residual check fails."""
         self.m.copy_(torch.from_numpy(active.reshape(-1).astype(np.float64)))
-        Yd = self._run()
+        Yd = self._fetch("filter", self._replay("filter", self._filter))
         Y, dis = Yd[:, : self.k], Yd[:, self.k]
         Q, _ = np.linalg.qr(Y)
-        for _ in range(self.max_steps):
-            AQ = to_host(self.A @ torch.from_numpy(Q).to(self.A.device))
+        k = self.k
+        for step in range(self.max_steps + 1):
+            if step:
+                self._replay("square", self._square)  # B <- B^2, queued before this check
+            self.Q.copy_(torch.from_numpy(Q))
+            both = self._fetch("check", self._replay("check", self._check))
+            AQ, BQ = both[:, :k], both[:, k:]
             T = Q.T @ AQ
             theta, V = np.linalg.eigh(0.5 * (T + T.T))
             v = V[:, -1]
             y = Q @ v
             if np.isfinite(theta[-1]) and float(np.linalg.norm(AQ @ v - theta[-1] * y)) < tol:
+                CUT_STATS.solves += 1
+                CUT_STATS.steps += step
                 idx = np.flatnonzero(active.reshape(-1))
                 return dis[idx] * y[idx], float(2.0 - 2.0 * theta[-1])
-            Q, _ = np.linalg.qr(AQ)
+            Q, _ = np.linalg.qr(BQ)
+        CUT_STATS.fallbacks += 1
         return None
 
 
-_CUT_CACHE: dict[tuple[int, str], tuple[_MaskedCut, threading.Lock]] = {}
+_CUT_CACHE: dict[tuple[int, str, int, int], tuple[_MaskedCut, threading.Lock]] = {}
 _CUT_CACHE_LOCK = threading.Lock()
 
 
 def _masked_cut(n: int, device: torch.device) -> tuple[_MaskedCut, threading.Lock]:
     """The (graph-captured on CUDA) cut step for ``n`` patches on ``device``, built once and reused."""
-    key = (n, str(device))
+    key = (n, str(device), SQUARINGS, MAX_STEPS)
     with _CUT_CACHE_LOCK:
         hit = _CUT_CACHE.get(key)
         if hit is None:
@@ -402,8 +481,8 @@ class _DeviceGraph:
     """The TokenCut graph of all patches built once, for the multi-object loop.
 
     Every cut solves the sub-graph of the still active patches (no recomputed similarities) in
-    float64 with :class:`_MaskedCut` (one CUDA graph replay, one GEMM and two small copies per cut on
-    GPUs); a failed residual check (``tol`` 1e-9 for the first cut, 1e-6 for later ones, whose
+    float64 with :class:`_MaskedCut` (one CUDA graph replay, then two thin GEMMs and one copy back per
+    check on GPUs); a failed residual check (``tol`` 1e-9 for the first cut, 1e-6 for later ones, whose
     eigenvector only feeds the ``x > mean`` split) falls back to the dense solve, so cut 1 is the
     published solve. The contrast is counted on the host from the edge matrix, copied once.
     """

@@ -1,9 +1,15 @@
-"""Direct CDR serialisation of the dense messages (``sensor_msgs/Image``, ``sensor_msgs/CameraInfo``).
+"""Direct CDR serialisation of the dense messages (``sensor_msgs/Image``, ``CameraInfo``, ``PointCloud2``).
 
 Byte-identical to ``rosbags`` ``typestore.serialize_cdr`` (and to rclpy) for the layouts the builders
 in :mod:`dinov3_ros.msgs.builders` produce (tests compare them), but without building message objects
 and without copying the pixel buffer: :func:`image_parts` returns the serialized message as a list of
 buffers (small header bytes + a view of the array + padding) that a writer can hand to the OS as is.
+
+:func:`serialized_types` is a builders' provider whose ``Image``, ``CameraInfo`` and ``PointCloud2``
+come out as serialized ``bytes``, for ``rclpy`` ``Publisher.publish(bytes)``: the payload is copied
+once, by ``bytes.join``, which releases the GIL for large buffers (Python >= 3.9) - instead of the
+message path's three copies under the GIL (into an ``array.array``, into the C message, into the
+serialized buffer).
 
 CDR (XCDR1, little endian): a 4-byte encapsulation header ``00 01 00 00``, then every primitive
 aligned to its size relative to the byte after that header; strings are a uint32 length (with the
@@ -14,26 +20,41 @@ terminating NUL) + bytes + NUL; sequences a uint32 count + elements; no padding 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["camera_info_bytes", "image_parts", "join", "parts_len", "read_compressed_image"]
+from dinov3_ros.msgs.provider import TypeProvider
+
+__all__ = [
+    "SERIALIZED_TYPES",
+    "camera_info_bytes",
+    "image_parts",
+    "join",
+    "parts_len",
+    "read_compressed_image",
+    "serialized_types",
+]
 
 _ENCAP = b"\x00\x01\x00\x00"
 Buffer = bytes | bytearray | memoryview
 
 
 class _Out:
-    """Append-only CDR writer for the small fields (positions relative to the encapsulation end)."""
+    """Append-only CDR writer (positions relative to the encapsulation end); large ``uint8[]`` payloads
+    stay views of the caller's arrays (:meth:`blob`) between the written pieces (:meth:`parts`)."""
 
-    __slots__ = ("b",)
+    __slots__ = ("b", "done", "pos")
 
     def __init__(self) -> None:
-        self.b = bytearray()
+        self.b = bytearray()  #: the piece being written
+        self.done: list[Buffer] = []  #: finished pieces and payload views
+        self.pos = 0  #: bytes written before ``b``
 
     def align(self, n: int) -> None:
-        pad = -len(self.b) % n
+        pad = -(self.pos + len(self.b)) % n
         if pad:
             self.b += b"\x00" * pad
 
@@ -67,6 +88,19 @@ class _Out:
         self.u32(nsec)
         self.string(str(frame_id))
 
+    def blob(self, data: memoryview) -> None:
+        """A ``uint8[]``: its count, then ``data`` as a part of its own (not copied)."""
+        self.u32(data.nbytes)
+        self.pos += len(self.b) + data.nbytes
+        self.done += [bytes(self.b), data]
+        self.b = bytearray()
+
+    def parts(self) -> list[Buffer]:
+        """The message: encapsulation header + pieces (trailing empty piece dropped)."""
+        out = [*self.done, bytes(self.b)] if self.b or not self.done else list(self.done)
+        out[0] = _ENCAP + bytes(out[0])
+        return out
+
 
 def image_parts(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str) -> list[Buffer]:
     """``sensor_msgs/Image`` of ``arr`` (C-contiguous, little endian, rows tightly packed) as buffers.
@@ -87,9 +121,8 @@ def image_parts(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str) ->
     o.string(encoding)
     o.u8(0)
     o.u32(int(arr.strides[0]))
-    o.u32(int(arr.nbytes))
-    data = memoryview(arr.reshape(-1).view(np.uint8))
-    return [_ENCAP + bytes(o.b), data]
+    o.blob(memoryview(arr.reshape(-1).view(np.uint8)))
+    return o.parts()
 
 
 def camera_info_bytes(
@@ -120,7 +153,7 @@ def camera_info_bytes(
     for _ in range(4):  # roi x_offset, y_offset, height, width
         o.u32(0)
     o.u8(0)  # roi.do_rectify
-    return _ENCAP + bytes(o.b)
+    return join(o.parts())
 
 
 def parts_len(parts: Buffer | Sequence[Buffer]) -> int:
@@ -168,3 +201,102 @@ def read_compressed_image(raw: Buffer) -> tuple[int, str, str, memoryview]:
     if pos + size > n:
         raise ValueError(f"CDR data of {size} bytes exceeds the buffer ({n - pos} left)")
     return sec * 1_000_000_000 + nsec, frame_id, fmt, body[pos : pos + size]
+
+
+# ----------------------------------------------------------------------------------------------
+# builders' provider with serialized top-level messages
+
+
+def _header(o: _Out, hdr: Any) -> None:
+    o.i32(int(hdr.stamp.sec))
+    o.u32(int(hdr.stamp.nanosec))
+    o.string(str(hdr.frame_id))
+
+
+def _image(m: Any) -> bytes:
+    o = _Out()
+    _header(o, m.header)
+    o.u32(int(m.height))
+    o.u32(int(m.width))
+    o.string(str(m.encoding))
+    o.u8(int(m.is_bigendian))
+    o.u32(int(m.step))
+    o.blob(m.data)
+    return join(o.parts())
+
+
+def _camera_info(m: Any) -> bytes:
+    o = _Out()
+    _header(o, m.header)
+    o.u32(int(m.height))
+    o.u32(int(m.width))
+    o.string(str(m.distortion_model))
+    o.f64s(m.d, sized=True)
+    for name, n in (("k", 9), ("r", 9), ("p", 12)):
+        a = np.asarray(getattr(m, name), dtype=np.float64).reshape(-1)
+        if a.size != n:
+            raise ValueError(f"CameraInfo.{name} has {a.size} values, expected {n}")
+        o.f64s(a, sized=False)
+    o.u32(int(m.binning_x))
+    o.u32(int(m.binning_y))
+    for v in (m.roi.x_offset, m.roi.y_offset, m.roi.height, m.roi.width):
+        o.u32(int(v))
+    o.u8(int(bool(m.roi.do_rectify)))
+    return join(o.parts())
+
+
+def _point_cloud2(m: Any) -> bytes:
+    o = _Out()
+    _header(o, m.header)
+    o.u32(int(m.height))
+    o.u32(int(m.width))
+    o.u32(len(m.fields))
+    for f in m.fields:
+        o.string(str(f.name))
+        o.u32(int(f.offset))
+        o.u8(int(f.datatype))
+        o.u32(int(f.count))
+    o.u8(int(bool(m.is_bigendian)))
+    o.u32(int(m.point_step))
+    o.u32(int(m.row_step))
+    o.blob(m.data)
+    o.u8(int(bool(m.is_dense)))
+    return join(o.parts())
+
+
+#: message type -> serializer of the fields the builders pass
+SERIALIZED_TYPES: dict[str, Callable[[Any], bytes]] = {
+    "sensor_msgs/msg/Image": _image,
+    "sensor_msgs/msg/CameraInfo": _camera_info,
+    "sensor_msgs/msg/PointCloud2": _point_cloud2,
+}
+
+
+def serialized_types() -> TypeProvider:
+    """Builders' provider: ``Image``, ``CameraInfo`` and ``PointCloud2`` come out as serialized CDR
+    ``bytes`` (what ``rclpy`` ``Publisher.publish`` takes as an already serialized message), nested
+    types as plain objects; other top-level types are refused. ``uint8[]`` fields are views of the
+    builders' arrays until the message is serialized (no copy before the final join)."""
+
+    def resolve(msgtype: str) -> type:
+        ser = SERIALIZED_TYPES.get(msgtype)
+
+        def make(**fields: Any) -> Any:
+            ns = types.SimpleNamespace(**fields)
+            return ser(ns) if ser is not None else ns
+
+        if ser is None and msgtype.split("/")[-1] not in _NESTED:
+            raise KeyError(f"message type {msgtype!r} has no direct CDR serializer")
+        return make  # type: ignore[return-value]
+
+    return TypeProvider(
+        "serialized",
+        resolve,
+        u8=lambda a: memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)),
+        f64=lambda a: np.asarray(a, dtype=np.float64).reshape(-1),
+        byte=int,
+    )
+
+
+#: nested types the serializers read (``builtin_interfaces/Time``, ``std_msgs/Header``, ...)
+_NESTED = ("Time", "Header", "PointField", "RegionOfInterest")

@@ -1,18 +1,27 @@
 """Type providers: one message-building code path for rclpy classes and rosbags dataclasses.
 
 A provider resolves ``pkg/msg/Name`` to a class and converts array fields to what that class wants
-(rclpy: ``bytes`` for ``uint8[]``, lists for float arrays, ``bytes`` for ``byte``; rosbags: numpy
-arrays and ints). Builders always pass *every* field, as rosbags requires, so both paths serialise to
+(rclpy: ``array.array('B')`` for ``uint8[]`` - its native storage, taken without the per-element checks
+that older rosidl setters (ROS 2 Humble) run on ``bytes`` - lists for float arrays, ``bytes`` for
+``byte``; rosbags: numpy arrays and ints). Builders always pass *every* field, as rosbags requires, so both paths serialise to
 identical CDR bytes. ``ros_types()`` (rclpy) lives in ``dinov3_ros.ros.types``; this module never
 imports rclpy.
 """
 
 from __future__ import annotations
 
+import array
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+
+def u8_array(a: np.ndarray) -> array.array:
+    """``a``'s bytes as an ``array.array('B')`` (one copy): what rosidl stores for ``uint8[]`` fields."""
+    out = array.array("B")
+    out.frombytes(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return out
 
 
 class TypeProvider:
@@ -85,7 +94,7 @@ def plain_types() -> TypeProvider:
     return TypeProvider(
         "plain",
         resolve,
-        u8=lambda a: np.ascontiguousarray(a).reshape(-1).view(np.uint8).tobytes(),
+        u8=u8_array,
         f64=lambda a: np.asarray(a, dtype=np.float64).reshape(-1).tolist(),
         byte=lambda v: bytes([int(v)]),
     )

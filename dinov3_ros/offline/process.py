@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dinov3_ros.runtime.blas_threads import blas_threads_for, set_blas_threads
+
 from .bagout import OutputBag, OutputExistsError, ResumeError, partial_dir
 from .shard import my_share, rank_world
 from .sources import InputCorruptError, InputError, Intrinsics, intrinsics_from_yaml
@@ -102,6 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=-1,
         help="torch.set_num_threads for the run (-1 = auto: 1 when the model runs on CUDA, where host-side "
         "torch work is only copies, else torch's default; 0 = torch's default)",
+    )
+    e.add_argument(
+        "--blas-threads",
+        type=int,
+        default=0,
+        help="OpenBLAS threads for the run (0 = the library's default; -1 = auto: 1 when the model runs "
+        "on CUDA, where host linear algebra is tiny; N)",
     )
     e.add_argument(
         "--switch-interval-ms",
@@ -421,7 +430,7 @@ def process_one(
 
 def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None:
     """Process-wide thread settings of the tool (``--cv-threads``, ``--torch-threads``,
-    ``--switch-interval-ms``).
+    ``--blas-threads``, ``--switch-interval-ms``).
 
     With the model on CUDA both libraries' own thread pools default to one thread: the decode workers
     already run one image per thread on every core, and a parallel copy or resize that waits for pool
@@ -439,6 +448,9 @@ def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None
         import torch
 
         torch.set_num_threads(int(torch_n))
+    blas_n = blas_threads_for(args.blas_threads, device)
+    if blas_n > 0:
+        set_blas_threads(blas_n)
     if args.switch_interval_ms > 0:
         sys.setswitchinterval(float(args.switch_interval_ms) / 1e3)
 

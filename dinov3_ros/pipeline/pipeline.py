@@ -315,9 +315,11 @@ class Pipeline:
     def finish(self, handle: InferHandle, on_ready: ReadyCallback | None = None) -> list[FrameOutputs]:
         """Stage 2: the per-frame heads of an :meth:`infer` handle (advances per-source state).
 
-        ``on_ready(i, out, names)`` (optional, called on this thread) reports that outputs ``names`` of
-        frame ``i`` are final in ``out`` as soon as they are, before the slower heads finish (depth and
-        points typically before TokenCut's objects): a node publishes each output when it is ready.
+        ``on_ready(i, out, names)`` (optional) reports that outputs ``names`` of frame ``i`` are final
+        in ``out`` as soon as they are, before the slower heads finish: a node publishes each output
+        when it is ready. It is called on this thread, except for depth/points and objects, which are
+        reported from the geometry and TokenCut threads the moment they are done (while the other
+        heads still run), so it must be thread-safe.
         Every requested output is reported once; the results are the same with or without it.
         """
         h = handle
@@ -458,6 +460,42 @@ class Pipeline:
             else:
                 geo = Future()
                 geo.set_result(self._geometry(frame, geom, depth, want, cfg))
+
+        def store_geometry(res: dict[str, Any]) -> None:
+            for k in ("depth", "depth_info", "points", "points_rgb", "points_packed", "points_dense"):
+                setattr(out, k, res.get(k))
+            out.timings_ms.update(res["timings"])
+
+        geo_done: threading.Event | None = None
+        if geo is not None and notify is not None:
+            # a caller that publishes (the node) gets depth/points from the geometry thread as soon as
+            # they are final: their messages are built there while matches and TokenCut run here
+            geo_done = threading.Event()
+
+            def on_geometry(fut: Future) -> None:
+                try:
+                    if fut.exception() is None:
+                        store_geometry(fut.result())
+                        ready(*(n for n in ("depth", "points") if n in want))
+                finally:
+                    geo_done.set()
+
+            geo.add_done_callback(on_geometry)  # runs now if the geometry is already done
+        objects_done: threading.Event | None = None
+        if objects_future is not None and notify is not None:
+            objects_done = threading.Event()  # the same for TokenCut's objects, from its thread
+
+            def on_objects(fut: Future) -> None:
+                try:
+                    if fut.exception() is None:
+                        out.objects = fut.result()
+                        out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time
+                        ready("objects")
+                finally:
+                    objects_done.set()
+
+            objects_future.add_done_callback(on_objects)
+
         momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
         vmask = torch.from_numpy(valid.astype(np.float32))
         if "features" in want:
@@ -500,24 +538,29 @@ class Pipeline:
             nonlocal t
             assert geo is not None
             t_geo = time.perf_counter()
-            res = geo.result()
-            for k in ("depth", "depth_info", "points", "points_rgb", "points_packed", "points_dense"):
-                setattr(out, k, res.get(k))
-            out.timings_ms.update(res["timings"])
+            if geo_done is not None:  # stored and reported by the geometry thread itself
+                geo.result()  # its error, if any, is this frame's error
+                geo_done.wait()
+            else:
+                store_geometry(geo.result())
+                ready(*(n for n in ("depth", "points") if n in want))
             out.timings_ms["geometry_wait"] = (time.perf_counter() - t_geo) * 1e3
             t = time.perf_counter()
-            ready(*(n for n in ("depth", "points") if n in want))
 
-        if geo is not None and objects_future is not None and not objects_future.done():
+        if geo is not None and objects_future is not None and not objects_future.done() and geo_done is None:
             wait([geo, objects_future], return_when=FIRST_COMPLETED)
             if geo.done() and not objects_future.done():  # depth/points are out before TokenCut ends
                 take_geometry()
                 geo = None
         if objects_future is not None:
-            out.objects = objects_future.result()
-            out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time, overlapped
+            if objects_done is not None:  # stored and reported by TokenCut's thread
+                objects_future.result()  # its error, if any, is this frame's error
+                objects_done.wait()
+            else:
+                out.objects = objects_future.result()
+                out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time, overlapped
+                ready("objects")
             t = time.perf_counter()
-            ready("objects")
         elif "objects" in want:
             out.objects = self._objects(frame, geom, tok, valid, cfg, st)
             lap("objects")
@@ -758,8 +801,8 @@ class Pipeline:
         boxes, areas, keep = [], [], []
         for k, oid in enumerate(ids):
             cells = grid == oid
-            ys = np.flatnonzero(np.isin(ri, np.flatnonzero(cells.any(1))))
-            xs = np.flatnonzero(np.isin(ci, np.flatnonzero(cells.any(0))))
+            ys = np.flatnonzero(cells.any(1)[ri])  # input rows whose grid row holds the object
+            xs = np.flatnonzero(cells.any(0)[ci])
             area = int((ny[:, None] * nx[None, :])[cells].sum())
             if area == 0 or ys.size == 0 or xs.size == 0:
                 continue  # the object lies in letterbox padding only

@@ -170,7 +170,7 @@ class PipelineConfig:
     # objects (TokenCut)
     tokencut_tau: float = 0.2
     tokencut_eps: float = 1e-5
-    max_objects: int = 4
+    max_objects: int = 1  # 1 = the published TokenCut; each extra object is one more cut (~1 ms, H100)
     min_object_patches: int = 2
     min_object_score: float = 0.1  # objects after the first need a cut with eigenvalue <= 1 - this
     track_iou: float = 0.3

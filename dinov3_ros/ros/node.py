@@ -64,6 +64,7 @@ class PerceptionCore:
         self.node = node
         self.log = node.get_logger()
         self.tp = ros_types()
+        self.out_tp = self.tp  # the output messages' provider: serialized bytes after configure()
         self.stats = NodeStats()
         self.settings: P.NodeSettings | None = None
         self.pipeline: Any = None
@@ -124,8 +125,10 @@ class PerceptionCore:
     # -- lifecycle --------------------------------------------------------------------------------
     def configure(self) -> None:
         """Validate parameters, load the model and create publishers (raises on any failure)."""
+        from dinov3_ros.msgs.cdr import serialized_types
         from dinov3_ros.pipeline.model import load_model
         from dinov3_ros.pipeline.pipeline import Pipeline
+        from dinov3_ros.runtime.blas_threads import blas_threads_for, set_blas_threads
 
         s = P.validate(self._values())
         self.settings = s
@@ -140,6 +143,10 @@ class PerceptionCore:
             cuda_graphs=s.cuda_graphs,
         )
         self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
+        blas = blas_threads_for(s.blas_threads, s.device)
+        if blas:
+            set_blas_threads(blas)
+        self.out_tp = serialized_types() if s.publish_serialized else self.tp
         self.log.info(
             f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{s.precision} "
             f"at {s.resolution[0]}x{s.resolution[1]} loaded in {time.perf_counter() - t0:.2f} s; cameras {s.cameras}"

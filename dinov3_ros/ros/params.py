@@ -1,7 +1,8 @@
 """Node parameters: declaration with descriptors, validation with clear errors, run-time updates.
 
 Read-only (need a restart / lifecycle cleanup+configure): ``weights``, ``backend``, ``device``,
-``precision``, ``resolution``, ``cuda_graphs``, ``cameras``, ``image_transport``, ``input_qos``, ``output_qos``.
+``precision``, ``resolution``, ``cuda_graphs``, ``blas_threads``, ``publish_serialized``, ``cameras``,
+``image_transport``, ``input_qos``, ``output_qos``.
 Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``batch_window_ms`` and every
 ``pipeline.<setting>`` of :class:`~dinov3_ros.pipeline.PipelineConfig`.
 """
@@ -24,6 +25,8 @@ READ_ONLY = (
     "precision",
     "resolution",
     "cuda_graphs",
+    "blas_threads",
+    "publish_serialized",
     "cameras",
     "image_transport",
     "input_qos",
@@ -42,6 +45,8 @@ NODE_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",
     "resolution": [224, 224],
     "cuda_graphs": True,
+    "blas_threads": 0,
+    "publish_serialized": True,
     "cameras": "",
     "image_transport": "raw",
     "input_qos": "sensor_data",
@@ -59,6 +64,9 @@ NODE_DESCRIPTIONS: dict[str, str] = {
     "precision": "fp32 | fp16 | bf16 | int8 (int8: onnxruntime, dynamic INT8 MatMuls on CPU)",
     "resolution": "network input [H, W], multiples of 16 (frames are letterboxed)",
     "cuda_graphs": "torch backend on CUDA: replay the forward as a CUDA graph (one launch per frame)",
+    "blas_threads": "host OpenBLAS threads: -1 = auto (1 with a CUDA device), 0 = library default, N",
+    "publish_serialized": "publish outputs as serialized CDR (one payload copy, GIL released) instead of "
+    "message objects",
     "cameras": "comma-separated camera namespaces ('' = one camera on 'image'); batched through one model",
     "image_transport": "raw (image) | compressed (image/compressed) | both",
     "input_qos": "sensor_data | default | system_default",
@@ -92,6 +100,8 @@ class NodeSettings:
     precision: str
     resolution: tuple[int, int]
     cuda_graphs: bool
+    blas_threads: int
+    publish_serialized: bool
     cameras: list[str]
     image_transport: str
     input_qos: str
@@ -158,6 +168,8 @@ def validate(values: dict[str, Any]) -> NodeSettings:
             raise ValueError(f"parameter {name} must be one of {choices}, got {v[name]!r}")
     if not v["weights"]:
         raise ValueError("parameter weights is empty: give a path, 'default' or 'random:<arch>'")
+    if v["blas_threads"] < -1:
+        raise ValueError(f"parameter blas_threads must be -1 (auto), 0 or >= 1, got {v['blas_threads']}")
     if v["max_age_ms"] < 0:
         raise ValueError(f"parameter max_age_ms must be >= 0, got {v['max_age_ms']}")
     if v["batch_window_ms"] < 0:

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dinov3_ros.msgs.provider import TypeProvider
+from dinov3_ros.msgs.provider import TypeProvider, u8_array
 
 
 def _resolve(msgtype: str) -> type:
@@ -24,7 +24,7 @@ def ros_types() -> TypeProvider:
     return TypeProvider(
         "rclpy",
         _resolve,
-        u8=lambda a: np.ascontiguousarray(a).reshape(-1).view(np.uint8).tobytes(),
+        u8=u8_array,
         f64=lambda a: np.asarray(a, dtype=np.float64).reshape(-1).tolist(),
         byte=lambda v: bytes([int(v)]),
     )

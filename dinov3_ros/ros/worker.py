@@ -36,7 +36,7 @@ class WorkerHost(Protocol):
     settings: Any  # .batch_window_ms, .max_age_ms, .pipeline.mask_encoding
     stats: Any  # .add(name, n=1), .published_frame(latency_s, now), .published_topics(topics, latency_s)
     log: Any  # .error(text)
-    tp: Any  # message type provider for dinov3_ros.msgs.builders
+    out_tp: Any  # provider of the output messages (dinov3_ros.msgs.builders): objects or serialized bytes
 
     def wanted_topics(self, cam: str) -> set[str]: ...
 
@@ -156,13 +156,15 @@ class FrameWorker:
         h = self.host
         enc = h.settings.pipeline.mask_encoding if h.settings is not None else "mono8"
         sent: list[set[str]] = [set() for _ in job.cams]
+        lock = threading.Lock()  # depth/points are reported from the pipeline's geometry thread
 
         def send(i: int, out: Any, topics: set[str]) -> None:
-            topics = topics - sent[i]
+            with lock:  # claim the topics (built, failed or absent: never retried)
+                topics = topics - sent[i]
+                sent[i] |= topics
             if not topics:
                 return
-            msgs = B.frame_messages(h.tp, out, topics, enc)
-            sent[i] |= topics  # built or absent (an output the model cannot make): never retried
+            msgs = B.frame_messages(h.out_tp, out, topics, enc)
             if msgs:
                 h.publish(job.cams[i], msgs)
                 h.stats.add("messages_published", len(msgs))

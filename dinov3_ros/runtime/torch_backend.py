@@ -133,7 +133,9 @@ class TorchEngine(Engine):
                     self._forward(static_in)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: a new batch shape (say, another camera joins) is captured while the heads'
+            # threads keep running CUDA work; the default global mode would fail their calls
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self._forward(static_in)
             entry = (graph, static_in, static_out)
             self._graphs[key] = entry
