@@ -8,7 +8,7 @@ paths in one run:
 - ``objects``: the builders' rclpy message objects, ``Publisher.publish(msg)`` (the payload is copied
   into an ``array.array``, into the C message, then serialized - all under the GIL);
 - ``serialized``: ``cdr.serialized_types()`` bytes, ``Publisher.publish(bytes)`` (one ``bytes.join``
-  copy that releases the GIL, then rclpy's copy into the serialized message).
+  copy, then rclpy's copy into the serialized message).
 
 Reported per frame: the publishing thread's wall time, and how much a concurrent pure-Python thread
 got done meanwhile (its loop rate relative to running alone): the GIL left to the node's other threads.

@@ -7,9 +7,8 @@ buffers (small header bytes + a view of the array + padding) that a writer can h
 
 :func:`serialized_types` is a builders' provider whose ``Image``, ``CameraInfo`` and ``PointCloud2``
 come out as serialized ``bytes``, for ``rclpy`` ``Publisher.publish(bytes)``: the payload is copied
-once, by ``bytes.join``, which releases the GIL for large buffers (Python >= 3.9) - instead of the
-message path's three copies under the GIL (into an ``array.array``, into the C message, into the
-serialized buffer).
+once, by ``bytes.join`` (then by rclpy into its serialized message) - instead of the message path's three
+copies (into an ``array.array``, into the C message, into the serialized buffer).
 
 CDR (XCDR1, little endian): a 4-byte encapsulation header ``00 01 00 00``, then every primitive
 aligned to its size relative to the byte after that header; strings are a uint32 length (with the

@@ -65,8 +65,8 @@ NODE_DESCRIPTIONS: dict[str, str] = {
     "resolution": "network input [H, W], multiples of 16 (frames are letterboxed)",
     "cuda_graphs": "torch backend on CUDA: replay the forward as a CUDA graph (one launch per frame)",
     "blas_threads": "host OpenBLAS threads: -1 = auto (1 with a CUDA device), 0 = library default, N",
-    "publish_serialized": "publish outputs as serialized CDR (one payload copy, GIL released) instead of "
-    "message objects",
+    "publish_serialized": "publish outputs as serialized CDR (one payload copy) instead of message objects "
+    "(three)",
     "cameras": "comma-separated camera namespaces ('' = one camera on 'image'); batched through one model",
     "image_transport": "raw (image) | compressed (image/compressed) | both",
     "input_qos": "sensor_data | default | system_default",
