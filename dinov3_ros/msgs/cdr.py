@@ -113,15 +113,37 @@ def image_parts(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str) ->
         raise ValueError(f"image array must be non-empty HxW or HxWxC, got {arr.shape}")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return _image_out(
+        stamp_ns,
+        frame_id,
+        arr.shape[0],
+        arr.shape[1],
+        encoding,
+        0,
+        arr.strides[0],
+        memoryview(arr.reshape(-1).view(np.uint8)),
+    ).parts()
+
+
+def _image_out(
+    stamp_ns: int,
+    frame_id: str,
+    height: int,
+    width: int,
+    encoding: str,
+    is_bigendian: int,
+    step: int,
+    data: memoryview,
+) -> _Out:
     o = _Out()
     o.header(stamp_ns, frame_id)
-    o.u32(int(arr.shape[0]))
-    o.u32(int(arr.shape[1]))
-    o.string(encoding)
-    o.u8(0)
-    o.u32(int(arr.strides[0]))
-    o.blob(memoryview(arr.reshape(-1).view(np.uint8)))
-    return o.parts()
+    o.u32(int(height))
+    o.u32(int(width))
+    o.string(str(encoding))
+    o.u8(int(is_bigendian))
+    o.u32(int(step))
+    o.blob(data)
+    return o
 
 
 def camera_info_bytes(
@@ -133,25 +155,28 @@ def camera_info_bytes(
     d: np.ndarray,
     k: np.ndarray,
     p: np.ndarray,
+    *,
+    r: np.ndarray | None = None,
+    binning: tuple[int, int] = (0, 0),
+    roi: tuple[int, int, int, int, bool] = (0, 0, 0, 0, False),
 ) -> bytes:
-    """``sensor_msgs/CameraInfo`` as :func:`dinov3_ros.msgs.builders.camera_info` fills it
-    (R = identity, binning 0, empty ROI, ``do_rectify`` false)."""
+    """``sensor_msgs/CameraInfo``; the defaults are what :func:`dinov3_ros.msgs.builders.camera_info`
+    fills (R = identity, binning 0, empty ROI, ``do_rectify`` false)."""
+    r = np.eye(3) if r is None else r
     o = _Out()
     o.header(stamp_ns, frame_id)
     o.u32(int(height))
     o.u32(int(width))
-    o.string(distortion_model)
+    o.string(str(distortion_model))
     o.f64s(np.asarray(d, dtype=np.float64), sized=True)
-    for arr, n in ((k, 9), (np.eye(3), 9), (p, 12)):
+    for name, arr, n in (("k", k, 9), ("r", r, 9), ("p", p, 12)):
         a = np.asarray(arr, dtype=np.float64).reshape(-1)
         if a.size != n:
-            raise ValueError(f"CameraInfo matrix with {a.size} values, expected {n}")
+            raise ValueError(f"CameraInfo.{name} has {a.size} values, expected {n}")
         o.f64s(a, sized=False)
-    o.u32(0)  # binning_x
-    o.u32(0)  # binning_y
-    for _ in range(4):  # roi x_offset, y_offset, height, width
-        o.u32(0)
-    o.u8(0)  # roi.do_rectify
+    for v in (*binning, *roi[:4]):  # binning_x, binning_y, roi x_offset, y_offset, height, width
+        o.u32(int(v))
+    o.u8(int(bool(roi[4])))  # roi.do_rectify
     return join(o.parts())
 
 
@@ -206,47 +231,37 @@ def read_compressed_image(raw: Buffer) -> tuple[int, str, str, memoryview]:
 # builders' provider with serialized top-level messages
 
 
-def _header(o: _Out, hdr: Any) -> None:
-    o.i32(int(hdr.stamp.sec))
-    o.u32(int(hdr.stamp.nanosec))
-    o.string(str(hdr.frame_id))
+def _stamp_ns(hdr: Any) -> int:
+    return int(hdr.stamp.sec) * 1_000_000_000 + int(hdr.stamp.nanosec)
 
 
 def _image(m: Any) -> bytes:
-    o = _Out()
-    _header(o, m.header)
-    o.u32(int(m.height))
-    o.u32(int(m.width))
-    o.string(str(m.encoding))
-    o.u8(int(m.is_bigendian))
-    o.u32(int(m.step))
-    o.blob(m.data)
+    o = _image_out(
+        _stamp_ns(m.header), m.header.frame_id, m.height, m.width, m.encoding, m.is_bigendian, m.step, m.data
+    )
     return join(o.parts())
 
 
 def _camera_info(m: Any) -> bytes:
-    o = _Out()
-    _header(o, m.header)
-    o.u32(int(m.height))
-    o.u32(int(m.width))
-    o.string(str(m.distortion_model))
-    o.f64s(m.d, sized=True)
-    for name, n in (("k", 9), ("r", 9), ("p", 12)):
-        a = np.asarray(getattr(m, name), dtype=np.float64).reshape(-1)
-        if a.size != n:
-            raise ValueError(f"CameraInfo.{name} has {a.size} values, expected {n}")
-        o.f64s(a, sized=False)
-    o.u32(int(m.binning_x))
-    o.u32(int(m.binning_y))
-    for v in (m.roi.x_offset, m.roi.y_offset, m.roi.height, m.roi.width):
-        o.u32(int(v))
-    o.u8(int(bool(m.roi.do_rectify)))
-    return join(o.parts())
+    roi = m.roi
+    return camera_info_bytes(
+        _stamp_ns(m.header),
+        m.header.frame_id,
+        m.height,
+        m.width,
+        m.distortion_model,
+        m.d,
+        m.k,
+        m.p,
+        r=m.r,
+        binning=(m.binning_x, m.binning_y),
+        roi=(roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify),
+    )
 
 
 def _point_cloud2(m: Any) -> bytes:
     o = _Out()
-    _header(o, m.header)
+    o.header(_stamp_ns(m.header), m.header.frame_id)
     o.u32(int(m.height))
     o.u32(int(m.width))
     o.u32(len(m.fields))
