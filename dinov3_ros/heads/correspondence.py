@@ -68,23 +68,22 @@ def _centres(h: int, w: int, p: float, device: torch.device) -> torch.Tensor:
     return torch.stack([(xs.reshape(-1) + 0.5) * p, (ys.reshape(-1) + 0.5) * p], 1)
 
 
-def match_tensors(
+def _match_rows(
     f0: ArrayLike,
     f1: ArrayLike,
     *,
-    patch_size: float = 16.0,
-    mutual: bool = True,
-    ratio: float | None = None,
-    min_score: float | None = None,
-    refine: bool = True,
-    window: int = 5,
-    temperature: float = 0.05,
-    max_matches: int | None = None,
+    patch_size: float,
+    mutual: bool,
+    ratio: float | None,
+    min_score: float | None,
+    refine: bool,
+    window: int,
+    temperature: float,
 ) -> dict[str, torch.Tensor]:
-    """Core matcher on ``[h, w, C]`` feature grids; returns tensors on the features' device.
+    """Every patch of ``f0`` with its best ``f1`` patch, in fixed shapes and without a host sync.
 
-    Keys: ``idx0``, ``idx1`` (flat patch indices), ``scores`` (cosine), ``pts0``, ``pts1``
-    (network-input pixels, ``pts1`` sub-patch refined when ``refine``).
+    Keys: ``idx1`` [N0], ``scores`` [N0], ``keep`` [N0] bool (mutual / ratio / min_score passed),
+    ``pts0``, ``pts1`` [N0, 2] (network-input pixels, ``pts1`` refined when ``refine``).
     """
     a = patch_grid(f0, name="f0")
     b = patch_grid(f1, name="f1")
@@ -117,13 +116,9 @@ def match_tensors(
         keep &= d1 < ratio * d2
     if min_score is not None:
         keep &= score >= min_score
-    idx0, idx1, score = idx0[keep], idx1[keep], score[keep]
-    if max_matches is not None and score.numel() > max_matches:
-        order = score.topk(max_matches).indices
-        idx0, idx1, score = idx0[order], idx1[order], score[order]
     p = float(patch_size)
-    pts0 = _centres(h0, w0, p, S.device)[idx0]
-    if refine and window > 1 and idx1.numel():
+    pts0 = _centres(h0, w0, p, S.device)
+    if refine and window > 1:
         r = window // 2
         off = torch.arange(-r, r + 1, device=S.device)
         dy, dx = torch.meshgrid(off, off, indexing="ij")
@@ -132,7 +127,7 @@ def match_tensors(
         rx = (idx1 % w1)[:, None] + dx[None]
         valid = (ry >= 0) & (ry < h1) & (rx >= 0) & (rx < w1)
         flat = ry.clamp(0, h1 - 1) * w1 + rx.clamp(0, w1 - 1)
-        sims = S[idx0[:, None], flat].float()
+        sims = S.gather(1, flat).float()
         sims = sims.masked_fill(~valid, float("-inf"))
         wgt = torch.softmax(sims / temperature, dim=1)
         x = ((rx.float() + 0.5) * p * wgt).sum(1)
@@ -140,7 +135,50 @@ def match_tensors(
         pts1 = torch.stack([x, y], 1)
     else:
         pts1 = _centres(h1, w1, p, S.device)[idx1]
-    return {"idx0": idx0, "idx1": idx1, "scores": score, "pts0": pts0, "pts1": pts1}
+    return {"idx1": idx1, "scores": score, "keep": keep, "pts0": pts0, "pts1": pts1}
+
+
+def match_tensors(
+    f0: ArrayLike,
+    f1: ArrayLike,
+    *,
+    patch_size: float = 16.0,
+    mutual: bool = True,
+    ratio: float | None = None,
+    min_score: float | None = None,
+    refine: bool = True,
+    window: int = 5,
+    temperature: float = 0.05,
+    max_matches: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Core matcher on ``[h, w, C]`` feature grids; returns tensors on the features' device.
+
+    Keys: ``idx0``, ``idx1`` (flat patch indices), ``scores`` (cosine), ``pts0``, ``pts1``
+    (network-input pixels, ``pts1`` sub-patch refined when ``refine``). Matches are in ``idx0`` order;
+    with ``max_matches`` the best scores first (ties: lower ``idx0`` first).
+    """
+    t = _match_rows(
+        f0,
+        f1,
+        patch_size=patch_size,
+        mutual=mutual,
+        ratio=ratio,
+        min_score=min_score,
+        refine=refine,
+        window=window,
+        temperature=temperature,
+    )
+    idx0 = torch.nonzero(t["keep"]).reshape(-1)
+    if max_matches is not None and idx0.numel() > max_matches:
+        order = torch.sort(t["scores"][idx0], descending=True, stable=True).indices[:max_matches]
+        idx0 = idx0[order]
+    return {
+        "idx0": idx0,
+        "idx1": t["idx1"][idx0],
+        "scores": t["scores"][idx0],
+        "pts0": t["pts0"][idx0],
+        "pts1": t["pts1"][idx0],
+    }
 
 
 def _map(pts: np.ndarray, scale, offset, fn) -> np.ndarray:
@@ -183,7 +221,7 @@ def match(
     input resolution with ``K`` lift matches to 3-D and estimate the rigid motion
     (:func:`estimate_rigid`, inlier distance ``rigid_threshold`` metres).
     """
-    t = match_tensors(
+    t = _match_rows(
         f0,
         f1,
         patch_size=patch_size,
@@ -193,19 +231,32 @@ def match(
         refine=refine,
         window=window,
         temperature=temperature,
-        max_matches=max_matches,
     )
-    # one device->host copy for the float fields and one for the indices (not five)
-    fl = as_numpy(torch.cat([t["pts0"].float(), t["pts1"].float(), t["scores"].float()[:, None]], 1))
-    ix = as_numpy(torch.stack([t["idx0"], t["idx1"]], 1).long())
-    pts0 = _map(np.ascontiguousarray(fl[:, 0:2]), scale, offset, to_input)
-    pts1 = _map(np.ascontiguousarray(fl[:, 2:4]), scale, offset, to_input)
+    # every row in one device->host copy, selected here: one sync per call (a GPU's queue is not
+    # drained and refilled between the steps); flat indices < 2^24 are exact in float32
+    rows = torch.cat(
+        [
+            t["pts0"].float(),
+            t["pts1"].float(),
+            t["scores"].float()[:, None],
+            t["idx1"].float()[:, None],
+            t["keep"].float()[:, None],
+        ],
+        1,
+    )
+    host = as_numpy(rows)
+    idx0 = np.flatnonzero(host[:, 6] > 0.5)
+    if max_matches is not None and idx0.size > max_matches:
+        idx0 = idx0[np.argsort(-host[idx0, 4], kind="stable")[:max_matches]]
+    sel = host[idx0]
+    pts0 = _map(np.ascontiguousarray(sel[:, 0:2]), scale, offset, to_input)
+    pts1 = _map(np.ascontiguousarray(sel[:, 2:4]), scale, offset, to_input)
     m = Matches(
         pts0=pts0,
         pts1=pts1,
-        scores=np.ascontiguousarray(fl[:, 4]),
-        idx0=np.ascontiguousarray(ix[:, 0]),
-        idx1=np.ascontiguousarray(ix[:, 1]),
+        scores=np.ascontiguousarray(sel[:, 4]),
+        idx0=idx0.astype(np.int64),
+        idx1=sel[:, 5].astype(np.int64),
         inliers=np.ones(pts0.shape[0], dtype=bool),
     )
     if verify_with is not None:
