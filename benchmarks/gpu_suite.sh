@@ -20,6 +20,7 @@
 #   benchmarks/gpu_suite.sh node9       # 1 GPU: node at max_objects 4, 1 (20 s + 30 s) and 2
 #   benchmarks/gpu_suite.sh node10      # 1 GPU: node with the shipped defaults (20 s, 30 s), max_objects 4, profile
 #   benchmarks/gpu_suite.sh node11      # 1 GPU: CUDA head tests, node 20 s + 30 s, profile (sync-free matching)
+#   benchmarks/gpu_suite.sh node12      # 1 GPU: CUDA tests, node 20 s + 30 s, profile (matching in its own thread)
 #   benchmarks/gpu_suite.sh node_spy    # 1 GPU: the node (shipped defaults) under py-spy: GIL holders, all threads
 #   benchmarks/gpu_suite.sh offline_tmpfs # 1 GPU: offline ViT-S/B with the bags in /dev/shm (disk vs host limit)
 # Results go to $OUT (default out/gpu): one JSON/markdown per benchmark inside results.tgz, plus suite.log.
@@ -27,7 +28,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3 | node4 | node5 | node6 | node7 | node8 | node9 | node10 | node11 | node_spy | offline_tmpfs}"
+SUITE="${1:?inference | pipeline | multi | heads2 | offline2 | round2 | offline_spy | offline3 | offline4 | tune5 | offline5 | node3 | node4 | node5 | node6 | node7 | node8 | node9 | node10 | node11 | node12 | node_spy | offline_tmpfs}"
 OUT="${OUT:-out/gpu}"
 PY="${PY:-python3}"
 R="$OUT/$SUITE"
@@ -249,6 +250,13 @@ node10)  # issue 6: depth/points and objects published from their own threads; d
   step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
   step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
   step node20_mo4 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --set max_objects=4 --out "$R/node20_mo4.json"
+  step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
+  ;;
+node12)  # issue 6: matching in its own thread from the start (like TokenCut); node 20 s + 30 s, profile
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_heads_gpu.py tests/test_pipeline_core.py
+  N="--device cuda --precision fp16 --weights random:vits16 --resolution 480x640"
+  step node20 90 "$PY" benchmarks/bench_node.py $N --seconds 20 --out "$R/node20.json"
+  step node30 100 "$PY" benchmarks/bench_node.py $N --seconds 30 --out "$R/node30.json"
   step profile 90 "$PY" benchmarks/profile_pipeline.py --device cuda --precision fp16 --frames 40 --out "$R/prof.json"
   ;;
 node_spy)  # issue 6: the final node (shipped defaults) under py-spy: GIL holder per thread, and every thread

@@ -380,7 +380,12 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
             _same_outputs(got[i], ref[i], matches="matches" in want)
     caller = threading.current_thread().name
     # depth/points and objects: from their own threads when those finish later, else on the caller's
-    own = {"depth": "dinov3_geo", "points": "dinov3_geo", "objects": "dinov3_objects"}
+    own = {
+        "depth": "dinov3_geo",
+        "points": "dinov3_geo",
+        "objects": "dinov3_objects",
+        "matches": "dinov3_matches",
+    }
     for n, prefix in own.items():
         assert all(th == caller or th.startswith(prefix) for th in threads.get(n, ())), threads
     assert all(th == {caller} for n, th in threads.items() if n not in own), threads

@@ -317,9 +317,9 @@ class Pipeline:
 
         ``on_ready(i, out, names)`` (optional) reports that outputs ``names`` of frame ``i`` are final
         in ``out`` as soon as they are, before the slower heads finish: a node publishes each output
-        when it is ready. It is called on this thread, except for depth/points and objects, which are
-        reported from the geometry and TokenCut threads the moment they are done (while the other
-        heads still run), so it must be thread-safe.
+        when it is ready. It is called on this thread, except for depth/points, objects and matches,
+        which are reported from the threads that compute them the moment they are done (while the
+        other heads still run), so it must be thread-safe.
         Every requested output is reported once; the results are the same with or without it.
         """
         h = handle
@@ -430,9 +430,9 @@ class Pipeline:
     ) -> FrameOutputs:
         """Per-frame heads. ``tok`` [h, w, C] float32 on the engine's device; ``depth`` = (network-size
         clipped depth on the device, the same as numpy). Depth/points (stateless) run in a helper
-        thread (``geo``: already submitted by :meth:`finish`), TokenCut in another (``parallel_heads``);
-        the stateful heads (PCA, matches) run here, in frame order. ``notify(out, names)`` (optional)
-        is called as each output becomes final (see :meth:`finish`)."""
+        thread (``geo``: already submitted by :meth:`finish`), TokenCut and matching in one thread each
+        (``parallel_heads``; one worker each keeps a source's frames in order), PCA here.
+        ``notify(out, names)`` (optional) is called as each output becomes final (see :meth:`finish`)."""
         H, W = frame.image.shape[:2]
         out = FrameOutputs(frame.stamp_ns, frame.frame_id, frame.source, W, H, timings_ms=timings)
         h, w, _ = tok.shape
@@ -449,11 +449,46 @@ class Pipeline:
             if notify is not None:
                 notify(out, names)
 
-        objects_future = None
-        if "objects" in want and cfg.parallel_heads:
-            # TokenCut is the costliest head and independent of the others: overlap it with them
-            t_obj = time.perf_counter()
-            objects_future = self._submit("objects", 1, self._objects, frame, geom, tok, valid, cfg, st)
+        side: dict[str, tuple[Future, threading.Event | None, float]] = {}
+
+        def run_aside(name: str, fn: Any, *args: Any) -> None:
+            """Head ``name`` (an output) in its own thread, overlapped with the others; one worker keeps
+            a source's frames in order. With ``notify``, its result is stored and reported from there."""
+            t0 = time.perf_counter()
+            fut = self._submit(name, 1, fn, *args)
+            done = threading.Event() if notify is not None else None
+            if done is not None:
+
+                def report(f: Future) -> None:
+                    try:
+                        if f.exception() is None:
+                            setattr(out, name, f.result())
+                            out.timings_ms[name] = (time.perf_counter() - t0) * 1e3  # wall time
+                            ready(name)
+                    finally:
+                        done.set()
+
+                fut.add_done_callback(report)
+            side[name] = (fut, done, t0)
+
+        def take_aside(name: str) -> None:
+            fut, done, t0 = side.pop(name)
+            if done is not None:  # stored and reported by the head's thread
+                fut.result()  # its error, if any, is this frame's error
+                done.wait()
+            else:
+                setattr(out, name, fut.result())
+                out.timings_ms[name] = (time.perf_counter() - t0) * 1e3  # wall time, overlapped
+                ready(name)
+
+        if cfg.parallel_heads:
+            # TokenCut (the costliest head) and matching are independent of the other heads: they
+            # start at once in their own threads instead of after the features' and PCA's messages
+            if "objects" in want:
+                run_aside("objects", self._objects, frame, geom, tok, valid, cfg, st)
+            if "matches" in want:
+                run_aside("matches", self._matches, frame, geom, tok, cfg, st)
+        objects_future = side["objects"][0] if "objects" in side else None
         if geo is None and "depth" in want and depth is not None:
             if cfg.parallel_heads:
                 geo = self._submit("geo", _GEO_WORKERS, self._geometry, frame, geom, depth, want, cfg)
@@ -481,20 +516,6 @@ class Pipeline:
                     geo_done.set()
 
             geo.add_done_callback(on_geometry)  # runs now if the geometry is already done
-        objects_done: threading.Event | None = None
-        if objects_future is not None and notify is not None:
-            objects_done = threading.Event()  # the same for TokenCut's objects, from its thread
-
-            def on_objects(fut: Future) -> None:
-                try:
-                    if fut.exception() is None:
-                        out.objects = fut.result()
-                        out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time
-                        ready("objects")
-                finally:
-                    objects_done.set()
-
-            objects_future.add_done_callback(on_objects)
 
         momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
         vmask = torch.from_numpy(valid.astype(np.float32))
@@ -529,7 +550,10 @@ class Pipeline:
             # the overlay's image part (input blended with PCA) needs nothing else: it is made while
             # matches and TokenCut run; only boxes and match lines are drawn at the end
             debug_base = self._pool("debug", 1).submit(self._debug_base, frame, geom, out.features_pca, cfg)
-        if "matches" in want:
+        if "matches" in side:
+            take_aside("matches")
+            t = time.perf_counter()
+        elif "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
             lap("matches")
             ready("matches")
@@ -553,13 +577,7 @@ class Pipeline:
                 take_geometry()
                 geo = None
         if objects_future is not None:
-            if objects_done is not None:  # stored and reported by TokenCut's thread
-                objects_future.result()  # its error, if any, is this frame's error
-                objects_done.wait()
-            else:
-                out.objects = objects_future.result()
-                out.timings_ms["objects"] = (time.perf_counter() - t_obj) * 1e3  # wall time, overlapped
-                ready("objects")
+            take_aside("objects")
             t = time.perf_counter()
         elif "objects" in want:
             out.objects = self._objects(frame, geom, tok, valid, cfg, st)
