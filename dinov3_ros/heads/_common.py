@@ -64,13 +64,15 @@ def as_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
-def to_host(t: torch.Tensor, sync: bool = True) -> np.ndarray:
+def to_host(t: torch.Tensor, sync: bool = True, buf: torch.Tensor | None = None) -> np.ndarray:
     """``t`` as numpy; CUDA tensors go through pinned (page-locked, cached) host memory, which copies
     several times faster than pageable memory, and wait for the current stream only (``sync``; without
-    it the caller must synchronize that stream before reading)."""
+    it the caller must synchronize that stream before reading). ``buf``: a pinned tensor of ``t``'s
+    shape and dtype to copy into (reused by the caller; the result is a view of it)."""
     if t.device.type != "cuda":
         return t.numpy()
-    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    if buf is None:
+        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     buf.copy_(t, non_blocking=True)
     if sync:
         torch.cuda.current_stream(t.device).synchronize()

@@ -354,7 +354,7 @@ class _MaskedCut:
 
     def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int | None = None) -> None:
         f64 = torch.float64
-        self.n, self.k = n, min(block, n - 1)
+        self.k = min(block, n - 1)
         self.squarings = SQUARINGS if squarings is None else int(squarings)
         self.max_steps = MAX_STEPS
         self.W = torch.zeros(n, n, dtype=f64, device=device)
@@ -369,16 +369,12 @@ class _MaskedCut:
         self._host: dict[str, torch.Tensor] = {}  # pinned copy-back buffers, one per step
 
     def _fetch(self, name: str, t: torch.Tensor) -> np.ndarray:
-        """``t`` on the host through this solver's own pinned buffer (reused: the caller consumes the
-        array before the next fetch of the same name); waits for the current stream only."""
-        if t.device.type != "cuda":
-            return t.numpy()
+        """``t`` on the host through this solver's own pinned buffer for step ``name`` (reused: the
+        caller consumes the array before the next fetch of the same name)."""
         buf = self._host.get(name)
-        if buf is None:
+        if buf is None and t.device.type == "cuda":
             buf = self._host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        buf.copy_(t, non_blocking=True)
-        torch.cuda.current_stream(t.device).synchronize()
-        return buf.numpy()
+        return to_host(t, buf=buf)
 
     def _filter(self) -> torch.Tensor:
         m, W = self.m, self.W * self.m[:, None] * self.m[None, :]

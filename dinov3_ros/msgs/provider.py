@@ -3,8 +3,8 @@
 A provider resolves ``pkg/msg/Name`` to a class and converts array fields to what that class wants
 (rclpy: ``array.array('B')`` for ``uint8[]`` - its native storage, taken without the per-element checks
 that older rosidl setters (ROS 2 Humble) run on ``bytes`` - lists for float arrays, ``bytes`` for
-``byte``; rosbags: numpy arrays and ints). Builders always pass *every* field, as rosbags requires, so both paths serialise to
-identical CDR bytes. ``ros_types()`` (rclpy) lives in ``dinov3_ros.ros.types``; this module never
+``byte``; rosbags: numpy arrays and ints). Builders always pass *every* field, as rosbags requires, so
+both paths serialise to identical CDR bytes. ``ros_types()`` (rclpy) lives in ``dinov3_ros.ros.types``; this module never
 imports rclpy.
 """
 

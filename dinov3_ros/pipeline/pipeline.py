@@ -449,37 +449,44 @@ class Pipeline:
             if notify is not None:
                 notify(out, names)
 
-        side: dict[str, tuple[Future, threading.Event | None, float]] = {}
+        # heads running in other threads: with ``notify`` each result is stored in ``out`` and reported
+        # from that thread the moment it is done (depth/points while matches and TokenCut still run);
+        # take() waits for it, and without ``notify`` stores and reports it here
+        side: dict[str, tuple[Future, threading.Event | None, Callable[[Any], None], tuple[str, ...]]] = {}
 
-        def run_aside(name: str, fn: Any, *args: Any) -> None:
-            """Head ``name`` (an output) in its own thread, overlapped with the others; one worker keeps
-            a source's frames in order. With ``notify``, its result is stored and reported from there."""
-            t0 = time.perf_counter()
-            fut = self._submit(name, 1, fn, *args)
+        def watch(key: str, fut: Future, store: Callable[[Any], None], names: tuple[str, ...]) -> None:
             done = threading.Event() if notify is not None else None
             if done is not None:
 
                 def report(f: Future) -> None:
                     try:
                         if f.exception() is None:
-                            setattr(out, name, f.result())
-                            out.timings_ms[name] = (time.perf_counter() - t0) * 1e3  # wall time
-                            ready(name)
+                            store(f.result())
+                            ready(*names)
                     finally:
                         done.set()
 
-                fut.add_done_callback(report)
-            side[name] = (fut, done, t0)
+                fut.add_done_callback(report)  # runs now if the head is already done
+            side[key] = (fut, done, store, names)
 
-        def take_aside(name: str) -> None:
-            fut, done, t0 = side.pop(name)
+        def take(key: str) -> None:
+            fut, done, store, names = side.pop(key)
             if done is not None:  # stored and reported by the head's thread
                 fut.result()  # its error, if any, is this frame's error
                 done.wait()
             else:
-                setattr(out, name, fut.result())
+                store(fut.result())
+                ready(*names)
+
+        def run_aside(name: str, fn: Any, *args: Any) -> None:
+            """Head ``name`` (an output) in its own thread; one worker keeps a source's frames in order."""
+            t0 = time.perf_counter()
+
+            def store(res: Any) -> None:
+                setattr(out, name, res)
                 out.timings_ms[name] = (time.perf_counter() - t0) * 1e3  # wall time, overlapped
-                ready(name)
+
+            watch(name, self._submit(name, 1, fn, *args), store, (name,))
 
         if cfg.parallel_heads:
             # TokenCut (the costliest head) and matching are independent of the other heads: they
@@ -495,27 +502,14 @@ class Pipeline:
             else:
                 geo = Future()
                 geo.set_result(self._geometry(frame, geom, depth, want, cfg))
+        if geo is not None:
 
-        def store_geometry(res: dict[str, Any]) -> None:
-            for k in ("depth", "depth_info", "points", "points_rgb", "points_packed", "points_dense"):
-                setattr(out, k, res.get(k))
-            out.timings_ms.update(res["timings"])
+            def store_geometry(res: dict[str, Any]) -> None:
+                for k in ("depth", "depth_info", "points", "points_rgb", "points_packed", "points_dense"):
+                    setattr(out, k, res.get(k))
+                out.timings_ms.update(res["timings"])
 
-        geo_done: threading.Event | None = None
-        if geo is not None and notify is not None:
-            # a caller that publishes (the node) gets depth/points from the geometry thread as soon as
-            # they are final: their messages are built there while matches and TokenCut run here
-            geo_done = threading.Event()
-
-            def on_geometry(fut: Future) -> None:
-                try:
-                    if fut.exception() is None:
-                        store_geometry(fut.result())
-                        ready(*(n for n in ("depth", "points") if n in want))
-                finally:
-                    geo_done.set()
-
-            geo.add_done_callback(on_geometry)  # runs now if the geometry is already done
+            watch("geo", geo, store_geometry, tuple(n for n in ("depth", "points") if n in want))
 
         momentum = 0.0 if cfg.pca_mode == "fit_once" else 1.0 - cfg.pca_momentum
         vmask = torch.from_numpy(valid.astype(np.float32))
@@ -551,7 +545,7 @@ class Pipeline:
             # matches and TokenCut run; only boxes and match lines are drawn at the end
             debug_base = self._pool("debug", 1).submit(self._debug_base, frame, geom, out.features_pca, cfg)
         if "matches" in side:
-            take_aside("matches")
+            take("matches")
             t = time.perf_counter()
         elif "matches" in want:
             out.matches = self._matches(frame, geom, tok, cfg, st)
@@ -560,30 +554,23 @@ class Pipeline:
 
         def take_geometry() -> None:
             nonlocal t
-            assert geo is not None
             t_geo = time.perf_counter()
-            if geo_done is not None:  # stored and reported by the geometry thread itself
-                geo.result()  # its error, if any, is this frame's error
-                geo_done.wait()
-            else:
-                store_geometry(geo.result())
-                ready(*(n for n in ("depth", "points") if n in want))
+            take("geo")
             out.timings_ms["geometry_wait"] = (time.perf_counter() - t_geo) * 1e3
             t = time.perf_counter()
 
-        if geo is not None and objects_future is not None and not objects_future.done() and geo_done is None:
-            wait([geo, objects_future], return_when=FIRST_COMPLETED)
-            if geo.done() and not objects_future.done():  # depth/points are out before TokenCut ends
+        if "geo" in side and objects_future is not None and notify is None and not objects_future.done():
+            wait([side["geo"][0], objects_future], return_when=FIRST_COMPLETED)
+            if side["geo"][0].done() and not objects_future.done():  # depth/points before TokenCut ends
                 take_geometry()
-                geo = None
         if objects_future is not None:
-            take_aside("objects")
+            take("objects")
             t = time.perf_counter()
         elif "objects" in want:
             out.objects = self._objects(frame, geom, tok, valid, cfg, st)
             lap("objects")
             ready("objects")
-        if geo is not None:
+        if "geo" in side:
             take_geometry()
         if "debug" in want:
             out.debug = self._debug(frame, geom, out, cfg, debug_base.result() if debug_base else None)

@@ -1,10 +1,11 @@
 """OpenBLAS thread count at run time, for every OpenBLAS the process has loaded (numpy's, scipy's).
 
 With the model on a GPU the host's linear algebra is tiny (a 1200 x 8 QR, 8 x 8 eigen problems, small
-products), and OpenBLAS's default of one thread per core makes each call wake and wait for pool threads
-that compete for the cores with the node's own threads: on the H100 host one thread took ~1 ms off the
-node's median latency (BENCHMARKS.md, issue 6). ``OPENBLAS_NUM_THREADS`` only acts before numpy is
-imported; this sets the count later, through each library's exported setter.
+products), and OpenBLAS's default of one thread per core can make each call wake and wait for pool threads
+that compete for the cores with the node's own threads. Measured on the H100 host, one thread gave no
+effect beyond run-to-run noise (BENCHMARKS.md, issue 6), so it is a knob, off by default.
+``OPENBLAS_NUM_THREADS`` only acts before numpy is imported; this sets the count later, through each
+library's exported setter.
 """
 
 from __future__ import annotations
