@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from dinov3_ros.core.camera import CameraIntrinsics
+from dinov3_ros.core.frames import MatchResult
 from dinov3_ros.msgs.builders import (
     _NP_OF,
     BOX_FIELDS,
     MATCH_FIELDS,
 )
 from dinov3_ros.msgs.image_codec import ImageDecodeError, decode_compressed, decode_raw
-from dinov3_ros.pipeline.types import CameraIntrinsics, MatchResult
 
 
 def stamp_ns(msg: Any) -> int:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinov3_ros.core.camera import scale_matrix
+
 # read-only frames (views of message buffers) are only read here; torch's warning about them is noise
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
 
@@ -102,13 +104,7 @@ class Geometry:
         gx = ow / self.network_size[1]
         gy = oh / self.network_size[0]
         sx, sy = self.scale_x * gx, self.scale_y * gy
-        ox, oy = self.offset_x * gx, self.offset_y * gy
-        out = K.copy()
-        out[0, 0] = K[0, 0] * sx
-        out[0, 1] = K[0, 1] * sx
-        out[0, 2] = (K[0, 2] + 0.5) * sx - 0.5 + ox
-        out[1, 1] = K[1, 1] * sy
-        out[1, 2] = (K[1, 2] + 0.5) * sy - 0.5 + oy
+        out = scale_matrix(K, sx, sy, self.offset_x * gx, self.offset_y * gy)
         return out, (int(ow), int(oh))
 
     def to_input(self, output: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
