@@ -140,21 +140,20 @@ def offline_records(tmp: Path, bump: int = 0, settings: tuple[str, ...] = ()) ->
 
 
 def node_records(bump: int = 0) -> list[list[Any]]:
-    """The node's processing path (decode, pipeline, serialized messages) with both cameras batched
-    together as the node batches them: ``[camera, stamp, topic suffix, hash]``, sorted."""
+    """The node's processing path (serialized messages decoded, pipeline, serialized outputs) with both
+    cameras batched together as the node batches them: ``[camera, stamp, topic suffix, hash]``, sorted."""
     from types import SimpleNamespace
 
-    from dinov3_ros.msgs import builders as B
-    from dinov3_ros.msgs.cdr import serialized_types
-    from dinov3_ros.msgs.decode import camera_info_to_intrinsics
-    from dinov3_ros.pipeline import Frame, PipelineConfig
+    from dinov3_ros.msgs.cdr import stamp_of
+    from dinov3_ros.pipeline import PipelineConfig
     from dinov3_ros.pipeline.model import load_model
+    from dinov3_ros.pipeline.outputs import topic_types
     from dinov3_ros.pipeline.pipeline import Pipeline
     from dinov3_ros.ros.diagnostics import NodeStats
     from dinov3_ros.ros.mailbox import Mailbox
-    from dinov3_ros.ros.worker import FrameWorker
+    from dinov3_ros.ros.worker import FrameWorker, decode_frame
 
-    topics = set(B.TOPIC_TYPES)
+    topics = set(topic_types())
     config = PipelineConfig(resolution=RES)
     out: list[list[Any]] = []
     lock = threading.Lock()
@@ -162,7 +161,6 @@ def node_records(bump: int = 0) -> list[list[Any]]:
     class Host:
         settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=config)
         stats = NodeStats()
-        out_tp = serialized_types()
 
         def __init__(self) -> None:
             self.log = self
@@ -173,16 +171,13 @@ def node_records(bump: int = 0) -> list[list[Any]]:
         def wanted_topics(self, cam: str) -> set[str]:
             return topics
 
-        def make_frame(self, cam: str, item: Any) -> Frame:
-            stamp, rgb, info, frame_id = item
-            intr = camera_info_to_intrinsics(info) if info is not None else None
-            return Frame(rgb, stamp, frame_id, intr, source=cam)
+        def make_frame(self, cam: str, item: Any) -> Any:
+            msgtype, raw, infos = item
+            return decode_frame(cam, msgtype, raw, infos, self.stats)
 
-        def publish(self, cam: str, msgs: dict[str, Any]) -> None:
+        def publish(self, cam: str, msgs: dict[str, bytes]) -> None:
             with lock:
-                for t, m in msgs.items():
-                    sec, nsec = np.frombuffer(bytes(m[4:12]), "<u4")
-                    out.append([cam, int(sec) * 10**9 + int(nsec), t, _sha(m)])
+                out.extend([cam, stamp_of(m), t, _sha(m)] for t, m in msgs.items())
 
     model = load_model(WEIGHTS, "torch", "cpu", "fp32", RES)
     host = Host()
@@ -190,7 +185,7 @@ def node_records(bump: int = 0) -> list[list[Any]]:
     worker = FrameWorker(host, Pipeline.from_model(model, config, device="cpu"), box)
     worker.start()
     try:
-        for k, step in enumerate(_node_frames(bump)):
+        for k, step in enumerate(_node_messages(bump)):
             for cam, item in step.items():
                 box.put(cam, item)
             deadline = time.monotonic() + 120
@@ -202,15 +197,38 @@ def node_records(bump: int = 0) -> list[list[Any]]:
     return sorted(out)
 
 
-def _node_frames(bump: int) -> list[dict[str, tuple[int, np.ndarray, Any, str]]]:
-    """Per step: camera -> (stamp, RGB, CameraInfo message or None, frame_id)."""
+def _node_messages(bump: int) -> list[dict[str, tuple[str, bytes, list[bytes]]]]:
+    """Per step: camera -> (message type, serialized image, serialized camera_infos received so far),
+    the same messages :func:`make_bag` records."""
     steps = []
+    infos: list[bytes] = []
+    Image, CImg = TS.types["sensor_msgs/msg/Image"], TS.types["sensor_msgs/msg/CompressedImage"]
     for i in range(N):
         t, t2 = stamps(i)
+        infos.append(bytes(TS.serialize_cdr(_camera_info(t), "sensor_msgs/msg/CameraInfo")))
+        img = Image(
+            header=_header(t, "cam_optical"),
+            height=H,
+            width=W,
+            encoding="rgb8",
+            is_bigendian=0,
+            step=W * 3,
+            data=frame(i, 0, bump).ravel(),
+        )
+        _ok, png = cv2.imencode(".png", cv2.cvtColor(frame(i, 1), cv2.COLOR_RGB2BGR))
+        cmsg = CImg(header=_header(t2, "cam2_optical"), format="png", data=png.ravel())
         steps.append(
             {
-                "cam": (t, frame(i, 0, bump), _camera_info(t), "cam_optical"),
-                "cam2": (t2, frame(i, 1), None, "cam2_optical"),
+                "cam": (
+                    "sensor_msgs/msg/Image",
+                    bytes(TS.serialize_cdr(img, "sensor_msgs/msg/Image")),
+                    list(infos),
+                ),
+                "cam2": (
+                    "sensor_msgs/msg/CompressedImage",
+                    bytes(TS.serialize_cdr(cmsg, "sensor_msgs/msg/CompressedImage")),
+                    [],
+                ),
             }
         )
     return steps

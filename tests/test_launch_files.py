@@ -90,9 +90,8 @@ def test_config_yaml_holds_only_declared_parameters_and_validates():
         P.validate(bad)
     with pytest.raises(ValueError, match="image_transport"):
         P.validate(dict(values, image_transport="theora"))
-    assert s.blas_threads == 0 and s.publish_serialized is True
-    with pytest.raises(ValueError, match="blas_threads"):
-        P.validate(dict(values, blas_threads=-2))
+    with pytest.raises(ValueError, match="weights"):
+        P.validate(dict(values, weights=""))
 
 
 # -- run generate_launch_description against stand-ins of the launch API ---------------------------

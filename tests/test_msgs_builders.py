@@ -1,16 +1,29 @@
-"""msgs builders: rclpy and rosbags paths serialise to identical CDR bytes; decoders round-trip."""
+"""Messages: the builders' rclpy and rosbags objects serialise to identical CDR bytes, the outputs'
+serialiser (the registry over msgs.cdr) equals both, and the decoders round-trip."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import rclpy.serialization as rclpy_ser
+from msg_reference import reference_messages
 
+from dinov3_ros.core import (
+    CameraIntrinsics,
+    DepthImage,
+    FrameOutputs,
+    MatchResult,
+    ObjectsResult,
+    PipelineConfig,
+    PointCloud,
+)
 from dinov3_ros.msgs import builders as B
 from dinov3_ros.msgs import decode as D
+from dinov3_ros.msgs.layouts import pack_rgb
 from dinov3_ros.msgs.provider import rosbags_types
-from dinov3_ros.pipeline.types import CameraIntrinsics, FrameOutputs, MatchResult, ObjectsResult
+from dinov3_ros.pipeline.outputs import frame_messages, topic_types
 
-rclpy_ser = pytest.importorskip("rclpy.serialization")
+TYPES = topic_types()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +51,7 @@ def assert_same_cdr(rclpy_bytes: bytes, rosbags_bytes: bytes, msgtype: str, ts) 
     assert again == rosbags_bytes, msgtype
 
 
-def _outputs() -> FrameOutputs:
+def _outputs(frame_id: str = "cam_optical", **changes) -> FrameOutputs:
     rng = np.random.default_rng(1)
     K = CameraIntrinsics(
         np.array([[500.0, 0, 319.5], [0, 510.0, 239.5], [0, 0, 1]]),
@@ -49,19 +62,14 @@ def _outputs() -> FrameOutputs:
     mask = np.zeros((48, 64), np.uint16)
     mask[10:20, 5:30] = 3
     mask[30:40, 40:60] = 7
-    return FrameOutputs(
-        stamp_ns=1_700_000_123_456_789,
-        frame_id="cam_optical",
-        source="cam",
-        width=64,
-        height=48,
-        features=rng.standard_normal((3, 4, 5)).astype(np.float32),
-        features_pca=rng.integers(0, 255, (3, 4, 3), dtype=np.uint8),
-        depth=rng.uniform(0.5, 4, (48, 64)).astype(np.float32),
-        depth_info=K.resized(64, 48),
-        points=rng.standard_normal((11, 3)).astype(np.float32),
-        points_rgb=rng.integers(0, 255, (11, 3), dtype=np.uint8),
-        matches=MatchResult(
+    values = {
+        "features": rng.standard_normal((3, 4, 5)).astype(np.float32),
+        "features_pca": rng.integers(0, 255, (3, 4, 3), dtype=np.uint8),
+        "depth": DepthImage(rng.uniform(0.5, 4, (48, 64)).astype(np.float32), K.resized(64, 48)),
+        "points": PointCloud(
+            rng.standard_normal((11, 3)).astype(np.float32), rng.integers(0, 255, (11, 3), dtype=np.uint8)
+        ),
+        "matches": MatchResult(
             rng.uniform(0, 60, (6, 2)).astype(np.float32),
             rng.uniform(0, 60, (6, 2)).astype(np.float32),
             rng.uniform(0, 1, 6).astype(np.float32),
@@ -69,22 +77,24 @@ def _outputs() -> FrameOutputs:
             1_700_000_100_000_000_1,
             "cam_optical",
         ),
-        objects=ObjectsResult(
+        "objects": ObjectsResult(
             mask,
             np.array([3, 7], np.uint32),
             np.array([[5, 10, 30, 20], [40, 30, 60, 40]], np.float32),
             np.array([0.9, 0.4], np.float32),
             np.array([250, 200], np.uint32),
         ),
-        debug=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
-    )
+        "debug": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
+    }
+    values.update(changes)
+    return FrameOutputs(1_700_000_123_456_789, frame_id, "cam", 64, 48, values)
 
 
 def test_frame_messages_identical_cdr(providers):
     rp, bp, ts = providers
     out = _outputs()
-    m_r = B.frame_messages(rp, out)
-    m_b = B.frame_messages(bp, out)
+    m_r = reference_messages(rp, out)
+    m_b = reference_messages(bp, out)
     assert set(m_r) == {
         "features",
         "features/pca",
@@ -98,8 +108,8 @@ def test_frame_messages_identical_cdr(providers):
     }
     for topic, msg in m_r.items():
         a = bytes(rclpy_ser.serialize_message(msg))
-        b = bytes(ts.serialize_cdr(m_b[topic], B.TOPIC_TYPES[topic]))
-        assert_same_cdr(a, b, B.TOPIC_TYPES[topic], ts)
+        b = bytes(ts.serialize_cdr(m_b[topic], TYPES[topic]))
+        assert_same_cdr(a, b, TYPES[topic], ts)
 
 
 def test_other_messages_identical_cdr(providers):
@@ -134,22 +144,23 @@ def test_decoders_round_trip(providers):
     rp, bp, _ = providers
     out = _outputs()
     for tp in (rp, bp):
-        msgs = B.frame_messages(tp, out, mask_encoding="mono8")
+        msgs = reference_messages(tp, out, mask_encoding="mono8")
+        v = out.values
         f = D.image_to_array(msgs["features"])
-        assert msgs["features"].encoding == "32FC5" and np.array_equal(f, out.features)
-        assert np.array_equal(D.image_to_array(msgs["depth"]), out.depth)
+        assert msgs["features"].encoding == "32FC5" and np.array_equal(f, v["features"])
+        assert np.array_equal(D.image_to_array(msgs["depth"]), v["depth"].image)
         ci = D.camera_info_to_intrinsics(msgs["depth/camera_info"])
-        assert (ci.width, ci.height) == (64, 48) and np.allclose(ci.K, out.depth_info.K)
+        assert (ci.width, ci.height) == (64, 48) and np.allclose(ci.K, v["depth"].info.K)
         xyz, rgb = D.decode_points(msgs["points"])
-        assert np.array_equal(xyz, out.points) and np.array_equal(rgb, out.points_rgb)
+        assert np.array_equal(xyz, v["points"].xyz) and np.array_equal(rgb, v["points"].rgb)
         m = D.decode_matches(msgs["matches"])
-        assert m.ref_stamp_ns == out.matches.ref_stamp_ns
-        assert np.array_equal(m.uv0, out.matches.uv0) and np.array_equal(m.uv1, out.matches.uv1)
-        assert np.array_equal(m.inlier, out.matches.inlier) and np.array_equal(m.score, out.matches.score)
+        assert m.ref_stamp_ns == v["matches"].ref_stamp_ns
+        assert np.array_equal(m.uv0, v["matches"].uv0) and np.array_equal(m.uv1, v["matches"].uv1)
+        assert np.array_equal(m.inlier, v["matches"].inlier) and np.array_equal(m.score, v["matches"].score)
         bx = D.decode_boxes(msgs["objects/boxes"])
-        assert list(bx.ids) == [3, 7] and np.array_equal(bx.boxes, out.objects.boxes)
+        assert list(bx.ids) == [3, 7] and np.array_equal(bx.boxes, v["objects"].boxes)
         assert bx.stamp_ns == out.stamp_ns and bx.frame_id == "cam_optical"
-        assert np.array_equal(D.image_to_array(msgs["objects/mask"]), out.objects.mask.astype(np.uint8))
+        assert np.array_equal(D.image_to_array(msgs["objects/mask"]), v["objects"].mask.astype(np.uint8))
         for msg in msgs.values():
             assert D.stamp_ns(msg) == out.stamp_ns and msg.header.frame_id == "cam_optical"
 
@@ -173,56 +184,49 @@ def test_mono8_mask_rejects_large_ids(providers):
 
 
 @pytest.mark.parametrize("frame_id", ["", "c", "cam_optical", "a/b/c"])
-def test_serialized_provider_is_byte_identical(providers, frame_id):
-    """The node publishes the builders' output messages as serialized bytes (``cdr.serialized_types``):
-    byte-identical to rosbags' serializer for every output topic, with packed (GPU) and unpacked points,
-    xyz-only clouds, empty matches/boxes and mono16 masks - and rclpy deserializes them."""
+def test_output_serialiser_is_byte_identical(providers, frame_id):
+    """What the node publishes and the bag tool writes (``pipeline.outputs.frame_messages``: zero-copy
+    CDR parts) equals rosbags' serializer of the builders' objects for every output topic - packed and
+    unpacked points, xyz-only clouds, empty matches/boxes, mono16 masks - and rclpy deserializes it."""
     import dataclasses
 
     from rclpy.serialization import deserialize_message
 
-    from dinov3_ros.msgs.cdr import serialized_types
+    from dinov3_ros.msgs.cdr import join
     from dinov3_ros.ros.types import ros_types
 
     _, bp, ts = providers
-    sp, rp = serialized_types(), ros_types()
-    base = dataclasses.replace(_outputs(), frame_id=frame_id)
-    packed = np.concatenate([base.points, B.pack_rgb(base.points_rgb)[:, None]], 1)
+    rp = ros_types()
+    base = _outputs(frame_id)
+    pts = base["points"]
+    packed = np.concatenate([pts.xyz, pack_rgb(pts.rgb)[:, None]], 1)
+    empty = MatchResult(
+        np.zeros((0, 2), np.float32),
+        np.zeros((0, 2), np.float32),
+        np.zeros(0, np.float32),
+        np.zeros(0, bool),
+        None,
+        "",
+    )
+    no_objects = dataclasses.replace(
+        base["objects"],
+        ids=np.zeros(0, np.uint32),
+        boxes=np.zeros((0, 4), np.float32),
+        scores=np.zeros(0, np.float32),
+        areas=np.zeros(0, np.uint32),
+    )
     variants = [
         (base, "mono8"),
-        (dataclasses.replace(base, points_packed=packed, points_dense=True), "mono16"),
-        (dataclasses.replace(base, points_rgb=None), "mono8"),
-        (
-            dataclasses.replace(
-                base,
-                matches=MatchResult(
-                    np.zeros((0, 2), np.float32),
-                    np.zeros((0, 2), np.float32),
-                    np.zeros(0, np.float32),
-                    np.zeros(0, bool),
-                    None,
-                    "",
-                ),
-                objects=dataclasses.replace(
-                    base.objects,
-                    ids=np.zeros(0, np.uint32),
-                    boxes=np.zeros((0, 4), np.float32),
-                    scores=np.zeros(0, np.float32),
-                    areas=np.zeros(0, np.uint32),
-                ),
-            ),
-            "mono16",
-        ),
+        (_outputs(frame_id, points=PointCloud(pts.xyz, pts.rgb, packed, True)), "mono16"),
+        (_outputs(frame_id, points=PointCloud(pts.xyz, None)), "mono8"),
+        (_outputs(frame_id, matches=empty, objects=no_objects), "mono16"),
     ]
     for out, enc in variants:
-        got = B.frame_messages(sp, out, mask_encoding=enc)
-        ref = B.frame_messages(bp, out, mask_encoding=enc)
+        got = {t: join(parts) for t, _mt, parts in frame_messages(out, PipelineConfig(mask_encoding=enc))}
+        ref = reference_messages(bp, out, enc)
         assert set(got) == set(ref) and len(got) == 9
         for topic, raw in got.items():
-            mtype = B.TOPIC_TYPES[topic]
-            assert isinstance(raw, bytes), topic
+            mtype = TYPES[topic]
             assert raw == bytes(ts.serialize_cdr(ref[topic], mtype)), (topic, enc)
             msg = deserialize_message(raw, rp.cls(mtype))
             assert msg.header.frame_id == frame_id and msg.header.stamp.nanosec == 123_456_789
-    with pytest.raises(KeyError, match="no direct CDR serializer"):
-        sp.cls("diagnostic_msgs/msg/DiagnosticArray")

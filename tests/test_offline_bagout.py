@@ -1,4 +1,5 @@
-"""OutputBag's fast MCAP path writes exactly the bytes rosbags' own Writer.write writes."""
+"""The bag tool's MCAP storage (rosbags' storage-writer protocol) writes exactly the bytes rosbags' own
+MCAP storage writes, however messages are split into parts and however writes are gathered."""
 
 from __future__ import annotations
 
@@ -6,51 +7,84 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
 
-pytest.importorskip("rosbags.rosbag2", reason="rosbags writes the output bags")
+from dinov3_ros.offline import bagout, storage
+from dinov3_ros.offline.bagout import ConnKey, OutputBag
+
+TS = get_typestore(Stores.LATEST)
+TOPICS = (("/a", 90_000), ("/b", 400_000), ("/c", 17))
 
 
-def _write(out: Path, fast: bool) -> bytes:
-    from rosbags.typesys import Stores, get_typestore
+def _resolve(key: ConnKey) -> dict:
+    msgdef = TS.generate_msgdef(key.msgtype, ros_version=2)[0]
+    return {"msgdef": msgdef, "rihs01": TS.hash_rihs01(key.msgtype), "serialization_format": "cdr", "qos": ()}
 
-    from dinov3_ros.offline.bagout import ConnKey, OutputBag
 
-    ts = get_typestore(Stores.LATEST)
-
-    def resolve(key: ConnKey) -> dict:
-        msgdef = ts.generate_msgdef(key.msgtype, ros_version=2)[0]
-        return {
-            "msgdef": msgdef,
-            "rihs01": ts.hash_rihs01(key.msgtype),
-            "serialization_format": "cdr",
-            "qos": (),
-        }
-
-    ob = OutputBag(out, resolve_conn=resolve)
-    ob.open()
-    assert ob._fast == fast
+def _messages() -> list[tuple[str, int, bytes]]:
     rng = np.random.default_rng(1)
-    for i in range(12):
-        for topic, n in (("/a", 90_000), ("/b", 400_000 + i), ("/c", 17)):
-            data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-            raw = [data[:5], memoryview(data)[5:]] if fast and i % 2 else data  # parts or one buffer
-            ob.write(ConnKey(topic, "sensor_msgs/msg/Image", "out"), 1000 + i, raw)
-        if i == 6:
+    return [
+        (topic, 1000 + i, rng.integers(0, 256, n + i, dtype=np.uint8).tobytes())
+        for i in range(12)
+        for topic, n in TOPICS
+    ]
+
+
+def _write_tool(out: Path, parts: bool) -> bytes:
+    """Through OutputBag (the tool's storage); odd frames as lists of parts; a checkpoint cut at 6."""
+    ob = OutputBag(out, resolve_conn=_resolve)
+    ob.open()
+    for k, (topic, t, data) in enumerate(_messages()):
+        i = k // len(TOPICS)
+        raw = [data[:5], memoryview(data)[5:]] if parts and i % 2 else data
+        ob.write(ConnKey(topic, "sensor_msgs/msg/Image", "out"), t, raw)
+        if k == 6 * len(TOPICS) + 2:
             ob.checkpoint({"frames": i}, None)  # a forced chunk cut
     ob.finalize({"k": "v"})
     return (out / f"{out.name}.mcap").read_bytes()
 
 
-def test_fast_mcap_write_identical_to_rosbags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dinov3_ros.offline import bagout
+def _write_rosbags(out: Path) -> bytes:
+    """The same messages through rosbags' own Writer and MCAP storage."""
+    w = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
+    w.open()
+    conns: dict[str, object] = {}
+    for k, (topic, t, data) in enumerate(_messages()):
+        if topic not in conns:
+            spec = _resolve(ConnKey(topic, "sensor_msgs/msg/Image", "out"))
+            conns[topic] = w.add_connection(
+                topic, "sensor_msgs/msg/Image", msgdef=spec["msgdef"], rihs01=spec["rihs01"]
+            )
+        w.write(conns[topic], t, data)
+        if k == 6 * len(TOPICS) + 2:
+            w.storage.close_chunk()
+    w.set_custom_data("k", "v")
+    w.set_custom_data("dinov3_ros.complete", "true")
+    w.close()
+    return (out / f"{out.name}.mcap").read_bytes()
 
-    # the rosbags version in use keeps the attributes the fast path relies on
-    fast = _write(tmp_path / "bag", True)
-    (tmp_path / "fast").mkdir()
-    (tmp_path / "bag").rename(tmp_path / "fast" / "bag")
-    monkeypatch.setattr(bagout, "_fast_capable", lambda writer: False)  # rosbags' own Writer.write
-    slow = _write(tmp_path / "bag", False)
-    assert len(fast) > 5_000_000 and fast == slow
+
+@pytest.mark.parametrize("parts", [False, True])
+def test_tool_storage_identical_to_rosbags(tmp_path: Path, parts: bool) -> None:
+    (tmp_path / "ref").mkdir()
+    ref = _write_rosbags(tmp_path / "ref" / "bag")  # the bag's name is inside the file: same name
+    got = _write_tool(tmp_path / "bag", parts)
+    assert len(ref) > 5_000_000 and got == ref
+
+
+def test_tool_storage_differs_when_a_message_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: a storage that drops one byte of the last part no longer matches."""
+    (tmp_path / "ref").mkdir()
+    ref = _write_rosbags(tmp_path / "ref" / "bag")
+    real = storage.McapStorage.write
+
+    def lossy(self, connection, timestamp, data):
+        data = [*data[:-1], bytes(data[-1])[:-1]] if isinstance(data, list) else data
+        return real(self, connection, timestamp, data)
+
+    monkeypatch.setattr(storage.McapStorage, "write", lossy)
+    assert _write_tool(tmp_path / "bag", True) != ref
 
 
 @pytest.mark.parametrize("gather", [0, 1000, 3_000_000])
@@ -59,11 +93,9 @@ def test_gathered_writes_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     same file as one write per record."""
     import os
 
-    from dinov3_ros.offline import bagout
-
     (tmp_path / "ref").mkdir()
     (tmp_path / "gathered").mkdir()
-    ref = _write(tmp_path / "ref" / "bag", True)  # the bag's name is inside the file: same name
+    ref = _write_tool(tmp_path / "ref" / "bag", True)
     calls: list[int] = []
     real = os.writev
 
@@ -78,9 +110,9 @@ def test_gathered_writes_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             left -= mv.nbytes
         return real(fd, head)
 
-    monkeypatch.setattr(bagout, "GATHER_BYTES", gather)
-    monkeypatch.setattr(bagout.os, "writev", short_writev)
-    got = _write(tmp_path / "gathered" / "bag", True)
+    monkeypatch.setattr(storage, "GATHER_BYTES", gather)
+    monkeypatch.setattr(storage.os, "writev", short_writev)
+    got = _write_tool(tmp_path / "gathered" / "bag", True)
     assert got == ref
     assert calls and max(calls) <= 512
 
@@ -89,8 +121,6 @@ def test_finalize_syncs_data_before_publishing(tmp_path: Path, monkeypatch: pyte
     """The bag's files are fsynced after their last write and before the rename that makes OUT appear
     (a power cut then leaves no output rather than a truncated one that looks complete)."""
     import os
-
-    from dinov3_ros.offline import bagout
 
     events: list[tuple[str, str]] = []
     real_fsync, real_rename = os.fsync, Path.rename
@@ -105,7 +135,7 @@ def test_finalize_syncs_data_before_publishing(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(bagout.os, "fsync", fsync)
     monkeypatch.setattr(Path, "rename", rename)
-    _write(tmp_path / "bag", True)
+    _write_tool(tmp_path / "bag", True)
     publish = events.index(("rename", str(tmp_path / "bag")))
     synced = {p for e, p in events[:publish] if e == "fsync"}
     assert any(p.endswith("bag.mcap") for p in synced) and any(p.endswith("metadata.yaml") for p in synced)

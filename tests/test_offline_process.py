@@ -154,12 +154,15 @@ def reference(
     batch: int,
     prefix_of: dict[str, str],
 ) -> list[tuple[str, int, bytes]]:
-    """Run the pipeline directly: consecutive frames in input order, ``batch`` at a time; build with msgs."""
-    from dinov3_ros.msgs import builders
+    """Run the pipeline directly: consecutive frames in input order, ``batch`` at a time; build the
+    messages as objects (``msgs.builders``) and serialize them with rosbags."""
+    from msg_reference import reference_messages
+
+    from dinov3_ros.core import Frame, PipelineConfig
     from dinov3_ros.msgs.provider import rosbags_types
     from dinov3_ros.pipeline.model import load_model
+    from dinov3_ros.pipeline.outputs import topic_types
     from dinov3_ros.pipeline.pipeline import Pipeline
-    from dinov3_ros.pipeline.types import Frame, PipelineConfig
 
     model = load_model(WEIGHTS, "torch", "cpu", "fp32", RES)
     pipe = Pipeline.from_model(model, PipelineConfig(resolution=RES), device="cpu")
@@ -171,15 +174,15 @@ def reference(
             [Frame(rgb, stamp, fid, ci, topic) for topic, _t, rgb, stamp, fid, ci in chunk], outputs
         )
         for (topic, t, *_), fo in zip(chunk, fos):
-            for suffix, msg in builders.frame_messages(tp, fo).items():
-                mt = builders.TOPIC_TYPES[suffix]
+            for suffix, msg in reference_messages(tp, fo).items():
+                mt = topic_types()[suffix]
                 out.append((f"{prefix_of[topic]}/{suffix}", t, bytes(TS.serialize_cdr(msg, mt))))
     return out
 
 
 def bag_frames(path: Path) -> list[tuple[str, int, np.ndarray, int, str, object]]:
     """Decode the test bag independently of the tool (numpy reshape / cv2.imdecode)."""
-    from dinov3_ros.pipeline.types import CameraIntrinsics
+    from dinov3_ros.core import CameraIntrinsics
 
     frames = []
     ci = None
@@ -332,7 +335,7 @@ def test_video_and_folder_inputs(tmp_path: Path) -> None:
         == 0
     )
     assert (tree_hash(vid), tree_hash(folder)) == before
-    from dinov3_ros.pipeline.types import CameraIntrinsics
+    from dinov3_ros.core import CameraIntrinsics
 
     ci = CameraIntrinsics(K.reshape(3, 3), W, H, np.zeros(0), "plumb_bob")
     cap = cv2.VideoCapture(str(vid))
@@ -680,47 +683,27 @@ def test_sigterm_leaves_resumable_partial(tmp_path: Path) -> None:
     assert read_bag(out)[0] == read_bag(ref)[0]
 
 
-def test_staged_and_plain_process_give_identical_bags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The engine/heads overlap (split of Pipeline.process) changes nothing in the output."""
-    torch.set_num_threads(1)
-    src = make_bag(tmp_path / "in", n=4)
-    outs = {}
-    for mode in ("split", "process"):
-        monkeypatch.setenv("DINOV3_OFFLINE_STAGES", mode)
-        o = tmp_path / mode / "o"
-        assert run(str(src), "--out", str(o), "--outputs", OUTS, "--batch-size", "3") == 0
-        outs[mode] = (o / "o.mcap").read_bytes()
-    assert outs["split"] == outs["process"]
-
-
 def test_thread_settings_auto_on_cuda_only() -> None:
     """``--cv-threads``/``--torch-threads`` auto: one thread each when the model runs on CUDA (the
-    decode workers own the cores), the libraries' defaults on CPU; ``--blas-threads`` keeps OpenBLAS's
-    default unless asked (-1 = auto: 1 on CUDA); explicit values win. Run in a child process: the
-    settings are process-wide."""
+    decode workers own the cores), the libraries' defaults on CPU; explicit values win. Run in a child
+    process: the settings are process-wide."""
     import subprocess
     import sys
 
     code = """
 import argparse, cv2, torch
 from dinov3_ros.offline.process import add_arguments, apply_thread_settings
-from dinov3_ros.runtime.blas_threads import get_blas_threads
 p = argparse.ArgumentParser(); add_arguments(p)
 def now():
-    return cv2.getNumThreads(), torch.get_num_threads(), sorted(set(get_blas_threads().values()))
-cv0, t0, b0 = now()
-assert len(get_blas_threads()) >= 2, "numpy's and scipy's OpenBLAS are both found"
+    return cv2.getNumThreads(), torch.get_num_threads()
+cv2.setNumThreads(3); torch.set_num_threads(3)  # stand-ins for the libraries' defaults
+cv0, t0 = now()
 apply_thread_settings(p.parse_args(["in", "--out", "o"]), "cpu")
-assert now() == (cv0, t0, b0), "cpu: defaults kept"
+assert now() == (cv0, t0), "cpu: defaults kept"
 apply_thread_settings(p.parse_args(["in", "--out", "o"]), "cuda:0")
-assert now() == (1, 1, b0), "cuda: one thread each (BLAS: the library's default)"
-apply_thread_settings(p.parse_args(["in", "--out", "o", "--blas-threads", "-1"]), "cuda:0")
-assert now() == (1, 1, [1]), "cuda: BLAS auto = one thread"
-apply_thread_settings(p.parse_args(["in", "--out", "o", "--cv-threads", "2", "--torch-threads", "2",
-                                    "--blas-threads", "2"]), "cuda:0")
-assert now() == (2, 2, [2]), "explicit values win"
+assert now() == (1, 1), "cuda: one thread each"
+apply_thread_settings(p.parse_args(["in", "--out", "o", "--cv-threads", "2", "--torch-threads", "2"]), "cuda:0")
+assert now() == (2, 2), "explicit values win"
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from dinov3_ros.pipeline import OUTPUTS, CameraIntrinsics, Frame, PipelineConfig
-from dinov3_ros.pipeline.pipeline import Pipeline, resolve_outputs
+from dinov3_ros.pipeline.outputs import resolve as resolve_outputs
+from dinov3_ros.pipeline.pipeline import Pipeline
 from dinov3_ros.runtime.preprocess import Preprocessor
 
 
@@ -56,10 +57,9 @@ def test_only_requested_outputs_are_computed():
     p = make()
     f = Frame(texture(64, 96), 10, "cam", None)
     (o,) = p.process([f], {"features"})
-    assert o.features is not None and o.features.shape == (4, 6, 48)
-    for name in ("features_pca", "depth", "points", "matches", "objects", "debug"):
-        assert getattr(o, name) is None, name
-    assert resolve_outputs({"points", "debug"}) == {"points", "depth", "debug", "features_pca"}
+    assert o["features"].shape == (4, 6, 48)
+    assert set(o.values) == {"features"}
+    assert resolve_outputs({"points", "debug"}) == {"points", "debug", "features_pca"}  # debug needs PCA
     with pytest.raises(ValueError, match="unknown output"):
         p.process([f], {"segmentation"})
 
@@ -91,36 +91,35 @@ def test_intrinsics_resize_matches_geometry():
 def test_depth_resolution_and_camera_info():
     img = texture(480, 640)
     o_in = make(res=(64, 96)).process([Frame(img, 1, "cam", K640)], {"depth"})[0]
-    assert o_in.depth.shape == (480, 640) and o_in.depth_info is K640
-    assert np.allclose(o_in.depth, 2.0)
+    assert o_in["depth"].image.shape == (480, 640) and o_in["depth"].info is K640
+    assert np.allclose(o_in["depth"].image, 2.0)
     o_net = make(res=(64, 96), depth_resolution="network").process([Frame(img, 1, "cam", K640)], {"depth"})[0]
-    assert o_net.depth.shape == (64, 96)
+    assert o_net["depth"].image.shape == (64, 96)
     g = Preprocessor((64, 96), 16).plan([(480, 640)])[0]
     Kn, _size = g.scale_intrinsics(K640.K, (64, 96))
-    assert (o_net.depth_info.width, o_net.depth_info.height) == (96, 64) and np.allclose(
-        o_net.depth_info.K, Kn
-    )
+    info = o_net["depth"].info
+    assert (info.width, info.height) == (96, 64) and np.allclose(info.K, Kn)
     x0, _, x1, _ = g.valid_box  # 640x480 letterboxed into 96x64: 85x64 content, NaN padding
-    assert np.isnan(o_net.depth[:, :x0]).all() and np.allclose(o_net.depth[:, x0:x1], 2.0)
+    assert np.isnan(o_net["depth"].image[:, :x0]).all() and np.allclose(o_net["depth"].image[:, x0:x1], 2.0)
     o_nok = make().process([Frame(img, 1, "cam", None)], {"depth"})[0]
-    assert np.allclose(o_nok.depth_info.K, CameraIntrinsics.from_fov(640, 480, 70.0).K)
+    assert np.allclose(o_nok["depth"].info.K, CameraIntrinsics.from_fov(640, 480, 70.0).K)
 
 
 def test_points_lie_on_the_depth_plane_with_camera_geometry():
     img = texture(128, 192)
     K = CameraIntrinsics(np.array([[150.0, 0, 95.5], [0, 150.0, 63.5], [0, 0, 1]]), 192, 128)
     o = make(res=(64, 96), z=3.0).process([Frame(img, 1, "cam", K)], {"points"})[0]
-    assert o.points.shape == (64 * 96, 3) and o.points_rgb.shape == (64 * 96, 3)
-    assert np.allclose(o.points[:, 2], 3.0)
+    assert o["points"].xyz.shape == (64 * 96, 3) and o["points"].rgb.shape == (64 * 96, 3)
+    assert np.allclose(o["points"].xyz[:, 2], 3.0)
     # network = input / 2: x spans the image width: (u - cx) * z / fx over network pixel centres
     fx_n, cx_n = 75.0, (95.5 + 0.5) * 0.5 - 0.5
-    assert o.points[:, 0].min() == pytest.approx((0 - cx_n) * 3 / fx_n, abs=1e-4)
-    assert o.points[:, 0].max() == pytest.approx((95 - cx_n) * 3 / fx_n, abs=1e-4)
+    assert o["points"].xyz[:, 0].min() == pytest.approx((0 - cx_n) * 3 / fx_n, abs=1e-4)
+    assert o["points"].xyz[:, 0].max() == pytest.approx((95 - cx_n) * 3 / fx_n, abs=1e-4)
     ov = make(res=(64, 96), z=3.0, points_voxel=0.5).process([Frame(img, 1, "cam", K)], {"points"})[0]
-    keys = np.unique(np.floor(o.points / 0.5).astype(int), axis=0)
-    assert ov.points.shape[0] == keys.shape[0] < o.points.shape[0]
+    keys = np.unique(np.floor(o["points"].xyz / 0.5).astype(int), axis=0)
+    assert ov["points"].xyz.shape[0] == keys.shape[0] < o["points"].xyz.shape[0]
     ox = make(res=(64, 96), z=3.0, points_color="none").process([Frame(img, 1, "cam", K)], {"points"})[0]
-    assert ox.points_rgb is None
+    assert ox["points"].rgb is None
 
 
 @pytest.mark.parametrize("scale", [1, 2])
@@ -130,9 +129,9 @@ def test_matches_recover_a_known_shift_in_input_pixels(scale):
     f1 = big[:, : 96 * scale].copy()  # content moved right by 16*scale input pixels
     p = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
     a, b = p.process([Frame(f0, 100, "cam", None, "s")], {"matches"})[0], None
-    assert a.matches.ref_stamp_ns is None and len(a.matches) == 0
+    assert a["matches"].ref_stamp_ns is None and len(a["matches"]) == 0
     b = p.process([Frame(f1, 200, "cam", None, "s")], {"matches"})[0]
-    m = b.matches
+    m = b["matches"]
     assert m.ref_stamp_ns == 100 and m.ref_frame_id == "cam"
     assert len(m) >= 10
     d = m.uv1 - m.uv0
@@ -163,26 +162,34 @@ def test_per_source_state_and_batching():
         assert (
             oa.source == "a" and ob.source == "b" and oa.stamp_ns == 1000 * i and ob.stamp_ns == 1000 * i + 1
         )
-        assert np.allclose(oa.features, single_a[i].features, atol=1e-5)
-        assert np.array_equal(oa.features_pca, single_a[i].features_pca)
+        assert np.allclose(oa["features"], single_a[i]["features"], atol=1e-5)
+        assert np.array_equal(oa["features_pca"], single_a[i]["features_pca"])
         if i:
-            assert oa.matches.ref_stamp_ns == 1000 * (i - 1) and ob.matches.ref_stamp_ns == 1000 * (i - 1) + 1
+            assert (
+                oa["matches"].ref_stamp_ns == 1000 * (i - 1)
+                and ob["matches"].ref_stamp_ns == 1000 * (i - 1) + 1
+            )
 
 
 def test_deterministic_and_state_dict_round_trip():
     frames = [Frame(texture(96, 128, seed=i), i, "cam", None, "s") for i in range(3)]
     outs = [make().process([fr], set(OUTPUTS))[0] for fr in frames[:1]]
     again = [make().process([fr], set(OUTPUTS))[0] for fr in frames[:1]]
-    for name in ("features", "features_pca", "depth", "points", "points_rgb", "debug"):
-        assert np.array_equal(getattr(outs[0], name), getattr(again[0], name)), name
-    assert np.array_equal(outs[0].objects.mask, again[0].objects.mask)
+    for name in ("features", "features_pca", "debug"):
+        assert np.array_equal(outs[0][name], again[0][name]), name
+    assert np.array_equal(outs[0]["depth"].image, again[0]["depth"].image)
+    assert np.array_equal(outs[0]["points"].xyz, again[0]["points"].xyz)
+    assert np.array_equal(outs[0]["points"].rgb, again[0]["points"].rgb)
+    assert np.array_equal(outs[0]["objects"].mask, again[0]["objects"].mask)
     p1, p2 = make(), make()
     p1.process(frames[:2], {"matches", "objects", "features_pca"})
     p2.load_state_dict(p1.state_dict())
     r1 = p1.process([frames[2]], {"matches", "objects", "features_pca"})[0]
     r2 = p2.process([frames[2]], {"matches", "objects", "features_pca"})[0]
-    assert np.array_equal(r1.matches.uv0, r2.matches.uv0) and np.array_equal(r1.features_pca, r2.features_pca)
-    assert np.array_equal(r1.objects.mask, r2.objects.mask)
+    assert np.array_equal(r1["matches"].uv0, r2["matches"].uv0) and np.array_equal(
+        r1["features_pca"], r2["features_pca"]
+    )
+    assert np.array_equal(r1["objects"].mask, r2["objects"].mask)
 
 
 def test_objects_find_a_square_and_boxes_are_in_input_pixels():
@@ -190,7 +197,7 @@ def test_objects_find_a_square_and_boxes_are_in_input_pixels():
     img[16:48, 32:64] = (250, 30, 30)  # 2x2 patches
     p = make(res=(64, 96), max_objects=2, mask_encoding="mono16", tokencut_tau=0.5)
     o = p.process([Frame(img, 5, "cam", None)], {"objects"})[0]
-    ob = o.objects
+    ob = o["objects"]
     assert ob.mask.shape == (64, 96) and ob.mask.dtype == np.uint16
     assert len(ob.ids) == 1, ob
     best = 0
@@ -199,16 +206,16 @@ def test_objects_find_a_square_and_boxes_are_in_input_pixels():
     assert set(np.unique(ob.mask).tolist()) == {0, int(ob.ids[0])}
     # the same object keeps its id on the next frame (tracker per source)
     o2 = p.process([Frame(img, 6, "cam", None)], {"objects"})[0]
-    assert ob.ids[best] in set(o2.objects.ids.tolist())
+    assert ob.ids[best] in set(o2["objects"].ids.tolist())
 
 
 def test_runtime_config_change_applies():
     p = make(match_max=512, match_ratio=1.0, match_threshold=-1.0)
     frames = [Frame(texture(64, 96, seed=9), i, "cam", None) for i in range(3)]
     p.process([frames[0]], {"matches"})
-    n_all = len(p.process([frames[1]], {"matches"})[0].matches)
+    n_all = len(p.process([frames[1]], {"matches"})[0]["matches"])
     p.set_config(p.config.with_updates(match_max=5))
-    assert n_all > 5 and len(p.process([frames[2]], {"matches"})[0].matches) <= 5
+    assert n_all > 5 and len(p.process([frames[2]], {"matches"})[0]["matches"]) <= 5
 
 
 @pytest.mark.slow
@@ -219,8 +226,9 @@ def test_random_vit_end_to_end_all_outputs():
     m = load_model("random:vitt16", resolution=(64, 96))
     p = Pipeline.from_model(m, PipelineConfig(resolution=(64, 96)))
     o = p.process([Frame(texture(120, 160), 7, "cam_optical", None)], set(OUTPUTS))[0]
-    assert o.features.shape == (4, 6, 192) and o.depth.shape == (120, 160) and np.isfinite(o.depth).all()
-    assert o.debug.shape == (120, 160, 3) and o.objects.mask.shape == (120, 160)
+    d = o["depth"].image
+    assert o["features"].shape == (4, 6, 192) and d.shape == (120, 160) and np.isfinite(d).all()
+    assert o["debug"].shape == (120, 160, 3) and o["objects"].mask.shape == (120, 160)
     with pytest.raises(ModelLoadError, match="not found"):
         load_model("/nonexistent/model.pth")
     with pytest.raises(ModelLoadError, match=r"unknown arch|cannot build"):
@@ -230,8 +238,7 @@ def test_random_vit_end_to_end_all_outputs():
 def test_model_without_depth_head_skips_depth_and_points_only():
     p = Pipeline(PatchEngine(), PipelineConfig(resolution=(64, 96)), depth_head=None)
     (o,) = p.process([Frame(texture(64, 96), 1, "cam", None)], set(OUTPUTS))
-    assert o.depth is None and o.points is None and o.depth_info is None
-    assert o.features is not None and o.objects is not None and o.matches is not None and o.debug is not None
+    assert set(o.values) == set(OUTPUTS) - {"depth", "points"}
 
 
 def test_parallel_heads_give_identical_results():
@@ -240,23 +247,27 @@ def test_parallel_heads_give_identical_results():
     for fr in frames:
         a = par.process([fr], set(OUTPUTS))[0]
         b = ser.process([fr], set(OUTPUTS))[0]
-        assert np.array_equal(a.objects.mask, b.objects.mask) and np.array_equal(
-            a.objects.boxes, b.objects.boxes
+        assert np.array_equal(a["objects"].mask, b["objects"].mask) and np.array_equal(
+            a["objects"].boxes, b["objects"].boxes
         )
-        assert np.array_equal(a.debug, b.debug) and np.array_equal(a.matches.uv1, b.matches.uv1)
+        assert np.array_equal(a["debug"], b["debug"]) and np.array_equal(a["matches"].uv1, b["matches"].uv1)
 
 
 def _same_outputs(a, b, matches: bool = True) -> None:
-    for name in ("features", "features_pca", "depth", "points", "points_rgb", "debug"):
-        x, y = getattr(a, name), getattr(b, name)
-        assert (x is None) == (y is None), name
-        if x is not None:
-            np.testing.assert_array_equal(x, y, err_msg=name)
-    np.testing.assert_array_equal(a.objects.mask, b.objects.mask)
-    np.testing.assert_array_equal(a.objects.ids, b.objects.ids)
+    assert set(a.values) == set(b.values)
+    for name in ("features", "features_pca", "debug"):
+        if name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    if "depth" in a:
+        np.testing.assert_array_equal(a["depth"].image, b["depth"].image)
+    if "points" in a:
+        np.testing.assert_array_equal(a["points"].xyz, b["points"].xyz)
+        np.testing.assert_array_equal(a["points"].rgb, b["points"].rgb)
+    np.testing.assert_array_equal(a["objects"].mask, b["objects"].mask)
+    np.testing.assert_array_equal(a["objects"].ids, b["objects"].ids)
     if matches:
-        np.testing.assert_array_equal(a.matches.uv0, b.matches.uv0)
-        np.testing.assert_array_equal(a.matches.uv1, b.matches.uv1)
+        np.testing.assert_array_equal(a["matches"].uv0, b["matches"].uv0)
+        np.testing.assert_array_equal(a["matches"].uv1, b["matches"].uv1)
 
 
 def test_infer_finish_split_equals_process_batched_and_overlapped():
@@ -323,11 +334,11 @@ def test_cuda_pipeline_matches_cpu_and_overlap_is_deterministic():
     try:
         gpu = g.process(frames[:2], outs) + g.process(frames[2:], outs)
         for a, b in zip(cpu, gpu):
-            np.testing.assert_allclose(a.features, b.features, rtol=1e-3, atol=1e-3)
-            np.testing.assert_array_equal(a.depth, b.depth)
-            np.testing.assert_allclose(a.points, b.points, rtol=1e-5, atol=1e-5)
-            assert np.abs(a.features_pca.astype(int) - b.features_pca.astype(int)).max() <= 2
-            assert b.objects.mask.shape == a.objects.mask.shape and len(b.objects.ids) >= 1
+            np.testing.assert_allclose(a["features"], b["features"], rtol=1e-3, atol=1e-3)
+            np.testing.assert_array_equal(a["depth"].image, b["depth"].image)
+            np.testing.assert_allclose(a["points"].xyz, b["points"].xyz, rtol=1e-5, atol=1e-5)
+            assert np.abs(a["features_pca"].astype(int) - b["features_pca"].astype(int)).max() <= 2
+            assert b["objects"].mask.shape == a["objects"].mask.shape and len(b["objects"].ids) >= 1
         g2 = mk("cuda")
         got: list = []
         handles = [g2.infer(frames[:2], outs)]
@@ -347,15 +358,6 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
     """``finish(h, on_ready)`` reports every requested output of every frame exactly once, at a moment its
     fields are already set, and changes nothing in the results (batched PCA copy path included)."""
     frames = [Frame(texture(96, 128, seed=i), i, "cam", None, f"s{i % 2}") for i in range(4)]
-    fields = {
-        "features": ("features",),
-        "features_pca": ("features_pca",),
-        "depth": ("depth", "depth_info"),
-        "points": ("points",),
-        "matches": ("matches",),
-        "objects": ("objects",),
-        "debug": ("debug",),
-    }
     want = resolve_outputs(outputs)
     seen: dict[int, list[str]] = {}
     threads: dict[str, set[str]] = {}
@@ -363,7 +365,7 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
 
     def on_ready(i, out, names):
         for n in names:
-            assert all(getattr(out, f) is not None for f in fields[n]), n
+            assert out.get(n) is not None and not isinstance(out[n], torch.Tensor), n
         with lock:  # depth/points come from the geometry thread
             seen.setdefault(i, []).extend(names)
             for n in names:
@@ -379,13 +381,15 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
             assert sorted(seen[i]) == sorted(want), (i, seen[i])
             _same_outputs(got[i], ref[i], matches="matches" in want)
     caller = threading.current_thread().name
-    # depth/points and objects: from their own threads when those finish later, else on the caller's
+    # depth/points (shared pool), objects, matches and debug (own threads): from the threads that
+    # compute them; the others on the caller's
     own = {
-        "depth": "dinov3_geo",
-        "points": "dinov3_geo",
+        "depth": "dinov3_pool",
+        "points": "dinov3_pool",
         "objects": "dinov3_objects",
         "matches": "dinov3_matches",
+        "debug": "dinov3_debug",
     }
     for n, prefix in own.items():
-        assert all(th == caller or th.startswith(prefix) for th in threads.get(n, ())), threads
+        assert all(th.startswith(prefix) for th in threads.get(n, ())), threads
     assert all(th == {caller} for n, th in threads.items() if n not in own), threads

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dinov3_ros.msgs import builders as B
-from dinov3_ros.msgs.cdr import serialized_types
 from dinov3_ros.pipeline import Frame, PipelineConfig
 from dinov3_ros.pipeline.model import load_model
+from dinov3_ros.pipeline.outputs import topic_types
 from dinov3_ros.pipeline.pipeline import Pipeline
 from dinov3_ros.ros.diagnostics import NodeStats
 from dinov3_ros.ros.mailbox import Mailbox
@@ -29,7 +28,6 @@ class Host:
         self.settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=config)
         self.stats = NodeStats()
         self.log = self
-        self.out_tp = serialized_types()  # the node's default: outputs as serialized CDR bytes
         self.topics = topics
         self.published: list[tuple[str, int, str]] = []  # (camera, stamp, topic)
         self.errors: list[str] = []
@@ -54,7 +52,7 @@ class Host:
                 self.published.append((cam, sec * 1_000_000_000 + nsec, t))
 
 
-@pytest.mark.parametrize("topics", [set(B.TOPIC_TYPES), {"depth", "depth/camera_info", "objects/mask"}])
+@pytest.mark.parametrize("topics", [set(topic_types()), {"depth", "depth/camera_info", "objects/mask"}])
 def test_worker_publishes_each_topic_once_per_frame(topics: set[str]) -> None:
     model = load_model("random:vitt16", "torch", "cpu", "fp32", (64, 96))
     pipe = Pipeline.from_model(model, PipelineConfig(resolution=(64, 96)), device="cpu")

@@ -276,7 +276,7 @@ def test_export_with_real_depth_head_file(tmp_path, kind):
     }
     hp = tmp_path / "head.pt"
     depth_mod.save_head(hp, head, meta)
-    from dinov3_ros.runtime.torch_backend import load_depth_head
+    from dinov3_ros.runtime.weights import load_depth_head
 
     loaded = load_depth_head(hp)
     assert tuple(loaded.layer_indices) == tuple(layers)

@@ -9,6 +9,7 @@ head; none for a file), ``none`` or a head file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,8 +81,17 @@ class WeightsSpec:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, or of every file of a directory in name order."""
-    p = Path(path)
+    """SHA-256 hex digest of a file, or of every file of a directory in name order (cached per
+    path, size and modification time)."""
+    p = Path(path).resolve()
+    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    key = (str(p), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    return _sha256_of(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(key: tuple[str, tuple[tuple[str, int, int], ...]]) -> str:
+    p = Path(key[0])
     h = hashlib.sha256()
     for f in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
         if p.is_dir():
@@ -157,3 +167,50 @@ def parse_resolution(text: str | tuple[int, int] | list[int]) -> tuple[int, int]
         if len(vals) != 2:
             raise ValueError(f"resolution must be [H, W], got {text!r}")
     return vals[0], vals[1]
+
+
+def add_model_arguments(parser: Any, *, device_default: str = "cpu") -> Any:
+    """The model options every command shares (``--weights --depth-head --backend --device
+    --precision --resolution --cuda-graphs``); returns the argument group."""
+    import argparse
+
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--weights",
+        default="default",
+        help="checkpoint/engine file, a registry name ('default') or 'random:<arch>'",
+    )
+    g.add_argument(
+        "--depth-head", default="auto", help="depth head file; 'auto' = the registry model's head; 'none'"
+    )
+    g.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
+    g.add_argument("--device", default=device_default, help="cpu, cuda or cuda:N")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="int8: onnxruntime on CPU only")
+    g.add_argument("--resolution", default=None, help="network input HxW, multiples of 16 (e.g. 448x448)")
+    g.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch backend on CUDA: replay the engine as a CUDA graph per batch shape",
+    )
+    return g
+
+
+def model_spec_from_args(
+    args: Any, device: str | None = None, resolution: tuple[int, int] | None = None
+) -> ModelSpec:
+    """The :class:`ModelSpec` of :func:`add_model_arguments`' options (validated)."""
+    res = (
+        resolution
+        if resolution is not None
+        else (parse_resolution(args.resolution) if args.resolution else None)
+    )
+    return ModelSpec(
+        weights=args.weights,
+        backend=args.backend,
+        device=device or args.device,
+        precision=args.precision,
+        resolution=res,
+        depth_head=args.depth_head or "none",
+        cuda_graphs=bool(args.cuda_graphs),
+    ).validate()

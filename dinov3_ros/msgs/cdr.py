@@ -1,49 +1,53 @@
-"""Direct CDR serialisation of the dense messages (``sensor_msgs/Image``, ``CameraInfo``, ``PointCloud2``).
+"""The one serialiser and parser of the dense messages: CDR (XCDR1) without message objects.
 
-Byte-identical to ``rosbags`` ``typestore.serialize_cdr`` (and to rclpy) for the layouts the builders
-in :mod:`dinov3_ros.msgs.builders` produce (tests compare them), but without building message objects
-and without copying the pixel buffer: :func:`image_parts` returns the serialized message as a list of
-buffers (small header bytes + a view of the array + padding) that a writer can hand to the OS as is.
+Writers return a message as a list of buffers (``Parts``): small header pieces plus views of the
+caller's arrays, so pixel and point data are never copied on the way to a bag file or to rclpy's
+``Publisher.publish(bytes)``; the bytes equal ``rosbags``' ``serialize_cdr`` of the same message (tests
+compare). Readers parse ``sensor_msgs/Image``, ``CompressedImage`` and ``CameraInfo`` from serialized
+bytes (little or big endian) and return views into them.
 
-:func:`serialized_types` is a builders' provider whose ``Image``, ``CameraInfo`` and ``PointCloud2``
-come out as serialized ``bytes``, for ``rclpy`` ``Publisher.publish(bytes)``: the payload is copied
-once, by ``bytes.join`` (then by rclpy into its serialized message) - instead of the message path's three
-copies (into an ``array.array``, into the C message, into the serialized buffer).
-
-CDR (XCDR1, little endian): a 4-byte encapsulation header ``00 01 00 00``, then every primitive
-aligned to its size relative to the byte after that header; strings are a uint32 length (with the
-terminating NUL) + bytes + NUL; sequences a uint32 count + elements; no padding after the last field
-(as ``rosbags`` writes it).
+CDR: a 4-byte encapsulation header (``00 01`` little endian, ``00 00`` big endian, 2 option bytes),
+then every primitive aligned to its size relative to the byte after that header; a string is a
+uint32 length (with the terminating NUL) + bytes + NUL; a sequence a uint32 count + elements; no
+padding after the last field.
 """
 
 from __future__ import annotations
 
 import struct
-import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dinov3_ros.msgs.provider import TypeProvider
+from dinov3_ros.core.camera import CameraIntrinsics
+from dinov3_ros.msgs.layouts import Fields
 
 __all__ = [
-    "SERIALIZED_TYPES",
-    "camera_info_bytes",
+    "Buffer",
+    "CameraInfoView",
+    "ImageView",
+    "Parts",
+    "camera_info_parts",
     "image_parts",
     "join",
     "parts_len",
+    "point_cloud_parts",
+    "read_camera_info",
     "read_compressed_image",
-    "serialized_types",
+    "read_image",
+    "stamp_of",
 ]
 
 _ENCAP = b"\x00\x01\x00\x00"
 Buffer = bytes | bytearray | memoryview
+Parts = list[Buffer]
 
 
 class _Out:
-    """Append-only CDR writer (positions relative to the encapsulation end); large ``uint8[]`` payloads
-    stay views of the caller's arrays (:meth:`blob`) between the written pieces (:meth:`parts`)."""
+    """Append-only little-endian CDR writer; large ``uint8[]`` payloads stay views of the caller's
+    arrays (:meth:`blob`) between the written pieces (:meth:`parts`)."""
 
     __slots__ = ("b", "done", "pos")
 
@@ -94,82 +98,55 @@ class _Out:
         self.done += [bytes(self.b), data]
         self.b = bytearray()
 
-    def parts(self) -> list[Buffer]:
+    def parts(self) -> Parts:
         """The message: encapsulation header + pieces (trailing empty piece dropped)."""
         out = [*self.done, bytes(self.b)] if self.b or not self.done else list(self.done)
         out[0] = _ENCAP + bytes(out[0])
         return out
 
 
-def image_parts(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str) -> list[Buffer]:
-    """``sensor_msgs/Image`` of ``arr`` (C-contiguous, little endian, rows tightly packed) as buffers.
+def _bytes_view(arr: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
-    Same fields as :func:`dinov3_ros.msgs.builders.image`: ``height, width`` from the array,
-    ``is_bigendian = 0``, ``step = arr.strides[0]``. The pixel data is a view of ``arr`` (no copy):
-    keep ``arr`` unchanged until the parts are written.
-    """
+
+def image_parts(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str) -> Parts:
+    """``sensor_msgs/Image`` of ``arr`` (HxW[xC]; rows tightly packed, little endian): ``height, width``
+    from the array, ``is_bigendian = 0``, ``step = arr.strides[0]``. The pixel data is a view of ``arr``
+    (no copy): keep ``arr`` unchanged until the parts are written."""
     arr = np.ascontiguousarray(arr)
     if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"image array must be non-empty HxW or HxWxC, got {arr.shape}")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return _image_out(
-        stamp_ns,
-        frame_id,
-        arr.shape[0],
-        arr.shape[1],
-        encoding,
-        0,
-        arr.strides[0],
-        memoryview(arr.reshape(-1).view(np.uint8)),
-    ).parts()
-
-
-def _image_out(
-    stamp_ns: int,
-    frame_id: str,
-    height: int,
-    width: int,
-    encoding: str,
-    is_bigendian: int,
-    step: int,
-    data: memoryview,
-) -> _Out:
     o = _Out()
     o.header(stamp_ns, frame_id)
-    o.u32(int(height))
-    o.u32(int(width))
+    o.u32(int(arr.shape[0]))
+    o.u32(int(arr.shape[1]))
     o.string(str(encoding))
-    o.u8(int(is_bigendian))
-    o.u32(int(step))
-    o.blob(data)
-    return o
+    o.u8(0)
+    o.u32(int(arr.strides[0]))
+    o.blob(_bytes_view(arr))
+    return o.parts()
 
 
-def camera_info_bytes(
+def camera_info_parts(
     stamp_ns: int,
     frame_id: str,
-    height: int,
-    width: int,
-    distortion_model: str,
-    d: np.ndarray,
-    k: np.ndarray,
-    p: np.ndarray,
+    intr: CameraIntrinsics,
     *,
     r: np.ndarray | None = None,
     binning: tuple[int, int] = (0, 0),
     roi: tuple[int, int, int, int, bool] = (0, 0, 0, 0, False),
-) -> bytes:
-    """``sensor_msgs/CameraInfo``; the defaults are what :func:`dinov3_ros.msgs.builders.camera_info`
-    fills (R = identity, binning 0, empty ROI, ``do_rectify`` false)."""
+) -> Parts:
+    """``sensor_msgs/CameraInfo`` of ``intr``; by default R = identity, no binning, an empty ROI."""
     r = np.eye(3) if r is None else r
     o = _Out()
     o.header(stamp_ns, frame_id)
-    o.u32(int(height))
-    o.u32(int(width))
-    o.string(str(distortion_model))
-    o.f64s(np.asarray(d, dtype=np.float64), sized=True)
-    for name, arr, n in (("k", k, 9), ("r", r, 9), ("p", p, 12)):
+    o.u32(int(intr.height))
+    o.u32(int(intr.width))
+    o.string(str(intr.distortion_model))
+    o.f64s(np.asarray(intr.D, dtype=np.float64), sized=True)
+    for name, arr, n in (("k", intr.K, 9), ("r", r, 9), ("p", intr.P, 12)):
         a = np.asarray(arr, dtype=np.float64).reshape(-1)
         if a.size != n:
             raise ValueError(f"CameraInfo.{name} has {a.size} values, expected {n}")
@@ -177,7 +154,33 @@ def camera_info_bytes(
     for v in (*binning, *roi[:4]):  # binning_x, binning_y, roi x_offset, y_offset, height, width
         o.u32(int(v))
     o.u8(int(bool(roi[4])))  # roi.do_rectify
-    return join(o.parts())
+    return o.parts()
+
+
+def point_cloud_parts(
+    stamp_ns: int, frame_id: str, fields: Fields, data: np.ndarray, is_dense: bool = True, height: int = 1
+) -> Parts:
+    """``sensor_msgs/PointCloud2`` of a structured array laid out as ``fields`` (little endian;
+    ``height`` rows of ``len(data) // height`` points). The point data is a view of ``data``."""
+    step = int(data.dtype.itemsize)
+    n = int(data.shape[0]) if data.ndim else 0
+    width = n // height if height else 0
+    o = _Out()
+    o.header(stamp_ns, frame_id)
+    o.u32(int(height))
+    o.u32(width)
+    o.u32(len(fields))
+    for name, offset, datatype in fields:
+        o.string(name)
+        o.u32(int(offset))
+        o.u8(int(datatype))
+        o.u32(1)
+    o.u8(0)  # is_bigendian
+    o.u32(step)
+    o.u32(step * width)
+    o.blob(_bytes_view(data) if n else memoryview(b""))
+    o.u8(int(bool(is_dense)))
+    return o.parts()
 
 
 def parts_len(parts: Buffer | Sequence[Buffer]) -> int:
@@ -194,123 +197,130 @@ def join(parts: Buffer | Sequence[Buffer]) -> bytes:
     return b"".join(parts)
 
 
-def read_compressed_image(raw: Buffer) -> tuple[int, str, str, memoryview]:
-    """Parse a little-endian CDR ``sensor_msgs/CompressedImage`` without building a message object.
-
-    Returns ``(stamp_ns, frame_id, format, data)`` with ``data`` a view into ``raw`` (no copy).
-    Raises ``ValueError`` on anything malformed (the caller may then fall back to a full deserializer).
-    """
+def stamp_of(raw: Buffer) -> int:
+    """``header.stamp`` (ns) of a serialized message whose first field is a ``std_msgs/Header``."""
     mv = memoryview(raw).cast("B")
-    if len(mv) < 16 or bytes(mv[:2]) != b"\x00\x01":
-        raise ValueError("not a little-endian CDR buffer")
-    body = mv[4:]
-    n = len(body)
+    end = "<" if bytes(mv[:2]) == b"\x00\x01" else ">"
+    sec, nsec = struct.unpack_from(end + "iI", mv, 4)
+    return sec * 1_000_000_000 + nsec
 
-    def u32(pos: int) -> tuple[int, int]:
-        pos += -pos % 4
-        if pos + 4 > n:
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+class _In:
+    """Bounds-checked CDR reader over a serialized message (either byte order)."""
+
+    __slots__ = ("body", "end", "n", "pos")
+
+    def __init__(self, raw: Buffer) -> None:
+        mv = memoryview(raw).cast("B")
+        if len(mv) < 12 or bytes(mv[:1]) != b"\x00" or bytes(mv[1:2]) not in (b"\x00", b"\x01"):
+            raise ValueError("not a CDR buffer (bad encapsulation header)")
+        self.end = "<" if bytes(mv[1:2]) == b"\x01" else ">"
+        self.body = mv[4:]
+        self.n = len(self.body)
+        self.pos = 0
+
+    def _take(self, fmt: str, size: int) -> Any:
+        self.pos += -self.pos % size
+        if self.pos + size > self.n:
             raise ValueError("CDR buffer truncated")
-        return struct.unpack_from("<I", body, pos)[0], pos + 4
+        v = struct.unpack_from(self.end + fmt, self.body, self.pos)[0]
+        self.pos += size
+        return v
 
-    def string(pos: int) -> tuple[str, int]:
-        ln, pos = u32(pos)
-        if ln == 0 or pos + ln > n:
+    def u8(self) -> int:
+        return self._take("B", 1)
+
+    def u32(self) -> int:
+        return self._take("I", 4)
+
+    def i32(self) -> int:
+        return self._take("i", 4)
+
+    def string(self) -> str:
+        ln = self.u32()
+        if ln == 0 or self.pos + ln > self.n:
             raise ValueError("CDR string out of range")
-        return bytes(body[pos : pos + ln - 1]).decode(), pos + ln
+        s = bytes(self.body[self.pos : self.pos + ln - 1]).decode()
+        self.pos += ln
+        return s
 
-    sec, nsec = struct.unpack_from("<iI", body, 0)
-    frame_id, pos = string(8)
-    fmt, pos = string(pos)
-    size, pos = u32(pos)
-    if pos + size > n:
-        raise ValueError(f"CDR data of {size} bytes exceeds the buffer ({n - pos} left)")
-    return sec * 1_000_000_000 + nsec, frame_id, fmt, body[pos : pos + size]
+    def f64s(self, n: int | None = None) -> np.ndarray:
+        if n is None:
+            n = self.u32()
+        if n:
+            self.pos += -self.pos % 8
+        if self.pos + 8 * n > self.n:
+            raise ValueError("CDR float64 array out of range")
+        a = np.frombuffer(self.body, dtype=self.end + "f8", count=n, offset=self.pos).astype(np.float64)
+        self.pos += 8 * n
+        return a
 
+    def blob(self) -> memoryview:
+        size = self.u32()
+        if self.pos + size > self.n:
+            raise ValueError(f"CDR data of {size} bytes exceeds the buffer ({self.n - self.pos} left)")
+        out = self.body[self.pos : self.pos + size]
+        self.pos += size
+        return out
 
-# ----------------------------------------------------------------------------------------------
-# builders' provider with serialized top-level messages
-
-
-def _stamp_ns(hdr: Any) -> int:
-    return int(hdr.stamp.sec) * 1_000_000_000 + int(hdr.stamp.nanosec)
-
-
-def _image(m: Any) -> bytes:
-    o = _image_out(
-        _stamp_ns(m.header), m.header.frame_id, m.height, m.width, m.encoding, m.is_bigendian, m.step, m.data
-    )
-    return join(o.parts())
-
-
-def _camera_info(m: Any) -> bytes:
-    roi = m.roi
-    return camera_info_bytes(
-        _stamp_ns(m.header),
-        m.header.frame_id,
-        m.height,
-        m.width,
-        m.distortion_model,
-        m.d,
-        m.k,
-        m.p,
-        r=m.r,
-        binning=(m.binning_x, m.binning_y),
-        roi=(roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify),
-    )
+    def header(self) -> tuple[int, str]:
+        sec, nsec = self.i32(), self.u32()
+        return sec * 1_000_000_000 + nsec, self.string()
 
 
-def _point_cloud2(m: Any) -> bytes:
-    o = _Out()
-    o.header(_stamp_ns(m.header), m.header.frame_id)
-    o.u32(int(m.height))
-    o.u32(int(m.width))
-    o.u32(len(m.fields))
-    for f in m.fields:
-        o.string(str(f.name))
-        o.u32(int(f.offset))
-        o.u8(int(f.datatype))
-        o.u32(int(f.count))
-    o.u8(int(bool(m.is_bigendian)))
-    o.u32(int(m.point_step))
-    o.u32(int(m.row_step))
-    o.blob(m.data)
-    o.u8(int(bool(m.is_dense)))
-    return join(o.parts())
+@dataclass
+class ImageView:
+    """A parsed ``sensor_msgs/Image``; ``data`` is a view into the serialized bytes."""
+
+    stamp_ns: int
+    frame_id: str
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: memoryview
 
 
-#: message type -> serializer of the fields the builders pass
-SERIALIZED_TYPES: dict[str, Callable[[Any], bytes]] = {
-    "sensor_msgs/msg/Image": _image,
-    "sensor_msgs/msg/CameraInfo": _camera_info,
-    "sensor_msgs/msg/PointCloud2": _point_cloud2,
-}
+@dataclass
+class CameraInfoView:
+    """A parsed ``sensor_msgs/CameraInfo`` (the fields the pipeline uses)."""
+
+    stamp_ns: int
+    frame_id: str
+    height: int
+    width: int
+    distortion_model: str
+    d: np.ndarray
+    k: np.ndarray
+    r: np.ndarray
+    p: np.ndarray
 
 
-def serialized_types() -> TypeProvider:
-    """Builders' provider: ``Image``, ``CameraInfo`` and ``PointCloud2`` come out as serialized CDR
-    ``bytes`` (what ``rclpy`` ``Publisher.publish`` takes as an already serialized message), nested
-    types as plain objects; other top-level types are refused. ``uint8[]`` fields are views of the
-    builders' arrays until the message is serialized (no copy before the final join)."""
-
-    def resolve(msgtype: str) -> type:
-        ser = SERIALIZED_TYPES.get(msgtype)
-
-        def make(**fields: Any) -> Any:
-            ns = types.SimpleNamespace(**fields)
-            return ser(ns) if ser is not None else ns
-
-        if ser is None and msgtype.split("/")[-1] not in _NESTED:
-            raise KeyError(f"message type {msgtype!r} has no direct CDR serializer")
-        return make  # type: ignore[return-value]
-
-    return TypeProvider(
-        "serialized",
-        resolve,
-        u8=lambda a: memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)),
-        f64=lambda a: np.asarray(a, dtype=np.float64).reshape(-1),
-        byte=int,
-    )
+def read_image(raw: Buffer) -> ImageView:
+    """Parse a serialized ``sensor_msgs/Image`` (``ValueError`` on anything malformed)."""
+    r = _In(raw)
+    stamp, frame_id = r.header()
+    h, w, enc, big, step = r.u32(), r.u32(), r.string(), r.u8(), r.u32()
+    return ImageView(stamp, frame_id, h, w, enc, big, step, r.blob())
 
 
-#: nested types the serializers read (``builtin_interfaces/Time``, ``std_msgs/Header``, ...)
-_NESTED = ("Time", "Header", "PointField", "RegionOfInterest")
+def read_compressed_image(raw: Buffer) -> tuple[int, str, str, memoryview]:
+    """Parse a serialized ``sensor_msgs/CompressedImage``: ``(stamp_ns, frame_id, format, data)``."""
+    r = _In(raw)
+    stamp, frame_id = r.header()
+    fmt = r.string()
+    return stamp, frame_id, fmt, r.blob()
+
+
+def read_camera_info(raw: Buffer) -> CameraInfoView:
+    """Parse a serialized ``sensor_msgs/CameraInfo`` (``ValueError`` on anything malformed)."""
+    r = _In(raw)
+    stamp, frame_id = r.header()
+    h, w, model = r.u32(), r.u32(), r.string()
+    d = r.f64s()
+    k, rr, p = r.f64s(9), r.f64s(9), r.f64s(12)
+    return CameraInfoView(stamp, frame_id, h, w, model, d, k, rr, p)

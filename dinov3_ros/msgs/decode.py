@@ -1,4 +1,10 @@
-"""ROS messages -> numpy, for rclpy messages and rosbags dataclasses alike (attribute access only)."""
+"""ROS messages -> numpy: the one decoder of input images and camera_info (live node and bag tool),
+and readers of the outputs' layouts (for tools and tests).
+
+Input images and camera_info arrive serialized (the node subscribes raw, the bag tool reads bags) and
+are parsed by :mod:`.cdr`; ROS 1 bags and message objects (rclpy, rosbags) go through the same field
+decoders. Every failure raises ``ValueError`` (``ImageDecodeError`` for images) naming the problem.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +15,80 @@ import numpy as np
 
 from dinov3_ros.core.camera import CameraIntrinsics
 from dinov3_ros.core.frames import MatchResult
-from dinov3_ros.msgs.builders import (
-    _NP_OF,
-    BOX_FIELDS,
-    MATCH_FIELDS,
-)
+from dinov3_ros.msgs import cdr
 from dinov3_ros.msgs.image_codec import ImageDecodeError, decode_compressed, decode_raw
+from dinov3_ros.msgs.layouts import BOX_FIELDS, MATCH_FIELDS, NP_OF
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 
 
 def stamp_ns(msg: Any) -> int:
-    """``header.stamp`` of a message in nanoseconds."""
+    """``header.stamp`` of a message object in nanoseconds."""
     st = msg.header.stamp
     return int(st.sec) * 1_000_000_000 + int(st.nanosec)
 
 
-def _bytes(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return data.reshape(-1).view(np.uint8)
-    return np.frombuffer(memoryview(data), dtype=np.uint8)
+def decode_image(msgtype: str, raw: cdr.Buffer) -> tuple[np.ndarray, int, str]:
+    """A serialized ``Image`` or ``CompressedImage`` -> ``(RGB uint8 [H, W, 3], stamp ns, frame_id)``."""
+    try:
+        if msgtype == COMPRESSED_IMAGE:
+            stamp, frame_id, fmt, data = cdr.read_compressed_image(raw)
+            return decode_compressed(fmt, data), stamp, frame_id
+        if msgtype == IMAGE:
+            v = cdr.read_image(raw)
+            rgb = decode_raw(v.encoding, v.height, v.width, v.step, v.data, bool(v.is_bigendian))
+            return rgb, v.stamp_ns, v.frame_id
+    except ImageDecodeError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImageDecodeError(f"malformed {msgtype}: {exc}") from None
+    raise ImageDecodeError(f"not an image message type: {msgtype}")
+
+
+def decode_image_msg(msg: Any) -> tuple[np.ndarray, int, str]:
+    """A message object (rclpy, rosbags; ROS 1 or 2) of ``Image`` or ``CompressedImage`` -> as
+    :func:`decode_image`."""
+    if hasattr(msg, "encoding"):
+        rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+    else:
+        rgb = decode_compressed(msg.format, msg.data)
+    return rgb, stamp_ns(msg), str(msg.header.frame_id)
 
 
 def image_to_rgb(msg: Any) -> np.ndarray:
-    """Any supported ``sensor_msgs/Image`` -> (H, W, 3) RGB uint8 (``ImageDecodeError`` on bad frames)."""
+    """Any supported ``sensor_msgs/Image`` object -> (H, W, 3) RGB uint8."""
     return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG/PNG) -> (H, W, 3) RGB uint8."""
+    """``sensor_msgs/CompressedImage`` object (JPEG/PNG) -> (H, W, 3) RGB uint8."""
     return decode_compressed(msg.format, msg.data)
 
+
+def intrinsics_from_fields(width: int, height: int, model: str, d: Any, k: Any, p: Any) -> CameraIntrinsics:
+    """CameraInfo fields -> :class:`CameraIntrinsics` (``ValueError`` on an unusable K or size; an
+    all-zero P means "not given")."""
+    P = np.asarray(p, dtype=np.float64).reshape(3, 4)
+    K = np.asarray(k, dtype=np.float64).reshape(3, 3)
+    return CameraIntrinsics(
+        K, int(width), int(height), np.asarray(d, np.float64), str(model), P if P.any() else None
+    )
+
+
+def decode_camera_info(raw: cdr.Buffer) -> CameraIntrinsics:
+    """A serialized ``sensor_msgs/CameraInfo`` -> :class:`CameraIntrinsics` (``ValueError`` if unusable)."""
+    v = cdr.read_camera_info(raw)
+    return intrinsics_from_fields(v.width, v.height, v.distortion_model, v.d, v.k, v.p)
+
+
+def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
+    """A ``sensor_msgs/CameraInfo`` object -> :class:`CameraIntrinsics` (``ValueError`` if unusable)."""
+    return intrinsics_from_fields(msg.width, msg.height, msg.distortion_model, msg.d, msg.k, msg.p)
+
+
+# ------------------------------------------------------------------------------------ output layouts
 
 _NUMERIC = {
     "8U": np.uint8,
@@ -48,25 +99,32 @@ _NUMERIC = {
     "32F": np.float32,
     "64F": np.float64,
 }
+_NAMED = {
+    "mono8": (np.uint8, 1),
+    "mono16": (np.uint16, 1),
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "rgba8": (np.uint8, 4),
+    "bgra8": (np.uint8, 4),
+}
+
+
+def _bytes(data: Any) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    return np.frombuffer(memoryview(data), dtype=np.uint8)
 
 
 def image_to_array(msg: Any) -> np.ndarray:
-    """``sensor_msgs/Image`` -> its native array: 32FC<C> -> float32 HxWxC (HxW for C=1), mono8/16 -> HxW,
-    rgb8/bgr8 -> HxWx3 uint8 as stored."""
+    """``sensor_msgs/Image`` (object or :class:`~.cdr.ImageView`) -> its native array: 32FC<C> ->
+    float32 HxWxC (HxW for C=1), mono8/16 -> HxW, rgb8/bgr8 -> HxWx3 uint8 as stored."""
+    import re
+
     enc = msg.encoding
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if enc in ("mono8", "mono16", "rgb8", "bgr8", "rgba8", "bgra8"):
-        dt, ch = {
-            "mono8": (np.uint8, 1),
-            "mono16": (np.uint16, 1),
-            "rgb8": (np.uint8, 3),
-            "bgr8": (np.uint8, 3),
-            "rgba8": (np.uint8, 4),
-            "bgra8": (np.uint8, 4),
-        }[enc]
+    if enc in _NAMED:
+        dt, ch = _NAMED[enc]
     else:
-        import re
-
         m = re.fullmatch(r"(8U|8S|16U|16S|32S|32F|64F)C(\d+)", enc)
         if not m:
             raise ImageDecodeError(f"image_to_array: unsupported encoding {enc!r}")
@@ -81,22 +139,11 @@ def image_to_array(msg: Any) -> np.ndarray:
     return arr[..., 0] if ch == 1 else arr
 
 
-def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
-    """``sensor_msgs/CameraInfo`` -> :class:`CameraIntrinsics` (ValueError on an invalid K or size)."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
-    if not P.any():
-        P = None
-    return CameraIntrinsics(
-        K, int(msg.width), int(msg.height), np.asarray(msg.d, np.float64), str(msg.distortion_model), P
-    )
-
-
 def point_cloud_to_array(msg: Any) -> np.ndarray:
     """``sensor_msgs/PointCloud2`` -> structured numpy array with one named field per PointField."""
     names, fmts, offs = [], [], []
     for f in msg.fields:
-        base = np.dtype(_NP_OF[int(f.datatype)]).newbyteorder(">" if msg.is_bigendian else "<")
+        base = np.dtype(NP_OF[int(f.datatype)]).newbyteorder(">" if msg.is_bigendian else "<")
         names.append(f.name)
         fmts.append(base if int(f.count) <= 1 else (base, int(f.count)))
         offs.append(int(f.offset))

@@ -73,28 +73,3 @@ def rosbags_types(typestore: Any) -> TypeProvider:
         f64=lambda a: np.asarray(a, dtype=np.float64).reshape(-1),
         byte=int,
     )
-
-
-def plain_types() -> TypeProvider:
-    """Provider of plain attribute objects (``types.SimpleNamespace``) with the rclpy field conversions.
-
-    For benchmarks and tools on machines without ROS: builds the same fields at the same cost,
-    minus a binding's class checks. Not serialisable.
-    """
-    import types
-
-    def resolve(msgtype: str) -> type:
-        def make(**fields: Any) -> Any:
-            ns = types.SimpleNamespace(**fields)
-            ns.__msgtype__ = msgtype
-            return ns
-
-        return make  # type: ignore[return-value]
-
-    return TypeProvider(
-        "plain",
-        resolve,
-        u8=u8_array,
-        f64=lambda a: np.asarray(a, dtype=np.float64).reshape(-1).tolist(),
-        byte=lambda v: bytes([int(v)]),
-    )

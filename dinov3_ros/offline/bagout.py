@@ -4,7 +4,7 @@ Layout while a run is in progress (``OUT`` is the requested output directory)::
 
     OUT.partial/                 work directory: its name says the output is not complete
       journal.jsonl              line 1: run fingerprint; then one line per checkpoint
-      state-<n>.pkl              pipeline per-source state at checkpoint n (for --resume)
+      state-<n>.json, .npz       pipeline per-source state at checkpoint n (plain data, for --resume)
       <OUT.name>/<OUT.name>.mcap the bag being written (always MCAP while in progress)
 
 On success the bag directory is renamed to ``OUT`` (for ``--storage sqlite3`` it is first converted)
@@ -12,7 +12,8 @@ and ``OUT.partial`` is removed, so a complete-looking ``OUT`` only ever appears 
 leaves ``OUT.partial``; ``--resume`` recovers every message up to the last checkpoint from the cut
 MCAP file (:mod:`.mcap_scan`), rewrites them into a fresh bag and continues from there. A run stopped
 by corrupt input finalizes what it wrote as a valid bag ``OUT.partial/<OUT.name>`` with
-``custom_data`` ``dinov3_ros.complete: "false"`` and ``dinov3_ros.error``.
+``custom_data`` ``dinov3_ros.complete: "false"`` and ``dinov3_ros.error``. The bag is written with
+rosbags' ``Writer`` and the tool's MCAP storage plugin (:mod:`.storage`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from dinov3_ros.fsutil import fsync_dir
-from dinov3_ros.msgs.cdr import Buffer, join, parts_len
+from dinov3_ros.fsutil import atomic_write_text, fsync_dir, fsync_tree
+from dinov3_ros.msgs.cdr import Buffer
+from dinov3_ros.pipeline import state as state_io
+
+from .storage import BagWriter, McapStorage
 
 JOURNAL = "journal.jsonl"
 PARTIAL_SUFFIX = ".partial"
@@ -90,7 +91,6 @@ class OutputBag:
         self.count = 0  # messages written
         self.checkpoints: list[dict[str, Any]] = []
         self._journal: Any = None
-        self._fast = False  # rosbags' MCAP storage written through _fast_write (see there)
         self._bg: Any = None  # background checkpoint durability (fsync + journal), one thread
         self._pending: list[Any] = []
 
@@ -121,16 +121,14 @@ class OutputBag:
         return None
 
     def _new_writer(self) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import StoragePlugin
 
-        self.writer = Writer(self.bag_dir, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.writer = BagWriter(self.bag_dir, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
-        self._fast = _fast_capable(self.writer)
-        if self._fast:
-            st = self.writer.storage
-            st.close_chunk = lambda: _close_chunk(st)
-            st.chunk = type(st.chunk)(2**63 - 1, 0, _PartsIO(), defaultdict(list))
-            st.bio = _GatherFile(st.bio)
+
+    @property
+    def _storage(self) -> McapStorage:
+        return self.writer.storage
 
     def _journal_line(self, obj: dict[str, Any]) -> None:
         assert self._journal is not None
@@ -187,9 +185,9 @@ class OutputBag:
                     self._flush_chunk()
             self._flush_chunk()
         # only now replace the journal (atomically): a crash above leaves the old one valid
-        tmp = self.work / (JOURNAL + ".tmp")
-        tmp.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [lines[0], *kept]))
-        tmp.replace(self.work / JOURNAL)
+        atomic_write_text(
+            self.work / JOURNAL, "".join(json.dumps(x, sort_keys=True) + "\n" for x in [lines[0], *kept])
+        )
         self._journal = (self.work / JOURNAL).open("a")
         self.checkpoints = list(kept)
         shutil.rmtree(old_bag, ignore_errors=True)
@@ -214,31 +212,15 @@ class OutputBag:
         return c
 
     def write(self, key: ConnKey, log_ns: int, raw: Buffer | Sequence[Buffer]) -> None:
-        """Write one serialized message at log time ``log_ns`` (one buffer or a list of parts)."""
-        conn = self._conn(key)
-        if self._fast:
-            _fast_write(self.writer, conn, int(log_ns), raw)
-        else:
-            self.writer.write(conn, int(log_ns), join(raw))
+        """Write one serialized message at log time ``log_ns`` (one buffer or a list of parts, kept by
+        reference until written: do not modify them)."""
+        self.writer.write(self._conn(key), int(log_ns), raw)
         self.count += 1
 
-    def _close_and_flush(self) -> Any:
-        """Close the open MCAP chunk and flush the file to the OS; returns the file object (or None)."""
-        st = getattr(self.writer, "storage", None)
-        chunk = getattr(st, "chunk", None)
-        if chunk is not None and chunk.bio.tell() and hasattr(st, "close_chunk"):
-            st.close_chunk()
-        bio = getattr(st, "bio", None)
-        if bio is not None:
-            bio.flush()
-        return bio
-
     def _flush_chunk(self) -> None:
-        bio = self._close_and_flush()
-        if bio is not None:
-            os.fsync(bio.fileno())
+        os.fsync(self._storage.flush())
 
-    def checkpoint(self, info: dict[str, Any], state: bytes | None) -> None:
+    def checkpoint(self, info: dict[str, Any], state: Any) -> None:
         """Make everything written so far durable and journal a resume point.
 
         The chunk is closed and flushed to the OS here; the fsync (hundreds of MB at the default
@@ -247,7 +229,7 @@ class OutputBag:
         bag waits for pending checkpoints.
         """
         self._raise_pending()
-        bio = self._close_and_flush()
+        fd = self._storage.flush()
         n = len(self.checkpoints)
         cp = dict(
             info,
@@ -256,31 +238,22 @@ class OutputBag:
             conns=[[k.topic, k.msgtype, k.source] for k in self.conn_order],
         )
         if state is not None:
-            cp["state"] = f"state-{n:06d}.pkl"
+            cp["state"] = f"state-{n:06d}"
         self.checkpoints.append(cp)
         if self._bg is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._bg = ThreadPoolExecutor(1, thread_name_prefix="bag-durable")
-        self._pending.append(
-            self._bg.submit(self._durable, cp, state, bio.fileno() if bio is not None else None)
-        )
+        self._pending.append(self._bg.submit(self._durable, cp, state, fd))
 
-    def _durable(self, cp: dict[str, Any], state: bytes | None, fd: int | None) -> None:
+    def _durable(self, cp: dict[str, Any], state: Any, fd: int) -> None:
         """Background half of :meth:`checkpoint` (one at a time, in order)."""
-        if fd is not None:
-            os.fsync(fd)
+        os.fsync(fd)
         n = int(cp["checkpoint"])
         if state is not None:
-            name = cp["state"]
-            tmp = self.work / (name + ".tmp")
-            with tmp.open("wb") as f:
-                f.write(state)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.work / name)
-            old = self.work / f"state-{n - 2:06d}.pkl"  # keep the last two
-            if n >= 2 and old.exists():
+            tree, arrays = state
+            state_io.save(self.work / cp["state"], tree, arrays)
+            for old in self.work.glob(f"state-{n - 2:06d}.*"):  # keep the last two
                 old.unlink()
         self._journal_line(cp)
 
@@ -302,10 +275,17 @@ class OutputBag:
                 self._bg.shutdown(wait=True)
                 self._bg = None
 
-    def load_state(self, cp: dict[str, Any]) -> bytes | None:
-        """The pipeline state stored with checkpoint ``cp``."""
+    def load_state(self, cp: dict[str, Any]) -> Any:
+        """The pipeline state stored with checkpoint ``cp`` (plain data; ``ResumeError`` if unreadable)."""
         name = cp.get("state")
-        return (self.work / name).read_bytes() if name else None
+        if not name:
+            return None
+        if not isinstance(name, str) or not name.startswith("state-") or "/" in name:
+            raise ResumeError(f"{self.work / JOURNAL}: bad state reference {name!r}")
+        try:
+            return state_io.load(self.work / name)
+        except ValueError as exc:
+            raise ResumeError(f"cannot resume {self.work}: {exc}") from None
 
     # ------------------------------------------------------------------ closing
     def _close_writer(self, custom: dict[str, str]) -> None:
@@ -343,7 +323,7 @@ class OutputBag:
         c = dict(custom or {})
         c.update({"dinov3_ros.complete": "false", "dinov3_ros.error": error[:2000]})
         self._close_writer(c)
-        for p in self.work.glob("state-*.pkl"):
+        for p in self.work.glob("state-*"):
             p.unlink()
         (self.work / JOURNAL).unlink(missing_ok=True)  # not resumable: the input itself is damaged
         if self.storage == "sqlite3":
@@ -360,11 +340,9 @@ class OutputBag:
             self._wait_pending()
         except OSError:
             pass
-        if self.writer is not None:
-            st = getattr(self.writer, "storage", None)
+        if self.writer is not None and self.writer.storage is not None:
             try:
-                if st is not None and hasattr(st, "bio"):
-                    st.bio.flush()
+                self._storage.out.flush()
             except (OSError, ValueError):
                 pass
         if self._journal is not None:
@@ -372,24 +350,12 @@ class OutputBag:
             self._journal = None
 
 
-def fsync_tree(path: Path) -> None:
-    """fsync every file of a bag directory, then the directory itself."""
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(path)
-
-
 def convert_bag(src: Path, dst: Path, storage: str, custom: dict[str, str] | None = None) -> None:
     """Copy a bag written by :class:`OutputBag` to ``dst`` with another storage plugin.
 
     Messages are copied in file order (the order they were written), with the same connections.
     """
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.rosbag2 import Reader, StoragePlugin
 
     from .mcap_scan import McapMessage, scan
 
@@ -398,7 +364,7 @@ def convert_bag(src: Path, dst: Path, storage: str, custom: dict[str, str] | Non
     with Reader(src) as reader:
         conns = sorted(reader.connections, key=lambda c: c.id)
         files = [src / f"{src.name}.mcap"]
-    w = Writer(dst, version=9, storage_plugin=plugin)
+    w = BagWriter(dst, version=9, storage_plugin=plugin)
     w.open()
     cmap = {}
     for c in conns:
@@ -417,177 +383,3 @@ def convert_bag(src: Path, dst: Path, storage: str, custom: dict[str, str] | Non
     for k, v in (custom or {}).items():
         w.set_custom_data(k, v)
     w.close()
-
-
-# ---------------------------------------------------------------------------- fast MCAP writing
-# rosbags' McapWriter copies every message into a record buffer, then into the chunk buffer, and a
-# closing chunk twice more before the file write (~5 copies of ~1.2 MB per frame, all holding the
-# GIL). These two functions write the same bytes (tests compare files with the plain rosbags path)
-# with one copy into the chunk and the chunk straight from its buffer into the file. They rely on
-# the McapWriter attributes of rosbags 0.11 and are used only when those are present and the chunk
-# is uncompressed; anything else takes rosbags' own ``Writer.write``.
-
-
-def _fast_capable(writer: Any) -> bool:
-    st = getattr(writer, "storage", None)
-    need_w = ("counts", "min_timestamp", "max_timestamp", "compression_mode")
-    need_s = ("chunk", "channel_stats", "message_start_time", "message_end_time", "chunks", "bio")
-    if type(st).__name__ != "McapWriter" or not all(hasattr(writer, a) for a in need_w):
-        return False
-    if not all(hasattr(st, a) for a in need_s) or getattr(st, "compression", None) != "":
-        return False
-    chunk = st.chunk
-    return all(hasattr(chunk, a) for a in ("message_start_time", "message_end_time", "bio", "msgs")) and (
-        getattr(writer.compression_mode, "name", "") != "MESSAGE"
-    )
-
-
-_MSG_HDR = struct.Struct("<BQHIQQ")  # opcode 0x05, record length, channel id, sequence, log/publish time
-
-
-def _fast_write(writer: Any, conn: Any, t: int, raw: Buffer | Sequence[Buffer]) -> None:
-    """``Writer.write`` + ``McapWriter.write`` of rosbags 0.11 with one copy (same bytes)."""
-    st = writer.storage
-    parts = (raw,) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
-    n = parts_len(parts)
-    st.message_start_time = min(t, st.message_start_time)
-    st.message_end_time = max(t, st.message_end_time)
-    st.channel_stats[conn.id] += 1
-    ch = st.chunk
-    ch.message_start_time = min(t, ch.message_start_time)
-    ch.message_end_time = max(t, ch.message_end_time)
-    ch.msgs[conn.id].append((t, ch.bio.tell()))
-    ch.bio.write(_MSG_HDR.pack(0x05, 22 + n, conn.id, 0, t, t))
-    for p in parts:
-        ch.bio.keep(p)
-    writer.counts[conn.id] += 1
-    writer.min_timestamp = min(t, writer.min_timestamp)
-    writer.max_timestamp = max(t, writer.max_timestamp)
-    if ch.bio.tell() > 2**20:
-        _close_chunk(st)
-
-
-def _close_chunk(st: Any) -> None:
-    """``McapWriter.close_chunk`` (uncompressed) writing the chunk buffer straight to the file."""
-    ch = st.chunk
-    size = ch.bio.tell()
-    head = struct.pack("<QQQIIQ", ch.message_start_time, ch.message_end_time, size, 0, 0, size)
-    chunk_start = st.bio.tell()
-    st.bio.write(struct.pack("<BQ", 0x06, len(head) + size) + head)
-    for part in ch.bio.parts:
-        st.bio.keep(part)
-    chunk_end = st.bio.tell()
-    offsets: list[tuple[int, int]] = []
-    for cid, msgs in ch.msgs.items():
-        offsets.append((cid, st.bio.tell()))
-        body = struct.pack("<HI", cid, len(msgs) * 16) + b"".join(struct.pack("<QQ", a, b) for a, b in msgs)
-        st.bio.write(struct.pack("<BQ", 0x07, len(body)) + body)
-    rec = BytesIO()
-    rec.write(
-        struct.pack(
-            "<QQQQI",
-            ch.message_start_time,
-            ch.message_end_time,
-            chunk_start,
-            chunk_end - chunk_start,
-            len(offsets) * 10,
-        )
-    )
-    for cid, off in offsets:
-        rec.write(struct.pack("<HQ", cid, off))
-    rec.write(struct.pack("<QIQQ", st.bio.tell() - chunk_end, 0, size, size))
-    st.chunks.append(rec)
-    st.chunk = type(ch)(2**63 - 1, 0, _PartsIO(), defaultdict(list))
-
-
-GATHER_BYTES = 8 << 20  # MCAP bytes gathered per write system call (0: write every record at once)
-
-
-class _GatherFile:
-    """The MCAP file as rosbags sees it (``write``/``tell``/``flush``/``close``), gathering records and
-    writing them with one ``os.writev`` per ~8 MB. A frame's messages are then one system call instead
-    of ~15: each call releases and re-takes the GIL, and re-taking it behind busy threads (decoders,
-    inference, heads) costs up to a switch interval, which made the writer the tool's slowest stage.
-    ``flush`` (checkpoints, close) writes everything out, so what is on disk is unchanged."""
-
-    __slots__ = ("_f", "_n", "_parts", "_pos", "limit")
-
-    def __init__(self, f: Any, limit: int | None = None) -> None:
-        f.flush()
-        self._f = f
-        self._parts: list[Any] = []
-        self._n = 0
-        self._pos = f.tell()
-        self.limit = GATHER_BYTES if limit is None else limit
-
-    def write(self, b: Any) -> int:
-        data = bytes(b)  # callers pass views of scratch buffers
-        self._add(data, len(data))
-        return len(data)
-
-    def keep(self, b: Any) -> None:
-        """Append ``b`` without copying it (the caller never modifies it afterwards)."""
-        self._add(b, memoryview(b).nbytes)
-
-    def _add(self, b: Any, n: int) -> None:
-        self._parts.append(b)
-        self._n += n
-        self._pos += n
-        if self._n >= self.limit or len(self._parts) >= 512:
-            self._write_out()
-
-    def _write_out(self) -> None:
-        parts, self._parts, self._n = self._parts, [], 0
-        fd = self._f.fileno()
-        views = [memoryview(p).cast("B") for p in parts]
-        i = 0
-        while i < len(views):  # writev may write less than asked (signals, huge batches)
-            done = os.writev(fd, views[i : i + 512])
-            while i < len(views) and done >= views[i].nbytes:
-                done -= views[i].nbytes
-                i += 1
-            if done:
-                views[i] = views[i][done:]
-
-    def tell(self) -> int:
-        return self._pos
-
-    def fileno(self) -> int:
-        return self._f.fileno()
-
-    def flush(self) -> None:
-        if self._parts:
-            self._write_out()
-        self._f.flush()
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._f.close()
-
-
-class _PartsIO:
-    """The pending chunk as a list of buffers (what rosbags keeps in a BytesIO): ``write`` copies
-    (rosbags passes views of its scratch buffers), ``keep`` holds a reference to message data, which
-    the offline tool never modifies after serialising it. Nothing large is copied under the GIL."""
-
-    __slots__ = ("parts", "size")
-
-    def __init__(self) -> None:
-        self.parts: list[Any] = []
-        self.size = 0
-
-    def write(self, b: Any) -> int:
-        data = bytes(b)
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
-
-    def keep(self, b: Any) -> None:
-        n = memoryview(b).nbytes
-        self.parts.append(b if isinstance(b, bytes) or n >= 4096 else bytes(b))
-        self.size += n
-
-    def tell(self) -> int:
-        return self.size

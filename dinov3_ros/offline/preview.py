@@ -1,4 +1,4 @@
-"""Side-by-side previews of offline runs: input | PCA | depth | mask | matches, as annotated tiles.
+"""Side-by-side previews of offline runs: the input and each output's preview tile (``Output.tile``).
 
 ``PreviewVideo`` writes an MP4 (one row per frame), ``ContactSheet`` a PNG (one row per sampled
 frame). Both write under a temporary name and rename on :meth:`close`, like the bag itself.
@@ -11,8 +11,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-TILES = ("input", "pca", "depth", "mask", "matches")
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
@@ -36,63 +34,23 @@ def _blank(size: tuple[int, int], text: str) -> np.ndarray:
     return t
 
 
-def colorize_depth(depth: np.ndarray) -> np.ndarray:
-    """Depth (metres, NaN = invalid) -> RGB with the turbo map, near = warm; range from 2-98 percentiles."""
-    d = np.asarray(depth, np.float32)
-    ok = np.isfinite(d)
-    if not ok.any():
-        return np.zeros((*d.shape, 3), np.uint8)
-    lo, hi = np.percentile(d[ok], [2, 98])
-    n = np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1)
-    u8 = (255 - n * 255).astype(np.uint8)
-    u8[~ok] = 0
-    rgb = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
-    rgb[~ok] = 0
-    return rgb
-
-
-def colorize_mask(mask: np.ndarray) -> np.ndarray:
-    """Instance ids -> RGB (0 = black; each id a fixed colour)."""
-    m = np.asarray(mask).astype(np.int64)
-    ids = np.unique(m)
-    out = np.zeros((*m.shape, 3), np.uint8)
-    for i in ids:
-        if i == 0:
-            continue
-        out[m == i] = np.random.default_rng(int(i)).integers(64, 256, 3).astype(np.uint8)
-    return out
-
-
 def tiles(fo: Any, rgb: np.ndarray, tile_h: int = 240, title: str = "") -> np.ndarray:
-    """One annotated row ``input | pca | depth | mask | matches`` (RGB uint8)."""
+    """One annotated row: the input, then every registered output with a preview tile (grey "off"
+    tiles for outputs that were not computed)."""
+    from dinov3_ros.pipeline.outputs import REGISTRY
+
     H, W = rgb.shape[:2]
     size = (max(1, round(W * tile_h / H)), tile_h)
     row = [_label(_fit(rgb, size), title or "input")]
-    pca = getattr(fo, "features_pca", None)
-    row.append(_label(_fit(pca, size, nearest=True), "PCA") if pca is not None else _blank(size, "PCA: off"))
-    depth = getattr(fo, "depth", None)
-    if depth is not None:
-        ok = np.isfinite(depth)
-        rng = f"depth {np.nanmin(depth):.2f}-{np.nanmax(depth):.2f} m" if ok.any() else "depth"
-        row.append(_label(_fit(colorize_depth(depth), size), rng))
-    else:
-        row.append(_blank(size, "depth: off"))
-    obj = getattr(fo, "objects", None)
-    if obj is not None:
-        row.append(_label(_fit(colorize_mask(obj.mask), size, nearest=True), f"mask ({len(obj.ids)} obj)"))
-    else:
-        row.append(_blank(size, "mask: off"))
-    mt = getattr(fo, "matches", None)
-    if mt is not None:
-        canvas = _fit(rgb, size).copy()
-        sx, sy = size[0] / W, size[1] / H
-        for (u0, v0), (u1, v1), ok in zip(mt.uv0, mt.uv1, mt.inlier):
-            col = (0, 255, 0) if ok else (255, 0, 0)
-            cv2.line(canvas, (int(u0 * sx), int(v0 * sy)), (int(u1 * sx), int(v1 * sy)), col, 1)
-        inl = int(np.asarray(mt.inlier).sum()) if len(mt) else 0
-        row.append(_label(canvas, f"matches {inl}/{len(mt)}"))
-    else:
-        row.append(_blank(size, "matches: off"))
+    for head in REGISTRY.values():
+        if head.tile_label is None:
+            continue
+        value = fo.get(head.name)
+        if value is None:
+            row.append(_blank(size, f"{head.tile_label}: off"))
+        else:
+            img, caption = head.tile(value, rgb, size)
+            row.append(_label(np.ascontiguousarray(img), caption))
     return np.concatenate(row, axis=1)
 
 

@@ -34,11 +34,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dinov3_ros.runtime.blas_threads import blas_threads_for, set_blas_threads
+from dinov3_ros.core.spec import (
+    WeightsSpec,
+    add_model_arguments,
+    file_sha256,
+    model_spec_from_args,
+    parse_resolution,
+)
 
 from .bagout import OutputBag, OutputExistsError, ResumeError, partial_dir
 from .shard import my_share, rank_world
-from .sources import InputCorruptError, InputError, Intrinsics, intrinsics_from_yaml
+from .sources import Calibration, InputCorruptError, InputError, calibration_from_yaml
 
 EXIT_OK, EXIT_ERROR, EXIT_CORRUPT, EXIT_INTERRUPTED = 0, 1, 3, 130
 DEFAULT_OUTPUTS = "features_pca,depth"
@@ -62,25 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topics", nargs="+", default=None, help="image topics to process (default: all)")
     p.add_argument("--prefix", default="/dinov3", help="output topic namespace (like the node's ~)")
     p.add_argument("--copy-input", action="store_true", help="also copy the input topics (raw, same QoS)")
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--weights", default="default", help="checkpoint/engine path, 'default' or 'random:<arch>'"
-    )
-    g.add_argument(
-        "--depth-head", default="auto", help="depth head file; 'auto' = the registry model's head; 'none'"
-    )
-    g.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
-    g.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda:LOCAL_RANK under torchrun)"
-    )
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"))
-    g.add_argument(
-        "--cuda-graphs",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="torch backend on CUDA: replay the engine as CUDA graphs (one per batch shape)",
-    )
-    g.add_argument("--resolution", default=None, help="network input HxW (e.g. 224x224 or 448x640)")
+    g = add_model_arguments(p, device_default="auto")
     g.add_argument(
         "--set",
         action="append",
@@ -106,19 +94,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "torch work is only copies, else torch's default; 0 = torch's default)",
     )
     e.add_argument(
-        "--blas-threads",
-        type=int,
-        default=0,
-        help="OpenBLAS threads for the run (0 = the library's default; -1 = auto: 1 when the model runs "
-        "on CUDA, where host linear algebra is tiny; N)",
-    )
-    e.add_argument(
-        "--switch-interval-ms",
-        type=float,
-        default=0.0,
-        help="Python GIL switch interval in ms for the run (0 = Python's default, 5 ms)",
-    )
-    e.add_argument(
         "--build-workers",
         type=int,
         default=max(2, min(6, (os.cpu_count() or 2) // 3)),
@@ -133,6 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--strict", action="store_true", help="stop at the first undecodable frame")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--verbose", action="store_true", help="also print the time per stage of each run")
     v = p.add_argument_group("videos and image folders")
     v.add_argument(
         "--fps", type=float, default=0.0, help="frame rate for stamps (default: the video's; folders 30)"
@@ -144,8 +120,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--camera-info", default=None, help="camera_info / calibration YAML for videos and folders"
     )
-    for k in ("fx", "fy", "cx", "cy"):
-        v.add_argument(f"--{k}", type=float, default=None)
+    for k, what in (
+        ("fx", "focal length x"),
+        ("fy", "focal length y"),
+        ("cx", "principal point x"),
+        ("cy", "principal point y"),
+    ):
+        v.add_argument(f"--{k}", type=float, default=None, help=f"{what} in pixels (videos and folders)")
     o = p.add_argument_group("previews")
     o.add_argument("--preview", default=None, metavar="FILE.mp4", help="input|PCA|depth|mask|matches video")
     o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
@@ -194,21 +175,27 @@ def output_names(inputs: list[Path]) -> list[str]:
     return out
 
 
-def _intrinsics(args: argparse.Namespace) -> Intrinsics | None:
+def _calibration(args: argparse.Namespace) -> Calibration | None:
     if args.camera_info:
-        return intrinsics_from_yaml(args.camera_info)
-    vals = [args.fx, args.fy, args.cx, args.cy]
-    if all(v is None for v in vals):
-        return None
-    if any(v is None for v in vals):
-        raise InputError("give all of --fx --fy --cx --cy (or --camera-info FILE.yaml)")
-    return Intrinsics(float(args.fx), float(args.fy), float(args.cx), float(args.cy))
+        cal = calibration_from_yaml(args.camera_info)
+    else:
+        vals = [args.fx, args.fy, args.cx, args.cy]
+        if all(v is None for v in vals):
+            return None
+        if any(v is None for v in vals):
+            raise InputError("give all of --fx --fy --cx --cy (or --camera-info FILE.yaml)")
+        cal = Calibration.pinhole(*(float(v) for v in vals))
+    try:
+        cal.for_image(cal.width or 2, cal.height or 2)
+    except ValueError as exc:
+        raise InputError(f"camera intrinsics: {exc}") from None
+    return cal
 
 
 def _config(args: argparse.Namespace) -> Any:
     import yaml
 
-    from dinov3_ros.pipeline.types import PipelineConfig
+    from dinov3_ros.core.config import PipelineConfig
 
     changes: dict[str, Any] = {}
     for kv in args.set:
@@ -217,22 +204,18 @@ def _config(args: argparse.Namespace) -> Any:
         k, v = kv.split("=", 1)
         changes[k.strip()] = yaml.safe_load(v)
     if args.resolution:
-        try:
-            h, w = (int(x) for x in args.resolution.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--resolution must be HxW, got {args.resolution!r}") from None
-        changes["resolution"] = (h, w)
+        changes["resolution"] = parse_resolution(args.resolution)
     return PipelineConfig().with_updates(**changes)
 
 
-def _outputs(spec: str) -> set[str]:
-    from dinov3_ros.pipeline.types import OUTPUTS
+def _outputs(spec: str) -> frozenset[str]:
+    from dinov3_ros.pipeline.outputs import OUTPUTS
 
     outs = {s.strip() for s in spec.split(",") if s.strip()}
     bad = sorted(outs - set(OUTPUTS))
     if bad or not outs:
         raise ValueError(f"unknown output(s) {bad or spec!r}; choose from {', '.join(OUTPUTS)}")
-    return outs
+    return frozenset(outs)
 
 
 def _device(spec: str, local_rank: int) -> str:
@@ -253,7 +236,17 @@ def _file_id(p: Path) -> dict[str, Any]:
     }
 
 
-def fingerprint(args: argparse.Namespace, inp: Path, config: Any, outputs: set[str]) -> dict[str, Any]:
+def _weights_id(args: argparse.Namespace) -> dict[str, Any]:
+    """The model by content: a renamed file resumes, a replaced one at the same path does not."""
+    ws = WeightsSpec.parse(args.weights)
+    head = ws.depth_head(args.depth_head or "none")
+    return {
+        "weights": ws.content_hash(),
+        "depth_head": file_sha256(head) if head not in (None, "random") else str(head),
+    }
+
+
+def fingerprint(args: argparse.Namespace, inp: Path, config: Any, outputs: frozenset[str]) -> dict[str, Any]:
     """What must match for ``--resume`` to continue a partial run."""
     from dataclasses import asdict
 
@@ -263,7 +256,7 @@ def fingerprint(args: argparse.Namespace, inp: Path, config: Any, outputs: set[s
         "topics": args.topics,
         "prefix": args.prefix,
         "copy_input": bool(args.copy_input),
-        "weights": args.weights,
+        "model": _weights_id(args),
         "backend": args.backend,
         "precision": args.precision,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
@@ -314,7 +307,7 @@ def process_one(
     outputs: set[str],
     device: str,
     multi: bool,
-    intr: Intrinsics | None,
+    calibration: Calibration | None,
     label: str = "",
     summaries: list[Any] | None = None,
 ) -> tuple[int, str]:
@@ -330,7 +323,12 @@ def process_one(
     from .sources import open_source
 
     source = open_source(
-        inp, topics=args.topics, intrinsics=intr, fps=args.fps, frame_id=args.frame_id, topic=args.topic
+        inp,
+        topics=args.topics,
+        calibration=calibration,
+        fps=args.fps,
+        frame_id=args.frame_id,
+        topic=args.topic,
     )
     try:
         if args.copy_input and getattr(source, "ros1", False):
@@ -339,7 +337,7 @@ def process_one(
                 "convert the bag with rosbags-convert first, or process it without --copy-input"
             )
         pipeline = Pipeline.from_model(model, config, device=device)
-        emitter = MsgEmitter(source, outputs, args.prefix, mask_encoding=config.mask_encoding)
+        emitter = MsgEmitter(source, config, args.prefix)
         bag = OutputBag(
             out,
             storage=args.storage,
@@ -421,21 +419,19 @@ def process_one(
                 pv.close(ok=True)
         if summary.complete:
             summary.output = str(bag.finalize(custom))
-            return EXIT_OK, summary.text()
+            return EXIT_OK, summary.text(args.verbose)
         summary.output = str(bag.finalize_partial(summary.error or "incomplete", custom))
-        return EXIT_CORRUPT, summary.text()
+        return EXIT_CORRUPT, summary.text(args.verbose)
     finally:
         source.close()
 
 
 def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None:
-    """Process-wide thread settings of the tool (``--cv-threads``, ``--torch-threads``,
-    ``--blas-threads``, ``--switch-interval-ms``).
+    """Process-wide thread settings of the tool (``--cv-threads``, ``--torch-threads``).
 
     With the model on CUDA both libraries' own thread pools default to one thread: the decode workers
     already run one image per thread on every core, and a parallel copy or resize that waits for pool
-    threads competing with them for the cores collapses (a 29 MB batch copy took 260 ms instead of
-    3 ms next to 8 busy decoders on a 16-core host, see BENCHMARKS.md).
+    threads competing with them for the cores stalls.
     """
     on_cuda = str(device).startswith("cuda")
     cv_n = args.cv_threads if args.cv_threads >= 0 else (1 if on_cuda else -1)
@@ -448,11 +444,6 @@ def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None
         import torch
 
         torch.set_num_threads(int(torch_n))
-    blas_n = blas_threads_for(args.blas_threads, device)
-    if blas_n > 0:
-        set_blas_threads(blas_n)
-    if args.switch_interval_ms > 0:
-        sys.setswitchinterval(float(args.switch_interval_ms) / 1e3)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -463,7 +454,7 @@ def main(args: argparse.Namespace) -> int:
         multi = len(inputs) > 1 or globbed
         outputs = _outputs(args.outputs)
         config = _config(args)
-        intr = _intrinsics(args)
+        calibration = _calibration(args)
         rank, world, local = rank_world()
         outdir = Path(args.out)
         names = output_names(inputs)
@@ -493,16 +484,8 @@ def main(args: argparse.Namespace) -> int:
     device = _device(args.device, local)
     apply_thread_settings(args, device)
     try:
-        model = load_model(
-            args.weights,
-            args.backend,
-            device,
-            args.precision,
-            tuple(config.resolution),
-            args.depth_head,
-            cuda_graphs=args.cuda_graphs,
-        )
-    except ModelLoadError as err:
+        model = load_model(model_spec_from_args(args, device, tuple(config.resolution)))
+    except (ModelLoadError, ValueError) as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     old = signal.signal(signal.SIGTERM, _on_term) if hasattr(signal, "SIGTERM") else None
@@ -511,7 +494,9 @@ def main(args: argparse.Namespace) -> int:
         for k, (inp, out) in enumerate(todo):
             label = f"[{k + 1}/{len(todo)}] {inp.name}" + (f" rank {rank}" if world > 1 else "")
             try:
-                rc, text = process_one(args, inp, out, model, config, outputs, device, multi, intr, label)
+                rc, text = process_one(
+                    args, inp, out, model, config, outputs, device, multi, calibration, label
+                )
             except (InputError, OutputExistsError, ResumeError, InputCorruptError, ValueError) as err:
                 rc, text = (
                     EXIT_ERROR if not isinstance(err, InputCorruptError) else EXIT_CORRUPT,

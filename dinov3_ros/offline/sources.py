@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from dinov3_ros.core.camera import CameraIntrinsics, intrinsics_for_image
+
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
@@ -59,21 +61,28 @@ class InputCorruptError(Exception):
 
 
 @dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics of an input camera (from camera_info, CLI flags or a YAML file)."""
+class Calibration:
+    """Intrinsics given on the command line or in a calibration YAML for videos and image folders:
+    ``K`` (3x3) and, when known, the size it was calibrated at (``(0, 0)``: the images' own size)."""
 
-    fx: float
-    fy: float
-    cx: float
-    cy: float
+    K: np.ndarray
     width: int = 0
     height: int = 0
-    distortion_model: str = ""
-    d: tuple[float, ...] = ()
+    distortion_model: str = "plumb_bob"
+    D: tuple[float, ...] = ()
 
-    def k(self) -> np.ndarray:
-        """3x3 camera matrix."""
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
+    @staticmethod
+    def pinhole(fx: float, fy: float, cx: float, cy: float, width: int = 0, height: int = 0) -> Calibration:
+        return Calibration(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64), width, height)
+
+    def for_image(self, width: int, height: int) -> CameraIntrinsics | None:
+        """The intrinsics of a ``width`` x ``height`` image (the camera_info policy of
+        ``core.camera.intrinsics_for_image`` when the calibration size is known)."""
+        w, h = (self.width or width), (self.height or height)
+        intr = CameraIntrinsics(
+            self.K, w, h, np.asarray(self.D, np.float64), self.distortion_model or "plumb_bob"
+        )
+        return intrinsics_for_image(intr, width, height)[0]
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,8 @@ class InputMessage:
     path: str | None = None  # image file (folders)
     stamp_ns: int = 0  # header stamp (videos/folders; bags take it from the message)
     frame_id: str = ""
-    camera_info: Any = None  # Intrinsics paired with an image (filled by the source)
+    camera_info: CameraIntrinsics | None = None  # a bag's camera_info paired with an image
+    calibration: Calibration | None = None  # video/folder intrinsics from the command line
 
 
 @dataclass
@@ -138,19 +148,9 @@ def camera_info_topic(image_topic: str) -> str:
     return f"{base}/camera_info"
 
 
-def intrinsics_from_msg(msg: Any) -> Any:
-    """``CameraIntrinsics`` of a deserialized ``sensor_msgs/CameraInfo`` (the node's conversion), or
-    ``None`` for an unusable one (zero K or size)."""
-    from dinov3_ros.msgs.decode import camera_info_to_intrinsics
-
-    try:
-        return camera_info_to_intrinsics(msg)
-    except ValueError:
-        return None
-
-
-def intrinsics_from_yaml(path: str | Path) -> Intrinsics:
-    """Read a ROS ``camera_calibration`` YAML (``camera_matrix.data``) or a plain ``fx fy cx cy`` mapping."""
+def calibration_from_yaml(path: str | Path) -> Calibration:
+    """Read a ROS ``camera_calibration`` YAML (``camera_matrix.data``), a ``k``/``K`` list or a plain
+    ``fx fy cx cy`` mapping (``InputError`` naming what is missing)."""
     import yaml
 
     p = Path(path)
@@ -160,35 +160,23 @@ def intrinsics_from_yaml(path: str | Path) -> Intrinsics:
         raise InputError(f"cannot read camera_info YAML {p}: {err}") from None
     if not isinstance(doc, dict):
         raise InputError(f"camera_info YAML {p}: expected a mapping")
-    if "camera_matrix" in doc:
-        k = [float(v) for v in doc["camera_matrix"]["data"]]
-        d = tuple(float(v) for v in (doc.get("distortion_coefficients") or {}).get("data", []))
-        return Intrinsics(
-            k[0],
-            k[4],
-            k[2],
-            k[5],
-            int(doc.get("image_width", 0)),
-            int(doc.get("image_height", 0)),
-            str(doc.get("distortion_model", "")),
-            d,
-        )
-    if "k" in doc or "K" in doc:
-        k = [float(v) for v in doc.get("k", doc.get("K"))]
-        return Intrinsics(k[0], k[4], k[2], k[5], int(doc.get("width", 0)), int(doc.get("height", 0)))
     try:
-        return Intrinsics(
-            float(doc["fx"]),
-            float(doc["fy"]),
-            float(doc["cx"]),
-            float(doc["cy"]),
-            int(doc.get("width", 0)),
-            int(doc.get("height", 0)),
-        )
+        if "camera_matrix" in doc:
+            k = np.asarray([float(v) for v in doc["camera_matrix"]["data"]]).reshape(3, 3)
+            d = tuple(float(v) for v in (doc.get("distortion_coefficients") or {}).get("data", []))
+            size = int(doc.get("image_width", 0)), int(doc.get("image_height", 0))
+            return Calibration(k, *size, str(doc.get("distortion_model", "") or "plumb_bob"), d)
+        if "k" in doc or "K" in doc:
+            k = np.asarray([float(v) for v in doc.get("k", doc.get("K"))]).reshape(3, 3)
+            return Calibration(k, int(doc.get("width", 0)), int(doc.get("height", 0)))
+        vals = [float(doc[key]) for key in ("fx", "fy", "cx", "cy")]
     except KeyError as err:
         raise InputError(
             f"camera_info YAML {p}: missing {err} (need camera_matrix, k or fx/fy/cx/cy)"
         ) from None
+    except (TypeError, ValueError) as err:
+        raise InputError(f"camera_info YAML {p}: {err}") from None
+    return Calibration.pinhole(*vals, int(doc.get("width", 0)), int(doc.get("height", 0)))
 
 
 def _typestore_for(conns: Sequence[Any], ros1: bool) -> Any:
@@ -294,7 +282,6 @@ class BagSource(Source):
         timestamp order until the first unreadable page."""
         import shutil
         import sqlite3
-        import struct
         import tempfile
 
         from rosbags.interfaces import (
@@ -439,6 +426,17 @@ class BagSource(Source):
             return self.typestore.deserialize_ros1(bytes(raw), msgtype)
         return self.typestore.deserialize_cdr(bytes(raw), msgtype)
 
+    def camera_info(self, raw: bytes | memoryview) -> CameraIntrinsics | None:
+        """A serialized camera_info of this bag as intrinsics (``None`` when malformed or unusable)."""
+        from dinov3_ros.msgs.decode import camera_info_to_intrinsics, decode_camera_info
+
+        try:
+            if self.ros1:
+                return camera_info_to_intrinsics(self.deserialize(raw, CAMERA_INFO_TYPE))
+            return decode_camera_info(raw)
+        except Exception:  # noqa: BLE001 - any malformed camera_info is unusable
+            return None
+
     def first_camera_info(self) -> dict[str, Any]:
         """First camera_info of each paired topic (so the first frames have intrinsics too)."""
         out: dict[str, Any] = {}
@@ -450,7 +448,7 @@ class BagSource(Source):
                 continue
             try:
                 for _conn, _t, raw in self._reader.messages(connections=[c]):
-                    k = intrinsics_from_msg(self.deserialize(raw, CAMERA_INFO_TYPE))
+                    k = self.camera_info(raw)
                     if k is not None:
                         out[c.topic] = k
                         break
@@ -549,11 +547,8 @@ class BagSource(Source):
                 kind = "image" if c.msgtype == IMAGE_TYPES[0] else "compressed"
             elif c.topic in info_of and c.msgtype == CAMERA_INFO_TYPE:
                 kind = "camera_info"
-                try:
-                    k = intrinsics_from_msg(self.deserialize(raw, CAMERA_INFO_TYPE))
-                except Exception:  # noqa: BLE001 - a bad camera_info keeps the previous one
-                    k = None
-                if k is not None:
+                k = self.camera_info(raw)
+                if k is not None:  # an unusable camera_info keeps the previous one
                     latest[c.topic] = k
             else:
                 kind = "other"
@@ -602,7 +597,7 @@ class VideoSource(Source):
     fps: float = 0.0
     topic: str = "/camera/image_raw"
     frame_id: str = "camera"
-    intrinsics: Intrinsics | None = None
+    calibration: Calibration | None = None
     start_ns: int = 0
 
     def __post_init__(self) -> None:
@@ -644,7 +639,7 @@ class VideoSource(Source):
                     array=frame,
                     stamp_ns=stamp,
                     frame_id=self.frame_id,
-                    camera_info=self.intrinsics,
+                    calibration=self.calibration,
                 )
                 i += 1
             # Containers that index their frames let us tell a cut file from a complete one.
@@ -667,7 +662,7 @@ class FolderSource(Source):
     fps: float = 30.0
     topic: str = "/camera/image_raw"
     frame_id: str = "camera"
-    intrinsics: Intrinsics | None = None
+    calibration: Calibration | None = None
     start_ns: int = 0
 
     def __post_init__(self) -> None:
@@ -693,7 +688,7 @@ class FolderSource(Source):
                 path=str(f),
                 stamp_ns=stamp,
                 frame_id=self.frame_id,
-                camera_info=self.intrinsics,
+                calibration=self.calibration,
             )
 
 
@@ -711,7 +706,7 @@ def open_source(
     path: str | Path,
     *,
     topics: Sequence[str] | None = None,
-    intrinsics: Intrinsics | None = None,
+    calibration: Calibration | None = None,
     fps: float = 0.0,
     frame_id: str = "camera",
     topic: str = "/camera/image_raw",
@@ -723,9 +718,9 @@ def open_source(
     if is_bag(p):
         return BagSource(p, topics)
     if p.is_dir():
-        return FolderSource(path=p, fps=fps or 30.0, topic=topic, frame_id=frame_id, intrinsics=intrinsics)
+        return FolderSource(path=p, fps=fps or 30.0, topic=topic, frame_id=frame_id, calibration=calibration)
     if p.suffix.lower() in VIDEO_EXTS:
-        return VideoSource(path=p, fps=fps, topic=topic, frame_id=frame_id, intrinsics=intrinsics)
+        return VideoSource(path=p, fps=fps, topic=topic, frame_id=frame_id, calibration=calibration)
     raise InputError(
         f"input {p}: unknown format (expected a rosbag2 directory, {', '.join(BAG_EXTS)}, "
         f"a video {', '.join(VIDEO_EXTS)} or an image folder)"
@@ -733,13 +728,11 @@ def open_source(
 
 
 def decode_message(src: Source, m: InputMessage) -> tuple[np.ndarray, int, str]:
-    """Decode an image record to ``(RGB uint8 [H,W,3], header stamp ns, frame_id)``.
-
-    Raises ``ValueError`` (with the reason) for an undecodable frame.
-    """
+    """Decode an image record to ``(RGB uint8 [H,W,3], header stamp ns, frame_id)`` with the one
+    decoder (``msgs.decode``); ``ValueError`` (with the reason) for an undecodable frame."""
     import cv2
 
-    from dinov3_ros.msgs.image_codec import decode_compressed, decode_raw
+    from dinov3_ros.msgs.decode import decode_image, decode_image_msg
 
     if m.kind == "frame":
         assert m.array is not None
@@ -751,40 +744,28 @@ def decode_message(src: Source, m: InputMessage) -> tuple[np.ndarray, int, str]:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), m.stamp_ns, m.frame_id
     assert isinstance(src, BagSource) and m.raw is not None
     msgtype = IMAGE_TYPES[0] if m.kind == "image" else IMAGE_TYPES[1]
-    if m.kind != "image" and not getattr(src, "ros1", False):
-        from dinov3_ros.msgs.cdr import read_compressed_image
-
-        try:  # direct CDR read: no message object, no copy of the payload, little GIL time
-            stamp, frame_id, fmt, data = read_compressed_image(m.raw)
-        except (ValueError, UnicodeDecodeError, struct.error):
-            pass  # not plain CDR (e.g. a ROS 1 bag): the full deserializer below decides
-        else:
-            return decode_compressed(fmt, data), stamp, frame_id
+    if not src.ros1:
+        return decode_image(msgtype, m.raw)
     try:
         msg = src.deserialize(m.raw, msgtype)
     except Exception as err:  # noqa: BLE001 - any deserialization failure = undecodable frame
         raise ValueError(f"cannot deserialize {msgtype}: {type(err).__name__}: {err}") from None
-    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-    if m.kind == "image":
-        rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
-    else:
-        rgb = decode_compressed(msg.format, msg.data)
-    return rgb, stamp, str(msg.header.frame_id)
+    return decode_image_msg(msg)
 
 
 __all__ = [
     "BagSource",
+    "Calibration",
     "ConnSpec",
     "FolderSource",
     "InputCorruptError",
     "InputError",
     "InputMessage",
-    "Intrinsics",
     "Source",
     "VideoSource",
+    "calibration_from_yaml",
     "camera_info_topic",
     "decode_message",
-    "intrinsics_from_yaml",
     "is_bag",
     "open_source",
 ]

@@ -1,24 +1,21 @@
-"""Model selection for the pipeline: ``weights`` + ``backend`` + ``device`` + ``precision`` -> Engine.
+"""Model selection for the pipeline: a :class:`~dinov3_ros.core.spec.ModelSpec` -> an engine.
 
-``weights`` is a checkpoint/engine path, ``default`` (the shipped model from ``models/registry.yaml``),
-or ``random:<arch>`` (random initialisation with a fixed seed; for tests and benchmarks). The engine
-comes from ``dinov3_ros.runtime.engine.create_engine`` when that module provides it; for the torch
-backend a direct wrapper over the backbone (``forward_features`` contract) is used otherwise.
+``weights`` is a checkpoint/engine file, a registry name (``default``: the shipped model) or
+``random:<arch>`` (fixed-seed random weights, with a random linear depth head, for tests and
+benchmarks); see ``core.spec``. Every failure is a :class:`ModelLoadError` naming the reason.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: onnxruntime only
+from dinov3_ros.core.spec import BACKENDS, PRECISIONS, ModelSpec, WeightsSpec
+
+__all__ = ["BACKENDS", "PRECISIONS", "LoadedModel", "ModelLoadError", "RandomDepthHead", "load_model"]
 
 
 class ModelLoadError(RuntimeError):
@@ -35,33 +32,8 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     info: dict[str, str] = field(default_factory=dict)
-
-
-class TorchEngine:
-    """``Engine`` over a torch backbone: ``run(batch) -> {patch_tokens [B,h,w,C], cls [B,C]}``."""
-
-    def __init__(self, backbone: nn.Module, device: str, precision: str = "fp32") -> None:
-        self.device = torch.device(device)
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.model = backbone.to(self.device).eval()
-        self.patch_size = int(getattr(backbone, "patch_size", 16))
-        self.info = {
-            "backend": "torch",
-            "precision": precision,
-            "arch": str(getattr(backbone, "arch", type(backbone).__name__)),
-            "device": str(self.device),
-        }
-
-    @torch.inference_mode()
-    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = batch.to(self.device, non_blocking=True)
-        B, _, H, W = x.shape
-        use_amp = self.dtype != torch.float32
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=use_amp):
-            out = self.model.forward_features(x)
-        p = self.patch_size
-        tok = out["x_norm_patchtokens"].float().reshape(B, H // p, W // p, -1)
-        return {"patch_tokens": tok, "cls": out["x_norm_clstoken"].float()}
+    #: network input (H, W) the engine was built for, or None when it takes any size
+    input_size: tuple[int, int] | None = None
 
 
 class RandomDepthHead(nn.Module):
@@ -82,69 +54,34 @@ class RandomDepthHead(nn.Module):
         return nn.functional.softplus(self.proj(tokens)) + 0.5
 
 
-def _models() -> Any | None:
-    try:
-        mod = importlib.import_module("dinov3_ros.models")
-    except ImportError:
-        return None
-    return mod if hasattr(mod, "build_backbone") else None
+def _engine_kwargs(spec: ModelSpec, ws: WeightsSpec, head: Any) -> dict[str, Any]:
+    """``create_engine`` arguments of ``spec`` (the weights file is resolved here)."""
+    kw: dict[str, Any] = {"device": spec.device, "precision": spec.precision}
+    if spec.resolution is not None:
+        kw["input_size"] = tuple(spec.resolution)
+    if spec.cuda_graphs and spec.backend == "torch" and spec.device.startswith("cuda"):
+        kw["cuda_graphs"] = True
+    if ws.kind == "random":
+        if spec.backend != "torch":
+            raise ModelLoadError(f"random:<arch> weights need backend 'torch', got {spec.backend!r}")
+        from dinov3_ros.runtime.weights import random_backbone
 
-
-def _runtime_engine() -> Any | None:
-    try:
-        mod = importlib.import_module("dinov3_ros.runtime.engine")
-    except ImportError:
-        return None
-    return getattr(mod, "create_engine", None)
-
-
-def registry_weights(name: str) -> str:
-    """Shipped weights of registry entry ``name`` (``default`` = our model); ModelLoadError if absent."""
-    try:
-        reg = importlib.import_module("dinov3_ros.models.registry")
-    except ImportError as exc:
-        raise ModelLoadError(f"weights {name!r}: the model registry is not available ({exc})") from exc
-    try:
-        fn = getattr(reg, "default_weights_path", None)
-        if name == "default" and fn is not None:
-            return str(fn())
-        return str(reg.get_entry(name).weights_path())
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        raise ModelLoadError(f"weights {name!r}: {exc}") from exc
-
-
-def registry_depth_head(name: str) -> str | None:
-    """Shipped depth head of registry entry ``name`` (None when it ships none)."""
-    try:
-        reg = importlib.import_module("dinov3_ros.models.registry")
-        path = reg.get_entry(name).depth_head_path()
-    except (ImportError, AttributeError):
-        return None
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        raise ModelLoadError(f"weights {name!r}: {exc}") from exc
-    return None if path is None else str(path)
-
-
-def build_random_backbone(arch: str, seed: int = 0) -> nn.Module:
-    """Random-init backbone ``arch`` with a fixed seed (via ``dinov3_ros.models.build_backbone``)."""
-    models = _models()
-    if models is None:
-        raise ModelLoadError("random weights need dinov3_ros.models.build_backbone, which is not available")
-    archs = getattr(models, "ARCHS", None)
-    if archs is not None and arch not in archs:
-        raise ModelLoadError(f"unknown arch {arch!r} in 'random:{arch}'; known: {sorted(archs)}")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return models.build_backbone(arch)
-    except (KeyError, ValueError) as exc:
-        raise ModelLoadError(f"cannot build random:{arch}: {exc}") from exc
-    finally:
-        torch.random.set_rng_state(state)
+        kw["model"] = random_backbone(ws.value)
+        return kw
+    path = ws.path()
+    if spec.backend == "torch":
+        kw["weights"] = str(path)
+        if head is not None:
+            kw["depth_head"] = str(head)
+    elif path.suffix == ".onnx":
+        kw["onnx_path"] = str(path)
+    else:
+        kw["engine_path"] = str(path)
+    return kw
 
 
 def load_model(
-    weights: str,
+    weights: str | ModelSpec,
     backend: str = "torch",
     device: str = "cpu",
     precision: str = "fp32",
@@ -152,87 +89,54 @@ def load_model(
     depth_head: str | None = "auto",
     cuda_graphs: bool = False,
 ) -> LoadedModel:
-    """Load ``weights`` into an engine for ``backend``; raises :class:`ModelLoadError` with a clear message.
+    """Load a model (a :class:`ModelSpec`, or its fields) into an engine; :class:`ModelLoadError` on failure.
 
-    ``depth_head``: a head file (``dinov3_ros.heads.depth``) attached to the torch engine; ``"auto"`` uses
-    the registry entry's shipped head (``default`` ships one), ``None``/``""``/``"none"`` attaches none.
-    ``random:<arch>`` also gets a :class:`RandomDepthHead` so depth and point clouds can be exercised.
-    ``cuda_graphs``: replay the torch engine as CUDA graphs when ``device`` is CUDA (ignored otherwise).
+    ``resolution`` fixes the engine's input size; an engine built for a fixed size (ONNX, TensorRT)
+    must match it. ``depth_head``: ``auto`` (the registry model's shipped head), ``none`` or a file.
     """
-    if backend not in BACKENDS:
-        raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ModelLoadError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and backend != "onnxruntime":
-        raise ModelLoadError(f"precision int8 needs backend 'onnxruntime' (INT8 CPU path), got {backend!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
-    if not weights:
-        raise ModelLoadError("weights is empty: give a path, 'default' or 'random:<arch>'")
-    head_path = None if depth_head in (None, "", "none", "auto") else str(depth_head)
-    if weights == "default" or (
-        "/" not in weights and not weights.startswith("random:") and not Path(weights).suffix
-    ):
-        if depth_head == "auto":
-            head_path = registry_depth_head(weights)
-        weights = registry_weights(weights)
-    if head_path is not None and not Path(head_path).is_file():
-        raise ModelLoadError(f"depth head file not found: {head_path}")
-    create = _runtime_engine()
-    size = tuple(int(v) for v in resolution) if resolution is not None else None
-    depth_head = None
-    kwargs: dict[str, Any] = {"device": device, "precision": precision}
-    if cuda_graphs and backend == "torch" and device.startswith("cuda"):
-        kwargs["cuda_graphs"] = True
-    if weights.startswith("random:"):
-        if backend != "torch":
-            raise ModelLoadError(f"random:<arch> weights need backend 'torch', got {backend!r}")
-        backbone = build_random_backbone(weights.split(":", 1)[1])
-        depth_head = RandomDepthHead(int(backbone.embed_dim)).to(device)
-        kwargs["model"] = backbone
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"weights file not found: {path}")
-        if backend == "torch":
-            kwargs["weights"] = str(path)
-            if head_path is not None:
-                kwargs["depth_head"] = head_path
-        elif path.suffix == ".onnx":
-            kwargs["onnx_path"] = str(path)
-        else:
-            kwargs["engine_path"] = str(path)
-    if create is None:
-        if "model" not in kwargs:
-            raise ModelLoadError(f"backend {backend!r} needs dinov3_ros.runtime.engine.create_engine")
-        engine: Any = TorchEngine(kwargs["model"], device, precision)
-        patch, mean, std = engine.patch_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-        arch = engine.info["arch"]
-    else:
-        if size is not None and backend != "torch":
-            kwargs["input_size"] = size
-        try:
-            engine = create(backend, **kwargs)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load {weights!r} on {backend}: {type(exc).__name__}: {exc}"
-            ) from exc
-        ei = engine.info
-        patch, mean, std, arch = int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), str(ei.arch)
+    spec = (
+        weights
+        if isinstance(weights, ModelSpec)
+        else ModelSpec(
+            str(weights), backend, device, precision, resolution, depth_head or "none", cuda_graphs
+        )
+    )
+    try:
+        spec.validate()
+        ws = spec.weights_spec
+        head = ws.depth_head(spec.depth_head)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelLoadError(str(exc)) from None
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {spec.device!r} requested but CUDA is not available")
+    try:
+        kw = _engine_kwargs(spec, ws, head if head != "random" else None)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelLoadError(str(exc)) from None
+    from dinov3_ros.runtime.engine import create_engine
+
+    try:
+        engine = create_engine(spec.backend, **kw)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {spec.weights!r} on {spec.backend}: {type(exc).__name__}: {exc}"
+        ) from exc
+    ei = engine.info
+    built = tuple(ei.input_size) if ei.input_size is not None else None
+    if built is not None and spec.resolution is not None and built != tuple(spec.resolution):
+        raise ModelLoadError(
+            f"{spec.weights} was built for {built[0]}x{built[1]} input, the configured resolution is "
+            f"{spec.resolution[0]}x{spec.resolution[1]}; set resolution to {built[0]}x{built[1]} or export again"
+        )
+    module = RandomDepthHead(int(ei.embed_dim)).to(spec.device) if head == "random" else None
     info = {
-        "backend": backend,
-        "model": weights,
-        "arch": arch,
-        "device": device,
-        "precision": precision,
-        "depth_head": head_path
-        or ("random" if depth_head is not None and weights.startswith("random:") else "none"),
+        "backend": spec.backend,
+        "model": str(ws),
+        "arch": str(ei.arch),
+        "device": spec.device,
+        "precision": spec.precision,
+        "depth_head": "random" if head == "random" else str(head or "none"),
     }
-    return LoadedModel(engine, depth_head, patch, mean, std, info)  # type: ignore[arg-type]
-
-
-def as_numpy(x: Any) -> np.ndarray:
-    """Engine output (torch tensor or numpy array) -> float32 numpy."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
+    return LoadedModel(
+        engine, module, int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), info, built
+    )

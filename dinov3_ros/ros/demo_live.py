@@ -220,8 +220,10 @@ def run_live_demo(
     from rclpy.signals import SignalHandlerOptions
     from rosbags.highlevel import AnyReader
 
-    from dinov3_ros.msgs.builders import TOPIC_TYPES
+    from dinov3_ros.pipeline.outputs import topic_types
     from dinov3_ros.ros.types import ros_types
+
+    TOPIC_TYPES = topic_types()
 
     say = log or (lambda s: print(f"demo-live: {s}", flush=True))
     if max_frames is not None and max_frames < 1:

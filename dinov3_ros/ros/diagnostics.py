@@ -40,6 +40,9 @@ class NodeStats:
         "bad_frames",
         "inferences",
         "skipped_no_subscribers",
+        "camera_info_missing",
+        "camera_info_rescaled",
+        "camera_info_invalid",
         "messages_published",
         "errors",
     )

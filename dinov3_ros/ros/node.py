@@ -2,9 +2,12 @@
 
 Inputs per camera namespace ``<cam>`` (``cameras`` parameter; '' = none): ``<cam>/image``
 (sensor_msgs/Image, any supported encoding) and/or ``<cam>/image/compressed`` (JPEG/PNG), optional
-``<cam>/camera_info``. Outputs ``~/[<cam>/]features``, ``features/pca``, ``depth``,
-``depth/camera_info``, ``points``, ``matches``, ``objects/mask``, ``objects/boxes``, ``debug``; each
-switchable (``outputs.<name>``) and, with ``lazy``, computed only while it has subscribers. Every
+``<cam>/camera_info``. Outputs: the topics of every registered output (``dinov3_ros.pipeline.outputs``) under
+``~/[<cam>/]`` (``features``, ``features/pca``, ``depth``, ``depth/camera_info``, ``points``,
+``matches``, ``objects/mask``, ``objects/boxes``, ``debug``); each output switchable
+(``outputs.<name>``) and, with ``lazy``, computed only while it has subscribers. Inputs are taken
+serialized and decoded by ``msgs.decode`` (the bag tool's decoder); camera_info follows the one policy
+of ``core.camera.intrinsics_for_image``. Every
 output carries the input header. Subscription callbacks only park the newest message per camera; the
 worker (:mod:`dinov3_ros.ros.worker`) decodes, batches all cameras through one engine call and, on a
 second thread, overlapped with the next frame's inference, runs the heads and publishes; a message
@@ -26,14 +29,16 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from dinov3_ros.core.config import PipelineConfig
+from dinov3_ros.core.frames import Frame
 from dinov3_ros.msgs import builders as B
-from dinov3_ros.msgs.decode import camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb, stamp_ns
-from dinov3_ros.pipeline.types import OUTPUTS, Frame
+from dinov3_ros.msgs.decode import COMPRESSED_IMAGE, IMAGE
+from dinov3_ros.pipeline.outputs import REGISTRY, topic_types
 from dinov3_ros.ros import params as P
 from dinov3_ros.ros.diagnostics import NodeStats
 from dinov3_ros.ros.mailbox import Mailbox
 from dinov3_ros.ros.types import ros_types
-from dinov3_ros.ros.worker import FrameWorker
+from dinov3_ros.ros.worker import FrameWorker, decode_frame
 
 NODE_NAME = "dinov3_node"
 
@@ -49,8 +54,8 @@ def qos_of(name: str) -> QoSProfile:
 
 @dataclass
 class _Pending:
-    msg: Any
-    kind: str  # "raw" | "compressed"
+    raw: bytes  # the serialized image message
+    msgtype: str  # sensor_msgs/msg/Image or CompressedImage
 
 
 def _join(cam: str, name: str) -> str:
@@ -64,7 +69,6 @@ class PerceptionCore:
         self.node = node
         self.log = node.get_logger()
         self.tp = ros_types()
-        self.out_tp = self.tp  # the output messages' provider: serialized bytes after configure()
         self.stats = NodeStats()
         self.settings: P.NodeSettings | None = None
         self.pipeline: Any = None
@@ -90,13 +94,12 @@ class PerceptionCore:
                 dynamic_typing=isinstance(default, float),
             )
             n.declare_parameter(name, default, desc)
-        for o in OUTPUTS:
+        for o in REGISTRY:
             n.declare_parameter(f"outputs.{o}", True, ParameterDescriptor(description=f"enable output {o}"))
         for name, default in P.pipeline_defaults().items():
             dyn = isinstance(default, float) and not isinstance(default, bool)
-            n.declare_parameter(
-                name, default, ParameterDescriptor(description="pipeline setting", dynamic_typing=dyn)
-            )
+            text = PipelineConfig.describe(name.split(".", 1)[1])["description"]
+            n.declare_parameter(name, default, ParameterDescriptor(description=text, dynamic_typing=dyn))
 
     def _values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         vals = {name: self.node.get_parameter(name).value for name in P.all_parameter_names()}
@@ -125,28 +128,14 @@ class PerceptionCore:
     # -- lifecycle --------------------------------------------------------------------------------
     def configure(self) -> None:
         """Validate parameters, load the model and create publishers (raises on any failure)."""
-        from dinov3_ros.msgs.cdr import serialized_types
         from dinov3_ros.pipeline.model import load_model
         from dinov3_ros.pipeline.pipeline import Pipeline
-        from dinov3_ros.runtime.blas_threads import blas_threads_for, set_blas_threads
 
         s = P.validate(self._values())
         self.settings = s
         t0 = time.perf_counter()
-        self.model = load_model(
-            s.weights,
-            s.backend,
-            s.device,
-            s.precision,
-            s.resolution,
-            s.depth_head,
-            cuda_graphs=s.cuda_graphs,
-        )
+        self.model = load_model(s.model())
         self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
-        blas = blas_threads_for(s.blas_threads, s.device)
-        if blas:
-            set_blas_threads(blas)
-        self.out_tp = serialized_types() if s.publish_serialized else self.tp
         self.log.info(
             f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{s.precision} "
             f"at {s.resolution[0]}x{s.resolution[1]} loaded in {time.perf_counter() - t0:.2f} s; cameras {s.cameras}"
@@ -154,9 +143,8 @@ class PerceptionCore:
         qos = qos_of(s.output_qos)
         for cam in s.cameras:
             self._pubs[cam] = {
-                t: self.node.create_publisher(self.tp.cls(B.TOPIC_TYPES[t]), "~/" + _join(cam, t), qos)
-                for o in OUTPUTS
-                for t in B.TOPICS[o]
+                t: self.node.create_publisher(self.tp.cls(mt), "~/" + _join(cam, t), qos)
+                for t, mt in topic_types().items()
             }
             self._infos[cam] = deque(maxlen=16)
         self._mailbox = Mailbox(list(s.cameras))
@@ -171,29 +159,25 @@ class PerceptionCore:
         assert s is not None, "configure first"
         qin = qos_of(s.input_qos)
         for cam in s.cameras:
+            # serialized (raw) messages: one CDR decoder for the node and the bag tool
             if s.image_transport in ("raw", "both"):
-                self._subs.append(
-                    self.node.create_subscription(
-                        Image, _join(cam, "image"), lambda m, c=cam: self._on_image(c, m, "raw"), qin
-                    )
-                )
+                self._subscribe(Image, _join(cam, "image"), lambda m, c=cam: self._on_image(c, m, IMAGE), qin)
             if s.image_transport in ("compressed", "both"):
-                self._subs.append(
-                    self.node.create_subscription(
-                        CompressedImage,
-                        _join(cam, "image/compressed"),
-                        lambda m, c=cam: self._on_image(c, m, "compressed"),
-                        qin,
-                    )
+                self._subscribe(
+                    CompressedImage,
+                    _join(cam, "image/compressed"),
+                    lambda m, c=cam: self._on_image(c, m, COMPRESSED_IMAGE),
+                    qin,
                 )
-            self._subs.append(
-                self.node.create_subscription(
-                    CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin
-                )
+            self._subscribe(
+                CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin
             )
         self._active = True
         self._worker = FrameWorker(self, self.pipeline, self._mailbox)
         self._worker.start()
+
+    def _subscribe(self, msg_type: Any, topic: str, callback: Any, qos: Any) -> None:
+        self._subs.append(self.node.create_subscription(msg_type, topic, callback, qos, raw=True))
 
     def deactivate(self) -> None:
         """Unsubscribe and stop the worker (model stays loaded)."""
@@ -227,10 +211,10 @@ class PerceptionCore:
         self.settings = None
 
     # -- executor side: must never block ----------------------------------------------------------
-    def _on_image(self, cam: str, msg: Any, kind: str) -> None:
+    def _on_image(self, cam: str, raw: bytes, msgtype: str) -> None:
         now = time.monotonic()
         self.stats.received(cam, now)
-        if self._mailbox.put(cam, _Pending(msg, kind), now):
+        if self._mailbox.put(cam, _Pending(raw, msgtype), now):
             self.stats.add("frames_dropped")
 
     # -- worker -----------------------------------------------------------------------------------
@@ -241,30 +225,18 @@ class PerceptionCore:
             return set()
         pubs = self._pubs.get(cam, {})
         out = set()
-        for o in OUTPUTS:
-            if not s.outputs.get(o, False):
+        for name, head in REGISTRY.items():
+            if not s.outputs.get(name, False):
                 continue
-            for t in B.TOPICS[o]:
-                pub = pubs.get(t)
+            for t in head.topics:
+                pub = pubs.get(t.suffix)
                 if pub is not None and (not s.lazy or pub.get_subscription_count() > 0):
-                    out.add(t)
+                    out.add(t.suffix)
         return out
 
     def make_frame(self, cam: str, p: _Pending) -> Frame:
         """Decode a parked message into a :class:`Frame` (raises ValueError naming the problem)."""
-        msg = p.msg
-        st = stamp_ns(msg)
-        try:
-            rgb = image_to_rgb(msg) if p.kind == "raw" else compressed_to_rgb(msg)
-            intr = None
-            infos = list(self._infos.get(cam, ()))
-            if infos:
-                same = [i for i in infos if stamp_ns(i) == st]
-                ci = same[-1] if same else infos[-1]
-                intr = camera_info_to_intrinsics(ci)
-        except ValueError as exc:
-            raise ValueError(f"(stamp {st}) {exc}") from exc
-        return Frame(rgb, st, msg.header.frame_id, intr, source=cam or "/")
+        return decode_frame(cam or "/", p.msgtype, p.raw, list(self._infos.get(cam, ())), self.stats)
 
     def publish(self, cam: str, msgs: dict[str, Any]) -> None:
         pubs = self._pubs[cam]

@@ -1,10 +1,10 @@
 """Node parameters: declaration with descriptors, validation with clear errors, run-time updates.
 
-Read-only (need a restart / lifecycle cleanup+configure): ``weights``, ``backend``, ``device``,
-``precision``, ``resolution``, ``cuda_graphs``, ``blas_threads``, ``publish_serialized``, ``cameras``,
-``image_transport``, ``input_qos``, ``output_qos``.
-Changeable at run time: ``outputs.<name>``, ``lazy``, ``max_age_ms``, ``batch_window_ms`` and every
-``pipeline.<setting>`` of :class:`~dinov3_ros.pipeline.PipelineConfig`.
+Read-only (need a restart / lifecycle cleanup+configure): the model (``weights``, ``depth_head``,
+``backend``, ``device``, ``precision``, ``resolution``, ``cuda_graphs``: a ``core.spec.ModelSpec``),
+``cameras``, ``image_transport``, ``input_qos``, ``output_qos``, ``diagnostics_period``.
+Changeable at run time: ``outputs.<name>`` (one per registered output), ``lazy``, ``max_age_ms``,
+``batch_window_ms`` and every ``pipeline.<setting>`` of :class:`~dinov3_ros.core.config.PipelineConfig`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dinov3_ros.pipeline.types import OUTPUTS, PipelineConfig
+from dinov3_ros.core.config import PipelineConfig
+from dinov3_ros.core.spec import BACKENDS, PRECISIONS, ModelSpec
+from dinov3_ros.pipeline.outputs import OUTPUTS
 
 READ_ONLY = (
     "weights",
@@ -25,8 +27,6 @@ READ_ONLY = (
     "precision",
     "resolution",
     "cuda_graphs",
-    "blas_threads",
-    "publish_serialized",
     "cameras",
     "image_transport",
     "input_qos",
@@ -45,8 +45,6 @@ NODE_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",
     "resolution": [224, 224],
     "cuda_graphs": True,
-    "blas_threads": 0,
-    "publish_serialized": True,
     "cameras": "",
     "image_transport": "raw",
     "input_qos": "sensor_data",
@@ -64,9 +62,6 @@ NODE_DESCRIPTIONS: dict[str, str] = {
     "precision": "fp32 | fp16 | bf16 | int8 (int8: onnxruntime, dynamic INT8 MatMuls on CPU)",
     "resolution": "network input [H, W], multiples of 16 (frames are letterboxed)",
     "cuda_graphs": "torch backend on CUDA: replay the forward as a CUDA graph (one launch per frame)",
-    "blas_threads": "host OpenBLAS threads: -1 = auto (1 with a CUDA device), 0 = library default, N",
-    "publish_serialized": "publish outputs as serialized CDR (one payload copy) instead of message objects "
-    "(three)",
     "cameras": "comma-separated camera namespaces ('' = one camera on 'image'); batched through one model",
     "image_transport": "raw (image) | compressed (image/compressed) | both",
     "input_qos": "sensor_data | default | system_default",
@@ -100,8 +95,6 @@ class NodeSettings:
     precision: str
     resolution: tuple[int, int]
     cuda_graphs: bool
-    blas_threads: int
-    publish_serialized: bool
     cameras: list[str]
     image_transport: str
     input_qos: str
@@ -112,6 +105,10 @@ class NodeSettings:
     diagnostics_period: float
     outputs: dict[str, bool] = field(default_factory=dict)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def model(self) -> ModelSpec:
+        """The model to load (validated)."""
+        return model_spec(vars(self), self.resolution)
 
 
 def _coerce(name: str, value: Any, like: Any) -> Any:
@@ -161,15 +158,15 @@ def validate(values: dict[str, Any]) -> NodeSettings:
         ("image_transport", TRANSPORTS),
         ("input_qos", QOS_NAMES),
         ("output_qos", QOS_NAMES),
-        ("backend", ("torch", "onnxruntime", "tensorrt")),
-        ("precision", ("fp32", "fp16", "bf16", "int8")),
+        ("backend", BACKENDS),
+        ("precision", PRECISIONS),
     ):
         if v[name] not in choices:
             raise ValueError(f"parameter {name} must be one of {choices}, got {v[name]!r}")
-    if not v["weights"]:
-        raise ValueError("parameter weights is empty: give a path, 'default' or 'random:<arch>'")
-    if v["blas_threads"] < -1:
-        raise ValueError(f"parameter blas_threads must be -1 (auto), 0 or >= 1, got {v['blas_threads']}")
+    try:
+        model_spec(v, resolution).validate()
+    except ValueError as exc:
+        raise ValueError(f"parameter {exc}") from None
     if v["max_age_ms"] < 0:
         raise ValueError(f"parameter max_age_ms must be >= 0, got {v['max_age_ms']}")
     if v["batch_window_ms"] < 0:
@@ -185,6 +182,19 @@ def validate(values: dict[str, Any]) -> NodeSettings:
         raise ValueError(f"parameter pipeline: {exc}") from exc
     cams = parse_cameras(v.pop("cameras"))
     return NodeSettings(cameras=cams, resolution=resolution, outputs=outputs, pipeline=pipe, **v)
+
+
+def model_spec(values: Mapping[str, Any], resolution: tuple[int, int]) -> ModelSpec:
+    """The model parameters as a :class:`~dinov3_ros.core.spec.ModelSpec`."""
+    return ModelSpec(
+        weights=values["weights"],
+        backend=values["backend"],
+        device=values["device"],
+        precision=values["precision"],
+        resolution=resolution,
+        depth_head=values["depth_head"] or "none",
+        cuda_graphs=bool(values["cuda_graphs"]),
+    )
 
 
 def node_command(

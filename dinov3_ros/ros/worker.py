@@ -1,56 +1,92 @@
-"""The node's processing path, without rclpy: mailbox -> decode -> infer -> finish -> messages -> publish.
+"""The node's side of the scheduler, without rclpy: newest frames in, each output published when final.
 
-Two threads, so a frame's inference overlaps the previous frame's heads and message building:
-
-- ``infer`` thread: takes the newest frame of every camera from the :class:`Mailbox` (batching the
-  cameras), decodes, and runs :meth:`Pipeline.infer` (preprocessing + engine + depth head, queued on
-  the device without waiting for it);
-- ``finish`` thread: :meth:`Pipeline.finish` (the per-frame heads, in infer order); each output's
-  messages are built and handed to ``host.publish`` as soon as that output is final, so depth, points
-  and features do not wait for the slowest head (TokenCut).
-
-One inference waits between the two (a bounded queue of 1), so the queue never grows: when the
-finish thread is the bottleneck, frames are dropped in the mailbox (newest wins) and counted. Any
-exception of one frame is logged and counted; the threads keep going. ``start`` freezes the objects
-alive then (model, pipeline) out of the cyclic garbage collector, so no full collection stalls a frame.
+:class:`FrameWorker` feeds :class:`~dinov3_ros.pipeline.scheduler.Scheduler` from the newest-frame
+:class:`Mailbox` (every camera's latest message, decoded on the inference thread and batched into one
+engine call) and is its sink: each output's messages are serialized and handed to ``host.publish`` the
+moment that output is final, so depth or features never wait for the slowest head. One inference waits
+between inference and heads, so nothing queues: when the heads are the bottleneck, frames are replaced
+in the mailbox (newest wins) and counted. A frame that cannot be decoded, or a failing batch, is
+counted and logged; the worker goes on with the next frame.
 """
 
 from __future__ import annotations
 
-import gc
-import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dinov3_ros.msgs import builders as B
-from dinov3_ros.pipeline.types import OUTPUTS, Frame
+from dinov3_ros.core.camera import CameraIntrinsics, IntrinsicsSource, intrinsics_for_image
+from dinov3_ros.core.frames import Frame, FrameOutputs
+from dinov3_ros.msgs.cdr import join, stamp_of
+from dinov3_ros.msgs.decode import decode_camera_info, decode_image
+from dinov3_ros.pipeline.outputs import REGISTRY, frame_messages
+from dinov3_ros.pipeline.scheduler import Barrier, Item, Passthrough, Scheduler, Work
 
 from .mailbox import Mailbox
+
+#: topic suffix -> the output it belongs to
+TOPIC_OUTPUT = {t.suffix: o.name for o in REGISTRY.values() for t in o.topics}
 
 
 class WorkerHost(Protocol):
     """What :class:`FrameWorker` needs from its owner (the node core, or a benchmark)."""
 
-    settings: Any  # .batch_window_ms, .max_age_ms, .pipeline.mask_encoding
+    settings: Any  # .batch_window_ms, .max_age_ms, .pipeline (PipelineConfig)
     stats: Any  # .add(name, n=1), .published_frame(latency_s, now), .published_topics(topics, latency_s)
     log: Any  # .error(text)
-    out_tp: Any  # provider of the output messages (dinov3_ros.msgs.builders): objects or serialized bytes
 
     def wanted_topics(self, cam: str) -> set[str]: ...
 
     def make_frame(self, cam: str, item: Any) -> Frame: ...
 
-    def publish(self, cam: str, msgs: dict[str, Any]) -> None: ...
+    def publish(self, cam: str, msgs: dict[str, bytes]) -> None: ...
+
+
+def _intrinsics(
+    infos: list[bytes], stamp: int, width: int, height: int, stats: Any
+) -> CameraIntrinsics | None:
+    """The camera_info of the frame's stamp (else the latest) through the one camera_info policy
+    (``core.camera.intrinsics_for_image``); what it did is counted in ``stats``."""
+    if not infos:
+        stats.add("camera_info_missing")
+        return None
+    same = [raw for raw in infos if stamp_of(raw) == stamp]
+    try:
+        info = decode_camera_info(same[-1] if same else infos[-1])
+    except ValueError:
+        stats.add("camera_info_invalid")
+        return None
+    intr, source = intrinsics_for_image(info, width, height)
+    if source is not IntrinsicsSource.CAMERA_INFO:
+        stats.add(f"camera_info_{source.value}")
+    return intr
+
+
+def decode_frame(source: str, msgtype: str, raw: bytes, infos: list[bytes], stats: Any) -> Frame:
+    """A serialized image message (+ the camera's recent serialized camera_info) -> :class:`Frame`;
+    ``ValueError`` naming the problem for an undecodable image."""
+    try:
+        rgb, stamp, frame_id = decode_image(msgtype, raw)
+    except ValueError as exc:
+        try:
+            at = str(stamp_of(raw))
+        except Exception:  # noqa: BLE001 - only for the message
+            at = "unknown"
+        raise ValueError(f"(stamp {at}) {exc}") from exc
+    intr = _intrinsics(infos, stamp, rgb.shape[1], rgb.shape[0], stats)
+    return Frame(rgb, stamp, frame_id, intr, source=source)
 
 
 @dataclass
-class _Job:
-    handle: Any
-    cams: list[str]
-    recvs: list[float]
-    topics: list[set[str]]
+class _Tag:
+    """A frame's context: its camera, when it was received, the topics wanted and those sent."""
+
+    cam: str
+    recv: float
+    topics: set[str]
+    sent: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class FrameWorker:
@@ -58,127 +94,88 @@ class FrameWorker:
 
     def __init__(self, host: WorkerHost, pipeline: Any, mailbox: Mailbox) -> None:
         self.host, self.pipeline, self.mailbox = host, pipeline, mailbox
-        self._stop = threading.Event()
-        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=1)
-        self._threads: list[threading.Thread] = []
+        self.scheduler = Scheduler(pipeline, self._feed, self, in_flight=1, name="dinov3")
 
     def start(self) -> None:
-        # the model and everything loaded so far are long-lived: move them out of the cyclic GC's
-        # generations so a full collection (tens of ms with a large heap) cannot stall a frame
-        gc.collect()
-        gc.freeze()
-        self._stop.clear()
-        self._threads = [
-            threading.Thread(target=self._infer_loop, name="dinov3_infer", daemon=True),
-            threading.Thread(target=self._finish_loop, name="dinov3_finish", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        self.scheduler.start()
 
     def is_alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
+        return self.scheduler.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+        self.scheduler.stopping.set()
         self.mailbox.wake()
-        for t in self._threads:
-            t.join(timeout=timeout)
-        self._threads = []
+        self.scheduler.stop(timeout)
 
-    # -- infer thread ---------------------------------------------------------------------------
-    def _infer_loop(self) -> None:
-        while not self._stop.is_set():
-            s = self.host.settings
-            window = s.batch_window_ms / 1e3 if s is not None else 0.0
-            taken = self.mailbox.take(self._stop, window)
-            if not taken:
-                continue
-            try:
-                job = self._infer(taken)
-            except Exception as exc:  # noqa: BLE001 - the node must survive anything a frame triggers
-                self.host.stats.add("errors")
-                self.host.log.error(f"processing failed: {type(exc).__name__}: {exc}")
-                continue
-            while job is not None and not self._stop.is_set():
-                try:
-                    self._jobs.put(job, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    def _infer(self, taken: list[tuple[str, Any, float]]) -> _Job | None:
+    # -- feed (inference thread) ------------------------------------------------------------------
+    def _feed(self, stop: threading.Event) -> list[Item]:
         h = self.host
         s = h.settings
-        if s is None or self.pipeline is None:
-            return None
-        frames, cams, recvs, topics = [], [], [], []
-        max_age = s.max_age_ms / 1e3
+        taken = self.mailbox.take(stop, s.batch_window_ms / 1e3 if s is not None else 0.0)
+        if s is None or not taken:
+            return []
+        works: list[Item] = []
         for cam, item, recv in taken:
             want = h.wanted_topics(cam)
             if not want:
                 h.stats.add("skipped_no_subscribers")
                 continue
-            if max_age and time.monotonic() - recv > max_age:
+            if s.max_age_ms and time.monotonic() - recv > s.max_age_ms / 1e3:
                 h.stats.add("frames_stale")
                 continue
             try:
-                frames.append(h.make_frame(cam, item))
-            except ValueError as exc:  # ImageDecodeError, bad camera_info, size mismatch
+                frame = h.make_frame(cam, item)
+            except ValueError as exc:  # undecodable image, unusable message
                 h.stats.add("bad_frames")
                 h.log.error(f"bad frame on '{cam + '/' if cam else ''}image': {exc}")
                 continue
-            cams.append(cam)
-            recvs.append(recv)
-            topics.append(want)
-        if not frames:
-            return None
-        need = {o for o in OUTPUTS if any(set(B.TOPICS[o]) & t for t in topics)}
-        handle = self.pipeline.infer(frames, need)
-        h.stats.add("inferences")
-        return _Job(handle, cams, recvs, topics)
+            outputs = frozenset(TOPIC_OUTPUT[t] for t in want)
+            works.append(Work(frame, outputs, _Tag(cam, recv, set(want))))
+        if works:
+            h.stats.add("inferences")
+        return works
 
-    # -- finish thread --------------------------------------------------------------------------
-    def _finish_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self._jobs.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            try:
-                self._finish(job)
-            except Exception as exc:  # noqa: BLE001
-                self.host.stats.add("errors")
-                self.host.log.error(f"processing failed: {type(exc).__name__}: {exc}")
-
-    def _finish(self, job: _Job) -> None:
-        """Heads of a job; each output is published as soon as it is final (depth and points do not
-        wait for TokenCut), the rest once the frame is done."""
+    # -- sink -------------------------------------------------------------------------------------
+    def _send(self, work: Work, out: FrameOutputs, topics: set[str]) -> None:
+        tag: _Tag = work.tag
         h = self.host
-        enc = h.settings.pipeline.mask_encoding if h.settings is not None else "mono8"
-        sent: list[set[str]] = [set() for _ in job.cams]
-        lock = threading.Lock()  # depth/points are reported from the pipeline's geometry thread
+        with tag.lock:  # claim the topics (built, failed or absent: never retried)
+            topics = (topics & tag.topics) - tag.sent
+            tag.sent |= topics
+        if not topics:
+            return
+        cfg = h.settings.pipeline if h.settings is not None else self.pipeline.config
+        msgs = {t: join(parts) for t, _mt, parts in frame_messages(out, cfg, topics)}
+        if msgs:
+            h.publish(tag.cam, msgs)
+            h.stats.add("messages_published", len(msgs))
+            h.stats.published_topics(tuple(msgs), time.monotonic() - tag.recv)
 
-        def send(i: int, out: Any, topics: set[str]) -> None:
-            with lock:  # claim the topics (built, failed or absent: never retried)
-                topics = topics - sent[i]
-                sent[i] |= topics
-            if not topics:
-                return
-            msgs = B.frame_messages(h.out_tp, out, topics, enc)
-            if msgs:
-                h.publish(job.cams[i], msgs)
-                h.stats.add("messages_published", len(msgs))
-                h.stats.published_topics(tuple(msgs), time.monotonic() - job.recvs[i])
+    def _guarded_send(self, work: Work, out: FrameOutputs, topics: set[str], what: str) -> None:
+        try:
+            self._send(work, out, topics)
+        except Exception as exc:  # noqa: BLE001 - a failed publish must not stop the other heads
+            self.host.stats.add("errors")
+            self.host.log.error(f"publishing {what} failed: {type(exc).__name__}: {exc}")
 
-        def on_ready(i: int, out: Any, names: tuple[str, ...]) -> None:
-            try:
-                send(i, out, {t for n in names for t in B.TOPICS[n]} & job.topics[i])
-            except Exception as exc:  # noqa: BLE001 - a failed publish must not stop the other heads
-                h.stats.add("errors")
-                h.log.error(f"publishing {', '.join(names)} failed: {type(exc).__name__}: {exc}")
+    def ready(self, work: Work, out: FrameOutputs, names: tuple[str, ...]) -> None:
+        topics = {t.suffix for n in names for t in REGISTRY[n].topics}
+        self._guarded_send(work, out, topics, ", ".join(names))
 
-        results = self.pipeline.finish(job.handle, on_ready=on_ready)
-        for i, (recv, want, out) in enumerate(zip(job.recvs, job.topics, results)):
-            send(i, out, want)
-            now = time.monotonic()
-            h.stats.published_frame(now - recv, now)
+    def done(self, work: Work, out: FrameOutputs) -> None:
+        self._guarded_send(work, out, set(work.tag.topics), "outputs")
+        now = time.monotonic()
+        self.host.stats.published_frame(now - work.tag.recv, now)
+
+    def failed(self, works: list[Work], error: Exception) -> None:
+        self.host.stats.add("errors")
+        self.host.log.error(f"processing failed: {type(error).__name__}: {error}")
+
+    def passthrough(self, item: Passthrough) -> None:
+        """Not used by the node."""
+
+    def barrier(self, item: Barrier, state: Any) -> None:
+        """Not used by the node."""
+
+    def end(self) -> None:
+        """The node's feed never ends."""

@@ -1,90 +1,18 @@
-"""One inference interface over torch, ONNX Runtime and TensorRT.
+"""``create_engine(backend, ...)``: one inference interface over torch, ONNX Runtime and TensorRT.
 
-``create_engine(backend, ...) -> Engine``; ``engine.run(batch [B, 3, H, W] normalised float) -> {
-"patch_tokens": [B, h, w, C], "cls": [B, C], "depth": [B, 1, H, W] (when a depth head is attached)}``.
-Outputs are torch tensors on ``engine.device`` (CPU tensors share memory with ONNX Runtime's arrays).
+The interface (:class:`~dinov3_ros.runtime.base.Engine`, ``EngineInfo``) lives in ``runtime.base``;
+the backends implement it and this module picks one.
 """
 
 from __future__ import annotations
 
-import abc
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from .base import BACKENDS, PRECISIONS, Engine, EngineInfo
+from .weights import load_backbone, load_depth_head
 
-from .preprocess import Preprocessor, Target
-
-__all__ = ["BACKENDS", "Engine", "EngineInfo", "create_engine"]
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-
-@dataclass
-class EngineInfo:
-    """What an engine runs and how."""
-
-    backend: str
-    precision: str
-    device: str
-    arch: str
-    input_size: tuple[int, int] | None  # fixed network (H, W); None when dynamic
-    patch_size: int = 16
-    embed_dim: int = 0
-    norm_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    norm_std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    outputs: tuple[str, ...] = ("patch_tokens", "cls")
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Engine(abc.ABC):
-    """Backbone (+ heads) on one backend. Subclasses implement :meth:`_run`."""
-
-    info: EngineInfo
-    device: torch.device
-
-    def run(self, batch: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
-        """Run a normalised ``[B, 3, H, W]`` batch; returns the named outputs."""
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(np.ascontiguousarray(batch))
-        if batch.dim() != 4 or batch.shape[1] != 3:
-            raise ValueError(f"batch must be [B, 3, H, W], got {tuple(batch.shape)}")
-        p = self.info.patch_size
-        H, W = int(batch.shape[2]), int(batch.shape[3])
-        if H % p or W % p:
-            raise ValueError(f"batch size {H}x{W} is not a multiple of the patch size {p}")
-        if self.info.input_size is not None and (H, W) != tuple(self.info.input_size):
-            raise ValueError(
-                f"engine was built for {self.info.input_size[0]}x{self.info.input_size[1]}, got {H}x{W}"
-            )
-        return self._run(batch)
-
-    @abc.abstractmethod
-    def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-    def preprocessor(self, target: Target | str | None = None, *, fit: str = "pad") -> Preprocessor:
-        """A :class:`Preprocessor` with this engine's constants, on its device (fixed size by default)."""
-        if target is None:
-            if self.info.input_size is None:
-                raise ValueError("dynamic engine: pass a target (short side or HxW)")
-            target = tuple(self.info.input_size)
-        return Preprocessor(
-            target, self.info.patch_size, self.info.norm_mean, self.info.norm_std, self.device, fit=fit
-        )
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release backend resources."""
-
-    def __repr__(self) -> str:
-        i = self.info
-        size = "dynamic" if i.input_size is None else f"{i.input_size[0]}x{i.input_size[1]}"
-        return f"<{type(self).__name__} {i.backend} {i.precision} {i.device} {i.arch} {size}>"
+__all__ = ["BACKENDS", "PRECISIONS", "Engine", "EngineInfo", "create_engine"]
 
 
 def create_engine(backend: str, **kwargs: Any) -> Engine:
@@ -130,10 +58,9 @@ def _ensure_onnx(kwargs: dict[str, Any]) -> None:
     depth_head = kwargs.pop("depth_head", None)
     if model is None and arch is None and weights is None:
         raise ValueError("give onnx_path=, or model= / arch= / weights= to export one")
-    from .export import export_onnx, load_model
-    from .torch_backend import load_depth_head
+    from .export import export_onnx  # needs onnx, which a GPU-only deployment may lack
 
-    backbone = model if model is not None else load_model(arch, weights)
+    backbone = model if model is not None else load_backbone(arch, weights)
     depth_head = load_depth_head(depth_head)
     size = kwargs.get("input_size")
     cache = Path(kwargs.get("cache_dir") or Path.home() / ".cache" / "dinov3_ros")

@@ -27,6 +27,7 @@ from torch import nn
 
 from .graph import OUTPUT_LAYOUT, DeployModel
 from .onnx_check import Finding, check_tensorrt_compat, format_findings
+from .weights import load_backbone, load_depth_head
 
 __all__ = ["ExportError", "add_arguments", "export_onnx", "load_model", "main", "parse_resolution"]
 
@@ -43,14 +44,8 @@ class ExportError(RuntimeError):
 
 
 def load_model(arch: str | None, weights: str | Path | None) -> nn.Module:
-    """A backbone from ``dinov3_ros.models``: ``load_backbone(weights, arch)`` or a random-init ``build_backbone(arch)``."""
-    from dinov3_ros import models
-
-    if weights:
-        return models.load_backbone(weights, arch)
-    if not arch:
-        raise ValueError("give --arch (random weights) and/or --weights")
-    return models.build_backbone(arch)
+    """A backbone: ``weights`` (file, registry name or ``random:<arch>``) or a random-init ``arch``."""
+    return load_backbone(arch, weights)
 
 
 def parse_resolution(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -298,8 +293,6 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(args.arch, args.weights)
         head = None
         if "depth" in heads:
-            from .torch_backend import load_depth_head
-
             head = load_depth_head(head_path)
         out = Path(args.out)
         onnx_prec = "fp16" if args.precision == "fp16" else "fp32"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import Engine, EngineInfo
+from .base import Engine, EngineInfo
 
 __all__ = ["OrtEngine", "cpu_variant", "fuse_mha", "quantize_int8", "read_metadata"]
 

@@ -9,28 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .engine import Engine, EngineInfo
+from .base import Engine, EngineInfo
 from .graph import DeployModel
+from .weights import load_backbone, load_depth_head
 
-__all__ = ["TorchEngine", "load_depth_head"]
+__all__ = ["TorchEngine"]
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def load_depth_head(head: nn.Module | str | Path | None) -> nn.Module | None:
-    """A depth head module, or one loaded with ``dinov3_ros.heads.depth.load_head(path)``."""
-    if head is None or isinstance(head, nn.Module):
-        return head
-    from dinov3_ros.heads.depth import load_head  # lazy: heads are optional here
-
-    loaded = load_head(head)
-    if not isinstance(loaded, tuple):
-        return loaded
-    module, meta = loaded
-    layers = meta.get("layers") if isinstance(meta, dict) else None
-    if layers:
-        module.layer_indices = tuple(int(i) for i in layers)  # which backbone blocks feed the head
-    return module
 
 
 class TorchEngine(Engine):
@@ -71,9 +56,7 @@ class TorchEngine(Engine):
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs a CUDA device")
         if model is None:
-            from .export import load_model
-
-            model = load_model(arch, weights)
+            model = load_backbone(arch, weights)
         head = load_depth_head(depth_head)
         dm = model if isinstance(model, DeployModel) else DeployModel(model.eval(), head, fast=fast)
         self.dtype = _DTYPES[precision]

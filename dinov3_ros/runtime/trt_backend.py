@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import Engine
+from .base import Engine
 from .ort_backend import info_from_metadata, read_metadata
 
 __all__ = [

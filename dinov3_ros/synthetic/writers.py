@@ -113,7 +113,7 @@ class _BagMessages:
         return self.b.compressed_image(self.tp, self.header(stamp_ns, frame_id), rgb, "jpeg", quality)
 
     def camera_info(self, K: np.ndarray, width: int, height: int, stamp_ns: int, frame_id: str):
-        from dinov3_ros.pipeline.types import CameraIntrinsics
+        from dinov3_ros.core.camera import CameraIntrinsics
 
         intr = CameraIntrinsics(K=K, width=width, height=height, D=np.zeros(5), distortion_model="plumb_bob")
         return self.b.camera_info(self.tp, self.header(stamp_ns, frame_id), intr)

@@ -1,0 +1,64 @@
+"""``points``: the depth back-projected into a point cloud in the camera's optical frame.
+
+Computed from the network-canvas depth with the canvas intrinsics (letterbox padding excluded),
+every ``points_stride``-th pixel, optionally voxel-averaged; with ``points_color: rgb`` each point
+carries the input's colour. The rows are packed on the engine's device as ``~/points`` lays them out,
+so the host only copies them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dinov3_ros.core.frames import PointCloud
+from dinov3_ros.heads._common import to_host
+from dinov3_ros.heads.pointcloud import backproject
+from dinov3_ros.msgs.cdr import point_cloud_parts
+from dinov3_ros.msgs.layouts import points_array
+from dinov3_ros.pipeline.grid import canvas_rgb
+from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
+from dinov3_ros.pipeline.voxel import voxel_downsample
+
+
+def _serialize(stamp: int, frame_id: str, value: PointCloud, cfg: Any) -> list:
+    fields, arr, dense = points_array(value.xyz, value.rgb, value.packed, value.dense)
+    return point_cloud_parts(stamp, frame_id, fields, arr, dense)
+
+
+class Points(Output):
+    """:class:`~dinov3_ros.core.frames.PointCloud` (metres, optical frame)."""
+
+    name = "points"
+    order = 40
+    needs_depth = True
+    worker = "pool"
+    topics = (Topic("points", "sensor_msgs/msg/PointCloud2", _serialize),)
+
+    def compute(self, job: FrameJob) -> PointCloud:
+        cfg, geom = job.cfg, job.geom
+        Kn, _ = geom.scale_intrinsics(job.intrinsics().K, geom.network_size)
+        d_dev = job.batch.depth_net[job.i]
+        x0, y0, x1, y1 = geom.valid_box
+        dc = torch.full_like(d_dev, float("nan"))
+        dc[y0:y1, x0:x1] = d_dev[y0:y1, x0:x1]
+        cols = cols_t = None
+        if cfg.points_color == "rgb":
+            rgb_c = torch.from_numpy(canvas_rgb(job.frame.image, geom)).to(dc.device)
+            pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
+            cols = to_host(cols_t, sync=False)
+        else:
+            pts_t = backproject(dc, Kn, stride=cfg.points_stride)
+        pts_t = pts_t.to(torch.float32)
+        if cfg.points_voxel > 0:
+            xyz, rgb = voxel_downsample(to_host(pts_t), cols, cfg.points_voxel)
+            return PointCloud(xyz, rgb)
+        packed_t = pts_t
+        if cols_t is not None:  # rgb as 0x00RRGGBB bits in a float32 column
+            c = cols_t.to(torch.int32)
+            rgbf = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(torch.float32)
+            packed_t = torch.cat([pts_t, rgbf[:, None]], 1)
+        flag = to_host(torch.isfinite(pts_t).all().reshape(1), sync=False)
+        packed = to_host(packed_t.contiguous())
+        return PointCloud(packed[:, :3], cols, packed, bool(flag[0]))
