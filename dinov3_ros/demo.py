@@ -32,12 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _resolve_weights(weights: str) -> str:
     """Fall back to a random-initialised ViT-S/16 (with a loud note) if the default model is missing."""
+    from dinov3_ros.core.spec import WeightsSpec
+
     if weights != "default":
         return weights
-    from dinov3_ros.models.registry import get_entry
-
     try:
-        path = get_entry("default").weights_path()
+        WeightsSpec.parse(weights).path()
     except FileNotFoundError as exc:
         print(
             f"demo: NOTE the shipped default model is missing ({exc}); using random:vits16 instead — "
@@ -45,7 +45,7 @@ def _resolve_weights(weights: str) -> str:
             file=sys.stderr,
         )
         return "random:vits16"
-    return "default" if path.exists() else "random:vits16"
+    return weights
 
 
 def _live(args: argparse.Namespace, bag: Path, out: Path, weights: str, t0: float) -> int:

@@ -3,7 +3,7 @@
 ``--weights`` values:
 
 * ``default``: the shipped default model (registry entry ``default``), ``load_backbone("default")``;
-* ``random:ARCH``: ``dinov3_ros.models.build_backbone(ARCH)`` with seeded random weights (the floor);
+* ``random:ARCH``: a randomly initialised ``ARCH`` with a fixed seed (the floor);
 * a path: official or converted weights, ``load_backbone(path)``;
 * ``noise:DIM``: label-independent random features (harness check: every score at chance);
 * ``oracle``: ground truth instead of features (harness check: every score perfect), see ``runner``.
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -116,23 +115,20 @@ class NoiseFeatures:
 
 
 def resolve_weights(spec: str, device: str = "cpu", seed: int = 0, arch: str | None = None) -> FeatureModel:
-    """Turn a ``--weights`` value (see module doc; not ``oracle``) into a :class:`FeatureModel`."""
+    """Turn a ``--weights`` value (see module doc; not ``oracle``) into a :class:`FeatureModel`.
+
+    ``noise:DIM`` is eval's own harness check; every other value goes through the one weight resolver
+    (``core.spec.WeightsSpec``, ``runtime.weights.load_backbone``) the node, the bag tool and export use.
+    """
     if spec.startswith("noise:") or spec == "noise":
         dim = int(spec.split(":", 1)[1]) if ":" in spec else 64
         return NoiseFeatures(dim=dim, seed=seed)
-    try:
-        from dinov3_ros import models
-    except ImportError as e:  # pragma: no cover - depends on the models package
-        raise RuntimeError(f"--weights {spec!r} needs dinov3_ros.models: {e}") from e
-    if spec.startswith("random:"):
-        import torch
+    from dinov3_ros.core.spec import WeightsSpec
+    from dinov3_ros.runtime.weights import load_backbone
 
-        name = spec.split(":", 1)[1]
-        if name not in getattr(models, "ARCHS", {name: None}):
-            raise ValueError(f"unknown arch {name!r}; known: {', '.join(sorted(models.ARCHS))}")
-        torch.manual_seed(seed)
-        return BackboneFeatures(models.build_backbone(name), name=f"random:{name}", device=device)
-    if spec != "default" and not Path(spec).exists():
-        raise FileNotFoundError(f"--weights {spec!r}: no such file or directory")
-    bb = models.load_backbone(spec, arch)  # "default" is a registry entry with shipped weights
-    return BackboneFeatures(bb, name=f"{spec} ({getattr(bb, 'arch', '?')})", device=device)
+    ws = WeightsSpec.parse(spec)
+    if ws.kind == "file":
+        ws.path()  # FileNotFoundError naming the file
+    bb = load_backbone(arch, ws, seed=seed)
+    name = str(ws) if ws.kind == "random" else f"{ws} ({getattr(bb, 'arch', '?')})"
+    return BackboneFeatures(bb, name=name, device=device)
