@@ -76,9 +76,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any PipelineConfig setting (repeatable), e.g. --set depth_resolution=network",
     )
-    e = p.add_argument_group("execution")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--decode-workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    _add_execution_arguments(p.add_argument_group("execution"))
+    _add_source_arguments(p.add_argument_group("videos and image folders"))
+    o = p.add_argument_group("previews")
+    o.add_argument(
+        "--preview", default=None, metavar="FILE.mp4", help="video of the input and each output's tile"
+    )
+    o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
+    o.add_argument("--contact-frames", type=int, default=6, help="rows of the contact sheet")
+
+
+def _add_execution_arguments(e: Any) -> None:
+    e.add_argument("--batch-size", type=int, default=8, help="frames per engine call")
+    e.add_argument(
+        "--decode-workers",
+        type=int,
+        default=max(1, min(8, (os.cpu_count() or 2) - 1)),
+        help="threads decoding input images",
+    )
     e.add_argument(
         "--cv-threads",
         type=int,
@@ -109,7 +124,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--strict", action="store_true", help="stop at the first undecodable frame")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--verbose", action="store_true", help="also print the time per stage of each run")
-    v = p.add_argument_group("videos and image folders")
+
+
+def _add_source_arguments(v: Any) -> None:
     v.add_argument(
         "--fps", type=float, default=0.0, help="frame rate for stamps (default: the video's; folders 30)"
     )
@@ -127,10 +144,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("cy", "principal point y"),
     ):
         v.add_argument(f"--{k}", type=float, default=None, help=f"{what} in pixels (videos and folders)")
-    o = p.add_argument_group("previews")
-    o.add_argument("--preview", default=None, metavar="FILE.mp4", help="input|PCA|depth|mask|matches video")
-    o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
-    o.add_argument("--contact-frames", type=int, default=6)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -298,13 +311,94 @@ def _on_term(signum: int, frame: Any) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
+class _Previews:
+    """``--preview`` / ``--contact-sheet`` of one input: the first image topic's frames as tiles."""
+
+    def __init__(
+        self, args: argparse.Namespace, out: Path, multi: bool, source: Any, total: int | None
+    ) -> None:
+        from .preview import ContactSheet, PreviewVideo
+
+        preview_path = _sibling(args.preview, out.name, multi)
+        sheet_path = _sibling(args.contact_sheet, out.name, multi)
+        fps = getattr(source, "fps", 0.0) or 10.0
+        self.parts = [PreviewVideo(preview_path, fps=fps)] if preview_path else []
+        self.parts += [ContactSheet(sheet_path, total, args.contact_frames)] if sheet_path else []
+        self.topic = source.image_topics[0]
+
+    def on_frame(self, fo: Any, rgb: Any, m: Any) -> None:
+        if m.topic == self.topic:
+            for pv in self.parts:
+                pv.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
+
+    def close(self, ok: bool) -> None:
+        for pv in self.parts:
+            pv.close(ok=ok)
+
+
+def _run_options(args: argparse.Namespace, outputs: frozenset[str], label: str) -> Any:
+    from .execute import RunOptions
+
+    return RunOptions(
+        outputs=outputs,
+        batch_size=max(1, args.batch_size),
+        decode_workers=max(1, args.decode_workers),
+        build_workers=max(1, args.build_workers),
+        queue_frames=max(16, 4 * args.batch_size),
+        checkpoint_every=args.checkpoint_every,
+        copy_input=args.copy_input,
+        strict=args.strict,
+        progress=not args.no_progress,
+        label=label,
+    )
+
+
+def _abandoned(err: BaseException, inp: Path, out: Path) -> tuple[int, str]:
+    """Exit code and message of a run stopped by an error or an interrupt (its partial run is kept)."""
+    if not isinstance(err, KeyboardInterrupt):
+        return EXIT_ERROR, (
+            f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
+            f"{partial_dir(out)} (--resume continues from its last checkpoint)"
+        )
+    return EXIT_INTERRUPTED, (
+        f"{inp}: interrupted; the unfinished run is kept in {partial_dir(out)}; "
+        f"rerun the same command with --resume to continue"
+    )
+
+
+def _finalized(
+    args: argparse.Namespace, inp: Path, bag: OutputBag, summary: Any, outputs: frozenset[str]
+) -> tuple[int, str]:
+    """Close the bag: renamed to OUT when complete, kept (flagged incomplete) for damaged input."""
+    custom = {
+        "dinov3_ros.input": inp.name,
+        "dinov3_ros.outputs": ",".join(sorted(outputs)),
+        "dinov3_ros.weights": str(args.weights),
+        "dinov3_ros.frames": str(summary.frames),
+        "dinov3_ros.undecodable": str(summary.undecodable),
+    }
+    if summary.complete:
+        summary.output = str(bag.finalize(custom))
+        return EXIT_OK, summary.text(args.verbose)
+    summary.output = str(bag.finalize_partial(summary.error or "incomplete", custom))
+    return EXIT_CORRUPT, summary.text(args.verbose)
+
+
+def _check_copy_input(args: argparse.Namespace, source: Any, inp: Path) -> None:
+    if args.copy_input and getattr(source, "ros1", False):
+        raise InputError(
+            f"{inp}: --copy-input cannot copy ROS 1 messages into a ROS 2 bag (their layouts differ); "
+            "convert the bag with rosbags-convert first, or process it without --copy-input"
+        )
+
+
 def process_one(
     args: argparse.Namespace,
     inp: Path,
     out: Path,
     model: Any,
     config: Any,
-    outputs: set[str],
+    outputs: frozenset[str],
     device: str,
     multi: bool,
     calibration: Calibration | None,
@@ -318,8 +412,7 @@ def process_one(
     from dinov3_ros.pipeline.pipeline import Pipeline
 
     from .emit import MsgEmitter
-    from .execute import RunOptions, run_source
-    from .preview import ContactSheet, PreviewVideo
+    from .execute import run_source
     from .sources import open_source
 
     source = open_source(
@@ -330,100 +423,52 @@ def process_one(
         frame_id=args.frame_id,
         topic=args.topic,
     )
+    pipeline = None
     try:
-        if args.copy_input and getattr(source, "ros1", False):
-            raise InputError(
-                f"{inp}: --copy-input cannot copy ROS 1 messages into a ROS 2 bag (their layouts differ); "
-                "convert the bag with rosbags-convert first, or process it without --copy-input"
-            )
+        _check_copy_input(args, source, inp)
         pipeline = Pipeline.from_model(model, config, device=device)
         emitter = MsgEmitter(source, config, args.prefix)
+        fp = fingerprint(args, inp, config, outputs)
         bag = OutputBag(
             out,
             storage=args.storage,
             overwrite=args.overwrite,
             resume=args.resume,
-            fingerprint=fingerprint(args, inp, config, outputs),
+            fingerprint=fp,
             resolve_conn=emitter.resolve,
         )
         cp = bag.open()
         bag.resume_checkpoint = cp  # type: ignore[attr-defined]
         total = _total_frames(source)
-        preview_path = _sibling(args.preview, out.name, multi)
-        sheet_path = _sibling(args.contact_sheet, out.name, multi)
-        fps = getattr(source, "fps", 0.0) or 10.0
-        preview = PreviewVideo(preview_path, fps=fps) if preview_path else None
-        sheet = ContactSheet(sheet_path, total, args.contact_frames) if sheet_path else None
-        first_topic = source.image_topics[0]
-        if cp and (preview or sheet):
+        previews = _Previews(args, out, multi, source, total)
+        if cp and previews.parts:
             print(
                 f"note: resumed run; previews cover frames after {cp.get('frames_seen', 0)} only",
                 file=sys.stderr,
             )
-
-        def on_frame(fo: Any, rgb: Any, m: Any) -> None:
-            if m.topic != first_topic:
-                return
-            if preview is not None:
-                preview.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
-            if sheet is not None:
-                sheet.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
-
-        opts = RunOptions(
-            outputs=outputs,
-            batch_size=max(1, args.batch_size),
-            decode_workers=max(1, args.decode_workers),
-            build_workers=max(1, args.build_workers),
-            queue_frames=max(16, 4 * args.batch_size),
-            checkpoint_every=args.checkpoint_every,
-            copy_input=args.copy_input,
-            strict=args.strict,
-            progress=not args.no_progress,
-            label=label,
-        )
+        on_frame = previews.on_frame if previews.parts else None
         try:
             summary = run_source(
                 source,
                 bag,
                 pipeline,
                 emitter,
-                opts,
-                on_frame=on_frame if (preview or sheet) else None,
+                _run_options(args, outputs, label),
+                on_frame=on_frame,
                 total=total,
             )
-            if summaries is not None:
-                summaries.append(summary)
         except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - keep the run resumable
             bag.abandon()
-            for pv in (preview, sheet):
-                if pv is not None:
-                    pv.close(ok=False)
-            if not isinstance(err, KeyboardInterrupt):  # a pipeline/writer failure
-                return EXIT_ERROR, (
-                    f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
-                    f"{partial_dir(out)} (--resume continues from its last checkpoint)"
-                )
-            return EXIT_INTERRUPTED, (
-                f"{inp}: interrupted; the unfinished run is kept in {partial_dir(out)}; "
-                f"rerun the same command with --resume to continue"
-            )
-        custom = {
-            "dinov3_ros.input": inp.name,
-            "dinov3_ros.outputs": ",".join(sorted(outputs)),
-            "dinov3_ros.weights": str(args.weights),
-            "dinov3_ros.frames": str(summary.frames),
-            "dinov3_ros.undecodable": str(summary.undecodable),
-        }
-        for pv in (preview, sheet):
-            if pv is not None:
-                pv.close(ok=True)
-        if summary.complete:
-            summary.output = str(bag.finalize(custom))
-            return EXIT_OK, summary.text(args.verbose)
-        summary.output = str(bag.finalize_partial(summary.error or "incomplete", custom))
-        return EXIT_CORRUPT, summary.text(args.verbose)
+            previews.close(ok=False)
+            return _abandoned(err, inp, out)
+        if summaries is not None:
+            summaries.append(summary)
+        previews.close(ok=True)
+        return _finalized(args, inp, bag, summary, outputs)
     finally:
         source.close()
+        if pipeline is not None:
+            pipeline.close()
 
 
 def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None:

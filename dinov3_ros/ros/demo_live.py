@@ -192,6 +192,169 @@ def _write_bag(tmp_root: Path, out: Path, records: list[tuple[str, str, int, byt
     return counts
 
 
+class _Recorder:
+    """The player's side of a live run: a driver node in its own DDS context that publishes the bag's
+    camera messages and records every output of the node, first copy per (stamp, topic)."""
+
+    def __init__(self, env: dict[str, str], node_p: subprocess.Popen) -> None:
+        import rclpy
+        from rclpy.signals import SignalHandlerOptions
+
+        from dinov3_ros.ros.types import ros_types
+
+        self.node_p, self.tp = node_p, ros_types()
+        self.ctx = rclpy.Context()
+        self.records: list[tuple[str, str, int, bytes]] = []
+        self.got: dict[int, set[str]] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.spinner: threading.Thread | None = None
+        self.executor: Any = None
+        saved = {v: os.environ.get(v) for v in _PROFILE_VARS}
+        os.environ.update({k: v for k, v in env.items() if k in _PROFILE_VARS})
+        try:  # the profile is read when the participant is created
+            rclpy.init(context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
+            self.node = rclpy.create_node("dinov3_demo_player", context=self.ctx)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _on_out(self, msg: Any, topic: str, msgtype: str) -> None:
+        from rclpy.serialization import serialize_message
+
+        st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            seen = self.got.setdefault(st, set())
+            if topic not in seen:  # keep the first of any duplicate
+                seen.add(topic)
+                self.records.append((f"/{NODE_NAME}/{topic}", msgtype, st, bytes(serialize_message(msg))))
+
+    def connect(self, topic_types: dict[str, str], conns: list[Any]) -> None:
+        """Subscribe to every output, create the input publishers and start spinning."""
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile
+
+        qos = QoSProfile(depth=100)
+        self.subs = [
+            self.node.create_subscription(
+                self.tp.cls(mt), f"/{NODE_NAME}/{t}", lambda m, t=t, mt=mt: self._on_out(m, t, mt), qos
+            )
+            for t, mt in topic_types.items()
+        ]
+        self.pubs = {c.topic: self.node.create_publisher(self.tp.cls(c.msgtype), c.topic, qos) for c in conns}
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+
+        def spin() -> None:
+            while not self.stop.is_set() and self.ctx.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+
+        self.spinner = threading.Thread(target=spin, name="demo_live_spin", daemon=True)
+        self.spinner.start()
+
+    def check_node(self) -> None:
+        if self.node_p.poll() is not None:
+            raise RuntimeError(f"{NODE_NAME} exited with code {self.node_p.returncode} (see its log above)")
+
+    def wait_up(self, timeout_s: float) -> None:
+        """Until the node subscribes to our inputs and we are matched to all its output publishers."""
+        deadline = time.monotonic() + timeout_s
+        while not (
+            all(p.get_subscription_count() > 0 for p in self.pubs.values())
+            and all(s.get_publisher_count() > 0 for s in self.subs)
+        ):
+            self.check_node()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{NODE_NAME} did not come up within {timeout_s:.0f} s")
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the node's side of the matching settle (lazy outputs)
+
+    def seen(self, stamp: int) -> set[str]:
+        with self.lock:
+            return set(self.got.get(stamp, ()))
+
+    def close(self) -> None:
+        import rclpy
+
+        self.stop.set()
+        if self.spinner is not None:
+            self.spinner.join(timeout=5)
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        if self.ctx.ok():
+            rclpy.shutdown(context=self.ctx)
+
+
+def _await_outputs(
+    rec: _Recorder, st: int, expected: set[str] | None, n_topics: int, timeout_s: float, say: Any, first: str
+) -> tuple[set[str] | None, bool]:
+    """Wait for frame ``st``'s outputs: ``(expected topics, complete)``. The first frame teaches which
+    topics to expect (depth needs a depth head): all of them, or what arrived before a 1 s pause."""
+    t_end = time.monotonic() + timeout_s
+    last_new, n_seen = time.monotonic(), 0
+    while True:
+        rec.check_node()
+        now = time.monotonic()
+        seen = rec.seen(st)
+        if len(seen) != n_seen:
+            last_new, n_seen = now, len(seen)
+        if expected is not None and seen >= expected:
+            return expected, True
+        if expected is None and seen and (len(seen) == n_topics or now - last_new > 1.0):
+            say(f"outputs: {', '.join(sorted(seen))}")
+            return seen, True
+        if now > t_end:
+            if expected is None:
+                raise RuntimeError(
+                    f"{NODE_NAME} published nothing for the first image ({first}, stamp {st}) "
+                    f"within {timeout_s:.0f} s (see its log above)"
+                )
+            say(f"frame {st}: only {sorted(seen)} within {timeout_s:.0f} s")
+            return expected, False
+        time.sleep(0.005)
+
+
+def _play(
+    rec: _Recorder,
+    reader: Any,
+    conns: list[Any],
+    frame_topic: str,
+    n_topics: int,
+    max_frames: int | None,
+    timeout_s: float,
+    say: Any,
+) -> tuple[list[int], list[int]]:
+    """Publish the bag's messages in order, each image after the previous one's outputs arrived;
+    returns ``(stamps played, stamps whose outputs did not all arrive)``."""
+    from rclpy.serialization import deserialize_message
+
+    stamps: list[int] = []
+    incomplete: list[int] = []
+    expected: set[str] | None = None
+    for conn, _t, raw in reader.messages(connections=conns):
+        msg = deserialize_message(raw, rec.tp.cls(conn.msgtype))
+        if conn.topic != frame_topic:
+            rec.pubs[conn.topic].publish(msg)
+            continue
+        if max_frames is not None and len(stamps) >= max_frames:
+            break
+        st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamps.append(st)
+        rec.pubs[conn.topic].publish(msg)
+        expected, complete = _await_outputs(rec, st, expected, n_topics, timeout_s, say, frame_topic)
+        if not complete:
+            incomplete.append(st)
+    t_end = time.monotonic() + (2.0 if incomplete else 0.0)
+    while incomplete and time.monotonic() < t_end:  # stragglers of incomplete frames
+        incomplete = [s for s in incomplete if not (expected and rec.seen(s) >= expected)]
+        time.sleep(0.05)
+    return stamps, incomplete
+
+
 def run_live_demo(
     bag: str | os.PathLike,
     out: str | os.PathLike,
@@ -213,17 +376,9 @@ def run_live_demo(
     up within ``start_timeout_s``, ValueError if the bag has no image topic. A frame whose outputs do
     not all arrive within ``frame_timeout_s`` is listed in ``LiveDemoResult.incomplete``.
     """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile
-    from rclpy.serialization import deserialize_message, serialize_message
-    from rclpy.signals import SignalHandlerOptions
     from rosbags.highlevel import AnyReader
 
     from dinov3_ros.pipeline.outputs import topic_types
-    from dinov3_ros.ros.types import ros_types
-
-    TOPIC_TYPES = topic_types()
 
     say = log or (lambda s: print(f"demo-live: {s}", flush=True))
     if max_frames is not None and max_frames < 1:
@@ -235,142 +390,35 @@ def run_live_demo(
     tmp_root = out.parent / f".{out.name}.partial"
     if tmp_root.exists():
         shutil.rmtree(tmp_root)
-    tp = ros_types()
     t0 = time.perf_counter()
     with AnyReader([bag]) as reader:
         img_t, cmp_t, info_t = _image_topics(reader, image_topic)
-        if img_t is None and cmp_t is None:
-            raise ValueError(f"{bag}: no sensor_msgs/Image or CompressedImage topic")
         frame_topic = img_t or cmp_t
-        assert frame_topic is not None
+        if frame_topic is None:
+            raise ValueError(f"{bag}: no sensor_msgs/Image or CompressedImage topic")
         transport = "raw" if img_t else "compressed"
         env = dds_env()
         cmd = _node_command(weights, device, resolution, depth_head, transport, frame_topic, info_t)
         node_p = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         say(f"started {NODE_NAME} (pid {node_p.pid}): weights={weights} device={device} input={frame_topic}")
-        ctx = rclpy.Context()
-        records: list[tuple[str, str, int, bytes]] = []
-        got: dict[int, set[str]] = {}
-        lock = threading.Lock()
-        stop = threading.Event()
-        spinner: threading.Thread | None = None
-        drv = executor = None
-        stamps: list[int] = []
-        incomplete: list[int] = []
+        rec = None
         try:
-            saved = {v: os.environ.get(v) for v in _PROFILE_VARS}
-            os.environ.update({k: v for k, v in env.items() if k in _PROFILE_VARS})
-            try:  # the profile is read when the participant is created
-                rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
-                drv = rclpy.create_node("dinov3_demo_player", context=ctx)
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-            qos = QoSProfile(depth=100)
-
-            def on_out(msg: Any, topic: str, msgtype: str) -> None:
-                st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                with lock:
-                    seen = got.setdefault(st, set())
-                    if topic not in seen:  # keep the first of any duplicate
-                        seen.add(topic)
-                        records.append((f"/{NODE_NAME}/{topic}", msgtype, st, bytes(serialize_message(msg))))
-
-            subs = [
-                drv.create_subscription(
-                    tp.cls(mt), f"/{NODE_NAME}/{t}", lambda m, t=t, mt=mt: on_out(m, t, mt), qos
-                )
-                for t, mt in TOPIC_TYPES.items()
-            ]
-            executor = SingleThreadedExecutor(context=ctx)
-            executor.add_node(drv)
-
-            def spin() -> None:
-                while not stop.is_set() and ctx.ok():
-                    executor.spin_once(timeout_sec=0.05)
-
-            spinner = threading.Thread(target=spin, name="demo_live_spin", daemon=True)
-            spinner.start()
+            rec = _Recorder(env, node_p)
             conns = [c for c in reader.connections if c.topic in {frame_topic, info_t}]
-            pubs = {c.topic: drv.create_publisher(tp.cls(c.msgtype), c.topic, qos) for c in conns}
-
-            def check_node() -> None:
-                if node_p.poll() is not None:
-                    raise RuntimeError(
-                        f"{NODE_NAME} exited with code {node_p.returncode} (see its log above)"
-                    )
-
-            # Up when it subscribes to our inputs and we are matched to all its output publishers.
-            deadline = time.monotonic() + start_timeout_s
-            while not (
-                all(p.get_subscription_count() > 0 for p in pubs.values())
-                and all(s.get_publisher_count() > 0 for s in subs)
-            ):
-                check_node()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{NODE_NAME} did not come up within {start_timeout_s:.0f} s")
-                time.sleep(0.05)
-            time.sleep(0.3)  # let the node's side of the matching settle (lazy outputs)
+            types = topic_types()
+            rec.connect(types, conns)
+            rec.wait_up(start_timeout_s)
             say(f"{NODE_NAME} up after {time.perf_counter() - t0:.1f} s; playing {bag}")
-            expected: set[str] | None = None  # learnt from the first frame (depth needs a depth head)
-            for conn, _t, raw in reader.messages(connections=conns):
-                msg = deserialize_message(raw, tp.cls(conn.msgtype))
-                if conn.topic != frame_topic:
-                    pubs[conn.topic].publish(msg)
-                    continue
-                if max_frames is not None and len(stamps) >= max_frames:
-                    break
-                st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                stamps.append(st)
-                pubs[conn.topic].publish(msg)
-                t_end = time.monotonic() + frame_timeout_s
-                last_new, n_seen = time.monotonic(), 0
-                while True:
-                    check_node()
-                    now = time.monotonic()
-                    with lock:
-                        seen = set(got.get(st, ()))
-                    if len(seen) != n_seen:
-                        last_new, n_seen = now, len(seen)
-                    if expected is not None and seen >= expected:
-                        break
-                    if expected is None and seen and (len(seen) == len(TOPIC_TYPES) or now - last_new > 1.0):
-                        expected = seen
-                        say(f"outputs: {', '.join(sorted(expected))}")
-                        break
-                    if now > t_end:
-                        if expected is None:
-                            raise RuntimeError(
-                                f"{NODE_NAME} published nothing for the first image ({frame_topic}, stamp {st}) "
-                                f"within {frame_timeout_s:.0f} s (see its log above)"
-                            )
-                        incomplete.append(st)
-                        say(f"frame {st}: only {sorted(seen)} within {frame_timeout_s:.0f} s")
-                        break
-                    time.sleep(0.005)
-            # stragglers of incomplete frames
-            t_end = time.monotonic() + (2.0 if incomplete else 0.0)
-            while incomplete and time.monotonic() < t_end:
-                with lock:
-                    incomplete = [s for s in incomplete if not (expected and got.get(s, set()) >= expected)]
-                time.sleep(0.05)
+            stamps, incomplete = _play(
+                rec, reader, conns, frame_topic, len(types), max_frames, frame_timeout_s, say
+            )
         finally:
-            stop.set()
-            if spinner is not None:
-                spinner.join(timeout=5)
-            if executor is not None:
-                executor.shutdown(timeout_sec=1.0)
-            if drv is not None:
-                drv.destroy_node()
-            if ctx.ok():
-                rclpy.shutdown(context=ctx)
+            if rec is not None:
+                rec.close()
             _stop_process(node_p)
             if node_p.returncode not in (0, None, -signal.SIGINT, -signal.SIGTERM):
                 say(f"{NODE_NAME} exited with code {node_p.returncode}")
-    with lock:
-        recs = list(records)
+    with rec.lock:
+        recs = list(rec.records)
     counts = _write_bag(tmp_root, out, recs)
     return LiveDemoResult(out, len(stamps), stamps, counts, incomplete, time.perf_counter() - t0)
