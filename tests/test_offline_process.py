@@ -708,3 +708,89 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_reader_process_writes_the_same_bags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--reader process`` (reading and decoding in a child process, frames in shared memory) gives the
+    bytes of the threaded reader: copied inputs, a corrupt frame, a folder, a truncated bag (exit 3
+    with the same partial bag) and a strict run."""
+    import shutil
+
+    torch.set_num_threads(1)
+    src = make_bag(tmp_path / "in", n=7, corrupt_at=2)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"img_{i}.png"), cv2.cvtColor(_frame(i), cv2.COLOR_RGB2BGR))
+    cut = tmp_path / "cut.mcap"
+    data = (make_bag(tmp_path / "whole", n=12) / "whole.mcap").read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    cases = [
+        (src, ["--outputs", OUTS, "--copy-input", "--checkpoint-every", "3"], 0),
+        (
+            folder,
+            [
+                "--outputs",
+                "features_pca,depth",
+                "--copy-input",
+                "--fx",
+                "50",
+                "--fy",
+                "50",
+                "--cx",
+                "31.5",
+                "--cy",
+                "23.5",
+            ],
+            0,
+        ),
+        (cut, ["--outputs", "features_pca"], 3),
+        (src, ["--outputs", "features_pca", "--strict"], 3),
+    ]
+    for k, (inp, args, code) in enumerate(cases):
+        bags = {}
+        for reader in ("thread", "process"):
+            out = tmp_path / reader / f"o{k}"
+            assert run(str(inp), "--out", str(out), "--batch-size", "2", "--reader", reader, *args) == code, (
+                reader
+            )
+            bag = out if code == 0 else tmp_path / reader / f"o{k}.partial" / f"o{k}"
+            bags[reader] = (bag / f"o{k}.mcap").read_bytes()
+        assert bags["thread"] == bags["process"], inp
+        err = capsys.readouterr().err
+        if inp == src and code == 0:
+            assert err.count("1 undecodable") == 2
+    shutil.rmtree(tmp_path / "thread")
+
+
+@pytest.mark.slow
+def test_reader_process_kill_and_resume(tmp_path: Path) -> None:
+    """A run with the process reader killed by SIGKILL resumes to the uninterrupted output, and its
+    reader process does not outlive it."""
+    torch.set_num_threads(1)
+    src = make_bag(tmp_path / "in", n=40)
+    args = [
+        "--outputs",
+        "features_pca,matches",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "4",
+        "--reader",
+        "process",
+    ]
+    full = tmp_path / "ref" / "out"
+    assert run(str(src), "--out", str(full), *args) == 0
+    out = tmp_path / "out"
+    p = _start_until_checkpoints(src, out, args, 3)
+    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.1)
+    assert children and not any(Path(f"/proc/{c}").exists() for c in children), (
+        "the reader process outlived the run"
+    )
+    assert run(str(src), "--out", str(out), *args, "--resume") == 0
+    assert (full / "out.mcap").read_bytes() == (out / "out.mcap").read_bytes()

@@ -33,9 +33,18 @@ from dinov3_ros.pipeline.scheduler import Barrier, Item, Passthrough, Scheduler,
 
 from .bagout import ConnKey, OutputBag
 from .emit import MsgEmitter
-from .sources import InputCorruptError, InputMessage, Source, decode_message
-
-_END = object()
+from .readers import (
+    END,
+    BarrierRecord,
+    FailureRecord,
+    ImageRecord,
+    ProcessReader,
+    StoppedError,
+    ThreadReader,
+    get,
+    put,
+)
+from .sources import InputCorruptError, InputMessage, Source
 
 
 @dataclass
@@ -52,6 +61,10 @@ class RunOptions:
     strict: bool = False  # an undecodable frame is fatal (else counted and skipped)
     progress: bool = True
     label: str = ""
+    #: read and decode in a child process (frames in shared memory) instead of this process's threads
+    reader_process: bool = False
+    #: ``open_source`` arguments of the input (the child process opens it again)
+    source_args: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -107,101 +120,12 @@ class StageTimes:
 
 
 @dataclass
-class _Img:
-    m: InputMessage
-    fut: Future
-
-
-@dataclass
-class _Barrier:
-    seq_next: int
-    frames_seen: int
-
-
-@dataclass
-class _Failure:
-    error: BaseException
-
-
-class _Stopped(Exception):  # noqa: N818 - control flow, not an error
-    pass
-
-
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
-    while True:
-        if stop.is_set():
-            raise _Stopped
-        try:
-            q.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _get(q: queue.Queue, stop: threading.Event) -> Any:
-    while True:
-        if stop.is_set():
-            raise _Stopped
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            continue
-
-
-class _Reader:
-    """Reads the input in order, submits image records to the decode pool, inserts checkpoint barriers."""
-
-    def __init__(
-        self,
-        source: Source,
-        opts: RunOptions,
-        q: queue.Queue,
-        pool: ThreadPoolExecutor,
-        times: StageTimes,
-        resume: tuple[int, int],
-    ) -> None:
-        self.source, self.opts, self.q, self.pool, self.times = source, opts, q, pool, times
-        self.skip_before, self.frames_before = resume
-
-    def _decode(self, m: InputMessage) -> tuple[np.ndarray, int, str]:
-        t = time.perf_counter()
-        try:
-            return decode_message(self.source, m)
-        finally:
-            self.times.add("decode", time.perf_counter() - t)
-
-    def run(self, stop: threading.Event) -> None:
-        seen, opts = self.frames_before, self.opts
-        try:
-            t = time.perf_counter()
-            for m in self.source.messages(copy_input=opts.copy_input, skip_before=self.skip_before):
-                if m.seq < self.skip_before:
-                    continue
-                self.times.add("read", time.perf_counter() - t)
-                if m.kind in ("image", "compressed", "frame", "file"):
-                    _put(self.q, _Img(m, self.pool.submit(self._decode, m)), stop)
-                    seen += 1
-                    if opts.checkpoint_every > 0 and seen % opts.checkpoint_every == 0:
-                        _put(self.q, _Barrier(m.seq + 1, seen), stop)
-                else:
-                    _put(self.q, m, stop)
-                t = time.perf_counter()
-            _put(self.q, _END, stop)
-        except _Stopped:
-            return
-        except BaseException as err:  # noqa: BLE001 - forwarded in order, reported by the writer
-            try:
-                _put(self.q, _Failure(err), stop)
-            except _Stopped:
-                return
-
-
-@dataclass
 class _Frame:
-    """The context of a frame's work item: its input record and decoded image."""
+    """The context of a frame's work item: its input record, decoded image and its reader slot."""
 
     m: InputMessage
     rgb: np.ndarray
+    slot: int = -1
 
 
 class _Feed:
@@ -239,19 +163,19 @@ class _Feed:
             return None
         while True:
             t = time.perf_counter()
-            rec = _get(self.q, stop)
+            rec = get(self.q, stop)
             self.times.add("wait_input", time.perf_counter() - t)
-            if rec is _END:
+            if rec is END:
                 return self._emit(end=True)
-            if isinstance(rec, _Failure):
+            if isinstance(rec, FailureRecord):
                 return self._emit([Passthrough(("failure", rec.error))], end=True)
-            if isinstance(rec, _Barrier):
+            if isinstance(rec, BarrierRecord):
                 return self._emit([Barrier(rec)])
             out = self._add([self._copied(rec)]) if isinstance(rec, InputMessage) else self._image(rec)
             if out is not None:
                 return out
 
-    def _image(self, rec: _Img) -> list[Item] | None:
+    def _image(self, rec: ImageRecord) -> list[Item] | None:
         m, opts = rec.m, self.opts
         copy = opts.copy_input and m.raw is not None and m.conn >= 0
         try:
@@ -271,7 +195,7 @@ class _Feed:
         frame = Frame(image=rgb, stamp_ns=stamp, frame_id=frame_id, camera_info=ci, source=m.topic)
         if copy:
             self.pending.append(self._copied(m))
-        self.pending.append(Work(frame, opts.outputs, _Frame(m, rgb)))
+        self.pending.append(Work(frame, opts.outputs, _Frame(m, rgb, rec.slot)))
         self.n += 1
         return self._emit() if self.n >= opts.batch_size else None
 
@@ -309,35 +233,30 @@ class _BagSink:
         """Outputs are written per frame, in order (see :meth:`done`)."""
 
     def done(self, work: Work, out: FrameOutputs) -> None:
-        _put(self.q, ("frame", self.pool.submit(self._build, out, work.tag), work.tag, out), self.stop)
+        put(self.q, ("frame", self.pool.submit(self._build, out, work.tag), work.tag, out), self.stop)
 
     def passthrough(self, item: Passthrough) -> None:
-        _put(self.q, item.payload, self.stop)
+        put(self.q, item.payload, self.stop)
 
     def barrier(self, item: Barrier, state: Any) -> None:
-        _put(self.q, ("checkpoint", item.payload, state), self.stop)
+        put(self.q, ("checkpoint", item.payload, state), self.stop)
 
     def failed(self, works: list[Work], error: Exception) -> None:
         raise error
 
     def end(self) -> None:
-        _put(self.q, _END, self.stop)
+        put(self.q, END, self.stop)
 
 
 class _Writer:
     """Writes the sink's records to the bag in order: messages, skipped frames, checkpoints, failures."""
 
     def __init__(
-        self, source: Source, bag: OutputBag, summary: Summary, times: StageTimes, on_frame: Any, bar: Any
+        self, source: Source, bag: OutputBag, summary: Summary, times: StageTimes, reader: Any
     ) -> None:
-        self.source, self.bag, self.summary, self.times, self.on_frame, self.bar = (
-            source,
-            bag,
-            summary,
-            times,
-            on_frame,
-            bar,
-        )
+        self.source, self.bag, self.summary, self.times, self.reader = source, bag, summary, times, reader
+        self.on_frame: Any = None
+        self.bar: Any = None
 
     def _frame(self, fut: Future, fr: _Frame, out: FrameOutputs) -> None:
         t = time.perf_counter()
@@ -353,6 +272,7 @@ class _Writer:
             t = time.perf_counter()
             self.on_frame(out, fr.rgb, fr.m)
             self.times.add("preview", time.perf_counter() - t)
+        self.reader.release(fr.slot)  # the frame's pixels are no longer needed
 
     def _skip(self, m: InputMessage, reason: str) -> None:
         s = self.summary
@@ -388,11 +308,11 @@ class _Writer:
     def run(self, q: queue.Queue, stop: threading.Event, errors: list[BaseException]) -> None:
         try:
             while True:
-                item = _get(q, stop)
-                if item is _END:
+                item = get(q, stop)
+                if item is END:
                     return
                 self.handle(item)
-        except _Stopped:
+        except StoppedError:
             return
         except BaseException as err:  # noqa: BLE001 - surfaced on the calling thread
             errors.append(err)
@@ -414,6 +334,30 @@ def _progress(opts: RunOptions, source: Source, total: int | None, initial: int)
     )
 
 
+def _reader(
+    source: Source, opts: RunOptions, q: queue.Queue, times: StageTimes, resume: tuple[int, int]
+) -> Any:
+    args = (opts.copy_input, opts.checkpoint_every, opts.decode_workers, q, times, resume)
+    if not opts.reader_process:
+        return ThreadReader(source, *args)
+    # enough slots for every frame that can be in flight: queues, batches in the scheduler, writer
+    slots = opts.queue_frames + 9 * opts.batch_size + 2 * opts.decode_workers + 8
+    return ProcessReader(opts.source_args, *args, slots)
+
+
+def _restore(bag: OutputBag, pipeline: Any, summary: Summary) -> tuple[int, int]:
+    """A resumed run: the checkpoint's counters and pipeline state; ``(seq, frames)`` to restart at."""
+    cp = getattr(bag, "resume_checkpoint", None)
+    if not cp:
+        return 0, 0
+    summary.frames, summary.undecodable = int(cp.get("frames", 0)), int(cp.get("undecodable", 0))
+    summary.resumed_from_frame = int(cp["frames_seen"])
+    state = bag.load_state(cp)
+    if state is not None:
+        pipeline.load_state_dict(state)
+    return int(cp["seq_next"]), int(cp["frames_seen"])
+
+
 def run_source(
     source: Source,
     bag: OutputBag,
@@ -429,55 +373,40 @@ def run_source(
     order (previews). Raises ``KeyboardInterrupt`` (after stopping the threads) when interrupted and
     any processing error; the bag is left resumable then."""
     summary = Summary(input=str(source.path))
-    cp = getattr(bag, "resume_checkpoint", None)
-    resume = (int(cp["seq_next"]), int(cp["frames_seen"])) if cp else (0, 0)
-    if cp:
-        summary.frames, summary.undecodable = int(cp.get("frames", 0)), int(cp.get("undecodable", 0))
-        summary.resumed_from_frame = resume[1]
-        state = bag.load_state(cp)
-        if state is not None:
-            pipeline.load_state_dict(state)
-    t0, times = time.perf_counter(), StageTimes()
+    resume = _restore(bag, pipeline, summary)
+    t0, times, stop = time.perf_counter(), StageTimes(), threading.Event()
     q_in: queue.Queue = queue.Queue(maxsize=max(4, opts.queue_frames))
     q_out: queue.Queue = queue.Queue(maxsize=max(4, 4 * opts.batch_size))
-    decode_pool = ThreadPoolExecutor(max(1, opts.decode_workers), thread_name_prefix="decode")
     build_pool = ThreadPoolExecutor(max(1, opts.build_workers), thread_name_prefix="build")
-    bar = _progress(opts, source, total, resume[1])
-    errors: list[BaseException] = []
-    stop = threading.Event()
+    reader = _reader(source, opts, q_in, times, resume)
+    writer = _Writer(source, bag, summary, times, reader)
+    writer.on_frame, writer.bar = on_frame, _progress(opts, source, total, resume[1])
     sink = _BagSink(emitter, opts, build_pool, q_out, stop, times)
     sched = Scheduler(
         pipeline, _Feed(source, opts, q_in, times), sink, in_flight=2, name="offline", stop=stop
     )
-    reader = threading.Thread(
-        target=_Reader(source, opts, q_in, decode_pool, times, resume).run,
-        args=(stop,),
-        name="offline-reader",
-        daemon=True,
-    )
-    writer = threading.Thread(
-        target=_Writer(source, bag, summary, times, on_frame, bar).run,
-        args=(q_out, stop, errors),
-        name="offline-writer",
-        daemon=True,
-    )
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(target=reader.run, args=(stop,), name="offline-reader", daemon=True),
+        threading.Thread(target=writer.run, args=(q_out, stop, errors), name="offline-writer", daemon=True),
+    ]
     interrupted: BaseException | None = None
     try:
-        reader.start()
-        writer.start()
+        for t in threads:
+            t.start()
         sched.start(freeze_gc=False)
-        while writer.is_alive():
-            writer.join(timeout=0.2)
+        while threads[1].is_alive():
+            threads[1].join(timeout=0.2)
         sched.join()
     except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt/SIGTERM/pipeline error: re-raised below
         interrupted = err
     stop.set()
     sched.stop(timeout=30)
-    for t in (reader, writer):
+    for t in threads:
         t.join(timeout=30)
-    decode_pool.shutdown(wait=True, cancel_futures=True)
+    reader.close()
     build_pool.shutdown(wait=True, cancel_futures=True)
-    bar.close()
+    writer.bar.close()
     summary.seconds, summary.messages = time.perf_counter() - t0, bag.count
     summary.stages = {**times.t, **sched.times}
     err = errors[0] if errors else interrupted

@@ -89,6 +89,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _add_execution_arguments(e: Any) -> None:
     e.add_argument("--batch-size", type=int, default=8, help="frames per engine call")
     e.add_argument(
+        "--reader",
+        default="auto",
+        choices=("auto", "thread", "process"),
+        help="read and decode in this process's threads or in a child process (frames handed over in "
+        "shared memory, so they hold no interpreter lock here); auto = process when the model runs on CUDA",
+    )
+    e.add_argument(
         "--decode-workers",
         type=int,
         default=max(1, min(8, (os.cpu_count() or 2) - 1)),
@@ -336,9 +343,12 @@ class _Previews:
             pv.close(ok=ok)
 
 
-def _run_options(args: argparse.Namespace, outputs: frozenset[str], label: str) -> Any:
+def _run_options(
+    args: argparse.Namespace, outputs: frozenset[str], label: str, device: str, source_args: dict
+) -> Any:
     from .execute import RunOptions
 
+    process = args.reader == "process" or (args.reader == "auto" and str(device).startswith("cuda"))
     return RunOptions(
         outputs=outputs,
         batch_size=max(1, args.batch_size),
@@ -350,6 +360,8 @@ def _run_options(args: argparse.Namespace, outputs: frozenset[str], label: str) 
         strict=args.strict,
         progress=not args.no_progress,
         label=label,
+        reader_process=process,
+        source_args=source_args,
     )
 
 
@@ -415,14 +427,9 @@ def process_one(
     from .execute import run_source
     from .sources import open_source
 
-    source = open_source(
-        inp,
-        topics=args.topics,
-        calibration=calibration,
-        fps=args.fps,
-        frame_id=args.frame_id,
-        topic=args.topic,
-    )
+    source_args = {"path": inp, "topics": args.topics, "calibration": calibration, "fps": args.fps}
+    source_args.update(frame_id=args.frame_id, topic=args.topic)
+    source = open_source(**source_args)
     pipeline = None
     try:
         _check_copy_input(args, source, inp)
@@ -453,7 +460,7 @@ def process_one(
                 bag,
                 pipeline,
                 emitter,
-                _run_options(args, outputs, label),
+                _run_options(args, outputs, label, device, source_args),
                 on_frame=on_frame,
                 total=total,
             )
