@@ -209,6 +209,7 @@ class ProcessReader:
         self.skip_before = resume[0]
         self.barriers = _Barriers(every, resume[1])
         self.slots = _Slots()
+        self.infos: dict[int, Any] = {}
         self._send_lock = threading.Lock()
         self.conn: Any = None
         self.proc: Any = None
@@ -244,8 +245,14 @@ class ProcessReader:
         kind = rec[0]
         if kind == "slot":
             self.slots.add(rec[1], rec[2], rec[3])
-        elif kind in ("img", "bad"):
+        elif kind == "info":
+            self.infos[rec[1]] = rec[2]
+        elif kind in ("img", "bad", "msg"):
             m = rec[1]
+            m.camera_info = self.infos.get(m.camera_info) if m.camera_info >= 0 else None
+            if kind == "msg":
+                put(self.q, m, stop)
+                return True
             fut: Future = Future()
             if kind == "img":
                 fut.set_result((self.slots.view(rec[2], rec[3]), rec[4], rec[5]))
@@ -255,8 +262,6 @@ class ProcessReader:
             b = self.barriers.after(m)
             if b is not None:
                 put(self.q, b, stop)
-        elif kind == "msg":
-            put(self.q, rec[1], stop)
         elif kind == "times":
             for k, v in rec[1].items():
                 self.times.add(k, v)
@@ -356,9 +361,39 @@ class _ChildSlots:
         np.frombuffer(self.files[k][1], dtype=np.uint8, count=rgb.size)[:] = rgb.reshape(-1)
 
 
-def _emit(conn: Any, slots: _ChildSlots, m: InputMessage, fut: Future | None, copy_input: bool) -> None:
+class _Infos:
+    """Camera intrinsics sent once per distinct value; records carry a token (-1: none)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sent: list[Any] = []
+
+    def token(self, info: Any) -> int:
+        if info is None:
+            return -1
+        last = self.sent[-1] if self.sent else None
+        if last is not None and (info is last or _same_intrinsics(info, last)):
+            return len(self.sent) - 1
+        self.sent.append(info)
+        self.conn.send(("info", len(self.sent) - 1, info))
+        return len(self.sent) - 1
+
+
+def _same_intrinsics(a: Any, b: Any) -> bool:
+    return (
+        (a.width, a.height, a.distortion_model) == (b.width, b.height, b.distortion_model)
+        and np.array_equal(a.K, b.K)
+        and np.array_equal(a.P, b.P)
+        and np.array_equal(a.D, b.D)
+    )
+
+
+def _emit(
+    conn: Any, slots: _ChildSlots, infos: _Infos, m: InputMessage, fut: Future | None, copy_input: bool
+) -> None:
     keep_raw = fut is None or (copy_input and m.conn >= 0)
-    sent = replace(m, array=None, raw=m.raw if keep_raw else None)
+    sent = replace(m, array=None, raw=m.raw if keep_raw else None, camera_info=None)
+    sent.camera_info = infos.token(m.camera_info)  # type: ignore[assignment]  # resolved by the parent
     if fut is None:
         conn.send(("msg", sent))
         return
@@ -387,25 +422,27 @@ def child_main(
 
     cv2.setNumThreads(1)  # one image per decoder thread
     source = open_source(**open_kwargs)
-    slots = _ChildSlots(conn, directory, max_slots)
+    slots, infos = _ChildSlots(conn, directory, max_slots), _Infos(conn)
     pending: deque[tuple[InputMessage, Future | None]] = deque()
     pool = ThreadPoolExecutor(workers)
+    t_read, t = 0.0, time.perf_counter()
     try:
         for m in source.messages(copy_input=copy_input, skip_before=skip_before):
-            if m.seq < skip_before:
-                continue
-            keep_raw = copy_input and m.conn >= 0
-            pending.append((m, pool.submit(decode_message, source, m) if m.kind in IMAGE_KINDS else None))
-            while len(pending) > 2 * workers:
-                _emit(conn, slots, *pending.popleft(), keep_raw)
+            t_read += time.perf_counter() - t
+            if m.seq >= skip_before:
+                pending.append((m, pool.submit(decode_message, source, m) if m.kind in IMAGE_KINDS else None))
+                while len(pending) > 2 * workers:
+                    _emit(conn, slots, infos, *pending.popleft(), copy_input)
+            t = time.perf_counter()
         while pending:
-            _emit(conn, slots, *pending.popleft(), copy_input)
+            _emit(conn, slots, infos, *pending.popleft(), copy_input)
+        conn.send(("times", {"read": t_read}))
         conn.send(("end",))
     except InputCorruptError as err:
         while pending:
-            _emit(conn, slots, *pending.popleft(), copy_input)
+            _emit(conn, slots, infos, *pending.popleft(), copy_input)
         conn.send(("fail", "corrupt", (err.file, err.reason, err.topic, err.offset, err.timestamp_ns)))
-    except (EOFError, BrokenPipeError):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the parent stopped the run
     except Exception as err:  # noqa: BLE001 - reported by the parent, in order
         conn.send(("fail", "other", f"{type(err).__name__}: {err}"))
