@@ -11,21 +11,20 @@ Three measurements in one run, same model, same device:
      delivery); the node's own receive -> publish percentiles come from /diagnostics.
    - ``inproc`` (no rclpy, e.g. the GPU machine): the node's own worker
      (:class:`dinov3_ros.ros.worker.FrameWorker`) without DDS: a producer thread at ``--hz`` fills the
-     same newest-frame ``Mailbox``; the worker decodes the raw image buffer, runs ``Pipeline.infer``
-     and, on its second thread, ``Pipeline.finish`` and builds every output message (plain provider);
-     latency = messages built - frame put.
+     same newest-frame ``Mailbox`` with serialized images (what the node's raw subscriptions get); the
+     worker decodes them as the node does, runs the scheduler (inference | heads) and serializes every
+     output message; latency = messages serialized - frame put.
    Drops = frames replaced before the worker took them (+ frames with no output in ``dds`` mode).
 
-Overhead = stream p50 / engine p50 - 1 (target <= 25 %; on GPU also 0 drops and p99 <= 15 ms).
+Results: ``benchmarks/results/node-<device>-<torch>.json``.
 
-    .venv/bin/python benchmarks/bench_node.py --device cpu --out bench_node_cpu.json
-    python benchmarks/bench_node.py --device cuda --precision fp16 --out bench_node_cuda.json
+    .venv/bin/python benchmarks/bench_node.py --device cpu
+    python benchmarks/bench_node.py --device cuda --precision fp16 --resolution 480x640 --seconds 20
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -42,16 +41,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dinov3_ros.msgs import builders as B  # noqa: E402
-from dinov3_ros.msgs.cdr import serialized_types  # noqa: E402
-from dinov3_ros.msgs.decode import image_to_rgb  # noqa: E402
-from dinov3_ros.msgs.image_codec import encode_raw  # noqa: E402
-from dinov3_ros.msgs.provider import plain_types  # noqa: E402
-from dinov3_ros.pipeline import OUTPUTS, CameraIntrinsics, Frame, PipelineConfig  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from harness import save  # noqa: E402
+
+from dinov3_ros.core import CameraIntrinsics, Frame, PipelineConfig  # noqa: E402
+from dinov3_ros.msgs import cdr  # noqa: E402
 from dinov3_ros.pipeline.model import load_model  # noqa: E402
+from dinov3_ros.pipeline.outputs import OUTPUTS, topic_types  # noqa: E402
 from dinov3_ros.pipeline.pipeline import Pipeline  # noqa: E402
 from dinov3_ros.ros.mailbox import Mailbox  # noqa: E402
-from dinov3_ros.runtime.blas_threads import blas_threads_for, set_blas_threads  # noqa: E402
 
 W, H = 640, 480
 K = CameraIntrinsics(np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]]), W, H)
@@ -126,13 +125,10 @@ def bench_pipeline(pipe: Pipeline, device: str, seconds: float) -> dict[str, Any
 class _BenchHost:
     """The :class:`FrameWorker` host of the in-process stream: decodes raw images, records latency."""
 
-    def __init__(self, pipe: Pipeline, serialized: bool = True) -> None:
+    def __init__(self, pipe: Pipeline) -> None:
         from types import SimpleNamespace
 
         self.settings = SimpleNamespace(batch_window_ms=0.0, max_age_ms=0.0, pipeline=pipe.config)
-        self.tp = plain_types()
-        # the output messages as the node builds them (publish_serialized), or as message objects
-        self.out_tp = serialized_types() if serialized else plain_types()
         self.lat: list[tuple[float, float]] = []  # (receive time, latency ms): the frame's last output
         self.topic_lat: dict[str, list[tuple[float, float]]] = {}  # the same per output topic
         self.counts: dict[str, int] = {}
@@ -158,25 +154,24 @@ class _BenchHost:
 
     # host
     def wanted_topics(self, cam: str) -> set[str]:
-        return set(B.TOPIC_TYPES)
+        return set(topic_types())
 
-    def make_frame(self, cam: str, msg: Any) -> Frame:
-        st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        return Frame(image_to_rgb(msg), st, msg.header.frame_id, K, cam or "/")
+    def make_frame(self, cam: str, item: tuple[bytes, bytes]) -> Frame:
+        from dinov3_ros.ros.worker import decode_frame
 
-    def publish(self, cam: str, msgs: dict[str, Any]) -> None:
+        raw, info = item
+        return decode_frame(cam or "/", "sensor_msgs/msg/Image", raw, [info], self)
+
+    def publish(self, cam: str, msgs: dict[str, bytes]) -> None:
         pass
 
 
-def stream_inproc(
-    pipe: Pipeline, device: str, hz: float, seconds: float, warmup: float, serialized: bool = True
-) -> dict[str, Any]:
+def stream_inproc(pipe: Pipeline, device: str, hz: float, seconds: float, warmup: float) -> dict[str, Any]:
     """The node's worker (:class:`FrameWorker`: mailbox -> decode -> infer | finish -> messages) without DDS."""
     from dinov3_ros.ros.worker import FrameWorker
 
-    host = _BenchHost(pipe, serialized)
-    tp = host.tp
-    raw = [encode_raw(test_image(i), "rgb8") for i in range(4)]
+    host = _BenchHost(pipe)
+    images = [test_image(i) for i in range(4)]
     box = Mailbox([""])
     stop = threading.Event()
     produced = [0]
@@ -184,9 +179,9 @@ def stream_inproc(
     def producer() -> None:
         period, t0, k = 1.0 / hz, time.perf_counter(), 0
         while not stop.is_set():
-            data, step = raw[k % len(raw)]
-            msg = B.raw_image(tp, B.header(tp, time.time_ns(), "camera_optical"), data, H, W, step, "rgb8")
-            box.put("", msg)
+            st = time.time_ns()  # the serialized messages the node's raw subscriptions receive
+            raw = cdr.join(cdr.image_parts(st, "camera_optical", images[k % len(images)], "rgb8"))
+            box.put("", (raw, cdr.join(cdr.camera_info_parts(st, "camera_optical", K))))
             produced[0] += 1
             k += 1
             delay = t0 + k * period - time.perf_counter()
@@ -227,6 +222,8 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
 
+    from dinov3_ros.msgs import builders as B
+    from dinov3_ros.msgs.image_codec import encode_raw
     from dinov3_ros.ros.params import node_command
     from dinov3_ros.ros.types import ros_types
 
@@ -242,8 +239,6 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
             "resolution": args.resolution,
             "backend": args.backend,
             "cuda_graphs": bool(args.cuda_graphs),
-            "blas_threads": args.blas_threads,
-            "publish_serialized": bool(args.publish_serialized),
             **{f"pipeline.{k}": v for k, v in args.pipeline.items()},
         },
         params_file=ROOT / "config/dinov3.yaml",
@@ -258,7 +253,7 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
     arrivals: dict[int, dict[str, int]] = {}
     diags: list[dict[str, str]] = []
     lock = threading.Lock()
-    for topic, mtype in B.TOPIC_TYPES.items():
+    for topic, mtype in topic_types().items():
 
         def cb(m, topic=topic) -> None:
             now = time.time_ns()
@@ -320,7 +315,7 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
         except (subprocess.TimeoutExpired, ProcessLookupError):
             os.killpg(node_p.pid, 9)
         log.close()
-    n_topics = len(B.TOPIC_TYPES)
+    n_topics = len(topic_types())
     lat, complete, seen = [], 0, 0
     for st, measured in sent:
         arr = arrivals.get(st, {})
@@ -358,12 +353,6 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -377,24 +366,11 @@ def main() -> int:
     ap.add_argument("--baseline-seconds", type=float, default=5.0)
     ap.add_argument("--mode", default="auto", choices=("auto", "dds", "inproc", "both"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--switch-interval-ms", type=float, default=0.0, help="sys.setswitchinterval (0 = keep)")
     ap.add_argument(
         "--cv-threads", type=int, default=-1, help="cv2.setNumThreads (-1 = keep OpenCV's default)"
     )
     ap.add_argument(
         "--cuda-graphs", type=int, default=1, help="torch on CUDA: engine as a CUDA graph (node default)"
-    )
-    ap.add_argument(
-        "--blas-threads",
-        type=int,
-        default=0,
-        help="host OpenBLAS threads as the node's blas_threads (0 = library default; -1 = auto: 1 on CUDA)",
-    )
-    ap.add_argument(
-        "--publish-serialized",
-        type=int,
-        default=1,
-        help="outputs as serialized CDR bytes (the node's default) or, with 0, as message objects",
     )
     ap.add_argument(
         "--set",
@@ -404,7 +380,7 @@ def main() -> int:
         help="a PipelineConfig setting for every measurement (repeatable), e.g. --set max_objects=1",
     )
     ap.add_argument("--node-log", default="/tmp/bench_node_node.log")
-    ap.add_argument("--out", default="bench_node.json")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/node-...)")
     args = ap.parse_args()
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
     args.pipeline = {}
@@ -416,8 +392,6 @@ def main() -> int:
     config = PipelineConfig(resolution=args.resolution).with_updates(**args.pipeline)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.switch_interval_ms > 0:
-        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     if args.cv_threads >= 0:
         import cv2
 
@@ -438,9 +412,6 @@ def main() -> int:
         cuda_graphs=bool(args.cuda_graphs),
     )
     pipe = Pipeline.from_model(model, config, device=args.device)
-    blas = blas_threads_for(args.blas_threads, args.device)
-    if blas:  # as the node does after loading its model
-        set_blas_threads(blas)
     res: dict[str, Any] = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
         "model": model.info,
@@ -462,9 +433,7 @@ def main() -> int:
             continue
         pipe.reset()
         r = (
-            stream_inproc(
-                pipe, args.device, args.hz, args.seconds, args.warmup, bool(args.publish_serialized)
-            )
+            stream_inproc(pipe, args.device, args.hz, args.seconds, args.warmup)
             if m == "inproc"
             else stream_dds(args)
         )
@@ -519,8 +488,7 @@ def main() -> int:
             f"{r['dropped_in_node']}, frames with all outputs delivered {r['frames_with_all_outputs']}"
         )
     print("\npipeline stages p50 ms: " + ", ".join(f"{k} {v:.1f}" for k, v in res["stages_p50_ms"].items()))
-    write_json_atomic(Path(args.out), res)
-    print(f"wrote {args.out}")
+    save("node", args.device, res, args.out)
     return 0
 
 
