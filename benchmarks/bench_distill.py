@@ -18,7 +18,6 @@ over the step time. Rank 0 prints the table and writes ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -102,7 +101,7 @@ def _student_specs(names: list[str], depth: int | None) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="bench_distill.json")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/distill-...)")
     ap.add_argument("--teacher", default="vitb16")
     ap.add_argument("--students", default="vits16,vitt16,convnext_tiny")
     ap.add_argument("--mode", choices=("heads", "features"), default="heads")
@@ -197,12 +196,10 @@ def main() -> int:
             print(f"{n:16s} {a:12.1f} {s:13.1f}")
         if world == 1:
             print(f"all students together vs one after another: {res['speedup_shared_vs_separate']:.2f}x")
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmpf = out.with_name(out.name + ".tmp")
-        tmpf.write_text(json.dumps(res, indent=2))
-        os.replace(tmpf, out)
-        print(f"wrote {out}")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from harness import save
+
+        save("distill", args.device, res, args.out)
     if world > 1:
         dist.destroy_process_group()
     return 0

@@ -12,7 +12,7 @@ every row vs the torch fp32 baseline on two related real photos (the same photo 
 brightness change): per-token cosine (min), max-abs, nearest-neighbour patch matching agreement and the
 PCA-RGB view difference (8-bit levels). Weights: the shipped ``default`` ViT-S/16 (``--weights``).
 
-    .venv/bin/python benchmarks/bench_engines.py --device cpu --out bench_engines.json
+    .venv/bin/python benchmarks/bench_engines.py --device cpu
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dinov3_ros.runtime.accuracy import (
     pca_rgb_difference,
     related_pair,
 )
-from dinov3_ros.runtime.bench import markdown_table, vit_gflops, write_json
+from dinov3_ros.runtime.bench import markdown_table, vit_gflops
 from dinov3_ros.runtime.engine import create_engine
 from dinov3_ros.runtime.export import export_onnx
 from dinov3_ros.runtime.graph import DeployModel
@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--per-round", type=int, default=3)
     ap.add_argument("--pause", type=float, default=0.05, help="seconds between variants")
     ap.add_argument("--max-seconds", type=float, default=240.0, help="per resolution")
-    ap.add_argument("--out", default="bench_engines.json")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/engines-...)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -236,8 +236,15 @@ def main() -> int:
         env["onnxruntime"] = ort_mod.__version__
     except ImportError:
         pass
-    write_json(args.out, {"env": env, "arch": args.arch, "baseline": BASELINE, "rows": rows})
-    print(f"wrote {args.out}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import save
+
+    save(
+        "engines",
+        args.device,
+        {"env_engines": env, "arch": args.arch, "baseline": BASELINE, "rows": rows},
+        args.out,
+    )
     return 0
 
 

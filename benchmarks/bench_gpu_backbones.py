@@ -180,7 +180,11 @@ def profile_top(fn, x, device, path: Path, rows: int = 25) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description="ours vs timm vs transformers DINOv3 ViT on GPU")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", default="bench_gpu", help="output dir (results.json/.md) or FILE.json")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="FILE.json (markdown beside it) or a directory; default benchmarks/results",
+    )
     ap.add_argument("--models", default="vits16,vitb16")
     ap.add_argument("--resolution", default="480x640")
     ap.add_argument("--batch", type=int, default=64, help="throughput batch")
@@ -199,6 +203,11 @@ def main() -> int:
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    if args.out is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from harness import result_path
+
+        args.out = str(result_path("backbones", device))
     out_dir = Path(args.out)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     if out_dir.suffix == ".json":  # --out FILE.json: markdown beside it

@@ -16,12 +16,10 @@ Targets: TokenCut <= 5 ms (GPU), <= 100 ms (CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -250,7 +248,7 @@ def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--out", default=None, help="write results as JSON here")
+    p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/heads-...)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--budget", type=float, default=10.0, help="max seconds of timed calls per row")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
@@ -298,15 +296,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"; CPU time {tc['cpu_ms']:.2f} ms -> {cpu_ok} (wall is inflated if the machine is shared)"
             )
         print(line + f"; mask agrees with scipy: {tc['mask_agrees_with_scipy']}")
-    if args.out:
-        out = os.path.abspath(args.out)
-        d = os.path.dirname(out)
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".bench_heads_")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=2)
-        os.replace(tmp, out)
-        print(f"wrote {out}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from harness import save
+
+    save("heads", args.device, {"env_heads": env, "rows": rows}, args.out)
     return 0
 
 

@@ -12,10 +12,9 @@ recorded but changes nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def main() -> int:
     ap.add_argument("--resolutions", default="224x224,480x640", help="HxW list")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--max-seconds", type=float, default=20.0)
-    ap.add_argument("--out", default="bench_synthetic.json")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/synthetic-...)")
     args = ap.parse_args()
 
     rows = []
@@ -99,13 +98,10 @@ def main() -> int:
         "python": platform.python_version(),
         "open3d": o3d.__version__,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(tmp, out)
-    print(f"\nwrote {out}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import save
+
+    save("synthetic", "cpu", {"meta": meta, "rows": rows}, args.out)
     return 0
 
 

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_node import K, test_image, write_json_atomic  # noqa: E402  (the node benchmark's frames)
+from bench_node import K, test_image  # noqa: E402  (the node benchmark's frames)
+from harness import save  # noqa: E402
 
 from dinov3_ros.heads import tokencut as tc  # noqa: E402
 from dinov3_ros.pipeline import Frame, PipelineConfig  # noqa: E402
@@ -142,7 +143,7 @@ def main() -> int:
     ap.add_argument("--squarings", default="12,8,7,6", help="variants; the first is the baseline")
     ap.add_argument("--k", type=int, default=4, help="max objects per frame (the node's max_objects)")
     ap.add_argument("--reps", type=int, default=10, help="passes over the frames per variant")
-    ap.add_argument("--out", default="bench_tokencut.json")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/tokencut-...)")
     args = ap.parse_args()
     if args.render:
         render(args.render, Path(args.images))
@@ -188,7 +189,7 @@ def main() -> int:
     n = int(work["random"][0].shape[0] * work["random"][0].shape[1])
     res["pieces"] = pieces(n, args.device, sq, max(20, args.reps * 5))
     print(f"\npieces at n = {n} (p50 ms):", {k: round(v["p50_ms"], 3) for k, v in res["pieces"].items()})
-    write_json_atomic(Path(args.out), res)
+    save("tokencut", args.device, res, args.out)
     return 0
 
 

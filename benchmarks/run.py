@@ -62,8 +62,10 @@ NODE_GPU = (
     "480x640",
 )
 BACKBONE_PLAN = (
-    "vitb16:timm:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:bf16,vitb16:hf:eager:bf16,"
-    "vits16:timm:eager:bf16,vits16:ours:compiledef+cudagraphs+gelu:fp16"
+    "vitb16:timm:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:bf16,vitb16:timm:eager:fp16,"
+    "vitb16:hf:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:fp16,vits16:timm:eager:bf16,"
+    "vits16:timm:eager:fp16,vits16:hf:eager:bf16,vits16:ours:cudagraphs:bf16,"
+    "vits16:ours:compiledef+cudagraphs+gelu:fp16"
 )
 
 
