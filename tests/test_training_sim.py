@@ -177,7 +177,7 @@ def test_sim_batches_fill_progressively_and_resume_identically():
     b = SimBatches(cfg, spec, 3, device="cpu", seed=4, start_iter=2, max_iter=3)
     assert b.pool.filled == filled_at(cfg, 2)
     assert torch.equal(next(b)["global_crops"], seq[2]["global_crops"])
-    with pytest.raises(ValueError, match="unknown sim.pool key"):
+    with pytest.raises(ValueError, match=r"unknown sim\.pool key"):
         SimBatches({**cfg, "scens": 3}, spec, 3, device="cpu", seed=0)
 
 
@@ -188,5 +188,5 @@ def test_pool_depth_batches_sizes_and_flips():
     )
     batches = list(it)
     assert [tuple(b[0].shape) for b in batches] == [(3, 3, 32, 32), (2, 3, 32, 48)] * 2
-    for img, depth in batches:
+    for _img, depth in batches:
         assert depth.shape[1] == 1 and bool((depth > 0).all())

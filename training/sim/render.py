@@ -54,7 +54,7 @@ def torch_pool_renderer(cfg: dict[str, Any]) -> Callable[[FramePool, range], Non
                     f"renderer out of order: expected scene {lo}, got {int(b['scene_index'][0])}"
                 )
 
-            def by_scene(x: torch.Tensor) -> torch.Tensor:
+            def by_scene(x: torch.Tensor, n: int = n) -> torch.Tensor:
                 return x.reshape(n, F_, *x.shape[1:])
 
             pool.put(
