@@ -105,6 +105,7 @@ DEFAULTS: dict[str, Any] = {
         "resume": True,
         "deterministic": False,
         "stop_at_iteration": None,  # end this run early (the schedules still span train.iterations)
+        "max_seconds": None,  # checkpoint and stop after this much wall time (resumable), e.g. a time slot
     },
     # the simulator as a second teacher (training.sim; our addition, off in the paper configs)
     "sim": {

@@ -100,6 +100,7 @@ DEFAULTS: dict[str, Any] = {
         "log_period": 20,
         "amp": "bf16",  # backbone under bf16 autocast on CUDA; the head stays fp32
         "batch_sizes": None,  # pool source: one batch size per data.image_sizes entry
+        "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
     },
 }
 
@@ -326,7 +327,7 @@ class DepthTrainer:
         self, cfg: dict[str, Any], device: torch.device | str = "cpu", backbone: nn.Module | None = None
     ):
         from dinov3_ros.heads.losses import SigLoss
-        from training.schedules import Schedule
+        from training.schedules import Schedule, run_iters
 
         self.cfg = cfg
         self.device = torch.device(device)
@@ -345,7 +346,7 @@ class DepthTrainer:
             weight_decay=float(o["weight_decay"]),
             fused=self.device.type == "cuda",
         )
-        warm = int(o["warmup_iters"])
+        warm = run_iters(o["warmup_iters"], total)
         cosine = o["schedule"] == "cosine"
         self.lr = Schedule(
             peak=float(o["lr"]),
@@ -554,9 +555,10 @@ def run(
                     rate,
                     {k: round(v, 4) for k, v in m.items()},
                 )
-            if tr.iteration % int(t["checkpoint_period"]) == 0 or tr.iteration >= stop:
+            late = t["max_seconds"] is not None and time.perf_counter() - t0 > float(t["max_seconds"])
+            if tr.iteration % int(t["checkpoint_period"]) == 0 or tr.iteration >= stop or late:
                 tr.save_checkpoint()
-            if tr.iteration >= stop:
+            if tr.iteration >= stop or late:
                 break
     metrics = None
     if tr.iteration >= total:

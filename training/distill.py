@@ -151,6 +151,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_period": 100,
         "log_period": 10,
         "amp": "bf16",  # bf16 autocast on CUDA (fp32 on CPU) | fp32
+        "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
     },
     "export": {"fp16": True},
     # the simulator as a second teacher (training.sim; our addition): per-patch losses on the students
@@ -477,7 +478,7 @@ class Distiller:
     """
 
     def __init__(self, cfg: DistillConfig, teacher: Teacher, device: torch.device | str = "cpu") -> None:
-        from training.schedules import Schedule
+        from training.schedules import Schedule, run_iters
 
         self.cfg = cfg
         self.device = torch.device(device)
@@ -495,7 +496,7 @@ class Distiller:
         self.rank = dist.get_rank() if self.world > 1 else 0
         self.groups = self._make_groups()
         o, total = self.optim_cfg, int(self.train_cfg["iterations"])
-        warm = int(o["warmup_iters"])
+        warm = run_iters(o["warmup_iters"], total)
         self.lr_schedule = Schedule(
             peak=1.0,
             end=float(o["min_lr"]) / float(o["lr"]) if o["schedule"] == "cosine" else 1.0,
@@ -1045,9 +1046,13 @@ def run(
                     rate,
                     {n: {k: round(v, 4) for k, v in mm.items()} for n, mm in m.items()},
                 )
-            if d.iteration % int(tc["checkpoint_period"]) == 0 or d.iteration >= stop:
+            late = tc.get("max_seconds") is not None and time.perf_counter() - t0 > float(tc["max_seconds"])
+            if d.iteration % int(tc["checkpoint_period"]) == 0 or d.iteration >= stop or late:
                 d.save_checkpoint()
             if d.iteration >= stop:
+                break
+            if late:
+                log.info("stopped by train.max_seconds at iteration %d; run again to continue", d.iteration)
                 break
     if d.iteration >= total:
         d.export(fp16=bool(cfg.section("export").get("fp16", True)))

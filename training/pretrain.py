@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,15 @@ def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, d
     )
 
 
+def _past(deadline: float) -> bool:
+    """Whether ``deadline`` (monotonic seconds) has passed on every rank (rank 0 decides)."""
+    flag = torch.tensor([float(time.monotonic() > deadline)])
+    if is_distributed():
+        flag = flag.to(_device())
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> dict[str, Any]:
     """Train per ``cfg``; resumes from ``<output_dir>/ckpt`` when a checkpoint exists (``train.resume``).
     Returns ``{"iteration", "history": [scalars per logged iteration], "checkpoint"}``."""
@@ -345,6 +355,7 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     last_ckpt = latest
     it = start
     try:
+        deadline = time.monotonic() + float(t["max_seconds"]) if t.get("max_seconds") else None
         for it in range(start, min(stop, total_iters)):
             batch = next(data_iter)
             scalars = train_step(state, batch, it)
@@ -352,7 +363,8 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
             history.append({"iteration": it, **scalars})
             if it % int(t["log_period"]) == 0 or it + 1 == total_iters:
                 logger.log(it, scalars)
-            if (it + 1) % period == 0 or it + 1 == total_iters:
+            out_of_time = deadline is not None and _past(deadline) and it + 1 < min(stop, total_iters)
+            if (it + 1) % period == 0 or it + 1 == total_iters or out_of_time:
                 extra = {
                     "next_iteration": it + 1,
                     "gram_updates": state.gram_updates,
@@ -362,6 +374,10 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
                 last_ckpt = save_checkpoint(
                     ckpt_root, it + 1, state.model, state.optimizer, extra, int(t.get("keep_last", 3))
                 )
+            if out_of_time:
+                if is_main_process():
+                    print(f"stopped by train.max_seconds after iteration {it + 1}; run again to continue")
+                break
         if t.get("save_teacher", True) and state.iteration == total_iters:
             save_full_state_dict(out_dir / "teacher_backbone.pth", state.model.teacher.backbone)
     finally:
