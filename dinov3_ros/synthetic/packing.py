@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dinov3_ros.synthetic.generator import SceneConfig, sample_scene
 from dinov3_ros.synthetic.scene import Scene, SceneObject
 from dinov3_ros.synthetic.shapes import MESH_CLASSES, canonical_mesh
 from dinov3_ros.synthetic.textures import n_textures
@@ -163,3 +164,20 @@ def concat_arrays(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarra
             [np.pad(p[k], ((0, 0), (0, m - p[k].shape[1])), constant_values=-1) for p in parts]
         )
     return out
+
+
+def sample_packed(config: SceneConfig, seed: int, scenes: Sequence[int], frames: Sequence[int]) -> dict:
+    """Sample scenes ``scenes`` of ``(config, seed)`` and pack them with the poses of ``frames``.
+
+    Returns ``arrays`` (:func:`pack_arrays`), ``T_world_cam [S, len(frames), 4, 4]``, ``K [S, 3, 3]`` and
+    ``scenes [S]``: everything the renderer needs, cheap to send back from a worker process.
+    """
+    specs = [sample_scene(config, seed, s) for s in scenes]
+    n = config.frames_per_scene
+    taus = [i / (n - 1) if n > 1 else 0.0 for i in frames]
+    return {
+        "arrays": pack_arrays(specs),
+        "T_world_cam": np.stack([[sp.trajectory.pose(tau) for tau in taus] for sp in specs]),
+        "K": np.stack([sp.K for sp in specs]),
+        "scenes": np.asarray(scenes, np.int64),
+    }
