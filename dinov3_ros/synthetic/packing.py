@@ -22,7 +22,7 @@ KIND_NONE, KIND_QUAD, KIND_MESH, KIND_SPHERE = 0, 1, 2, 3
 MAP_TRIPLANAR, MAP_SPHERICAL = 0, 1
 #: slot-table arrays (first two dims [S, G]) and per-scene arrays (first dim [S]) of a packed batch
 SLOT_KEYS = ("kind", "cls", "R", "R64", "t", "scale", "inv_s", "radius", "tex", "rep", "m_per_rep", "tint")
-SLOT_KEYS += ("inst", "map", "quad_v", "quad_e1", "quad_e2")
+SLOT_KEYS += ("inst", "map", "quad_v", "quad_e1", "quad_e2", "quad_axis", "quad_lo", "quad_hi")
 SCENE_KEYS = ("light", "ambient", "sun", "head", "background")
 #: padded index lists per scene: ``[S, M]`` slot numbers (``-1`` = none)
 LIST_KEYS = ("quads", "spheres", *(f"mesh{c}" for c in MESH_CLASSES))
@@ -84,6 +84,9 @@ def _pack_scene(scene: Scene, G: int) -> dict[str, np.ndarray]:
         else:  # the float32 world vertices a mesh ray caster would see
             v = o.world_vertices()[0].astype(np.float32)
             a["quad_v"][g], a["quad_e1"][g], a["quad_e2"][g] = v, v[1] - v[0], v[3] - v[0]
+            a["quad_lo"][g], a["quad_hi"][g] = v.min(0), v.max(0)
+            flat = np.nonzero((v == v[0]).all(0))[0]  # axis-aligned: one coordinate equal at all corners
+            a["quad_axis"][g] = flat[0] if len(flat) == 1 else -1
     a["light"] = np.asarray(scene.light_dir, np.float32)
     a["ambient"], a["sun"], a["head"] = (np.float32(x) for x in (scene.ambient, scene.sun, scene.head_light))
     a["background"] = np.asarray(scene.background, np.float32)
@@ -110,6 +113,9 @@ def _empty_slots(G: int) -> dict[str, np.ndarray]:
         "quad_v": np.zeros((G, 4, 3), f32),
         "quad_e1": z3.copy(),
         "quad_e2": z3.copy(),
+        "quad_axis": np.full(G, -1, np.int64),
+        "quad_lo": z3.copy(),
+        "quad_hi": z3.copy(),
     }
 
 

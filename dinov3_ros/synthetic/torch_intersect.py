@@ -72,6 +72,25 @@ def ray_parallelogram(
     return torch.where(ok, t, torch.full_like(t, float("inf")))
 
 
+def ray_axis_rectangle(
+    o: torch.Tensor, d: torch.Tensor, axis: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> torch.Tensor:
+    """Distance along rays ``d [F,N,3]`` from origins ``o [F,3]`` to axis-aligned rectangles ``[lo, hi]``
+    (``[F,3]``, flat along ``axis [F]``: ``lo[axis] == hi[axis]``); ``inf`` on a miss.
+
+    Points within a tiny tolerance outside the rectangle count as hits, so rays through a shared edge
+    of two rectangles never slip through (the closest hit is kept either way).
+    """
+    plane = lo.gather(1, axis[:, None])  # [F, 1]
+    o_a = o.gather(1, axis[:, None])
+    d_a = d.gather(2, axis[:, None, None].expand(-1, d.shape[1], 1)).squeeze(2)
+    t = (plane - o_a) / d_a
+    p = o[:, None] + t[..., None] * d
+    eps = (2e-6 * (1.0 + torch.maximum(lo.abs(), hi.abs()).amax(1)))[:, None, None]
+    inside = ((p >= lo[:, None] - eps) & (p <= hi[:, None] + eps)).all(-1)
+    return torch.where(inside & (t > 0), t, torch.full_like(t, float("inf")))
+
+
 def ray_triangle(
     o: torch.Tensor, d: torch.Tensor, v0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor
 ) -> torch.Tensor:

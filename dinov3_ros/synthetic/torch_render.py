@@ -29,6 +29,7 @@ from dinov3_ros.synthetic.torch_intersect import (
     dot,
     hits_sphere_bound,
     make_keys,
+    ray_axis_rectangle,
     ray_parallelogram,
     ray_sphere,
     robust_triangle_normal,
@@ -73,7 +74,7 @@ def camera_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class _Chunk:
-    """Rays of F frames and their per-(frame, slot) tables."""
+    """Rays of F frames, their closest hits so far, and per-(frame, slot) tables."""
 
     def __init__(self, packed: PackedScenes, sid: torch.Tensor, T: torch.Tensor, K: torch.Tensor, H, W):
         self.p, self.sid, self.G = packed, sid, packed.n_slots
@@ -81,73 +82,73 @@ class _Chunk:
         T = T.to(torch.float64)
         self.R = T[:, :3, :3].to(torch.float32)
         self.o64 = T[:, :3, 3]
+        self.o32 = self.o64.to(torch.float32)
         self.fx = K[:, 0, 0].to(torch.float32)
         self.d = rotate(self.R[:, None], camera_rays(K, H, W)).contiguous()  # [F, HW, 3] world
-        self.best = torch.full((self.F * self.HW,), MISS_KEY, dtype=torch.int64, device=sid.device)
+        self.best = torch.full((self.F, self.HW), MISS_KEY, dtype=torch.int64, device=sid.device)
+        # origin - translation per (frame, slot), float64 then float32: with the float64 translation
+        # (intersections) and with the float32 one (texture coordinates, as Scene._shade)
+        rows = sid[:, None] * self.G + torch.arange(self.G, device=sid.device)
+        t64 = packed.slots["t"][rows]
+        self.oc = (self.o64[:, None] - t64).to(torch.float32).reshape(-1, 3)
+        self.oc_tex = (
+            (self.o64[:, None] - t64.to(torch.float32).to(torch.float64)).to(torch.float32).reshape(-1, 3)
+        )
 
     def rows(self, frames: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """Global slot-table rows of slot numbers ``slot`` of frames ``frames``."""
         return self.sid[frames] * self.G + slot
 
-    def offset(self, rows: torch.Tensor, frames: torch.Tensor, use_f32_t: bool = False) -> torch.Tensor:
-        """``origin - translation`` (float64, then float32) for slot rows seen from ``frames``."""
-        t = self.p.slots["t"][rows]
-        if use_f32_t:
-            t = t.to(torch.float32).to(torch.float64)
-        return (self.o64[frames] - t).to(torch.float32)
-
     def fold(self, ray_idx: torch.Tensor, keys: torch.Tensor) -> None:
-        self.best.scatter_reduce_(0, ray_idx, keys, "amin")
+        """Keep the closer of the current and the new hits of rays ``ray_idx`` (flat indices)."""
+        self.best.view(-1).scatter_reduce_(0, ray_idx, keys, "amin")
+
+    def fold_frames(self, frames: torch.Tensor, keys: torch.Tensor) -> None:
+        """Keep the closer hits for all rays of ``frames`` (``keys [len(frames), HW]``)."""
+        self.best[frames] = torch.minimum(self.best[frames], keys)
+
+    def slot_lists(self, name: str):
+        """``(frames, slots, rows)`` of every used entry of a per-scene slot list, column by column."""
+        lst = self.p.lists[name][self.sid]  # [F, M]
+        for m in range(lst.shape[1]):
+            fr = torch.nonzero(lst[:, m] >= 0).squeeze(1)
+            if fr.numel():
+                slot = lst[fr, m]
+                yield fr, slot, self.rows(fr, slot)
 
 
 def _quads(c: _Chunk) -> None:
-    lst = c.p.lists["quads"][c.sid]  # [F, M]
-    for m in range(lst.shape[1]):
-        slot = lst[:, m]
-        fr = torch.nonzero(slot >= 0).squeeze(1)
-        if fr.numel() == 0:
-            continue
-        rows = c.rows(fr, slot[fr])
-        q = c.p.slots
-        o = c.o64[fr].to(torch.float32)[:, None]
-        t = ray_parallelogram(
-            o, c.d[fr], q["quad_v"][rows, None, 0], q["quad_e1"][rows, None], q["quad_e2"][rows, None]
-        )
-        code = (slot[fr] << _SLOT_SHIFT)[:, None]
-        ray = fr[:, None] * c.HW + torch.arange(c.HW, device=fr.device)
-        c.fold(ray.reshape(-1), make_keys(t, code).reshape(-1))
+    q = c.p.slots
+    for fr, slot, rows in c.slot_lists("quads"):
+        axis = q["quad_axis"][rows]
+        aa = axis >= 0
+        t = torch.empty((fr.numel(), c.HW), dtype=torch.float32, device=fr.device)
+        if aa.any():
+            f, r, a = fr[aa], rows[aa], axis[aa]
+            t[aa] = ray_axis_rectangle(c.o32[f], c.d[f], a, q["quad_lo"][r], q["quad_hi"][r])
+        if not aa.all():
+            f, r = fr[~aa], rows[~aa]
+            t[~aa] = ray_parallelogram(
+                c.o32[f, None], c.d[f], q["quad_v"][r, None, 0], q["quad_e1"][r, None], q["quad_e2"][r, None]
+            )
+        c.fold_frames(fr, make_keys(t, (slot << _SLOT_SHIFT)[:, None]))
 
 
 def _spheres(c: _Chunk) -> None:
-    lst = c.p.lists["spheres"][c.sid]
-    for m in range(lst.shape[1]):
-        slot = lst[:, m]
-        fr = torch.nonzero(slot >= 0).squeeze(1)
-        if fr.numel() == 0:
-            continue
-        rows = c.rows(fr, slot[fr])
-        oc = c.offset(rows, fr)[:, None]
+    for fr, slot, rows in c.slot_lists("spheres"):
         r2 = (c.p.slots["radius"][rows] ** 2).to(torch.float32)[:, None]
-        t = ray_sphere(oc, c.d[fr], r2)
-        code = (slot[fr] << _SLOT_SHIFT)[:, None]
-        ray = fr[:, None] * c.HW + torch.arange(c.HW, device=fr.device)
-        c.fold(ray.reshape(-1), make_keys(t, code).reshape(-1))
+        t = ray_sphere(c.oc[fr * c.G + slot][:, None], c.d[fr], r2)
+        c.fold_frames(fr, make_keys(t, (slot << _SLOT_SHIFT)[:, None]))
 
 
 def _mesh_class(c: _Chunk, cls: int, max_elems: int) -> None:
     """All objects of one mesh class in the chunk: bounding-sphere cull, local frame, BVH."""
-    lst = c.p.lists[f"mesh{cls}"][c.sid]
     ray_l, slot_l, o_l, d_l = [], [], [], []
     S = c.p.slots
-    for m in range(lst.shape[1]):
-        slot = lst[:, m]
-        fr = torch.nonzero(slot >= 0).squeeze(1)
-        if fr.numel() == 0:
-            continue
-        rows = c.rows(fr, slot[fr])
+    for fr, slot, rows in c.slot_lists(f"mesh{cls}"):
         oc64 = c.o64[fr] - S["t"][rows]
         # ray origins in the local frames, x_l = R^T (x - t) / s, per (frame, object) in float64
-        ol = (rotate_t(S["R"][rows].double(), oc64) * S["inv_s"][rows].double()[:, None]).float()
+        ol = (rotate_t(S["R64"][rows], oc64) * (1.0 / S["scale"][rows])[:, None]).float()
         oc = oc64.float()
         r2 = ((S["radius"][rows] * (1.0 + 1e-4) + 1e-6) ** 2).float()
         for sl in _frame_slices(fr.numel(), c.HW, max_elems):
@@ -158,7 +159,7 @@ def _mesh_class(c: _Chunk, cls: int, max_elems: int) -> None:
             frames, rws = fr[sl][fi], rows[sl][fi]
             dl = rotate_t(S["R"][rws], c.d[frames, pix]) * S["inv_s"][rws][:, None]
             ray_l.append(frames * c.HW + pix)
-            slot_l.append(slot[fr][sl][fi])
+            slot_l.append(slot[sl][fi])
             o_l.append(ol[sl][fi])
             d_l.append(dl)
     if not ray_l:
@@ -175,7 +176,7 @@ def _frame_slices(n_frames: int, hw: int, max_elems: int):
         yield slice(s, min(n_frames, s + step))
 
 
-def _normals(c: _Chunk, rows, fr, t, slot_tri) -> tuple[torch.Tensor, torch.Tensor]:
+def _normals(c: _Chunk, rows, fg, fr, t, slot_tri) -> tuple[torch.Tensor, torch.Tensor]:
     """World normals of hits, facing the camera, and the hits' ray directions.
 
     Mesh and quad normals are computed from the triangles' float32 world vertices as the open3d
@@ -187,14 +188,15 @@ def _normals(c: _Chunk, rows, fr, t, slot_tri) -> tuple[torch.Tensor, torch.Tens
     o32 = c.o64[fr[0]].to(torch.float32)
     n = torch.zeros_like(d)
     quad = kind == KIND_QUAD
-    if quad.any():
-        qv = S["quad_v"][rows[quad]]
-        n[quad] = robust_triangle_normal(qv[:, 0], qv[:, 1], qv[:, 2], o32[quad])
+    if quad.any():  # one normal per (frame, quad)
+        fs = fg[quad]
+        uniq, inv = torch.unique(fs, return_inverse=True)
+        qv = S["quad_v"][c.rows(uniq // c.G, uniq % c.G)]
+        n[quad] = robust_triangle_normal(qv[:, 0], qv[:, 1], qv[:, 2], c.o32[uniq // c.G])[inv]
     sph = kind == KIND_SPHERE
     if sph.any():
-        oc = c.offset(rows[sph], fr[0][sph])
         r = S["radius"][rows[sph]].to(torch.float32)
-        n[sph] = (oc + t[sph, None] * d[sph]) / r[:, None]
+        n[sph] = (c.oc[fg[sph]] + t[sph, None] * d[sph]) / r[:, None]
     trees = mesh_trees(c.d.device)
     for k in MESH_CLASSES:
         sel = (kind == KIND_MESH) & (S["cls"][rows] == k)
@@ -212,7 +214,7 @@ def _normals(c: _Chunk, rows, fr, t, slot_tri) -> tuple[torch.Tensor, torch.Tens
 
 
 def _shade_chunk(c: _Chunk) -> dict[str, torch.Tensor]:
-    t, code = split_keys(c.best)
+    t, code = split_keys(c.best.view(-1))
     hit = torch.isfinite(t)
     ray = torch.nonzero(hit).squeeze(1)
     frame = ray // c.HW
@@ -220,9 +222,10 @@ def _shade_chunk(c: _Chunk) -> dict[str, torch.Tensor]:
     tri = code[ray] & ((1 << _SLOT_SHIFT) - 1)
     rows = c.sid[frame] * c.G + slot
     th = t[ray]
-    n, d = _normals(c, rows, (frame, ray), th, tri)
+    fg = frame * c.G + slot
+    n, d = _normals(c, rows, fg, (frame, ray), th, tri)
     S, L = c.p.slots, c.p.scenes
-    q = c.offset(rows, frame, use_f32_t=True) + th[:, None] * d
+    q = c.oc_tex[fg] + th[:, None] * d
     geo = {k: S[k][rows] for k in ("R", "inv_s", "tex", "rep", "m_per_rep", "tint", "map")}
     sc = c.sid[frame]
     light = {"dir": L["light"][sc], "ambient": L["ambient"][sc], "sun": L["sun"][sc], "head": L["head"][sc]}
