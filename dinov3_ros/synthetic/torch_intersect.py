@@ -1,9 +1,12 @@
 """Vectorised float32 ray intersection primitives and closest-hit keys for the torch renderer.
 
+Vectors are stored component-first (``[3, ...]``: ``x[0]``, ``x[1]``, ``x[2]`` are contiguous), which
+keeps every elementwise kernel contiguous on CPU and GPU; rotations are ``[3, 3, ...]`` (``R[j, i]``).
+
 A *hit key* packs a hit into one int64 whose order is the order of the hit distances: the upper 32
 bits are the IEEE bits of ``t >= 0`` (monotonic for non-negative floats, ``+inf`` = miss), the lower
 32 bits a non-negative code (what was hit). The closest hit of many candidates per ray is then a
-``scatter_reduce(..., "amin")`` of their keys, on any device, independent of the candidates' order.
+min-reduction of their keys, on any device, independent of the candidates' order.
 """
 
 from __future__ import annotations
@@ -17,29 +20,23 @@ MISS_KEY = (_INF_BITS << 32) | 0x7FFFFFFF
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Dot product over the last axis (size 3), summed left to right."""
-    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+    """Dot product over the leading axis (size 3), summed left to right."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cross product over the last axis (broadcasting)."""
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], -1)
+    """Cross product over the leading axis (broadcasting)."""
+    return torch.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
 def rotate(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``R @ x`` per row (``x_j = sum_i R[j, i] x_i``, summed left to right; batch independent)."""
-    return torch.stack(
-        [R[..., j, 0] * x[..., 0] + R[..., j, 1] * x[..., 1] + R[..., j, 2] * x[..., 2] for j in range(3)], -1
-    )
+    """``R @ x``: ``y_j = R[j,0] x_0 + R[j,1] x_1 + R[j,2] x_2`` (left to right; batch independent)."""
+    return torch.stack([R[j, 0] * x[0] + R[j, 1] * x[1] + R[j, 2] * x[2] for j in range(3)])
 
 
 def rotate_t(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``R^T @ x`` per row (``x_j = sum_i x_i R[i, j]``, summed left to right; batch independent)."""
-    return torch.stack(
-        [x[..., 0] * R[..., 0, j] + x[..., 1] * R[..., 1, j] + x[..., 2] * R[..., 2, j] for j in range(3)], -1
-    )
+    """``R^T @ x``: ``y_j = x_0 R[0,j] + x_1 R[1,j] + x_2 R[2,j]`` (left to right; batch independent)."""
+    return torch.stack([x[0] * R[0, j] + x[1] * R[1, j] + x[2] * R[2, j] for j in range(3)])
 
 
 def make_keys(t: torch.Tensor, code: torch.Tensor | int) -> torch.Tensor:
@@ -52,6 +49,10 @@ def split_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(t float32, code int64)`` of hit keys."""
     t = (keys >> 32).to(torch.int32).view(torch.float32)
     return t, keys & CODE_MASK
+
+
+def _inf_where_not(ok: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.where(ok, t, torch.full_like(t, float("inf")))
 
 
 def ray_parallelogram(
@@ -68,27 +69,7 @@ def ray_parallelogram(
     qvec = cross(tvec, e1)
     v = dot(d, qvec) / det
     t = dot(e2, qvec) / det
-    ok = (det != 0) & (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1) & (t > 0)
-    return torch.where(ok, t, torch.full_like(t, float("inf")))
-
-
-def ray_axis_rectangle(
-    o: torch.Tensor, d: torch.Tensor, axis: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-) -> torch.Tensor:
-    """Distance along rays ``d [F,N,3]`` from origins ``o [F,3]`` to axis-aligned rectangles ``[lo, hi]``
-    (``[F,3]``, flat along ``axis [F]``: ``lo[axis] == hi[axis]``); ``inf`` on a miss.
-
-    Points within a tiny tolerance outside the rectangle count as hits, so rays through a shared edge
-    of two rectangles never slip through (the closest hit is kept either way).
-    """
-    plane = lo.gather(1, axis[:, None])  # [F, 1]
-    o_a = o.gather(1, axis[:, None])
-    d_a = d.gather(2, axis[:, None, None].expand(-1, d.shape[1], 1)).squeeze(2)
-    t = (plane - o_a) / d_a
-    p = o[:, None] + t[..., None] * d
-    eps = (2e-6 * (1.0 + torch.maximum(lo.abs(), hi.abs()).amax(1)))[:, None, None]
-    inside = ((p >= lo[:, None] - eps) & (p <= hi[:, None] + eps)).all(-1)
-    return torch.where(inside & (t > 0), t, torch.full_like(t, float("inf")))
+    return _inf_where_not((det != 0) & (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1) & (t > 0), t)
 
 
 def ray_triangle(
@@ -102,8 +83,26 @@ def ray_triangle(
     qvec = cross(tvec, e1)
     v = dot(d, qvec) / det
     t = dot(e2, qvec) / det
-    ok = (det != 0) & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
-    return torch.where(ok, t, torch.full_like(t, float("inf")))
+    return _inf_where_not((det != 0) & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0), t)
+
+
+def ray_axis_rectangle(
+    o: torch.Tensor, d: torch.Tensor, axis: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> torch.Tensor:
+    """Distance along rays ``d [3,F,N]`` from origins ``o [3,F,1]`` to the axis-aligned rectangles
+    ``[lo, hi]`` (``[3,F,1]``, flat along ``axis [F]``: ``lo[axis] == hi[axis]``); ``inf`` on a miss.
+
+    Points within a tiny tolerance outside a rectangle count as hits, so rays through a shared edge
+    of two rectangles never slip through (the closest hit is kept either way).
+    """
+    f = torch.arange(axis.shape[0], device=axis.device)
+    t = (lo[axis, f] - o[axis, f]) / d[axis, f]
+    eps = 2e-6 * (1.0 + torch.maximum(lo.abs(), hi.abs()).amax(0))
+    inside = t > 0
+    for k in range(3):
+        p = o[k] + t * d[k]
+        inside &= (p >= lo[k] - eps) & (p <= hi[k] + eps)
+    return _inf_where_not(inside, t)
 
 
 def ray_sphere(oc: torch.Tensor, d: torch.Tensor, r2: torch.Tensor, t_min: float = 1e-6) -> torch.Tensor:
@@ -133,10 +132,13 @@ def hits_sphere_bound(oc: torch.Tensor, d: torch.Tensor, r2: torch.Tensor) -> to
 
 def ray_boxes(o: torch.Tensor, inv_d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Slab test: whether rays ``o + t d`` (``t >= 0``) meet the boxes ``[lo, hi]`` (broadcasting)."""
-    t1 = (lo - o) * inv_d
-    t2 = (hi - o) * inv_d
-    t_near = torch.fmin(t1, t2).amax(-1)
-    t_far = torch.fmax(t1, t2).amin(-1)
+    t_near = t_far = None
+    for k in range(3):
+        t1 = (lo[k] - o[k]) * inv_d[k]
+        t2 = (hi[k] - o[k]) * inv_d[k]
+        near, far = torch.fmin(t1, t2), torch.fmax(t1, t2)
+        t_near = near if t_near is None else torch.fmax(t_near, near)
+        t_far = far if t_far is None else torch.fmin(t_far, far)
     return (t_far >= t_near) & (t_far >= 0)
 
 
@@ -148,7 +150,7 @@ def _fms(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 def robust_triangle_normal(
     v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, o: torch.Tensor
 ) -> torch.Tensor:
-    """Unit geometric normal of triangles ``[N,3,3]`` as a robust (Pluecker) float32 ray caster computes
+    """Unit geometric normal ``[3, ...]`` of triangles as a robust (Pluecker) float32 ray caster computes
     it: edges of the vertices relative to the ray origin ``o``, per component the cross product of the
     edge pair with the smaller rounding error (fused multiply-subtract), then ``n * (1 / |n|)``.
 
@@ -157,10 +159,10 @@ def robust_triangle_normal(
     """
     a0, a1, a2 = v0 - o, v1 - o, v2 - o
     e0, e1, e2 = a2 - a0, a0 - a1, a1 - a2
-    ab = (e0[:, 2] * e1[:, 1], e0[:, 0] * e1[:, 2], e0[:, 1] * e1[:, 0])
-    bc = (e1[:, 2] * e2[:, 1], e1[:, 0] * e2[:, 2], e1[:, 1] * e2[:, 0])
-    x_ab = (_fms(e0[:, 1], e1[:, 2], ab[0]), _fms(e0[:, 2], e1[:, 0], ab[1]), _fms(e0[:, 0], e1[:, 1], ab[2]))
-    x_bc = (_fms(e1[:, 1], e2[:, 2], bc[0]), _fms(e1[:, 2], e2[:, 0], bc[1]), _fms(e1[:, 0], e2[:, 1], bc[2]))
-    n = torch.stack([torch.where(ab[k].abs() < bc[k].abs(), x_ab[k], x_bc[k]) for k in range(3)], 1)
-    inv = 1.0 / torch.sqrt(n[:, 0] * n[:, 0] + n[:, 1] * n[:, 1] + n[:, 2] * n[:, 2])
-    return n * inv[:, None]
+    ab = (e0[2] * e1[1], e0[0] * e1[2], e0[1] * e1[0])
+    bc = (e1[2] * e2[1], e1[0] * e2[2], e1[1] * e2[0])
+    x_ab = (_fms(e0[1], e1[2], ab[0]), _fms(e0[2], e1[0], ab[1]), _fms(e0[0], e1[1], ab[2]))
+    x_bc = (_fms(e1[1], e2[2], bc[0]), _fms(e1[2], e2[0], bc[1]), _fms(e1[0], e2[1], bc[2]))
+    n = torch.stack([torch.where(ab[k].abs() < bc[k].abs(), x_ab[k], x_bc[k]) for k in range(3)])
+    inv = 1.0 / torch.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+    return n * inv

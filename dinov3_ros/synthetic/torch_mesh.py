@@ -30,9 +30,9 @@ class MeshTree:
     """A class mesh's BVH on one device (see module doc)."""
 
     depth: int
-    lo: list[torch.Tensor]  # per level d: [2**d, 3]
+    lo: list[torch.Tensor]  # per level d: [3, 2**d] float32
     hi: list[torch.Tensor]
-    v0: torch.Tensor  # [2**depth, leaf_cap, 3] float32 (padding: degenerate triangles)
+    v0: torch.Tensor  # [3, 2**depth, leaf_cap] float32 (padding: degenerate triangles)
     e1: torch.Tensor
     e2: torch.Tensor
     tri: torch.Tensor  # [2**depth, leaf_cap] int64 triangle index (-1 = padding)
@@ -88,11 +88,11 @@ def build_tree_arrays(vertices: np.ndarray, triangles: np.ndarray, leaf_size: in
         his.insert(0, np.maximum(his[0][0::2], his[0][1::2]))
     return {
         "depth": depth,
-        "lo": [(x - _BOX_EPS).astype(np.float32) for x in los],
-        "hi": [(x + _BOX_EPS).astype(np.float32) for x in his],
-        "v0": v0,
-        "e1": e1,
-        "e2": e2,
+        "lo": [np.ascontiguousarray((x - _BOX_EPS).astype(np.float32).T) for x in los],
+        "hi": [np.ascontiguousarray((x + _BOX_EPS).astype(np.float32).T) for x in his],
+        "v0": np.ascontiguousarray(v0.transpose(2, 0, 1)),
+        "e1": np.ascontiguousarray(e1.transpose(2, 0, 1)),
+        "e2": np.ascontiguousarray(e2.transpose(2, 0, 1)),
         "tri": tri,
         "vertices": np.asarray(vertices, np.float64),
         "faces": f,
@@ -136,11 +136,11 @@ def _slices(n: int, size: int):
 
 
 def intersect_tree(tree: MeshTree, o: torch.Tensor, d: torch.Tensor, max_elems: int) -> torch.Tensor:
-    """Closest hit of each ray ``o + t d`` (local frame, ``[P,3]`` float32) with the tree's mesh.
+    """Closest hit of each ray ``o + t d`` (local frame, ``[3,P]`` float32) with the tree's mesh.
 
     Returns hit keys ``[P]`` whose code is the triangle index (:data:`MISS_KEY` on a miss).
     """
-    P = o.shape[0]
+    P = o.shape[1]
     dev = o.device
     keys = torch.full((P,), MISS_KEY, dtype=torch.int64, device=dev)
     if P == 0:
@@ -154,7 +154,7 @@ def intersect_tree(tree: MeshTree, o: torch.Tensor, d: torch.Tensor, max_elems: 
         if depth == tree.depth:
             for sl in _slices(pi.numel(), max_elems // tree.leaf_cap):
                 p, n = pi[sl], ni[sl]
-                t = ray_triangle(o[p, None], d[p, None], tree.v0[n], tree.e1[n], tree.e2[n])
+                t = ray_triangle(o[:, p, None], d[:, p, None], tree.v0[:, n], tree.e1[:, n], tree.e2[:, n])
                 t_min, j = t.min(1)
                 hit = torch.isfinite(t_min)
                 k = make_keys(t_min[hit], tree.tri[n[hit], j[hit]])
@@ -166,7 +166,7 @@ def intersect_tree(tree: MeshTree, o: torch.Tensor, d: torch.Tensor, max_elems: 
         for sl in _slices(pi.numel(), max_elems // k):
             p, n = pi[sl], ni[sl]
             child = n[:, None] * k + sub
-            hit = ray_boxes(o[p, None], inv_d[p, None], tree.lo[nd][child], tree.hi[nd][child])
+            hit = ray_boxes(o[:, p, None], inv_d[:, p, None], tree.lo[nd][:, child], tree.hi[nd][:, child])
             qi, ci = hit.nonzero(as_tuple=True)
             stack.append((nd, p[qi], child[qi, ci]))
     return keys

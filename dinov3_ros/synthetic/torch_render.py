@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dinov3_ros.synthetic.packing import KIND_MESH, KIND_QUAD, KIND_SPHERE
+from dinov3_ros.synthetic.packing import KIND_MESH, KIND_QUAD, KIND_SPHERE, MAP_SPHERICAL
 from dinov3_ros.synthetic.shapes import MESH_CLASSES
 from dinov3_ros.synthetic.torch_intersect import (
     MISS_KEY,
@@ -59,7 +59,7 @@ class RenderOut:
 
 
 def camera_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Camera-frame ray directions ``[F, H*W, 3]`` float32 through pixel centres (z component 1)."""
+    """Camera-frame ray directions ``[3, F, H*W]`` float32 through pixel centres (z component 1)."""
     dev = K.device
     K = K.to(torch.float32)
     v, u = torch.meshgrid(
@@ -70,34 +70,64 @@ def camera_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
     u, v = u.reshape(1, -1), v.reshape(1, -1)
     x = (u - K[:, 0, 2, None]) / K[:, 0, 0, None]
     y = (v - K[:, 1, 2, None]) / K[:, 1, 1, None]
-    return torch.stack([x, y, torch.ones_like(x)], -1)
+    return torch.stack([x, y, torch.ones_like(x)])
+
+
+# rows of the per-(frame, slot) float table
+_R, _INV_S, _REP, _MPR, _TINT, _OC, _OC_TEX, _RAD, _QN = 0, 9, 10, 11, 12, 15, 18, 21, 22
+# rows of the per-(frame, slot) int table
+_KIND, _CLS, _TEX, _INST, _MAP = range(5)
+# rows of the per-frame table
+_O, _FX, _LIGHT, _AMB, _SUN, _HEAD, _RCAM = 0, 3, 4, 7, 8, 9, 10
 
 
 class _Chunk:
-    """Rays of F frames, their closest hits so far, and per-(frame, slot) tables."""
+    """Rays of F frames (component-first ``d [3, F, HW]``), their closest hits so far (``best``) and
+    the tables the hits gather from: per (frame, slot) ``tab``/``itab`` (row ``f * G + g``), per frame
+    ``ftab``."""
 
     def __init__(self, packed: PackedScenes, sid: torch.Tensor, T: torch.Tensor, K: torch.Tensor, H, W):
         self.p, self.sid, self.G = packed, sid, packed.n_slots
         self.F, self.HW = int(sid.shape[0]), int(H) * int(W)
+        dev = sid.device
         T = T.to(torch.float64)
-        self.R = T[:, :3, :3].to(torch.float32)
+        R = T[:, :3, :3].to(torch.float32)
         self.o64 = T[:, :3, 3]
-        self.o32 = self.o64.to(torch.float32)
-        self.fx = K[:, 0, 0].to(torch.float32)
-        self.d = rotate(self.R[:, None], camera_rays(K, H, W)).contiguous()  # [F, HW, 3] world
-        self.best = torch.full((self.F, self.HW), MISS_KEY, dtype=torch.int64, device=sid.device)
-        # origin - translation per (frame, slot), float64 then float32: with the float64 translation
-        # (intersections) and with the float32 one (texture coordinates, as Scene._shade)
-        rows = sid[:, None] * self.G + torch.arange(self.G, device=sid.device)
-        t64 = packed.slots["t"][rows]
-        self.oc = (self.o64[:, None] - t64).to(torch.float32).reshape(-1, 3)
-        self.oc_tex = (
-            (self.o64[:, None] - t64.to(torch.float32).to(torch.float64)).to(torch.float32).reshape(-1, 3)
+        self.o32 = self.o64.to(torch.float32).T.contiguous()  # [3, F]
+        self.d = rotate(R.permute(1, 2, 0)[..., None], camera_rays(K, H, W)).contiguous()  # world
+        self.best = torch.full((self.F, self.HW), MISS_KEY, dtype=torch.int64, device=dev)
+        L = packed.scenes
+        light = [L["light"][sid].T, L["ambient"][sid][None], L["sun"][sid][None], L["head"][sid][None]]
+        f32 = [self.o32, K[:, 0, 0].to(torch.float32)[None], *light, R.reshape(-1, 9).T]
+        self.ftab = torch.cat(f32).contiguous()
+        self._slot_tables()
+
+    def _slot_tables(self) -> None:
+        S, G = self.p.slots, self.G
+        rows = (self.sid[:, None] * G + torch.arange(G, device=self.sid.device)).reshape(-1)
+        t64 = S["t"][rows]
+        o64 = self.o64.repeat_interleave(G, 0)
+        # origin - translation, float64 then float32: with the float64 translation (intersections)
+        # and with the float32 one (texture coordinates, as Scene._shade computes them)
+        oc = (o64 - t64).to(torch.float32)
+        oc_tex = (o64 - t64.to(torch.float32).to(torch.float64)).to(torch.float32)
+        kind = S["kind"][rows]
+        qn = torch.zeros_like(oc)
+        quad = kind == KIND_QUAD
+        if bool(quad.any()):  # quad normals: one per (frame, quad), as the mesh ray caster computes them
+            qv = S["quad_v"][rows[quad]].permute(2, 1, 0)  # [3, 4, Q]
+            o = self.o32.repeat_interleave(G, 1)[:, quad]
+            qn[quad] = robust_triangle_normal(qv[:, 0], qv[:, 1], qv[:, 2], o).T
+        cols = [S["R"][rows].reshape(-1, 9), S["inv_s"][rows, None], S["rep"][rows, None]]
+        cols += [S["m_per_rep"][rows, None], S["tint"][rows], oc, oc_tex, S["radius"][rows, None].float(), qn]
+        self.tab = torch.cat(cols, 1).T.contiguous()
+        self.itab = torch.stack(
+            [kind, S["cls"][rows], S["tex"][rows], S["inst"][rows].long(), S["map"][rows]]
         )
 
-    def rows(self, frames: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Global slot-table rows of slot numbers ``slot`` of frames ``frames``."""
-        return self.sid[frames] * self.G + slot
+    def rays(self, frames: torch.Tensor) -> torch.Tensor:
+        """``d [3, len(frames), HW]`` (a view when ``frames`` are all the chunk's frames in order)."""
+        return self.d if frames.numel() == self.F else self.d[:, frames]
 
     def fold(self, ray_idx: torch.Tensor, keys: torch.Tensor) -> None:
         """Keep the closer of the current and the new hits of rays ``ray_idx`` (flat indices)."""
@@ -105,39 +135,41 @@ class _Chunk:
 
     def fold_frames(self, frames: torch.Tensor, keys: torch.Tensor) -> None:
         """Keep the closer hits for all rays of ``frames`` (``keys [len(frames), HW]``)."""
-        self.best[frames] = torch.minimum(self.best[frames], keys)
+        if frames.numel() == self.F:
+            torch.minimum(self.best, keys, out=self.best)
+        else:
+            self.best[frames] = torch.minimum(self.best[frames], keys)
 
     def slot_lists(self, name: str):
-        """``(frames, slots, rows)`` of every used entry of a per-scene slot list, column by column."""
+        """``(frames, slots, packed rows)`` of the used entries of a per-scene slot list, column by column."""
         lst = self.p.lists[name][self.sid]  # [F, M]
         for m in range(lst.shape[1]):
             fr = torch.nonzero(lst[:, m] >= 0).squeeze(1)
             if fr.numel():
                 slot = lst[fr, m]
-                yield fr, slot, self.rows(fr, slot)
+                yield fr, slot, self.sid[fr] * self.G + slot
 
 
 def _quads(c: _Chunk) -> None:
-    q = c.p.slots
+    S = c.p.slots
     for fr, slot, rows in c.slot_lists("quads"):
-        axis = q["quad_axis"][rows]
-        aa = axis >= 0
-        t = torch.empty((fr.numel(), c.HW), dtype=torch.float32, device=fr.device)
-        if aa.any():
-            f, r, a = fr[aa], rows[aa], axis[aa]
-            t[aa] = ray_axis_rectangle(c.o32[f], c.d[f], a, q["quad_lo"][r], q["quad_hi"][r])
-        if not aa.all():
-            f, r = fr[~aa], rows[~aa]
-            t[~aa] = ray_parallelogram(
-                c.o32[f, None], c.d[f], q["quad_v"][r, None, 0], q["quad_e1"][r, None], q["quad_e2"][r, None]
-            )
+        axis = S["quad_axis"][rows]
+        aligned = axis >= 0
+        if bool(aligned.all()):
+            lo, hi = S["quad_lo"][rows].T[..., None], S["quad_hi"][rows].T[..., None]
+            t = ray_axis_rectangle(c.o32[:, fr, None], c.rays(fr), axis, lo, hi)
+        else:
+            v0 = S["quad_v"][rows, 0].T[..., None]
+            e1, e2 = S["quad_e1"][rows].T[..., None], S["quad_e2"][rows].T[..., None]
+            t = ray_parallelogram(c.o32[:, fr, None], c.rays(fr), v0, e1, e2)
         c.fold_frames(fr, make_keys(t, (slot << _SLOT_SHIFT)[:, None]))
 
 
 def _spheres(c: _Chunk) -> None:
-    for fr, slot, rows in c.slot_lists("spheres"):
-        r2 = (c.p.slots["radius"][rows] ** 2).to(torch.float32)[:, None]
-        t = ray_sphere(c.oc[fr * c.G + slot][:, None], c.d[fr], r2)
+    for fr, slot, _ in c.slot_lists("spheres"):
+        fg = fr * c.G + slot
+        r = c.tab[_RAD, fg]
+        t = ray_sphere(c.tab[_OC : _OC + 3, fg, None], c.rays(fr), (r * r)[:, None])
         c.fold_frames(fr, make_keys(t, (slot << _SLOT_SHIFT)[:, None]))
 
 
@@ -146,26 +178,27 @@ def _mesh_class(c: _Chunk, cls: int, max_elems: int) -> None:
     ray_l, slot_l, o_l, d_l = [], [], [], []
     S = c.p.slots
     for fr, slot, rows in c.slot_lists(f"mesh{cls}"):
-        oc64 = c.o64[fr] - S["t"][rows]
+        fg = fr * c.G + slot
+        oc64 = (c.o64[fr] - S["t"][rows]).T
         # ray origins in the local frames, x_l = R^T (x - t) / s, per (frame, object) in float64
-        ol = (rotate_t(S["R64"][rows], oc64) * (1.0 / S["scale"][rows])[:, None]).float()
+        ol = (rotate_t(S["R64"][rows].permute(1, 2, 0), oc64) / S["scale"][rows]).float()
         oc = oc64.float()
         r2 = ((S["radius"][rows] * (1.0 + 1e-4) + 1e-6) ** 2).float()
         for sl in _frame_slices(fr.numel(), c.HW, max_elems):
-            hit = hits_sphere_bound(oc[sl, None], c.d[fr[sl]], r2[sl, None])
+            hit = hits_sphere_bound(oc[:, sl, None], c.rays(fr[sl]), r2[sl, None])
             fi, pix = torch.nonzero(hit, as_tuple=True)
             if fi.numel() == 0:
                 continue
-            frames, rws = fr[sl][fi], rows[sl][fi]
-            dl = rotate_t(S["R"][rws], c.d[frames, pix]) * S["inv_s"][rws][:, None]
+            frames, fgp = fr[sl][fi], fg[sl][fi]
+            Rp = c.tab[_R : _R + 9].index_select(1, fgp).view(3, 3, -1)
+            d_l.append(rotate_t(Rp, c.d[:, frames, pix]) * c.tab[_INV_S, fgp])
+            o_l.append(ol[:, sl][:, fi])
             ray_l.append(frames * c.HW + pix)
             slot_l.append(slot[sl][fi])
-            o_l.append(ol[sl][fi])
-            d_l.append(dl)
     if not ray_l:
         return
     ray, slot = torch.cat(ray_l), torch.cat(slot_l)
-    keys = intersect_tree(mesh_trees(c.d.device)[cls], torch.cat(o_l), torch.cat(d_l), max_elems)
+    keys = intersect_tree(mesh_trees(c.d.device)[cls], torch.cat(o_l, 1), torch.cat(d_l, 1), max_elems)
     hit = keys != MISS_KEY
     c.fold(ray[hit], keys[hit] | (slot[hit] << _SLOT_SHIFT))
 
@@ -176,70 +209,84 @@ def _frame_slices(n_frames: int, hw: int, max_elems: int):
         yield slice(s, min(n_frames, s + step))
 
 
-def _normals(c: _Chunk, rows, fg, fr, t, slot_tri) -> tuple[torch.Tensor, torch.Tensor]:
-    """World normals of hits, facing the camera, and the hits' ray directions.
+def _mesh_normals(
+    c: _Chunk, cls: int, rows: torch.Tensor, tri: torch.Tensor, o: torch.Tensor
+) -> torch.Tensor:
+    """Normals ``[3, N]`` of mesh hits from the triangles' float32 world vertices, as Scene builds them."""
+    S, tree = c.p.slots, mesh_trees(c.d.device)[cls]
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    v = tree.vertices  # [V, 3] canonical, float64
+    sv = S["scale"][uniq, None, None] * v  # (scale * v) @ R^T + t
+    R, t = S["R64"][uniq], S["t"][uniq]
+    w = torch.stack(
+        [sv[..., 0] * R[:, j, None, 0] + sv[..., 1] * R[:, j, None, 1] + sv[..., 2] * R[:, j, None, 2] + t[:, j, None]
+         for j in range(3)], -1,
+    ).to(torch.float32).reshape(-1, 3)  # fmt: skip
+    idx = inv[:, None] * v.shape[0] + tree.faces[tri]  # [N, 3]
+    return robust_triangle_normal(w[idx[:, 0]].T, w[idx[:, 1]].T, w[idx[:, 2]].T, o)
 
-    Mesh and quad normals are computed from the triangles' float32 world vertices as the open3d
-    renderer sees them (:func:`robust_triangle_normal`); sphere normals analytically.
-    """
-    S = c.p.slots
-    kind = S["kind"][rows]
-    d = c.d.reshape(-1, 3)[fr[1]]
-    o32 = c.o64[fr[0]].to(torch.float32)
-    n = torch.zeros_like(d)
-    quad = kind == KIND_QUAD
-    if quad.any():  # one normal per (frame, quad)
-        fs = fg[quad]
-        uniq, inv = torch.unique(fs, return_inverse=True)
-        qv = S["quad_v"][c.rows(uniq // c.G, uniq % c.G)]
-        n[quad] = robust_triangle_normal(qv[:, 0], qv[:, 1], qv[:, 2], c.o32[uniq // c.G])[inv]
+
+def _normals(c: _Chunk, tab, itab, ftab, frame, slot, tri, t, d) -> torch.Tensor:
+    """World normals ``[3, N]`` of hits, facing the camera (open3d's for meshes and quads)."""
+    kind = itab[_KIND]
+    n = tab[_QN : _QN + 3].clone()
     sph = kind == KIND_SPHERE
-    if sph.any():
-        r = S["radius"][rows[sph]].to(torch.float32)
-        n[sph] = (c.oc[fg[sph]] + t[sph, None] * d[sph]) / r[:, None]
-    trees = mesh_trees(c.d.device)
+    if bool(sph.any()):
+        n[:, sph] = (tab[_OC : _OC + 3, sph] + t[sph] * d[:, sph]) / tab[_RAD, sph]
     for k in MESH_CLASSES:
-        sel = (kind == KIND_MESH) & (S["cls"][rows] == k)
-        if not sel.any():
-            continue
-        rs = rows[sel]
-        v = trees[k].vertices[trees[k].faces[slot_tri[sel]]]  # [N, 3, 3] canonical, float64
-        # world vertices as Scene builds them: (scale * v) @ R^T + t, then float32
-        w = rotate(S["R64"][rs, None], S["scale"][rs, None, None] * v) + S["t"][rs, None]
-        w = w.to(torch.float32)
-        n[sel] = robust_triangle_normal(w[:, 0], w[:, 1], w[:, 2], o32[sel])
-    flip = dot(n, d) > 0
-    n = torch.where(flip[:, None], -n, n)
-    return n, d
+        sel = (kind == KIND_MESH) & (itab[_CLS] == k)
+        if bool(sel.any()):
+            rows = c.sid[frame[sel]] * c.G + slot[sel]
+            n[:, sel] = _mesh_normals(c, k, rows, tri[sel], ftab[_O : _O + 3, sel])
+    return torch.where(dot(n, d) > 0, -n, n)
 
 
 def _shade_chunk(c: _Chunk) -> dict[str, torch.Tensor]:
     t, code = split_keys(c.best.view(-1))
     hit = torch.isfinite(t)
-    ray = torch.nonzero(hit).squeeze(1)
-    frame = ray // c.HW
-    slot = code[ray] >> _SLOT_SHIFT
-    tri = code[ray] & ((1 << _SLOT_SHIFT) - 1)
-    rows = c.sid[frame] * c.G + slot
-    th = t[ray]
+    all_hit = bool(hit.all())
+    if all_hit:  # a closed room: every ray hits
+        th, frame = t, torch.arange(c.F, device=t.device).repeat_interleave(c.HW)
+        d = c.d.view(3, -1)
+    else:
+        ray = torch.nonzero(hit).squeeze(1)
+        th, code, frame = t[ray], code[ray], ray // c.HW
+        d = c.d.view(3, -1).index_select(1, ray)
+    slot, tri = code >> _SLOT_SHIFT, code & ((1 << _SLOT_SHIFT) - 1)
     fg = frame * c.G + slot
-    n, d = _normals(c, rows, fg, (frame, ray), th, tri)
-    S, L = c.p.slots, c.p.scenes
-    q = c.oc_tex[fg] + th[:, None] * d
-    geo = {k: S[k][rows] for k in ("R", "inv_s", "tex", "rep", "m_per_rep", "tint", "map")}
-    sc = c.sid[frame]
-    light = {"dir": L["light"][sc], "ambient": L["ambient"][sc], "sun": L["sun"][sc], "head": L["head"][sc]}
-    N = c.F * c.HW
-    color = L["background"][c.sid].repeat_interleave(c.HW, 0)
-    color[ray] = shade(geo, q, th, d, n, c.fx[frame], light)
-    depth = torch.zeros(N, dtype=torch.float32, device=t.device)
-    depth[ray] = th
-    inst = torch.zeros(N, dtype=torch.int32, device=t.device)
-    inst[ray] = S["inst"][rows]
-    normals = torch.zeros((N, 3), dtype=torch.float32, device=t.device)
-    # camera frame: n_cam_j = sum_i n_i R[i, j]
-    normals[ray] = rotate_t(c.R[frame], n)
-    return {"rgb": to_uint8(color), "depth": depth, "instances": inst, "normals": normals}
+    tab, itab, ftab = c.tab.index_select(1, fg), c.itab.index_select(1, fg), c.ftab.index_select(1, frame)
+    n = _normals(c, tab, itab, ftab, frame, slot, tri, th, d)
+    geo = {
+        "R": tab[_R : _R + 9].view(3, 3, -1),
+        "inv_s": tab[_INV_S],
+        "tex": itab[_TEX],
+        "rep": tab[_REP],
+        "m_per_rep": tab[_MPR],
+        "tint": tab[_TINT : _TINT + 3],
+        "spherical": itab[_MAP] == MAP_SPHERICAL,
+    }
+    lit = {"dir": ftab[_LIGHT : _LIGHT + 3], "ambient": ftab[_AMB], "sun": ftab[_SUN], "head": ftab[_HEAD]}
+    lit["fx"] = ftab[_FX]
+    color = shade(geo, tab[_OC_TEX : _OC_TEX + 3] + th * d, th, d, n, lit)
+    n_cam = rotate_t(ftab[_RCAM : _RCAM + 9].view(3, 3, -1), n)
+    res = {
+        "rgb": to_uint8(color).T,
+        "depth": th,
+        "instances": itab[_INST].to(torch.int32),
+        "normals": n_cam.T,
+    }
+    if all_hit:
+        return res
+    N, dev = c.F * c.HW, t.device
+    full = {
+        "rgb": to_uint8(c.p.scenes["background"][c.sid]).repeat_interleave(c.HW, 0),
+        "depth": torch.zeros(N, dtype=torch.float32, device=dev),
+        "instances": torch.zeros(N, dtype=torch.int32, device=dev),
+        "normals": torch.zeros((N, 3), dtype=torch.float32, device=dev),
+    }
+    for k, x in res.items():
+        full[k][ray] = x
+    return full
 
 
 def _check(packed: PackedScenes, scene_ids, T, K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
