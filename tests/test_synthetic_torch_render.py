@@ -140,9 +140,11 @@ def test_negative_controls_fail_the_checks(views, bug, monkeypatch):
     specs, rows = views
     if bug == "mip_level":  # footprint from twice the focal length: one mip level too fine
         orig = tr.shade
-        monkeypatch.setattr(
-            tr, "shade", lambda geo, q, t, d, n, fx, light: orig(geo, q, t, d, n, 2 * fx, light)
-        )
+
+        def bad_shade(geo, q, t, d, n, lit):
+            return orig(geo, q, t, d, n, {**lit, "fx": 2 * lit["fx"]})
+
+        monkeypatch.setattr(tr, "shade", bad_shade)
         ms = _render(specs, rows)
     elif bug == "pose_1cm":
         ms = _render(specs, rows, T_fn=_shift)
