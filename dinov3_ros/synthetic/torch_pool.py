@@ -22,7 +22,7 @@ import torch
 from dinov3_ros.synthetic.generator import SceneConfig
 from dinov3_ros.synthetic.packing import sample_packed
 from dinov3_ros.synthetic.torch_pack import PackedScenes
-from dinov3_ros.synthetic.torch_render import CHUNK_RAYS, MAX_ELEMS, render
+from dinov3_ros.synthetic.torch_render import render
 
 
 def _check(config: SceneConfig, scenes: Sequence[int], frames, gt_stride: int, gt_offset) -> tuple:
@@ -69,8 +69,8 @@ def render_batches(
     workers: int = 0,
     batch_frames: int = 256,
     mp_context: str = "spawn",
-    chunk_rays: int = CHUNK_RAYS,
-    max_elems: int = MAX_ELEMS,
+    chunk_rays: int | None = None,
+    max_elems: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield rendered batches (full resolution, on ``device``) of the frames ``frames`` of each scene.
 
@@ -119,8 +119,8 @@ def render_pool(
     gt_offset: int | None = None,
     out_device: torch.device | str | None = None,
     mp_context: str = "spawn",
-    chunk_rays: int = CHUNK_RAYS,
-    max_elems: int = MAX_ELEMS,
+    chunk_rays: int | None = None,
+    max_elems: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Render frames ``frames`` (default: all) of every scene in ``scenes`` into one dict of tensors.
 

@@ -41,10 +41,12 @@ from dinov3_ros.synthetic.torch_mesh import intersect_tree, mesh_trees
 from dinov3_ros.synthetic.torch_pack import PackedScenes
 from dinov3_ros.synthetic.torch_shade import shade, to_uint8
 
-#: default bounds on rays per chunk and on box/triangle tests per slice (peak memory ~ a few 100 MB)
-CHUNK_RAYS = 1 << 20
-MAX_ELEMS = 1 << 22
+#: default bounds on rays per chunk and on box/triangle tests per slice, per device type: peak memory
+#: is about 0.5 KB per ray of a chunk (CUDA default: ~4 GB; elsewhere ~0.5 GB)
+CHUNK_RAYS = {"cuda": 1 << 23, "default": 1 << 20}
+MAX_ELEMS = {"cuda": 1 << 24, "default": 1 << 22}
 _SLOT_SHIFT = 16  # hit code = slot << 16 | triangle
+_TILE = 8  # pixel tiles of the bounding-sphere cull
 
 
 @dataclass
@@ -101,6 +103,7 @@ class _Chunk:
         f32 = [self.o32, K[:, 0, 0].to(torch.float32)[None], *light, R.reshape(-1, 9).T]
         self.ftab = torch.cat(f32).contiguous()
         self._slot_tables()
+        self._tiles(K.to(torch.float32), R, int(H), int(W))
 
     def _slot_tables(self) -> None:
         S, G = self.p.slots, self.G
@@ -124,6 +127,46 @@ class _Chunk:
         self.itab = torch.stack(
             [kind, S["cls"][rows], S["tex"][rows], S["inst"][rows].long(), S["map"][rows]]
         )
+
+    def _tiles(self, K: torch.Tensor, R: torch.Tensor, H: int, W: int) -> None:
+        """Bounding cones of ``_TILE`` x ``_TILE`` pixel tiles (world axes ``[3, F, n]``, half-angles
+        ``[F, n]``) and each tile's flat pixel indices ``[n, _TILE**2]`` (``-1`` outside the image)."""
+        dev = K.device
+        u0 = torch.arange(0, W, _TILE, device=dev, dtype=torch.float32)
+        v0 = torch.arange(0, H, _TILE, device=dev, dtype=torch.float32)
+        u1, v1 = torch.clamp(u0 + _TILE - 1, max=W - 1), torch.clamp(v0 + _TILE - 1, max=H - 1)
+        fx, fy, cx, cy = (K[:, i, j, None] for i, j in ((0, 0), (1, 1), (0, 2), (1, 2)))
+        x0, x1 = ((u - cx) / fx for u in (u0, u1))  # [F, ntx]
+        y0, y1 = ((v - cy) / fy for v in (v0, v1))  # [F, nty]
+        nty, ntx = v0.numel(), u0.numel()
+        X = [x[:, None, :].expand(-1, nty, -1).reshape(self.F, -1) for x in (x0, x1)]
+        Y = [y[:, :, None].expand(-1, -1, ntx).reshape(self.F, -1) for y in (y0, y1)]
+
+        def unit(x, y):
+            n = torch.sqrt(x * x + y * y + 1.0)
+            return torch.stack([x / n, y / n, 1.0 / n])
+
+        axis = unit((X[0] + X[1]) / 2, (Y[0] + Y[1]) / 2)
+        cos_half = torch.stack([dot(axis, unit(x, y)) for x in X for y in Y]).amin(0)
+        self.tile_half = torch.acos(torch.clamp(cos_half, -1.0, 1.0))
+        self.tile_axis = rotate(R.permute(1, 2, 0)[..., None], axis)
+        du = torch.arange(_TILE, device=dev)
+        u = (u0.long()[:, None] + du)[None, :, None, :].expand(nty, -1, _TILE, -1)  # [nty, ntx, dy, dx]
+        v = (v0.long()[:, None] + du)[:, None, :, None].expand(-1, ntx, -1, _TILE)
+        self.tile_pix = torch.where((u < W) & (v < H), v * W + u, -1).reshape(nty * ntx, _TILE * _TILE)
+
+    def near_pixels(self, frames: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor):
+        """``(k, pixel)``: candidate pixels of frames ``frames`` whose tile's cone meets the sphere
+        (``centre - origin`` ``[3, n]``, ``radius [n]``) of entry ``k``; conservative."""
+        dist = torch.sqrt(dot(centre, centre))
+        cos_t = dot(self.tile_axis[:, frames], centre[:, :, None]) / dist[:, None]
+        theta = torch.acos(torch.clamp(cos_t, -1.0, 1.0))
+        beta = torch.asin(torch.clamp(radius / dist, max=1.0))
+        near = (theta <= self.tile_half[frames] + beta[:, None] + 1e-3) | (dist <= radius)[:, None]
+        k, tile = torch.nonzero(near, as_tuple=True)
+        pix = self.tile_pix[tile]
+        ok = pix >= 0
+        return k[:, None].expand_as(pix)[ok], pix[ok]
 
     def rays(self, frames: torch.Tensor) -> torch.Tensor:
         """``d [3, len(frames), HW]`` (a view when ``frames`` are all the chunk's frames in order)."""
@@ -183,18 +226,21 @@ def _mesh_class(c: _Chunk, cls: int, max_elems: int) -> None:
         # ray origins in the local frames, x_l = R^T (x - t) / s, per (frame, object) in float64
         ol = (rotate_t(S["R64"][rows].permute(1, 2, 0), oc64) / S["scale"][rows]).float()
         oc = oc64.float()
-        r2 = ((S["radius"][rows] * (1.0 + 1e-4) + 1e-6) ** 2).float()
+        rad = (S["radius"][rows] * (1.0 + 1e-4) + 1e-6).float()
         for sl in _frame_slices(fr.numel(), c.HW, max_elems):
-            hit = hits_sphere_bound(oc[:, sl, None], c.rays(fr[sl]), r2[sl, None])
-            fi, pix = torch.nonzero(hit, as_tuple=True)
-            if fi.numel() == 0:
+            k, pix = c.near_pixels(fr[sl], -oc[:, sl], rad[sl])
+            frames = fr[sl][k]
+            d = c.d[:, frames, pix]
+            hit = torch.nonzero(hits_sphere_bound(oc[:, sl][:, k], d, (rad[sl] ** 2)[k])).squeeze(1)
+            if hit.numel() == 0:
                 continue
-            frames, fgp = fr[sl][fi], fg[sl][fi]
+            k, pix, frames, d = k[hit], pix[hit], frames[hit], d[:, hit]
+            fgp = fg[sl][k]
             Rp = c.tab[_R : _R + 9].index_select(1, fgp).view(3, 3, -1)
-            d_l.append(rotate_t(Rp, c.d[:, frames, pix]) * c.tab[_INV_S, fgp])
-            o_l.append(ol[:, sl][:, fi])
+            d_l.append(rotate_t(Rp, d) * c.tab[_INV_S, fgp])
+            o_l.append(ol[:, sl][:, k])
             ray_l.append(frames * c.HW + pix)
-            slot_l.append(slot[sl][fi])
+            slot_l.append(slot[sl][k])
     if not ray_l:
         return
     ray, slot = torch.cat(ray_l), torch.cat(slot_l)
@@ -313,11 +359,17 @@ def render(
     height: int,
     width: int,
     *,
-    chunk_rays: int = CHUNK_RAYS,
-    max_elems: int = MAX_ELEMS,
+    chunk_rays: int | None = None,
+    max_elems: int | None = None,
 ) -> RenderOut:
-    """Render frame ``f`` of scene ``scene_ids[f]`` from ``T_world_cam[f]`` with intrinsics ``K[f]``."""
+    """Render frame ``f`` of scene ``scene_ids[f]`` from ``T_world_cam[f]`` with intrinsics ``K[f]``.
+
+    ``chunk_rays`` / ``max_elems`` bound peak memory (defaults: :data:`CHUNK_RAYS`, :data:`MAX_ELEMS`).
+    """
     sid, T, K = _check(packed, scene_ids, T_world_cam, K)
+    kind = packed.device.type if packed.device.type in CHUNK_RAYS else "default"
+    chunk_rays = CHUNK_RAYS[kind] if chunk_rays is None else int(chunk_rays)
+    max_elems = MAX_ELEMS[kind] if max_elems is None else int(max_elems)
     H, W = int(height), int(width)
     F, dev = sid.shape[0], packed.device
     out = RenderOut(
