@@ -24,6 +24,7 @@ class PackedScenes:
     scenes: dict[str, torch.Tensor]
     lists: dict[str, torch.Tensor]
     instance_classes: torch.Tensor  # [S, I] int32, -1 padded
+    host_lists: dict[str, np.ndarray]  # ``lists`` on the host (the renderer plans its work from them)
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +47,7 @@ class PackedScenes:
             scenes={k: dev(arrays[k]) for k in SCENE_KEYS},
             lists={k: dev(arrays[k]) for k in LIST_KEYS},
             instance_classes=dev(arrays["instance_classes"]),
+            host_lists={k: np.asarray(arrays[k]) for k in LIST_KEYS},
         )
 
     def to(self, device: torch.device | str) -> PackedScenes:

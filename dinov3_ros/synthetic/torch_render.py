@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dinov3_ros.synthetic.packing import KIND_MESH, KIND_QUAD, KIND_SPHERE, MAP_SPHERICAL
@@ -88,8 +89,8 @@ class _Chunk:
     the tables the hits gather from: per (frame, slot) ``tab``/``itab`` (row ``f * G + g``), per frame
     ``ftab``."""
 
-    def __init__(self, packed: PackedScenes, sid: torch.Tensor, T: torch.Tensor, K: torch.Tensor, H, W):
-        self.p, self.sid, self.G = packed, sid, packed.n_slots
+    def __init__(self, packed: PackedScenes, sid, sid_host, T: torch.Tensor, K: torch.Tensor, H, W):
+        self.p, self.sid, self.sid_host, self.G = packed, sid, sid_host, packed.n_slots
         self.F, self.HW = int(sid.shape[0]), int(H) * int(W)
         dev = sid.device
         T = T.to(torch.float64)
@@ -124,9 +125,12 @@ class _Chunk:
         cols = [S["R"][rows].reshape(-1, 9), S["inv_s"][rows, None], S["rep"][rows, None]]
         cols += [S["m_per_rep"][rows, None], S["tint"][rows], oc, oc_tex, S["radius"][rows, None].float(), qn]
         self.tab = torch.cat(cols, 1).T.contiguous()
-        self.itab = torch.stack(
-            [kind, S["cls"][rows], S["tex"][rows], S["inst"][rows].long(), S["map"][rows]]
-        )
+        ints = [kind, S["cls"][rows], S["tex"][rows], S["inst"][rows], S["map"][rows]]
+        self.itab = torch.stack([x.to(torch.int32) for x in ints])
+        # which kinds occur (host side: skips work and device syncs later)
+        lists, sid = self.p.host_lists, self.sid_host
+        self.has_spheres = bool((lists["spheres"][sid] >= 0).any())
+        self.mesh_classes = [c for c in MESH_CLASSES if (lists[f"mesh{c}"][sid] >= 0).any()]
 
     def _tiles(self, K: torch.Tensor, R: torch.Tensor, H: int, W: int) -> None:
         """Bounding cones of ``_TILE`` x ``_TILE`` pixel tiles (world axes ``[3, F, n]``, half-angles
@@ -184,12 +188,15 @@ class _Chunk:
             self.best[frames] = torch.minimum(self.best[frames], keys)
 
     def slot_lists(self, name: str):
-        """``(frames, slots, packed rows)`` of the used entries of a per-scene slot list, column by column."""
-        lst = self.p.lists[name][self.sid]  # [F, M]
+        """``(frames, slots, packed rows)`` of the used entries of a per-scene slot list, column by column
+        (indexing is done on the host copy of the lists: no device syncs)."""
+        lst = self.p.host_lists[name][self.sid_host]  # [F, M]
+        dev = self.sid.device
         for m in range(lst.shape[1]):
-            fr = torch.nonzero(lst[:, m] >= 0).squeeze(1)
-            if fr.numel():
-                slot = lst[fr, m]
+            fr = np.nonzero(lst[:, m] >= 0)[0]
+            if len(fr):
+                slot = torch.from_numpy(lst[fr, m]).to(dev)
+                fr = torch.from_numpy(fr).to(dev)
                 yield fr, slot, self.sid[fr] * self.G + slot
 
 
@@ -272,40 +279,46 @@ def _mesh_normals(
     return robust_triangle_normal(w[idx[:, 0]].T, w[idx[:, 1]].T, w[idx[:, 2]].T, o)
 
 
-def _normals(c: _Chunk, tab, itab, ftab, frame, slot, tri, t, d) -> torch.Tensor:
-    """World normals ``[3, N]`` of hits, facing the camera (open3d's for meshes and quads)."""
+def _normals(c: _Chunk, tab, itab, o, frame, slot, tri, t, d) -> torch.Tensor:
+    """World normals ``[3, ...]`` of hits, facing the camera (open3d's for meshes and quads)."""
     kind = itab[_KIND]
-    n = tab[_QN : _QN + 3].clone()
-    sph = kind == KIND_SPHERE
-    if bool(sph.any()):
-        n[:, sph] = (tab[_OC : _OC + 3, sph] + t[sph] * d[:, sph]) / tab[_RAD, sph]
-    for k in MESH_CLASSES:
-        sel = (kind == KIND_MESH) & (itab[_CLS] == k)
-        if bool(sel.any()):
-            rows = c.sid[frame[sel]] * c.G + slot[sel]
-            n[:, sel] = _mesh_normals(c, k, rows, tri[sel], ftab[_O : _O + 3, sel])
+    n = tab[_QN : _QN + 3]
+    if c.has_spheres:
+        sph = (tab[_OC : _OC + 3] + t * d) / tab[_RAD]
+        n = torch.where(kind == KIND_SPHERE, sph, n)
+    else:
+        n = n.clone()
+    for k in c.mesh_classes:
+        sel = torch.nonzero(((kind == KIND_MESH) & (itab[_CLS] == k)).reshape(-1)).squeeze(1)
+        if sel.numel():
+            rows = c.sid[frame.reshape(-1)[sel]] * c.G + slot.reshape(-1)[sel]
+            o_sel = o.expand(3, *t.shape).reshape(3, -1)[:, sel]
+            n.view(3, -1)[:, sel] = _mesh_normals(c, k, rows, tri.reshape(-1)[sel], o_sel)
     return torch.where(dot(n, d) > 0, -n, n)
 
 
 def _shade_chunk(c: _Chunk) -> dict[str, torch.Tensor]:
-    t, code = split_keys(c.best.view(-1))
+    """Normals, texturing and shading of the chunk's closest hits: outputs ``[F*HW, ...]``."""
+    t, code = split_keys(c.best)
     hit = torch.isfinite(t)
     all_hit = bool(hit.all())
-    if all_hit:  # a closed room: every ray hits
-        th, frame = t, torch.arange(c.F, device=t.device).repeat_interleave(c.HW)
-        d = c.d.view(3, -1)
+    if all_hit:  # a closed room: every ray hits; per-frame values broadcast over [F, HW]
+        th, d, ftab = t, c.d, c.ftab[:, :, None]
+        frame = torch.arange(c.F, device=t.device)[:, None].expand(c.F, c.HW)
     else:
-        ray = torch.nonzero(hit).squeeze(1)
-        th, code, frame = t[ray], code[ray], ray // c.HW
+        ray = torch.nonzero(hit.view(-1)).squeeze(1)
+        th, code, frame = t.view(-1)[ray], code.view(-1)[ray], ray // c.HW
         d = c.d.view(3, -1).index_select(1, ray)
+        ftab = c.ftab.index_select(1, frame)
     slot, tri = code >> _SLOT_SHIFT, code & ((1 << _SLOT_SHIFT) - 1)
-    fg = frame * c.G + slot
-    tab, itab, ftab = c.tab.index_select(1, fg), c.itab.index_select(1, fg), c.ftab.index_select(1, frame)
-    n = _normals(c, tab, itab, ftab, frame, slot, tri, th, d)
+    fg = (frame * c.G + slot).reshape(-1)
+    tab = c.tab.index_select(1, fg).view(-1, *th.shape)
+    itab = c.itab.index_select(1, fg).view(-1, *th.shape)
+    n = _normals(c, tab, itab, ftab[_O : _O + 3], frame, slot, tri, th, d)
     geo = {
-        "R": tab[_R : _R + 9].view(3, 3, -1),
+        "R": tab[_R : _R + 9].view(3, 3, *th.shape),
         "inv_s": tab[_INV_S],
-        "tex": itab[_TEX],
+        "tex": itab[_TEX].long(),
         "rep": tab[_REP],
         "m_per_rep": tab[_MPR],
         "tint": tab[_TINT : _TINT + 3],
@@ -314,12 +327,12 @@ def _shade_chunk(c: _Chunk) -> dict[str, torch.Tensor]:
     lit = {"dir": ftab[_LIGHT : _LIGHT + 3], "ambient": ftab[_AMB], "sun": ftab[_SUN], "head": ftab[_HEAD]}
     lit["fx"] = ftab[_FX]
     color = shade(geo, tab[_OC_TEX : _OC_TEX + 3] + th * d, th, d, n, lit)
-    n_cam = rotate_t(ftab[_RCAM : _RCAM + 9].view(3, 3, -1), n)
+    n_cam = rotate_t(ftab[_RCAM : _RCAM + 9].view(3, 3, *ftab.shape[1:]), n)
     res = {
-        "rgb": to_uint8(color).T,
-        "depth": th,
-        "instances": itab[_INST].to(torch.int32),
-        "normals": n_cam.T,
+        "rgb": to_uint8(color).reshape(3, -1).T,
+        "depth": th.reshape(-1),
+        "instances": itab[_INST].reshape(-1),
+        "normals": n_cam.reshape(3, -1).T,
     }
     if all_hit:
         return res
@@ -367,6 +380,7 @@ def render(
     ``chunk_rays`` / ``max_elems`` bound peak memory (defaults: :data:`CHUNK_RAYS`, :data:`MAX_ELEMS`).
     """
     sid, T, K = _check(packed, scene_ids, T_world_cam, K)
+    sid_host = sid.cpu().numpy()
     kind = packed.device.type if packed.device.type in CHUNK_RAYS else "default"
     chunk_rays = CHUNK_RAYS[kind] if chunk_rays is None else int(chunk_rays)
     max_elems = MAX_ELEMS[kind] if max_elems is None else int(max_elems)
@@ -381,10 +395,10 @@ def render(
     step = max(1, chunk_rays // (H * W))
     for s in range(0, F, step):
         e = min(F, s + step)
-        c = _Chunk(packed, sid[s:e], T[s:e], K[s:e], H, W)
+        c = _Chunk(packed, sid[s:e], sid_host[s:e], T[s:e], K[s:e], H, W)
         _quads(c)
         _spheres(c)
-        for cls in MESH_CLASSES:
+        for cls in c.mesh_classes:
             _mesh_class(c, cls, max_elems)
         res = _shade_chunk(c)
         for k, x in res.items():
