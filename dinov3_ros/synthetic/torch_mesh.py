@@ -21,7 +21,7 @@ from dinov3_ros.synthetic.shapes import MESH_CLASSES, canonical_mesh
 from dinov3_ros.synthetic.torch_intersect import MISS_KEY, make_keys, ray_boxes, ray_triangle
 
 #: target triangles per leaf and binary levels descended per traversal round
-LEAF_SIZE, STEP = 6, 3
+LEAF_SIZE, STEP = 8, 3
 _BOX_EPS = 1e-5  # box padding in local units (canonical meshes have unit extent)
 
 
