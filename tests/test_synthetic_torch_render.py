@@ -206,23 +206,3 @@ def test_pack_rejects_what_it_cannot_render():
         tr.render(packed, torch.tensor([1]), T, K, 32, 32)
     with pytest.raises(ValueError, match="K"):
         tr.render(packed, torch.tensor([0]), T, K[0], 32, 32)
-
-
-@pytest.mark.gpu
-def test_cuda_render_matches_cpu_render(views):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    specs, rows = views
-    sid = torch.tensor([r[0] for r in rows])
-    T = torch.from_numpy(np.stack([r[1] for r in rows]))
-    K = torch.from_numpy(np.stack([r[2] for r in rows]))
-    cpu = tr.render(pack_scenes(specs), sid, T, K, H, W)
-    gpu = tr.render(pack_scenes(specs, "cuda"), sid.cuda(), T.cuda(), K.cuda(), H, W)
-    for k, r in enumerate(rows):
-        m = _metrics(
-            r[3], *(getattr(gpu, n)[k].cpu().numpy() for n in ("rgb", "depth", "instances", "normals"))
-        )
-        assert _matches(m), (k, m)
-    same = (gpu.rgb.cpu() == cpu.rgb).all(-1).float().mean().item()
-    assert same > 0.999 and torch.equal(gpu.instances.cpu(), cpu.instances)
-    np.testing.assert_allclose(gpu.depth.cpu().numpy(), cpu.depth.numpy(), rtol=1e-5, atol=0)
