@@ -50,6 +50,18 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kw: Any)
     fsync_dir(final.parent)
 
 
+def commit_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Publish a file another library wrote at ``tmp`` (beside ``final``): fsync it, rename it over
+    ``final``, fsync the directory."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     with atomic_write(path, "wb") as f:

@@ -1,7 +1,7 @@
 """Side-by-side previews of offline runs: the input and each output's preview tile (``Output.tile``).
 
 ``PreviewVideo`` writes an MP4 (one row per frame), ``ContactSheet`` a PNG (one row per sampled
-frame). Both write under a temporary name and rename on :meth:`close`, like the bag itself.
+frame). Both appear under their final name only when complete (``dinov3_ros.fsutil``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from dinov3_ros.fsutil import atomic_write_bytes, commit_file
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
@@ -92,7 +94,7 @@ class PreviewVideo:
         self.writer.release()
         self.writer = None
         if ok:
-            self.tmp.replace(self.path)
+            commit_file(self.tmp, self.path)
             return self.path
         return self.tmp
 
@@ -120,11 +122,9 @@ class ContactSheet:
         w = max(r.shape[1] for r in self.rows)
         rows = [np.pad(r, ((0, 0), (0, w - r.shape[1]), (0, 0))) for r in self.rows]
         sheet = np.concatenate(rows, axis=0)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp(self.path)
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write contact sheet {self.path}")
-        if ok:
-            tmp.replace(self.path)
-            return self.path
-        return tmp
+        done, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        if not done:
+            raise OSError(f"cannot encode the contact sheet {self.path}")
+        target = self.path if ok else _tmp(self.path)
+        atomic_write_bytes(target, png.tobytes())
+        return target

@@ -175,6 +175,8 @@ def _write_bag(tmp_root: Path, out: Path, records: list[tuple[str, str, int, byt
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
+    from dinov3_ros.fsutil import fsync_dir, fsync_tree
+
     ts = get_typestore(Stores.LATEST)
     bag = tmp_root / out.name
     counts: dict[str, int] = {}
@@ -185,9 +187,11 @@ def _write_bag(tmp_root: Path, out: Path, records: list[tuple[str, str, int, byt
                 conns[topic] = w.add_connection(topic, mtype, typestore=ts)
             w.write(conns[topic], st, raw)
             counts[topic] = counts.get(topic, 0) + 1
+    fsync_tree(bag)  # complete on disk before it appears under its name
     if out.exists():
         shutil.rmtree(out)
     os.replace(bag, out)
+    fsync_dir(out.parent)
     shutil.rmtree(tmp_root, ignore_errors=True)
     return counts
 
