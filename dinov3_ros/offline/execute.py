@@ -120,6 +120,45 @@ class StageTimes:
 
 
 @dataclass
+class Copied:
+    """Input messages copied to the output as they are (``--copy-input``, non-image topics)."""
+
+    records: list[tuple[ConnKey, int, Any]]
+
+
+@dataclass
+class Skipped:
+    """An undecodable frame: counted and reported, nothing written."""
+
+    m: InputMessage
+    reason: str
+
+
+@dataclass
+class Failed:
+    """Damaged input: the run ends here (after everything before it is written)."""
+
+    error: BaseException
+
+
+@dataclass
+class Built:
+    """A processed frame: its messages (being serialized on the build pool) and outputs."""
+
+    messages: Future
+    frame: _Frame
+    out: FrameOutputs
+
+
+@dataclass
+class Checkpoint:
+    """A resume point: where the input restarts and the pipeline state there."""
+
+    barrier: BarrierRecord
+    state: Any
+
+
+@dataclass
 class _Frame:
     """The context of a frame's work item: its input record, decoded image and its reader slot."""
 
@@ -141,7 +180,7 @@ class _Feed:
     def _copied(self, m: InputMessage) -> Passthrough:
         """An input message copied to the output as is (``--copy-input`` and non-image topics)."""
         key = ConnKey(m.topic, self.source.connections[m.conn].msgtype, f"in:{m.conn}")
-        return Passthrough(("msgs", [(key, m.log_ns, m.raw)]))
+        return Passthrough(Copied([(key, m.log_ns, m.raw)]))
 
     def _emit(self, *then: list[Item], end: bool = False) -> list[Item] | None:
         """Close the pending batch; queue it and ``then``; return the first (None: the end)."""
@@ -168,7 +207,7 @@ class _Feed:
             if rec is END:
                 return self._emit(end=True)
             if isinstance(rec, FailureRecord):
-                return self._emit([Passthrough(("failure", rec.error))], end=True)
+                return self._emit([Passthrough(Failed(rec.error))], end=True)
             if isinstance(rec, BarrierRecord):
                 return self._emit([Barrier(rec)])
             out = self._add([self._copied(rec)]) if isinstance(rec, InputMessage) else self._image(rec)
@@ -185,8 +224,8 @@ class _Feed:
             if opts.strict:
                 where = {"topic": m.topic, "offset": m.offset, "timestamp_ns": m.log_ns}
                 err2 = InputCorruptError(self.source.path, f"undecodable frame: {reason}", **where)
-                return self._emit([Passthrough(("failure", err2))], end=True)
-            return self._add([Passthrough(("skip", m, reason))] + ([self._copied(m)] if copy else []))
+                return self._emit([Passthrough(Failed(err2))], end=True)
+            return self._add([Passthrough(Skipped(m, reason))] + ([self._copied(m)] if copy else []))
         H, W = rgb.shape[:2]
         if m.camera_info is not None:
             ci = intrinsics_for_image(m.camera_info, W, H)[0]
@@ -233,13 +272,13 @@ class _BagSink:
         """Outputs are written per frame, in order (see :meth:`done`)."""
 
     def done(self, work: Work, out: FrameOutputs) -> None:
-        put(self.q, ("frame", self.pool.submit(self._build, out, work.tag), work.tag, out), self.stop)
+        put(self.q, Built(self.pool.submit(self._build, out, work.tag), work.tag, out), self.stop)
 
     def passthrough(self, item: Passthrough) -> None:
         put(self.q, item.payload, self.stop)
 
     def barrier(self, item: Barrier, state: Any) -> None:
-        put(self.q, ("checkpoint", item.payload, state), self.stop)
+        put(self.q, Checkpoint(item.payload, state), self.stop)
 
     def failed(self, works: list[Work], error: Exception) -> None:
         raise error
@@ -284,26 +323,25 @@ class _Writer:
             s.undecodable_examples.append(f"{where}: {reason}")
         self.bar.update(1)
 
-    def handle(self, item: Any) -> None:
-        kind = item[0]
-        if kind == "frame":
-            self._frame(item[1], item[2], item[3])
-        elif kind == "msgs":
-            for key, log_ns, raw in item[1]:
+    def handle(self, item: Built | Copied | Skipped | Checkpoint | Failed) -> None:
+        if isinstance(item, Built):
+            self._frame(item.messages, item.frame, item.out)
+        elif isinstance(item, Copied):
+            for key, log_ns, raw in item.records:
                 self.bag.write(key, log_ns, raw)
-        elif kind == "skip":
-            self._skip(item[1], item[2])
-        elif kind == "checkpoint":
-            b, s = item[1], self.summary
+        elif isinstance(item, Skipped):
+            self._skip(item.m, item.reason)
+        elif isinstance(item, Checkpoint):
+            b, s = item.barrier, self.summary
             info = {
                 "seq_next": b.seq_next,
                 "frames_seen": b.frames_seen,
                 "frames": s.frames,
                 "undecodable": s.undecodable,
             }
-            self.bag.checkpoint(info, item[2])
-        elif kind == "failure":
-            raise item[1]
+            self.bag.checkpoint(info, item.state)
+        else:
+            raise item.error
 
     def run(self, q: queue.Queue, stop: threading.Event, errors: list[BaseException]) -> None:
         try:
