@@ -27,8 +27,8 @@ def test_int8_pipeline_close_to_fp32(tmp_path):
         m = load_model(str(path), "onnxruntime", "cpu", prec, (64, 96))
         p = Pipeline.from_model(m, PipelineConfig(resolution=(64, 96)))
         (o,) = p.process([Frame(img, 1, "cam", None, "s")], {"features", "features_pca"})
-        assert o.features.shape == (4, 6, 384) and o.features_pca.shape == (4, 6, 3)
-        feats[prec] = o.features.reshape(-1, 384).astype(np.float64)
+        assert o["features"].shape == (4, 6, 384) and o["features_pca"].shape == (4, 6, 3)
+        feats[prec] = o["features"].reshape(-1, 384).astype(np.float64)
     a, b = feats["fp32"], feats["int8"]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.99, cos.min()
