@@ -125,6 +125,7 @@ FREE_FORM = {
     "model.pretrained",
     "sim.losses",
     "sim.pool",
+    "data.pool",
 }
 
 

@@ -952,6 +952,7 @@ def _sim_batches(
         seed=int(cfg.raw["seed"]) + 7919 * rank,
         start_iter=start_iteration,
         max_iter=int(tc["iterations"]),
+        log=log.info if rank == 0 else None,
     )
     for b in batches:
         yield Batch(b["global_crops"], b.get("local_crops"), b["masks"], 2, b["sim"])

@@ -8,6 +8,7 @@ renders the scenes an uninterrupted run would have had by then.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -113,6 +114,7 @@ class SimBatches:
         start_iter: int = 0,
         max_iter: int | None = None,
         renderer: Callable[[FramePool, range], None] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = {**DEFAULT_POOL, **dict(pool_cfg or {})}
         unknown = sorted(set(self.cfg) - set(DEFAULT_POOL))
@@ -131,7 +133,12 @@ class SimBatches:
         self.spec, self.batch_size, self.seed = spec, int(batch_size), int(seed)
         self.it, self.max_iter = int(start_iter), max_iter
         self.render = renderer or make_renderer(c, self.device)
+        t0 = time.perf_counter()
         self._fill(filled_at(c, self.it))
+        if log is not None:
+            dt = time.perf_counter() - t0
+            n = self.pool.filled * self.pool.frames_per_scene
+            log(f"sim pool: {n} frames of {c['height']}x{c['width']} rendered in {dt:.1f} s ({n / max(dt, 1e-9):.0f} frames/s)")
 
     def _fill(self, target: int) -> None:
         step = max(1, int(self.cfg["render_batch"]))
