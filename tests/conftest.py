@@ -32,7 +32,7 @@ def _claim_domain() -> tuple[int, object]:
     lock_dir.mkdir(exist_ok=True)
     for k in range(N_DOMAINS):
         domain = 1 + (start + k) % N_DOMAINS
-        fh = open(lock_dir / f"{domain}.lock", "a")  # noqa: SIM115 - held open for the session
+        fh = open(lock_dir / f"{domain}.lock", "a")  # held open for the session
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
