@@ -134,15 +134,17 @@ def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def model_bug(bug: str, model: nn.Module) -> Iterator[nn.Module]:
-    """Plant ``bug`` into a ``dinov3_ros.models`` ViT ``model``."""
+    """Plant ``bug`` into a ``dinov3_ros.models`` backbone (ConvNeXt: ``relu``, ``drop_block``, ``norm_affine``)."""
     with contextlib.ExitStack() as stack:
         mp = stack.enter_context(pytest.MonkeyPatch.context())
         if bug == "relu":
             mp.setattr(ref_layers, "F", _relu_functional())  # SwiGLU's silu
             stack.enter_context(_relu_modules(model))
-        elif bug == "drop_block":
-            blk = model.blocks[len(model.blocks) // 2]
-            mp.setattr(blk, "forward", lambda x, rope=None: x)
+        elif bug == "drop_block":  # ViT blocks, or ConvNeXt blocks over all stages
+            blocks = (
+                list(model.blocks) if hasattr(model, "blocks") else [b for st in model.stages for b in st]
+            )
+            mp.setattr(blocks[len(blocks) // 2], "forward", lambda x, *args, **kwargs: x)
         elif bug == "rope_interleaved":
             mp.setattr(ref_layers, "rotate_half", _rotate_pairs)
         elif bug == "rope_unscaled":
