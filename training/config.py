@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "rep_update": True,
         "it_first_update": 0,
         "update_frequency": 10000,
-        "max_updates": 0,
+        "max_updates": None,  # None: unlimited (as the reference); N: at most N refreshes
         "normalize": True,
         "img_level": True,
         "remove_neg": False,
@@ -106,6 +106,12 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": False,
         "stop_at_iteration": None,  # end this run early (the schedules still span train.iterations)
     },
+    # the simulator as a second teacher (training.sim; our addition, off in the paper configs)
+    "sim": {
+        "enabled": False,
+        "losses": {},  # training.sim.SimLossConfig fields (weights, margins, temperature)
+        "pool": {},  # training.sim.loader.DEFAULT_POOL fields (size, resolution, seed, renderer)
+    },
     "debug": {"nan_at_iteration": None},  # test hook: poison the loss at this iteration
 }
 FREE_FORM = {
@@ -116,6 +122,8 @@ FREE_FORM = {
     "gram.loss_weight",
     "gram.ckpt",
     "model.pretrained",
+    "sim.losses",
+    "sim.pool",
 }
 
 
