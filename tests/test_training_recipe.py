@@ -1,6 +1,6 @@
 """The default-model recipe as documented (`training/recipes/default_model.sh`), every stage on CPU at a
-toy size through its environment overrides: teacher -> student -> depth head -> export, then a re-run
-that skips the finished stages."""
+toy size through its environment overrides: a teacher cut by its wall-time limit and resumed, then
+student -> depth head -> export, then a re-run that skips the finished stages."""
 
 from __future__ import annotations
 
@@ -65,10 +65,25 @@ def test_default_recipe_stages_run_end_to_end(tmp_path):
             ]
         ),
     }
-    run = subprocess.run(
-        ["bash", str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=900, cwd=REPO
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    def go(**extra: str) -> str:
+        r = subprocess.run(
+            ["bash", str(SCRIPT), str(out)],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+        )
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    # a wall-time limit stops the teacher after its first step with a checkpoint; the next run resumes it
+    first = go(TEACHER_SECONDS="0.01")
+    assert "stopped by train.max_seconds after iteration 1" in first and "teacher: not finished" in first
+    assert not (out / "student").exists()
+    second = go()
+    assert "resumed from" in second and "at iteration 1" in second
     model = out / "model"
     manifest = json.loads((model / "model.json").read_text())
     assert set(manifest["files"]) == {"dinov3_vits16_dinov3ros.pth", "depth_head.pt"}
@@ -81,10 +96,6 @@ def test_default_recipe_stages_run_end_to_end(tmp_path):
         assert (model / "provenance" / name).is_file(), name
     log = (out / "recipe.log").read_text()
     assert "sim pool: 8 frames of 64x64" in log  # the teacher rendered its pool
-    # a second run skips every finished stage
-    again = subprocess.run(
-        ["bash", str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
-    )
-    assert again.returncode == 0
+    again = go()  # a finished run skips every stage
     for stage in ("teacher", "student", "depth"):
-        assert f"{stage}: done, skipping" in again.stdout
+        assert f"{stage}: done, skipping" in again

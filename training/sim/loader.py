@@ -52,6 +52,7 @@ def view_spec(crops: dict[str, Any], ibot: dict[str, Any], patch_size: int, mean
         "patch_size": int(patch_size),
         "mask_probability": float(ibot.get("mask_probability", 0.5)),
         "mask_ratio": tuple(ibot.get("mask_ratio", (0.1, 0.5))),
+        "photometric": bool(crops.get("photometric", True)),
     }
     if mean is not None:
         kw["mean"], kw["std"] = tuple(mean), tuple(std)
@@ -138,7 +139,9 @@ class SimBatches:
         if log is not None:
             dt = time.perf_counter() - t0
             n = self.pool.filled * self.pool.frames_per_scene
-            log(f"sim pool: {n} frames of {c['height']}x{c['width']} rendered in {dt:.1f} s ({n / max(dt, 1e-9):.0f} frames/s)")
+            log(
+                f"sim pool: {n} frames of {c['height']}x{c['width']} rendered in {dt:.1f} s ({n / max(dt, 1e-9):.0f} frames/s)"
+            )
 
     def _fill(self, target: int) -> None:
         step = max(1, int(self.cfg["render_batch"]))
