@@ -13,7 +13,7 @@ from dinov3_ros.synthetic.torch_render import render
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs on the GPU machine"),
 ]
 
 W, H = 96, 80

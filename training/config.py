@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "local_crops_scale": [0.05, 0.32],
         "gram_teacher_crops_size": None,
         "horizontal_flips": False,
+        "photometric": True,  # colour jitter, grayscale, blur, solarize (false: geometric crops only)
         "mixed": [],  # high-res adaptation: list of {global_crops_size, local_crops_size, gram_teacher_crops_size, ratio}
     },
     "data": {"sources": [{"type": "procedural", "weight": 1.0}], "num_workers": 4},
@@ -125,6 +126,7 @@ FREE_FORM = {
     "model.pretrained",
     "sim.losses",
     "sim.pool",
+    "data.pool",
 }
 
 

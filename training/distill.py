@@ -142,6 +142,7 @@ DEFAULTS: dict[str, Any] = {
         "global_crops_scale": [0.32, 1.0],
         "local_crops_scale": [0.05, 0.32],
         "horizontal_flips": False,
+        "photometric": True,
     },
     "ibot": {"mask_probability": 0.5, "mask_ratio": [0.1, 0.5]},
     "data": {"sources": [{"type": "procedural", "weight": 1.0}], "num_workers": 4},
@@ -952,6 +953,7 @@ def _sim_batches(
         seed=int(cfg.raw["seed"]) + 7919 * rank,
         start_iter=start_iteration,
         max_iter=int(tc["iterations"]),
+        log=log.info if rank == 0 else None,
     )
     for b in batches:
         yield Batch(b["global_crops"], b.get("local_crops"), b["masks"], 2, b["sim"])
@@ -1039,11 +1041,13 @@ def run(
             m = d.step(batch)
             if (d.iteration % int(tc["log_period"]) == 0 or d.iteration == stop) and rank == 0:
                 rate = (d.iteration - n0) / max(time.perf_counter() - t0, 1e-9)
+                mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
                 log.info(
-                    "it %d/%d %.2f it/s %s",
+                    "it %d/%d %.2f it/s mem %.1f GiB %s",
                     d.iteration,
                     total,
                     rate,
+                    mem,
                     {n: {k: round(v, 4) for k, v in mm.items()} for n, mm in m.items()},
                 )
             late = tc.get("max_seconds") is not None and time.perf_counter() - t0 > float(tc["max_seconds"])

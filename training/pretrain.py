@@ -280,6 +280,7 @@ def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, d
             seed=int(t["seed"]) + 7919 * get_rank(),
             start_iter=start,
             max_iter=stop,
+            log=(lambda m: print(m, flush=True)) if is_main_process() else None,
         )
     return build_pretrain_loader(
         data_cfg,

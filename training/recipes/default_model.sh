@@ -19,7 +19,8 @@
 #                       (defaults: the configs'); schedules are fractions of the run, so these only scale
 #   TEACHER_SECONDS / STUDENT_SECONDS / DEPTH_SECONDS / ABLATION_SECONDS   wall-time limit of one
 #                       invocation of a stage (checkpoint and stop; re-run to continue)
-#   EXTRA_TEACHER / EXTRA_STUDENT / EXTRA_DEPTH   extra section.key=value overrides
+#   EXTRA_TEACHER / EXTRA_STUDENT / EXTRA_DEPTH   extra section.key=value overrides, one per line
+#                       (so YAML values may contain spaces)
 #   EVAL_FLAGS          extra dinov3-ros eval flags (e.g. "--size 640x480 --device cuda")
 #   PY=python interpreter (default: python3)
 set -euo pipefail
@@ -37,14 +38,15 @@ LOG="$OUT/recipe.log"
 say() { echo "[default_model $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 opt() { [[ -n "${2:-}" ]] && echo "$1=$2" || true; }
+lines() { [[ -n "${1:-}" ]] && printf '%s\n' "$1" | sed '/^[[:space:]]*$/d' || true; }  # one override per line
 
 pretrain() {  # name config iters seconds extra
   local name=$1 config=$2 iters=${3:-} secs=${4:-} extra=${5:-}
   if [[ -f "$OUT/$name/teacher_backbone.pth" ]]; then say "$name: done, skipping"; return 0; fi
   say "$name: $config -> $OUT/$name"
-  # shellcheck disable=SC2046,SC2086
-  "$PY" -m training.cli pretrain --config "$config" --output-dir "$OUT/$name" \
-    $(opt train.iterations "$iters") $(opt train.max_seconds "$secs") $extra 2>&1 | tee -a "$LOG"
+  local args=()
+  mapfile -t args < <(opt train.iterations "$iters"; opt train.max_seconds "$secs"; lines "$extra")
+  "$PY" -m training.cli pretrain --config "$config" --output-dir "$OUT/$name" "${args[@]}" 2>&1 | tee -a "$LOG"
   [[ -f "$OUT/$name/teacher_backbone.pth" ]] || { say "$name: not finished; re-run to continue"; exit 0; }
 }
 
@@ -57,10 +59,10 @@ if want student; then
     say "student: done, skipping"
   else
     say "student: distilling $OUT/teacher -> $OUT/student"
-    # shellcheck disable=SC2046,SC2086
+    mapfile -t args < <(opt train.iterations "${STUDENT_ITERS:-}"; opt train.max_seconds "${STUDENT_SECONDS:-}"
+      lines "${EXTRA_STUDENT:-}")
     "$PY" -m training.cli distill --config "$R/default_student.yaml" --output-dir "$OUT/student" \
-      "teacher.checkpoint=$OUT/teacher" $(opt train.iterations "${STUDENT_ITERS:-}") \
-      $(opt train.max_seconds "${STUDENT_SECONDS:-}") ${EXTRA_STUDENT:-} 2>&1 | tee -a "$LOG"
+      "teacher.checkpoint=$OUT/teacher" "${args[@]}" 2>&1 | tee -a "$LOG"
     [[ -f "$STUDENT/export.json" ]] || { say "student: not finished; re-run to continue"; exit 0; }
   fi
 fi
@@ -70,10 +72,10 @@ if want depth; then
     say "depth: done, skipping"
   else
     say "depth: linear head on $STUDENT/backbone_ema.pth"
-    # shellcheck disable=SC2046,SC2086
+    mapfile -t args < <(opt train.iterations "${DEPTH_ITERS:-}"; opt train.max_seconds "${DEPTH_SECONDS:-}"
+      lines "${EXTRA_DEPTH:-}")
     "$PY" -m training.cli depth --config "$R/default_depth.yaml" --output-dir "$OUT/depth" \
-      "backbone.weights=$STUDENT/backbone_ema.pth" $(opt train.iterations "${DEPTH_ITERS:-}") \
-      $(opt train.max_seconds "${DEPTH_SECONDS:-}") ${EXTRA_DEPTH:-} 2>&1 | tee -a "$LOG"
+      "backbone.weights=$STUDENT/backbone_ema.pth" "${args[@]}" 2>&1 | tee -a "$LOG"
     [[ -f "$OUT/depth/depth_head.pt" ]] || { say "depth: not finished; re-run to continue"; exit 0; }
   fi
 fi
@@ -84,7 +86,8 @@ if want export; then
 fi
 
 if want ablation; then
-  pretrain teacher_ssl_only "$R/default_teacher_ssl_only.yaml" "${ABLATION_ITERS:-}" "${ABLATION_SECONDS:-}" ""
+  pretrain teacher_ssl_only "$R/default_teacher_ssl_only.yaml" "${ABLATION_ITERS:-}" "${ABLATION_SECONDS:-}" \
+    "${EXTRA_TEACHER:-}"
 fi
 
 if want eval; then

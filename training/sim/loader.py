@@ -8,6 +8,7 @@ renders the scenes an uninterrupted run would have had by then.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,6 +52,7 @@ def view_spec(crops: dict[str, Any], ibot: dict[str, Any], patch_size: int, mean
         "patch_size": int(patch_size),
         "mask_probability": float(ibot.get("mask_probability", 0.5)),
         "mask_ratio": tuple(ibot.get("mask_ratio", (0.1, 0.5))),
+        "photometric": bool(crops.get("photometric", True)),
     }
     if mean is not None:
         kw["mean"], kw["std"] = tuple(mean), tuple(std)
@@ -113,6 +115,7 @@ class SimBatches:
         start_iter: int = 0,
         max_iter: int | None = None,
         renderer: Callable[[FramePool, range], None] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = {**DEFAULT_POOL, **dict(pool_cfg or {})}
         unknown = sorted(set(self.cfg) - set(DEFAULT_POOL))
@@ -131,7 +134,14 @@ class SimBatches:
         self.spec, self.batch_size, self.seed = spec, int(batch_size), int(seed)
         self.it, self.max_iter = int(start_iter), max_iter
         self.render = renderer or make_renderer(c, self.device)
+        t0 = time.perf_counter()
         self._fill(filled_at(c, self.it))
+        if log is not None:
+            dt = time.perf_counter() - t0
+            n = self.pool.filled * self.pool.frames_per_scene
+            log(
+                f"sim pool: {n} frames of {c['height']}x{c['width']} rendered in {dt:.1f} s ({n / max(dt, 1e-9):.0f} frames/s)"
+            )
 
     def _fill(self, target: int) -> None:
         step = max(1, int(self.cfg["render_batch"]))

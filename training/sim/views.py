@@ -38,6 +38,7 @@ class ViewSpec:
     mask_probability: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     n_classes: int = 8
+    photometric: bool = True
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     _masker: MaskingGenerator | None = field(default=None, repr=False)
@@ -87,7 +88,9 @@ def _locals(
             boxes = random_boxes(k * B, *frame_hw, tuple(spec.local_scale), g, dev)
             parts.append(resized_crops(imgs, boxes, size, per_image=k))
     crops = torch.cat(parts)  # crop-major: L crops of all B samples
-    return normalize(photometric(crops, g, blur_p=0.5), spec.mean, spec.std)
+    if spec.photometric:
+        crops = photometric(crops, g, blur_p=0.5)
+    return normalize(crops, spec.mean, spec.std)
 
 
 def sample_views(
@@ -107,8 +110,9 @@ def sample_views(
     boxes = random_boxes(2 * B, H, W, tuple(spec.global_scale), g, dev)
     ga = resized_crops(imgs_a, boxes[:B], size)
     gb = resized_crops(imgs_b, boxes[B:], size)
-    ga = photometric(ga, g, blur_p=1.0)
-    gb = photometric(gb, g, blur_p=0.1, solarize_p=0.2)
+    if spec.photometric:
+        ga = photometric(ga, g, blur_p=1.0)
+        gb = photometric(gb, g, blur_p=0.1, solarize_p=0.2)
     global_crops = normalize(torch.cat([ga, gb]), spec.mean, spec.std)
     local_crops = _locals(spec, imgs_a, imgs_b, g, (H, W))
     frames = torch.cat([fa, fb])
