@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.skipif(
         timm is None,
         reason=f"timm cannot be imported here ({_TIMM_ERROR if timm is None else ''}); "
-        "runs on the GPU machine (benchmarks/gpu_suite.sh, step parity)",
+        "runs on the GPU machine (python benchmarks/run.py cuda-tests)",
     ),
 ]
 

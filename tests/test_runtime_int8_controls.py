@@ -33,7 +33,7 @@ def _features(path, precision: str) -> np.ndarray:
     m = load_model(str(path), "onnxruntime", "cpu", precision, SIZE)
     p = Pipeline.from_model(m, PipelineConfig(resolution=SIZE))
     (o,) = p.process([Frame(_image(), 1, "cam", None, "s")], {"features"})
-    return o.features.reshape(-1, o.features.shape[-1]).astype(np.float64)
+    return o["features"].reshape(-1, o["features"].shape[-1]).astype(np.float64)
 
 
 def _worst_cos(a: np.ndarray, b: np.ndarray) -> float:
