@@ -204,6 +204,8 @@ class PerceptionCore:
         if self._diag_pub is not None:
             self.node.destroy_publisher(self._diag_pub)
             self._diag_pub = None
+        if self.pipeline is not None:
+            self.pipeline.close()  # the heads' threads
         close = getattr(getattr(self.model, "engine", None), "close", None)
         if callable(close):
             close()
