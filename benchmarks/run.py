@@ -90,7 +90,7 @@ def configs() -> dict[str, list[Step]]:
                 600,
             )
         ],
-        "offline": [Step("offline", _bench("bench_offline.py", *OFFLINE_GPU), 480)],
+        "offline": [Step("offline", _bench("bench_offline.py", *OFFLINE_GPU), 560)],
         "node": [Step("node", _bench("bench_node.py", *NODE_GPU, "--seconds", "20"), 240)],
         "backbones": [
             Step(
