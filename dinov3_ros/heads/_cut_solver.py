@@ -37,6 +37,9 @@ __all__ = ["CutStats", "MaskedCut"]
 
 #: largest patch count whose slice products stay below 2^24 (256 * n)
 MAX_PATCHES = 65535
+#: replay the device steps as CUDA graphs (read when a solver is built; off = eager kernels, e.g. for an
+#: op-level count of the work, which a graph replay hides)
+CUDA_GRAPHS = True
 
 
 @dataclass
@@ -147,7 +150,7 @@ class MaskedCut:
         self.A = torch.zeros(n, n, dtype=f32, device=device)
         self.Q = torch.zeros(n, self.k, dtype=f32, device=device)
         self.dis = torch.zeros(n, dtype=f32, device=device)
-        self.use_graph = device.type == "cuda"
+        self.use_graph = device.type == "cuda" and CUDA_GRAPHS
         self._graphs: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._host: dict[str, torch.Tensor] = {}  # pinned copy-back buffers, one per step
 
