@@ -94,22 +94,36 @@ class _Pencil:
         self.V = np.hstack([self.V, V - coef[None, :]])
         self.WV = np.hstack([self.WV, WV - self.d[:, None] * coef[None, :]])
 
-    def ritz(self) -> tuple[np.ndarray, float, np.ndarray, float]:
-        """``(x with xᵀDx = 1, μ, residual W x − μ D x, ½‖D^-1/2 residual‖)`` of the largest Ritz pair."""
+    def ritz(self) -> tuple[np.ndarray, float, np.ndarray, float, float]:
+        """``(x with xᵀDx = 1, μ, residual W x − μ D x, ½‖D^-1/2 residual‖, gap)`` of the largest Ritz
+        pair; ``gap`` estimates the distance from μ to the rest of the spectrum (the next Ritz value
+        plus its residual; 0 when unknown)."""
         V, WV = self.V, self.WV
         G = V.T @ (self.d[:, None] * V)
         H = V.T @ WV
         s, U = np.linalg.eigh(0.5 * (G + G.T))
         keep = s > max(float(s[-1]), 0.0) * 1e-12
         if not keep.any():
-            return np.zeros(self.d.size), float("nan"), np.zeros(self.d.size), float("inf")
+            return np.zeros(self.d.size), float("nan"), np.zeros(self.d.size), float("inf"), 0.0
         T = U[:, keep] / np.sqrt(s[keep])
         theta, C = np.linalg.eigh(T.T @ (0.5 * (H + H.T)) @ T)
         c = T @ C[:, -1]
         mu = float(theta[-1])
         x = V @ c
         r = WV @ c - mu * self.d * x
-        return x, mu, r, 0.5 * float(np.linalg.norm(r / self.sqd))
+        gap = 0.0
+        if theta.size > 1:
+            c2 = T @ C[:, -2]
+            r2 = WV @ c2 - theta[-2] * self.d * (V @ c2)
+            gap = max(mu - float(theta[-2]) - float(np.linalg.norm(r2 / self.sqd)), 0.0)
+        return x, mu, r, 0.5 * float(np.linalg.norm(r / self.sqd)), gap
+
+    def error_bound(self, res: float, gap: float) -> np.ndarray:
+        """Per-entry bound on ``|x − x*|`` (``x*`` the exact eigenvector, same sign and normalisation):
+        ``‖y − y*‖ <= √2 ‖M y − μ y‖ / gap`` (Davis-Kahan) in ``y = D^1/2 x``."""
+        if gap <= 0.0:
+            return np.full(self.d.size, np.inf)
+        return np.sqrt(2.0) * (2.0 * res) / gap / self.sqd
 
 
 class MaskedCut:
@@ -258,9 +272,18 @@ class MaskedCut:
         P = out[idx, q : 2 * q] + 256.0 * out[idx, 2 * q : 3 * q] + 65536.0 * out[idx, 3 * q : 4 * q]
         return out[idx, :q], P * scale[None, :]
 
-    def solve(self, active: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
+    def solve(
+        self,
+        active: np.ndarray,
+        tol: float,
+        certify: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+    ) -> tuple[np.ndarray, float] | None:
         """``(x [n_active], λ)`` of the active sub-graph (order of ``flatnonzero(active)``, ``xᵀDx = 1``),
-        or None when the residual check still fails after every correction round."""
+        or None when the residual check still fails after every correction round.
+
+        ``certify(x, err)`` (optional) may accept ``x`` before its residual is below ``tol``: ``err`` bounds
+        each entry's distance to the exact eigenvector, and the caller accepts when no decision it takes
+        from ``x`` can differ within those bounds."""
         act = active.reshape(-1)
         idx = np.flatnonzero(act)
         self.m.copy_(torch.from_numpy(act.astype(np.float32)))
@@ -270,8 +293,11 @@ class MaskedCut:
         pencil.add(*self._unpack(out[:, :-1], idx, self.k))
         r_full = np.zeros(self.n, dtype=np.float32)
         for step in range(self.max_rounds + 1):
-            x, mu, r, res = pencil.ritz()
-            if np.isfinite(mu) and res < tol:
+            x, mu, r, res, gap = pencil.ritz()
+            ok = np.isfinite(mu) and res < tol
+            if not ok and certify is not None and np.isfinite(mu):
+                ok = bool(certify(x, pencil.error_bound(res, gap)))
+            if ok:
                 self.stats.solves += 1
                 self.stats.steps += step
                 return x, 1.0 - mu

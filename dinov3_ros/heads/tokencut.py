@@ -28,6 +28,7 @@ fraction of float32's (1/64 on Jetson Orin).
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 
@@ -330,14 +331,36 @@ def _masked_cut(n: int, device: torch.device) -> tuple[MaskedCut, threading.Lock
     return cached_cut(n, device, power=2**SQUARINGS, max_rounds=MAX_STEPS, krylov=KRYLOV, stats=CUT_STATS)
 
 
+def _mask_certified(x: np.ndarray, err: np.ndarray, *, idx: np.ndarray, h: int, w: int) -> bool:
+    """True when every eigenvector within ``err`` of ``x`` (entrywise) gives the mask :func:`_partition`
+    gives for ``x``: no entry is within reach of the mean (the split is the same), and every patch that
+    could be the seed (the tie rule included) lies in the same connected component of the same side."""
+    if not np.isfinite(err).all():
+        return False
+    m = x.mean()
+    if np.any(np.abs(x - m) <= err + err.mean()):
+        return False
+    bip = x > m
+    ax = np.abs(x)
+    cand = np.flatnonzero(ax + err >= (ax - err).max() * (1.0 - 1e-9))
+    if not (bip[cand].all() or not bip[cand].any()):
+        return False
+    grid = np.zeros(h * w, dtype=bool)
+    grid[idx] = bip if bip[cand[0]] else ~bip
+    labels = ndimage.label(grid.reshape(h, w), structure=_FOUR_CONNECTED)[0].reshape(-1)
+    return np.unique(labels[idx[cand]]).size == 1
+
+
 class _DeviceGraph:
     """The TokenCut graph of all patches built once, for the multi-object loop.
 
     Every cut solves the sub-graph of the still active patches (no recomputed similarities) with the
     masked cut (:mod:`._cut_solver`: float32 on the device, exact float64 Rayleigh-Ritz and residual
-    check on the host; a failed check - ``tol`` 1e-9 for the first cut, 1e-6 for later ones, whose
-    eigenvector only feeds the ``x > mean`` split - falls back to a dense float64 solve on the host), so
-    cut 1 is the published solve. The contrast is counted on the host from the edge matrix, copied once.
+    check on the host; a failed check falls back to a dense float64 solve on the host). Cut 1 is solved to
+    the residual tolerance 1e-9 (the published solve); a later cut - whose eigenvector only feeds the
+    mask - stops as soon as its mask is certified: no eigenvector within the error bound of the Ritz
+    vector could give another split or seed component (:func:`_mask_certified`). The contrast is counted
+    on the host from the edge matrix, copied once.
     """
 
     def __init__(self, F: torch.Tensor, tau: float, eps: float, method: str, exact_later: bool) -> None:
@@ -360,7 +383,13 @@ class _DeviceGraph:
         idx = np.flatnonzero(active.reshape(-1))
         n = idx.size
         dense = self.method == "dense"  # small graphs too: the masked solve beats a small eigh
-        sol = None if dense else self.solver.solve(active, 1e-9 if first or self.exact_later else 1e-6)
+        sol = None
+        if not dense:
+            # later cuts stop as soon as their mask is certified (see _mask_certified); the first cut
+            # (and every cut with exact_later) is the published solve to the residual tolerance
+            loose = not (first or self.exact_later)
+            certify = functools.partial(_mask_certified, idx=idx, h=h, w=w) if loose else None
+            sol = self.solver.solve(active, 1e-9, certify)
         if sol is None:
             sol = _solve_dense_np(_weights(self.E[np.ix_(idx, idx)], self.eps))
         res = _partition(sol[0], sol[1], idx, h, w)
