@@ -29,7 +29,7 @@ Projection onto AGX Orin 64GB, Orin NX 16GB and Orin Nano 8GB (Super), rates fro
   worker overlaps inference of one frame with the heads of the previous one.
 
     python benchmarks/jetson_budget.py --device cuda --weights random:vits16 --precision fp16 \\
-        --resolution 480x640 --out jetson_budget.json
+        --resolution 480x640 --out jetson_budget.json            # --images texture: harder frames
     python benchmarks/jetson_budget.py --device cpu --weights random:vitt16 --resolution 64x80 --frames 2
 """
 
@@ -172,12 +172,23 @@ class _Tally:
         }
 
 
-def _frames(n: int) -> list[Frame]:
-    """The node benchmark's 640x480 frames (smooth textures with moving blobs)."""
+def _frames(n: int, kind: str) -> list[Frame]:
+    """640x480 frames: ``node`` = the node benchmark's (stripes and a moving block); ``texture`` = smooth
+    random textures (seeded), whose TokenCut spectra are harder."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_node import K, test_image
 
-    return [Frame(test_image(i), i, "camera_optical", K, "budget") for i in range(n)]
+    if kind == "node":
+        return [Frame(test_image(i), i, "camera_optical", K, "budget") for i in range(n)]
+    import cv2
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        small = rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)
+        img = cv2.resize(small, (640, 480), interpolation=cv2.INTER_CUBIC)
+        out.append(Frame(np.ascontiguousarray(img), i, "camera_optical", K, "budget"))
+    return out
 
 
 def _sync(device: str) -> None:
@@ -360,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=10, help="counted/profiled frames per output set")
     ap.add_argument("--time-frames", type=int, default=40, help="timed frames per output set")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--images", default="node", choices=("node", "texture"), help="frame content")
     ap.add_argument("--sets", default="each,all", help="each: every output alone; all: all outputs")
     ap.add_argument("--out", default="jetson_budget.json")
     a = ap.parse_args(argv)
@@ -372,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     timed = (
         load_model(a.weights, "torch", a.device, a.precision, res, cuda_graphs=graphs) if graphs else eager
     )
-    frames = _frames(max(a.frames, a.time_frames) + a.warmup)
+    frames = _frames(max(a.frames, a.time_frames) + a.warmup, a.images)
     ctx = {
         "args": a,
         "cfg": cfg,
