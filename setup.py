@@ -34,7 +34,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
-    package_data={"training": ["configs/*.yaml"], PACKAGE: ["msgs/*.msg"]},
+    package_data={"training": ["configs/*.yaml"], PACKAGE: ["msgs/*.msg", "synthetic/data/*.npz"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-
-pytest.importorskip("rosbags")
-cv2 = pytest.importorskip("cv2")
+import rosbags  # noqa: F401 - the demo writes and reads bags
 
 CAMERA = "/camera/image_raw/compressed"
 OUT_TOPICS = {

@@ -107,3 +107,104 @@ def test_ridge_recovers_linear_map():
     np.testing.assert_allclose(M.ridge_predict(W, x), y, atol=1e-6)
     Wd = M.ridge_fit(x[:5], y[:5], lam=1e-9)  # dual form (N < D) interpolates
     np.testing.assert_allclose(M.ridge_predict(Wd, x[:5]), y[:5], atol=1e-5)
+
+
+# ------------------------------------------------------------------ hand-computed values on tiny inputs
+def test_depth_metrics_hand_computed():
+    """Three valid pixels (gt, pred) = (1, 1.2), (2, 2), (4, 2.5) and one gt = 0 pixel (ignored)."""
+    gt = np.array([[1.0, 2.0], [4.0, 0.0]])
+    pred = np.array([[1.2, 2.0], [2.5, 7.0]])
+    m = M.depth_metrics(pred, gt)
+    assert m["n"] == 3
+    assert m["abs_rel"] == pytest.approx((0.2 / 1 + 0 + 1.5 / 4) / 3)  # 0.191667
+    assert m["sq_rel"] == pytest.approx((0.04 / 1 + 0 + 2.25 / 4) / 3)  # 0.200833
+    assert m["rmse"] == pytest.approx(np.sqrt((0.04 + 0 + 2.25) / 3))  # 0.873689
+    # ratios max(g/p, p/g) = 1.2, 1, 1.6: below 1.25 twice, below 1.25^2 = 1.5625 twice, all below 1.953
+    assert (m["delta1"], m["delta2"], m["delta3"]) == pytest.approx((2 / 3, 2 / 3, 1.0))
+    e1, e3 = np.log(1 / 1.2), np.log(4 / 2.5)  # log errors; the middle pixel's is 0
+    assert m["rmse_log"] == pytest.approx(np.sqrt((e1**2 + e3**2) / 3))
+    assert m["silog"] == pytest.approx(100 * np.sqrt((e1**2 + e3**2) / 3 - ((e1 + e3) / 3) ** 2))
+    assert m["log10"] == pytest.approx((abs(np.log10(1 / 1.2)) + abs(np.log10(1.6))) / 3)
+    assert m["abs_rel"] == pytest.approx(0.1916667, abs=1e-7) and m["delta1"] != m["delta3"]
+
+
+def test_correspondence_recall_hand_computed():
+    gt = np.zeros((5, 2))
+    pred = np.array([[0.0, 0.0], [1.0, 0.0], [0.9, 1.2], [0.0, -3.0], [3.0, 4.0]])  # errors 0, 1, 1.5, 3, 5
+    rec = M.correspondence_recall(pred, gt, (1.0, 2.0, 4.0))
+    assert rec == {"recall@1px": 2 / 5, "recall@2px": 3 / 5, "recall@4px": 4 / 5}  # thresholds inclusive
+    assert M.correspondence_recall(np.zeros((0, 2)), np.zeros((0, 2)), (1.0,)) == {"recall@1px": 0.0}
+    assert M.random_match_chance(100, 50, 2.0) == pytest.approx(np.pi * 4 / 5000)
+
+
+def _rot(axis: str, deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    i, j = {"x": (1, 2), "y": (0, 2), "z": (0, 1)}[axis]
+    R = np.eye(3)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    return R
+
+
+def test_relative_pose_error_hand_computed():
+    """Exact matches of 3-D points seen by two cameras (B = R_y(10 deg) A + t): errors are the rotation /
+    direction offsets of the ground truth they are compared with."""
+    rng = np.random.default_rng(0)
+    K = np.array([[200.0, 0, 80], [0, 200.0, 60], [0, 0, 1]])
+    X = np.c_[rng.uniform(-2, 2, (80, 2)), rng.uniform(4, 8, 80)]
+    R, t = _rot("y", 10.0), np.array([0.5, 0.1, 0.0])
+    Xb = X @ R.T + t
+    pa = (X @ K.T)[:, :2] / X[:, 2:]
+    pb = (Xb @ K.T)[:, :2] / Xb[:, 2:]
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    e = M.relative_pose_error(pa, pb, K, T, threshold_px=0.5)
+    assert e["rot_err_deg"] < 0.01 and e["trans_err_deg"] < 0.1 and e["inliers"] >= 75, e
+    T5 = T.copy()
+    T5[:3, :3] = _rot("z", 5.0) @ R  # ground truth off by 5 deg about z
+    assert M.relative_pose_error(pa, pb, K, T5, 0.5)["rot_err_deg"] == pytest.approx(5.0, abs=0.01)
+    Tf = T.copy()
+    Tf[:3, 3] = -3 * t  # opposite direction (scale does not matter)
+    assert M.relative_pose_error(pa, pb, K, Tf, 0.5)["trans_err_deg"] == pytest.approx(180.0, abs=0.1)
+    Tp = T.copy()
+    Tp[:3, 3] = [0.1, -0.5, 0.0]  # perpendicular to t
+    assert M.relative_pose_error(pa, pb, K, Tp, 0.5)["trans_err_deg"] == pytest.approx(90.0, abs=0.1)
+    assert M.rotation_error_deg(_rot("x", 30.0), _rot("x", -15.0)) == pytest.approx(45.0)
+    assert M.angle_between_deg([1, 0, 0], [1, 1, 0]) == pytest.approx(45.0)
+
+
+def test_knn_vote_hand_computed():
+    """Test direction 60 deg; neighbours at 65 deg (class 1), 35 and 30 deg (class 0), far ones at 170+.
+
+    k=3, T=0.07: weights exp((s - s_max)/T) = 1 for class 1 vs 0.277 + 0.156 for class 0 -> class 1.
+    T=1: 1 vs 0.914 + 0.878 -> class 0 (nearly a majority vote). k=1 -> class 1.
+    """
+
+    def unit(deg):
+        return [np.cos(np.radians(deg)), np.sin(np.radians(deg))]
+
+    train = np.array([unit(65), unit(35), unit(30), unit(170), unit(180)])
+    train[1] *= 100.0  # cosine similarity: the scale of a feature does not matter
+    y = np.array([1, 0, 0, 1, 1])
+    test = np.array([unit(60)])
+    assert M.knn_predict(train, y, test, k=3, temperature=0.07).tolist() == [1]
+    assert M.knn_predict(train, y, test, k=3, temperature=1.0).tolist() == [0]
+    assert M.knn_predict(train, y, test, k=1).tolist() == [1]
+    # k=5, T=1: class 1 gets 1 + exp(cos 110 - cos 5) + exp(cos 120 - cos 5) = 1.486 < 1.792 -> class 0
+    assert M.knn_predict(train, y, test, k=5, temperature=1.0).tolist() == [0]
+    w_far = np.exp(np.cos(np.radians(110)) - np.cos(np.radians(5))) + np.exp(
+        np.cos(np.radians(120)) - np.cos(np.radians(5))
+    )
+    assert 1 + w_far == pytest.approx(1.486, abs=1e-3)
+
+
+def test_linear_probe_hand_computed():
+    """Two classes along the axes; after L2 normalisation the ridge classifier splits at the diagonal."""
+    train = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
+    y = np.array([0, 0, 1, 1])
+    test = np.array([[5.0, 1.0], [0.2, 0.9], [1.0, 0.8], [0.7, 1.0]])
+    assert M.linear_probe_predict(train, y, test, 2).tolist() == [0, 1, 0, 1]
+    # ridge with a negligible penalty fits y = 2x + 1 exactly: W = [2], b = 1
+    W = M.ridge_fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([1.0, 3.0, 5.0, 7.0]), lam=1e-12)
+    np.testing.assert_allclose(W.ravel(), [2.0, 1.0], atol=1e-9)
+    assert M.accuracy(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])) == 0.75
+    assert M.prior_chance(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2) == pytest.approx(0.5)

@@ -8,11 +8,15 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from dinov3_ros.eval.data import load_data, synthetic_data
 from dinov3_ros.eval.features import BackboneFeatures, NoiseFeatures
 from dinov3_ros.eval.metrics import random_match_chance
 from dinov3_ros.eval.runner import ORACLE, EvalOptions, evaluate
+from dinov3_ros.models.testing import random_backbone
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,8 @@ def test_oracle_scores_perfectly(data):
     assert t["iou"] == 1.0 and t["corloc"] == 1.0 and t["corloc_any"] == 1.0 and t["images"] > 0
     assert p["knn_acc"] == 1.0 and p["linear_acc"] == 1.0 and p["test_crops"] > 5
     assert ex["depth_pred"].shape == (96, 96)
-    json.dumps(res)  # JSON-able
+    back = json.loads(json.dumps(res, allow_nan=False))  # JSON-able, no NaN
+    assert back["summary"] == res["summary"] and back["depth"] == res["depth"]
 
 
 def test_noise_features_score_at_chance(data):
@@ -48,32 +53,83 @@ def test_noise_features_score_at_chance(data):
     assert res["depth"]["delta1"] < 0.6
 
 
-def test_tiny_backbone_all_tasks_and_depth_head(data, tmp_path):
-    torch = pytest.importorskip("torch")
-    from dinov3_ros.heads.depth import LinearDepthHead, save_head
-    from dinov3_ros.models import build_backbone
-    from dinov3_ros.models.testing import randomize_backbone_
+def _hand_features(bb, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patch tokens and CLS of ``bb`` on images normalised by hand: (x / 255 - mean) / std, NCHW."""
+    mean = np.array(bb.norm_mean, np.float32)[None, :, None, None]
+    std = np.array(bb.norm_std, np.float32)[None, :, None, None]
+    x = (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+    with torch.no_grad():
+        out = bb.forward_features(torch.from_numpy(x))
+    h, w = images.shape[1] // 16, images.shape[2] // 16
+    return out["x_norm_patchtokens"].reshape(len(images), h, w, -1).numpy(), out["x_norm_clstoken"].numpy()
 
-    torch.set_num_threads(1)
-    bb = randomize_backbone_(build_backbone("vitt16", depth=2), seed=0)
-    model = BackboneFeatures(bb, name="vitt16-2blk")
+
+@pytest.fixture(scope="module")
+def tiny():
+    bb = random_backbone("vitt16", seed=0, depth=2)
+    return bb, BackboneFeatures(bb, name="vitt16-2blk")
+
+
+def test_backbone_features_equal_hand_normalised_forward(data, tiny):
+    bb, model = tiny
+    images = np.stack([f.rgb for f in data.test[:3]])
+    pt, cls = model(images)
+    ref_pt, ref_cls = _hand_features(bb, images)
+    assert pt.shape == (3, 6, 6, 192) and cls.shape == (3, 192)
+    np.testing.assert_allclose(pt, ref_pt, atol=1e-5)
+    np.testing.assert_allclose(cls, ref_cls, atol=1e-5)
+    # negative controls: BGR channel order, or normalising with the std of another channel, fails
+    bgr, _ = model(images[..., ::-1].copy())
+    assert np.abs(bgr - ref_pt).max() > 1e-2
+    wrong = BackboneFeatures(bb, name="wrong-std")
+    wrong._std = wrong._std.flip(1)
+    assert np.abs(wrong(images)[0] - ref_pt).max() > 1e-2
+
+
+def test_tiny_backbone_all_tasks(data, tiny):
+    _, model = tiny
     res, _ = evaluate(model, data)
     assert res["feature_dim"] == 192 and res["patch_grid"] == [6, 6]
-    assert 0 <= res["depth"]["delta1"] <= 1 and res["depth"]["abs_rel"] > 0
     assert res["tokencut"]["implementation"] == ["heads.tokencut"]
     assert res["matcher"] == "heads"
-    for k in ("recall@1px", "recall@2px", "recall@4px"):
-        assert 0.0 <= res["correspondence"][k] <= 1.0
-    assert 0.0 <= res["probe"]["linear_acc"] <= 1.0
-    head = LinearDepthHead(192, n_bins=16, min_depth=0.1, max_depth=10.0)
+    again, _ = evaluate(model, data)  # deterministic
+    for task in ("depth", "correspondence", "tokencut", "probe", "summary"):
+        assert again[task] == res[task], task
+    s = res["summary"]
+    assert s["depth.abs_rel"] == res["depth"]["abs_rel"] and s["probe.knn_acc"] == res["probe"]["knn_acc"]
+    # features of a network whose every block matters still match textures better than chance
+    c = res["correspondence"]
+    assert c["recall@4px"] > c["chance"]["recall@4px"], c
+
+
+def test_depth_head_file_metrics_equal_hand_computed(data, tiny, tmp_path):
+    """``--depth-head``: the reported metrics equal the per-frame metrics of the head run by hand on the
+    backbone's intermediate layers (hand-normalised input), clipped to the evaluation range, averaged."""
+    from dinov3_ros.eval.depth import MAX_DEPTH, MIN_DEPTH
+    from dinov3_ros.eval.metrics import depth_metrics, mean_metrics
+    from dinov3_ros.heads.depth import LinearDepthHead, save_head
+
+    bb, model = tiny
+    torch.manual_seed(0)
+    head = LinearDepthHead(192, n_bins=16, min_depth=0.1, max_depth=10.0).eval()
     path = tmp_path / "head.pt"
     norm = {"mean": list(bb.norm_mean), "std": list(bb.norm_std)}
-    save_head(
-        path, head.eval(), {"arch": "vitt16", "normalization": norm, "input_size": [96, 96], "layers": [1]}
-    )
-    res2, ex2 = evaluate(model, data, EvalOptions(tasks=("depth",), depth_head=str(path)))
-    assert res2["depth_method"].startswith("head:")
-    assert ex2["depth_pred"].shape == (96, 96) and np.all(ex2["depth_pred"] >= 0.1 - 1e-6)
+    save_head(path, head, {"arch": "vitt16", "normalization": norm, "input_size": [96, 96], "layers": [1]})
+    res, ex = evaluate(model, data, EvalOptions(tasks=("depth",), depth_head=str(path)))
+    assert res["depth_method"].startswith("head:")
+    images = np.stack([f.rgb for f in data.test])
+    mean = torch.tensor(bb.norm_mean).view(1, 3, 1, 1)
+    std = torch.tensor(bb.norm_std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    with torch.no_grad():
+        layers = bb.get_intermediate_layers(x, n=[1], reshape=True, return_class_token=True)
+        pred = head(list(layers), output_size=(96, 96))[:, 0].numpy().astype(np.float64)
+    np.testing.assert_allclose(ex["depth_pred"], pred[0], rtol=1e-5)
+    per = [depth_metrics(np.clip(p, MIN_DEPTH, MAX_DEPTH), f.depth) for p, f in zip(pred, data.test)]
+    want = mean_metrics(per)
+    for k in ("abs_rel", "sq_rel", "rmse", "delta1", "silog", "log10"):
+        assert res["depth"][k] == pytest.approx(want[k], rel=1e-5), k
+    assert res["depth"]["images"] == len(data.test)
 
 
 def test_folder_data_split(tmp_path):

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-models = pytest.importorskip("dinov3_ros.models.archs", reason="dinov3_ros.models not available")
-
+from dinov3_ros.models.testing import random_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)
-    return models.build_backbone("vitt16", depth=4).eval()
+    return random_backbone("vitt16", seed=0, depth=4)
 
 
 def test_dpt_and_linear_heads_on_intermediate_layers(backbone, tmp_path):

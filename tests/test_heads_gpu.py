@@ -17,7 +17,9 @@ from dinov3_ros.heads.upsample import upsample
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA: runs on the GPU machine (benchmarks/gpu_suite.sh)"
+    ),
 ]
 
 

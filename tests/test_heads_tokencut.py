@@ -32,16 +32,26 @@ def _iou(a, b):
     return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
 
 
-def _reference(feats: np.ndarray, tau=0.2, eps=1e-5):
-    """Independent transcription of the published TokenCut steps with scipy.linalg.eigh(D-W, D)."""
+def _reference(feats: np.ndarray, tau=0.2, eps=1e-5, bug: str | None = None):
+    """Independent transcription of the published TokenCut steps with scipy.linalg.eigh(D-W, D).
+
+    ``bug`` plants a plausible mistake for the negative controls: ``"no_l2norm"`` (raw dot products),
+    ``"standard_eig"`` (eigh(D-W) without D: the unnormalised cut), ``"soft_affinity"`` (W = cosine
+    similarity instead of the thresholded 1/eps graph).
+    """
     h, w, C = feats.shape
     F = feats.reshape(-1, C).astype(np.float64)
-    F = F / np.linalg.norm(F, axis=1, keepdims=True)
+    if bug != "no_l2norm":
+        F = F / np.linalg.norm(F, axis=1, keepdims=True)
     A = F @ F.T
-    A = np.where(A > tau, 1.0, eps)
+    A = np.clip(A, eps, None) if bug == "soft_affinity" else np.where(A > tau, 1.0, eps)
     d = A.sum(1)
     D = np.diag(d)
-    _, vecs = scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2])
+    if bug == "standard_eig":
+        _, vecs = scipy.linalg.eigh(D - A, subset_by_index=[1, 2])
+        vecs = vecs / np.sqrt(np.sum(vecs**2 * d[:, None], 0))  # same x^T D x = 1 normalisation
+    else:
+        _, vecs = scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2])
     v = vecs[:, 0].copy()
     bip = v > v.mean()
     seed = int(np.argmax(np.abs(v)))
@@ -79,6 +89,20 @@ def test_agrees_with_scipy_generalised_solve(seed, method):
     np.testing.assert_allclose(res.eigenvector, v_ref, atol=1e-6)
     assert np.array_equal(res.mask, comp_ref)
     assert res.seed == tuple(int(i) for i in seed_ref)
+
+
+@pytest.mark.parametrize("bug", ["no_l2norm", "standard_eig", "soft_affinity"])
+def test_reference_agreement_catches_planted_bug(bug):
+    """Negative control: a reference with a plausible TokenCut mistake fails the same comparison."""
+    h, w = 9, 11
+    rng = np.random.default_rng(0)
+    feats = _planted(h, w, [_disk(h, w, rng.integers(2, 7), rng.integers(2, 9), 2.5)], C=48, noise=2.2)
+    res = tokencut(feats, method="scipy")
+    v_bug, comp_bug, _ = _reference(feats, bug=bug)
+    v_ok, comp_ok, _ = _reference(feats)
+    assert np.allclose(res.eigenvector, v_ok, atol=1e-6) and np.array_equal(res.mask, comp_ok)
+    assert not (np.allclose(res.eigenvector, v_bug, atol=1e-6) and np.array_equal(res.mask, comp_bug))
+    assert not np.allclose(res.eigenvector, v_bug, atol=1e-6)
 
 
 def test_fiedler_vector_large_grid_solvers_agree():

@@ -2,7 +2,8 @@
 
 Our state_dict is converted with ``official_to_hf`` and loaded strictly into ``DINOv3ViTModel`` /
 ``DINOv3ConvNextModel``; CLS, register and patch tokens and ``get_intermediate_layers`` must agree to
-1e-4 max-abs. LayerScale, every bias (including the masked k third of qkv) and the norms are randomised.
+1e-4 max-abs. LayerScale, every bias (including the masked k third of qkv) and the norms are randomised
+(``random_backbone``: every block changes the output), and planted bugs on our side fail the same checks.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ import functools
 
 import pytest
 import torch
+import transformers
+from planted_bugs import BUGS, model_bug
 
 from dinov3_ros.models import ARCHS, convnext_official_to_hf, official_to_hf
 from dinov3_ros.models.testing import random_backbone
-
-transformers = pytest.importorskip("transformers", reason="transformers is needed for the HF parity tests")
 
 TOL = 1e-4
 
 
 @functools.lru_cache(maxsize=1)
-def _pair(arch: str):
+def _pair(arch: str, depth: int | None = None):
     """(ours, HF) with identical random weights; cached so both resolutions share one build."""
-    model = random_backbone(arch, seed=1)
+    model = random_backbone(arch, seed=1, **({} if depth is None else {"depth": depth}))
     spec = ARCHS[arch]
     cfg = transformers.DINOv3ViTConfig(
         hidden_size=spec.embed_dim,
@@ -42,8 +43,8 @@ def _pair(arch: str):
     with torch.device("meta"):  # skip HF's random init: every tensor comes from our state_dict
         hf = transformers.DINOv3ViTModel(cfg)
     hf.config._attn_implementation = "sdpa"
-    hf_sd = official_to_hf(model.state_dict(), layer_prefix="model.layer.")
-    missing, unexpected = hf.load_state_dict(hf_sd, strict=True, assign=True)
+    hf_sd = {k: v.clone() for k, v in official_to_hf(model.state_dict(), layer_prefix="model.layer.").items()}
+    missing, unexpected = hf.load_state_dict(hf_sd, strict=True, assign=True)  # copies: no shared storage
     assert not missing and not unexpected
     # same (bf16-rounded) periods as the official checkpoints; inv_freq is a non-persistent buffer
     hf.rope_embeddings.inv_freq = 1.0 / model.rope_embed.periods.clone()
@@ -98,6 +99,29 @@ def test_vit_matches_transformers(arch: str, H: int, W: int) -> None:
         _assert_close(out["x_prenorm"], ref.hidden_states[-1], "forward_features prenorm")
 
 
+def _check_final(model, hf, x: torch.Tensor) -> None:
+    """Final CLS, registers and patch tokens against HF (the checks of ``test_vit_matches_transformers``)."""
+    R = model.n_storage_tokens
+    with torch.no_grad():
+        last = hf(pixel_values=x).last_hidden_state
+        out = model.forward_features(x)
+    _assert_close(out["x_norm_clstoken"], last[:, 0], "CLS")
+    _assert_close(out["x_storage_tokens"], last[:, 1 : 1 + R], "registers")
+    _assert_close(out["x_norm_patchtokens"], last[:, 1 + R :], "patch tokens")
+
+
+@pytest.mark.parametrize("bug", BUGS)
+@pytest.mark.parametrize("arch", ["vits16", "vits16plus"])
+def test_hf_parity_catches_planted_bug(arch: str, bug: str) -> None:
+    """Negative control: with a planted bug on our side the same 1e-4 checks fail (GELU and SwiGLU)."""
+    model, hf = _pair(arch, depth=4)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    _check_final(model, hf, x)
+    with model_bug(bug, model), pytest.raises(AssertionError, match="max-abs"):
+        _check_final(model, hf, x)
+    _check_final(model, hf, x)  # undone
+
+
 def test_masked_k_bias_has_no_effect() -> None:
     """The k third of qkv.bias is multiplied by bias_mask=0: changing it changes nothing."""
     model = random_backbone("vitt16", seed=2, depth=2)
@@ -125,7 +149,12 @@ def test_convnext_matches_transformers() -> None:
     with torch.device("meta"):
         hf = transformers.DINOv3ConvNextModel(cfg)
     hf.load_state_dict(
-        convnext_official_to_hf(model.state_dict(), stage_prefix="model.stages."), strict=True, assign=True
+        {
+            k: v.clone()
+            for k, v in convnext_official_to_hf(model.state_dict(), stage_prefix="model.stages.").items()
+        },
+        strict=True,
+        assign=True,
     )
     hf.eval()
     x = torch.randn(2, 3, 128, 160)
@@ -136,3 +165,6 @@ def test_convnext_matches_transformers() -> None:
     assert out["x_storage_tokens"].shape == (2, 0, 768)
     _assert_close(out["x_norm_clstoken"], ref[:, 0], "ConvNeXt pooled CLS")
     _assert_close(out["x_norm_patchtokens"], ref[:, 1:], "ConvNeXt patch tokens")
+    for bug in ("relu", "drop_block", "norm_affine"):  # negative controls
+        with model_bug(bug, model), torch.no_grad(), pytest.raises(AssertionError, match="max-abs"):
+            _assert_close(model.forward_features(x)["x_norm_patchtokens"], ref[:, 1:], bug)

@@ -276,6 +276,14 @@ def test_plain_strict_load_state_dict_of_saved_file(official_file, ref) -> None:
     result = fresh.load_state_dict(torch.load(official_file, weights_only=True), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     _same(fresh, ref)
+    # negative control: a load that leaves one block at its init is not "the same" model
+    partial = build_backbone("vitt16")
+    sd = {
+        k: v for k, v in torch.load(official_file, weights_only=True).items() if not k.startswith("blocks.5.")
+    }
+    partial.load_state_dict(sd, strict=False)
+    with pytest.raises(AssertionError):
+        _same(partial, ref)
 
 
 def test_convnext_official_and_hf_checkpoints(tmp_path) -> None:

@@ -1,8 +1,10 @@
 """Numerical parity with timm's DINOv3 ports (``Eva`` models, timm >= 1.0.20) on random weights.
 
-timm cannot be imported on the CPU CI machine (its torchvision dependency has no CPU build), so these
-tests skip there; the lead runs them on the GPU machine: ``pytest tests/test_models_timm_parity.py``.
-The ``*_qkvb`` timm variants carry q/v biases, so every bias path is exercised.
+timm cannot be imported on the CPU CI machine (PyPI's torchvision, which timm imports, is a CUDA build
+that does not load beside the CPU-only torch), so these tests skip there (marker ``timm``, an allowed
+skip); they run on the GPU machine: ``pytest tests/test_models_timm_parity.py``.
+The ``*_qkvb`` timm variants carry q/v biases, so every bias path is exercised; planted bugs on our side
+must fail the same checks.
 """
 
 from __future__ import annotations
@@ -11,17 +13,25 @@ import functools
 
 import pytest
 import torch
+from planted_bugs import BUGS, model_bug
 
 from dinov3_ros.models import load_backbone, official_to_timm, timm_to_official
 from dinov3_ros.models.testing import random_backbone
 
 try:
     import timm
-except Exception as e:  # noqa: BLE001 - ImportError, or torchvision failing inside timm's import
-    pytest.skip(
-        f"timm cannot be imported here ({type(e).__name__}: {e}); run this file on the GPU machine",
-        allow_module_level=True,
-    )
+except (ImportError, RuntimeError, OSError) as e:  # torchvision missing, or its CUDA ops failing to load
+    timm = None
+    _TIMM_ERROR = f"{type(e).__name__}: {e}"
+
+pytestmark = [
+    pytest.mark.timm,
+    pytest.mark.skipif(
+        timm is None,
+        reason=f"timm cannot be imported here ({_TIMM_ERROR if timm is None else ''}); "
+        "runs on the GPU machine (benchmarks/gpu_suite.sh, step parity)",
+    ),
+]
 
 TOL = 1e-4
 TIMM_NAMES = {
@@ -90,6 +100,19 @@ def test_vit_matches_timm(arch: str, H: int, W: int) -> None:
         _assert_close(patch, rpatch, f"block {b} patches")
         _assert_close(cls, rprefix[:, 0], f"block {b} CLS")
         _assert_close(regs, rprefix[:, 1 : 1 + R], f"block {b} registers")
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_timm_parity_catches_planted_bug(bug: str) -> None:
+    """Negative control: with a planted bug on our side the same 1e-4 check fails."""
+    model, tm = _pair("vits16")
+    dev = next(model.parameters()).device
+    x = torch.randn(1, 3, 64, 96, device=dev)
+    with torch.no_grad():
+        ref = tm.to(dev).forward_features(x)[:, 1 + model.n_storage_tokens :]
+        _assert_close(model.forward_features(x)["x_norm_patchtokens"], ref, "patch tokens")
+        with model_bug(bug, model), pytest.raises(AssertionError, match="max-abs"):
+            _assert_close(model.forward_features(x)["x_norm_patchtokens"], ref, "patch tokens")
 
 
 def test_timm_state_dict_loads_through_load_backbone(tmp_path) -> None:

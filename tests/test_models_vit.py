@@ -1,13 +1,17 @@
 """ViT / ConvNeXt forward API: token layout, masks, lists, get_intermediate_layers, RoPE maths and
-augmentation, drop path, dtypes, input-size errors and an export-friendly (If/Tile-free) ONNX graph."""
+augmentation, drop path, dtypes, input-size errors and an export-friendly (If/Tile-free) ONNX graph.
+Numerical comparisons have negative controls (``planted_bugs``) that must fail them."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from planted_bugs import BUGS, model_bug
 
 from dinov3_ros.models import build_backbone
 from dinov3_ros.models.layers import apply_rope
@@ -132,9 +136,9 @@ def test_get_intermediate_layers_semantics(vit) -> None:
             vit.get_intermediate_layers(x, n=bad)
 
 
-def test_rope_matches_reference_formula() -> None:
-    """sin/cos equal the reference math (coords (i+0.5)/n*2-1, angle 2*pi*c/period, tile(2))."""
-    m = build_backbone("vitt16", depth=1)
+def _rope_matches_formula(m) -> bool:
+    """sin/cos equal the reference math (coords (i+0.5)/n*2-1, angle 2*pi*c/period, tile(2)) and the
+    rotation pairs dim i with i + hd/2, leaving the 1 + 4 prefix tokens untouched."""
     h, w = 3, 5
     sin, cos = m.rope_embed(h, w)
     periods = m.rope_embed.periods
@@ -143,18 +147,32 @@ def test_rope_matches_reference_formula() -> None:
     coords = torch.stack(torch.meshgrid(ch, cw, indexing="ij"), -1).flatten(0, 1)
     angles = (2 * math.pi * coords[:, :, None] / periods[None, None, :]).flatten(1, 2).tile(2)
     assert sin.shape == (15, 64) and sin.dtype == torch.float32
-    assert torch.allclose(sin, torch.sin(angles), atol=1e-6) and torch.allclose(
+    ok = torch.allclose(sin, torch.sin(angles), atol=1e-6) and torch.allclose(
         cos, torch.cos(angles), atol=1e-6
     )
-    # rotation pairs dim i with i + hd/2 and leaves the 1 + 4 prefix tokens untouched
-    q = torch.randn(1, 1, 5 + 15, 64)
-    k = torch.randn(1, 1, 5 + 15, 64)
-    qr, kr = apply_rope(q, k, (sin, cos))
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 5 + 15, 64, generator=g)
+    k = torch.randn(1, 1, 5 + 15, 64, generator=g)
+    qr, kr = apply_rope(q, k, (torch.sin(angles), torch.cos(angles)))
     assert torch.equal(qr[:, :, :5], q[:, :, :5]) and torch.equal(kr[:, :, :5], k[:, :, :5])
     rot = torch.cat((-q[..., 32:], q[..., :32]), -1)
-    assert torch.allclose(qr[:, :, 5:], q[:, :, 5:] * cos + rot[:, :, 5:] * sin, atol=1e-6)
-    # rotation preserves norms and relative-position dot products
-    assert torch.allclose(qr.norm(dim=-1), q.norm(dim=-1), atol=1e-4)
+    ok &= torch.allclose(
+        qr[:, :, 5:], q[:, :, 5:] * torch.cos(angles) + rot[:, :, 5:] * torch.sin(angles), atol=1e-6
+    )
+    # rotation preserves norms
+    ok &= torch.allclose(qr.norm(dim=-1), q.norm(dim=-1), atol=1e-4)
+    return bool(ok)
+
+
+def test_rope_matches_reference_formula() -> None:
+    assert _rope_matches_formula(build_backbone("vitt16", depth=1))
+
+
+@pytest.mark.parametrize("bug", ["rope_interleaved", "rope_unscaled"])
+def test_rope_formula_check_catches_planted_bug(bug) -> None:
+    m = build_backbone("vitt16", depth=1)
+    with model_bug(bug, m):
+        assert not _rope_matches_formula(m)
 
 
 def test_rope_augmentation_only_in_train_mode() -> None:
@@ -206,26 +224,43 @@ def test_low_precision_inference_is_finite_and_close(dtype) -> None:
         out = m.forward_features(x.to(dtype))["x_norm_patchtokens"]
     assert out.dtype == dtype and torch.isfinite(out).all()
     cos = torch.nn.functional.cosine_similarity(out.float(), ref, dim=-1)
-    assert cos.min() > 0.99
+    assert cos.min() > 0.999
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_low_precision_bound_catches_planted_bug(bug) -> None:
+    """Negative control: an fp32 forward with a planted bug is outside the low-precision bound."""
+    m = random_backbone("vitt16", seed=7, depth=3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = m.forward_features(x)["x_norm_patchtokens"]
+        with model_bug(bug, m):
+            out = m.forward_features(x)["x_norm_patchtokens"]
+    assert torch.nn.functional.cosine_similarity(out, ref, dim=-1).min() < 0.999
 
 
 def test_onnx_export_has_no_if_or_tile_and_dynamic_hw(tmp_path) -> None:
     """RoPE uses cat (not tile) so the graph has no If node; H, W stay dynamic."""
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
     m = random_backbone("vitt16", seed=8, depth=2)
+    path = _export_dynamic(m, tmp_path / "vit.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"If", "Tile", "Loop"}, ops
+    for hw in [(64, 96), (128, 80)]:
+        assert _ort_matches(path, m, hw)
 
-    class Wrap(torch.nn.Module):
-        def __init__(self, bb):
-            super().__init__()
-            self.bb = bb
 
-        def forward(self, x):
-            return self.bb.get_intermediate_layers(x, n=1, reshape=True)[0]
+class _Wrap(torch.nn.Module):
+    def __init__(self, bb):
+        super().__init__()
+        self.bb = bb
 
-    path = tmp_path / "vit.onnx"
+    def forward(self, x):
+        return self.bb.get_intermediate_layers(x, n=1, reshape=True)[0]
+
+
+def _export_dynamic(m, path):
     torch.onnx.export(
-        Wrap(m),
+        _Wrap(m),
         (torch.randn(1, 3, 64, 96),),
         str(path),
         input_names=["x"],
@@ -233,16 +268,26 @@ def test_onnx_export_has_no_if_or_tile_and_dynamic_hw(tmp_path) -> None:
         dynamic_axes={"x": {2: "H", 3: "W"}, "f": {2: "h", 3: "w"}},
         dynamo=False,
     )
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert not ops & {"If", "Tile", "Loop"}, ops
+    return path
+
+
+def _ort_matches(path, m, hw) -> bool:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for hw in [(64, 96), (128, 80)]:
-        x = torch.randn(1, 3, *hw)
-        got = sess.run(None, {"x": x.numpy()})[0]
-        with torch.no_grad():
-            exp = Wrap(m)(x).numpy()
-        assert got.shape == exp.shape
-        assert np.abs(got - exp).max() < 1e-4
+    x = torch.randn(1, 3, *hw)
+    got = sess.run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        exp = _Wrap(m)(x).numpy()
+    assert got.shape == exp.shape
+    return float(np.abs(got - exp).max()) < 1e-4
+
+
+@pytest.mark.parametrize("bug", ["relu", "rope_interleaved"])
+def test_onnx_parity_catches_planted_bug(tmp_path, bug) -> None:
+    """Negative control: a graph exported with a planted bug fails the same 1e-4 bound."""
+    m = random_backbone("vitt16", seed=8, depth=2)
+    with model_bug(bug, m):
+        path = _export_dynamic(m, tmp_path / "bad.onnx")
+    assert not _ort_matches(path, m, (64, 96))
 
 
 # ----------------------------------------------------------------------------------- ConvNeXt

@@ -7,9 +7,12 @@ import argparse
 import numpy as np
 import onnx
 import pytest
+import skimage.data
 import torch
+from planted_bugs import deploy_bug, model_bug
 
 from dinov3_ros.models import build_backbone, load_backbone
+from dinov3_ros.models.testing import random_backbone
 from dinov3_ros.runtime import export
 from dinov3_ros.runtime.accuracy import (
     feature_agreement,
@@ -20,15 +23,14 @@ from dinov3_ros.runtime.accuracy import (
 from dinov3_ros.runtime.engine import create_engine
 from dinov3_ros.runtime.export import export_onnx
 from dinov3_ros.runtime.ort_backend import quantize_int8, read_metadata
+from dinov3_ros.runtime.vit_infer import InferenceViT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _perturbed(depth: int = 2) -> torch.nn.Module:
-    """Random ViT-S/16 whose blocks matter (the export tests' released-like perturbation)."""
-    from test_runtime_export import _perturbed as perturbed
-
-    return perturbed("vits16", depth=depth)
+    """Random ViT-S/16 whose every block changes the output (see ``dinov3_ros.models.testing``)."""
+    return random_backbone("vits16", seed=0, depth=depth)
 
 
 def _ops(path) -> set[tuple[str, str]]:
@@ -36,8 +38,7 @@ def _ops(path) -> set[tuple[str, str]]:
 
 
 def _image() -> np.ndarray:
-    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photo")
-    return skimage_data.coffee()
+    return skimage.data.coffee()
 
 
 @pytest.mark.parametrize("resolution", [(64, 96), "dynamic"])
@@ -60,8 +61,46 @@ def test_cpu_target_matches_torch(tmp_path, resolution):
         ((1, (64, 96)), (2, (64, 96))) if resolution != "dynamic" else ((1, (48, 80)), (2, (64, 96)))
     ):
         x = torch.randn(b, 3, *size)
-        agree = feature_agreement(tch.run(x)["patch_tokens"], eng.run(x)["patch_tokens"])
-        assert agree["max_abs"] <= 1e-3 and agree["cos_min"] >= 0.9999, agree
+        assert _cpu_form_matches(tch, eng, x)
+
+
+def _cpu_form_matches(tch, eng, x) -> bool:
+    """The CPU-form parity bound: max-abs 1e-3 and worst-token cosine 0.9999 against torch fp32."""
+    agree = feature_agreement(tch.run(x)["patch_tokens"], eng.run(x)["patch_tokens"])
+    return agree["max_abs"] <= 1e-3 and agree["cos_min"] >= 0.9999
+
+
+def test_cpu_target_parity_catches_interleaved_rotary(tmp_path):
+    """Negative control: the fused RotaryEmbedding switched to interleaved pairs fails the same bound."""
+    bb = _perturbed()
+    path, _ = export_onnx(bb, tmp_path / "cpu.onnx", resolution=(64, 96), target="cpu")
+    model = onnx.load(str(path))
+    rotary = [n for n in model.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == 4  # q and k of 2 blocks
+    for n in rotary:
+        next(a for a in n.attribute if a.name == "interleaved").i = 1
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    tch = create_engine("torch", model=bb, device="cpu")
+    x = torch.randn(2, 3, 64, 96)
+    assert _cpu_form_matches(tch, create_engine("onnxruntime", onnx_path=path, threads=1), x)
+    assert not _cpu_form_matches(
+        tch, create_engine("onnxruntime", onnx_path=tmp_path / "bad.onnx", threads=1), x
+    )
+
+
+@pytest.mark.parametrize("bug", ["rope_unscaled", "relu"])
+def test_cpu_target_parity_catches_planted_bug(tmp_path, bug):
+    """Negative control: a CPU-form export of a deploy forward with a planted bug fails the bound."""
+    bb = _perturbed()
+    m = InferenceViT.from_backbone(bb)
+    with deploy_bug(bug, m):
+        m.rope(4, 6, torch.device("cpu"))
+        path, _ = export_onnx(m, tmp_path / "bad.onnx", resolution=(64, 96), target="cpu")
+    eng = create_engine("onnxruntime", onnx_path=path, threads=1)
+    assert eng.n_fused_attention == 2
+    assert not _cpu_form_matches(
+        create_engine("torch", model=bb, device="cpu"), eng, torch.randn(2, 3, 64, 96)
+    )
 
 
 def test_ort_engine_fuses_attention_on_cpu_by_default(tmp_path):
@@ -99,18 +138,36 @@ def test_int8_accuracy_bound_default_model(tmp_path):
     xb, _ = pre(b)
     ref_a, ref_b = tch.run(xa), tch.run(xb)
     q_a, q_b = int8.run(xa), int8.run(xb)
-    agree = feature_agreement(ref_a["patch_tokens"], q_a["patch_tokens"])
-    assert agree["cos_min"] >= 0.999 and agree["cos_mean"] >= 0.9999 and agree["max_abs_rel"] <= 0.02, agree
-    assert feature_agreement(ref_a["cls"], q_a["cls"])["cos_min"] >= 0.999
-    assert (
-        nn_match_agreement(
-            ref_a["patch_tokens"], ref_b["patch_tokens"], q_a["patch_tokens"], q_b["patch_tokens"]
-        )
-        >= 0.98
-    )
-    assert pca_rgb_difference(ref_a["patch_tokens"], q_a["patch_tokens"]) <= 2.0  # 8-bit levels
+    assert _int8_within_bounds(ref_a, ref_b, q_a, q_b)
     # and int8 really is quantized: it differs from fp32 (cls moves by ~1e-2)
     assert (ref_a["cls"] - q_a["cls"]).abs().max() > 1e-4
+    # negative controls: a reference with a planted bug is out of the same bounds
+    for bug in ("drop_block", "relu", "rope_unscaled"):
+        with model_bug(bug, bb), torch.no_grad():
+            bad_a, bad_b = (
+                {
+                    "patch_tokens": f["x_norm_patchtokens"].reshape(ref_a["patch_tokens"].shape),
+                    "cls": f["x_norm_clstoken"],
+                }
+                for f in (bb.forward_features(xa), bb.forward_features(xb))
+            )
+        assert not _int8_within_bounds(bad_a, bad_b, q_a, q_b), bug
+
+
+def _int8_within_bounds(ref_a, ref_b, q_a, q_b) -> bool:
+    """The INT8 accuracy bounds (features, CLS, nearest-neighbour matches, PCA-RGB view)."""
+    agree = feature_agreement(ref_a["patch_tokens"], q_a["patch_tokens"])
+    nn_agree = nn_match_agreement(
+        ref_a["patch_tokens"], ref_b["patch_tokens"], q_a["patch_tokens"], q_b["patch_tokens"]
+    )
+    return (
+        agree["cos_min"] >= 0.999
+        and agree["cos_mean"] >= 0.9999
+        and agree["max_abs_rel"] <= 0.02
+        and feature_agreement(ref_a["cls"], q_a["cls"])["cos_min"] >= 0.999
+        and nn_agree >= 0.98
+        and pca_rgb_difference(ref_a["patch_tokens"], q_a["patch_tokens"]) <= 2.0  # 8-bit levels
+    )
 
 
 def test_export_cli_quantize_int8(tmp_path, capsys):
@@ -159,9 +216,11 @@ def test_quantize_int8_rejects_fp16_and_keeps_input(tmp_path):
     assert read_metadata(q7_path)["quantization"]["weights"] == "s7"
     x = torch.randn(1, 3, 32, 32)
     ref = create_engine("onnxruntime", onnx_path=path32, threads=1).run(x)["patch_tokens"]
-    assert (
-        feature_agreement(
-            ref, create_engine("onnxruntime", onnx_path=q7_path, threads=1).run(x)["patch_tokens"]
-        )["cos_min"]
-        >= 0.999
-    )
+    q7_out = create_engine("onnxruntime", onnx_path=q7_path, threads=1).run(x)["patch_tokens"]
+    assert feature_agreement(ref, q7_out)["cos_min"] >= 0.999
+    # negative control: the fp32 run of the model with ReLU for GELU is out of that bound
+    m = InferenceViT.from_backbone(bb)
+    with deploy_bug("relu", m):
+        bad, _ = export_onnx(m, tmp_path / "bad.onnx", resolution=(32, 32))
+    bad_out = create_engine("onnxruntime", onnx_path=bad, threads=1).run(x)["patch_tokens"]
+    assert feature_agreement(bad_out, q7_out)["cos_min"] < 0.999

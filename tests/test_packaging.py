@@ -78,8 +78,7 @@ def test_package_xml_is_format3_ament_python():
 @pytest.mark.slow
 def test_colcon_build_install_tree(tmp_path):
     colcon = Path(sys.executable).parent / "colcon"
-    if not colcon.exists():
-        pytest.skip("colcon not installed (dev extra)")
+    assert colcon.exists(), f"colcon (dev extra) is not installed next to {sys.executable}"
     ws = tmp_path / "ws"
     src = ws / "src" / "dinov3_ros"
     src.parent.mkdir(parents=True)

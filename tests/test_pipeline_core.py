@@ -296,7 +296,8 @@ def test_voxel_downsample_matches_reference_accumulation():
     assert np.all(np.diff(np.floor(out[:, 0] / 0.25)) >= 0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU machine)")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs on the GPU machine")
 def test_cuda_pipeline_matches_cpu_and_overlap_is_deterministic():
     """Heads on the GPU (side-stream inference, device TokenCut/PCA/matches/points) agree with the CPU
     run; infer on one thread with finish on another gives the same bytes as process."""

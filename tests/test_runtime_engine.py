@@ -162,7 +162,8 @@ def test_onnx_hash_and_calibration_folder(tmp_path):
         list(calibration_images(tmp_path / "empty_missing"))
 
 
-@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; this checks the message when it is absent")
+@pytest.mark.tensorrt
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here: runs on machines without TensorRT (CI)")
 def test_tensorrt_missing_gives_install_hint(tmp_path):
     with pytest.raises(ImportError, match="python3-libnvinfer"):
         create_engine("tensorrt", onnx_path=tmp_path / "x.onnx")
@@ -170,7 +171,8 @@ def test_tensorrt_missing_gives_install_hint(tmp_path):
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(
-    not HAS_TRT or not torch.cuda.is_available(), reason="TensorRT with a CUDA GPU not available"
+    not HAS_TRT or not torch.cuda.is_available(),
+    reason="TensorRT with a CUDA GPU not available: runs on a machine with TensorRT and CUDA",
 )
 def test_tensorrt_engine_matches_onnxruntime(small, tmp_path):  # pragma: no cover - GPU machine only
     from dinov3_ros.runtime.export import export_onnx
@@ -204,7 +206,7 @@ def test_trt_profile_shapes():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs on the GPU machine")
 def test_cuda_graphs_and_bf16_match_fp32_eager(small):  # pragma: no cover - GPU machine only
     ref = create_engine("torch", model=small, device="cuda")
     g = create_engine("torch", model=small, device="cuda", precision="bf16", cuda_graphs=True)

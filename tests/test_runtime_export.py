@@ -1,4 +1,8 @@
-"""Export: ONNX Runtime vs torch parity (fixed and dynamic), TensorRT checker, metadata, CLI."""
+"""Export: ONNX Runtime vs torch parity (fixed and dynamic), TensorRT checker, metadata, CLI.
+
+The models are ``random_backbone``s (every block changes the output); each parity check has a negative
+control: the same comparison with a planted bug (``planted_bugs``) must fail.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +13,22 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from planted_bugs import BUGS, deploy_bug
 
-from dinov3_ros.models import build_backbone
+from dinov3_ros.heads import depth as depth_mod
+from dinov3_ros.models.testing import random_backbone
 from dinov3_ros.runtime.engine import create_engine
 from dinov3_ros.runtime.export import ExportError, export_onnx
 from dinov3_ros.runtime.export import main as export_main
 from dinov3_ros.runtime.graph import DeployModel
-from dinov3_ros.runtime.onnx_check import check_tensorrt_compat
+from dinov3_ros.runtime.onnx_check import check_tensorrt_compat, format_findings
 from dinov3_ros.runtime.ort_backend import read_metadata
 from dinov3_ros.runtime.vit_infer import InferenceViT
 
 
 def _perturbed(arch: str = "vits16", **overrides) -> torch.nn.Module:
-    """Random backbone whose blocks matter (released-like LayerScale ~0.5 instead of the 1e-5 init)."""
-    torch.manual_seed(0)
-    bb = build_backbone(arch, **overrides)
-    with torch.no_grad():
-        for name, p in bb.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.2, 1.0)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "norm" in name:
-                p.normal_(1.0, 0.1)
-    return bb.eval()
+    """Random backbone whose every block changes the output (see ``dinov3_ros.models.testing``)."""
+    return random_backbone(arch, seed=0, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +42,46 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return (a - b).abs().max().item(), torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
 
 
-def test_inference_vit_matches_reference_backbone():
-    """Our deploy forward (cached fp32 RoPE, folded LayerScale) equals dinov3_ros.models token by token."""
+def _parity(a: torch.Tensor, b: torch.Tensor, max_err: float, min_cos: float) -> bool:
+    err, cos = _compare(a, b)
+    return err <= max_err and cos >= min_cos
+
+
+@pytest.fixture(scope="module")
+def deploy_case():
+    """A 4-block ViT-S/16, its deploy forward (layers 1 and 3 out) and the reference outputs on ``x``."""
     ref_model = _perturbed("vits16", depth=4)
     m = InferenceViT.from_backbone(ref_model)
     m.layer_indices = (1, 3)
-    x = torch.randn(2, 3, 96, 160)
+    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = ref_model.forward_features(x)
         inter = ref_model.get_intermediate_layers(x, n=[1, 3], reshape=True, return_class_token=True)
+    return m, x, ref, inter
+
+
+def _deploy_matches(m, x, ref, inter) -> bool:
+    """Token-by-token agreement of the deploy forward with the reference (patches, CLS, both layers)."""
+    with torch.no_grad():
         patch, cls, layers = m(x)
-    err, cos = _compare(patch, ref["x_norm_patchtokens"])
-    assert err < 1e-4 and cos > 0.99999
-    assert (cls - ref["x_norm_clstoken"]).abs().max() < 1e-4
+    ok = _parity(patch, ref["x_norm_patchtokens"], 1e-4, 0.99999)
+    ok &= float((cls - ref["x_norm_clstoken"]).abs().max()) < 1e-4
     for (ref_l, ref_c), (ours, ours_c) in zip(inter, layers):
-        assert (ref_l - ours).abs().max() < 1e-4 and (ref_c - ours_c).abs().max() < 1e-4
+        ok &= float((ref_l - ours).abs().max()) < 1e-4 and float((ref_c - ours_c).abs().max()) < 1e-4
+    return ok
+
+
+def test_inference_vit_matches_reference_backbone(deploy_case):
+    """Our deploy forward (cached fp32 RoPE, folded LayerScale) equals dinov3_ros.models token by token."""
+    assert _deploy_matches(*deploy_case)
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_inference_vit_parity_catches_planted_bug(deploy_case, bug):
+    m, x, ref, inter = deploy_case
+    with deploy_bug(bug, m):
+        assert not _deploy_matches(m, x, ref, inter)
+    assert _deploy_matches(m, x, ref, inter)  # the bug is undone
 
 
 @pytest.mark.slow
@@ -84,6 +105,36 @@ def test_ort_parity_fixed_full_vits16(vits16, tmp_path, size):
         err, cos = _compare(out["patch_tokens"], ref["x_norm_patchtokens"])
         assert err <= 1e-3 and cos >= 0.9999, (fuse, err, cos)
         assert (out["cls"] - ref["x_norm_clstoken"]).abs().max() <= 1e-3
+
+
+@pytest.fixture(scope="module")
+def small_vit():
+    return _perturbed("vits16", depth=2)
+
+
+def _ort_matches_torch(path, bb, size=(64, 96), batch=2, **engine_kw) -> bool:
+    """The ORT parity bound of this file (max-abs 1e-3, worst-token cosine 0.9999) on one random batch."""
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = bb.forward_features(x)["x_norm_patchtokens"]
+    out = create_engine("onnxruntime", onnx_path=path, threads=2, **engine_kw).run(x)["patch_tokens"]
+    return _parity(out, ref, 1e-3, 0.9999)
+
+
+def test_ort_parity_fixed_small(small_vit, tmp_path):
+    path, _ = export_onnx(small_vit, tmp_path / "m.onnx", resolution=(64, 96))
+    assert _ort_matches_torch(path, small_vit, fuse_attention=False)
+    assert _ort_matches_torch(path, small_vit)  # the fused CPU form
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_ort_parity_catches_planted_bug(small_vit, tmp_path, bug):
+    """The same bound fails when the exported graph carries a planted bug."""
+    m = InferenceViT.from_backbone(small_vit)
+    with deploy_bug(bug, m):
+        m.rope(4, 6, torch.device("cpu"))  # the (buggy) tables of the 64x96 grid, as constants
+        path, _ = export_onnx(m, tmp_path / "bug.onnx", resolution=(64, 96))
+    assert not _ort_matches_torch(path, small_vit, fuse_attention=False)
 
 
 def test_ort_parity_dynamic(tmp_path):
@@ -138,6 +189,12 @@ def test_export_with_depth_head_and_metadata(tmp_path):
     assert (a["depth"] - b["depth"]).abs().max() < 1e-4
     with pytest.raises(ValueError, match="built for 64x96"):
         ort.run(torch.randn(1, 3, 64, 64))
+    # negative control: the head reads layers (0, 1); the graph of a model missing block 0 fails the bound
+    m = InferenceViT.from_backbone(bb)
+    with deploy_bug("drop_block", m):  # 2 blocks: drops block 1
+        bad, _ = export_onnx(m, tmp_path / "bad.onnx", resolution=(64, 96), depth_head=head)
+    c = create_engine("onnxruntime", onnx_path=bad, threads=2).run(x)
+    assert (a["depth"] - c["depth"]).abs().max() > 1e-4
 
 
 def _graph(nodes, opset=17, inputs=None):
@@ -224,7 +281,9 @@ def test_export_cli(tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     args = parser.parse_args(["--arch", "vitt16", "--resolution", "64x64", "--out", str(out)])
     assert export_main(args) == 0
-    assert "no findings" in capsys.readouterr().out or out.exists()
+    printed = capsys.readouterr().out
+    assert format_findings(check_tensorrt_compat(onnx.load(str(out)))) in printed  # the checker's report
+    assert f"wrote {out}" in printed
     meta = read_metadata(out)
     assert meta["arch"] == "vitt16" and meta["dynamic_batch"] is True
     sess_in = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
@@ -234,7 +293,13 @@ def test_export_cli(tmp_path, capsys):
     assert "multiple of the patch size" in capsys.readouterr().err
     nohead = parser.parse_args(["--arch", "vitt16", "--heads", "depth", "--out", str(tmp_path / "c.onnx")])
     assert export_main(nohead) == 2
-    assert json.dumps(meta)  # metadata is plain JSON
+    # every metadata value is JSON (or a plain string) and survives a JSON round trip unchanged
+    for prop in onnx.load(str(out)).metadata_props:
+        try:
+            json.loads(prop.value)
+        except ValueError:
+            assert meta[prop.key] == prop.value and isinstance(meta[prop.key], str), prop.key
+    assert json.loads(json.dumps(meta)) == meta
 
 
 def test_fp16_export_keeps_rope_and_layernorm_fp32(tmp_path):
@@ -250,12 +315,17 @@ def test_fp16_export_keeps_rope_and_layernorm_fp32(tmp_path):
     _, cos = _compare(ort.run(x)["patch_tokens"], ref)
     assert cos > 0.999
     assert np.isfinite(ort.run(x)["cls"].float().numpy()).all()
+    # negative control: an fp16 graph with ReLU for GELU fails the same bound
+    m = InferenceViT.from_backbone(bb)
+    with deploy_bug("relu", m):
+        bad, _ = export_onnx(m, tmp_path / "bad.onnx", resolution=(32, 48), precision="fp16")
+    _, cos_bad = _compare(create_engine("onnxruntime", onnx_path=bad, threads=2).run(x)["patch_tokens"], ref)
+    assert cos_bad < 0.999
 
 
 @pytest.mark.parametrize("kind", ["linear", "dpt"])
 def test_export_with_real_depth_head_file(tmp_path, kind):
     """A saved dinov3_ros.heads depth head (file -> load_head) exports into the graph; ORT == torch."""
-    depth_mod = pytest.importorskip("dinov3_ros.heads.depth")
     bb = _perturbed("vits16", depth=4)
     torch.manual_seed(1)
     if kind == "linear":
@@ -291,6 +361,12 @@ def test_export_with_real_depth_head_file(tmp_path, kind):
     out = create_engine("onnxruntime", onnx_path=path, threads=2).run(x)
     assert out["depth"].shape == (1, 1, 64, 96)
     assert (out["depth"] - ref).abs().max() < 1e-3 * float(ref.abs().max())
+    # negative control: the head on a backbone with a wrong activation fails the same bound
+    m = InferenceViT.from_backbone(bb)
+    with deploy_bug("relu", m):
+        bad, _ = export_onnx(m, tmp_path / "bad.onnx", resolution=(64, 96), depth_head=loaded)
+    out_bad = create_engine("onnxruntime", onnx_path=bad, threads=2).run(x)
+    assert (out_bad["depth"] - ref).abs().max() > 1e-3 * float(ref.abs().max())
 
 
 def test_ort_fused_attention_matches(tmp_path):
@@ -302,6 +378,12 @@ def test_ort_fused_attention_matches(tmp_path):
         fused = create_engine("onnxruntime", onnx_path=path, threads=2, fuse_attention=True)
         assert fused.n_fused_attention == 2 and plain.n_fused_attention == 0
         x = torch.randn(2, 3, 64, 96)
-        err, cos = _compare(fused.run(x)["patch_tokens"], plain.run(x)["patch_tokens"])
-        assert err < 1e-4 and cos > 0.99999
+        assert _parity(fused.run(x)["patch_tokens"], plain.run(x)["patch_tokens"], 1e-4, 0.99999)
     assert "com.microsoft" not in {o.domain for o in onnx.load(str(path)).opset_import}  # file untouched
+    # negative control: fusing with a wrong head split (3 heads of 128 instead of 6 of 64) fails the bound
+    wrong = onnx.load(str(path))
+    next(p for p in wrong.metadata_props if p.key == "num_heads").value = "3"
+    onnx.save(wrong, str(tmp_path / "wrong.onnx"))
+    bad = create_engine("onnxruntime", onnx_path=tmp_path / "wrong.onnx", threads=2, fuse_attention=True)
+    assert bad.n_fused_attention == 2
+    assert not _parity(bad.run(x)["patch_tokens"], plain.run(x)["patch_tokens"], 1e-4, 0.99999)

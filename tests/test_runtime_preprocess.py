@@ -12,12 +12,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def _denorm(batch: torch.Tensor) -> np.ndarray:
-    m = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    s = torch.tensor(STD).view(1, 3, 1, 1) * 255
-    return (batch * s + m).numpy()
-
-
 @pytest.mark.parametrize(
     ("target", "size", "fit"),
     [
@@ -45,25 +39,54 @@ def test_geometry_roundtrip_and_grid(target, size, fit):
     assert abs(g.scale_x - g.scale_y) <= 1.0 / min(size)
 
 
-def test_resampling_matches_geometry():
-    """A linear ramp image, resized by the preprocessor, equals the ramp evaluated at the mapped input point."""
-    H, W = 150, 230
-    vv, uu = np.mgrid[0:H, 0:W].astype(np.float64)
-    ramp = 0.5 * uu + 0.6 * vv + 5  # < 255
-    img = np.repeat(np.round(ramp)[:, :, None], 3, axis=2).astype(np.uint8)
-    for target in (224, (96, 128)):  # upscaling (no antialias) and letterboxed downscaling (antialias)
-        pre = Preprocessor(target, 16, MEAN, STD)
-        batch, (g,) = pre(img)
-        net = _denorm(batch)[0, 0]
-        x0, y0, x1, y1 = g.valid_box
-        vn, un = np.mgrid[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4].astype(np.float64)
-        ui, vi = g.network_to_input(un, vn)
-        expect = 0.5 * ui + 0.6 * vi + 5
-        got = net[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4]
-        assert np.abs(got - expect).max() < 0.75, target  # uint8 rounding of the ramp only
-        # padding is the normalised zero (= mean colour)
-        if y0 > 0:
-            assert np.allclose(batch[0, :, :y0].numpy(), 0.0)
+def _ramp_image(H: int = 150, W: int = 230) -> np.ndarray:
+    """Integer ramps (exact in uint8): R = u, G = v, B = 250 - v (u, v: input pixel centres)."""
+    vv, uu = np.mgrid[0:H, 0:W]
+    return np.stack([uu, vv, 250 - vv], 2).astype(np.uint8)
+
+
+# upscaling (bilinear) reproduces a linear ramp exactly; the antialiased downscale to within 0.1 level
+RAMP_TOL = {224: 1e-3, (96, 128): 0.15}
+
+
+def _ramp_error(batch: torch.Tensor, g, to_input, mean=MEAN, std=STD, channels=(0, 1, 2)) -> float:
+    """Max |network value - ramp at the input point ``to_input`` maps each network pixel to| (levels)."""
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    net = (batch * s + m).numpy()[0][list(channels)]
+    x0, y0, x1, y1 = g.valid_box
+    vn, un = np.mgrid[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4].astype(np.float64)
+    ui, vi = to_input(un, vn)
+    expect = np.stack([ui, vi, 250 - vi])
+    return float(np.abs(net[:, y0 + 4 : y1 - 4, x0 + 4 : x1 - 4] - expect).max())
+
+
+@pytest.mark.parametrize("target", [224, (96, 128)])
+def test_resampling_matches_geometry(target):
+    """The resized, normalised ramp equals the ramp evaluated at the input point the geometry maps each
+    network pixel to: upscaling without antialias, letterboxed downscaling with it."""
+    pre = Preprocessor(target, 16, MEAN, STD)
+    batch, (g,) = pre(_ramp_image())
+    assert _ramp_error(batch, g, g.network_to_input) < RAMP_TOL[target]
+    if g.valid_box[1] > 0:  # padding is the normalised zero (= mean colour)
+        assert np.allclose(batch[0, :, : g.valid_box[1]].numpy(), 0.0)
+
+
+@pytest.mark.parametrize("target", [224, (96, 128)])
+def test_resampling_check_catches_planted_bugs(target):
+    """Negative controls: the same bound fails for a half-pixel (align-corners) mapping, BGR channel
+    order, or the std of the wrong channels."""
+    pre = Preprocessor(target, 16, MEAN, STD)
+    batch, (g,) = pre(_ramp_image())
+
+    def align_corners(un, vn):  # forgets the +0.5 / -0.5 of pixel centres
+        return (un - g.offset_x) / g.scale_x, (vn - g.offset_y) / g.scale_y
+
+    assert _ramp_error(batch, g, align_corners) > RAMP_TOL[target]
+    assert _ramp_error(batch, g, g.network_to_input, channels=(2, 1, 0)) > RAMP_TOL[target]
+    assert _ramp_error(batch, g, g.network_to_input, std=STD[::-1]) > RAMP_TOL[target]
+    bgr, _ = Preprocessor(target, 16, MEAN[::-1], STD[::-1])(_ramp_image())  # mean/std in BGR order
+    assert _ramp_error(bgr, g, g.network_to_input) > RAMP_TOL[target]
 
 
 def test_intrinsics_scaling_projects_consistently():

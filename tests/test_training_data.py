@@ -265,8 +265,7 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(Path("training/configs") / f"{name}.yaml")  # every shipped pretraining config is valid
 
 
-def test_synthetic_source_when_available():
-    pytest.importorskip("dinov3_ros.synthetic.generator", reason="dinov3_ros.synthetic not present")
+def test_synthetic_source():
     src = build_source({"type": "synthetic", "height": 48, "width": 64, "seed": 1})
     a, b = src.get(3), src.get(3)
     assert a.shape == (48, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)

@@ -141,6 +141,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     ref = Distiller(_cfg(tmp_path / "a"), load_teacher(path))
     for b in batches:
         ref.step(b)
+    rng_ref = torch.get_rng_state()
 
     torch.manual_seed(0)
     d1 = Distiller(_cfg(tmp_path / "b"), load_teacher(path))
@@ -152,13 +153,33 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     assert d2.load_checkpoint() and d2.iteration == 2 and d2.teacher_forwards == 2
     for b in batches[2:]:
         d2.step(b)
+    # bit for bit: students (backbone + heads), EMAs, optimizer states, counters and the RNG stream
+    assert (d2.iteration, d2.teacher_forwards) == (ref.iteration, ref.teacher_forwards) == (4, 4)
     for name in ("vit", "cnx"):
-        for (k, a), b in zip(
-            ref.students[name].state_dict().items(), d2.students[name].state_dict().values()
-        ):
-            assert torch.allclose(a, b, atol=1e-6), (name, k)
-        for a, b in zip(ref.emas[name].parameters(), d2.emas[name].parameters()):
-            assert torch.allclose(a, b, atol=1e-6)
+        _assert_same_state(ref.students[name].state_dict(), d2.students[name].state_dict(), f"{name} student")
+        _assert_same_state(ref.emas[name].state_dict(), d2.emas[name].state_dict(), f"{name} ema")
+        _assert_same_state(ref.optims[name].state_dict(), d2.optims[name].state_dict(), f"{name} optimizer")
+    assert torch.equal(torch.get_rng_state(), rng_ref)  # the resumed run drew the same random numbers
+    # negative control: one more step on the reference breaks the equality
+    ref.step(batches[0])
+    with pytest.raises(AssertionError):
+        _assert_same_state(ref.students["vit"].state_dict(), d2.students["vit"].state_dict(), "vit")
+
+
+def _assert_same_state(a, b, what: str) -> None:
+    """Nested dicts/lists of tensors and numbers equal exactly (``torch.equal``, same keys, same types)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), what
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), (what, list(a)[:5], list(b)[:5])
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, (what, a, b)
 
 
 def test_export_round_trips_through_load_backbone_and_onnx(tmp_path):
@@ -184,11 +205,9 @@ def test_export_round_trips_through_load_backbone_and_onnx(tmp_path):
         loaded16 = load_backbone(files[name]["ema_fp16"], arch, **kw)
         got16 = loaded16.forward_features(x)["x_norm_patchtokens"]
         assert F.cosine_similarity(got16.flatten(), want.flatten(), dim=0) > 0.999
-    try:
-        from dinov3_ros.runtime.export import export_onnx
-    except ImportError as e:  # pragma: no cover - runtime not installed
-        pytest.skip(f"dinov3_ros.runtime.export unavailable: {e}")
     import onnxruntime as ort
+
+    from dinov3_ros.runtime.export import export_onnx
 
     vit = load_backbone(files["vit"]["ema"], "vitt16", **VIT_S)
     onnx_path, _findings = export_onnx(vit, tmp_path / "student.onnx", resolution=(64, 64), check=False)

@@ -40,6 +40,7 @@ __all__ = [
     "load_backbone_weights",
     "load_checkpoint",
     "restore_rng_state",
+    "safe_load",
     "save_checkpoint",
     "save_full_state_dict",
 ]
@@ -47,12 +48,43 @@ __all__ = [
 _CKPT_RE = re.compile(r"^\d{8}$")
 
 
+def safe_load(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load`` restricted to tensors and plain data (``weights_only=True``: nothing in the file can
+    run code). Raises ``ValueError`` naming ``what`` and the file when it holds anything else."""
+    import pickle
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{p}: refused to load the {what}: it holds pickled Python objects besides tensors and plain "
+            f"data, which could run code; nothing was executed ({first[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(
+            f"{p}: not a readable {what} (truncated or not written by torch.save): {e}"
+        ) from None
+
+
 def capture_rng_state() -> dict[str, Any]:
-    """torch (CPU + CUDA), numpy and python RNG states of this process."""
+    """torch (CPU + CUDA), numpy and python RNG states of this process, as tensors and plain data
+    (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": int(version), "state": [int(v) for v in internal], "gauss": py_gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -60,9 +92,13 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, int(n["pos"]), int(n["has_gauss"]), float(n["gauss"])))
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -157,7 +193,7 @@ def load_checkpoint(
     f = path / f"extra_rank{get_rank()}.pt"
     if not f.exists():
         f = path / "extra_rank0.pt"
-    extra = torch.load(f, map_location="cpu", weights_only=False)
+    extra = safe_load(f, "pretraining checkpoint state")
     if restore_rng and "rng" in extra:
         restore_rng_state(extra["rng"])
     extra["missing_optional"] = missing_optional

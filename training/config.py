@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "rep_update": True,
         "it_first_update": 0,
         "update_frequency": 10000,
-        "max_updates": 0,
+        "max_updates": None,  # None: unlimited (as the reference); N: at most N refreshes
         "normalize": True,
         "img_level": True,
         "remove_neg": False,
@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "local_crops_scale": [0.05, 0.32],
         "gram_teacher_crops_size": None,
         "horizontal_flips": False,
+        "photometric": True,  # colour jitter, grayscale, blur, solarize (false: geometric crops only)
         "mixed": [],  # high-res adaptation: list of {global_crops_size, local_crops_size, gram_teacher_crops_size, ratio}
     },
     "data": {"sources": [{"type": "procedural", "weight": 1.0}], "num_workers": 4},
@@ -105,6 +106,13 @@ DEFAULTS: dict[str, Any] = {
         "resume": True,
         "deterministic": False,
         "stop_at_iteration": None,  # end this run early (the schedules still span train.iterations)
+        "max_seconds": None,  # checkpoint and stop after this much wall time (resumable), e.g. a time slot
+    },
+    # the simulator as a second teacher (training.sim; our addition, off in the paper configs)
+    "sim": {
+        "enabled": False,
+        "losses": {},  # training.sim.SimLossConfig fields (weights, margins, temperature)
+        "pool": {},  # training.sim.loader.DEFAULT_POOL fields (size, resolution, seed, renderer)
     },
     "debug": {"nan_at_iteration": None},  # test hook: poison the loss at this iteration
 }
@@ -116,6 +124,9 @@ FREE_FORM = {
     "gram.loss_weight",
     "gram.ckpt",
     "model.pretrained",
+    "sim.losses",
+    "sim.pool",
+    "data.pool",
 }
 
 

@@ -77,6 +77,11 @@ DEFAULTS: dict[str, Any] = {
         # machines without open3d: frames must already be image_size; val_folder replaces the val scenes.
         "folder": None,
         "val_folder": None,
+        # "pool": frames rendered on the training device into one pool per size (training.sim), with
+        # iteration k using image_sizes[k % n] and batch_sizes[k % n]; "generator": on the fly in workers
+        "source": "generator",
+        "image_sizes": None,  # pool source: [[H, W], ...]; None = [image_size]
+        "pool": {},  # training.sim.loader.DEFAULT_POOL fields (scenes, frames_per_scene, backend, ...)
     },
     "loss": {"sig": 1.0, "gradient": 0.0, "warm_up_iters": 100},
     "optim": {
@@ -94,6 +99,8 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_period": 200,
         "log_period": 20,
         "amp": "bf16",  # backbone under bf16 autocast on CUDA; the head stays fp32
+        "batch_sizes": None,  # pool source: one batch size per data.image_sizes entry
+        "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
     },
 }
 
@@ -183,6 +190,47 @@ class SyntheticDepthDataset(Dataset):
             if self.hflip and float(torch.rand((), generator=g)) < 0.5:
                 img, depth = img.flip(-1), depth.flip(-1)
         return (img - self.mean) / self.std, depth
+
+
+def _batches(cfg: dict[str, Any], tr: DepthTrainer, stop: int):
+    """Training batches from iteration ``tr.iteration``: GPU-rendered pools or the on-the-fly dataset."""
+    d, t = cfg["data"], cfg["train"]
+    if d["source"] == "pool":
+        from training.sim.depth_batches import PoolDepthBatches
+
+        sizes = d["image_sizes"] or [d["image_size"]]
+        return PoolDepthBatches(
+            {
+                **dict(d["pool"] or {}),
+                "seed": int(d["scene_seed"]),
+                "frames_per_scene": int(d["frames_per_scene"]),
+            },
+            sizes,
+            t["batch_sizes"] or [int(t["batch_size"])] * len(sizes),
+            seed=int(cfg["seed"]),
+            mean=tr.mean,
+            std=tr.std,
+            device=tr.device,
+            start=tr.iteration,
+            stop=stop,
+            hflip=bool(d["hflip"]),
+            brightness=tuple(d["brightness"]),
+        )
+    if d["source"] != "generator":
+        raise ValueError(f"data.source must be 'generator' or 'pool', got {d['source']!r}")
+    ds = SyntheticDepthDataset(
+        tuple(d["image_size"]),
+        tr.mean,
+        tr.std,
+        seed=int(d["scene_seed"]),
+        frames_per_scene=int(d["frames_per_scene"]),
+        augment=True,
+        hflip=bool(d["hflip"]),
+        brightness=tuple(d["brightness"]),
+        scene=d["scene"],
+        folder=d["folder"],
+    )
+    return _loader(ds, int(t["batch_size"]), tr.iteration, stop, int(cfg["seed"]), int(d["num_workers"]))
 
 
 def _loader(ds: Dataset, batch_size: int, start: int, total: int, seed: int, workers: int) -> DataLoader:
@@ -279,7 +327,7 @@ class DepthTrainer:
         self, cfg: dict[str, Any], device: torch.device | str = "cpu", backbone: nn.Module | None = None
     ):
         from dinov3_ros.heads.losses import SigLoss
-        from training.schedules import Schedule
+        from training.schedules import Schedule, run_iters
 
         self.cfg = cfg
         self.device = torch.device(device)
@@ -298,7 +346,7 @@ class DepthTrainer:
             weight_decay=float(o["weight_decay"]),
             fused=self.device.type == "cuda",
         )
-        warm = int(o["warmup_iters"])
+        warm = run_iters(o["warmup_iters"], total)
         cosine = o["schedule"] == "cosine"
         self.lr = Schedule(
             peak=float(o["lr"]),
@@ -385,7 +433,9 @@ class DepthTrainer:
 
         if not self.ckpt_path.is_file():
             return False
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        from training.checkpoint import safe_load
+
+        state = safe_load(self.ckpt_path, "depth-head checkpoint", map_location=self.device)
         if state.get("head_type") != self.cfg["head"]["type"]:
             raise ValueError(
                 f"{self.ckpt_path} holds a {state.get('head_type')} head, the config wants {self.cfg['head']['type']}"
@@ -492,22 +542,7 @@ def run(
         total,
     )
     if tr.iteration < stop:
-        d = cfg["data"]
-        ds = SyntheticDepthDataset(
-            tuple(d["image_size"]),
-            tr.mean,
-            tr.std,
-            seed=int(d["scene_seed"]),
-            frames_per_scene=int(d["frames_per_scene"]),
-            augment=True,
-            hflip=bool(d["hflip"]),
-            brightness=tuple(d["brightness"]),
-            scene=d["scene"],
-            folder=d["folder"],
-        )
-        loader = _loader(
-            ds, int(t["batch_size"]), tr.iteration, stop, int(cfg["seed"]), int(d["num_workers"])
-        )
+        loader = _batches(cfg, tr, stop)
         t0, n0 = time.perf_counter(), tr.iteration
         for images, depth in loader:
             m = tr.step(images, depth)
@@ -520,9 +555,10 @@ def run(
                     rate,
                     {k: round(v, 4) for k, v in m.items()},
                 )
-            if tr.iteration % int(t["checkpoint_period"]) == 0 or tr.iteration >= stop:
+            late = t["max_seconds"] is not None and time.perf_counter() - t0 > float(t["max_seconds"])
+            if tr.iteration % int(t["checkpoint_period"]) == 0 or tr.iteration >= stop or late:
                 tr.save_checkpoint()
-            if tr.iteration >= stop:
+            if tr.iteration >= stop or late:
                 break
     metrics = None
     if tr.iteration >= total:

@@ -45,6 +45,7 @@ from training.feature_distill import (
     align_patch_tokens,
     patch_grid,
 )
+from training.sim import SimLossConfig, SimObjective
 
 log = logging.getLogger("dinov3.distill")
 
@@ -119,6 +120,7 @@ DEFAULTS: dict[str, Any] = {
         "local_weight": 1.0,
         "teacher_temp": 0.07,
         "student_temp": 0.1,
+        "patch_distill": 0.0,  # our addition: 1 - cosine between student and teacher patch tokens
     },
     "optim": {
         "lr": 5.0e-4,
@@ -140,6 +142,7 @@ DEFAULTS: dict[str, Any] = {
         "global_crops_scale": [0.32, 1.0],
         "local_crops_scale": [0.05, 0.32],
         "horizontal_flips": False,
+        "photometric": True,
     },
     "ibot": {"mask_probability": 0.5, "mask_ratio": [0.1, 0.5]},
     "data": {"sources": [{"type": "procedural", "weight": 1.0}], "num_workers": 4},
@@ -149,8 +152,11 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_period": 100,
         "log_period": 10,
         "amp": "bf16",  # bf16 autocast on CUDA (fp32 on CPU) | fp32
+        "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
     },
     "export": {"fp16": True},
+    # the simulator as a second teacher (training.sim; our addition): per-patch losses on the students
+    "sim": {"enabled": False, "losses": {}, "pool": {}},
 }
 
 
@@ -276,7 +282,9 @@ def load_teacher(
         return _freeze(_load_pretrain_dir(p, need_heads))
     if not p.is_file():
         raise FileNotFoundError(f"teacher checkpoint not found: {p}")
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    from training.checkpoint import safe_load
+
+    obj = safe_load(p, "teacher checkpoint")
     sd: dict[str, Any] | None = None
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):
@@ -390,6 +398,7 @@ class Batch:
     local_crops: torch.Tensor | None
     masks: torch.Tensor | None
     n_global: int = 2
+    sim: Any = None  # training.sim.CropTargets of the global crops (crop-major), when sim is enabled
 
     @property
     def batch_size(self) -> int:
@@ -405,7 +414,8 @@ class Batch:
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        return Batch(mv(self.global_crops), mv(self.local_crops), mv(self.masks), self.n_global)
+        sim = None if self.sim is None else self.sim.to(device)
+        return Batch(mv(self.global_crops), mv(self.local_crops), mv(self.masks), self.n_global, sim)
 
 
 def _crop_major(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -469,7 +479,7 @@ class Distiller:
     """
 
     def __init__(self, cfg: DistillConfig, teacher: Teacher, device: torch.device | str = "cpu") -> None:
-        from training.schedules import Schedule
+        from training.schedules import Schedule, run_iters
 
         self.cfg = cfg
         self.device = torch.device(device)
@@ -478,6 +488,8 @@ class Distiller:
         self.train_cfg = cfg.section("train")
         self.feat_cfg = FeatureDistillConfig.from_dict(cfg.raw.get("features"))
         self.heads_cfg = cfg.section("heads")
+        sim = cfg.section("sim")
+        self.sim_cfg = SimLossConfig.from_dict(sim.get("losses")) if sim.get("enabled") else None
         self.teacher = teacher.to(self.device)
         if cfg.mode == "heads" and (teacher.dino_head is None or teacher.ibot_head is None):
             raise ValueError("mode: heads needs a teacher with DINO and iBOT heads")
@@ -485,7 +497,7 @@ class Distiller:
         self.rank = dist.get_rank() if self.world > 1 else 0
         self.groups = self._make_groups()
         o, total = self.optim_cfg, int(self.train_cfg["iterations"])
-        warm = int(o["warmup_iters"])
+        warm = run_iters(o["warmup_iters"], total)
         self.lr_schedule = Schedule(
             peak=1.0,
             end=float(o["min_lr"]) / float(o["lr"]) if o["schedule"] == "cosine" else 1.0,
@@ -560,6 +572,8 @@ class Distiller:
         else:
             tdim = int(self.teacher.backbone.embed_dim)
             objective["projector"] = FeatureDistillObjective(sdim, tdim, self.feat_cfg)
+        if self.sim_cfg is not None:
+            objective["sim"] = SimObjective(sdim, self.sim_cfg)
         student = _Student(s, backbone, objective.to(self.device))
         student.train()
         self.students[s.name] = student
@@ -603,10 +617,14 @@ class Distiller:
             res["cls_bn"] = _gather_crop_major(cls_bn.float(), n_g, self.world)
             res["patch_bn"] = _gather_crop_major(dense, n_g, self.world)
             res["masks"] = _gather_crop_major(batch.masks, n_g, self.world)
+            if float(self.loss_cfg.get("patch_distill", 0.0)) > 0:
+                res["patch"] = _gather_crop_major(patch, n_g, self.world)
         else:
             res["cls"] = _gather_crop_major(cls, n_g, self.world)
             res["patch"] = _gather_crop_major(patch, n_g, self.world)
         res["global_crops"] = _gather_crop_major(batch.global_crops, n_g, self.world)
+        if batch.sim is not None:
+            res["sim"] = {k: _gather_crop_major(v, n_g, self.world) for k, v in vars(batch.sim).items()}
         res["local_crops"] = _gather_crop_major(batch.local_crops, batch.n_local, self.world)
         return res
 
@@ -663,13 +681,39 @@ class Distiller:
         else:
             koleo = s_cls.new_zeros((), dtype=torch.float32)
         loss = lc["dino"] * terms["total"] + lc["ibot"] * ibot + lc["koleo"] * koleo
-        return {
+        out = {
             "loss": loss,
             "dino_global": terms["global"],
             "dino_local": terms["local"],
             "ibot": ibot,
             "koleo": torch.as_tensor(koleo),
         }
+        out.update(self._extra_losses(st, out_g["x_norm_patchtokens"], tout, lo, hi))
+        out["loss"] = out["loss"] + out.pop("extra", 0.0)
+        return out
+
+    def _extra_losses(
+        self, st: _Student, s_patch: torch.Tensor, tout: dict[str, Any], lo: int, hi: int
+    ) -> dict[str, torch.Tensor]:
+        """Our additions on the unmasked student patch tokens: patch-token distillation (1 - cosine with
+        the teacher's) and the simulator losses; ``extra`` is their weighted sum."""
+        from training.sim import CropTargets
+
+        out: dict[str, torch.Tensor] = {}
+        extra = s_patch.new_zeros((), dtype=torch.float32)
+        w = float(self.loss_cfg.get("patch_distill", 0.0))
+        if w > 0 and "patch" in tout:
+            t_patch = _slice_flat(tout["patch"], lo, hi).float()
+            cos = torch.nn.functional.cosine_similarity(s_patch.float(), t_patch, dim=-1)
+            out["patch_distill"] = 1.0 - cos.mean()
+            extra = extra + w * out["patch_distill"]
+        if "sim" in tout and "sim" in st.objective:
+            targets = CropTargets(**{k: _slice_flat(v, lo, hi) for k, v in tout["sim"].items()})
+            sim = st.objective["sim"](s_patch, targets)
+            extra = extra + sim.pop("sim")
+            out.update(sim)
+        out["extra"] = extra
+        return out
 
     def _features_loss(self, st: _Student, tout: dict[str, Any], lo: int, hi: int) -> dict[str, torch.Tensor]:
         g = _slice_flat(tout["global_crops"], lo, hi)
@@ -770,7 +814,7 @@ class Distiller:
 
     def load_checkpoint(self) -> bool:
         """Resume every local student from its checkpoint; False when there is none."""
-        from training.checkpoint import restore_rng_state
+        from training.checkpoint import restore_rng_state, safe_load
 
         found: list[int | None] = []
         for name, st in self.students.items():
@@ -778,7 +822,7 @@ class Distiller:
             if not p.is_file():
                 found.append(None)
                 continue
-            state = torch.load(p, map_location=self.device, weights_only=False)
+            state = safe_load(p, "distillation checkpoint", map_location=self.device)
             if state.get("arch") != st.cfg.arch or state.get("mode") != self.cfg.mode:
                 raise ValueError(
                     f"{p} is a {state.get('arch')}/{state.get('mode')} checkpoint; the config wants "
@@ -886,6 +930,35 @@ def make_batches(
         yield Batch(collated["global_crops"], collated.get("local_crops"), collated["masks"], 2)
 
 
+def _sim_batches(
+    cfg: DistillConfig, rank: int, start_iteration: int, teacher: nn.Module, device: torch.device
+) -> Iterator[Batch]:
+    """Multi-view batches rendered on ``device`` (``training.sim``); masks on the teacher's grid."""
+    from training.sim import SimBatches, view_spec
+
+    tc = cfg.section("train")
+    spec = view_spec(
+        cfg.section("crops"),
+        cfg.section("ibot"),
+        int(teacher.patch_size),
+        getattr(teacher, "norm_mean", None),
+        getattr(teacher, "norm_std", None),
+    )
+    spec.n_classes = SimLossConfig.from_dict(cfg.section("sim").get("losses")).n_classes
+    batches = SimBatches(
+        cfg.section("sim").get("pool") or {},
+        spec,
+        int(tc["batch_size_per_gpu"]),
+        device=device,
+        seed=int(cfg.raw["seed"]) + 7919 * rank,
+        start_iter=start_iteration,
+        max_iter=int(tc["iterations"]),
+        log=log.info if rank == 0 else None,
+    )
+    for b in batches:
+        yield Batch(b["global_crops"], b.get("local_crops"), b["masks"], 2, b["sim"])
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 
@@ -959,20 +1032,31 @@ def run(
     stop = total if max_steps is None else min(total, d.iteration + max_steps)
     if d.iteration < stop:
         t0, n0 = time.perf_counter(), d.iteration
-        for batch in make_batches(cfg, rank, world, d.iteration, teacher.backbone):
+        batches = (
+            _sim_batches(cfg, rank, d.iteration, teacher.backbone, dev)
+            if cfg.section("sim").get("enabled")
+            else make_batches(cfg, rank, world, d.iteration, teacher.backbone)
+        )
+        for batch in batches:
             m = d.step(batch)
             if (d.iteration % int(tc["log_period"]) == 0 or d.iteration == stop) and rank == 0:
                 rate = (d.iteration - n0) / max(time.perf_counter() - t0, 1e-9)
+                mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
                 log.info(
-                    "it %d/%d %.2f it/s %s",
+                    "it %d/%d %.2f it/s mem %.1f GiB %s",
                     d.iteration,
                     total,
                     rate,
+                    mem,
                     {n: {k: round(v, 4) for k, v in mm.items()} for n, mm in m.items()},
                 )
-            if d.iteration % int(tc["checkpoint_period"]) == 0 or d.iteration >= stop:
+            late = tc.get("max_seconds") is not None and time.perf_counter() - t0 > float(tc["max_seconds"])
+            if d.iteration % int(tc["checkpoint_period"]) == 0 or d.iteration >= stop or late:
                 d.save_checkpoint()
             if d.iteration >= stop:
+                break
+            if late:
+                log.info("stopped by train.max_seconds at iteration %d; run again to continue", d.iteration)
                 break
     if d.iteration >= total:
         d.export(fp16=bool(cfg.section("export").get("fp16", True)))

@@ -9,6 +9,10 @@ matrices of L2-normalised patch features.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -19,12 +23,28 @@ __all__ = [
     "dino_cross_entropy",
     "dino_loss",
     "dino_loss_terms",
+    "fp32_loss",
     "gram_loss",
     "ibot_loss",
     "koleo_loss",
     "koleo_loss_distributed",
     "sinkhorn_knopp",
 ]
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def fp32_loss(fn: _F) -> _F:
+    """Run ``fn`` with autocast off on CPU and CUDA, so its matmuls (the DINO einsum, the Gram
+    products) are float32 whatever the caller's autocast (the reference computes losses in fp32)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _dist_ready(group=None) -> bool:
@@ -38,6 +58,7 @@ def _all_reduce(x: Tensor, op=None, group=None) -> Tensor:
 
 
 @torch.no_grad()
+@fp32_loss
 def sinkhorn_knopp(
     teacher_logits: Tensor, teacher_temp: float, n_iterations: int = 3, *, group=None
 ) -> Tensor:
@@ -79,6 +100,7 @@ def _check_crops(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} must be [n_crops, B, K], got shape {tuple(x.shape)}")
 
 
+@fp32_loss
 def dino_cross_entropy(
     student_logits: Tensor, teacher_probs: Tensor, student_temp: float = 0.1, ignore_diagonal: bool = False
 ) -> Tensor:
@@ -176,6 +198,7 @@ def dino_loss(
     )["total"]
 
 
+@fp32_loss
 def ibot_loss(
     student_masked_logits: Tensor, teacher_masked_probs: Tensor, masks: Tensor, student_temp: float = 0.1
 ) -> Tensor:
@@ -265,6 +288,7 @@ def koleo_loss_distributed(
         return torch.cat(losses).mean()
 
 
+@fp32_loss
 def gram_loss(
     student_patches: Tensor,
     teacher_patches: Tensor,

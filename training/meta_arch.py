@@ -11,8 +11,15 @@ from torch import Tensor, nn
 
 from .heads import DINOHead
 from .losses import dino_loss_terms, gram_loss, ibot_loss, koleo_loss, koleo_loss_distributed, sinkhorn_knopp
+from .sim import SimLossConfig, SimObjective
 
-__all__ = ["SSLMetaArch", "build_backbone_from_config", "ema_update", "resize_patch_features"]
+__all__ = [
+    "SSLMetaArch",
+    "build_backbone_from_config",
+    "ema_update",
+    "resize_patch_features",
+    "target_stats",
+]
 
 
 def build_backbone_from_config(model_cfg: dict[str, Any], *, drop_path: bool = True) -> nn.Module:
@@ -38,6 +45,26 @@ def resize_patch_features(x: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int,
 
 def _local(t: Tensor) -> Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
+
+
+@torch.no_grad()
+def target_stats(probs: Tensor, cls: Tensor) -> dict[str, Tensor]:
+    """Collapse diagnostics: mean entropy of the teacher's Sinkhorn-Knopp targets ``probs [..., K]``
+    (``log K`` = uniform, no signal), their mean maximum probability, and the mean / std of the pairwise
+    cosine between the teacher's CLS tokens ``cls [N, D]`` (mean 1 = every image looks the same)."""
+    with torch.autocast(probs.device.type, enabled=False):
+        p = probs.float().flatten(0, -2)
+        ent = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+        c = F.normalize(cls.float(), dim=-1)
+        cos = c @ c.t()
+        off = cos[~torch.eye(c.shape[0], dtype=torch.bool, device=c.device)]
+        std = off.std() if off.numel() > 1 else off.sum() * 0
+        return {
+            "stat/target_entropy": ent,
+            "stat/teacher_max_prob": p.max(-1).values.mean(),
+            "stat/cls_cos_mean": off.mean() if off.numel() else ent * 0,
+            "stat/cls_cos_std": std,
+        }
 
 
 @torch.no_grad()
@@ -94,6 +121,10 @@ class SSLMetaArch(nn.Module):
                 self.gram_teacher.set_drop_path_rate(0.0)
             for p in self.gram_teacher.parameters():
                 p.requires_grad_(False)
+        self.sim: SimObjective | None = None
+        sim_cfg = cfg.get("sim") or {}
+        if sim_cfg.get("enabled", False):
+            self.sim = SimObjective(dim, SimLossConfig.from_dict(sim_cfg.get("losses")))
         self.patch_size = int(student_bb.patch_size)
         # iBOT needs a mask token (ViT); ConvNeXt students train with DINO + KoLeo (+ Gram) only
         self.ibot_enabled = float(ib.get("loss_weight", 1.0)) > 0 and hasattr(student_bb, "mask_token")
@@ -124,7 +155,7 @@ class SSLMetaArch(nn.Module):
         ibot_t = (
             sinkhorn_knopp(self.teacher.ibot_head(masked), teacher_temp) if idx.numel() else masked[:, :0]
         )
-        return {"dino": dino_t, "ibot": ibot_t}
+        return {"dino": dino_t, "ibot": ibot_t, "stats": target_stats(dino_t, cls)}
 
     @torch.no_grad()
     def gram_targets(self, batch: dict[str, Any], student_hw: tuple[int, int]) -> Tensor:
@@ -221,6 +252,11 @@ class SSLMetaArch(nn.Module):
                 remove_neg=bool(gc.get("remove_neg", False)),
             )
             total = total + gram_weight * losses["gram"]
+        if self.sim is not None and batch.get("sim") is not None:
+            sim = self.sim(s_g["x_norm_patchtokens"], batch["sim"], masks.any(-1))
+            total = total + sim.pop("sim")
+            losses.update(sim)
+        losses.update(targets["stats"])
         losses["total"] = total
         return total, losses
 

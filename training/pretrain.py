@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,32 @@ class PretrainState:
         self.n_skipped = 0
 
 
+def validate_config(cfg: dict[str, Any]) -> None:
+    """Reject settings that would not do what they say (raises ``ValueError``)."""
+    gc = cfg["gram"]
+    freq, first = int(gc.get("update_frequency", 0)), int(gc.get("it_first_update", 0))
+    if gc.get("use") and gc.get("rep_update", True) and freq > 0 and first % freq:
+        fires = -(-first // freq) * freq
+        raise ValueError(
+            f"gram.it_first_update ({first}) is not a multiple of gram.update_frequency ({freq}): the "
+            f"Gram teacher is refreshed when (iteration + 1) is a multiple of update_frequency, so the "
+            f"first refresh would come at {fires}, not {first}"
+        )
+    mu = gc.get("max_updates")
+    if mu is not None and int(mu) < 0:
+        raise ValueError(f"gram.max_updates must be null (unlimited) or >= 0, got {mu}")
+    if int(cfg["train"]["iterations"]) < 1:
+        raise ValueError(f"train.iterations must be >= 1, got {cfg['train']['iterations']}")
+
+
+def trainable_modules(model: SSLMetaArch) -> torch.nn.ModuleDict:
+    """The student's parts (backbone, dino_head, ibot_head) plus the simulator heads when enabled."""
+    parts = dict(model.student.items())
+    if model.sim is not None:
+        parts["sim"] = model.sim
+    return torch.nn.ModuleDict(parts)
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", get_local_rank())
@@ -83,6 +110,7 @@ def _device() -> torch.device:
 def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> PretrainState:
     """Build model (student/teacher/Gram teacher), load initial weights, apply AC/compile/FSDP, optimizer
     and schedules. Call after :func:`training.distributed.init_distributed`."""
+    validate_config(cfg)
     t = cfg["train"]
     device = _device()
     if t.get("deterministic"):
@@ -126,12 +154,16 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
         ]
         if model.gram_teacher is not None:
             mods.append(model.gram_teacher)
+        if model.sim is not None:
+            mods.append(model.sim)
         shard_model(mods, t.get("param_dtype", "bf16"), t.get("reduce_dtype", "fp32"))
     autocast_dtype = None
     if not fsdp and device.type == "cuda" and t.get("param_dtype", "bf16") != "fp32":
         autocast_dtype = _DTYPES[t["param_dtype"]]
     o = cfg["optim"]
-    groups = build_param_groups(model.student, float(o["layer_decay"]), float(o["patch_embed_lr_mult"]))
+    groups = build_param_groups(
+        trainable_modules(model), float(o["layer_decay"]), float(o["patch_embed_lr_mult"])
+    )
     for g in groups:
         g.pop("names")
     fused = device.type == "cuda" and not fsdp  # sharded (DTensor) parameters: foreach implementation
@@ -188,18 +220,14 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
     if finite.item() < 1:
         vals = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(f"non-finite loss at iteration {it}: {vals}")
-    total.backward()
-    if last_mult == 0:
-        for name, p in model.student.named_parameters():
-            if "last_layer" in name:
-                p.grad = None
+    total.backward()  # while the last layer is frozen its LR is 0: gradients and Adam moments are kept
     o = cfg["optim"]
     norms = {
-        "grad_norm/backbone": _clip(
-            list(model.student.backbone.parameters()), float(o["clip_grad_backbone"])
-        ),
-        "grad_norm/dino_head": _clip(list(model.student.dino_head.parameters()), float(o["clip_grad_heads"])),
-        "grad_norm/ibot_head": _clip(list(model.student.ibot_head.parameters()), float(o["clip_grad_heads"])),
+        f"grad_norm/{name}": _clip(
+            list(mod.parameters()),
+            float(o["clip_grad_backbone" if name == "backbone" else "clip_grad_heads"]),
+        )
+        for name, mod in trainable_modules(model).items()
     }
     opt.step()
     model.update_teacher(mom)
@@ -209,7 +237,7 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         and (it + 1) >= int(gc["it_first_update"])
         and int(gc["update_frequency"]) > 0
         and (it + 1) % int(gc["update_frequency"]) == 0
-        and state.gram_updates < int(gc["max_updates"])
+        and (gc.get("max_updates") is None or state.gram_updates < int(gc["max_updates"]))
     ):
         model.update_gram_teacher()
         state.gram_updates += 1
@@ -220,7 +248,7 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         dist.all_reduce(vec)
         vec[:-1] /= get_world_size()
     state.n_skipped += int(vec[-1].item())  # unreadable images skipped on all ranks
-    out = {f"loss/{k}": float(v) for k, v in zip(keys, vec[:-1].tolist())}
+    out = {(k if k.startswith("stat/") else f"loss/{k}"): float(v) for k, v in zip(keys, vec[:-1].tolist())}
     out.update({k: float(v) for k, v in norms.items() if v is not None})
     out.update(
         lr=lr,
@@ -233,6 +261,49 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         skipped_images=float(state.n_skipped),
     )
     return out
+
+
+def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, data_cfg: dict, mean, std):
+    """The CPU multi-crop loader, or the simulator's GPU batches when ``sim.enabled``."""
+    t = cfg["train"]
+    B = int(t["batch_size_per_gpu"])
+    if cfg["sim"].get("enabled"):
+        from .sim.loader import SimBatches, view_spec
+
+        spec = view_spec(cfg["crops"], cfg["ibot"], state.model.patch_size, mean, std)
+        spec.n_classes = state.model.sim.cfg.n_classes if state.model.sim is not None else spec.n_classes
+        return SimBatches(
+            cfg["sim"]["pool"],
+            spec,
+            B,
+            device=state.device,
+            seed=int(t["seed"]) + 7919 * get_rank(),
+            start_iter=start,
+            max_iter=stop,
+            log=(lambda m: print(m, flush=True)) if is_main_process() else None,
+        )
+    return build_pretrain_loader(
+        data_cfg,
+        batch_size=B,
+        patch_size=state.model.patch_size,
+        rank=get_rank(),
+        world_size=get_world_size(),
+        start_iter=start,
+        max_iter=stop,
+        num_workers=int(cfg["data"].get("num_workers", 0)),
+        seed=int(t["seed"]),
+        mean=mean,
+        std=std,
+    )
+
+
+def _past(deadline: float) -> bool:
+    """Whether ``deadline`` (monotonic seconds) has passed on every rank (rank 0 decides)."""
+    flag = torch.tensor([float(time.monotonic() > deadline)])
+    if is_distributed():
+        flag = flag.to(_device())
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -263,20 +334,8 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
             state.model.update_gram_teacher()  # Gram stage continuing a pretraining run: anchor to its teacher
         state.gram_updates = int(extra.get("gram_updates", 0))
         state.n_skipped = int(extra.get("n_skipped", 0))
-    loader = build_pretrain_loader(
-        data_cfg,
-        batch_size=B,
-        patch_size=state.model.patch_size,
-        rank=get_rank(),
-        world_size=get_world_size(),
-        start_iter=start,
-        max_iter=min(stop, total_iters),
-        num_workers=int(cfg["data"].get("num_workers", 0)),
-        seed=int(t["seed"]),
-        mean=mean,
-        std=std,
-    )
-    data_iter = iter(loader)
+    state.iteration = start
+    data_iter = iter(_batches(cfg, state, start, min(stop, total_iters), data_cfg, mean, std))
     if latest is not None:
         from .checkpoint import restore_rng_state
 
@@ -297,6 +356,7 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     last_ckpt = latest
     it = start
     try:
+        deadline = time.monotonic() + float(t["max_seconds"]) if t.get("max_seconds") else None
         for it in range(start, min(stop, total_iters)):
             batch = next(data_iter)
             scalars = train_step(state, batch, it)
@@ -304,7 +364,8 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
             history.append({"iteration": it, **scalars})
             if it % int(t["log_period"]) == 0 or it + 1 == total_iters:
                 logger.log(it, scalars)
-            if (it + 1) % period == 0 or it + 1 == total_iters:
+            out_of_time = deadline is not None and _past(deadline) and it + 1 < min(stop, total_iters)
+            if (it + 1) % period == 0 or it + 1 == total_iters or out_of_time:
                 extra = {
                     "next_iteration": it + 1,
                     "gram_updates": state.gram_updates,
@@ -314,6 +375,10 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
                 last_ckpt = save_checkpoint(
                     ckpt_root, it + 1, state.model, state.optimizer, extra, int(t.get("keep_last", 3))
                 )
+            if out_of_time:
+                if is_main_process():
+                    print(f"stopped by train.max_seconds after iteration {it + 1}; run again to continue")
+                break
         if t.get("save_teacher", True) and state.iteration == total_iters:
             save_full_state_dict(out_dir / "teacher_backbone.pth", state.model.teacher.backbone)
     finally:
@@ -341,6 +406,7 @@ def main(args: argparse.Namespace) -> int:
         overrides.append("train.resume=false")
     try:
         cfg = load_config(args.config, overrides)
+        validate_config(cfg)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"dinov3-train pretrain: bad config: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Schedule", "build_schedules", "constant", "scaled_lr", "warmup_constant", "warmup_cosine"]
+__all__ = [
+    "Schedule",
+    "build_schedules",
+    "constant",
+    "run_iters",
+    "scaled_lr",
+    "warmup_constant",
+    "warmup_cosine",
+]
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,24 @@ def scaled_lr(lr: float, rule: str, global_batch: int) -> float:
     raise ValueError(f"unknown lr scaling rule {rule!r} (sqrt_wrt_1024, linear_wrt_256, none)")
 
 
+def run_iters(value: float | int, total: int) -> int:
+    """An iteration count from a config: an int as is, a float in ``(0, 1)`` as that fraction of the run
+    (so a short recipe keeps its warmups when ``train.iterations`` changes)."""
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return max(1, round(value * total))
+    if float(value) != int(value) or int(value) < 0:
+        raise ValueError(f"iteration count must be an int >= 0 or a fraction in (0, 1), got {value!r}")
+    return int(value)
+
+
 def build_schedules(cfg: dict[str, Any], global_batch: int) -> dict[str, Schedule]:
     """Schedules of a pretraining config: ``lr``, ``wd``, ``momentum``, ``teacher_temp``,
-    ``last_layer_lr`` (0 while frozen), ``local_weight`` (DINO local term), ``gram_weight``."""
+    ``last_layer_lr`` (0 while frozen), ``local_weight`` (DINO local term), ``gram_weight``.
+    ``optim.warmup_iters``, ``teacher.warmup_iters`` and ``optim.freeze_last_layer_iters`` may be
+    fractions of ``train.iterations`` (see :func:`run_iters`)."""
     o, total = cfg["optim"], int(cfg["train"]["iterations"])
     peak = scaled_lr(float(o["lr"]), o.get("scaling_rule", "sqrt_wrt_1024"), global_batch)
-    warm = int(o.get("warmup_iters", 0))
+    warm = run_iters(o.get("warmup_iters", 0), total)
     kind = o.get("schedule", "constant")
     if kind == "constant":
         lr = Schedule(peak=peak, warmup_iters=warm, warmup_kind=o.get("warmup_kind", "linear"))
@@ -132,7 +152,7 @@ def build_schedules(cfg: dict[str, Any], global_batch: int) -> dict[str, Schedul
     )
     cos_or_const = -1 if kind == "cosine" else 0
     t = cfg["teacher"]
-    freeze = int(o.get("freeze_last_layer_iters", 0))
+    freeze = run_iters(o.get("freeze_last_layer_iters", 0), total)
     return {
         "lr": lr,
         "wd": Schedule(peak=wd0, end=wd1, cosine_iters=-1 if wd1 != wd0 else cos_or_const, total_iters=total),
@@ -140,7 +160,7 @@ def build_schedules(cfg: dict[str, Any], global_batch: int) -> dict[str, Schedul
         "teacher_temp": Schedule(
             peak=float(t.get("temp", 0.07)),
             warmup_start=float(t.get("warmup_temp", t.get("temp", 0.07))),
-            warmup_iters=int(t.get("warmup_iters", 0)),
+            warmup_iters=run_iters(t.get("warmup_iters", 0), total),
         ),
         "last_layer_lr": Schedule(peak=1.0, start_iter=freeze, before=0.0),
         "local_weight": Schedule.from_config(cfg["dino"].get("local_weight", 1.0), total),

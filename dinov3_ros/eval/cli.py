@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         action="append",
         required=True,
-        help="default | random:ARCH (floor) | PATH to weights | oracle | noise:DIM; repeat to compare",
+        help="default | random:ARCH (official init) | random-ls1:ARCH (LayerScale 1.0) | pixels | colorhist "
+        "(no-network floors) | PATH to weights | oracle | noise:DIM; repeat to compare",
     )
     parser.add_argument(
         "--data", default="synthetic", help="synthetic | synthetic:SEED | synthetic image folder"
@@ -52,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dinov3_ros.eval.baselines import resolve_model
     from dinov3_ros.eval.data import load_data
-    from dinov3_ros.eval.features import resolve_weights
     from dinov3_ros.eval.report import write_report
     from dinov3_ros.eval.runner import ORACLE, EvalOptions, evaluate
     from dinov3_ros.synthetic.writers import atomic_path
@@ -91,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         )
         results, examples = [], []
         for spec in args.weights:
-            model = ORACLE if spec == ORACLE else resolve_weights(spec, args.device, args.seed, args.arch)
+            print(f"\n[{len(results) + 1}/{len(args.weights)}] evaluating {spec} ...", flush=True)
+            model = ORACLE if spec == ORACLE else resolve_model(spec, args.device, args.seed, args.arch)
             t0 = time.perf_counter()
             res, ex = evaluate(model, data, opts)
             res["weights"] = spec

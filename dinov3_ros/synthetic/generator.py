@@ -9,6 +9,7 @@ smooth path (:class:`camera.OrbitTrajectory`).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -201,25 +202,48 @@ class SceneGenerator:
 
     Equal ``(config, seed)`` give bit-identical frames in any process. The last few scenes are cached
     (their open3d structures are dropped when pickled, e.g. into DataLoader workers).
+
+    ``backend``: ``"open3d"`` (:meth:`Scene.render`), ``"torch"`` (:mod:`torch_render` on ``device``,
+    no open3d needed, the same images) or ``"auto"`` (open3d where it is installed, else torch).
     """
 
-    def __init__(self, config: SceneConfig | None = None, seed: int = 0, cache_scenes: int = 2, **overrides):
+    def __init__(
+        self,
+        config: SceneConfig | None = None,
+        seed: int = 0,
+        cache_scenes: int = 2,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        **overrides,
+    ):
         config = config or SceneConfig()
         if overrides:
             config = replace(config, **overrides)
         self.config = config
         self.seed = int(seed)
         self.cache_scenes = max(1, int(cache_scenes))
+        if backend == "auto":
+            backend = "open3d" if importlib.util.find_spec("open3d") is not None else "torch"
+        if backend not in ("open3d", "torch"):
+            raise ValueError(f"backend must be 'auto', 'open3d' or 'torch', got {backend!r}")
+        self.backend = backend
+        self.device = str(device)
         self._cache: OrderedDict[int, SceneSpec] = OrderedDict()
+        self._packed: OrderedDict[int, object] = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()
+        state["_packed"] = OrderedDict()
         return state
 
     def __repr__(self) -> str:
         c = self.config
-        return f"SceneGenerator(seed={self.seed}, size={c.width}x{c.height}, frames_per_scene={c.frames_per_scene})"
+        return (
+            f"SceneGenerator(seed={self.seed}, size={c.width}x{c.height}, "
+            f"frames_per_scene={c.frames_per_scene}, backend={self.backend!r})"
+        )
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -252,20 +276,52 @@ class SceneGenerator:
             raise IndexError(f"frame index {frame_index} outside 0..{c.frames_per_scene - 1}")
         spec = self.scene(scene_index)
         stamp = round(frame_index * 1e9 / c.frame_rate)
-        fr = spec.scene.render(
-            self.pose(scene_index, frame_index),
-            spec.K,
-            c.width,
-            c.height,
-            stamp_ns=stamp,
-            scene_index=scene_index,
-            frame_index=frame_index,
-        )
+        meta = {"stamp_ns": stamp, "scene_index": scene_index, "frame_index": frame_index}
+        T = self.pose(scene_index, frame_index)
+        if self.backend == "torch":
+            fr = self._render_torch(scene_index, spec, T, meta)
+        else:
+            fr = spec.scene.render(T, spec.K, c.width, c.height, **meta)
         if c.noise_std > 0:
             rng = np.random.default_rng([self.seed & 0xFFFFFFFF, scene_index, frame_index, 7])
             noisy = fr.rgb.astype(np.float32) + rng.normal(0.0, c.noise_std, fr.rgb.shape)
             fr.rgb = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
         return fr
+
+    def _render_torch(self, scene_index: int, spec: SceneSpec, T: np.ndarray, meta: dict) -> SynthFrame:
+        import torch
+
+        from dinov3_ros.synthetic.torch_pack import pack_scenes
+        from dinov3_ros.synthetic.torch_render import render
+
+        packed = self._packed.get(scene_index)
+        if packed is None:
+            packed = pack_scenes([spec], self.device)
+            self._packed[scene_index] = packed
+            while len(self._packed) > self.cache_scenes:
+                self._packed.popitem(last=False)
+        else:
+            self._packed.move_to_end(scene_index)
+        c = self.config
+        dev = packed.device
+        out = render(
+            packed,
+            torch.zeros(1, dtype=torch.long, device=dev),
+            torch.from_numpy(T[None]).to(dev),
+            torch.from_numpy(spec.K[None]).to(dev),
+            c.height,
+            c.width,
+        )
+        return SynthFrame(
+            rgb=out.rgb[0].cpu().numpy(),
+            depth=out.depth[0].cpu().numpy(),
+            instances=out.instances[0].cpu().numpy(),
+            normals=out.normals[0].cpu().numpy(),
+            K=np.array(spec.K, np.float64),
+            T_world_cam=np.array(T, np.float64),
+            instance_classes=spec.scene.instance_classes.copy(),
+            **meta,
+        )
 
     def pair(self, scene_index: int, i: int, j: int) -> tuple[SynthFrame, SynthFrame]:
         """Two frames of one scene."""

@@ -4,14 +4,19 @@
 one scene of :class:`SceneGenerator` (seed 3); about 3.5 MB. It lives in the cache directory
 (``$DINOV3_ROS_CACHE``, else ``$XDG_CACHE_HOME/dinov3_ros``, else ``~/.cache/dinov3_ros``) next to a
 manifest with the generation parameters and the SHA-256 of every file; it is regenerated when
-missing, when a hash does not match, or when the parameters changed.
+missing, when a hash does not match, or when the parameters changed. Checking and regenerating hold
+an exclusive lock on a sibling ``.lock`` file, so concurrent processes never see a bag without its
+manifest; the bag and the manifest are each replaced atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from dinov3_ros.synthetic.generator import GENERATOR_VERSION, SceneGenerator
@@ -90,12 +95,26 @@ def make_sample_bag(path: str | os.PathLike) -> Path:
     return bag
 
 
+@contextlib.contextmanager
+def _locked(bag: Path) -> Iterator[None]:
+    """Exclusive lock on ``.<bag>.lock`` next to ``bag`` (released when the block ends or the process dies)."""
+    bag.parent.mkdir(parents=True, exist_ok=True)
+    with open(bag.parent / f".{bag.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure_sample_bag(path: str | os.PathLike | None = None) -> Path:
     """Return the path of a valid sample bag directory, generating it if missing or corrupt."""
     bag = Path(path) if path is not None else cache_dir() / SAMPLE_NAME
-    if sample_ok(bag):
-        return bag
-    return make_sample_bag(bag)
+    with _locked(bag):
+        if sample_ok(bag):
+            return bag
+        _manifest_path(bag).unlink(missing_ok=True)  # an interrupted rewrite is never taken as valid
+        return make_sample_bag(bag)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,7 @@ class MultiCropAugmentation:
     grayscale_p: float = 0.2
     blur_kernel: int = 9
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    photometric: bool = True
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
 
@@ -217,6 +218,8 @@ class MultiCropAugmentation:
         self._std = torch.tensor(self.std).view(3, 1, 1)
 
     def _photometric(self, img: Tensor, g: torch.Generator, blur_p: float, solarize_p: float) -> Tensor:
+        if not self.photometric:
+            return img
         if _u(g) < self.jitter_p:
             img = color_jitter(img, g, *self.jitter)
         if _u(g) < self.grayscale_p:

@@ -1,0 +1,1 @@
+"""Recipes: the exact stages and configs that produce the shipped models."""

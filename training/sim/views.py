@@ -1,0 +1,134 @@
+"""Multi-view multi-crop batches from a :class:`FramePool`, built entirely on the pool's device.
+
+Each sample is one scene: global crop 1 comes from one of its frames and global crop 2 from another
+(multi-view positives: the DINO global term and the correspondence loss see two camera poses), local
+crops alternate between the two frames. Photometric augmentation follows DINOv3 (global 1 blur p=1,
+global 2 blur p=0.1 + solarize p=0.2, locals blur p=0.5, colour jitter p=0.8, grayscale p=0.2). iBOT
+masks are drawn on the CPU exactly as the CPU loader does. Every draw comes from the batch seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from training.data.dataset import sample_seed
+from training.data.gpu_augment import normalize, photometric, random_boxes, resized_crops
+from training.data.masking import MaskingGenerator, sample_masks
+
+from .geometry import CropTargets, crop_targets
+from .pool import FramePool
+
+__all__ = ["ViewSpec", "sample_views"]
+
+
+@dataclass
+class ViewSpec:
+    """Crop sizes/scales, masking and the class count of the sim targets."""
+
+    global_size: int = 224
+    local_size: int = 96
+    local_number: int = 4
+    global_scale: tuple[float, float] = (0.5, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    patch_size: int = 16
+    mask_probability: float = 0.5
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    n_classes: int = 8
+    photometric: bool = True
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    _masker: MaskingGenerator | None = field(default=None, repr=False)
+
+    @property
+    def grid(self) -> int:
+        return self.global_size // self.patch_size
+
+
+def _pick_frames(pool: FramePool, B: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Flat frame indices ``[B]`` of two distinct frames of ``B`` random filled scenes."""
+    if pool.filled < 1:
+        raise ValueError("the frame pool has no rendered scene yet")
+    dev, F_ = pool.device, pool.frames_per_scene
+    scene = torch.randint(0, pool.filled, (B,), generator=g, device=dev)
+    fa = torch.randint(0, F_, (B,), generator=g, device=dev)
+    if F_ > 1:
+        fb = (fa + torch.randint(1, F_, (B,), generator=g, device=dev)) % F_
+    else:
+        fb = fa
+    return scene * F_ + fa, scene * F_ + fb
+
+
+def _frames_float(pool: FramePool, flat: Tensor) -> Tensor:
+    return pool.rgb.flatten(0, 1)[flat].permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _masks(spec: ViewSpec, n: int, seed: int) -> Tensor:
+    grid = (spec.grid, spec.grid)
+    if spec._masker is None or (spec._masker.height, spec._masker.width) != grid:
+        spec._masker = MaskingGenerator(grid)
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    return sample_masks(n, grid, gen, spec.mask_probability, tuple(spec.mask_ratio), spec._masker)
+
+
+def _locals(
+    spec: ViewSpec, frames_a: Tensor, frames_b: Tensor, g: torch.Generator, frame_hw: tuple[int, int]
+) -> Tensor | None:
+    L = spec.local_number
+    if L <= 0:
+        return None
+    B, dev, size = frames_a.shape[0], frames_a.device, (spec.local_size, spec.local_size)
+    la, lb = (L + 1) // 2, L // 2
+    parts = []
+    for imgs, k in ((frames_a, la), (frames_b, lb)):
+        if k:
+            boxes = random_boxes(k * B, *frame_hw, tuple(spec.local_scale), g, dev)
+            parts.append(resized_crops(imgs, boxes, size, per_image=k))
+    crops = torch.cat(parts)  # crop-major: L crops of all B samples
+    if spec.photometric:
+        crops = photometric(crops, g, blur_p=0.5)
+    return normalize(crops, spec.mean, spec.std)
+
+
+def sample_views(
+    pool: FramePool, batch_size: int, spec: ViewSpec, seed: int, iteration: int
+) -> dict[str, Any]:
+    """One batch: the keys of :class:`training.data.MultiCropCollate` (``global_crops``, ``local_crops``,
+    ``masks``, ``mask_indices``, ``masks_weight``, ``n_global_crops``) plus ``sim`` (:class:`CropTargets`
+    of the global crops). A pure function of ``(pool contents, seed, iteration)``."""
+    bseed = sample_seed(seed, iteration)
+    dev = pool.device
+    g = torch.Generator(device=dev).manual_seed(bseed)
+    B = int(batch_size)
+    fa, fb = _pick_frames(pool, B, g)
+    H, W = pool.image_hw
+    imgs_a, imgs_b = _frames_float(pool, fa), _frames_float(pool, fb)
+    size = (spec.global_size, spec.global_size)
+    boxes = random_boxes(2 * B, H, W, tuple(spec.global_scale), g, dev)
+    ga = resized_crops(imgs_a, boxes[:B], size)
+    gb = resized_crops(imgs_b, boxes[B:], size)
+    if spec.photometric:
+        ga = photometric(ga, g, blur_p=1.0)
+        gb = photometric(gb, g, blur_p=0.1, solarize_p=0.2)
+    global_crops = normalize(torch.cat([ga, gb]), spec.mean, spec.std)
+    local_crops = _locals(spec, imgs_a, imgs_b, g, (H, W))
+    frames = torch.cat([fa, fb])
+    targets: CropTargets = crop_targets(pool, frames, boxes, spec.grid, spec.n_classes)
+    masks = _masks(spec, 2 * B, bseed)  # on the CPU: no device sync for the indices
+    weight = (1.0 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks]
+    out: dict[str, Any] = {
+        "global_crops": global_crops,
+        "n_global_crops": 2,
+        "masks": masks.to(dev, non_blocking=True),
+        "mask_indices": masks.flatten().nonzero().flatten().to(dev, non_blocking=True),
+        "masks_weight": weight.to(dev, non_blocking=True),
+        "n_masked_patches": int(masks.sum()),
+        "sim": targets,
+        "batch_seed": bseed,
+    }
+    if local_crops is not None:
+        out["local_crops"] = local_crops
+    return out
