@@ -16,7 +16,7 @@ from dinov3_ros.runtime.device_audit import float64_kernels, trace_events, trace
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs on the GPU machine"),
 ]
 
 

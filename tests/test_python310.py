@@ -1,8 +1,8 @@
 """The package is Python 3.10 compatible (JetPack 6 / ROS 2 Humble), checked by a real 3.10 interpreter.
 
 ``.ci/py310_check.py`` runs under Python 3.10 (from pyenv on this machine image; ``DINOV3_PYTHON310``
-names another): every file compiles with 3.10's parser and uses only 3.10's standard library. On CI a
-missing interpreter fails the test instead of skipping it. The negative control feeds it 3.11-only code.
+names another): every file compiles with 3.10's parser and uses only 3.10's standard library. A missing
+interpreter fails the test (it is never skipped). The negative control feeds it 3.11-only code.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def _python310() -> str | None:
 @pytest.fixture(scope="module")
 def py310() -> str:
     py = _python310()
-    if py is None:
-        if os.environ.get("CI"):
-            pytest.fail("no Python 3.10 interpreter on this CI machine (expected pyenv's 3.10)")
-        pytest.skip("no Python 3.10 interpreter here")
+    if py is None:  # this project's machines have pyenv's 3.10; elsewhere set DINOV3_PYTHON310
+        pytest.fail(
+            "no Python 3.10 interpreter found (pyenv's 3.10, python3.10 on PATH or $DINOV3_PYTHON310)"
+        )
     return py
 
 
