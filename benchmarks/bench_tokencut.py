@@ -1,11 +1,12 @@
-"""Multi-object TokenCut at the node's grid (30x40 patches, ``max_objects`` 4): squarings per cut.
+"""Multi-object TokenCut at the node's grid (30x40 patches, ``max_objects`` 4): filter power per cut.
 
-The masked cut (``dinov3_ros.heads.tokencut._MaskedCut``) filters a random block with ``B = A^(2^s)``
-before its first residual check, and squares ``B`` once more per failed check. This benchmark times
-``tokencut_multi`` with ``s`` = each of ``--squarings`` (12 = the earlier fixed setting, the baseline)
-on the same features in one run, counts the checks and dense fallbacks, and checks that every variant
-finds exactly the baseline's objects. It also times the pieces: one filter replay per ``s``, one check,
-one squaring and the dense fallback (``torch.linalg.eigh``).
+The masked cut (``dinov3_ros.heads._cut_solver.MaskedCut``) filters a random block with ``A^(2^s)``
+(block power steps, float32 on the device) before its first exact check on the host, and adds Krylov
+vectors of the exact residual per failed check. This benchmark times ``tokencut_multi`` with ``s`` =
+each of ``--squarings`` (the first = the baseline) on the same features in one run, counts the
+correction rounds and dense fallbacks, and checks that every variant finds exactly the baseline's
+objects. It also times the pieces: one filter replay per ``s``, one correction, the filter's round trip
+to the host and the dense fallback (float64 on the host).
 
 Workloads: ``random`` = a random ViT-S/16 on the node benchmark's frames (what ``bench_node.py``
 measures); ``default`` = the shipped model on synthetic rooms (``--images``, rendered once on a machine
@@ -38,6 +39,7 @@ from bench_node import K, test_image  # noqa: E402  (the node benchmark's frames
 from harness import save  # noqa: E402
 
 from dinov3_ros.heads import tokencut as tc  # noqa: E402
+from dinov3_ros.heads._cut_solver import MaskedCut, clear_cache  # noqa: E402
 from dinov3_ros.pipeline import Frame, PipelineConfig  # noqa: E402
 from dinov3_ros.pipeline.model import load_model  # noqa: E402
 from dinov3_ros.pipeline.pipeline import Pipeline  # noqa: E402
@@ -92,7 +94,7 @@ def _timed(fn: Callable[[], object], device: str, reps: int) -> dict[str, float]
 
 def variant(feats: list[torch.Tensor], s: int, k: int, reps: int, device: str) -> dict[str, Any]:
     tc.SQUARINGS = s
-    tc._CUT_CACHE.clear()
+    clear_cache()
     for F in feats[:2]:
         tc.tokencut_multi(F, k=k)  # capture the graphs
     tc.CUT_STATS.reset()
@@ -121,16 +123,16 @@ def pieces(n: int, device: str, squarings: list[int], reps: int) -> dict[str, An
     """Device time of the solver's parts on a random graph of ``n`` patches."""
     g = torch.Generator().manual_seed(0)
     F = torch.randn(n, 384, generator=g).to(device)
-    W = tc._affinity(F, 0.2, 1e-5)
+    E = tc._edges(F, 0.2)
     out: dict[str, Any] = {}
     for s in squarings:
-        solver = tc._MaskedCut(n, torch.device(device), squarings=s)
-        solver.W.copy_(W)
+        solver = MaskedCut(n, torch.device(device), power=2**s, krylov=tc.KRYLOV)
+        solver.load(E, 1e-5)
         out[f"filter_s{s}"] = _timed(lambda sv=solver: sv._replay("filter", sv._filter), device, reps)
-    out["check"] = _timed(lambda: solver._replay("check", solver._check), device, reps)
-    out["square"] = _timed(lambda: solver._replay("square", solver._square), device, reps)
-    out["check_round_trip"] = _timed(lambda: tc.to_host(solver._replay("check", solver._check)), device, reps)
-    out["dense_fallback"] = _timed(lambda: tc._solve_dense(W), device, max(3, reps // 10))
+    out["correct"] = _timed(lambda: solver._replay("correct", solver._correct), device, reps)
+    out["filter_round_trip"] = _timed(lambda: solver._fetch("filter"), device, reps)
+    W = tc._weights(tc.to_host(E), 1e-5)
+    out["dense_fallback_host"] = _timed(lambda: tc._solve_dense_np(W), device, max(3, reps // 10))
     return out
 
 
@@ -140,7 +142,7 @@ def main() -> int:
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--images", default="", help="npz with rgb [N, 480, 640, 3] (the 'default' workload)")
     ap.add_argument("--render", type=int, default=0, help="render this many room frames to --images, exit")
-    ap.add_argument("--squarings", default="12,8,7,6", help="variants; the first is the baseline")
+    ap.add_argument("--squarings", default="6,5,7", help="filter powers 2^s; the first is the baseline")
     ap.add_argument("--k", type=int, default=4, help="max objects per frame (the node's max_objects)")
     ap.add_argument("--reps", type=int, default=10, help="passes over the frames per variant")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/tokencut-...)")
@@ -168,7 +170,7 @@ def main() -> int:
         },
         "workloads": {},
     }
-    print("| workload | squarings | p50 ms | p99 ms | cuts/frame | extra checks | fallbacks | same objects |")
+    print("| workload | s | p50 ms | p99 ms | cuts/frame | correction rounds | fallbacks | same objects |")
     print("|---|---|---|---|---|---|---|---|")
     for name, feats in work.items():
         rows = [variant(feats, s, args.k, args.reps, args.device) for s in sq]

@@ -253,3 +253,31 @@ def test_masked_cut_refines_a_weak_filter(monkeypatch, squarings) -> None:
     got = tokencut_multi(torch.from_numpy(feats), k=3, method="subspace", graph_once=True)
     assert tc.CUT_STATS.fallbacks > 0
     assert [r.mask.tolist() for r in got] == [r.mask.tolist() for r in ref]
+
+
+def _blobs(seed, h=20, w=28, C=32, nb=5, noise=1.6):
+    """Several planted blobs of similar strength: later cuts have clustered eigenvalues."""
+    rng = np.random.default_rng(seed)
+    cs = rng.standard_normal((nb + 1, C))
+    f = cs[0] + noise * rng.standard_normal((h, w, C))
+    yy, xx = np.mgrid[0:h, 0:w]
+    for b in range(nb):
+        cy, cx = rng.integers(3, h - 3), rng.integers(3, w - 3)
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 6
+        f[m] = cs[b + 1] + noise * rng.standard_normal((int(m.sum()), C))
+    return f.astype(np.float32)
+
+
+def test_later_cuts_stop_only_on_a_certified_mask(monkeypatch) -> None:
+    """Later cuts accept the float32 filter's eigenvector only when no eigenvector within its error bound
+    gives another mask; here (clustered eigenvalues) accepting it unchecked changes an object, the
+    certified path finds the reference's objects."""
+    from dinov3_ros.heads import tokencut as tc
+
+    F = _blobs(19)
+    ref = tokencut_multi(F, k=4, tau=0.4, method="cpu_dense")
+    got = tokencut_multi(torch.from_numpy(F), k=4, tau=0.4, graph_once=True, method="subspace")
+    assert [r.mask.tolist() for r in got] == [r.mask.tolist() for r in ref]
+    monkeypatch.setattr(tc, "_mask_certified", lambda *a, **k: True)  # negative control: no certificate
+    lax = tokencut_multi(torch.from_numpy(F), k=4, tau=0.4, graph_once=True, method="subspace")
+    assert [r.mask.tolist() for r in lax] != [r.mask.tolist() for r in ref]

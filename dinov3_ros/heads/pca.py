@@ -5,6 +5,8 @@ Recipe of the DINOv3 notebooks: PCA with whitening fitted on foreground patches 
 (``momentum=0``) or updated slowly (EMA of the mean and second moment, ``momentum`` in (0, 1]); after
 every refit each component is matched to the previous basis (permutation by |cosine|) and its sign
 aligned, so colours do not flicker. Everything is deterministic (float64 ``eigh``, fixed sign rules).
+The device computes in float32 only (batch mean and centred covariance, projections); the statistics'
+EMA, the eigen-decomposition and the alignment run in float64 on the host (``C x C``, copied once per fit).
 
 Foreground: an explicit ``fg_mask``, or - with ``fg_threshold`` set - the first principal component
 of all patches, min-max scaled to [0, 1] and thresholded; its sign is chosen so the foreground is the
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import ArrayLike, check_finite, float_tensor
+from ._common import ArrayLike, check_finite, float_tensor, to_host
 
 __all__ = ["PCAView"]
 
@@ -33,15 +35,41 @@ def _flatten(features: ArrayLike) -> tuple[torch.Tensor, tuple[int, ...]]:
     else:
         raise ValueError(f"features: expected [h, w, C] or [B, h, w, C], got shape {tuple(x.shape)}")
     check_finite(x, name="features")
-    return x.reshape(-1, x.shape[-1]).to(torch.float64), lead
+    return x.reshape(-1, x.shape[-1]).float(), lead
 
 
-def _sign_fix(V: torch.Tensor) -> torch.Tensor:
+def _batch_stats(X: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[C]`` and centred covariance ``[C, C]`` of rows ``X`` (float32 on X's device), in float64
+    on the host (one copy)."""
+    mu = X.mean(0)
+    Xc = X - mu
+    out = to_host(torch.cat([mu[None], Xc.T @ Xc / X.shape[0]], 0)).astype(np.float64)
+    return out[0], out[1:]
+
+
+def _top_eigh(C: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenpairs of a symmetric float64 matrix, largest first."""
+    import scipy.linalg
+
+    n = C.shape[0]
+    C = 0.5 * (C + C.T)
+    lam, V = scipy.linalg.eigh(C, subset_by_index=[n - k, n - 1], driver="evr")
+    if V.shape[1] != k or not np.isfinite(lam).all():  # syevr inside a cluster of equal eigenvalues
+        lam, V = np.linalg.eigh(C)
+        lam, V = lam[n - k :], V[:, n - k :]
+    return lam[::-1].copy(), V[:, ::-1].copy()
+
+
+def _sign_fix(V: np.ndarray) -> np.ndarray:
     """Deterministic sign: the largest-magnitude loading of each component is positive."""
-    idx = V.abs().argmax(0)
-    s = torch.sign(V[idx, torch.arange(V.shape[1], device=V.device)])
+    idx = np.abs(V).argmax(0)
+    s = np.sign(V[idx, np.arange(V.shape[1])])
     s[s == 0] = 1
     return V * s
+
+
+def _host64(t: torch.Tensor) -> np.ndarray:
+    return np.asarray(t.detach().cpu(), dtype=np.float64)
 
 
 class PCAView:
@@ -73,13 +101,14 @@ class PCAView:
         self.momentum = momentum
         self.background = background
         self.min_fg = min_fg
-        self.mean: torch.Tensor | None = None  # [C]
-        self.components: torch.Tensor | None = None  # [C, k]
-        self.variances: torch.Tensor | None = None  # [k]
-        self._m1: torch.Tensor | None = None  # EMA E[x]
-        self._m2: torch.Tensor | None = None  # EMA E[x xᵀ]
-        self._fg_dir: torch.Tensor | None = None  # [C] PC1 of all patches
+        self.mean: torch.Tensor | None = None  # [C] float32, on the features' device
+        self.components: torch.Tensor | None = None  # [C, k] float32
+        self.variances: torch.Tensor | None = None  # [k] float32
+        self._mean64: np.ndarray | None = None  # EMA of the mean (host, float64)
+        self._cov64: np.ndarray | None = None  # EMA of the covariance (host, float64)
+        self._fg_dir: torch.Tensor | None = None  # [C] PC1 of all patches (float32, device)
         self._fg_mean: torch.Tensor | None = None
+        self._fg_dir64: np.ndarray | None = None
 
     @property
     def fitted(self) -> bool:
@@ -100,19 +129,20 @@ class PCAView:
     # -- foreground --------------------------------------------------------------------------
 
     def _fg_direction(self, X: torch.Tensor) -> None:
-        mu = X.mean(0)
-        C = (X - mu).T @ (X - mu) / max(X.shape[0] - 1, 1)
-        _, V = torch.linalg.eigh(C)
-        d = V[:, -1]
-        if self._fg_dir is None:
-            p = (X - mu) @ d
+        mu64, C = _batch_stats(X)
+        d = _top_eigh(C, 1)[1][:, 0]
+        mu = torch.from_numpy(mu64.astype(np.float32)).to(X.device)
+        if self._fg_dir64 is None:
+            p = (X - mu) @ torch.from_numpy(d.astype(np.float32)).to(X.device)
             p = (p - p.min()) / (p.max() - p.min()).clamp_min(1e-12)
             thr = self.fg_threshold if self.fg_threshold is not None else 0.5
             if (p > thr).sum() > X.shape[0] / 2:  # foreground = the smaller side
                 d = -d
-        elif float(d @ self._fg_dir.to(d)) < 0:
+        elif float(d @ self._fg_dir64) < 0:
             d = -d
-        self._fg_dir, self._fg_mean = d, mu
+        self._fg_dir64 = d
+        self._fg_dir = torch.from_numpy(d.astype(np.float32)).to(X.device)
+        self._fg_mean = mu
 
     def foreground(self, features: ArrayLike) -> torch.Tensor:
         """Boolean foreground ``[h, w]`` (``[B, h, w]`` for a batch); all True without a threshold."""
@@ -144,17 +174,13 @@ class PCAView:
             return X  # too few foreground patches: fall back to all patches
         return X[m]
 
-    def _eig(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu = self._m1
-        C = self._m2 - mu[:, None] * mu[None, :]
-        C = 0.5 * (C + C.T)
-        lam, V = torch.linalg.eigh(C)
-        k = self.n_components
-        return mu, V[:, -k:].flip(1), lam[-k:].flip(0).clamp_min(1e-12)
+    def _eig(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lam, V = _top_eigh(self._cov64, self.n_components)
+        return self._mean64, V, np.maximum(lam, 1e-12)
 
-    def _align(self, V: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _align(self, V: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Permute and sign-flip new components to best match the previous basis."""
-        prev = self.components.to(V)
+        prev = _host64(self.components)
         Cmat = prev.T @ V  # [k, k]
         k = V.shape[1]
         if k <= 6:
@@ -167,9 +193,15 @@ class PCAView:
         else:
             perm = list(range(k))
         V, lam = V[:, perm], lam[perm]
-        s = torch.sign((prev * V).sum(0))
+        s = np.sign((prev * V).sum(0))
         s[s == 0] = 1
         return V * s, lam
+
+    def _set_basis(self, mu: np.ndarray, V: np.ndarray, lam: np.ndarray, device: torch.device) -> None:
+        f32 = np.float32
+        self.mean = torch.from_numpy(mu.astype(f32)).to(device)
+        self.components = torch.from_numpy(np.ascontiguousarray(V, dtype=f32)).to(device)
+        self.variances = torch.from_numpy(lam.astype(f32)).to(device)
 
     def fit(self, features: ArrayLike, fg_mask: ArrayLike | None = None, *, align: bool = True) -> PCAView:
         """Fit a new basis on ``features`` (``[h, w, C]`` or a batch ``[B, h, w, C]`` fitted jointly).
@@ -181,18 +213,17 @@ class PCAView:
         if X.shape[1] < self.n_components:
             raise ValueError(f"features: {X.shape[1]} channels < n_components={self.n_components}")
         if not align:
-            self._fg_dir = None
+            self._fg_dir = self._fg_dir64 = None
         if self.fg_threshold is not None:
             self._fg_direction(X)
         Xs = self._select(X, lead, fg_mask)
-        self._m1 = Xs.mean(0)
-        self._m2 = Xs.T @ Xs / Xs.shape[0]
+        self._mean64, self._cov64 = _batch_stats(Xs)
         mu, V, lam = self._eig()
-        if align and self.components is not None and self.components.shape == V.shape:
+        if align and self.components is not None and tuple(self.components.shape) == V.shape:
             V, lam = self._align(V, lam)
         else:
             V = _sign_fix(V)
-        self.mean, self.components, self.variances = mu, V, lam
+        self._set_basis(mu, V, lam, X.device)
         return self
 
     def update(self, features: ArrayLike, fg_mask: ArrayLike | None = None) -> PCAView:
@@ -207,13 +238,14 @@ class PCAView:
         if self.fg_threshold is not None:
             self._fg_direction(X)
         Xs = self._select(X, lead, fg_mask)
+        mu_b, C_b = _batch_stats(Xs)
         m = self.momentum
-        dev = X.device
-        self._m1 = (1 - m) * self._m1.to(dev) + m * Xs.mean(0)
-        self._m2 = (1 - m) * self._m2.to(dev) + m * (Xs.T @ Xs / Xs.shape[0])
+        dm = self._mean64 - mu_b  # EMA of first and second moments, kept as mean + centred covariance
+        self._cov64 = (1 - m) * self._cov64 + m * C_b + m * (1 - m) * np.outer(dm, dm)
+        self._mean64 = (1 - m) * self._mean64 + m * mu_b
         mu, V, lam = self._eig()
         V, lam = self._align(V, lam)
-        self.mean, self.components, self.variances = mu, V, lam
+        self._set_basis(mu, V, lam, X.device)
         return self
 
     # -- mapping -----------------------------------------------------------------------------

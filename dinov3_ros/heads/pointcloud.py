@@ -17,11 +17,12 @@ from ._common import ArrayLike, as_numpy, float_tensor, like_input
 __all__ = ["Cloud", "backproject", "clean_cloud", "scale_intrinsics", "to_open3d"]
 
 
-def _check_intrinsics(K: ArrayLike) -> torch.Tensor:
-    k = float_tensor(K, name="K").to(torch.float64)
-    if tuple(k.shape) != (3, 3):
+def _check_intrinsics(K: ArrayLike) -> np.ndarray:
+    """``K`` as a host float64 3x3 array (validated)."""
+    k = np.asarray(as_numpy(K), dtype=np.float64)
+    if k.shape != (3, 3):
         raise ValueError(f"K: expected a 3x3 intrinsics matrix, got shape {tuple(k.shape)}")
-    if not (float(k[0, 0]) > 0 and float(k[1, 1]) > 0):
+    if not (k[0, 0] > 0 and k[1, 1] > 0):
         raise ValueError(f"K: focal lengths must be > 0, got fx={float(k[0, 0])}, fy={float(k[1, 1])}")
     return k
 
@@ -50,19 +51,20 @@ def backproject(
         )
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    k = _check_intrinsics(K).to(d.device)
+    k = _check_intrinsics(K)  # host float64; the device computes in the depth's dtype (float32)
+    fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
     H, W = d.shape
     v, u = torch.meshgrid(
-        torch.arange(0, H, stride, device=d.device, dtype=torch.float64),
-        torch.arange(0, W, stride, device=d.device, dtype=torch.float64),
+        torch.arange(0, H, stride, device=d.device, dtype=d.dtype),
+        torch.arange(0, W, stride, device=d.device, dtype=d.dtype),
         indexing="ij",
     )
-    z = d[::stride, ::stride].to(torch.float64)
+    z = d[::stride, ::stride]
     valid = torch.isfinite(z) & (z > min_depth) & (z <= max_depth)
     z, u, v = z[valid], u[valid], v[valid]
-    x = (u - k[0, 2]) * z / k[0, 0]
-    y = (v - k[1, 2]) * z / k[1, 1]
-    pts = torch.stack([x, y, z], 1).to(d.dtype)
+    x = (u - cx) * (z / fx)
+    y = (v - cy) * (z / fy)
+    pts = torch.stack([x, y, z], 1)
     pts_out = like_input(pts, depth)
     if rgb is None:
         return pts_out

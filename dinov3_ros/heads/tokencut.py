@@ -17,18 +17,19 @@ that does not match ``h * w`` is refused.
 Solvers (``method``): ``"scipy"`` is the reference dense generalised solve
 (``scipy.linalg.eigh(D−W, D)``); the others solve the equivalent symmetric problem
 ``D^-1/2 W D^-1/2 y = μ y`` (``λ = 1 − μ``, ``x = D^-1/2 y``, same normalisation ``xᵀDx = 1``):
-``"dense"`` (``torch.linalg.eigh`` in float64 on the features' device), ``"cpu_dense"``
-(the same on CPU from the numpy graph), ``"arpack"`` (Lanczos,
-CPU), ``"subspace"`` (block subspace iteration on repeated squares of the deflated operator, all
-matmuls - the GPU fast path; falls back to ``"dense"`` if its residual check fails) and ``"auto"``
+``"cpu_dense"`` (float64 LAPACK on the host from the numpy graph), ``"dense"`` (the graph built on the
+features' device, the same float64 solve on the host), ``"arpack"`` (Lanczos, CPU), ``"subspace"``
+(the masked cut of :mod:`._cut_solver` - float32 on the features' device, the exact float64 check on
+the host - the GPU fast path; falls back to the dense host solve if its check fails) and ``"auto"``
 (CPU: ``"cpu_dense"`` up to 400 patches, else ``"arpack"``; CUDA: ``"dense"`` up to 256, else
-``"subspace"``).
+``"subspace"``). No solver computes in float64 on an accelerator: their float64 rate is a small
+fraction of float32's (1/64 on Jetson Orin).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 from scipy import ndimage
 
 from ._common import ArrayLike, check_finite, float_tensor, to_host
+from ._cut_solver import CutStats, MaskedCut, cached_cut
 
 METHODS = ("auto", "dense", "cpu_dense", "scipy", "arpack", "subspace")
 
@@ -108,12 +110,12 @@ def _tokens(features: ArrayLike, grid: tuple[int, int] | None) -> tuple[torch.Te
     return t, h, w
 
 
-def _affinity(F: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
-    """Binary TokenCut graph ``W`` from tokens ``F [n, C]`` (cosine in F's dtype, W float64)."""
-    Fn = torch.nn.functional.normalize(F, dim=1)
-    S = Fn @ Fn.T
-    one = torch.ones((), dtype=torch.float64, device=S.device)
-    return torch.where(S > tau, one, one * eps)  # no boolean indexing: no host sync on CUDA
+def _edges(F: torch.Tensor, tau: float) -> torch.Tensor:
+    """TokenCut's graph edges ``S > tau`` for tokens ``F [n, C]`` on F's device: a symmetric bool
+    matrix (the lower triangle mirrored, the part a LAPACK ``eigh`` reads), computed in float32."""
+    Fn = torch.nn.functional.normalize(F.float(), dim=1)
+    E = (Fn @ Fn.T) > tau
+    return torch.tril(E) | torch.tril(E, -1).T
 
 
 def _affinity_np(F: np.ndarray, tau: float, eps: float) -> np.ndarray:
@@ -157,45 +159,43 @@ def _solve_dense_np(W: np.ndarray) -> tuple[np.ndarray, float]:
     import scipy.linalg
 
     n = W.shape[0]
-    M, _d, dis = _normalised(torch.from_numpy(W))
-    mu, Y = scipy.linalg.eigh(M.numpy(), subset_by_index=[n - 2, n - 2], driver="evr")
+    M, dis = _normalised(W)
+    mu, Y = scipy.linalg.eigh(M, subset_by_index=[n - 2, n - 2], driver="evr")
     if Y.shape[1] != 1 or not np.isfinite(mu).all():
         # syevr can return no pair for an index range inside a cluster of equal eigenvalues
         # (e.g. a graph without edges): the full solve handles every case
-        return _solve_dense(torch.from_numpy(W))
-    return dis.numpy() * Y[:, 0], float(1.0 - mu[0])
+        return _solve_dense(W)
+    return dis * Y[:, 0], float(1.0 - mu[0])
 
 
-def _normalised(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    d = W.sum(1)
-    dis = d.rsqrt()
+def _normalised(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(D^-1/2 W D^-1/2`` symmetrised, ``D^-1/2)`` in float64."""
+    dis = 1.0 / np.sqrt(W.sum(1))
     M = W * dis[:, None] * dis[None, :]
-    M = 0.5 * (M + M.T)
-    return M, d, dis
+    return 0.5 * (M + M.T), dis
 
 
-def _solve_dense(W: torch.Tensor) -> tuple[np.ndarray, float]:
-    """``torch.linalg.eigh`` of the normalised affinity in float64 on W's device."""
-    M, _d, dis = _normalised(W)
-    mu, Y = torch.linalg.eigh(M)
-    x = (dis * Y[:, -2]).cpu().numpy().astype(np.float64, copy=False)
-    return x, float(1.0 - mu[-2])
+def _solve_dense(W: ArrayLike) -> tuple[np.ndarray, float]:
+    """Full ``eigh`` of the normalised affinity, in float64 on the host."""
+    M, dis = _normalised(np.asarray(W, dtype=np.float64))
+    mu, Y = np.linalg.eigh(M)
+    return dis * Y[:, -2], float(1.0 - mu[-2])
 
 
-def _solve_subspace(W: torch.Tensor, tol: float = 1e-9) -> tuple[np.ndarray, float]:
-    """Top eigenvector of the deflated, shifted operator via ``A^(2^s) Q`` + Rayleigh-Ritz.
+def _weights(E: np.ndarray, eps: float) -> np.ndarray:
+    """TokenCut's ``W`` in float64 from boolean edges (on the host)."""
+    return np.where(E, 1.0, eps)
 
-    ``A = (M + I)/2 − u0 u0ᵀ`` has spectrum in [0, 1] with the trivial eigenvector ``u0 ∝ sqrt(d)``
-    removed, so its top eigenvector is the Fiedler vector: the all-active case of :class:`_MaskedCut`
-    (float64 matmuls, a captured CUDA graph on GPUs, an exact residual check); falls back to the dense
-    solve if the check fails.
-    """
-    n = W.shape[0]
-    solver, lock = _masked_cut(n, W.device)
+
+def _solve_subspace(E: torch.Tensor, eps: float, tol: float = 1e-9) -> tuple[np.ndarray, float]:
+    """Fiedler pair of the whole graph by the masked cut (float32 on E's device, exact float64 check
+    on the host); a dense host solve if the check fails."""
+    n = E.shape[0]
+    solver, lock = _masked_cut(n, E.device)
     with lock:
-        solver.W.copy_(W)
+        solver.load(E, eps)
         sol = solver.solve(np.ones(n, dtype=bool), tol)
-    return sol if sol is not None else _solve_dense(W)
+    return sol if sol is not None else _solve_dense_np(_weights(to_host(E), eps))
 
 
 def fiedler_vector(
@@ -225,8 +225,10 @@ def fiedler_vector(
     if method in ("scipy", "arpack", "cpu_dense"):
         W = _affinity_np(F.detach().cpu().numpy(), tau, eps)
         return {"scipy": _solve_scipy, "arpack": _solve_arpack, "cpu_dense": _solve_dense_np}[method](W)
-    W = _affinity(F, tau, eps)
-    return _solve_dense(W) if method == "dense" else _solve_subspace(W)
+    E = _edges(F, tau)  # the graph on F's device (float32); the solves below never use float64 there
+    if method == "dense":
+        return _solve_dense_np(_weights(to_host(E), eps))
+    return _solve_subspace(E, eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,187 +313,63 @@ def _partition(x: np.ndarray, lam: float, idx: np.ndarray, h: int, w: int) -> To
     )
 
 
-#: squarings of the deflated operator before the first check: ``B = A^(2^s)`` filters the random start
-#: block. On the node's 30x40 grids (the shipped model on synthetic rooms, a random ViT-S on the benchmark
-#: frames) ``μ_9 / μ_1`` of ``A`` is 0.57-0.83, so ``A^128`` already passes the 1e-9 residual check
-SQUARINGS = 7
-#: checks after the first: each takes ``Q = qr(B Q)`` and squares ``B`` once more, so the filter's power
-#: doubles per check (2^12, the earlier fixed setting, after 5; 2^14 after 7); then the dense fallback
+#: the block filter applies ``A^(2^SQUARINGS)`` (block power steps) before the first exact check; on the
+#: node's 30x40 grids ``μ_9 / μ_1`` of ``A`` is 0.57-0.83, so ``A^64`` leaves an error near float32's
+#: resolution, which one correction round (Krylov vectors of the exact residual) takes below 1e-9
+SQUARINGS = 6
+#: correction rounds after the first check, then the dense fallback
 MAX_STEPS = 7
+#: Krylov vectors per correction round
+KRYLOV = 8
 
-
-@dataclass
-class CutStats:
-    """Counters of the masked cut solver (per process; for benchmarks and diagnostics)."""
-
-    solves: int = 0  #: cuts solved by the block iteration
-    steps: int = 0  #: checks after the first one, over all solves
-    fallbacks: int = 0  #: cuts whose residual check still failed after every step (solved densely)
-
-    def reset(self) -> None:
-        self.solves = self.steps = self.fallbacks = 0
-
-
+#: counters of the masked cut (per process; for benchmarks and diagnostics)
 CUT_STATS = CutStats()
 
 
-class _MaskedCut:
-    """One multi-object cut step with fixed shapes: the Fiedler vector of the *active* sub-graph.
-
-    Removed patches are masked (their rows/columns of ``W`` zeroed), not dropped, so every cut of a
-    frame - and every frame of a fixed grid - has the same shapes. All device work is float64 and, on
-    GPUs, replays captured CUDA graphs (no per-kernel launches):
-
-    1. *filter*: the deflated operator ``A = (M + diag(m))/2 − u0 u0ᵀ`` (masked patches become
-       eigenvalue 0, far below the Fiedler pair), ``B = A^(2^s)`` by ``s`` squarings, ``Y = B G``;
-    2. *check*: ``[A Q | B Q]`` for the host's orthonormal block ``Q`` (two thin GEMMs, one copy back);
-       the host does Rayleigh-Ritz with ``A`` and an exact residual check;
-    3. *square* (only after a failed check): ``B ← B²``, queued before the next check, whose block is
-       ``Q = qr(B_old Q)`` - the filter's power doubles per check.
-
-    After ``max_steps`` failed checks the caller solves densely.
-    """
-
-    def __init__(self, n: int, device: torch.device, block: int = 8, squarings: int | None = None) -> None:
-        f64 = torch.float64
-        self.k = min(block, n - 1)
-        self.squarings = SQUARINGS if squarings is None else int(squarings)
-        self.max_steps = MAX_STEPS
-        self.W = torch.zeros(n, n, dtype=f64, device=device)
-        self.m = torch.ones(n, dtype=f64, device=device)
-        gen = torch.Generator().manual_seed(0)
-        self.G = torch.randn(n, self.k, generator=gen, dtype=f64).to(device)
-        self.A = torch.zeros(n, n, dtype=f64, device=device)
-        self.B = torch.zeros(n, n, dtype=f64, device=device)
-        self.Q = torch.zeros(n, self.k, dtype=f64, device=device)  # the check's input block
-        self.use_graph = device.type == "cuda"
-        self._graphs: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor | None]] = {}
-        self._host: dict[str, torch.Tensor] = {}  # pinned copy-back buffers, one per step
-
-    def _fetch(self, name: str, t: torch.Tensor) -> np.ndarray:
-        """``t`` on the host through this solver's own pinned buffer for step ``name`` (reused: the
-        caller consumes the array before the next fetch of the same name)."""
-        buf = self._host.get(name)
-        if buf is None and t.device.type == "cuda":
-            buf = self._host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        return to_host(t, buf=buf)
-
-    def _filter(self) -> torch.Tensor:
-        m, W = self.m, self.W * self.m[:, None] * self.m[None, :]
-        d = W.sum(1)
-        dis = torch.where(m > 0, d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
-        M = W * dis[:, None] * dis[None, :]
-        M = 0.5 * (M + M.T)
-        u0 = d.sqrt()
-        u0 = u0 / u0.norm().clamp_min(1e-300)
-        A = 0.5 * M + torch.diag(0.5 * m) - u0[:, None] * u0[None, :]
-        self.A.copy_(A)
-        B = A
-        for i in range(self.squarings):
-            B = B @ B
-            if i % 2 == 1 or i == self.squarings - 1:  # spectrum in [0, 1]: two squarings cannot underflow
-                B = B / B.abs().amax().clamp_min(1e-300)
-        self.B.copy_(B)
-        return torch.cat([B @ self.G, dis[:, None]], 1)  # [n, k + 1]
-
-    def _check(self) -> torch.Tensor:
-        return torch.cat([self.A @ self.Q, self.B @ self.Q], 1)  # [n, 2k]
-
-    def _square(self) -> None:
-        B = self.B @ self.B
-        self.B.copy_(B / B.abs().amax().clamp_min(1e-300))
-
-    def _capture(self) -> None:
-        """Capture the three steps as CUDA graphs, together, before the first solve (no capture later in
-        a stream, at a frame's first failed check). ``thread_local`` capture: the other heads' threads
-        keep using CUDA meanwhile (the default global mode fails their calls)."""
-        dev = self.W.device
-        bodies = {"filter": self._filter, "check": self._check, "square": self._square}
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            for body in bodies.values():
-                body()  # warm-up (cuBLAS handles, workspaces) outside the capture; B is rebuilt by filter
-        torch.cuda.current_stream(dev).wait_stream(side)
-        for name, body in bodies.items():
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                out = body()
-            self._graphs[name] = (graph, out)
-
-    def _replay(self, name: str, body: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
-        """Run ``body`` (a replay of its captured CUDA graph on GPUs); its output, on the device."""
-        if not self.use_graph:
-            return body()
-        if not self._graphs:
-            self._capture()
-        graph, out = self._graphs[name]
-        graph.replay()
-        return out
-
-    def solve(self, active: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
-        """``(x [n_active], λ)`` of the active sub-graph (order of ``flatnonzero(active)``), or None
-        when the residual check fails."""
-        self.m.copy_(torch.from_numpy(active.reshape(-1).astype(np.float64)))
-        Yd = self._fetch("filter", self._replay("filter", self._filter))
-        Y, dis = Yd[:, : self.k], Yd[:, self.k]
-        Q, _ = np.linalg.qr(Y)
-        k = self.k
-        for step in range(self.max_steps + 1):
-            if step:
-                self._replay("square", self._square)  # B <- B^2, queued before this check
-            self.Q.copy_(torch.from_numpy(Q))
-            both = self._fetch("check", self._replay("check", self._check))
-            AQ, BQ = both[:, :k], both[:, k:]
-            T = Q.T @ AQ
-            theta, V = np.linalg.eigh(0.5 * (T + T.T))
-            v = V[:, -1]
-            y = Q @ v
-            if np.isfinite(theta[-1]) and float(np.linalg.norm(AQ @ v - theta[-1] * y)) < tol:
-                CUT_STATS.solves += 1
-                CUT_STATS.steps += step
-                idx = np.flatnonzero(active.reshape(-1))
-                return dis[idx] * y[idx], float(2.0 - 2.0 * theta[-1])
-            Q, _ = np.linalg.qr(BQ)
-        CUT_STATS.fallbacks += 1
-        return None
+def _masked_cut(n: int, device: torch.device) -> tuple[MaskedCut, threading.Lock]:
+    """The (graph-captured on CUDA) cut solver for ``n`` patches on ``device``, built once and reused."""
+    return cached_cut(n, device, power=2**SQUARINGS, max_rounds=MAX_STEPS, krylov=KRYLOV, stats=CUT_STATS)
 
 
-_CUT_CACHE: dict[tuple[int, str, int, int], tuple[_MaskedCut, threading.Lock]] = {}
-_CUT_CACHE_LOCK = threading.Lock()
-
-
-def _masked_cut(n: int, device: torch.device) -> tuple[_MaskedCut, threading.Lock]:
-    """The (graph-captured on CUDA) cut step for ``n`` patches on ``device``, built once and reused."""
-    key = (n, str(device), SQUARINGS, MAX_STEPS)
-    with _CUT_CACHE_LOCK:
-        hit = _CUT_CACHE.get(key)
-        if hit is None:
-            if len(_CUT_CACHE) >= 8:  # a few grids in use at a time; drop the oldest
-                _CUT_CACHE.pop(next(iter(_CUT_CACHE)))
-            hit = _CUT_CACHE[key] = (_MaskedCut(n, device), threading.Lock())
-        return hit
+def _mask_certified(x: np.ndarray, err: np.ndarray, *, idx: np.ndarray, h: int, w: int) -> bool:
+    """True when every eigenvector within ``err`` of ``x`` (entrywise) gives the mask :func:`_partition`
+    gives for ``x``: no entry is within reach of the mean (the split is the same), and every patch that
+    could be the seed (the tie rule included) lies in the same connected component of the same side."""
+    if not np.isfinite(err).all():
+        return False
+    m = x.mean()
+    if np.any(np.abs(x - m) <= err + err.mean()):
+        return False
+    bip = x > m
+    ax = np.abs(x)
+    cand = np.flatnonzero(ax + err >= (ax - err).max() * (1.0 - 1e-9))
+    if not (bip[cand].all() or not bip[cand].any()):
+        return False
+    grid = np.zeros(h * w, dtype=bool)
+    grid[idx] = bip if bip[cand[0]] else ~bip
+    labels = ndimage.label(grid.reshape(h, w), structure=_FOUR_CONNECTED)[0].reshape(-1)
+    return np.unique(labels[idx[cand]]).size == 1
 
 
 class _DeviceGraph:
     """The TokenCut graph of all patches built once, for the multi-object loop.
 
-    Every cut solves the sub-graph of the still active patches (no recomputed similarities) in
-    float64 with :class:`_MaskedCut` (one CUDA graph replay, then two thin GEMMs and one copy back per
-    check on GPUs); a failed residual check (``tol`` 1e-9 for the first cut, 1e-6 for later ones, whose
-    eigenvector only feeds the ``x > mean`` split) falls back to the dense solve, so cut 1 is the
-    published solve. The contrast is counted on the host from the edge matrix, copied once.
+    Every cut solves the sub-graph of the still active patches (no recomputed similarities) with the
+    masked cut (:mod:`._cut_solver`: float32 on the device, exact float64 Rayleigh-Ritz and residual
+    check on the host; a failed check falls back to a dense float64 solve on the host). Cut 1 is solved to
+    the residual tolerance 1e-9 (the published solve); a later cut - whose eigenvector only feeds the
+    mask - stops as soon as its mask is certified: no eigenvector within the error bound of the Ritz
+    vector could give another split or seed component (:func:`_mask_certified`). The contrast is counted
+    on the host from the edge matrix, copied once.
     """
 
     def __init__(self, F: torch.Tensor, tau: float, eps: float, method: str, exact_later: bool) -> None:
-        Fn = torch.nn.functional.normalize(F, dim=1)
-        E = (Fn @ Fn.T) > tau  # the graph's edges, = (W == 1)
-        self.n, self.exact_later = F.shape[0], exact_later
+        E = _edges(F, tau)
+        self.n, self.eps, self.exact_later = F.shape[0], eps, exact_later
         self.solver, self.lock = _masked_cut(self.n, F.device)
         self.lock.acquire()  # released in close(): the solver's buffers belong to this frame
         try:
-            one = torch.ones((), dtype=torch.float64, device=F.device)
-            self.solver.W.copy_(torch.where(E, one, one * eps))  # identical to _affinity(F, tau, eps)
+            self.solver.load(E, eps)
             self.E = to_host(E)
         except BaseException:
             self.lock.release()
@@ -504,11 +382,16 @@ class _DeviceGraph:
     def cut(self, h: int, w: int, active: np.ndarray, first: bool) -> TokenCutResult:
         idx = np.flatnonzero(active.reshape(-1))
         n = idx.size
-        dense = self.method == "dense"  # small graphs too: the masked solve beats a small GPU eigh
-        sol = None if dense else self.solver.solve(active, 1e-9 if first or self.exact_later else 1e-6)
+        dense = self.method == "dense"  # small graphs too: the masked solve beats a small eigh
+        sol = None
+        if not dense:
+            # later cuts stop as soon as their mask is certified (see _mask_certified); the first cut
+            # (and every cut with exact_later) is the published solve to the residual tolerance
+            loose = not (first or self.exact_later)
+            certify = functools.partial(_mask_certified, idx=idx, h=h, w=w) if loose else None
+            sol = self.solver.solve(active, 1e-9, certify)
         if sol is None:
-            it = torch.from_numpy(idx).to(self.solver.W.device)
-            sol = _solve_dense(self.solver.W[it][:, it])
+            sol = _solve_dense_np(_weights(self.E[np.ix_(idx, idx)], self.eps))
         res = _partition(sol[0], sol[1], idx, h, w)
         comp = res.mask.reshape(-1)
         Eo = self.E[np.flatnonzero(comp)][:, idx]

@@ -327,7 +327,7 @@ def main(args: argparse.Namespace) -> int:
             print("ONNX Runtime CPU form (com.microsoft ops): the TensorRT check does not apply")
         print(f"wrote {path}")
         if args.format == "tensorrt":
-            from .trt_backend import _atomic_write, build_engine
+            from .trt_backend import build_engine, import_tensorrt, plan_sidecar, save_plan
 
             hw = None if size is not None else ((224, 224), (480, 640), (1024, 1024))
             plan = build_engine(
@@ -338,8 +338,9 @@ def main(args: argparse.Namespace) -> int:
                 timing_cache=out.with_suffix(".timing.cache"),
                 calibration=args.calibration,
             )
-            _atomic_write(out, plan)
-            print(f"wrote {out}")
+            meta = plan_sidecar(path, args.precision, import_tensorrt().__version__, torch.device("cuda"))
+            save_plan(out, plan, meta)
+            print(f"wrote {out} (+ {out.name}.json: the metadata the plan needs)")
         return 0
     except ExportError as e:
         print(str(e), file=sys.stderr)

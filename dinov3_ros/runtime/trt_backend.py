@@ -1,17 +1,28 @@
-"""TensorRT backend: build from our ONNX (TRT 10 weakly typed or TRT 11 strongly typed), cache, execute.
+"""TensorRT backend: build from our ONNX (TRT 10 weakly typed or TRT 11 strongly typed), cache, execute;
+or load a serialized plan directly.
 
 Name-based TRT 10 API throughout (``set_tensor_address`` + ``execute_async_v3`` on torch CUDA buffers).
-Engines are cached under a key of GPU name + compute capability + TensorRT version + ONNX sha256 +
-precision + shape profile; the timing cache is persisted next to them.
+Engines built from an ONNX are cached under a key of GPU name + compute capability + TensorRT version +
+ONNX sha256 + precision + shape profile; the timing cache is persisted next to them.
+
+A plan carries no metadata of ours, so what the pipeline needs (input size, patch size, normalisation,
+output names, arch, precision) travels beside it: our builds write a JSON sidecar ``<plan>.json``
+(:func:`save_plan`). A plan built elsewhere (``trtexec --onnx=model.onnx --saveEngine=model.plan``) takes
+its metadata from our ONNX: given as ``onnx_path=``, or the ``.onnx`` with the plan's stem next to it.
+Without either, the input size, patch size and output names are read off the engine's I/O tensors and
+the normalisation is assumed (ImageNet mean/std, reported in ``EngineInfo.extra``). Every source is
+checked against the engine's I/O tensors; a mismatch is an error that names both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +33,25 @@ from .base import Engine
 from .ort_backend import info_from_metadata, read_metadata
 
 __all__ = [
+    "PlanMetadataError",
+    "PlanSignature",
     "TrtEngine",
     "build_engine",
     "calibration_images",
     "engine_cache_key",
     "import_tensorrt",
+    "load_plan",
     "onnx_sha256",
+    "plan_metadata",
+    "save_plan",
+    "sidecar_path",
 ]
+
+_LOG = logging.getLogger("dinov3_ros.runtime.trt")
+#: sidecar format written next to a plan
+SIDECAR_FORMAT = "dinov3_ros.plan"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 INSTALL_HINT = (
     "TensorRT Python bindings are not installed. On Jetson (JetPack 6) install them with "
@@ -285,6 +308,14 @@ def build_engine(
     return bytes(plan)
 
 
+# ----------------------------------------------------------------------------------------------
+# plans: I/O signature, metadata sidecar, loading
+
+
+class PlanMetadataError(ValueError):
+    """A plan's metadata is missing, unreadable or contradicts the engine's I/O tensors."""
+
+
 def _torch_dtype(trt, dt) -> torch.dtype:
     table = {
         trt.float32: torch.float32,
@@ -297,18 +328,256 @@ def _torch_dtype(trt, dt) -> torch.dtype:
         table[trt.bfloat16] = torch.bfloat16
     if hasattr(trt, "int64"):
         table[trt.int64] = torch.int64
+    if dt not in table:
+        raise PlanMetadataError(f"unsupported TensorRT I/O dtype {dt}")
     return table[dt]
 
 
+@dataclass(frozen=True)
+class PlanTensor:
+    """One I/O tensor of an engine: shape with -1 for dynamic dims; the input's profile (min, opt, max)."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class PlanSignature:
+    """The I/O tensors of a deserialized engine (TensorRT 10 name-based queries)."""
+
+    inputs: tuple[PlanTensor, ...]
+    outputs: tuple[PlanTensor, ...]
+
+    @classmethod
+    def read(cls, trt, engine) -> PlanSignature:
+        ins, outs = [], []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            mode = engine.get_tensor_mode(name)
+            shape = tuple(int(v) for v in engine.get_tensor_shape(name))
+            dtype = _torch_dtype(trt, engine.get_tensor_dtype(name))
+            if mode == trt.TensorIOMode.INPUT:
+                prof = None
+                if engine.num_optimization_profiles > 0 and -1 in shape:
+                    mn, opt, mx = engine.get_tensor_profile_shape(name, 0)
+                    prof = tuple(tuple(int(v) for v in d) for d in (mn, opt, mx))
+                ins.append(PlanTensor(name, dtype, shape, prof))  # type: ignore[arg-type]
+            elif mode == trt.TensorIOMode.OUTPUT:
+                outs.append(PlanTensor(name, dtype, shape))
+        return cls(tuple(ins), tuple(outs))
+
+    @property
+    def image(self) -> PlanTensor:
+        return self.inputs[0]
+
+    def input_hw(self) -> tuple[int, int] | None:
+        """The fixed network (H, W), or None when the plan takes several sizes."""
+        t = self.image
+        H, W = t.shape[2], t.shape[3]
+        if H > 0 and W > 0:
+            return H, W
+        if t.profile is not None and t.profile[0][2:] == t.profile[2][2:]:
+            return t.profile[0][2], t.profile[0][3]
+        return None
+
+    def output(self, name: str) -> PlanTensor | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def check(self, where: str) -> None:
+        """One image input ``[B, 3, H, W]`` and a ``patch_tokens`` output, or PlanMetadataError."""
+        if len(self.inputs) != 1 or len(self.image.shape) != 4 or self.image.shape[1] != 3:
+            got = [(t.name, t.shape) for t in self.inputs]
+            raise PlanMetadataError(f"{where}: expected one image input [B, 3, H, W], the plan has {got}")
+        tok = self.output("patch_tokens")
+        if tok is None or len(tok.shape) != 4:
+            got = [(t.name, t.shape) for t in self.outputs]
+            raise PlanMetadataError(
+                f"{where}: expected a patch_tokens output [B, h, w, C] (a dinov3_ros export), the plan has {got}"
+            )
+
+
+def sidecar_path(plan_path: str | Path) -> Path:
+    """``<plan>.json``: the metadata our builds write next to a plan."""
+    p = Path(plan_path)
+    return p.with_name(p.name + ".json")
+
+
+def plan_sidecar(
+    onnx_path: str | Path, precision: str, trt_version: str, device: torch.device | None
+) -> dict:
+    """The sidecar of a plan built from our ONNX: its metadata plus the build's facts."""
+    meta = dict(read_metadata(onnx_path))
+    meta.update(
+        format=SIDECAR_FORMAT,
+        version=1,
+        precision=precision,
+        tensorrt=trt_version,
+        onnx=Path(onnx_path).name,
+        onnx_sha256=onnx_sha256(onnx_path),
+    )
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        meta.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}")
+    return meta
+
+
+def save_plan(path: str | Path, plan: bytes, meta: dict[str, Any]) -> Path:
+    """Write ``plan`` and its sidecar ``<plan>.json`` (each atomically; the sidecar first, so a plan
+    on disk always has its metadata)."""
+    path = Path(path)
+    _atomic_write(sidecar_path(path), (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+    _atomic_write(path, bytes(plan))
+    return path
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PlanMetadataError(f"{path}: unreadable plan metadata ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise PlanMetadataError(f"{path}: not a {SIDECAR_FORMAT} sidecar (format={meta.get('format')!r})")
+    return meta
+
+
+def _from_signature(sig: PlanSignature) -> dict[str, Any]:
+    """What the engine's I/O tensors tell: input size, patch size, width, output names."""
+    meta: dict[str, Any] = {"outputs": [t.name for t in sig.outputs], "input_name": sig.image.name}
+    hw = sig.input_hw()
+    meta["input_size"] = list(hw) if hw is not None else "dynamic"
+    tok = sig.output("patch_tokens")
+    if tok is not None and tok.shape[-1] > 0:
+        meta["embed_dim"] = tok.shape[-1]
+    if hw is not None and tok is not None and tok.shape[1] > 0 and hw[0] % tok.shape[1] == 0:
+        meta["patch_size"] = hw[0] // tok.shape[1]
+    return meta
+
+
+def _check_meta(meta: dict[str, Any], sig: PlanSignature, source: str, plan: Path) -> None:
+    """Metadata from ``source`` must describe this engine; PlanMetadataError naming both otherwise."""
+    found = _from_signature(sig)
+    problems = []
+    names = set(found["outputs"])
+    listed = meta.get("outputs")
+    if isinstance(listed, list) and not set(listed) <= names:
+        problems.append(f"outputs {sorted(listed)} vs the plan's {sorted(names)}")
+    size = meta.get("input_size")
+    if isinstance(size, list) and isinstance(found["input_size"], list) and list(size) != found["input_size"]:
+        problems.append(f"input_size {size} vs the plan's {found['input_size']}")
+    for key in ("patch_size", "embed_dim"):
+        if key in meta and key in found and int(meta[key]) != int(found[key]):
+            problems.append(f"{key} {meta[key]} vs the plan's {found[key]}")
+    if problems:
+        raise PlanMetadataError(f"{source} does not describe the plan {plan}: " + "; ".join(problems))
+
+
+def plan_metadata(
+    plan_path: str | Path, sig: PlanSignature, onnx_path: str | Path | None = None
+) -> tuple[dict[str, Any], str]:
+    """``(metadata, source)`` for a plan (sources in the module docstring's order), checked against the
+    engine's I/O tensors; ``source`` names where it came from."""
+    plan = Path(plan_path)
+    sig.check(str(plan))
+    found = _from_signature(sig)
+    meta: dict[str, Any] | None = None
+    source = ""
+    if onnx_path is not None:
+        meta, source = dict(read_metadata(onnx_path)), f"the ONNX {onnx_path}"
+    elif sidecar_path(plan).exists():
+        meta, source = _read_sidecar(sidecar_path(plan)), f"the sidecar {sidecar_path(plan)}"
+    else:
+        sibling = plan.with_suffix(".onnx")
+        if sibling.exists():
+            try:
+                meta, source = dict(read_metadata(sibling)), f"the ONNX next to the plan ({sibling})"
+            except ImportError as e:
+                _LOG.warning("cannot read %s (%s): using the plan's I/O tensors only", sibling, e)
+    if meta is not None:
+        if meta.get("producer", "dinov3_ros") != "dinov3_ros" and meta.get("format") != SIDECAR_FORMAT:
+            raise PlanMetadataError(
+                f"{source} was not written by dinov3_ros (producer={meta.get('producer')!r})"
+            )
+        _check_meta(meta, sig, source, plan)
+        merged = {**found, **{k: v for k, v in meta.items() if v is not None}}
+        merged["outputs"] = found["outputs"]  # the engine's names and order
+        if "norm_mean" not in meta or "norm_std" not in meta:
+            merged.update(norm_mean=list(IMAGENET_MEAN), norm_std=list(IMAGENET_STD), norm_assumed=True)
+        return merged, source
+    _LOG.warning(
+        "plan %s has no metadata (no %s, no %s): input size, patch size and outputs are read off its I/O "
+        "tensors; ImageNet normalisation is assumed",
+        plan,
+        sidecar_path(plan).name,
+        plan.with_suffix(".onnx").name,
+    )
+    found.update(norm_mean=list(IMAGENET_MEAN), norm_std=list(IMAGENET_STD), norm_assumed=True)
+    return found, "the plan's I/O tensors"
+
+
+@dataclass
+class LoadedPlan:
+    """A deserialized plan: TensorRT runtime and engine, I/O signature, metadata and its source."""
+
+    runtime: Any
+    engine: Any
+    signature: PlanSignature
+    meta: dict[str, Any]
+    source: str
+
+
+def load_plan(path: str | Path, trt=None, onnx_path: str | Path | None = None) -> LoadedPlan:
+    """Deserialize the plan at ``path`` and resolve its metadata (:func:`plan_metadata`)."""
+    trt = trt or import_tensorrt()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TensorRT plan not found: {path}")
+    side = sidecar_path(path)
+    built = _read_sidecar(side) if side.exists() and onnx_path is None else {}
+    if built.get("tensorrt") and built["tensorrt"] != trt.__version__:
+        _LOG.warning("%s was built with TensorRT %s, this is %s", path, built["tensorrt"], trt.__version__)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        origin = ""
+        if built:
+            origin = f" It was built with TensorRT {built.get('tensorrt', '?')} on {built.get('gpu', '?')}"
+            origin += f" (sm {built.get('compute_capability', '?')});"
+        raise RuntimeError(
+            f"TensorRT {trt.__version__} could not deserialize {path}.{origin} plans only load with the "
+            "TensorRT version and GPU they were built with: rebuild it on this machine "
+            "(dinov3-ros export --format tensorrt, or trtexec --onnx=... --saveEngine=...)."
+        )
+    sig = PlanSignature.read(trt, engine)
+    meta, source = plan_metadata(path, sig, onnx_path)
+    return LoadedPlan(runtime, engine, sig, meta, source)
+
+
+def _cuda_device(device: str | torch.device | None) -> torch.device:
+    """The CUDA device TensorRT runs on; a clear error for anything else."""
+    dev = torch.device(device or "cuda")
+    if dev.type != "cuda":
+        raise ValueError(f"TensorRT runs on CUDA devices, got device={str(dev)!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("TensorRT backend needs a CUDA device, and CUDA is not available")
+    return dev
+
+
+def _stream_handle(device: torch.device) -> int:
+    return int(torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else 0
+
+
 class TrtEngine(Engine):
-    """A cached TensorRT engine for one ONNX export, run on torch CUDA buffers."""
+    """A TensorRT engine run on torch CUDA buffers: a serialized plan (``engine_path``), or built from
+    one of our ONNX exports and cached (``onnx_path``)."""
 
     def __init__(
         self,
         onnx_path: str | Path | None = None,
         *,
         engine_path: str | Path | None = None,
-        precision: str = "fp16",
+        precision: str | None = None,
         device: str | torch.device | None = None,
         cache_dir: str | Path | None = None,
         max_batch: int = 1,
@@ -316,75 +585,114 @@ class TrtEngine(Engine):
         hw: tuple[tuple[int, int], ...] | None = None,
         calibration: str | Path | None = None,
         workspace_gib: float = 2.0,
+        input_size: tuple[int, int] | None = None,
         **_ignored: Any,
     ) -> None:
         trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise RuntimeError("TensorRT backend needs a CUDA device")
         self.trt = trt
-        self.device = torch.device(device or "cuda")
+        self.device = _cuda_device(device)
         if onnx_path is None and engine_path is None:
-            raise ValueError("give onnx_path= (built and cached) or engine_path= (a serialized plan)")
-        meta = read_metadata(onnx_path) if onnx_path else {}
+            raise ValueError("give engine_path= (a serialized plan) or onnx_path= (built and cached)")
         if engine_path is None:
-            cache = Path(cache_dir or Path.home() / ".cache" / "dinov3_ros" / "trt")
-            props = torch.cuda.get_device_properties(self.device)
-            cc = (props.major, props.minor)
-            shapes = {"batch": [1, opt_batch or max_batch, max_batch], "hw": hw}
-            key = engine_cache_key(
-                gpu_name=props.name,
-                compute_capability=cc,
-                trt_version=trt.__version__,
-                onnx_hash=onnx_sha256(onnx_path),
-                precision=precision,
-                shapes=shapes,
+            engine_path = self._build_cached(
+                onnx_path,
+                precision or "fp16",
+                cache_dir,
+                max_batch,
+                opt_batch,
+                hw,
+                calibration,
+                workspace_gib,
             )
-            engine_path = cache / f"{key}.engine"
-            if not engine_path.exists():
-                timing = cache / f"timing_sm{cc[0]}{cc[1]}_trt{trt.__version__}.cache"
-                plan = build_engine(
-                    onnx_path,
-                    precision=precision,
-                    batch=(1, opt_batch or max_batch, max_batch),
-                    hw=hw,
-                    timing_cache=timing,
-                    workspace_gib=workspace_gib,
-                    calibration=calibration,
-                )
-                _atomic_write(engine_path, plan)
+            onnx_for_meta = None  # the cached plan's sidecar holds the ONNX metadata
+        else:
+            onnx_for_meta = onnx_path
+        plan = load_plan(engine_path, trt, onnx_for_meta)
         self.engine_path = Path(engine_path)
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(
-                f"could not deserialize {self.engine_path}: built by another TensorRT version or GPU? "
-                "Delete it to rebuild."
-            )
+        self.runtime, self.engine, self.signature = plan.runtime, plan.engine, plan.signature
         self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._in_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.inputs[0]))
-        self.info = info_from_metadata(meta, "tensorrt", precision, str(self.device))
+        self.inputs = [t.name for t in plan.signature.inputs]
+        self.outputs = [t.name for t in plan.signature.outputs]
+        self._in_dtype = plan.signature.image.dtype
+        self._out_dtypes = {t.name: t.dtype for t in plan.signature.outputs}
+        meta = plan.meta
+        built = meta.get("precision") if meta.get("format") == SIDECAR_FORMAT else None
+        prec = built or precision or "unknown"
+        if built and precision and precision != built:
+            _LOG.warning("%s is a %s plan; precision=%r does not apply", self.engine_path, built, precision)
+        self.info = info_from_metadata(meta, "tensorrt", prec, str(self.device))
+        if input_size is not None and self.info.input_size is not None:
+            if tuple(input_size) != tuple(self.info.input_size):
+                raise PlanMetadataError(
+                    f"{self.engine_path} was built for {self.info.input_size[0]}x{self.info.input_size[1]}, "
+                    f"the pipeline asks for {input_size[0]}x{input_size[1]}: set the resolution to the plan's "
+                    "or build a plan for this resolution"
+                )
         self.info.outputs = tuple(self.outputs)
-        self.info.extra = {"engine": str(self.engine_path), "trt_version": trt.__version__}
+        self.info.extra = {
+            "engine": str(self.engine_path),
+            "trt_version": trt.__version__,
+            "metadata": plan.source,
+            "norm_assumed": bool(meta.get("norm_assumed", False)),
+        }
+
+    def _build_cached(
+        self,
+        onnx_path: str | Path,
+        precision: str,
+        cache_dir: str | Path | None,
+        max_batch: int,
+        opt_batch: int | None,
+        hw: tuple[tuple[int, int], ...] | None,
+        calibration: str | Path | None,
+        workspace_gib: float,
+    ) -> Path:
+        """The cached plan for ``onnx_path`` (built, with its sidecar, on a cache miss)."""
+        trt = self.trt
+        cache = Path(cache_dir or Path.home() / ".cache" / "dinov3_ros" / "trt")
+        props = torch.cuda.get_device_properties(self.device)
+        cc = (props.major, props.minor)
+        shapes = {"batch": [1, opt_batch or max_batch, max_batch], "hw": hw}
+        key = engine_cache_key(
+            gpu_name=props.name,
+            compute_capability=cc,
+            trt_version=trt.__version__,
+            onnx_hash=onnx_sha256(onnx_path),
+            precision=precision,
+            shapes=shapes,
+        )
+        engine_path = cache / f"{key}.engine"
+        if not engine_path.exists() or not sidecar_path(engine_path).exists():
+            timing = cache / f"timing_sm{cc[0]}{cc[1]}_trt{trt.__version__}.cache"
+            plan = build_engine(
+                onnx_path,
+                precision=precision,
+                batch=(1, opt_batch or max_batch, max_batch),
+                hw=hw,
+                timing_cache=timing,
+                workspace_gib=workspace_gib,
+                calibration=calibration,
+            )
+            save_plan(engine_path, plan, plan_sidecar(onnx_path, precision, trt.__version__, self.device))
+        return engine_path
 
     def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = batch.to(self.device, self._in_dtype).contiguous()
         ctx = self.context
         name = self.inputs[0]
-        ctx.set_input_shape(name, tuple(x.shape))
+        if not ctx.set_input_shape(name, tuple(x.shape)):
+            prof = self.signature.image.profile
+            raise ValueError(
+                f"input shape {tuple(x.shape)} does not fit the plan {self.engine_path.name} "
+                f"(shape {self.signature.image.shape}, profile min/opt/max {prof})"
+            )
         ctx.set_tensor_address(name, x.data_ptr())
         outs: dict[str, torch.Tensor] = {}
         for n in self.outputs:
-            shape = tuple(ctx.get_tensor_shape(n))
-            t = torch.empty(
-                shape, dtype=_torch_dtype(self.trt, self.engine.get_tensor_dtype(n)), device=self.device
-            )
+            shape = tuple(int(v) for v in ctx.get_tensor_shape(n))
+            t = torch.empty(shape, dtype=self._out_dtypes[n], device=self.device)
             ctx.set_tensor_address(n, t.data_ptr())
             outs[n] = t
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+        if not ctx.execute_async_v3(_stream_handle(self.device)):
+            raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
         return outs
