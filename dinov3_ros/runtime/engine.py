@@ -23,8 +23,8 @@ def create_engine(backend: str, **kwargs: Any) -> Engine:
     - ``"onnxruntime"``: :class:`~dinov3_ros.runtime.ort_backend.OrtEngine` (``onnx_path=``, ``device``,
       ``threads``, ``optimization``, ``spin``; on CPU the fused CPU form by default, ``fuse_attention``;
       ``precision="int8"`` quantizes an fp32 export for CPU).
-    - ``"tensorrt"``: :class:`~dinov3_ros.runtime.trt_backend.TrtEngine` (``onnx_path=``, ``precision``,
-      ``cache_dir``, shape profile).
+    - ``"tensorrt"``: :class:`~dinov3_ros.runtime.trt_backend.TrtEngine` (``engine_path=`` a serialized
+      plan, or ``onnx_path=`` built and cached; ``precision``, ``cache_dir``, shape profile).
     For onnxruntime/tensorrt, ``model=`` or ``arch=``/``weights=`` instead of ``onnx_path`` exports first
     (into ``cache_dir``) at ``input_size``.
     """
@@ -41,7 +41,8 @@ def create_engine(backend: str, **kwargs: Any) -> Engine:
     if b in ("tensorrt", "trt"):
         from .trt_backend import TrtEngine
 
-        _ensure_onnx(kwargs)
+        if not kwargs.get("engine_path"):  # a serialized plan needs no ONNX
+            _ensure_onnx(kwargs)
         return TrtEngine(**kwargs)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
