@@ -32,7 +32,9 @@ def providers():
 
     from dinov3_ros.ros.types import ros_types
 
-    ts = get_typestore(Stores.LATEST)
+    from dinov3_ros.msgs.extra_types import register_extra_types
+
+    ts = register_extra_types(get_typestore(Stores.LATEST))
     return ros_types(), rosbags_types(ts), ts
 
 
@@ -86,8 +88,45 @@ def _outputs(frame_id: str = "cam_optical", **changes) -> FrameOutputs:
         ),
         "debug": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
     }
+    _add_new_outputs(values, K, rng)
     values.update(changes)
     return FrameOutputs(1_700_000_123_456_789, frame_id, "cam", 64, 48, values)
+
+
+def _add_new_outputs(values: dict, K: CameraIntrinsics, rng: np.random.Generator) -> None:
+    """Values of the outputs that sit beside the original ones (markers, odometry, compressed...)."""
+    from dinov3_ros.pipeline.outputs.compressed import encode
+    from dinov3_ros.pipeline.outputs.depth_points import organized_cloud
+    from dinov3_ros.pipeline.outputs.features_info import GridInfo
+    from dinov3_ros.pipeline.outputs.odometry import Odometry
+
+    d = values["depth"]
+    holes = d.image.copy()
+    holes[0, :5] = np.nan
+    pose = np.eye(4)
+    pose[:3, :3] = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    pose[:3, 3] = [0.5, -0.25, 2.0]
+    values.update(
+        {
+            "features_info": GridInfo(4, 3, K.transformed(0.1, 0.1, 0.0, 0.5, 4, 3), (0, 1, 4, 2)),
+            "depth_points": organized_cloud(DepthImage(holes, d.info), values["debug"]),
+            "matches_markers": values["matches"],
+            "objects_markers": values["objects"],
+            "detections": values["objects"],
+            "odometry": Odometry(
+                pose, np.diag(rng.uniform(0, 1, 6)), np.ones(3), np.zeros(3), np.eye(6), 9, "odom"
+            ),
+            "pca_compressed": encode(values["features_pca"], "rgb8", "png"),
+            "mask_compressed": encode(values["objects"].mask.astype(np.uint8), "mono8", "png"),
+            "debug_compressed": encode(values["debug"], "rgb8", "jpeg", 80),
+        }
+    )
+
+
+def _uncalibrated_grid():
+    from dinov3_ros.pipeline.outputs.features_info import GridInfo
+
+    return GridInfo(4, 3, None, (1, 0, 2, 3))
 
 
 def test_frame_messages_identical_cdr(providers):
@@ -95,17 +134,8 @@ def test_frame_messages_identical_cdr(providers):
     out = _outputs()
     m_r = reference_messages(rp, out)
     m_b = reference_messages(bp, out)
-    assert set(m_r) == {
-        "features",
-        "features/pca",
-        "depth",
-        "depth/camera_info",
-        "points",
-        "matches",
-        "objects/mask",
-        "objects/boxes",
-        "debug",
-    }
+    assert set(m_r) == set(TYPES) - {"objects/detections"}  # vision_msgs is not installed for rclpy
+    assert set(m_b) == set(TYPES)
     for topic, msg in m_r.items():
         a = bytes(rclpy_ser.serialize_message(msg))
         b = bytes(ts.serialize_cdr(m_b[topic], TYPES[topic]))
@@ -161,8 +191,23 @@ def test_decoders_round_trip(providers):
         assert list(bx.ids) == [3, 7] and np.array_equal(bx.boxes, v["objects"].boxes)
         assert bx.stamp_ns == out.stamp_ns and bx.frame_id == "cam_optical"
         assert np.array_equal(D.image_to_array(msgs["objects/mask"]), v["objects"].mask.astype(np.uint8))
+        odo = msgs.pop("odometry")
+        assert odo.header.frame_id == "odom" and odo.child_frame_id == "cam_optical"
+        assert D.stamp_ns(odo) == out.stamp_ns
         for msg in msgs.values():
             assert D.stamp_ns(msg) == out.stamp_ns and msg.header.frame_id == "cam_optical"
+        pc = msgs["depth/points"]
+        assert (pc.height, pc.width) == (48, 64) and not pc.is_dense
+        xyz, rgb = D.decode_points(pc)
+        cloud = v["depth_points"]
+        assert np.array_equal(xyz, cloud.xyz.reshape(-1, 3), equal_nan=True)
+        assert np.isnan(xyz[:5]).all() and np.isfinite(xyz[5:]).all()
+        assert np.array_equal(rgb, v["debug"].reshape(-1, 3))  # colour of each pixel
+        from dinov3_ros.msgs.image_codec import decode_compressed
+
+        png = msgs["features/pca/compressed"]
+        assert png.format == "rgb8; png compressed bgr8"
+        assert np.array_equal(decode_compressed(png.format, png.data), v["features_pca"])  # lossless
 
 
 def test_empty_matches_have_no_reference(providers):
@@ -220,13 +265,26 @@ def test_output_serialiser_is_byte_identical(providers, frame_id):
         (_outputs(frame_id, points=PointCloud(pts.xyz, pts.rgb, packed, True)), "mono16"),
         (_outputs(frame_id, points=PointCloud(pts.xyz, None)), "mono8"),
         (_outputs(frame_id, matches=empty, objects=no_objects), "mono16"),
+        (
+            _outputs(
+                frame_id,
+                features_info=_uncalibrated_grid(),
+                matches_markers=empty,
+                objects_markers=no_objects,
+                detections=no_objects,
+            ),
+            "mono8",
+        ),  # fmt: skip
     ]
     for out, enc in variants:
         got = {t: join(parts) for t, _mt, parts in frame_messages(out, PipelineConfig(mask_encoding=enc))}
         ref = reference_messages(bp, out, enc)
-        assert set(got) == set(ref) and len(got) == 9
+        assert set(got) == set(ref) == set(TYPES)
         for topic, raw in got.items():
             mtype = TYPES[topic]
             assert raw == bytes(ts.serialize_cdr(ref[topic], mtype)), (topic, enc)
+            if topic == "objects/detections":  # vision_msgs is not installed for rclpy here
+                continue
             msg = deserialize_message(raw, rp.cls(mtype))
-            assert msg.header.frame_id == frame_id and msg.header.stamp.nanosec == 123_456_789
+            fid = msg.child_frame_id if topic == "odometry" else msg.header.frame_id  # header: the odom frame
+            assert fid == frame_id and msg.header.stamp.nanosec == 123_456_789

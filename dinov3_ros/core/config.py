@@ -92,6 +92,12 @@ class PipelineConfig:
     )
     keyframe_interval: int = setting(10, "frames between keyframes with keyframe_policy 'interval'", lo=1)
     keyframe_min_matches: int = setting(20, "inliers below which 'min_matches' renews the keyframe", lo=0)
+    # odometry (matches + depth)
+    odom_frame: str = setting("", "frame_id of ~/odometry; empty = '<camera frame_id>_odom'")
+    odom_min_inliers: int = setting(12, "fewest 3-D inliers for a motion estimate (else the pose is held)", lo=3)
+    odom_ransac_threshold: float = setting(
+        0.05, "3-D RANSAC inlier distance of the odometry, metres", lo=0.0, lo_open=True
+    )
     # objects (TokenCut)
     tokencut_tau: float = setting(0.2, "TokenCut affinity threshold", lo=-1.0, hi=1.0)
     tokencut_eps: float = setting(1e-5, "TokenCut weight of affinities below tau", lo=0.0)
@@ -104,6 +110,7 @@ class PipelineConfig:
     mask_encoding: str = setting("mono8", "encoding of ~/objects/mask", choices=("mono8", "mono16"))
     # debug overlay
     debug_alpha: float = setting(0.5, "weight of the PCA colours in ~/debug", lo=0.0, hi=1.0)
+    jpeg_quality: int = setting(85, "JPEG quality of the compressed debug image", lo=1, hi=100)
     parallel_heads: bool = setting(True, "run the heads in their own threads, overlapped (same results)")
 
     def validate(self) -> PipelineConfig:

@@ -88,25 +88,165 @@ def compressed_image(
     return tp.new("sensor_msgs/msg/CompressedImage", header=hdr, format=fmt, data=tp.u8(buf))
 
 
-def camera_info(tp: TypeProvider, hdr: Any, intr: CameraIntrinsics) -> Any:
-    """``sensor_msgs/CameraInfo`` for ``intr`` (R = identity, no binning, full ROI)."""
-    roi = tp.new(
-        "sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+def camera_info(
+    tp: TypeProvider,
+    hdr: Any,
+    intr: CameraIntrinsics | None,
+    roi: tuple[int, int, int, int] = (0, 0, 0, 0),
+    size: tuple[int, int] | None = None,
+) -> Any:
+    """``sensor_msgs/CameraInfo`` for ``intr`` (R = identity, no binning); ``roi`` = (x_offset, y_offset,
+    width, height). ``intr=None``: uncalibrated (K, R, P zero) of ``size`` = (width, height)."""
+    x, y, w, h = roi
+    r = tp.new(
+        "sensor_msgs/msg/RegionOfInterest", x_offset=x, y_offset=y, height=h, width=w, do_rectify=False
     )
+    if intr is None:
+        assert size is not None, "an uncalibrated camera_info needs its size"
+        width, height, model, D, K, R, P = (
+            size[0],
+            size[1],
+            "",
+            np.zeros(0),
+            np.zeros(9),
+            np.zeros(9),
+            np.zeros(12),
+        )
+    else:
+        width, height, model, D, K, R, P = (
+            intr.width,
+            intr.height,
+            intr.distortion_model,
+            intr.D,
+            intr.K,
+            np.eye(3),
+            intr.P,
+        )
     return tp.new(
         "sensor_msgs/msg/CameraInfo",
         header=hdr,
-        height=int(intr.height),
-        width=int(intr.width),
-        distortion_model=intr.distortion_model,
-        d=tp.f64(intr.D),
-        k=tp.f64(intr.K),
-        r=tp.f64(np.eye(3)),
-        p=tp.f64(intr.P),
+        height=int(height),
+        width=int(width),
+        distortion_model=model,
+        d=tp.f64(D),
+        k=tp.f64(K),
+        r=tp.f64(R),
+        p=tp.f64(P),
         binning_x=0,
         binning_y=0,
-        roi=roi,
+        roi=r,
     )
+
+
+def compressed_payload(tp: TypeProvider, hdr: Any, fmt: str, data: bytes | np.ndarray) -> Any:
+    """``sensor_msgs/CompressedImage`` from an already-encoded payload."""
+    return tp.new(
+        "sensor_msgs/msg/CompressedImage",
+        header=hdr,
+        format=fmt,
+        data=tp.u8(np.frombuffer(bytes(data), np.uint8)),
+    )
+
+
+def _point(tp: TypeProvider, x: float, y: float, z: float = 0.0) -> Any:
+    return tp.new("geometry_msgs/msg/Point", x=float(x), y=float(y), z=float(z))
+
+
+def _rgba(tp: TypeProvider, c: Sequence[float]) -> Any:
+    return tp.new("std_msgs/msg/ColorRGBA", r=float(c[0]), g=float(c[1]), b=float(c[2]), a=float(c[3]))
+
+
+def image_marker(
+    tp: TypeProvider,
+    hdr: Any,
+    ns: str,
+    marker_id: int,
+    marker_type: int,
+    points: np.ndarray,
+    colors: np.ndarray,
+    scale: float = 1.0,
+    outline: Sequence[float] = (0.0, 1.0, 0.0, 1.0),
+) -> Any:
+    """``visualization_msgs/ImageMarker`` (action ADD, lifetime 0) with pixel ``points [N, 2]`` and
+    per-point RGBA ``colors``."""
+    return tp.new(
+        "visualization_msgs/msg/ImageMarker",
+        header=hdr,
+        ns=ns,
+        id=int(marker_id),
+        type=int(marker_type),
+        action=0,
+        position=_point(tp, 0, 0, 0),
+        scale=float(scale),
+        outline_color=_rgba(tp, outline),
+        filled=0,
+        fill_color=_rgba(tp, (0, 0, 0, 0)),
+        lifetime=tp.new("builtin_interfaces/msg/Duration", sec=0, nanosec=0),
+        points=[_point(tp, u, v) for u, v in np.asarray(points, np.float64).reshape(-1, 2)],
+        outline_colors=[_rgba(tp, c) for c in np.asarray(colors, np.float32).reshape(-1, 4)],
+    )
+
+
+def odometry(
+    tp: TypeProvider,
+    hdr: Any,
+    child_frame_id: str,
+    position: Sequence[float],
+    quaternion: Sequence[float],
+    pose_cov: np.ndarray,
+    linear: Sequence[float],
+    angular: Sequence[float],
+    twist_cov: np.ndarray,
+) -> Any:
+    """``nav_msgs/Odometry``; ``quaternion`` = (x, y, z, w)."""
+    px, py, pz = (float(v) for v in position)
+    qx, qy, qz, qw = (float(v) for v in quaternion)
+    pose = tp.new(
+        "geometry_msgs/msg/Pose",
+        position=_point(tp, px, py, pz),
+        orientation=tp.new("geometry_msgs/msg/Quaternion", x=qx, y=qy, z=qz, w=qw),
+    )
+
+    def vec(v: Sequence[float]) -> Any:
+        return tp.new("geometry_msgs/msg/Vector3", x=float(v[0]), y=float(v[1]), z=float(v[2]))
+
+    twist = tp.new("geometry_msgs/msg/Twist", linear=vec(linear), angular=vec(angular))
+    return tp.new(
+        "nav_msgs/msg/Odometry",
+        header=hdr,
+        child_frame_id=child_frame_id,
+        pose=tp.new("geometry_msgs/msg/PoseWithCovariance", pose=pose, covariance=tp.f64(pose_cov)),
+        twist=tp.new("geometry_msgs/msg/TwistWithCovariance", twist=twist, covariance=tp.f64(twist_cov)),
+    )
+
+
+def detections(tp: TypeProvider, hdr: Any, obj: ObjectsResult, class_id: str = "object") -> Any:
+    """``vision_msgs/Detection2DArray``: one detection per instance (``id`` = instance id as text, box
+    centre + size in pixel-centre coordinates, one hypothesis with an identity pose)."""
+    dets = []
+    for oid, (x0, y0, x1, y1), score in zip(obj.ids, obj.boxes.astype(np.float64), obj.scores):
+        pose = tp.new(
+            "geometry_msgs/msg/Pose",
+            position=_point(tp, 0, 0, 0),
+            orientation=tp.new("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0),
+        )
+        hyp = tp.new(
+            "vision_msgs/msg/ObjectHypothesisWithPose",
+            hypothesis=tp.new("vision_msgs/msg/ObjectHypothesis", class_id=class_id, score=float(score)),
+            pose=tp.new("geometry_msgs/msg/PoseWithCovariance", pose=pose, covariance=tp.f64(np.zeros(36))),
+        )
+        centre = tp.new(
+            "vision_msgs/msg/Pose2D",
+            position=tp.new("vision_msgs/msg/Point2D", x=(x0 + x1) / 2 - 0.5, y=(y0 + y1) / 2 - 0.5),
+            theta=0.0,
+        )
+        bbox = tp.new(
+            "vision_msgs/msg/BoundingBox2D", center=centre, size_x=float(x1 - x0), size_y=float(y1 - y0)
+        )
+        dets.append(
+            tp.new("vision_msgs/msg/Detection2D", header=hdr, results=[hyp], bbox=bbox, id=str(int(oid)))
+        )
+    return tp.new("vision_msgs/msg/Detection2DArray", header=hdr, detections=dets)
 
 
 def point_cloud(
@@ -115,8 +255,9 @@ def point_cloud(
     fields: Sequence[tuple[str, int, int]],
     data: np.ndarray,
     is_dense: bool = True,
+    height: int = 1,
 ) -> Any:
-    """``sensor_msgs/PointCloud2`` (height 1) from a structured array laid out as ``fields``."""
+    """``sensor_msgs/PointCloud2`` (``height`` rows) from a structured array laid out as ``fields``."""
     pf = [
         tp.new("sensor_msgs/msg/PointField", name=n, offset=int(o), datatype=int(t), count=1)
         for n, o, t in fields
@@ -125,12 +266,12 @@ def point_cloud(
     return tp.new(
         "sensor_msgs/msg/PointCloud2",
         header=hdr,
-        height=1,
-        width=int(data.shape[0]),
+        height=int(height),
+        width=int(data.shape[0]) // int(height),
         fields=pf,
         is_bigendian=False,
         point_step=int(step),
-        row_step=int(step * data.shape[0]),
+        row_step=int(step * data.shape[0]) // int(height),
         data=tp.u8(np.ascontiguousarray(data).view(np.uint8)),
         is_dense=bool(is_dense),
     )

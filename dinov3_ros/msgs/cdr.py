@@ -72,6 +72,20 @@ class _Out:
     def u8(self, v: int) -> None:
         self.b += struct.pack("<B", v)
 
+    def f32(self, v: float) -> None:
+        self.align(4)
+        self.b += struct.pack("<f", v)
+
+    def f64(self, v: float) -> None:
+        self.align(8)
+        self.b += struct.pack("<d", v)
+
+    def raw(self, data: bytes, align: int) -> None:
+        """Pre-packed little-endian elements, aligned to ``align`` (nothing to align when empty)."""
+        if data:
+            self.align(align)
+            self.b += data
+
     def string(self, s: str) -> None:
         raw = s.encode()
         self.u32(len(raw) + 1)
@@ -132,21 +146,32 @@ def image_parts(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str) ->
 def camera_info_parts(
     stamp_ns: int,
     frame_id: str,
-    intr: CameraIntrinsics,
+    intr: CameraIntrinsics | None,
     *,
     r: np.ndarray | None = None,
     binning: tuple[int, int] = (0, 0),
     roi: tuple[int, int, int, int, bool] = (0, 0, 0, 0, False),
+    size: tuple[int, int] | None = None,
 ) -> Parts:
-    """``sensor_msgs/CameraInfo`` of ``intr``; by default R = identity, no binning, an empty ROI."""
-    r = np.eye(3) if r is None else r
+    """``sensor_msgs/CameraInfo`` of ``intr``; by default R = identity, no binning, an empty ROI.
+    ``intr=None`` writes an uncalibrated camera (K, R, P all zero, no distortion model) of ``size``
+    ``(width, height)``, the ROS convention for "no calibration"; ``roi`` = (x_offset, y_offset,
+    height, width, do_rectify)."""
+    if intr is None:
+        if size is None:
+            raise ValueError("camera_info_parts: an uncalibrated camera needs its size")
+        width, height, model, D = size[0], size[1], "", np.zeros(0)
+        K, r, P = np.zeros(9), np.zeros(9), np.zeros(12)
+    else:
+        width, height, model, D, K, P = intr.width, intr.height, intr.distortion_model, intr.D, intr.K, intr.P
+        r = np.eye(3) if r is None else r
     o = _Out()
     o.header(stamp_ns, frame_id)
-    o.u32(int(intr.height))
-    o.u32(int(intr.width))
-    o.string(str(intr.distortion_model))
-    o.f64s(np.asarray(intr.D, dtype=np.float64), sized=True)
-    for name, arr, n in (("k", intr.K, 9), ("r", r, 9), ("p", intr.P, 12)):
+    o.u32(int(height))
+    o.u32(int(width))
+    o.string(str(model))
+    o.f64s(np.asarray(D, dtype=np.float64), sized=True)
+    for name, arr, n in (("k", K, 9), ("r", r, 9), ("p", P, 12)):
         a = np.asarray(arr, dtype=np.float64).reshape(-1)
         if a.size != n:
             raise ValueError(f"CameraInfo.{name} has {a.size} values, expected {n}")
@@ -180,6 +205,125 @@ def point_cloud_parts(
     o.u32(step * width)
     o.blob(_bytes_view(data) if n else memoryview(b""))
     o.u8(int(bool(is_dense)))
+    return o.parts()
+
+
+def compressed_image_parts(stamp_ns: int, frame_id: str, fmt: str, data: np.ndarray | bytes) -> Parts:
+    """``sensor_msgs/CompressedImage`` (``format`` as image_transport writes it, e.g.
+    ``rgb8; jpeg compressed bgr8``); the payload is a view of ``data``."""
+    o = _Out()
+    o.header(stamp_ns, frame_id)
+    o.string(str(fmt))
+    o.blob(memoryview(np.frombuffer(data, np.uint8) if isinstance(data, bytes) else _bytes_view(data)))
+    return o.parts()
+
+
+#: visualization_msgs/ImageMarker types and actions
+MARKER_CIRCLE, MARKER_LINE_STRIP, MARKER_LINE_LIST, MARKER_POLYGON, MARKER_POINTS = range(5)
+MARKER_ADD = 0
+
+
+def image_marker_parts(
+    stamp_ns: int,
+    frame_id: str,
+    ns: str,
+    marker_id: int,
+    marker_type: int,
+    points: np.ndarray,
+    colors: np.ndarray,
+    scale: float = 1.0,
+    outline: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
+) -> Parts:
+    """``visualization_msgs/ImageMarker`` (action ADD, forever) with ``points [N, 2]`` in image pixels
+    and per-point ``colors [N, 4]`` (RGBA in [0, 1]); ``scale`` = line width in pixels."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    cols = np.asarray(colors, np.float32).reshape(-1, 4)
+    if len(cols) != len(pts):
+        raise ValueError(f"image marker: {len(pts)} points but {len(cols)} colours")
+    xyz = np.zeros((len(pts), 3), "<f8")
+    xyz[:, :2] = pts
+    o = _Out()
+    o.header(stamp_ns, frame_id)
+    o.string(ns)
+    o.i32(int(marker_id))
+    o.i32(int(marker_type))
+    o.i32(MARKER_ADD)
+    for _ in range(3):  # position
+        o.f64(0.0)
+    o.f32(float(scale))
+    for c in outline:  # outline_color
+        o.f32(float(c))
+    o.u8(0)  # filled
+    for _ in range(4):  # fill_color
+        o.f32(0.0)
+    o.i32(0)  # lifetime: 0 = forever (the next message replaces it: same ns and id)
+    o.u32(0)
+    o.u32(len(pts))
+    o.raw(xyz.tobytes(), 8)
+    o.u32(len(cols))
+    o.raw(cols.astype("<f4").tobytes(), 4)
+    return o.parts()
+
+
+def odometry_parts(
+    stamp_ns: int,
+    frame_id: str,
+    child_frame_id: str,
+    position: np.ndarray,
+    quaternion: np.ndarray,
+    pose_cov: np.ndarray,
+    linear: np.ndarray,
+    angular: np.ndarray,
+    twist_cov: np.ndarray,
+) -> Parts:
+    """``nav_msgs/Odometry``: pose (position, quaternion x y z w) in ``frame_id`` with its 6x6
+    covariance, twist (linear, angular) in ``child_frame_id`` with its covariance."""
+    o = _Out()
+    o.header(stamp_ns, frame_id)
+    o.string(child_frame_id)
+    for arr, n in (
+        (position, 3),
+        (quaternion, 4),
+        (pose_cov, 36),
+        (linear, 3),
+        (angular, 3),
+        (twist_cov, 36),
+    ):
+        a = np.asarray(arr, np.float64).reshape(-1)
+        if a.size != n:
+            raise ValueError(f"odometry field of {a.size} values, expected {n}")
+        o.f64s(a, sized=False)
+    return o.parts()
+
+
+def detection2d_array_parts(
+    stamp_ns: int,
+    frame_id: str,
+    ids: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_id: str = "object",
+) -> Parts:
+    """``vision_msgs/Detection2DArray`` (vision_msgs 4.x): one ``Detection2D`` per box ``[x_min, y_min,
+    x_max, y_max]`` (input pixels, max exclusive) with ``id`` = the instance id as text, one hypothesis
+    (``class_id``, score) with an identity pose, and the box as centre + size (pixel-centre convention)."""
+    o = _Out()
+    o.header(stamp_ns, frame_id)
+    o.u32(len(ids))
+    for oid, (x0, y0, x1, y1), score in zip(ids, np.asarray(boxes, np.float64).reshape(-1, 4), scores):
+        o.header(stamp_ns, frame_id)
+        o.u32(1)  # results
+        o.string(class_id)
+        o.f64(float(score))
+        for v in (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0):  # pose: position, orientation (identity)
+            o.f64(v)
+        o.f64s(np.zeros(36), sized=False)  # pose covariance
+        o.f64((x0 + x1) / 2.0 - 0.5)  # bbox.center.position.x
+        o.f64((y0 + y1) / 2.0 - 0.5)
+        o.f64(0.0)  # theta
+        o.f64(float(x1 - x0))  # size_x
+        o.f64(float(y1 - y0))
+        o.string(str(int(oid)))
     return o.parts()
 
 

@@ -43,8 +43,8 @@ def decode_image(msgtype: str, raw: cdr.Buffer) -> tuple[np.ndarray, int, str]:
     except ImageDecodeError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageDecodeError(f"malformed {msgtype}: {exc}") from None
-    raise ImageDecodeError(f"not an image message type: {msgtype}")
+        raise ImageDecodeError(f"malformed {msgtype}: {exc}", "malformed") from None
+    raise ImageDecodeError(f"not an image message type: {msgtype}", "malformed")
 
 
 def decode_image_msg(msg: Any) -> tuple[np.ndarray, int, str]:

@@ -32,8 +32,18 @@ _UYVY = {"yuv422", "uyvy"}
 _YUYV = {"yuv422_yuy2", "yuyv"}
 
 
+#: classes of undecodable input (the node counts each on /diagnostics)
+DECODE_KINDS = ("encoding", "size", "compressed", "malformed")
+
+
 class ImageDecodeError(ValueError):
-    """A frame that cannot be decoded; the message says why."""
+    """A frame that cannot be decoded; the message says why. ``kind`` is its class: ``encoding``
+    (unknown encoding), ``size`` (zero size, step or data size mismatch), ``compressed`` (not JPEG/PNG,
+    truncated or corrupt payload) or ``malformed`` (the message itself cannot be parsed)."""
+
+    def __init__(self, message: str, kind: str = "size") -> None:
+        super().__init__(message)
+        self.kind = kind if kind in DECODE_KINDS else "malformed"
 
 
 def bytes_per_pixel(encoding: str) -> int:
@@ -46,7 +56,7 @@ def _lookup(encoding: str) -> tuple[int, np.dtype]:
     key = encoding.lower()
     if key not in RAW_ENCODINGS:
         raise ImageDecodeError(
-            f"unknown image encoding {encoding!r}; supported: {', '.join(sorted(RAW_ENCODINGS))}"
+            f"unknown image encoding {encoding!r}; supported: {', '.join(sorted(RAW_ENCODINGS))}", "encoding"
         )
     return RAW_ENCODINGS[key]
 
@@ -119,7 +129,7 @@ def decode_compressed(fmt: str, data: object) -> np.ndarray:
     """
     buf = _as_u8(data)
     if buf.size == 0:
-        raise ImageDecodeError(f"zero-size compressed image (format {fmt!r})")
+        raise ImageDecodeError(f"zero-size compressed image (format {fmt!r})", "compressed")
     head = bytes(buf[:8])
     if head[:3] == b"\xff\xd8\xff":
         kind = "jpeg"
@@ -127,25 +137,28 @@ def decode_compressed(fmt: str, data: object) -> np.ndarray:
         if tail != b"\xff\xd9":
             # Some encoders pad after EOI; accept only if an EOI marker exists in the last 1 KiB.
             if b"\xff\xd9" not in bytes(buf[-1024:]):
-                raise ImageDecodeError(f"truncated JPEG: no end-of-image marker ({buf.size} bytes)")
+                raise ImageDecodeError(
+                    f"truncated JPEG: no end-of-image marker ({buf.size} bytes)", "compressed"
+                )
     elif head == b"\x89PNG\r\n\x1a\n":
         kind = "png"
         if b"IEND" not in bytes(buf[-16:]):
-            raise ImageDecodeError(f"truncated PNG: no IEND chunk ({buf.size} bytes)")
+            raise ImageDecodeError(f"truncated PNG: no IEND chunk ({buf.size} bytes)", "compressed")
     else:
         raise ImageDecodeError(
-            f"unsupported compressed format {fmt!r}: payload is neither JPEG nor PNG (starts {head[:4].hex()})"
+            f"unsupported compressed format {fmt!r}: payload is neither JPEG nor PNG (starts {head[:4].hex()})",
+            "compressed",
         )
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
     if kind == "jpeg" and rgb_flag is not None:
         # 8-bit JPEG straight to RGB (gray replicated): the same pixels as decode + BGR->RGB, one pass less
         img = cv2.imdecode(buf, rgb_flag)
         if img is None or img.size == 0:
-            raise ImageDecodeError(f"corrupt {kind} payload ({buf.size} bytes, format {fmt!r})")
+            raise ImageDecodeError(f"corrupt {kind} payload ({buf.size} bytes, format {fmt!r})", "compressed")
         return img
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise ImageDecodeError(f"corrupt {kind} payload ({buf.size} bytes, format {fmt!r})")
+        raise ImageDecodeError(f"corrupt {kind} payload ({buf.size} bytes, format {fmt!r})", "compressed")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     if img.ndim == 2:

@@ -14,6 +14,7 @@ from typing import Any
 import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from dinov3_ros.ros import dds
 from dinov3_ros.ros.node import PerceptionCore, spin_nodes
 
 NODE_NAME = "dinov3_lifecycle_node"
@@ -23,11 +24,17 @@ class PerceptionLifecycleNode(LifecycleNode):
     """Managed perception node; see module docstring for the transitions."""
 
     def __init__(self, name: str = NODE_NAME, **kwargs: Any) -> None:
+        self.core: PerceptionCore | None = None
         super().__init__(name, **kwargs)
-        self.core = PerceptionCore(self)
+        try:
+            self.core = PerceptionCore(self, model_read_only=False)
+        except Exception:
+            super().destroy_node()
+            raise
 
     def destroy_node(self) -> None:
-        self.core.cleanup()
+        if self.core is not None:
+            self.core.cleanup()
         super().destroy_node()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -61,8 +68,16 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv if args is None else args)
     autostart = "--autostart" in argv
     argv = [a for a in argv if a != "--autostart"]
+    applied = dds.apply_profile()
     rclpy.init(args=argv)
-    node = PerceptionLifecycleNode()
+    if applied:
+        rclpy.logging.get_logger(NODE_NAME).info(applied)
+    try:
+        node = PerceptionLifecycleNode()
+    except (ValueError, RuntimeError) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.shutdown()
+        return 1
     try:
         if autostart:
             node.trigger_configure()
@@ -71,7 +86,6 @@ def main(args: list[str] | None = None) -> int:
             node.trigger_activate()
         spin_nodes([node])
     finally:
-        node.core.cleanup()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

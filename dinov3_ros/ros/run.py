@@ -68,7 +68,12 @@ def main(args: argparse.Namespace) -> int:
             return 2
     import rclpy
 
+    from dinov3_ros.ros import dds
     from dinov3_ros.ros.node import PerceptionNode, spin_nodes
+
+    applied = dds.apply_profile()
+    if applied:
+        print(applied, file=sys.stderr)
 
     ros_args = ["--ros-args", "--params-file", str(params)]
     for s in args.set:

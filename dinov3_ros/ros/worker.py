@@ -11,6 +11,7 @@ counted and logged; the worker goes on with the next frame.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,13 +21,33 @@ from dinov3_ros.core.camera import CameraIntrinsics, IntrinsicsSource, intrinsic
 from dinov3_ros.core.frames import Frame, FrameOutputs
 from dinov3_ros.msgs.cdr import join, stamp_of
 from dinov3_ros.msgs.decode import decode_camera_info, decode_image
+from dinov3_ros.msgs.image_codec import ImageDecodeError
 from dinov3_ros.pipeline.outputs import REGISTRY, frame_messages
 from dinov3_ros.pipeline.scheduler import Barrier, Item, Passthrough, Scheduler, Work
 
+from .diagnostics import CameraInfoState, RateLimiter
 from .mailbox import Mailbox
 
 #: topic suffix -> the output it belongs to
 TOPIC_OUTPUT = {t.suffix: o.name for o in REGISTRY.values() for t in o.topics}
+
+
+def _uncalibrated_topics() -> frozenset[str]:
+    """Topics that state or need the camera's calibration: those of outputs that need intrinsics (or
+    require such an output) and the messages marked ``needs_intrinsics``."""
+    need = {n for n, o in REGISTRY.items() if o.needs_intrinsics}
+    grew = True
+    while grew:
+        more = {n for n, o in REGISTRY.items() if set(o.requires) & need} - need
+        need |= more
+        grew = bool(more)
+    return frozenset(
+        t.suffix for n, o in REGISTRY.items() for t in o.topics if n in need or t.needs_intrinsics
+    )
+
+
+#: topics skipped for a frame without a usable camera_info (``require_camera_info``)
+NEEDS_CALIBRATION = _uncalibrated_topics()
 
 
 class WorkerHost(Protocol):
@@ -43,39 +64,93 @@ class WorkerHost(Protocol):
     def publish(self, cam: str, msgs: dict[str, bytes]) -> None: ...
 
 
+def _pick_info(infos: list[bytes], stamp: int, tolerance_ns: int) -> bytes | None:
+    """The camera_info nearest in stamp to ``stamp`` (within ``tolerance_ns``; 0 = any), newest on ties."""
+    best, best_dt = None, None
+    for raw in infos:
+        try:
+            dt = abs(stamp_of(raw) - stamp)
+        except (ValueError, struct.error):
+            dt = None
+        if dt is None:
+            continue
+        if best_dt is None or dt <= best_dt:
+            best, best_dt = raw, dt
+    if best is None and infos:
+        return infos[-1]  # unreadable stamps: the decoder names the fault
+    if best_dt is not None and tolerance_ns > 0 and best_dt > tolerance_ns:
+        return None
+    return best
+
+
 def _intrinsics(
-    infos: list[bytes], stamp: int, width: int, height: int, stats: Any
-) -> CameraIntrinsics | None:
-    """The camera_info of the frame's stamp (else the latest) through the one camera_info policy
-    (``core.camera.intrinsics_for_image``); what it did is counted in ``stats``."""
+    infos: list[bytes], stamp: int, width: int, height: int, stats: Any, tolerance_ns: int = 0
+) -> tuple[CameraIntrinsics | None, CameraInfoState]:
+    """The camera_info paired with the frame (see :func:`_pick_info`) through the one camera_info policy
+    (``core.camera.intrinsics_for_image``); what it did is counted in ``stats`` and returned."""
     if not infos:
         stats.add("camera_info_missing")
-        return None
-    same = [raw for raw in infos if stamp_of(raw) == stamp]
+        return None, CameraInfoState("missing", "none received")
+    raw = _pick_info(infos, stamp, tolerance_ns)
+    if raw is None:
+        stats.add("camera_info_missing")
+        return None, CameraInfoState("missing", f"none within {tolerance_ns / 1e6:g} ms of the frame")
     try:
-        info = decode_camera_info(same[-1] if same else infos[-1])
-    except ValueError:
+        info = decode_camera_info(raw)
+    except ValueError as exc:  # unparseable, or K all zero (uncalibrated), NaN, negative focal lengths...
         stats.add("camera_info_invalid")
-        return None
+        stats.add("bad_camera_info", message=str(exc))
+        return None, CameraInfoState("invalid", str(exc))
     intr, source = intrinsics_for_image(info, width, height)
     if source is not IntrinsicsSource.CAMERA_INFO:
         stats.add(f"camera_info_{source.value}")
-    return intr
+    if source is IntrinsicsSource.INVALID:
+        why = (
+            f"calibrated for {info.width}x{info.height}, another aspect ratio than the {width}x{height} image"
+        )
+        stats.add("bad_camera_info", message=why)
+        return None, CameraInfoState("invalid", why)
+    return intr, CameraInfoState(source.value)
 
 
-def decode_frame(source: str, msgtype: str, raw: bytes, infos: list[bytes], stats: Any) -> Frame:
+def decode_frame(
+    source: str,
+    msgtype: str,
+    raw: bytes,
+    infos: list[bytes],
+    stats: Any,
+    *,
+    tolerance_ns: int = 0,
+    max_bytes: int = 0,
+) -> Frame:
     """A serialized image message (+ the camera's recent serialized camera_info) -> :class:`Frame`;
-    ``ValueError`` naming the problem for an undecodable image."""
+    ``ImageDecodeError`` (its ``kind`` says the class; ``oversize`` for a decoded image over
+    ``max_bytes``) naming the problem for an undecodable image."""
     try:
         rgb, stamp, frame_id = decode_image(msgtype, raw)
-    except ValueError as exc:
-        try:
-            at = str(stamp_of(raw))
-        except Exception:  # noqa: BLE001 - only for the message
-            at = "unknown"
-        raise ValueError(f"(stamp {at}) {exc}") from exc
-    intr = _intrinsics(infos, stamp, rgb.shape[1], rgb.shape[0], stats)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"(stamp {_stamp_text(raw)}) {exc}", exc.kind) from exc
+    if max_bytes and rgb.nbytes > max_bytes:
+        raise OversizeError(
+            f"(stamp {stamp}) decoded image of {rgb.nbytes} bytes exceeds max_input_bytes {max_bytes}"
+        )
+    intr, state = _intrinsics(infos, stamp, rgb.shape[1], rgb.shape[0], stats, tolerance_ns)
+    if hasattr(stats, "set_camera_info"):
+        stats.set_camera_info(source, state)
     return Frame(rgb, stamp, frame_id, intr, source=source)
+
+
+class OversizeError(ValueError):
+    """An input image over the node's ``max_input_bytes``."""
+
+    kind = "oversize"
+
+
+def _stamp_text(raw: bytes) -> str:
+    try:
+        return str(stamp_of(raw))
+    except Exception:  # noqa: BLE001 - only for the message
+        return "unknown"
 
 
 @dataclass
@@ -92,8 +167,11 @@ class _Tag:
 class FrameWorker:
     """Runs ``pipeline`` on what ``mailbox`` receives and publishes through ``host`` (see module doc)."""
 
-    def __init__(self, host: WorkerHost, pipeline: Any, mailbox: Mailbox) -> None:
+    def __init__(
+        self, host: WorkerHost, pipeline: Any, mailbox: Mailbox, log_interval_s: float = 5.0
+    ) -> None:
         self.host, self.pipeline, self.mailbox = host, pipeline, mailbox
+        self._limit = RateLimiter(log_interval_s)
         self.scheduler = Scheduler(pipeline, self._feed, self, in_flight=1, name="dinov3")
 
     def start(self) -> None:
@@ -126,14 +204,33 @@ class FrameWorker:
             try:
                 frame = h.make_frame(cam, item)
             except ValueError as exc:  # undecodable image, unusable message
-                h.stats.add("bad_frames")
-                h.log.error(f"bad frame on '{cam + '/' if cam else ''}image': {exc}")
+                self._bad_frame(cam, exc)
                 continue
+            if frame.camera_info is None and getattr(s, "require_camera_info", False):
+                skip = want & NEEDS_CALIBRATION
+                if skip:
+                    h.stats.add("skipped_uncalibrated")
+                    want = want - skip
+                    if not want:
+                        continue
             outputs = frozenset(TOPIC_OUTPUT[t] for t in want)
             works.append(Work(frame, outputs, _Tag(cam, recv, set(want))))
         if works:
             h.stats.add("inferences")
         return works
+
+    def _bad_frame(self, cam: str, exc: ValueError) -> None:
+        """Count an undecodable frame under its class and log it (at most once per class and interval)."""
+        kind = getattr(exc, "kind", "malformed")
+        self.host.stats.add("bad_frames")
+        self.host.stats.add(f"bad_{kind}", message=str(exc))
+        self._error(f"bad:{cam}:{kind}", f"bad frame on '{cam + '/' if cam else ''}image': {exc}")
+
+    def _error(self, key: str, text: str) -> None:
+        ok, suppressed = self._limit.allow(key)
+        if ok:
+            more = f" ({suppressed} more like it suppressed)" if suppressed else ""
+            self.host.log.error(text + more)
 
     # -- sink -------------------------------------------------------------------------------------
     def _send(self, work: Work, out: FrameOutputs, topics: set[str]) -> None:
@@ -155,8 +252,9 @@ class FrameWorker:
         try:
             self._send(work, out, topics)
         except Exception as exc:  # noqa: BLE001 - a failed publish must not stop the other heads
-            self.host.stats.add("errors")
-            self.host.log.error(f"publishing {what} failed: {type(exc).__name__}: {exc}")
+            text = f"publishing {what} failed: {type(exc).__name__}: {exc}"
+            self.host.stats.add("errors", message=text)
+            self._error(f"publish:{what}", text)
 
     def ready(self, work: Work, out: FrameOutputs, names: tuple[str, ...]) -> None:
         topics = {t.suffix for n in names for t in REGISTRY[n].topics}
@@ -168,8 +266,9 @@ class FrameWorker:
         self.host.stats.published_frame(now - work.tag.recv, now)
 
     def failed(self, works: list[Work], error: Exception) -> None:
-        self.host.stats.add("errors")
-        self.host.log.error(f"processing failed: {type(error).__name__}: {error}")
+        text = f"processing failed: {type(error).__name__}: {error}"
+        self.host.stats.add("errors", message=text)
+        self._error("failed", text)
 
     def passthrough(self, item: Passthrough) -> None:
         """Not used by the node."""

@@ -6,7 +6,9 @@ An output is a subclass of :class:`Output` in its own module of this package, in
   (where its messages go in a frame's message sequence);
 - ``requires``: outputs it reads, computed (and final) before it and requested with it; ``uses``:
   outputs it reads only when they are requested anyway;
-- ``needs_depth``: it reads the network-resolution depth from inference; ``batch_copy``: its device
+- ``needs_depth``: it reads the network-resolution depth from inference; ``needs_intrinsics``: its
+  value is metric geometry that is only right with the camera's calibration (the node skips it for a
+  frame without a usable camera_info unless told to fall back); ``batch_copy``: its device
   result is copied to the host once per batch;
 - ``worker``: where it runs when heads run in parallel - ``"finish"`` (the scheduler's finish thread,
   in frame order), ``"own"`` (a thread of its own, in frame order; for costly stateful heads) or
@@ -32,11 +34,15 @@ from dinov3_ros.msgs.cdr import Parts
 @dataclass(frozen=True)
 class Topic:
     """One message of an output: topic ``suffix`` (below the node's ``~`` or the bag tool's namespace),
-    ``msgtype``, and ``serialize(stamp_ns, frame_id, value, config) -> Parts``."""
+    ``msgtype``, and ``serialize(stamp_ns, frame_id, value, config) -> Parts``. ``needs_intrinsics``:
+    this message states the camera's calibration (skipped like an output that needs it);
+    ``deprecated``: set on an old name kept for one release, to the topic that replaces it (same message)."""
 
     suffix: str
     msgtype: str
     serialize: Callable[[int, str, Any, PipelineConfig], Parts]
+    needs_intrinsics: bool = False
+    deprecated: str = ""
 
 
 @dataclass
@@ -96,6 +102,10 @@ class FrameJob:
             v = self.batch.cache[key] = valid_patches(self.geom, h, w)
         return v
 
+    def calibrated(self) -> bool:
+        """Whether the frame came with usable intrinsics (not the fallback pinhole)."""
+        return self.frame.camera_info is not None
+
     def intrinsics(self) -> Any:
         """The frame's intrinsics, or the fallback pinhole (``default_hfov_deg``) without any."""
         from dinov3_ros.core.camera import CameraIntrinsics
@@ -113,6 +123,7 @@ class Output:
     requires: ClassVar[tuple[str, ...]] = ()
     uses: ClassVar[tuple[str, ...]] = ()
     needs_depth: ClassVar[bool] = False
+    needs_intrinsics: ClassVar[bool] = False
     worker: ClassVar[str] = "finish"
     #: ``compute`` returns a device tensor that is copied to the host once for the whole batch (unless
     #: another requested output reads it, then frame by frame)

@@ -1,8 +1,10 @@
-"""``depth``: metric depth (``32FC1`` metres along the optical axis, REP 118) and its camera_info.
+"""``depth``: metric depth (``32FC1`` metres along the optical axis, REP 118) and its camera_info, in the
+image_pipeline layout (``depth/image`` + ``depth/camera_info``; ``depth`` is the deprecated old name).
 
 ``depth_resolution: input`` resamples the network-canvas depth to the input image (intrinsics
 unchanged); ``network`` keeps the canvas (letterbox padding = NaN) with the intrinsics moved onto it.
-Without a usable camera_info the fallback pinhole (``default_hfov_deg``) is used.
+Without a usable camera_info the fallback pinhole (``default_hfov_deg``) is used; ``depth/camera_info``
+states the calibration, so the node skips it for such frames unless told to fall back.
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ class Depth(Output):
     needs_depth = True
     worker = "pool"
     topics = (
-        Topic("depth", "sensor_msgs/msg/Image", _image),
-        Topic("depth/camera_info", "sensor_msgs/msg/CameraInfo", _info),
+        Topic("depth/image", "sensor_msgs/msg/Image", _image),
+        Topic("depth/camera_info", "sensor_msgs/msg/CameraInfo", _info, needs_intrinsics=True),
+        Topic("depth", "sensor_msgs/msg/Image", _image, deprecated="depth/image"),
     )
     tile_label = "depth"
 

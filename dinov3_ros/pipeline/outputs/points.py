@@ -1,4 +1,5 @@
-"""``points``: the depth back-projected into a point cloud in the camera's optical frame.
+"""``points``: the depth back-projected into a compact (unorganized) point cloud in the camera's optical
+frame. ``depth/points`` (``depth_points``) is the organized cloud of the depth image.
 
 Computed from the network-canvas depth with the canvas intrinsics (letterbox padding excluded),
 every ``points_stride``-th pixel, optionally voxel-averaged; with ``points_color: rgb`` each point
@@ -33,6 +34,7 @@ class Points(Output):
     name = "points"
     order = 40
     needs_depth = True
+    needs_intrinsics = True
     worker = "pool"
     topics = (Topic("points", "sensor_msgs/msg/PointCloud2", _serialize),)
 
