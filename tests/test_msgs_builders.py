@@ -30,9 +30,8 @@ TYPES = topic_types()
 def providers():
     from rosbags.typesys import Stores, get_typestore
 
-    from dinov3_ros.ros.types import ros_types
-
     from dinov3_ros.msgs.extra_types import register_extra_types
+    from dinov3_ros.ros.types import ros_types
 
     ts = register_extra_types(get_typestore(Stores.LATEST))
     return ros_types(), rosbags_types(ts), ts
@@ -274,7 +273,7 @@ def test_output_serialiser_is_byte_identical(providers, frame_id):
                 detections=no_objects,
             ),
             "mono8",
-        ),  # fmt: skip
+        ),
     ]
     for out, enc in variants:
         got = {t: join(parts) for t, _mt, parts in frame_messages(out, PipelineConfig(mask_encoding=enc))}

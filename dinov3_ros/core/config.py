@@ -94,7 +94,9 @@ class PipelineConfig:
     keyframe_min_matches: int = setting(20, "inliers below which 'min_matches' renews the keyframe", lo=0)
     # odometry (matches + depth)
     odom_frame: str = setting("", "frame_id of ~/odometry; empty = '<camera frame_id>_odom'")
-    odom_min_inliers: int = setting(12, "fewest 3-D inliers for a motion estimate (else the pose is held)", lo=3)
+    odom_min_inliers: int = setting(
+        12, "fewest 3-D inliers for a motion estimate (else the pose is held)", lo=3
+    )
     odom_ransac_threshold: float = setting(
         0.05, "3-D RANSAC inlier distance of the odometry, metres", lo=0.0, lo_open=True
     )
