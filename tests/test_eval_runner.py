@@ -22,7 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def data():
     return synthetic_data(
-        seed=77, size=(96, 96), train_scenes=4, test_scenes=2, frames_per_scene=5, pair_gap=2
+        seed=77,
+        size=(96, 96),
+        train_scenes=4,
+        test_scenes=2,
+        frames_per_scene=5,
+        pair_gap=2,
+        probe_scenes=(8, 4),
     )
 
 

@@ -2,7 +2,7 @@
 
 ``tests/data/golden_outputs.json`` holds the SHA-256 of every output message (and of the whole output
 MCAP file) that ``dinov3-ros process`` and the node's processing path produced for a small fixed input
-(two cameras: rgb8 with camera_info, PNG without; every output; the shipped default ViT-S/16 at 64x96 letterboxing
+(two cameras: rgb8 with camera_info, PNG without; every output; the seeded ``random:vits16`` at 64x96 letterboxing
 48x64 frames; CPU, one torch thread). Refactors must keep them. Regenerate only for an intended change
 of the outputs: ``PYTHONPATH=$PWD python tests/test_golden_outputs.py --write``.
 """
@@ -32,7 +32,7 @@ N = 4
 BASE_T = 1_700_000_000_000_000_000
 K = [50.0, 0.0, 31.5, 0.0, 52.0, 23.5, 0.0, 0.0, 1.0]
 OUTPUTS = ("features", "features_pca", "depth", "points", "matches", "objects", "debug")
-WEIGHTS = "default"  # shipped weights: independent of how random models are drawn
+WEIGHTS = "random:vits16"  # a fixed seeded draw: independent of the shipped model
 CAMS = {"cam": "/cam/image_raw", "cam2": "/cam2/image_raw/compressed"}
 
 

@@ -150,3 +150,15 @@ def test_rng_state_round_trips_through_weights_only(tmp_path):
     restore_rng_state(safe_load(tmp_path / "rng.pt", "rng"))
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+PRETRAIN_CONFIGS = sorted(
+    p
+    for p in [*(REPO / "training/configs").glob("*.yaml"), *(REPO / "training/recipes").glob("*.yaml")]
+    if "distill" not in p.name and "depth" not in p.name and "student" not in p.name
+)
+
+
+@pytest.mark.parametrize("path", PRETRAIN_CONFIGS, ids=lambda p: p.name)
+def test_every_pretraining_config_validates(path):
+    validate_config(load_config(path))

@@ -84,17 +84,13 @@ def resolve_model(spec: str, device: str = "cpu", seed: int = 0, arch: str | Non
     if spec == "colorhist":
         return ColorHistFeatures()
     if spec.startswith("random-ls1:"):
-        import torch
-
         from dinov3_ros import models
+        from dinov3_ros.models.testing import random_backbone
 
         name = spec.split(":", 1)[1]
         if name not in models.ARCHS:
             raise ValueError(f"unknown arch {name!r}; known: {', '.join(sorted(models.ARCHS))}")
-        torch.manual_seed(seed)
-        bb = models.build_backbone(name, layerscale_init=1.0)
-        if hasattr(bb, "init_weights"):
-            bb.init_weights()
+        bb = random_backbone(name, seed, layerscale_init=1.0)
         return BackboneFeatures(bb, name=f"random-ls1:{name}", device=device)
     from dinov3_ros.eval.features import resolve_weights
 

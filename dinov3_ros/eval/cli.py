@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
                 test_scenes=args.test_scenes,
                 frames_per_scene=args.frames_per_scene,
                 pair_gap=args.pair_gap,
+                probe_scenes=tuple(args.probe_scenes),
             )
             if args.data.startswith("synthetic")
             else load_data(args.data, pair_gap=args.pair_gap)

@@ -64,14 +64,27 @@ def synthetic_data(
     gen = SceneGenerator(seed=seed, width=w, height=h, frames_per_scene=frames_per_scene)
     train = [f for s in range(train_scenes) for f in gen.sequence(s)]
     test = [f for s in range(train_scenes, train_scenes + test_scenes) for f in gen.sequence(s)]
+    n_tr, n_te = (int(n) for n in probe_scenes)
+    probe = SceneGenerator(seed=seed + 1, width=w, height=h, frames_per_scene=1)
+    probe_train = [probe.frame(s, 0) for s in range(n_tr)]
+    probe_test = [probe.frame(s, 0) for s in range(n_tr, n_tr + n_te)]
     meta = {
         "seed": seed,
         "size": [w, h],
         "train_scenes": train_scenes,
         "test_scenes": test_scenes,
         "frames_per_scene": frames_per_scene,
+        "probe_scenes": [n_tr, n_te],
     }
-    return EvalData(train=train, test=test, source=f"synthetic:{seed}", pair_gap=pair_gap, meta=meta)
+    return EvalData(
+        train=train,
+        test=test,
+        probe_train=probe_train,
+        probe_test=probe_test,
+        source=f"synthetic:{seed}",
+        pair_gap=pair_gap,
+        meta=meta,
+    )
 
 
 def folder_data(path: str | Path, pair_gap: int = 3) -> EvalData:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from dinov3_ros.core.spec import WeightsSpec
@@ -18,19 +17,16 @@ __all__ = ["load_backbone", "load_depth_head", "random_backbone"]
 
 
 def random_backbone(arch: str, seed: int = 0) -> nn.Module:
-    """Random-init backbone ``arch`` with a fixed seed (the global RNG is left as it was)."""
+    """``random:<arch>``: a seeded random backbone whose every block changes the output
+    (:func:`dinov3_ros.models.testing.random_backbone`; the global RNG is untouched)."""
     from dinov3_ros import models
+    from dinov3_ros.models.testing import random_backbone as draw
 
     if arch not in models.ARCHS:
         raise ValueError(
             f"unknown arch {arch!r} in 'random:{arch}'; known: {', '.join(sorted(models.ARCHS))}"
         )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return models.build_backbone(arch)
-    finally:
-        torch.random.set_rng_state(state)
+    return draw(arch, seed)
 
 
 def load_backbone(arch: str | None, weights: str | Path | WeightsSpec | None, seed: int = 0) -> nn.Module:
