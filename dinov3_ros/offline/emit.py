@@ -28,7 +28,9 @@ def output_typestore() -> Any:
     """The rosbags typestore whose message definitions (and RIHS01 hashes) are embedded in the output."""
     from rosbags.typesys import Stores, get_typestore
 
-    return get_typestore(Stores.LATEST)
+    from dinov3_ros.msgs.extra_types import register_extra_types
+
+    return register_extra_types(get_typestore(Stores.LATEST))
 
 
 def camera_namespace(prefix: str, image_topic: str, n_topics: int) -> str:
