@@ -3,35 +3,58 @@
 
 Each camera namespace ``<cam>`` reads ``<cam>/image`` (or ``<cam>/image/compressed``) and
 ``<cam>/camera_info`` relative to the node's namespace (prefix them with camera_prefix, e.g.
-camera_prefix:=/robot gives /robot/front/image); outputs are ``~/<cam>/depth``, ``~/<cam>/points``, ...
+camera_prefix:=/robot gives /robot/front/image); outputs are ``~/<cam>/depth/image``,
+``~/<cam>/depth/points``, ... Arguments override the parameter file only when given.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 
+#: (argument, node parameter or None, default, description); "" = not given
 ARGS = [
-    ("cameras", "front,rear", "comma-separated camera namespaces"),
-    ("camera_prefix", "", "topic prefix of every camera namespace, e.g. /robot"),
-    ("image_suffix", "image", "image topic inside each camera namespace (e.g. color/image_raw)"),
-    ("weights", "default", "checkpoint path, 'default' or 'random:<arch>'"),
-    ("engine", "", "TensorRT plan or ONNX model; overrides weights when set"),
-    ("depth_head", "auto", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
-    ("backend", "torch", "torch | onnxruntime | tensorrt"),
-    ("device", "cpu", "cpu | cuda | cuda:N"),
-    ("precision", "fp32", "fp32 | fp16 | bf16"),
-    ("image_transport", "raw", "raw | compressed | both"),
-    ("params_file", "", "parameter YAML (default: the package's config/dinov3.yaml)"),
-    ("namespace", "", "namespace of the node"),
-    ("use_sim_time", "false", "use /clock"),
+    ("cameras", "cameras", "front,rear", "comma-separated camera namespaces"),
+    ("camera_prefix", None, "", "topic prefix of every camera namespace, e.g. /robot"),
+    ("image_suffix", None, "image", "image topic inside each camera namespace (e.g. color/image_raw)"),
+    ("weights", "weights", "", "checkpoint path, 'default' or 'random:<arch>'"),
+    ("engine", "weights", "", "TensorRT plan or ONNX model; overrides weights when set"),
+    ("depth_head", "depth_head", "", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
+    ("backend", "backend", "", "torch | onnxruntime | tensorrt (default: from engine's extension)"),
+    ("device", "device", "", "cpu | cuda | cuda:N"),
+    ("precision", "precision", "", "fp32 | fp16 | bf16 | int8"),
+    ("resolution", "resolution", "", "network input HxW (default: the engine's own size)"),
+    ("image_transport", "image_transport", "", "raw | compressed | both"),
+    ("input_qos", "input_qos", "", "sensor_data | default | system_default"),
+    ("output_qos", "output_qos", "", "sensor_data | default | system_default"),
+    ("params_file", None, "", "parameter YAML (default: the package's config/dinov3.yaml)"),
+    ("namespace", None, "", "namespace of the node"),
+    ("log_level", None, "", "debug | info | warn | error | fatal"),
+    ("use_sim_time", "use_sim_time", "", "use /clock (true | false)"),
 ]
+ENGINE_BACKENDS = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime"}
+
+
+def overrides(cfg: dict) -> dict:
+    """Node parameters from the launch arguments that were given."""
+    out = {p: cfg[a] for a, p, _, _ in ARGS if p and cfg[a] and a != "engine"}
+    if cfg["engine"]:
+        out["weights"] = cfg["engine"]
+        ext = "." + cfg["engine"].rsplit(".", 1)[-1].lower() if "." in cfg["engine"] else ""
+        if not cfg["backend"] and ext in ENGINE_BACKENDS:
+            out["backend"] = ENGINE_BACKENDS[ext]
+    if "cameras" in out:
+        out["cameras"] = ",".join(c.strip().strip("/") for c in out["cameras"].split(",") if c.strip())
+    if "use_sim_time" in out:
+        out["use_sim_time"] = out["use_sim_time"].strip().lower() in ("1", "true", "yes", "on")
+    return {k: v if isinstance(v, bool) else ParameterValue(v, value_type=str) for k, v in out.items()}
 
 
 def _nodes(context):
-    cfg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGS}
+    cfg = {name: LaunchConfiguration(name).perform(context) for name, _, _, _ in ARGS}
     default_params = PathJoinSubstitution([FindPackageShare("dinov3_ros"), "config", "dinov3.yaml"])
     cams = [c.strip().strip("/") for c in cfg["cameras"].split(",") if c.strip()]
     prefix = cfg["camera_prefix"].rstrip("/")
@@ -44,24 +67,15 @@ def _nodes(context):
             (f"{cam}/image/compressed", img + "/compressed"),
             (f"{cam}/camera_info", f"{src}/camera_info"),
         ]
-    overrides = {
-        "cameras": ",".join(cams),
-        "weights": cfg["engine"] or cfg["weights"],
-        "depth_head": cfg["depth_head"],
-        "backend": cfg["backend"],
-        "device": cfg["device"],
-        "precision": cfg["precision"],
-        "image_transport": cfg["image_transport"],
-        "use_sim_time": cfg["use_sim_time"].strip().lower() in ("1", "true", "yes", "on"),
-    }
     return [
         Node(
             package="dinov3_ros",
             executable="dinov3_node",
             name="dinov3_node",
             namespace=cfg["namespace"],
-            parameters=[cfg["params_file"] or default_params, overrides],
+            parameters=[cfg["params_file"] or default_params, overrides(cfg)],
             remappings=remappings,
+            ros_arguments=["--log-level", cfg["log_level"]] if cfg["log_level"] else [],
             output="screen",
         )
     ]
@@ -69,6 +83,7 @@ def _nodes(context):
 
 def generate_launch_description():
     decl = [
-        DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGS
+        DeclareLaunchArgument(name, default_value=default, description=desc)
+        for name, _, default, desc in ARGS
     ]
     return LaunchDescription([*decl, OpaqueFunction(function=_nodes)])

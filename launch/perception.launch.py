@@ -1,65 +1,93 @@
 """Perception node for one camera: ``ros2 launch dinov3_ros perception.launch.py image:=/camera/color/image_raw``.
 
-Arguments: weights (path | default | random:<arch>), engine (a TensorRT plan / ONNX file; overrides
-weights when set), backend, device, precision, image / camera_info topics, image_transport, params_file,
-namespace, node_name, use_sim_time, lifecycle (start the managed node, configured + activated by itself).
+Arguments override the parameter file only when given (an empty argument leaves the file's value):
+weights, engine (a TensorRT plan / ONNX file: becomes ``weights``, and picks the backend from its
+extension unless ``backend`` is given), depth_head, backend, device, precision, resolution (``HxW``;
+empty = the engine's own size), image_transport, input_qos / output_qos, params_file, namespace,
+node_name, log_level, use_sim_time, lifecycle. ``camera_info`` defaults to the image topic's sibling
+(``/camera/color/image_raw`` -> ``/camera/color/camera_info``), as image_transport's camera subscriber
+expects.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 
+#: (argument, node parameter or None, description); "" = not given
 ARGS = [
-    ("weights", "default", "checkpoint path, 'default' (models/registry.yaml) or 'random:<arch>'"),
-    ("engine", "", "TensorRT plan or ONNX model; overrides weights when set"),
-    ("depth_head", "auto", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
-    ("backend", "torch", "torch | onnxruntime | tensorrt"),
-    ("device", "cpu", "cpu | cuda | cuda:N"),
-    ("precision", "fp32", "fp32 | fp16 | bf16"),
-    ("image", "image", "input sensor_msgs/Image topic (its /compressed sibling is used for compressed)"),
-    ("camera_info", "camera_info", "input sensor_msgs/CameraInfo topic"),
-    ("image_transport", "raw", "raw | compressed | both"),
-    ("params_file", "", "parameter YAML (default: the package's config/dinov3.yaml)"),
-    ("namespace", "", "namespace of the node"),
-    ("node_name", "dinov3_node", "name of the node"),
-    ("use_sim_time", "false", "use /clock"),
-    ("lifecycle", "false", "start dinov3_lifecycle_node (self-activating) instead of dinov3_node"),
+    ("weights", "weights", "checkpoint path, 'default' (models/registry.yaml) or 'random:<arch>'"),
+    ("engine", "weights", "TensorRT plan (.plan/.engine) or ONNX model; overrides weights when set"),
+    ("depth_head", "depth_head", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
+    (
+        "backend",
+        "backend",
+        "torch | onnxruntime | tensorrt (default: from engine's extension, else the file's)",
+    ),
+    ("device", "device", "cpu | cuda | cuda:N"),
+    ("precision", "precision", "fp32 | fp16 | bf16 | int8"),
+    ("resolution", "resolution", "network input HxW, e.g. 480x640 (default: the engine's own size)"),
+    ("image_transport", "image_transport", "raw | compressed | both"),
+    ("input_qos", "input_qos", "sensor_data | default | system_default"),
+    ("output_qos", "output_qos", "sensor_data | default | system_default"),
+    ("image", None, "input sensor_msgs/Image topic (its /compressed sibling is used for compressed)"),
+    ("camera_info", None, "input sensor_msgs/CameraInfo topic (default: beside the image topic)"),
+    ("params_file", None, "parameter YAML (default: the package's config/dinov3.yaml)"),
+    ("namespace", None, "namespace of the node"),
+    ("node_name", None, "name of the node (default dinov3_node)"),
+    ("log_level", None, "debug | info | warn | error | fatal"),
+    ("use_sim_time", "use_sim_time", "use /clock (true | false)"),
+    ("lifecycle", None, "true: start dinov3_lifecycle_node (self-activating) instead of dinov3_node"),
 ]
+ENGINE_BACKENDS = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime"}
 
 
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+def camera_info_beside(image: str) -> str:
+    """``/cam/color/image_raw`` -> ``/cam/color/camera_info``; ``image`` -> ``camera_info``."""
+    head, _, _tail = image.rstrip("/").rpartition("/")
+    return f"{head}/camera_info" if head else ("/camera_info" if image.startswith("/") else "camera_info")
+
+
+def overrides(cfg: dict) -> dict:
+    """Node parameters from the launch arguments that were given (empty ones are left out)."""
+    out = {}
+    for arg, param, _ in ARGS:
+        if param and cfg[arg] and arg != "engine":
+            out[param] = cfg[arg]
+    if cfg["engine"]:
+        out["weights"] = cfg["engine"]
+        ext = "." + cfg["engine"].rsplit(".", 1)[-1].lower() if "." in cfg["engine"] else ""
+        if not cfg["backend"] and ext in ENGINE_BACKENDS:
+            out["backend"] = ENGINE_BACKENDS[ext]
+    if "use_sim_time" in out:
+        out["use_sim_time"] = _truthy(out["use_sim_time"])
+    # strings stay strings (a weights file named '1' is not an integer)
+    return {k: v if isinstance(v, bool) else ParameterValue(v, value_type=str) for k, v in out.items()}
+
+
 def _nodes(context):
     cfg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGS}
     default_params = PathJoinSubstitution([FindPackageShare("dinov3_ros"), "config", "dinov3.yaml"])
-    params_file = cfg["params_file"] or default_params
-    weights = cfg["engine"] or cfg["weights"]
-    overrides = {
-        "weights": weights,
-        "depth_head": cfg["depth_head"],
-        "backend": cfg["backend"],
-        "device": cfg["device"],
-        "precision": cfg["precision"],
-        "image_transport": cfg["image_transport"],
-        "use_sim_time": _truthy(cfg["use_sim_time"]),
-    }
     image = cfg["image"]
     remappings = [
         ("image", image),
-        ("image/compressed", image + "/compressed"),
-        ("camera_info", cfg["camera_info"]),
+        ("image/compressed", image.rstrip("/") + "/compressed"),
+        ("camera_info", cfg["camera_info"] or camera_info_beside(image)),
     ]
     common = dict(
         package="dinov3_ros",
-        name=cfg["node_name"],
+        name=cfg["node_name"] or "dinov3_node",
         namespace=cfg["namespace"],
-        parameters=[params_file, overrides],
+        parameters=[cfg["params_file"] or default_params, overrides(cfg)],
         remappings=remappings,
+        ros_arguments=["--log-level", cfg["log_level"]] if cfg["log_level"] else [],
         output="screen",
     )
     if _truthy(cfg["lifecycle"]):
@@ -68,7 +96,9 @@ def _nodes(context):
 
 
 def generate_launch_description():
+    defaults = {"image": "image", "lifecycle": "false"}
     decl = [
-        DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGS
+        DeclareLaunchArgument(name, default_value=defaults.get(name, ""), description=desc)
+        for name, _, desc in ARGS
     ]
     return LaunchDescription([*decl, OpaqueFunction(function=_nodes)])

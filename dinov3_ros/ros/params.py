@@ -116,6 +116,11 @@ def all_parameter_names() -> list[str]:
     return [*NODE_DEFAULTS, *(f"outputs.{o}" for o in OUTPUTS), *pipeline_defaults()]
 
 
+def all_defaults() -> dict[str, Any]:
+    """Every declared parameter -> its default (what the node has before any parameter file)."""
+    return {**NODE_DEFAULTS, **{f"outputs.{o}": True for o in OUTPUTS}, **pipeline_defaults()}
+
+
 def parameter_table() -> list[tuple[str, Any, str, str]]:
     """``(name, default, range or choices, description)`` of every parameter (for docs/NODE.md)."""
     rows = []
