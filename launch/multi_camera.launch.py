@@ -48,9 +48,15 @@ def overrides(cfg: dict) -> dict:
             out["backend"] = ENGINE_BACKENDS[ext]
     if "cameras" in out:
         out["cameras"] = ",".join(c.strip().strip("/") for c in out["cameras"].split(",") if c.strip())
+    if "resolution" in out:  # "480x640" -> [480, 640]: the type a parameter file uses for it
+        hw = out["resolution"].lower().replace(",", "x").split("x")
+        if len(hw) == 2 and all(v.strip().isdigit() for v in hw):
+            out["resolution"] = [int(v) for v in hw]
     if "use_sim_time" in out:
         out["use_sim_time"] = out["use_sim_time"].strip().lower() in ("1", "true", "yes", "on")
-    return {k: v if isinstance(v, bool) else ParameterValue(v, value_type=str) for k, v in out.items()}
+    return {
+        k: v if isinstance(v, (bool, list)) else ParameterValue(v, value_type=str) for k, v in out.items()
+    }
 
 
 def _nodes(context):

@@ -66,10 +66,16 @@ def overrides(cfg: dict) -> dict:
         ext = "." + cfg["engine"].rsplit(".", 1)[-1].lower() if "." in cfg["engine"] else ""
         if not cfg["backend"] and ext in ENGINE_BACKENDS:
             out["backend"] = ENGINE_BACKENDS[ext]
+    if "resolution" in out:  # "480x640" -> [480, 640]: the type a parameter file uses for it
+        hw = out["resolution"].lower().replace(",", "x").split("x")
+        if len(hw) == 2 and all(v.strip().isdigit() for v in hw):
+            out["resolution"] = [int(v) for v in hw]
     if "use_sim_time" in out:
         out["use_sim_time"] = _truthy(out["use_sim_time"])
     # strings stay strings (a weights file named '1' is not an integer)
-    return {k: v if isinstance(v, bool) else ParameterValue(v, value_type=str) for k, v in out.items()}
+    return {
+        k: v if isinstance(v, (bool, list)) else ParameterValue(v, value_type=str) for k, v in out.items()
+    }
 
 
 def _nodes(context):

@@ -95,10 +95,10 @@ class PipelineConfig:
     # odometry (matches + depth)
     odom_frame: str = setting("", "frame_id of ~/odometry; empty = '<camera frame_id>_odom'")
     odom_min_inliers: int = setting(
-        12, "fewest 3-D inliers for a motion estimate (else the pose is held)", lo=3
+        8, "fewest 3-D inliers for a motion estimate (else the pose is held)", lo=3
     )
     odom_ransac_threshold: float = setting(
-        0.05, "3-D RANSAC inlier distance of the odometry, metres", lo=0.0, lo_open=True
+        0.15, "3-D RANSAC inlier distance of the odometry, metres", lo=0.0, lo_open=True
     )
     # objects (TokenCut)
     tokencut_tau: float = setting(0.2, "TokenCut affinity threshold", lo=-1.0, hi=1.0)
