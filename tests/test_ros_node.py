@@ -278,7 +278,12 @@ def _role_setparam(a: dict) -> None:
 
         values = [parameter_value_to_python(v) for v in fut.result().values]
         print(json.dumps(values), flush=True)
-    else:
+    elif a.get("atomic"):  # all or nothing (SetParametersAtomically)
+        fut = client.set_parameters_atomically([Parameter(k, value=v) for k, v in a["params"].items()])
+        rclpy.spin_until_future_complete(node, fut, timeout_sec=20.0)
+        r = fut.result().result
+        print(json.dumps([{"ok": r.successful, "reason": r.reason}]), flush=True)
+    else:  # each parameter on its own (SetParameters)
         fut = client.set_parameters([Parameter(k, value=v) for k, v in a["params"].items()])
         rclpy.spin_until_future_complete(node, fut, timeout_sec=20.0)
         print(
@@ -573,8 +578,7 @@ def test_camera_info_faults_disable_only_metric_outputs_and_recover(node_proc):
         by = _by_stamp(recs)
         ok = all(set(topics) - metric <= set(by.get(st, {})) for st in bad)
         back = all(set(topics) <= set(by.get(st, {})) for st in fixed)
-        diag_ok = any(r["topic"] == "diag:input /" and r["level"] == 0 for r in recs[-8:])
-        return ok and back and diag_ok
+        return ok and back and _recovered(recs)
 
     with _Session(tmp, "info", {"topics": topics}, items) as s:
         s.wait_pub()
@@ -588,15 +592,24 @@ def test_camera_info_faults_disable_only_metric_outputs_and_recover(node_proc):
     inputs = [r for r in recs if r["topic"] == "diag:input /"]
     warn = [r for r in inputs if r["level"] == 1 and "camera_info invalid" in r["message"]]
     assert warn and "odometry" in warn[0]["message"], inputs
-    assert inputs[-1]["level"] == 0, inputs[-1]  # recovered by itself
+    assert _recovered(recs), inputs[-6:]  # recovered by itself
     new = log.read_text()[len(before) :]
     lines = [ln for ln in new.splitlines() if "camera_info invalid" in ln]
     assert 1 <= len(lines) <= 2, lines  # throttled: one line per 5 s, not one per frame
     assert int(_last_diag(s.out)["bad_camera_info"]) >= 4
 
 
-def _setparam(tmp: Path, params: dict | None = None, get: list[str] | None = None) -> Any:
-    p = _spawn("setparam", {"params": params or {}, "get": get or []}, tmp / "setparam.log")
+def _recovered(recs: list[dict]) -> bool:
+    """A camera_info WARN on /diagnostics followed by an input status without a camera_info problem."""
+    inputs = [r for r in recs if r["topic"] == "diag:input /"]
+    last_bad = max((i for i, r in enumerate(inputs) if "camera_info" in r["message"]), default=None)
+    return last_bad is not None and any("camera_info" not in r["message"] for r in inputs[last_bad + 1 :])
+
+
+def _setparam(
+    tmp: Path, params: dict | None = None, get: list[str] | None = None, atomic: bool = False
+) -> Any:
+    p = _spawn("setparam", {"params": params or {}, "get": get or [], "atomic": atomic}, tmp / "setparam.log")
     try:
         p.wait(timeout=60)
     finally:
@@ -607,13 +620,13 @@ def _setparam(tmp: Path, params: dict | None = None, get: list[str] | None = Non
 
 def test_rejected_parameter_update_leaves_the_node_unchanged(node_proc):
     _p, _log, tmp = node_proc
-    res = _setparam(tmp, {"pipeline.match_max": 7, "pipeline.features_k": 100000})
-    assert not all(r["ok"] for r in res) and any("exceeds the model's 192" in r["reason"] for r in res), res
-    assert _setparam(tmp, get=["pipeline.match_max", "pipeline.features_k"]) == [512, 0]
+    res = _setparam(tmp, {"pipeline.match_max": 7, "pipeline.features_k": 100000}, atomic=True)
+    assert not res[0]["ok"] and "exceeds the model's 192" in res[0]["reason"], res
+    assert _setparam(tmp, get=["pipeline.match_max", "pipeline.features_k"]) == [512, 0]  # neither applied
     res = _setparam(tmp, {"pipeline.depth_scale": float("inf")})
     assert not res[0]["ok"] and "out of range" in res[0]["reason"], res  # inf is refused by the range
     res = _setparam(tmp, {"lazy": "yes"})
-    assert not res[0]["ok"] and "Wrong parameter type" in res[0]["reason"] and "BOOL" in res[0]["reason"], res
+    assert not res[0]["ok"] and "parameter lazy must be a bool, got 'yes' (string)" in res[0]["reason"], res
     res = _setparam(tmp, {"weights": "random:vits16"})
     assert not res[0]["ok"] and "read-only" in res[0]["reason"].lower(), res
     assert _setparam(tmp, get=["pipeline.depth_scale", "lazy", "weights"]) == [1.0, True, "random:vitt16"]
@@ -629,7 +642,7 @@ def test_diagnostics_degrade_and_recover(node_proc):
         items = [{"kind": "raw", "encoding": "rgb8", "stamp": 9_000_000_000 + i, "info": False, "pause": 0.5}
                  for i in range(3)]  # fmt: skip
         items.append(
-            {"kind": "raw", "encoding": "rgb8", "stamp": 9_000_000_010, "w": 400, "h": 2, "pause": 0.5}
+            {"kind": "raw", "encoding": "rgb8", "stamp": 9_000_000_010, "w": 2000, "h": 1, "pause": 0.5}
         )
         checks = {
             "rate": lambda r: r["topic"] == "diag:input /" and "below the expected 50 Hz" in r["message"],
@@ -639,7 +652,8 @@ def test_diagnostics_degrade_and_recover(node_proc):
             "stale": lambda r: r["topic"] == "diag:input /" and r["level"] == 1 and "stale input" in r["message"],
             "summary": lambda r: r["topic"] == "diag" and r["level"] == 2,
         }  # fmt: skip
-        with _Session(tmp, "health", {"topics": ["depth/image"]}, items) as s:
+        # the 2000x1 frame has no patch on image content: TokenCut (objects) fails on it -> an engine error
+        with _Session(tmp, "health", {"topics": ["depth/image", "objects/mask"]}, items) as s:
             s.wait_pub()
             recs = s.stop_sub(until=lambda rs: all(any(c(r) for r in rs) for c in checks.values()))
     finally:

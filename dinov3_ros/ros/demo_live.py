@@ -293,6 +293,15 @@ class _Recorder:
             rclpy.shutdown(context=self.ctx)
 
 
+def _importable(tp: Any, msgtype: str) -> bool:
+    """Whether rclpy has ``msgtype`` (vision_msgs may be missing; the node skips those topics too)."""
+    try:
+        tp.cls(msgtype)
+    except KeyError:
+        return False
+    return True
+
+
 def _await_outputs(
     rec: _Recorder, st: int, expected: set[str] | None, n_topics: int, timeout_s: float, say: Any, first: str
 ) -> tuple[set[str] | None, bool]:
@@ -409,7 +418,7 @@ def run_live_demo(
         try:
             rec = _Recorder(env, node_p)
             conns = [c for c in reader.connections if c.topic in {frame_topic, info_t}]
-            types = topic_types()
+            types = {t: mt for t, mt in topic_types().items() if _importable(rec.tp, mt)}
             rec.connect(types, conns)
             rec.wait_up(start_timeout_s)
             say(f"{NODE_NAME} up after {time.perf_counter() - t0:.1f} s; playing {bag}")

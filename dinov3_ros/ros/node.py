@@ -86,13 +86,14 @@ def _range(default: Any, lo: Any, hi: Any) -> dict[str, Any]:
     return {}
 
 
-def _descriptor(name: str, default: Any, text: str, *, read_only: bool, lo: Any = None, hi: Any = None,
-                dynamic: bool = False) -> ParameterDescriptor:  # fmt: skip
+def _descriptor(
+    name: str, default: Any, text: str, *, read_only: bool, lo: Any = None, hi: Any = None
+) -> ParameterDescriptor:
     return ParameterDescriptor(
         name=name,
         description=text,
         read_only=read_only,
-        dynamic_typing=dynamic,
+        dynamic_typing=True,  # types are validated by params.validate, with messages naming the parameter
         **_range(default, lo, hi),
     )
 
@@ -128,33 +129,29 @@ class PerceptionCore:
 
     # -- parameters -------------------------------------------------------------------------------
     def _declare(self, model_read_only: bool) -> None:
+        """Every parameter with its description, range and read-only flag. Types are checked here, not by
+        rclpy (``dynamic_typing``), so a wrong type gets a message that names the parameter and the type
+        it needs."""
         for name, s in P.NODE_PARAMS.items():
-            dyn = s.dynamic or (isinstance(s.default, float) and not isinstance(s.default, bool))
             ro = s.read_only and model_read_only
-            self._declare_one(name, s.default, _descriptor(name, s.default, s.description, read_only=ro,
-                                                           lo=s.lo, hi=s.hi, dynamic=dyn))  # fmt: skip
+            desc = _descriptor(name, s.default, s.description, read_only=ro, lo=s.lo, hi=s.hi)
+            self._declare_one(name, s.default, desc)
         for o, head in REGISTRY.items():
             text = "publish " + ", ".join(f"~/{t.suffix}" for t in head.topics)
             self._declare_one(f"outputs.{o}", True, _descriptor(f"outputs.{o}", True, text, read_only=False))
         for name, default in P.pipeline_defaults().items():
             d = PipelineConfig.describe(name.split(".", 1)[1])
-            dyn = isinstance(default, float) and not isinstance(default, bool)
-            desc = _descriptor(
-                name, default, d["description"], read_only=False, lo=d["lo"], hi=d["hi"], dynamic=dyn
-            )
-            self._declare_one(name, default, desc)
+            self._declare_one(name, default, _descriptor(name, default, d["description"], read_only=False,
+                                                         lo=d["lo"], hi=d["hi"]))  # fmt: skip
 
     def _declare_one(self, name: str, default: Any, desc: ParameterDescriptor) -> None:
-        """Declare one parameter; a wrong type or value given for it becomes one clear ValueError."""
+        """Declare one parameter; a value out of its range given for it becomes one clear ValueError."""
         try:
             self.node.declare_parameter(name, default, desc)
         except ParameterException as exc:
             given = self.node._parameter_overrides.get(name)
             value = given.value if given is not None else None
-            raise ValueError(
-                f"parameter {name}: {value!r} ({P._type_name(value)}) is not a valid value; expected a "
-                f"{P._type_name(default)}{' (' + desc.description + ')' if desc.description else ''}"
-            ) from exc
+            raise ValueError(f"parameter {name}: {value!r} is not valid ({exc})") from exc
 
     def _values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         vals = {name: self.node.get_parameter(name).value for name in P.all_parameter_names()}
@@ -376,7 +373,8 @@ class PerceptionCore:
         if s is not None and state is not None and state.source in ("missing", "invalid"):
             what = "outputs that need it skipped" if s.require_camera_info else "fallback pinhole in use"
             self._warn_limited(
-                f"info:{cam}", f"camera '{cam or '/'}': camera_info {state.source} ({state.reason}); {what}"
+                f"info:{cam}:{state.source}",
+                f"camera '{cam or '/'}': camera_info {state.source} ({state.reason}); {what}",
             )
         return frame
 
