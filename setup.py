@@ -14,6 +14,7 @@ ROS = [
     "ros-geometry-msgs",
     "ros-diagnostic-msgs",
     "ros-visualization-msgs",
+    "ros-nav-msgs",
     "ros-lifecycle-msgs",
     "ros-rmw-fastrtps-cpp",
     "rosbags",
