@@ -253,6 +253,7 @@ def stream_dds(args: argparse.Namespace) -> dict[str, Any]:
     arrivals: dict[int, dict[str, int]] = {}
     diags: list[dict[str, str]] = []
     lock = threading.Lock()
+
     def importable(mt: str) -> bool:  # the node skips types rclpy lacks (vision_msgs) too
         try:
             tp.cls(mt)

@@ -597,6 +597,7 @@ def test_preview_and_contact_sheet(tmp_path: Path) -> None:
     msgs = read_bag(tmp_path / "o")[0]
     assert {tp for tp, *_ in msgs} == {
         "/dinov3/features/pca",
+        "/dinov3/depth/image",
         "/dinov3/depth",
         "/dinov3/depth/camera_info",
         "/dinov3/matches",

@@ -238,7 +238,12 @@ def test_random_vit_end_to_end_all_outputs():
 def test_model_without_depth_head_skips_depth_and_points_only():
     p = Pipeline(PatchEngine(), PipelineConfig(resolution=(64, 96)), depth_head=None)
     (o,) = p.process([Frame(texture(64, 96), 1, "cam", None)], set(OUTPUTS))
-    assert set(o.values) == set(OUTPUTS) - {"depth", "points"}
+    assert set(o.values) == set(OUTPUTS) - {
+        "depth",
+        "points",
+        "depth_points",
+        "odometry",
+    }  # and what reads depth
 
 
 def test_parallel_heads_give_identical_results():
@@ -382,14 +387,14 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
             assert sorted(seen[i]) == sorted(want), (i, seen[i])
             _same_outputs(got[i], ref[i], matches="matches" in want)
     caller = threading.current_thread().name
-    # depth/points (shared pool), objects, matches and debug (own threads): from the threads that
-    # compute them; the others on the caller's
+    # pool outputs (shared pool) and "own" outputs (own threads): from the threads that compute them;
+    # the others on the caller's
+    from dinov3_ros.pipeline.outputs import REGISTRY
+
     own = {
-        "depth": "dinov3_pool",
-        "points": "dinov3_pool",
-        "objects": "dinov3_objects",
-        "matches": "dinov3_matches",
-        "debug": "dinov3_debug",
+        n: "dinov3_pool" if o.worker == "pool" else f"dinov3_{n}"
+        for n, o in REGISTRY.items()
+        if o.worker != "finish"
     }
     for n, prefix in own.items():
         assert all(th.startswith(prefix) for th in threads.get(n, ())), threads

@@ -202,6 +202,11 @@ class Pipeline:
         if "depth" in res or self.depth_head is not None:
             return want
         skip = {n for n in want if REGISTRY[n].needs_depth}
+        grew = True
+        while grew:  # and what requires a skipped output (depth/points, odometry need depth)
+            more = {n for n in want if set(REGISTRY[n].requires) & skip} - skip
+            skip |= more
+            grew = bool(more)
         if skip and not self._warned_depth:
             _LOG.warning("%s requested but the model has no depth head; skipped", ", ".join(sorted(skip)))
             self._warned_depth = True
