@@ -50,8 +50,8 @@ def host_buffers(monkeypatch):
 @pytest.fixture(scope="module")
 def onnx_export(tmp_path_factory):
     """A real export of a tiny random ViT at 64x80 (its metadata_props are what a plan needs)."""
-    from dinov3_ros.runtime.weights import random_backbone as build_random_backbone
     from dinov3_ros.runtime.export import export_onnx
+    from dinov3_ros.runtime.weights import random_backbone as build_random_backbone
 
     bb = build_random_backbone("vitt16")
     path, _ = export_onnx(bb, tmp_path_factory.mktemp("onnx") / "model.onnx", resolution=(H, W))
