@@ -28,7 +28,7 @@ def data():
         test_scenes=2,
         frames_per_scene=5,
         pair_gap=2,
-        probe_scenes=(8, 4),
+        probe_scenes=(12, 8),
     )
 
 

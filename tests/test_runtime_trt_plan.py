@@ -50,8 +50,8 @@ def host_buffers(monkeypatch):
 @pytest.fixture(scope="module")
 def onnx_export(tmp_path_factory):
     """A real export of a tiny random ViT at 64x80 (its metadata_props are what a plan needs)."""
-    from dinov3_ros.pipeline.model import build_random_backbone
     from dinov3_ros.runtime.export import export_onnx
+    from dinov3_ros.runtime.weights import random_backbone as build_random_backbone
 
     bb = build_random_backbone("vitt16")
     path, _ = export_onnx(bb, tmp_path_factory.mktemp("onnx") / "model.onnx", resolution=(H, W))
@@ -231,7 +231,9 @@ def test_pipeline_runs_on_a_plan(trt, host_buffers, tmp_path):
         pipe.process([Frame(rng.integers(0, 255, (96, 128, 3), np.uint8), k, "cam", None, "s")], want)[0]
         for k in range(2)
     ]
-    assert outs[1].features.shape == (6, 8, 24) and outs[1].depth.shape == (96, 128)
-    assert np.nanmin(outs[1].depth) >= cfg.min_depth and np.nanmax(outs[1].depth) > 1.0
-    assert outs[1].points.shape[1] == 3 and len(outs[1].points) > 0
-    assert outs[1].objects.mask.shape == (96, 128) and eng.context.executions == 2
+    o = outs[1]
+    depth = o["depth"].image
+    assert o["features"].shape == (6, 8, 24) and depth.shape == (96, 128)
+    assert np.nanmin(depth) >= cfg.min_depth and np.nanmax(depth) > 1.0
+    assert o["points"].xyz.shape[1] == 3 and len(o["points"].xyz) > 0
+    assert o["objects"].mask.shape == (96, 128) and eng.context.executions == 2

@@ -40,44 +40,28 @@ want() { [[ " $STAGES " == *" $1 "* ]]; }
 opt() { [[ -n "${2:-}" ]] && echo "$1=$2" || true; }
 lines() { [[ -n "${1:-}" ]] && printf '%s\n' "$1" | sed '/^[[:space:]]*$/d' || true; }  # one override per line
 
-pretrain() {  # name config iters seconds extra
-  local name=$1 config=$2 iters=${3:-} secs=${4:-} extra=${5:-}
-  if [[ -f "$OUT/$name/teacher_backbone.pth" ]]; then say "$name: done, skipping"; return 0; fi
-  say "$name: $config -> $OUT/$name"
+stage() {  # name done-marker iters seconds extra -- command... : run unless done, resumable
+  local name=$1 done=$2 iters=${3:-} secs=${4:-} extra=${5:-}
+  shift 6
+  if [[ -f "$done" ]]; then say "$name: done, skipping"; return 0; fi
+  say "$name: $*"
   local args=()
   mapfile -t args < <(opt train.iterations "$iters"; opt train.max_seconds "$secs"; lines "$extra")
-  "$PY" -m training.cli pretrain --config "$config" --output-dir "$OUT/$name" "${args[@]}" 2>&1 | tee -a "$LOG"
-  [[ -f "$OUT/$name/teacher_backbone.pth" ]] || { say "$name: not finished; re-run to continue"; exit 0; }
+  "$PY" -m training.cli "$@" "${args[@]}" 2>&1 | tee -a "$LOG"
+  [[ -f "$done" ]] || { say "$name: not finished; re-run to continue"; exit 0; }
 }
 
 if want teacher; then
-  pretrain teacher "$R/default_teacher.yaml" "${TEACHER_ITERS:-}" "${TEACHER_SECONDS:-}" "${EXTRA_TEACHER:-}"
+  stage teacher "$OUT/teacher/teacher_backbone.pth" "${TEACHER_ITERS:-}" "${TEACHER_SECONDS:-}" \
+    "${EXTRA_TEACHER:-}" -- pretrain --config "$R/default_teacher.yaml" --output-dir "$OUT/teacher"
 fi
-
 if want student; then
-  if [[ -f "$STUDENT/export.json" ]]; then
-    say "student: done, skipping"
-  else
-    say "student: distilling $OUT/teacher -> $OUT/student"
-    mapfile -t args < <(opt train.iterations "${STUDENT_ITERS:-}"; opt train.max_seconds "${STUDENT_SECONDS:-}"
-      lines "${EXTRA_STUDENT:-}")
-    "$PY" -m training.cli distill --config "$R/default_student.yaml" --output-dir "$OUT/student" \
-      "teacher.checkpoint=$OUT/teacher" "${args[@]}" 2>&1 | tee -a "$LOG"
-    [[ -f "$STUDENT/export.json" ]] || { say "student: not finished; re-run to continue"; exit 0; }
-  fi
+  stage student "$STUDENT/export.json" "${STUDENT_ITERS:-}" "${STUDENT_SECONDS:-}" "${EXTRA_STUDENT:-}" -- \
+    distill --config "$R/default_student.yaml" --output-dir "$OUT/student" "teacher.checkpoint=$OUT/teacher"
 fi
-
 if want depth; then
-  if [[ -f "$OUT/depth/depth_head.pt" ]]; then
-    say "depth: done, skipping"
-  else
-    say "depth: linear head on $STUDENT/backbone_ema.pth"
-    mapfile -t args < <(opt train.iterations "${DEPTH_ITERS:-}"; opt train.max_seconds "${DEPTH_SECONDS:-}"
-      lines "${EXTRA_DEPTH:-}")
-    "$PY" -m training.cli depth --config "$R/default_depth.yaml" --output-dir "$OUT/depth" \
-      "backbone.weights=$STUDENT/backbone_ema.pth" "${args[@]}" 2>&1 | tee -a "$LOG"
-    [[ -f "$OUT/depth/depth_head.pt" ]] || { say "depth: not finished; re-run to continue"; exit 0; }
-  fi
+  stage depth "$OUT/depth/depth_head.pt" "${DEPTH_ITERS:-}" "${DEPTH_SECONDS:-}" "${EXTRA_DEPTH:-}" -- \
+    depth --config "$R/default_depth.yaml" --output-dir "$OUT/depth" "backbone.weights=$STUDENT/backbone_ema.pth"
 fi
 
 if want export; then
@@ -86,8 +70,8 @@ if want export; then
 fi
 
 if want ablation; then
-  pretrain teacher_ssl_only "$R/default_teacher_ssl_only.yaml" "${ABLATION_ITERS:-}" "${ABLATION_SECONDS:-}" \
-    "${EXTRA_TEACHER:-}"
+  stage ablation "$OUT/teacher_ssl_only/teacher_backbone.pth" "${ABLATION_ITERS:-}" "${ABLATION_SECONDS:-}" \
+    "${EXTRA_TEACHER:-}" -- pretrain --config "$R/default_teacher_ssl_only.yaml" --output-dir "$OUT/teacher_ssl_only"
 fi
 
 if want eval; then
