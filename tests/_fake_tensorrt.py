@@ -136,8 +136,10 @@ def vit_plan(
     dtype: str = "float32",
     dynamic_batch: bool = True,
     version: str = VERSION,
+    max_batch: int = 2,
 ) -> bytes:
-    """The I/O of one of our exports: image [B,3,H,W] -> patch_tokens [B,h,w,C], cls [B,C](, depth)."""
+    """The I/O of one of our exports: image [B,3,H,W] -> patch_tokens [B,h,w,C], cls [B,C](, depth);
+    a dynamic batch has the profile 1 / 1 / ``max_batch``."""
     B = -1 if dynamic_batch else 1
     t = [
         {
@@ -145,7 +147,7 @@ def vit_plan(
             "mode": "input",
             "dtype": dtype,
             "shape": [B, 3, H, W],
-            "profile": [[1, 3, H, W], [1, 3, H, W], [2, 3, H, W]] if dynamic_batch else None,
+            "profile": [[1, 3, H, W], [1, 3, H, W], [max_batch, 3, H, W]] if dynamic_batch else None,
         },
         {"name": "patch_tokens", "mode": "output", "dtype": dtype, "shape": [B, H // patch, W // patch, C]},
         {"name": "cls", "mode": "output", "dtype": dtype, "shape": [B, C]},

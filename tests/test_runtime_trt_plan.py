@@ -90,8 +90,13 @@ def test_plan_with_sidecar_loads_and_runs(trt, host_buffers, onnx_export, tmp_pa
         out["cls"].numpy(), _expected_tokens(x.numpy(), C).mean(axis=(1, 2)), rtol=1e-5
     )
     assert eng.context.executions == 1
-    with pytest.raises(ValueError, match="does not fit the plan"):
-        eng.run(torch.zeros(3, 3, H, W))  # batch 3 > the profile's max 2
+    x5 = torch.rand(5, 3, H, W, generator=torch.Generator().manual_seed(1))
+    out = eng.run(x5)  # batch 5 > the profile's max 2: chunks of 2, 2, 1 into one output
+    assert eng.max_batch() == 2 and eng.context.executions == 4
+    np.testing.assert_allclose(out["patch_tokens"].numpy(), _expected_tokens(x5.numpy(), C), rtol=1e-5)
+    np.testing.assert_allclose(
+        out["cls"].numpy(), _expected_tokens(x5.numpy(), C).mean(axis=(1, 2)), rtol=1e-5
+    )
     with pytest.raises(ValueError, match="built for 64x80"):
         eng.run(torch.zeros(1, 3, 48, 80))
 
@@ -152,6 +157,20 @@ def test_metadata_that_contradicts_the_plan_is_refused(trt, host_buffers, onnx_e
     sidecar_path(plan).unlink()
     with pytest.raises(PlanMetadataError, match=r"image input \[B, 3, H, W\]"):
         TrtEngine(engine_path=plan)
+
+
+def test_input_outside_the_profile_is_refused(trt, host_buffers, tmp_path):
+    t = [
+        {"name": "image", "mode": "input", "dtype": "float32", "shape": [-1, 3, H, W],
+         "profile": [[2, 3, H, W], [2, 3, H, W], [4, 3, H, W]]},
+        {"name": "patch_tokens", "mode": "output", "dtype": "float32", "shape": [-1, H // 16, W // 16, 8]},
+    ]  # fmt: skip
+    plan = tmp_path / "min2.plan"
+    plan.write_bytes(fake.make_plan(t))
+    eng = TrtEngine(engine_path=plan)
+    with pytest.raises(ValueError, match=r"does not fit the plan min2\.plan .*profile min/opt/max"):
+        eng.run(torch.zeros(1, 3, H, W))  # below the profile's min batch 2
+    assert eng.run(torch.zeros(3, 3, H, W))["patch_tokens"].shape == (3, H // 16, W // 16, 8)
 
 
 def test_plan_from_another_tensorrt_or_gpu_says_rebuild(trt, host_buffers, tmp_path):

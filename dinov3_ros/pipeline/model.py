@@ -8,6 +8,7 @@ benchmarks); see ``core.spec``. Every failure is a :class:`ModelLoadError` namin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,15 +70,44 @@ def _engine_kwargs(spec: ModelSpec, ws: WeightsSpec, head: Any) -> dict[str, Any
         kw["model"] = random_backbone(ws.value)
         return kw
     path = ws.path()
+    _check_file_backend(path, spec.backend, head)
     if spec.backend == "torch":
         kw["weights"] = str(path)
         if head is not None:
             kw["depth_head"] = str(head)
     elif path.suffix == ".onnx":
         kw["onnx_path"] = str(path)
-    else:
+    else:  # a plan's precision is the one it was built with; only a non-default request is passed on
         kw["engine_path"] = str(path)
+        if spec.precision == "fp32":
+            kw.pop("precision")
     return kw
+
+
+#: file suffixes that only one kind of backend can run
+_PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+def _check_file_backend(path: Any, backend: str, head: Any) -> None:
+    """A file the backend cannot run (a plan on torch, an ONNX on torch, a checkpoint on TensorRT) or a
+    depth head file beside an export is a ``ValueError`` that says what to use instead."""
+    suffix = path.suffix.lower()
+    if suffix in _PLAN_SUFFIXES and backend != "tensorrt":
+        raise ValueError(f"{path} is a TensorRT plan: use backend 'tensorrt' (got {backend!r})")
+    if suffix == ".onnx" and backend == "torch":
+        raise ValueError(f"{path} is an ONNX model: use backend 'onnxruntime' or 'tensorrt'")
+    export = "export one first (dinov3-ros export --format onnx ...)"
+    if backend == "onnxruntime" and suffix != ".onnx":
+        raise ValueError(f"backend 'onnxruntime' runs an .onnx export, got {path}: {export}")
+    if backend == "tensorrt" and suffix not in (*_PLAN_SUFFIXES, ".onnx"):
+        raise ValueError(
+            f"backend 'tensorrt' runs a plan (.plan/.engine) or an .onnx export, got {path}: {export}"
+        )
+    if backend != "torch" and isinstance(head, Path):
+        raise ValueError(
+            f"depth_head {head} applies to the torch backend; an ONNX/plan carries the depth head it was "
+            "exported with (set depth_head to 'none' or 'auto')"
+        )
 
 
 def load_model(
@@ -134,7 +164,7 @@ def load_model(
         "model": str(ws),
         "arch": str(ei.arch),
         "device": spec.device,
-        "precision": spec.precision,
+        "precision": spec.precision if spec.backend == "torch" else str(ei.precision),
         "depth_head": "random" if head == "random" else str(head or "none"),
     }
     return LoadedModel(

@@ -212,9 +212,10 @@ class PerceptionCore:
         s = P.validate(self._values(), self._channels()).with_resolution(res)
         self.settings = s
         self.pipeline = Pipeline.from_model(self.model, s.pipeline, device=s.device)
+        prec = self.model.info.get("precision", s.precision)
         how = "set" if s.resolution == P.parse_node_resolution(self._values()["resolution"]) else "auto"
         self.log.info(
-            f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{s.precision} "
+            f"model {s.weights} ({self.model.info.get('arch')}) on {s.backend}/{s.device}/{prec} "
             f"at {res[0]}x{res[1]} ({how}) loaded in {time.perf_counter() - t0:.2f} s; cameras {s.cameras}"
         )
         warn = dds.stock_profile_warning()

@@ -676,10 +676,38 @@ class TrtEngine(Engine):
             save_plan(engine_path, plan, plan_sidecar(onnx_path, precision, trt.__version__, self.device))
         return engine_path
 
+    def max_batch(self) -> int | None:
+        """The largest batch the plan takes (its profile's max, or its fixed batch); None if unknown."""
+        t = self.signature.image
+        if t.shape[0] > 0:
+            return int(t.shape[0])
+        return int(t.profile[2][0]) if t.profile is not None else None
+
     def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run ``batch``; a batch larger than the plan's maximum runs in chunks written straight into
+        the full-batch outputs (no concatenation)."""
         x = batch.to(self.device, self._in_dtype).contiguous()
-        ctx = self.context
-        name = self.inputs[0]
+        B = int(x.shape[0])
+        step = min(B, self.max_batch() or B)
+        outs: dict[str, torch.Tensor] | None = None
+        for i in range(0, B, step):
+            chunk = x[i : i + step]
+            shapes = self._set_input(chunk)
+            if outs is None:
+                outs = {
+                    n: torch.empty((B, *shp[1:]), dtype=self._out_dtypes[n], device=self.device)
+                    for n, shp in shapes.items()
+                }
+            for n, t in outs.items():
+                self.context.set_tensor_address(n, t[i : i + len(chunk)].data_ptr())
+            if not self.context.execute_async_v3(_stream_handle(self.device)):
+                raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
+        assert outs is not None
+        return outs
+
+    def _set_input(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """Bind ``x`` as the input; returns the output shapes for it."""
+        ctx, name = self.context, self.inputs[0]
         if not ctx.set_input_shape(name, tuple(x.shape)):
             prof = self.signature.image.profile
             raise ValueError(
@@ -687,12 +715,4 @@ class TrtEngine(Engine):
                 f"(shape {self.signature.image.shape}, profile min/opt/max {prof})"
             )
         ctx.set_tensor_address(name, x.data_ptr())
-        outs: dict[str, torch.Tensor] = {}
-        for n in self.outputs:
-            shape = tuple(int(v) for v in ctx.get_tensor_shape(n))
-            t = torch.empty(shape, dtype=self._out_dtypes[n], device=self.device)
-            ctx.set_tensor_address(n, t.data_ptr())
-            outs[n] = t
-        if not ctx.execute_async_v3(_stream_handle(self.device)):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.engine_path.name}")
-        return outs
+        return {n: tuple(int(v) for v in ctx.get_tensor_shape(n)) for n in self.outputs}
