@@ -222,11 +222,10 @@ def test_doc_process_line_runs_the_plan(trt, tmp_path, monkeypatch, where, words
 
 # -- the bag tool ---------------------------------------------------------------------------------
 def test_process_cli_with_a_plan(trt, plans, tmp_path, capsys):
+    import cv2
     from rosbags.highlevel import AnyReader
 
     from dinov3_ros.cli import main
-
-    import cv2
 
     images = tmp_path / "frames"
     images.mkdir()
