@@ -186,7 +186,9 @@ def test_plan_from_another_tensorrt_or_gpu_says_rebuild(trt, host_buffers, tmp_p
 def test_pipeline_resolution_must_match_the_plan(trt, host_buffers, tmp_path):
     plan = tmp_path / "m.plan"
     plan.write_bytes(fake.vit_plan(H, W, C=12))
-    with pytest.raises(PlanMetadataError, match="built for 64x80, the pipeline asks for 480x640"):
+    with pytest.raises(
+        PlanMetadataError, match="built for 64x80 input, the configured resolution is 480x640"
+    ):
         TrtEngine(engine_path=plan, input_size=(480, 640))
     assert TrtEngine(engine_path=plan, input_size=(H, W)).info.input_size == (H, W)
 

@@ -117,7 +117,7 @@ def test_load_model_refuses_a_plan_it_cannot_run(trt, plans):
         load_model(str(plans.dir / "missing.plan"), "tensorrt", "cpu")
     with pytest.raises(ModelLoadError, match=r"depth_head .* applies to the torch backend"):
         load_model(str(plans.ours), "tensorrt", "cpu", depth_head=str(plans.onnx))
-    with pytest.raises(ModelLoadError, match=r"built for 96x128, the pipeline asks for 480x640"):
+    with pytest.raises(ModelLoadError, match=r"built for 96x128 input, the configured resolution is 480x640"):
         load_model(str(plans.ours), "tensorrt", "cpu", resolution=(480, 640))
     assert load_model(str(plans.ours), "tensorrt", "cpu", resolution=(H, W)).input_size == (H, W)
 
@@ -140,7 +140,7 @@ def test_launch_arguments_reach_load_model(trt, plans):
     ((node,), _) = tlf.launch(
         "perception.launch.py", engine=str(plans.ours), device="cpu", resolution="480x640"
     )
-    with pytest.raises(ModelLoadError, match="built for 96x128, the pipeline asks for 480x640"):
+    with pytest.raises(ModelLoadError, match="built for 96x128 input, the configured resolution is 480x640"):
         load_model(tlf.settings(node).model())
     ((node,), _) = tlf.launch("perception.launch.py", engine=str(plans.onnx), device="cpu")
     m = load_model(tlf.settings(node).model())  # an ONNX engine runs on ONNX Runtime
@@ -243,7 +243,7 @@ def test_process_cli_with_a_plan(trt, plans, tmp_path, capsys):
     capsys.readouterr()
     rc = main([*base, "--weights", str(plans.ours), "--resolution", "224x224", "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err
-    assert rc == 1 and "built for 96x128, the pipeline asks for 224x224" in err, err
+    assert rc == 1 and "built for 96x128 input, the configured resolution is 224x224" in err, err
     assert not (tmp_path / "p").exists()
     rc = main(["process", str(images), "--weights", str(plans.ours), "--out", str(tmp_path / "q")])
     err = capsys.readouterr().err
@@ -358,7 +358,7 @@ def test_lifecycle_node_parameters_run_a_plan(plans):
     )
     assert out.returncode == 0 and "LIFECYCLE_PLAN_OK" in out.stdout, out.stdout + out.stderr
     assert "configure failed" in out.stderr
-    assert f"was built for {H}x{W}, the pipeline asks for 480x640" in out.stderr, out.stderr
+    assert f"was built for {H}x{W} input, the configured resolution is 480x640" in out.stderr, out.stderr
 
 
 def test_dinov3_ros_run_with_a_plan(plans, tmp_path):

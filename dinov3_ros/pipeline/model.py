@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dinov3_ros.core.spec import BACKENDS, PRECISIONS, ModelSpec, WeightsSpec
+from dinov3_ros.runtime.base import resolution_mismatch
 
 __all__ = ["BACKENDS", "PRECISIONS", "LoadedModel", "ModelLoadError", "RandomDepthHead", "load_model"]
 
@@ -33,7 +34,8 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     info: dict[str, str] = field(default_factory=dict)
-    #: network input (H, W) the engine was built for, or None when it takes any size
+    #: network input (H, W) the model runs at: the size a fixed-size engine was built for, else the
+    #: requested resolution; None when neither fixes it (the engine takes any size)
     input_size: tuple[int, int] | None = None
 
 
@@ -58,7 +60,7 @@ class RandomDepthHead(nn.Module):
 def _engine_kwargs(spec: ModelSpec, ws: WeightsSpec, head: Any) -> dict[str, Any]:
     """``create_engine`` arguments of ``spec`` (the weights file is resolved here)."""
     kw: dict[str, Any] = {"device": spec.device, "precision": spec.precision}
-    if spec.resolution is not None:
+    if spec.resolution is not None and spec.backend == "torch":  # an export's size is checked after loading
         kw["input_size"] = tuple(spec.resolution)
     if spec.cuda_graphs and spec.backend == "torch" and spec.device.startswith("cuda"):
         kw["cuda_graphs"] = True
@@ -121,8 +123,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a model (a :class:`ModelSpec`, or its fields) into an engine; :class:`ModelLoadError` on failure.
 
-    ``resolution`` fixes the engine's input size; an engine built for a fixed size (ONNX, TensorRT)
-    must match it. ``depth_head``: ``auto`` (the registry model's shipped head), ``none`` or a file.
+    ``resolution`` is the network input size for every backend: torch runs at it (and refuses other
+    sizes); an engine built for a fixed size (ONNX, TensorRT plan) must match it, else
+    :class:`ModelLoadError`; left None, a fixed-size engine's own size is used (``LoadedModel.input_size``).
+    ``depth_head``: ``auto`` (the registry model's shipped head), ``none`` or a file (torch only).
     """
     spec = (
         weights
@@ -154,10 +158,7 @@ def load_model(
     ei = engine.info
     built = tuple(ei.input_size) if ei.input_size is not None else None
     if built is not None and spec.resolution is not None and built != tuple(spec.resolution):
-        raise ModelLoadError(
-            f"{spec.weights} was built for {built[0]}x{built[1]} input, the configured resolution is "
-            f"{spec.resolution[0]}x{spec.resolution[1]}; set resolution to {built[0]}x{built[1]} or export again"
-        )
+        raise ModelLoadError(resolution_mismatch(spec.weights, built, tuple(spec.resolution)))
     module = RandomDepthHead(int(ei.embed_dim)).to(spec.device) if head == "random" else None
     info = {
         "backend": spec.backend,
@@ -167,6 +168,7 @@ def load_model(
         "precision": spec.precision if spec.backend == "torch" else str(ei.precision),
         "depth_head": "random" if head == "random" else str(head or "none"),
     }
+    size = built or (tuple(spec.resolution) if spec.resolution is not None else None)
     return LoadedModel(
-        engine, module, int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), info, built
+        engine, module, int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), info, size
     )

@@ -18,7 +18,7 @@ from dinov3_ros.core.spec import BACKENDS, PRECISIONS
 
 from .preprocess import Preprocessor, Target
 
-__all__ = ["BACKENDS", "PRECISIONS", "Engine", "EngineInfo"]
+__all__ = ["BACKENDS", "PRECISIONS", "Engine", "EngineInfo", "resolution_mismatch"]
 
 
 @dataclass
@@ -83,3 +83,12 @@ class Engine(abc.ABC):
         i = self.info
         size = "dynamic" if i.input_size is None else f"{i.input_size[0]}x{i.input_size[1]}"
         return f"<{type(self).__name__} {i.backend} {i.precision} {i.device} {i.arch} {size}>"
+
+
+def resolution_mismatch(weights: object, built: tuple[int, int], wanted: tuple[int, int]) -> str:
+    """The one message for a fixed-size engine asked to run at another resolution."""
+    return (
+        f"{weights} was built for {built[0]}x{built[1]} input, the configured resolution is "
+        f"{wanted[0]}x{wanted[1]}: set resolution to {built[0]}x{built[1]} (or leave it unset to use the "
+        f"model's size), or export the model again at {wanted[0]}x{wanted[1]}"
+    )

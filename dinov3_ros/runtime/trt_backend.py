@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Engine
+from .base import Engine, resolution_mismatch
 from .ort_backend import info_from_metadata, read_metadata
 
 __all__ = [
@@ -624,9 +624,7 @@ class TrtEngine(Engine):
         if input_size is not None and self.info.input_size is not None:
             if tuple(input_size) != tuple(self.info.input_size):
                 raise PlanMetadataError(
-                    f"{self.engine_path} was built for {self.info.input_size[0]}x{self.info.input_size[1]}, "
-                    f"the pipeline asks for {input_size[0]}x{input_size[1]}: set the resolution to the plan's "
-                    "or build a plan for this resolution"
+                    resolution_mismatch(self.engine_path, self.info.input_size, tuple(input_size))
                 )
         self.info.outputs = tuple(self.outputs)
         self.info.extra = {
