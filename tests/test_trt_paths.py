@@ -220,6 +220,21 @@ def test_doc_process_line_runs_the_plan(trt, tmp_path, monkeypatch, where, words
     assert counts and all(n == 2 for n in counts.values()), counts
 
 
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "JETSON.md").read_text(), re.S)
+
+
+def test_doc_python_block_loads_the_plan(trt, tmp_path, monkeypatch, capsys):
+    (code,) = _python_blocks()
+    name = re.search(r'load_model\("([^"]+)"', code).group(1)
+    _doc_plan(tmp_path, name)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('"cuda"', '"cpu"'), "JETSON.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("(480, 640) the plan's I/O tensors"), printed
+    assert printed[1] == "(30, 40, 24) (480, 640)", printed  # the stand-in plan is 24 channels wide
+
+
 # -- the bag tool ---------------------------------------------------------------------------------
 def test_process_cli_with_a_plan(trt, plans, tmp_path, capsys):
     import cv2
