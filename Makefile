@@ -11,7 +11,7 @@ PIPFILTER := { grep -v 'is ignored: it is neither a file nor a directory' || tru
 export OMP_NUM_THREADS ?= 2
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: setup test demo lint format bench clean sample
+.PHONY: setup test demo lint format bench clean sample venv310
 
 setup: $(STAMP)
 
@@ -29,11 +29,30 @@ $(STAMP): setup.py setup.cfg constraints.txt package.xml
 	@$(PY) -c 'import torchvision' >/dev/null 2>&1 || $(PY) -m pip uninstall -y -q torchvision >/dev/null 2>&1 || true
 	@touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(VENV310)/.installed
 	$(PY) -m pytest tests -q -ra
 
 demo: $(STAMP)
 	$(PY) -m dinov3_ros.demo $(if $(LIVE),--live,)
+
+# Python 3.10 (JetPack 6 / ROS 2 Humble) with the dependencies, for the import check of
+# tests/test_python310.py. constraints.txt pins releases that need 3.11+, so 3.10 gets the newest ones
+# that support it; open3d is left out (imported only where used).
+VENV310 := .venv310
+PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) $(shell command -v python3.10))
+DEPS310 := numpy pyyaml opencv-python-headless scipy safetensors onnx onnxruntime rosbags scikit-image tqdm \
+	tensorboard ros-rclpy ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-diagnostic-msgs \
+	ros-visualization-msgs ros-nav-msgs ros-lifecycle-msgs ros-rmw-fastrtps-cpp
+venv310: $(VENV310)/.installed
+
+$(VENV310)/.installed: setup.py
+	@[ -n "$(PY310)" ] || { echo "no Python 3.10: pyenv install 3.10, or make PY310=/path/to/python3.10"; exit 1; }
+	@[ -x $(VENV310)/bin/python ] || $(PY310) -m venv $(VENV310)
+	@# the CPU wheel where its index is reachable, else PyPI's
+	$(VENV310)/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>&1 | $(PIPFILTER) || \
+		$(VENV310)/bin/python -m pip install -q torch 2>&1 | $(PIPFILTER)
+	$(VENV310)/bin/python -m pip install -q $(DEPS310) 2>&1 | $(PIPFILTER)
+	@touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -47,4 +66,4 @@ sample: $(STAMP)
 	$(PY) -m dinov3_ros.synthetic.sample
 
 clean:
-	rm -rf $(VENV) build install log .pytest_cache
+	rm -rf $(VENV) $(VENV310) build install log .pytest_cache
