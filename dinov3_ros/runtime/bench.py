@@ -240,10 +240,14 @@ def _available(backends: list[str], device: torch.device) -> list[str]:
     return out
 
 
+#: columns of the printed table
+COLUMNS = ("backend", "mode", "precision", "resolution", "batch", "p50_ms", "p99_ms", "images_per_s",
+           "gflops_per_image", "tflops", "mfu")  # fmt: skip
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``dinov3-ros bench``."""
-    from .engine import create_engine
-    from .export import export_onnx, load_model, parse_resolution
+    from .export import load_model, parse_resolution
     from .graph import DeployModel
 
     device = torch.device(args.device)
@@ -257,95 +261,111 @@ def main(args: argparse.Namespace) -> int:
     backbone = load_model(args.arch, args.weights)
     dm = DeployModel(backbone)
     env = environment(device)
-    gpu_name = env.get("gpu")
     rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="dinov3_bench_"))
     for size in sizes:
         gfl = model_gflops(dm, *size)
-        onnx_path = None
+        onnx_cache: dict[str, Path] = {}
         for backend in backends:
             for prec in precisions:
-                modes = ["eager"]
-                if backend == "torch":
-                    if args.compile:
-                        modes.append("compile")
-                    if args.cuda_graphs and device.type == "cuda":
-                        modes.append("cudagraphs")
-                    if prec != "fp32" and device.type == "cpu":
-                        continue
-                elif backend == "onnxruntime":
-                    if prec != "fp32":
-                        continue
-                    modes = ["default", "fused-mha"]
-                elif backend == "tensorrt" and prec == "bf16":
-                    continue
-                for mode in modes:
+                for mode in _modes(backend, prec, device, args):
                     try:
-                        if backend == "torch":
-                            eng = create_engine(
-                                "torch",
-                                model=backbone,
-                                precision=prec,
-                                device=device,
-                                compile=mode == "compile",
-                                cuda_graphs=mode == "cudagraphs",
-                            )
-                        else:
-                            if onnx_path is None:
-                                onnx_path, _ = export_onnx(
-                                    dm, tmp / f"{size[0]}x{size[1]}.onnx", resolution=size, check=False
-                                )
-                            kw: dict[str, Any] = {"onnx_path": onnx_path, "device": device}
-                            if backend == "onnxruntime":
-                                kw["threads"] = args.threads
-                                kw["fuse_attention"] = mode == "fused-mha"
-                            else:
-                                kw.update(precision=prec, max_batch=max(batches), cache_dir=tmp / "trt")
-                            eng = create_engine(backend, **kw)
+                        eng = _engine(backend, prec, mode, backbone, dm, size, device, args, tmp, onnx_cache)
                     except Exception as e:  # noqa: BLE001 - report and continue with the rest
                         print(f"skip {backend}/{prec}/{mode}: {e}", file=sys.stderr)
                         continue
                     for b in batches:
-                        x = torch.randn(b, 3, *size, device=device)
-                        try:
-                            t = time_fn(
-                                lambda eng=eng, x=x: eng.run(x),
-                                device=device,
-                                warmup=args.warmup,
-                                iters=args.iters,
-                                max_seconds=args.max_seconds,
-                            )
-                        except Exception as e:  # noqa: BLE001
-                            print(f"fail {backend}/{prec}/{mode}/b{b}: {e}", file=sys.stderr)
-                            continue
-                        row = {
-                            "backend": backend,
-                            "mode": mode,
-                            "precision": prec,
-                            "resolution": f"{size[0]}x{size[1]}",
-                            "batch": b,
-                            **t,
-                        }
-                        rows.append(summarise(row, b, gfl, gpu_name))
-                        print(
-                            f"{backend:12s} {mode:10s} {prec:5s} {row['resolution']:>8s} b{b:<3d} "
-                            f"p50 {t['p50_ms']:8.2f} ms  p99 {t['p99_ms']:8.2f} ms  {row['images_per_s']:8.1f} img/s",
-                            flush=True,
-                        )
-    cols = [
-        "backend",
-        "mode",
-        "precision",
-        "resolution",
-        "batch",
-        "p50_ms",
-        "p99_ms",
-        "images_per_s",
-        "gflops_per_image",
-        "tflops",
-        "mfu",
-    ]
-    print(markdown_table(rows, cols))
+                        row = _time_batch(eng, b, size, device, args, f"{backend}/{prec}/{mode}")
+                        if row is not None:
+                            row = {"backend": backend, "mode": mode, "precision": prec, **row}
+                            rows.append(summarise(row, b, gfl, env.get("gpu")))
+                            _print_row(row)
+    print(markdown_table(rows, COLUMNS))
     write_json(args.out, {"env": env, "arch": args.arch, "rows": rows})
     print(f"wrote {args.out}")
     return 0
+
+
+def _modes(backend: str, prec: str, device: torch.device, args: argparse.Namespace) -> list[str]:
+    """The modes measured for ``backend`` at ``prec`` (none where the combination does not exist)."""
+    if backend == "torch":
+        if prec != "fp32" and device.type == "cpu":
+            return []
+        modes = ["eager"]
+        if args.compile:
+            modes.append("compile")
+        if args.cuda_graphs and device.type == "cuda":
+            modes.append("cudagraphs")
+        return modes
+    if backend == "onnxruntime":
+        return ["default", "fused-mha"] if prec == "fp32" else []
+    if backend == "tensorrt" and prec == "bf16":
+        return []
+    return ["eager"]
+
+
+def _engine(
+    backend: str,
+    prec: str,
+    mode: str,
+    backbone: torch.nn.Module,
+    dm: Any,
+    size: tuple[int, int],
+    device: torch.device,
+    args: argparse.Namespace,
+    tmp: Path,
+    onnx_cache: dict[str, Path],
+) -> Any:
+    """The engine for one configuration; the ONNX of ``size`` is exported once and shared."""
+    from .engine import create_engine
+    from .export import export_onnx
+
+    if backend == "torch":
+        return create_engine(
+            "torch",
+            model=backbone,
+            precision=prec,
+            device=device,
+            compile=mode == "compile",
+            cuda_graphs=mode == "cudagraphs",
+        )
+    if "onnx" not in onnx_cache:
+        onnx_cache["onnx"], _ = export_onnx(
+            dm, tmp / f"{size[0]}x{size[1]}.onnx", resolution=size, check=False
+        )
+    kw: dict[str, Any] = {"onnx_path": onnx_cache["onnx"], "device": device}
+    if backend == "onnxruntime":
+        kw["threads"] = args.threads
+        kw["fuse_attention"] = mode == "fused-mha"
+    else:
+        batches = [int(b) for b in args.batches.split(",")]
+        kw.update(precision=prec, max_batch=max(batches), cache_dir=tmp / "trt")
+    return create_engine(backend, **kw)
+
+
+def _time_batch(
+    eng: Any, b: int, size: tuple[int, int], device: torch.device, args: argparse.Namespace, label: str
+) -> dict[str, Any] | None:
+    """Timings of ``eng`` at batch ``b`` (None, reported with ``label``, when it fails)."""
+    x = torch.randn(b, 3, *size, device=device)
+    try:
+        t = time_fn(
+            lambda: eng.run(x),
+            device=device,
+            warmup=args.warmup,
+            iters=args.iters,
+            max_seconds=args.max_seconds,
+        )
+    except Exception as e:  # noqa: BLE001
+        print(f"fail {label}/b{b}: {e}", file=sys.stderr)
+        return None
+    return {"resolution": f"{size[0]}x{size[1]}", "batch": b, **t}
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['backend']:12s} {row['mode']:10s} {row['precision']:5s} {row['resolution']:>8s} "
+        f"b{row['batch']:<3d} p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  "
+        f"{row['images_per_s']:8.1f} img/s",
+        flush=True,
+    )

@@ -103,95 +103,14 @@ def export_onnx(
     CPU form (fused attention); ``quantize="int8"`` (implies ``"cpu"``) quantizes its MatMul weights.
     Raises :class:`ExportError` (and writes nothing) when the checker finds errors and ``force`` is False.
     """
-    import onnx
-
-    if opset < 17:
-        raise ValueError(f"opset {opset} < 17 would decompose LayerNorm; use 17 or 18")
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"ONNX export precision must be fp32 or fp16, got {precision!r}")
-    if quantize not in (None, "none", "int8"):
-        raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
-    quantize = None if quantize == "none" else quantize
-    if target not in ("tensorrt", "cpu"):
-        raise ValueError(f"target must be 'tensorrt' or 'cpu', got {target!r}")
-    if quantize and precision != "fp32":
-        raise ValueError("int8 quantization starts from fp32: drop --precision fp16")
-    if quantize:
-        target = "cpu"
+    target, quantize = _check_export_options(opset, precision, target, quantize)
     size = parse_resolution(resolution) if not isinstance(resolution, tuple) else resolution
-    dm = model if isinstance(model, DeployModel) else DeployModel(model.eval(), depth_head)
-    dm = dm.eval().float()
-    p = dm.patch_size
-    if size is not None and (size[0] % p or size[1] % p):
-        raise ValueError(f"resolution {size[0]}x{size[1]} is not a multiple of the patch size {p}")
-    dm.set_dynamic(size is None)
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    if precision == "fp16":
-        dm = dm.half()
-        if dm.vit is not None:
-            dm.vit.periods.data = dm.vit.periods.data.float()
-            dm.vit.set_ln_fp32(True)
-    h, w = size or _DYNAMIC_TRACE
-    dummy = torch.randn(batch, 3, h, w, dtype=dtype)
-    names = dm.output_names
-    axes: dict[str, dict[int, str]] = {}
-    if dynamic_batch or size is None:
-        axes["image"] = {0: "batch"}
-        for n in names:
-            axes[n] = {0: "batch"}
-    if size is None:
-        axes["image"].update({2: "height", 3: "width"})
-        axes["patch_tokens"].update({1: "grid_h", 2: "grid_w"})
-        if "depth" in names:
-            axes["depth"].update({2: "height", 3: "width"})
+    dm = _deploy_model(model, depth_head, size, precision)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as td:
-        raw = Path(td) / "raw.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # TracerWarnings: fixed-size RoPE tables are meant to be constants
-            torch.onnx.export(
-                dm,
-                (dummy,),
-                str(raw),
-                dynamo=False,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=axes or None,
-            )
-        proto = onnx.load(str(raw))
-    meta = {
-        "producer": "dinov3_ros",
-        "arch": dm.arch,
-        "patch_size": p,
-        "embed_dim": dm.embed_dim,
-        "num_heads": dm.vit.cfg.num_heads if dm.vit is not None else 0,
-        "n_storage_tokens": dm.vit.cfg.n_storage_tokens if dm.vit is not None else 0,
-        "norm_mean": list(dm.norm_mean),
-        "norm_std": list(dm.norm_std),
-        "heads": ["depth"] if depth_head is not None or dm.depth_head is not None else [],
-        "outputs": names,
-        "output_layout": {n: OUTPUT_LAYOUT[n] for n in names},
-        "input_name": "image",
-        "input_layout": "B,3,H,W float (RGB, normalised with norm_mean/norm_std)",
-        "input_size": list(size) if size is not None else "dynamic",
-        "precision": precision,
-        "opset": opset,
-        "rope": "in-graph" if size is None else "constant",
-        "dynamic_batch": bool(dynamic_batch or size is None),
-        "layer_indices": list(dm.layer_indices),
-        **(extra_metadata or {}),
-    }
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key = k
-        entry.value = v if isinstance(v, str) else json.dumps(v)
-    proto.producer_name = "dinov3_ros"
+    proto = _trace(dm, size, batch, precision, opset, dynamic_batch, out.parent)
+    meta = _metadata(dm, size, precision, opset, dynamic_batch, depth_head is not None)
+    _set_metadata(proto, {**meta, **(extra_metadata or {})})
     findings = check_tensorrt_compat(proto) if check and target == "tensorrt" else []
     errors = [f for f in findings if f.severity == "error"]
     if errors and not force:
@@ -209,6 +128,139 @@ def export_onnx(
     _save_atomic(proto, out)
     dm.set_dynamic(False)
     return out, findings
+
+
+def _check_export_options(
+    opset: int, precision: str, target: str, quantize: str | None
+) -> tuple[str, str | None]:
+    """Validated ``(target, quantize)``: int8 quantization implies the CPU target."""
+    if opset < 17:
+        raise ValueError(f"opset {opset} < 17 would decompose LayerNorm; use 17 or 18")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"ONNX export precision must be fp32 or fp16, got {precision!r}")
+    if quantize not in (None, "none", "int8"):
+        raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+    quantize = None if quantize == "none" else quantize
+    if target not in ("tensorrt", "cpu"):
+        raise ValueError(f"target must be 'tensorrt' or 'cpu', got {target!r}")
+    if quantize and precision != "fp32":
+        raise ValueError("int8 quantization starts from fp32: drop --precision fp16")
+    return ("cpu" if quantize else target), quantize
+
+
+def _deploy_model(
+    model: nn.Module, depth_head: nn.Module | None, size: tuple[int, int] | None, precision: str
+) -> DeployModel:
+    """The module to trace: eval mode, RoPE fixed for ``size`` (in-graph when None), fp16 with fp32
+    RoPE periods and LayerNorms when asked."""
+    dm = model if isinstance(model, DeployModel) else DeployModel(model.eval(), depth_head)
+    dm = dm.eval().float()
+    p = dm.patch_size
+    if size is not None and (size[0] % p or size[1] % p):
+        raise ValueError(f"resolution {size[0]}x{size[1]} is not a multiple of the patch size {p}")
+    dm.set_dynamic(size is None)
+    if precision == "fp16":
+        dm = dm.half()
+        if dm.vit is not None:
+            dm.vit.periods.data = dm.vit.periods.data.float()
+            dm.vit.set_ln_fp32(True)
+    return dm
+
+
+def _dynamic_axes(
+    names: list[str], size: tuple[int, int] | None, dynamic_batch: bool
+) -> dict[str, dict[int, str]]:
+    """``dynamic_axes`` of the export: the batch (when dynamic), H/W and the grid (dynamic size)."""
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch or size is None:
+        axes["image"] = {0: "batch"}
+        for n in names:
+            axes[n] = {0: "batch"}
+    if size is None:
+        axes["image"].update({2: "height", 3: "width"})
+        axes["patch_tokens"].update({1: "grid_h", 2: "grid_w"})
+        if "depth" in names:
+            axes["depth"].update({2: "height", 3: "width"})
+    return axes
+
+
+def _trace(
+    dm: DeployModel,
+    size: tuple[int, int] | None,
+    batch: int,
+    precision: str,
+    opset: int,
+    dynamic_batch: bool,
+    workdir: Path,
+):
+    """Trace ``dm`` with the TorchScript exporter; returns the ONNX ``ModelProto``."""
+    import onnx
+
+    h, w = size or _DYNAMIC_TRACE
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    dummy = torch.randn(batch, 3, h, w, dtype=dtype)
+    names = dm.output_names
+    axes = _dynamic_axes(names, size, dynamic_batch)
+    with tempfile.TemporaryDirectory(dir=workdir) as td:
+        raw = Path(td) / "raw.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            # TracerWarnings: fixed-size RoPE tables are meant to be constants
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                dm,
+                (dummy,),
+                str(raw),
+                dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=["image"],
+                output_names=names,
+                dynamic_axes=axes or None,
+            )
+        return onnx.load(str(raw))
+
+
+def _metadata(
+    dm: DeployModel,
+    size: tuple[int, int] | None,
+    precision: str,
+    opset: int,
+    dynamic_batch: bool,
+    depth_head_given: bool,
+) -> dict[str, Any]:
+    """The ``metadata_props`` every consumer reads (engines, plans built by trtexec, the checker)."""
+    names = dm.output_names
+    return {
+        "producer": "dinov3_ros",
+        "arch": dm.arch,
+        "patch_size": dm.patch_size,
+        "embed_dim": dm.embed_dim,
+        "num_heads": dm.vit.cfg.num_heads if dm.vit is not None else 0,
+        "n_storage_tokens": dm.vit.cfg.n_storage_tokens if dm.vit is not None else 0,
+        "norm_mean": list(dm.norm_mean),
+        "norm_std": list(dm.norm_std),
+        "heads": ["depth"] if depth_head_given or dm.depth_head is not None else [],
+        "outputs": names,
+        "output_layout": {n: OUTPUT_LAYOUT[n] for n in names},
+        "input_name": "image",
+        "input_layout": "B,3,H,W float (RGB, normalised with norm_mean/norm_std)",
+        "input_size": list(size) if size is not None else "dynamic",
+        "precision": precision,
+        "opset": opset,
+        "rope": "in-graph" if size is None else "constant",
+        "dynamic_batch": bool(dynamic_batch or size is None),
+        "layer_indices": list(dm.layer_indices),
+    }
+
+
+def _set_metadata(proto, meta: dict[str, Any]) -> None:
+    """Replace ``proto``'s ``metadata_props`` with ``meta`` (JSON-encoded unless str)."""
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key = k
+        entry.value = v if isinstance(v, str) else json.dumps(v)
+    proto.producer_name = "dinov3_ros"
 
 
 def _parse_heads(spec: str | None, depth_head_path: str | None) -> tuple[list[str], str | None]:

@@ -112,47 +112,69 @@ def check_tensorrt_compat(
 ) -> list[Finding]:
     """Every TensorRT-parser problem in the model, worst first. ``isaac_ros`` warns on dynamic non-batch dims."""
     model = model_path if isinstance(model_path, onnx.ModelProto) else onnx.load(str(model_path))
-    findings: list[Finding] = []
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
-        findings.append(
-            Finding(
-                "error",
-                "",
-                "opset",
-                f"opset {opset} < {MIN_OPSET}: LayerNorm is decomposed into primitives (FP16 overflow risk "
-                "in TensorRT); export with opset 17 or 18",
-            )
-        )
     graph = model.graph
+    findings = [
+        *_check_opset(model),
+        *_check_inputs(graph, isaac_ros),
+        *_check_dtypes(model),
+    ]
+    for node, prefix in _walk(graph):
+        findings += _check_node(node, prefix + (node.name or ""))
+    findings += _check_layernorms(graph)
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order.get(f.severity, 3))
+    return findings
+
+
+def _check_opset(model: onnx.ModelProto) -> list[Finding]:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= MIN_OPSET:
+        return []
+    return [
+        Finding(
+            "error",
+            "",
+            "opset",
+            f"opset {opset} < {MIN_OPSET}: LayerNorm is decomposed into primitives (FP16 overflow risk "
+            "in TensorRT); export with opset 17 or 18",
+        )
+    ]
+
+
+def _check_inputs(graph: onnx.GraphProto, isaac_ros: bool) -> list[Finding]:
+    """Mask inputs (a hub ``forward`` exported as is) and dynamic non-batch dims."""
+    findings = []
     for inp in graph.input:
         if "mask" in inp.name.lower():
             findings.append(
                 Finding("error", inp.name, "input", "graph has a mask input; export a masks-free wrapper")
             )
     init_names = {i.name for i in graph.initializer}
-    real_inputs = [i for i in graph.input if i.name not in init_names]
-    for inp in real_inputs:
-        dims = inp.type.tensor_type.shape.dim
-        for k, d in enumerate(dims):
+    for inp in (i for i in graph.input if i.name not in init_names):
+        for k, d in enumerate(inp.type.tensor_type.shape.dim):
             dynamic = d.HasField("dim_param") or not d.HasField("dim_value") or d.dim_value <= 0
             if dynamic and k > 0:
-                sev = "warning" if isaac_ros else "info"
                 findings.append(
                     Finding(
-                        sev,
+                        "warning" if isaac_ros else "info",
                         inp.name,
                         "input",
                         f"dim {k} is dynamic ({d.dim_param or '?'}): Isaac ROS TensorRT allows only dim 0 dynamic; "
                         "TensorRT needs min/opt/max profiles",
                     )
                 )
-    # tensor dtypes (inputs, outputs, initializers, inferred intermediates)
+    return findings
+
+
+def _check_dtypes(model: onnx.ModelProto) -> list[Finding]:
+    """Tensor dtypes TensorRT lacks (inputs, outputs, initializers, inferred intermediates)."""
+    graph = model.graph
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
         value_infos = list(inferred.value_info)
     except Exception:  # noqa: BLE001 - inference is best effort (huge or odd graphs)
         value_infos = list(graph.value_info)
+    findings = []
     for vi in [*graph.input, *graph.output, *value_infos]:
         dt = vi.type.tensor_type.elem_type
         if dt in _BAD_DTYPES:
@@ -169,70 +191,77 @@ def check_tensorrt_compat(
         findings.append(
             Finding("info", "", "initializer", f"{n_int64} INT64 initializers (TensorRT casts them to INT32)")
         )
-    for node, prefix in _walk(graph):
-        name = prefix + (node.name or "")
-        op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            findings.append(
-                Finding(
-                    "error", name, f"{node.domain}::{op}", "custom-domain op: TensorRT needs a plugin for it"
-                )
-            )
-            continue
-        if op in ("If", "Loop", "Scan"):
-            findings.append(
-                Finding(
-                    "error",
-                    name,
-                    op,
-                    "control flow: TensorRT 10.3 (JetPack 6) rejects the RoPE tile() If node; make the graph "
-                    "static (constant RoPE tables, cat instead of tile)",
-                )
-            )
-        elif op not in TRT_SUPPORTED_OPS:
-            findings.append(Finding("error", name, op, "not in TensorRT's ONNX parser operator list"))
-        elif op == "Resize":
-            if _attr(node, "antialias", 0):
-                findings.append(Finding("error", name, op, "antialias=1 is not handled by TensorRT's Resize"))
-            mode = _attr(node, "mode", b"nearest")
-            mode = mode.decode() if isinstance(mode, bytes) else mode
-            if mode == "cubic":
-                findings.append(
-                    Finding(
-                        "warning",
-                        name,
-                        op,
-                        "cubic Resize: TensorRT maps it only when all but the last two scales are 1, and it "
-                        "differs numerically from PyTorch; precompute it for fixed shapes",
-                    )
-                )
-        elif op == "NonZero":
-            findings.append(Finding("warning", name, op, "data-dependent output shape (slow in TensorRT)"))
-        elif op == "Range":
-            findings.append(
-                Finding(
-                    "warning",
-                    name,
-                    op,
-                    "shape arithmetic in the graph (Range on dynamic sizes); use a fixed-size export for "
-                    "TensorRT 10.3 (JetPack 6) and Isaac ROS",
-                )
-            )
-        elif op == "Cast" and _attr(node, "to") == TensorProto.DOUBLE:
-            findings.append(Finding("error", name, op, "cast to float64"))
-    for n in _decomposed_layernorms(graph):
-        findings.append(
+    return findings
+
+
+def _check_node(node: onnx.NodeProto, name: str) -> list[Finding]:
+    """What TensorRT's parser makes of one node."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return [
+            Finding("error", name, f"{node.domain}::{op}", "custom-domain op: TensorRT needs a plugin for it")
+        ]
+    if op in ("If", "Loop", "Scan"):
+        return [
             Finding(
                 "error",
-                n.name,
-                "LayerNorm(decomposed)",
-                "LayerNorm written as ReduceMean/Sub/Pow/Sqrt/Div: use opset >= 17 LayerNormalization "
-                "(TensorRT keeps it in FP32-safe INormalizationLayer)",
+                name,
+                op,
+                "control flow: TensorRT 10.3 (JetPack 6) rejects the RoPE tile() If node; make the graph "
+                "static (constant RoPE tables, cat instead of tile)",
+            )
+        ]
+    if op not in TRT_SUPPORTED_OPS:
+        return [Finding("error", name, op, "not in TensorRT's ONNX parser operator list")]
+    if op == "Resize":
+        return _check_resize(node, name)
+    if op == "NonZero":
+        return [Finding("warning", name, op, "data-dependent output shape (slow in TensorRT)")]
+    if op == "Range":
+        return [
+            Finding(
+                "warning",
+                name,
+                op,
+                "shape arithmetic in the graph (Range on dynamic sizes); use a fixed-size export for "
+                "TensorRT 10.3 (JetPack 6) and Isaac ROS",
+            )
+        ]
+    if op == "Cast" and _attr(node, "to") == TensorProto.DOUBLE:
+        return [Finding("error", name, op, "cast to float64")]
+    return []
+
+
+def _check_resize(node: onnx.NodeProto, name: str) -> list[Finding]:
+    findings = []
+    if _attr(node, "antialias", 0):
+        findings.append(Finding("error", name, "Resize", "antialias=1 is not handled by TensorRT's Resize"))
+    mode = _attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "cubic":
+        findings.append(
+            Finding(
+                "warning",
+                name,
+                "Resize",
+                "cubic Resize: TensorRT maps it only when all but the last two scales are 1, and it "
+                "differs numerically from PyTorch; precompute it for fixed shapes",
             )
         )
-    order = {"error": 0, "warning": 1, "info": 2}
-    findings.sort(key=lambda f: order.get(f.severity, 3))
     return findings
+
+
+def _check_layernorms(graph: onnx.GraphProto) -> list[Finding]:
+    return [
+        Finding(
+            "error",
+            n.name,
+            "LayerNorm(decomposed)",
+            "LayerNorm written as ReduceMean/Sub/Pow/Sqrt/Div: use opset >= 17 LayerNormalization "
+            "(TensorRT keeps it in FP32-safe INormalizationLayer)",
+        )
+        for n in _decomposed_layernorms(graph)
+    ]
 
 
 def format_findings(findings: list[Finding]) -> str:

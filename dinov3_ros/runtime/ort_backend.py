@@ -150,52 +150,83 @@ def fuse_rope(model, num_heads: int, head_dim: int):
     graph once and are checked to be the rotate-half form (``cos = [c, c]``, ``sin = [-s, s]``); any
     mismatch leaves the graph unchanged. Returns ``(model, n_rewritten)``.
     """
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     g = model.graph
+    consts = _graph_constants(g)
+    prod = {o: n for n in g.node for o in n.output}
+    mhas = [n for n in g.node if n.domain == "com.microsoft" and n.op_type == "MultiHeadAttention"]
+    sites = [site for site in (_rope_site(m, prod, consts) for m in mhas) if site is not None]
+    dims = g.input[0].type.tensor_type.shape.dim
+    if not sites or len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[2:]):
+        return model, 0  # nothing to do, or dynamic H/W (the tables depend on the input size)
+    vals = _evaluate(model, sorted({t for s in sites for t in s[2:]}))
+    tables = _rope_tables(sites, vals, head_dim)
+    if tables is None:
+        return model, 0
+    for (cos_t, sin_t), (c, s_) in tables.values():
+        g.initializer.extend([numpy_helper.from_array(c, cos_t), numpy_helper.from_array(s_, sin_t)])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros(1, np.int64), "ort_rope_pos0"),
+            numpy_helper.from_array(np.full(3, num_heads * head_dim, np.int64), "ort_rope_split"),
+        ]
+    )
+    names = {key: pair for key, (pair, _) in tables.items()}
+    _replace_nodes(model, list(g.node), _rope_nodes(sites, names, num_heads))
+    return model, len(sites)
+
+
+def _graph_constants(g) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node outputs by name."""
+    from onnx import numpy_helper
+
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for n in g.node:
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value":
                     consts[n.output[0]] = numpy_helper.to_array(a.t)
-    prod = {o: n for n in g.node for o in n.output}
-    sites = []
-    for mha in [n for n in g.node if n.domain == "com.microsoft" and n.op_type == "MultiHeadAttention"]:
-        if len(mha.input) < 3:
-            continue
-        gathers = [_up(prod, t, ("Reshape",)) for t in mha.input[:3]]
-        if any(r is None for r in gathers):
-            continue
-        gathers = [prod.get(r.input[0]) for r in gathers]
-        if any(gn is None or gn.op_type != "Gather" for gn in gathers):
-            continue
-        if [_gather_index(gn, consts) for gn in gathers] != [0, 1, 2]:
-            continue
-        gq, gk, gv = gathers
-        if gq.input[0] != gk.input[0]:
-            continue
-        add = _up(prod, gq.input[0], ("Add",))
-        five = prod.get(gv.input[0])
-        if add is None or five is None or five.op_type != "Reshape":
-            continue
-        muls = [prod.get(i) for i in add.input]
-        if any(m is None or m.op_type != "Mul" for m in muls):
-            continue
-        m_cos = next((m for m in muls if _up(prod, m.input[0], ("Slice",)) is not None), None)
-        m_sin = next((m for m in muls if m is not m_cos), None)
-        if m_cos is None or m_sin is None or _up(prod, m_sin.input[0], ("Concat",)) is None:
-            continue
-        sites.append((mha, five.input[0], m_cos.input[1], m_sin.input[1]))
-    dims = g.input[0].type.tensor_type.shape.dim
-    if not sites or len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[2:]):
-        return model, 0  # nothing to do, or dynamic H/W (the tables depend on the input size)
-    # evaluate the (constant) cos/sin tensors once
+    return consts
+
+
+def _rope_site(mha, prod: dict[str, Any], consts: dict[str, np.ndarray]) -> tuple | None:
+    """``(mha, qkv, cos, sin)`` tensor names when ``mha``'s q/k come from the exported RoPE pattern."""
+    if len(mha.input) < 3:
+        return None
+    gathers = [_up(prod, t, ("Reshape",)) for t in mha.input[:3]]
+    if any(r is None for r in gathers):
+        return None
+    gathers = [prod.get(r.input[0]) for r in gathers]
+    if any(gn is None or gn.op_type != "Gather" for gn in gathers):
+        return None
+    if [_gather_index(gn, consts) for gn in gathers] != [0, 1, 2]:
+        return None
+    gq, gk, gv = gathers
+    if gq.input[0] != gk.input[0]:
+        return None
+    add = _up(prod, gq.input[0], ("Add",))
+    five = prod.get(gv.input[0])
+    if add is None or five is None or five.op_type != "Reshape":
+        return None
+    muls = [prod.get(i) for i in add.input]
+    if any(m is None or m.op_type != "Mul" for m in muls):
+        return None
+    m_cos = next((m for m in muls if _up(prod, m.input[0], ("Slice",)) is not None), None)
+    m_sin = next((m for m in muls if m is not m_cos), None)
+    if m_cos is None or m_sin is None or _up(prod, m_sin.input[0], ("Concat",)) is None:
+        return None
+    return mha, five.input[0], m_cos.input[1], m_sin.input[1]
+
+
+def _evaluate(model, names: list[str]) -> dict[str, np.ndarray]:
+    """The values of tensors ``names`` (constant in a fixed-size export) from one CPU run on zeros."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    names = sorted({t for s in sites for t in s[2:]})
     del probe.graph.output[:]
     probe.graph.output.extend([helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names])
     so = ort.SessionOptions()
@@ -203,34 +234,37 @@ def fuse_rope(model, num_heads: int, head_dim: int):
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-    vals = dict(zip(names, sess.run(names, {inp.name: np.zeros(shape, np.float32)})))
+    return dict(zip(names, sess.run(names, {inp.name: np.zeros(shape, np.float32)})))
+
+
+def _rope_tables(
+    sites: list[tuple], vals: dict[str, np.ndarray], head_dim: int
+) -> dict[tuple[str, str], tuple[tuple[str, str], tuple[np.ndarray, np.ndarray]]] | None:
+    """(cos, sin) tensor names -> (new initializer names, half tables); None unless every table has the
+    rotate-half form."""
     half = head_dim // 2
-    tables: dict[tuple[str, str], tuple[str, str]] = {}
+    tables: dict[tuple[str, str], tuple[tuple[str, str], tuple[np.ndarray, np.ndarray]]] = {}
     for _, _, cname, sname in sites:
         if (cname, sname) in tables:
             continue
         c, s_ = vals[cname], vals[sname]
         if c.ndim != 4 or c.shape[1:3] != (1, 1) or c.shape[-1] != head_dim or s_.shape != c.shape:
-            return model, 0
+            return None
         c, s_ = c[:, 0, 0], s_[:, 0, 0]
         if not (
             np.array_equal(c[:, :half], c[:, half:]) and np.allclose(-s_[:, :half], s_[:, half:], atol=0)
         ):
-            return model, 0
+            return None
         k = f"ort_rope_{len(tables)}"
-        g.initializer.extend(
-            [
-                numpy_helper.from_array(np.ascontiguousarray(c[:, :half]), k + "_cos"),
-                numpy_helper.from_array(np.ascontiguousarray(s_[:, half:]), k + "_sin"),
-            ]
-        )
-        tables[(cname, sname)] = (k + "_cos", k + "_sin")
-    g.initializer.extend(
-        [
-            numpy_helper.from_array(np.zeros(1, np.int64), "ort_rope_pos0"),
-            numpy_helper.from_array(np.full(3, num_heads * head_dim, np.int64), "ort_rope_split"),
-        ]
-    )
+        halves = (np.ascontiguousarray(c[:, :half]), np.ascontiguousarray(s_[:, half:]))
+        tables[(cname, sname)] = ((k + "_cos", k + "_sin"), halves)
+    return tables
+
+
+def _rope_nodes(sites: list[tuple], tables: dict[tuple[str, str], tuple[str, str]], num_heads: int) -> list:
+    """Split + two RotaryEmbedding nodes per site; rewires each ``MultiHeadAttention``'s q/k/v."""
+    from onnx import helper
+
     new_nodes = []
     for i, (mha, qkv, cname, sname) in enumerate(sites):
         cos_t, sin_t = tables[(cname, sname)]
@@ -253,8 +287,7 @@ def fuse_rope(model, num_heads: int, head_dim: int):
             ],
         ]
         mha.input[0], mha.input[1], mha.input[2] = k + "_qr", k + "_kr", k + "_v"
-    _replace_nodes(model, list(g.node), new_nodes)
-    return model, len(sites)
+    return new_nodes
 
 
 def _replace_nodes(model, kept: list, new_nodes: list) -> None:
@@ -403,6 +436,39 @@ def quantize_int8(model, *, per_channel: bool = True, reduce_range: bool | None 
     return q
 
 
+def _device_providers(device: str | torch.device | None, avail: list[str]) -> tuple[torch.device, list[Any]]:
+    """The device (default: CUDA when both onnxruntime and torch have it) and its execution providers."""
+    dev = torch.device(device) if device is not None else None
+    if dev is None:
+        dev = torch.device(
+            "cuda" if "CUDAExecutionProvider" in avail and torch.cuda.is_available() else "cpu"
+        )
+    if dev.type != "cuda":
+        return dev, ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in avail:
+        raise RuntimeError(
+            f"onnxruntime has no CUDAExecutionProvider (available: {avail}); "
+            "install onnxruntime-gpu or use device='cpu'"
+        )
+    return dev, [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
+def _session_options(
+    ort: Any, optimization: str, threads: int | None, spin: bool, optimized_model_path: str | Path | None
+) -> Any:
+    so = ort.SessionOptions()
+    level = _GRAPH_OPT.get(optimization, "ORT_ENABLE_ALL")
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # idle worker threads spinning after a run steal cores from the rest of a robot's stack
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if optimized_model_path:
+        so.optimized_model_filepath = str(optimized_model_path)
+    return so
+
+
 class OrtEngine(Engine):
     """An exported ONNX graph in ONNX Runtime.
 
@@ -434,66 +500,17 @@ class OrtEngine(Engine):
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.onnx_path}")
-        avail = ort.get_available_providers()
-        dev = torch.device(device) if device is not None else None
-        if dev is None:
-            dev = torch.device(
-                "cuda" if "CUDAExecutionProvider" in avail and torch.cuda.is_available() else "cpu"
-            )
-        if dev.type == "cuda":
-            if "CUDAExecutionProvider" not in avail:
-                raise RuntimeError(
-                    f"onnxruntime has no CUDAExecutionProvider (available: {avail}); "
-                    "install onnxruntime-gpu or use device='cpu'"
-                )
-            providers: list[Any] = [
-                ("CUDAExecutionProvider", {"device_id": dev.index or 0}),
-                "CPUExecutionProvider",
-            ]
-        else:
-            providers = ["CPUExecutionProvider"]
+        dev, providers = _device_providers(device, ort.get_available_providers())
         self.device = dev
-        so = ort.SessionOptions()
-        level = _GRAPH_OPT.get(optimization, "ORT_ENABLE_ALL")
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # idle worker threads spinning after a run steal cores from the rest of a robot's stack
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        if optimized_model_path:
-            so.optimized_model_filepath = str(optimized_model_path)
-        meta = read_metadata(self.onnx_path)
-        source: str | bytes = str(self.onnx_path)
-        file_prec = str(meta.get("precision", "fp32"))
-        if precision not in (None, "fp32", "fp16", "int8"):
-            raise ValueError(f"onnxruntime precision must be fp32, fp16 or int8, got {precision!r}")
-        # otherwise the file's precision wins (an int8 or fp16 export runs as such; info.precision says so)
-        quantize = precision == "int8" and file_prec != "int8"
-        if quantize and file_prec != "fp32":
-            raise ValueError(f"int8 needs an fp32 export, {self.onnx_path.name} is {file_prec}")
-        if quantize and dev.type != "cpu":
-            raise ValueError("onnxruntime int8 (dynamic quantization) runs on CPU only; use device='cpu'")
-        cpu_form = meta.get("target") == "cpu"  # exported with --target cpu / --quantize int8
-        if fuse_attention is None:
-            fuse_attention = dev.type == "cpu" and file_prec == "fp32"
-        if (fuse_attention and not cpu_form) or quantize:
-            import onnx
-
-            proto = onnx.load(str(self.onnx_path))
-            if not cpu_form:
-                proto, _ = cpu_variant(proto)
-            if quantize:
-                proto = quantize_int8(proto)
-            meta = {**meta, **_decoded_metadata(proto)}
-            source = proto.SerializeToString()
+        so = _session_options(ort, optimization, threads, spin, optimized_model_path)
+        source, meta, prec = self._graph(read_metadata(self.onnx_path), precision, fuse_attention)
         self.n_fused_attention = int(meta.get("fused_attention", 0) or 0)
         self.n_fused_rope = int(meta.get("fused_rope", 0) or 0)
         self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         in_type = self.session.get_inputs()[0].type
-        prec = "int8" if (quantize or file_prec == "int8") else "fp16" if "float16" in in_type else "fp32"
+        prec = prec or ("fp16" if "float16" in in_type else "fp32")
         self._in_dtype = np.float16 if "float16" in in_type else np.float32
         self.info = info_from_metadata(meta, "onnxruntime", prec, str(dev))
         self.info.outputs = tuple(self.output_names)
@@ -503,6 +520,35 @@ class OrtEngine(Engine):
             "fused_attention": self.n_fused_attention,
             "fused_rope": self.n_fused_rope,
         }
+
+    def _graph(
+        self, meta: dict[str, Any], precision: str | None, fuse_attention: bool | None
+    ) -> tuple[str | bytes, dict[str, Any], str | None]:
+        """``(session source, metadata, "int8" or None)``: the file as it is, or its CPU form / INT8
+        quantization built in memory."""
+        file_prec = str(meta.get("precision", "fp32"))
+        if precision not in (None, "fp32", "fp16", "int8"):
+            raise ValueError(f"onnxruntime precision must be fp32, fp16 or int8, got {precision!r}")
+        # otherwise the file's precision wins (an int8 or fp16 export runs as such; info.precision says so)
+        quantize = precision == "int8" and file_prec != "int8"
+        if quantize and file_prec != "fp32":
+            raise ValueError(f"int8 needs an fp32 export, {self.onnx_path.name} is {file_prec}")
+        if quantize and self.device.type != "cpu":
+            raise ValueError("onnxruntime int8 (dynamic quantization) runs on CPU only; use device='cpu'")
+        cpu_form = meta.get("target") == "cpu"  # exported with --target cpu / --quantize int8
+        if fuse_attention is None:
+            fuse_attention = self.device.type == "cpu" and file_prec == "fp32"
+        int8 = "int8" if (quantize or file_prec == "int8") else None
+        if not ((fuse_attention and not cpu_form) or quantize):
+            return str(self.onnx_path), meta, int8
+        import onnx
+
+        proto = onnx.load(str(self.onnx_path))
+        if not cpu_form:
+            proto, _ = cpu_variant(proto)
+        if quantize:
+            proto = quantize_int8(proto)
+        return proto.SerializeToString(), {**meta, **_decoded_metadata(proto)}, int8
 
     def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.device.type == "cuda":

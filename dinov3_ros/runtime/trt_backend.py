@@ -239,26 +239,14 @@ def build_engine(
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    weak_fp16 = hasattr(trt.BuilderFlag, "FP16")
     meta = read_metadata(onnx_path)
-    onnx_fp16 = meta.get("precision") == "fp16"
-    strongly_typed = not weak_fp16 or onnx_fp16
+    strongly_typed = _strongly_typed(trt, precision, meta)
     flags = 0
     st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed and st_flag is not None:  # TRT 11 networks are strongly typed without the flag
         flags = 1 << int(st_flag)
-    if precision == "int8" and not weak_fp16:
-        raise ValueError(
-            f"TensorRT {trt.__version__} removed implicit INT8 calibration: use TensorRT 10, or an explicitly "
-            "quantized (Q/DQ) ONNX"
-        )
-    if not weak_fp16 and precision == "fp16" and not onnx_fp16:
-        raise ValueError(
-            f"TensorRT {trt.__version__} is strongly typed only: export an fp16 ONNX "
-            "(`dinov3-ros export --precision fp16`) for an FP16 engine"
-        )
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger)  # kept alive until the build
     if not parser.parse_from_file(str(onnx_path)):
         errs = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errs}")
@@ -279,22 +267,7 @@ def build_engine(
     profile.set_shape(inp.name, *shapes)
     config.add_optimization_profile(profile)
     if precision == "int8" and not strongly_typed:
-        from .preprocess import Preprocessor
-
-        size = (shapes[1][2], shapes[1][3])
-        pre = Preprocessor(
-            size,
-            int(meta.get("patch_size", 16)),
-            meta.get("norm_mean", (0.485, 0.456, 0.406)),
-            meta.get("norm_std", (0.229, 0.224, 0.225)),
-        )
-        n_per = shapes[1][0]
-        imgs = list(calibration_images(calibration, limit=calibration_batches * n_per))
-        batches = [pre(imgs[i : i + n_per])[0].numpy() for i in range(0, len(imgs) - n_per + 1, n_per)]
-        if not batches:
-            raise ValueError(f"not enough calibration images in {calibration}")
-        config.int8_calibrator = _make_calibrator(trt, batches, Path(str(onnx_path) + ".int8cache"))
-        config.set_calibration_profile(profile)
+        _set_calibrator(trt, config, profile, onnx_path, meta, shapes, calibration, calibration_batches)
     cache = None
     if timing_cache is not None:
         tc = Path(timing_cache)
@@ -306,6 +279,53 @@ def build_engine(
     if cache is not None:
         _atomic_write(Path(timing_cache), bytes(cache.serialize()))
     return bytes(plan)
+
+
+def _strongly_typed(trt: Any, precision: str, meta: dict[str, Any]) -> bool:
+    """Whether the network is built strongly typed (TensorRT 11, or an fp16 export); refuses a
+    precision the installed TensorRT cannot build from this ONNX."""
+    weak_fp16 = hasattr(trt.BuilderFlag, "FP16")
+    onnx_fp16 = meta.get("precision") == "fp16"
+    if precision == "int8" and not weak_fp16:
+        raise ValueError(
+            f"TensorRT {trt.__version__} removed implicit INT8 calibration: use TensorRT 10, or an explicitly "
+            "quantized (Q/DQ) ONNX"
+        )
+    if not weak_fp16 and precision == "fp16" and not onnx_fp16:
+        raise ValueError(
+            f"TensorRT {trt.__version__} is strongly typed only: export an fp16 ONNX "
+            "(`dinov3-ros export --precision fp16`) for an FP16 engine"
+        )
+    return not weak_fp16 or onnx_fp16
+
+
+def _set_calibrator(
+    trt: Any,
+    config: Any,
+    profile: Any,
+    onnx_path: str | Path,
+    meta: dict[str, Any],
+    shapes: tuple[tuple[int, ...], ...],
+    calibration: str | Path | Iterable[np.ndarray] | None,
+    calibration_batches: int,
+) -> None:
+    """INT8 entropy calibration on preprocessed images at the profile's opt shape."""
+    from .preprocess import Preprocessor
+
+    size = (shapes[1][2], shapes[1][3])
+    pre = Preprocessor(
+        size,
+        int(meta.get("patch_size", 16)),
+        meta.get("norm_mean", IMAGENET_MEAN),
+        meta.get("norm_std", IMAGENET_STD),
+    )
+    n_per = shapes[1][0]
+    imgs = list(calibration_images(calibration, limit=calibration_batches * n_per))
+    batches = [pre(imgs[i : i + n_per])[0].numpy() for i in range(0, len(imgs) - n_per + 1, n_per)]
+    if not batches:
+        raise ValueError(f"not enough calibration images in {calibration}")
+    config.int8_calibrator = _make_calibrator(trt, batches, Path(str(onnx_path) + ".int8cache"))
+    config.set_calibration_profile(profile)
 
 
 # ----------------------------------------------------------------------------------------------
