@@ -309,3 +309,187 @@ def module() -> types.ModuleType:
     }.items():
         setattr(m, name, obj)
     return m
+
+
+# -- the builder side (opt-in: ``module(builder=True)``) ------------------------------------------
+class BuilderFlag:
+    FP16 = _Enum("FP16")
+    INT8 = _Enum("INT8")
+
+
+class NetworkDefinitionCreationFlag:
+    STRONGLY_TYPED = 1  # an int, as the real enum converts with int()
+
+
+class MemoryPoolType:
+    WORKSPACE = _Enum("WORKSPACE")
+
+
+class ITensor:
+    __slots__ = ("name", "shape")
+
+    def __init__(self, name: str, shape) -> None:
+        self.name, self.shape = name, Dims(shape)
+
+
+class INetworkDefinition:
+    __slots__ = ("flags", "inputs", "outputs", "parsed")
+
+    def __init__(self, flags: int) -> None:
+        assert isinstance(flags, int), flags
+        self.flags = flags
+        self.inputs: list[ITensor] = []
+        self.outputs: list[ITensor] = []
+        self.parsed = False
+
+    def get_input(self, index: int) -> ITensor:
+        return self.inputs[index]
+
+
+class OnnxParser:
+    """Reads an ONNX file's graph inputs/outputs (with ``onnx``); a file that is not ONNX is an error."""
+
+    __slots__ = ("_errors", "network")
+
+    def __init__(self, network: INetworkDefinition, logger: Logger) -> None:
+        assert isinstance(network, INetworkDefinition) and isinstance(logger, Logger)
+        self.network = network
+        self._errors: list[str] = []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self._errors)
+
+    def get_error(self, index: int) -> str:
+        return self._errors[index]
+
+    def parse_from_file(self, model: str) -> bool:
+        import onnx
+
+        assert isinstance(model, str)
+        try:
+            proto = onnx.shape_inference.infer_shapes(onnx.load(model))  # as the builder infers them
+        except Exception as exc:  # noqa: BLE001 - the real parser reports, it does not raise
+            self._errors.append(f"ModelImporter: failed to parse {model}: {exc}")
+            return False
+
+        def dims(vi) -> list[int]:
+            return [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+
+        init = {i.name for i in proto.graph.initializer}
+        self.network.inputs = [ITensor(i.name, dims(i)) for i in proto.graph.input if i.name not in init]
+        self.network.outputs = [ITensor(o.name, dims(o)) for o in proto.graph.output]
+        self.network.parsed = True
+        return True
+
+
+class IOptimizationProfile:
+    __slots__ = ("shapes",)
+
+    def __init__(self) -> None:
+        self.shapes: dict[str, list[list[int]]] = {}
+
+    def set_shape(self, input: str, min, opt, max) -> None:
+        self.shapes[input] = [list(min), list(opt), list(max)]
+
+
+class ITimingCache:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytes(data)
+
+    def serialize(self) -> bytes:
+        return b"FAKE-TIMING-CACHE" if not self.data else self.data + b"+"
+
+
+class IBuilderConfig:
+    __slots__ = ("builder_optimization_level", "flags", "pools", "profiles", "timing_cache")
+
+    def __init__(self) -> None:
+        self.flags: set[str] = set()
+        self.pools: dict[str, int] = {}
+        self.profiles: list[IOptimizationProfile] = []
+        self.timing_cache: ITimingCache | None = None
+        self.builder_optimization_level = 3
+
+    def set_flag(self, flag) -> None:
+        assert isinstance(flag, _Enum)
+        self.flags.add(flag.name)
+
+    def set_memory_pool_limit(self, pool, pool_size: int) -> None:
+        assert isinstance(pool, _Enum) and isinstance(pool_size, int)
+        self.pools[pool.name] = pool_size
+
+    def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+        return ITimingCache(serialized_timing_cache)
+
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        self.timing_cache = cache
+        return True
+
+
+class Builder:
+    """Builds a fake plan from the parsed network's I/O and the first profile (records the flags)."""
+
+    __slots__ = ("logger",)
+
+    def __init__(self, logger: Logger) -> None:
+        assert isinstance(logger, Logger)
+        self.logger = logger
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        return INetworkDefinition(flags)
+
+    def create_builder_config(self) -> IBuilderConfig:
+        return IBuilderConfig()
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> bytes | None:
+        if not network.parsed or not config.profiles:
+            return None
+        prof = config.profiles[0].shapes
+        tensors = [
+            {
+                "name": t.name,
+                "mode": "input",
+                "dtype": "float32",
+                "shape": list(t.shape),
+                "profile": prof.get(t.name),
+            }
+            for t in network.inputs
+        ] + [
+            {"name": t.name, "mode": "output", "dtype": "float32", "shape": list(t.shape)}
+            for t in network.outputs
+        ]
+        data = json.loads(make_plan(tensors)[len(MAGIC) :])
+        data["built"] = {"flags": sorted(config.flags), "network_flags": network.flags, "pools": config.pools}
+        return MAGIC + json.dumps(data).encode()
+
+
+def built_with(plan: bytes) -> dict:
+    """What a fake build recorded: builder flags, network creation flags, memory pools."""
+    return json.loads(plan[len(MAGIC) :])["built"]
+
+
+def builder_module(strongly_typed_only: bool = False) -> types.ModuleType:
+    """``module()`` plus the builder API (TensorRT 10; ``strongly_typed_only``: TensorRT 11, which has no
+    ``BuilderFlag.FP16``/``INT8``)."""
+    m = module()
+    flags = type("BuilderFlag", (), {}) if strongly_typed_only else BuilderFlag
+    for name, obj in {
+        "Builder": Builder,
+        "BuilderFlag": flags,
+        "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag,
+        "MemoryPoolType": MemoryPoolType,
+        "OnnxParser": OnnxParser,
+        "IBuilderConfig": IBuilderConfig,
+    }.items():
+        setattr(m, name, obj)
+    return m

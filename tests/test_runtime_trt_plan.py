@@ -258,3 +258,73 @@ def test_pipeline_runs_on_a_plan(trt, host_buffers, tmp_path):
     assert np.nanmin(depth) >= cfg.min_depth and np.nanmax(depth) > 1.0
     assert o["points"].xyz.shape[1] == 3 and len(o["points"].xyz) > 0
     assert o["objects"].mask.shape == (96, 128) and eng.context.executions == 2
+
+
+# -- building a plan from our ONNX (the builder side of the stand-in) -----------------------------
+@pytest.fixture
+def trt_builder(monkeypatch):
+    mod = fake.builder_module()
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    return mod
+
+
+def test_build_engine_sets_precision_profile_and_timing_cache(trt_builder, onnx_export, tmp_path):
+    from dinov3_ros.runtime.trt_backend import build_engine
+
+    onnx_path, _ = onnx_export
+    cache = tmp_path / "timing.cache"
+    plan = build_engine(onnx_path, precision="fp16", batch=(1, 2, 4), timing_cache=cache, workspace_gib=1.0)
+    assert fake.built_with(plan) == {"flags": ["FP16"], "network_flags": 0, "pools": {"WORKSPACE": 1 << 30}}
+    assert cache.read_bytes() == b"FAKE-TIMING-CACHE"
+    build_engine(onnx_path, precision="fp32", timing_cache=cache)
+    assert cache.read_bytes() == b"FAKE-TIMING-CACHE+"  # the cache is read back and extended
+    eng = trt_builder.Runtime(trt_builder.Logger()).deserialize_cuda_engine(plan)
+    prof = eng.get_tensor_profile_shape("image", 0)
+    assert [tuple(d) for d in prof] == [(1, 3, H, W), (2, 3, H, W), (4, 3, H, W)]
+    assert fake.built_with(build_engine(onnx_path, precision="fp32"))["flags"] == []
+    with pytest.raises(ValueError, match="precision int8 needs calibration="):
+        build_engine(onnx_path, precision="int8")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(RuntimeError, match=r"TensorRT could not parse .*bad\.onnx"):
+        build_engine(bad, precision="fp32")
+
+
+def test_build_engine_on_strongly_typed_tensorrt(monkeypatch, onnx_export):
+    """TensorRT 11 has no FP16/INT8 builder flags: an fp32 ONNX builds strongly typed at fp32; fp16 needs
+    an fp16 export; implicit INT8 is refused."""
+    from dinov3_ros.runtime.trt_backend import build_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.builder_module(strongly_typed_only=True))
+    onnx_path, _ = onnx_export
+    assert fake.built_with(build_engine(onnx_path, precision="fp32"))["network_flags"] == 1 << 1
+    with pytest.raises(ValueError, match="strongly typed only: export an fp16 ONNX"):
+        build_engine(onnx_path, precision="fp16")
+    with pytest.raises(ValueError, match="removed implicit INT8 calibration"):
+        build_engine(onnx_path, precision="int8")
+
+
+def test_engine_from_onnx_is_built_once_and_cached(
+    trt_builder, host_buffers, onnx_export, tmp_path, monkeypatch
+):
+    """``TrtEngine(onnx_path=...)``: built on a cache miss (plan + sidecar under a key of GPU, TensorRT,
+    ONNX hash, precision and shapes), loaded from the cache afterwards."""
+    from types import SimpleNamespace
+
+    onnx_path, C = onnx_export
+    gpu = SimpleNamespace(name="Orin", major=8, minor=7)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)  # the CUDA boundary
+    builds = []
+    real = trt_backend.build_engine
+    monkeypatch.setattr(trt_backend, "build_engine", lambda *a, **k: builds.append(k) or real(*a, **k))
+    eng = TrtEngine(onnx_path=onnx_path, precision="fp16", cache_dir=tmp_path, max_batch=2)
+    (plan,) = tmp_path.glob("*.engine")
+    assert plan.name.startswith("Orin_sm87_trt10.3.0_fp16_") and sidecar_path(plan).exists()
+    assert len(builds) == 1 and builds[0]["batch"] == (1, 2, 2)
+    assert (eng.info.arch, eng.info.precision, eng.info.input_size) == ("vitt16", "fp16", (H, W))
+    x = torch.rand(2, 3, H, W)
+    np.testing.assert_allclose(eng.run(x)["patch_tokens"].numpy(), _expected_tokens(x.numpy(), C), rtol=1e-5)
+    again = TrtEngine(onnx_path=onnx_path, precision="fp16", cache_dir=tmp_path, max_batch=2)
+    assert len(builds) == 1 and again.engine_path == plan
+    TrtEngine(onnx_path=onnx_path, precision="fp32", cache_dir=tmp_path, max_batch=2)
+    assert len(builds) == 2 and len(list(tmp_path.glob("*.engine"))) == 2  # another precision, another key

@@ -239,7 +239,12 @@ def build_engine(
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    meta = read_metadata(onnx_path)
+    try:
+        meta = read_metadata(onnx_path)
+    except Exception as exc:  # onnx raises protobuf errors for a file that is not ONNX
+        raise RuntimeError(
+            f"TensorRT could not parse {onnx_path}: not a readable ONNX model ({exc})"
+        ) from exc
     strongly_typed = _strongly_typed(trt, precision, meta)
     flags = 0
     st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
