@@ -267,28 +267,25 @@ def test_process_cli_with_a_plan(trt, plans, tmp_path, capsys):
 
 # -- export --format tensorrt ---------------------------------------------------------------------
 def test_export_tensorrt_writes_a_plan_that_loads(trt, tmp_path, monkeypatch, capsys):
-    """``dinov3-ros export --format tensorrt``: the builder replaced at its boundary (a plan with the
-    ONNX's I/O), the rest real: ONNX, sidecar, then load_model on the result."""
+    """``dinov3-ros export --format tensorrt``: ONNX, plan (the stand-in's builder: network, parser,
+    config, profile, timing cache), sidecar; then load_model on the result."""
     from dinov3_ros.cli import main
-    from dinov3_ros.runtime.ort_backend import read_metadata
 
-    built = []
-
-    def build_engine(onnx_path, *, precision, batch, hw, timing_cache, calibration, **_):
-        meta = read_metadata(onnx_path)
-        built.append((Path(onnx_path), precision, batch, Path(timing_cache)))
-        h, w = meta["input_size"]
-        return fake.vit_plan(h, w, C=int(meta["embed_dim"]), depth="depth" in meta["outputs"])
-
-    monkeypatch.setattr(trt_backend, "build_engine", build_engine)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.builder_module())
     out = tmp_path / "m_64x80.plan"
     rc = main(["export", "--format", "tensorrt", "--arch", "vitt16", "--resolution", "64x80",
-               "--precision", "fp16", "--out", str(out)])  # fmt: skip
-    assert rc == 0, capsys.readouterr().err
-    assert built == [(tmp_path / "m_64x80.onnx", "fp16", (1, 1, 1), tmp_path / "m_64x80.timing.cache")]
+               "--precision", "fp16", "--batch", "2", "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert f"wrote {out} (+ m_64x80.plan.json" in printed.out
+    built = fake.built_with(out.read_bytes())  # an fp16 export builds strongly typed (fp32 LayerNorms)
+    assert (built["flags"], built["network_flags"]) == ([], 1 << 1)
+    assert (tmp_path / "m_64x80.onnx").exists() and (tmp_path / "m_64x80.timing.cache").exists()
     m = load_model(str(out), "tensorrt", "cpu")
     assert m.engine.info.extra["metadata"].startswith("the sidecar") and m.info["precision"] == "fp16"
-    assert (m.input_size, m.info["arch"]) == ((64, 80), "vitt16")
+    assert (m.input_size, m.info["arch"], m.engine.max_batch()) == ((64, 80), "vitt16", 2)
+    o = _run_pipeline(m)
+    assert o["features"].shape == (4, 5, 192)
 
 
 # -- node, lifecycle node and dinov3-ros run (child processes, real DDS) --------------------------
