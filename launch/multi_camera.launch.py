@@ -35,7 +35,7 @@ ARGS = [
     ("log_level", None, "", "debug | info | warn | error | fatal"),
     ("use_sim_time", "use_sim_time", "", "use /clock (true | false)"),
 ]
-ENGINE_BACKENDS = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime"}
+ENGINE_BACKENDS = {".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt", ".onnx": "onnxruntime"}
 
 
 def overrides(cfg: dict) -> dict:

@@ -42,7 +42,7 @@ ARGS = [
     ("use_sim_time", "use_sim_time", "use /clock (true | false)"),
     ("lifecycle", None, "true: start dinov3_lifecycle_node (self-activating) instead of dinov3_node"),
 ]
-ENGINE_BACKENDS = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime"}
+ENGINE_BACKENDS = {".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt", ".onnx": "onnxruntime"}
 
 
 def _truthy(text: str) -> bool:

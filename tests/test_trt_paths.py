@@ -137,6 +137,10 @@ def test_launch_arguments_reach_load_model(trt, plans):
         m = load_model(s.model())
         assert isinstance(m.engine, TrtEngine) and str(m.engine.engine_path) == args["engine"]
         assert m.input_size == (H, W)
+    ((node,), _) = tlf.launch("multi_camera.launch.py", engine=str(plans.bare), device="cpu", cameras="a,b")
+    s = tlf.settings(node)
+    m = load_model(s.model())
+    assert s.cameras == ["a", "b"] and isinstance(m.engine, TrtEngine) and m.input_size == (H, W)
     ((node,), _) = tlf.launch(
         "perception.launch.py", engine=str(plans.ours), device="cpu", resolution="480x640"
     )
