@@ -17,6 +17,7 @@ reports rates, latency, counters per bad-input class, camera_info state and degr
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from dinov3_ros.ros.types import ros_types
 from dinov3_ros.ros.worker import FrameWorker, decode_frame
 
 NODE_NAME = "dinov3_node"
+FIRST_INFO_WAIT_S = 0.25  # how long the first frame waits for its camera_info
 _FMAX = sys.float_info.max
 
 
@@ -116,6 +118,7 @@ class PerceptionCore:
         self._pubs: dict[str, dict[str, Any]] = {}
         self._subs: list[Any] = []
         self._infos: dict[str, deque] = {}
+        self._info_seen: dict[str, threading.Event] = {}  # set once a camera's first camera_info arrived
         self._mailbox = Mailbox([])
         self._worker: FrameWorker | None = None
         self._diag_timer: Any = None
@@ -246,6 +249,7 @@ class PerceptionCore:
                         qos_overriding_options=QoSOverridingOptions.with_default_policies(),
                     )
             self._infos[cam] = deque(maxlen=16)
+            self._info_seen[cam] = threading.Event()
         for mt, topics in missing.items():
             pkg = mt.split("/", 1)[0]
             self.log.warning(
@@ -254,6 +258,10 @@ class PerceptionCore:
             )
         if s.publish_tf:
             self.log.warning("publish_tf: TF broadcasting needs tf2_msgs; ~/odometry carries the same pose")
+
+    def _on_info(self, cam: str, raw: bytes) -> None:
+        self._infos[cam].append(raw)
+        self._info_seen[cam].set()
 
     def activate(self) -> None:
         """Subscribe to the inputs and start the worker."""
@@ -271,9 +279,7 @@ class PerceptionCore:
                     lambda m, c=cam: self._on_image(c, m, COMPRESSED_IMAGE),
                     qin,
                 )
-            self._subscribe(
-                CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin
-            )
+            self._subscribe(CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._on_info(c, m), qin)
         self._active = True
         self._worker = FrameWorker(self, self.pipeline, self._mailbox)
         self._worker.start()
@@ -365,6 +371,11 @@ class PerceptionCore:
         s = self.settings
         tol = int(s.camera_info_tolerance_ms * 1e6) if s is not None else 0
         limit = s.max_input_bytes if s is not None else 0
+        seen = self._info_seen.get(cam)
+        if s is not None and s.require_camera_info and seen is not None and not seen.is_set():
+            # drivers publish an image and its camera_info together, in either order: at start-up only,
+            # give the first camera_info a moment instead of dropping the first frame's metric outputs
+            seen.wait(FIRST_INFO_WAIT_S)
         infos = list(self._infos.get(cam, ()))
         frame = decode_frame(
             cam or "/", p.msgtype, p.raw, infos, self.stats, tolerance_ns=tol, max_bytes=limit
