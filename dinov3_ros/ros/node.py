@@ -46,6 +46,7 @@ from dinov3_ros.ros import dds
 from dinov3_ros.ros import params as P
 from dinov3_ros.ros.diagnostics import NodeStats, RateLimiter, Thresholds, health
 from dinov3_ros.ros.mailbox import Mailbox
+from dinov3_ros.ros.tf import odometry_transform, tf_message_type
 from dinov3_ros.ros.types import ros_types
 from dinov3_ros.ros.worker import FrameWorker, decode_frame
 
@@ -123,6 +124,7 @@ class PerceptionCore:
         self._worker: FrameWorker | None = None
         self._diag_timer: Any = None
         self._diag_pub: Any = None
+        self._tf_pub: Any = None  # /tf publisher when publish_tf and tf2_msgs is installed
         self._diag_prev: dict[str, Any] = {}
         self._active = False
         self._limit = RateLimiter(5.0)
@@ -256,8 +258,15 @@ class PerceptionCore:
                 f"{', '.join(sorted(set(topics)))} not published: {pkg} is not installed "
                 f"(apt install ros-$ROS_DISTRO-{pkg.replace('_', '-')})"
             )
+        self._tf_pub = None
         if s.publish_tf:
-            self.log.warning("publish_tf: TF broadcasting needs tf2_msgs; ~/odometry carries the same pose")
+            tf_type = tf_message_type()
+            if tf_type is None:
+                self.log.warning(
+                    "publish_tf: TF broadcasting needs tf2_msgs; ~/odometry carries the same pose"
+                )
+            else:
+                self._tf_pub = self.node.create_publisher(tf_type, "/tf", 100)
 
     def _on_info(self, cam: str, raw: bytes) -> None:
         self._infos[cam].append(raw)
@@ -317,6 +326,9 @@ class PerceptionCore:
         if self._diag_pub is not None:
             self.node.destroy_publisher(self._diag_pub)
             self._diag_pub = None
+        if self._tf_pub is not None:
+            self.node.destroy_publisher(self._tf_pub)
+            self._tf_pub = None
         if self.pipeline is not None:
             self.pipeline.close()  # the heads' threads
         close = getattr(getattr(self.model, "engine", None), "close", None)
@@ -364,6 +376,8 @@ class PerceptionCore:
                         self.log.warning(
                             f"~/{t.suffix} is deprecated and goes in the next release: use ~/{t.deprecated}"
                         )
+        if self._tf_pub is not None and s.outputs.get("odometry", False):
+            out.add("odometry")  # /tf is fed by the odometry output, subscribed or not
         return out
 
     def make_frame(self, cam: str, p: _Pending) -> Frame:
@@ -398,6 +412,8 @@ class PerceptionCore:
         pubs = self._pubs[cam]
         for t, m in msgs.items():
             pubs[t].publish(m)
+        if self._tf_pub is not None and "odometry" in msgs:
+            self._tf_pub.publish(self._tf_pub.msg_type(transforms=[odometry_transform(msgs["odometry"])]))
 
     def publish_diagnostics(self) -> None:
         if self._diag_pub is None:
