@@ -173,9 +173,12 @@ def test_live_demo_records_every_output_with_input_stamps(small_bag, tmp_path):
             m = r.deserialize(raw, c.msgtype)
             st = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
             assert t_ns == st, c.topic
-            assert m.header.frame_id == want[0][1], c.topic
-            got.setdefault(c.topic, []).append(st)
             suffix = c.topic.removeprefix(NODE + "/")
+            if suffix == "odometry":  # REP 105: the pose of the camera frame (child) in its odometry frame
+                assert m.child_frame_id == want[0][1] and m.header.frame_id != m.child_frame_id, c.topic
+            else:
+                assert m.header.frame_id == want[0][1], c.topic
+            got.setdefault(c.topic, []).append(st)
             if suffix in ("depth", "depth/image", "debug", "objects/mask", "depth/camera_info"):
                 assert (m.height, m.width) == (H, W), c.topic  # input resolution, not the network's
             if suffix == "depth":

@@ -636,7 +636,9 @@ def test_diagnostics_degrade_and_recover(node_proc):
     """Low input rate, p99 latency over the budget, fallback intrinsics, an engine error and stale input
     each turn /diagnostics to WARN (ERROR for the engine) with the reason, over real DDS."""
     _p, _log, tmp = node_proc
-    changed = {"expected_rate_hz": 50.0, "latency_budget_ms": 0.001, "require_camera_info": False}
+    # a 1 ms pairing tolerance: camera_infos that earlier tests sent to this node do not pair with these frames
+    changed = {"expected_rate_hz": 50.0, "latency_budget_ms": 0.001, "require_camera_info": False,
+               "camera_info_tolerance_ms": 1.0}  # fmt: skip
     assert all(r["ok"] for r in _setparam(tmp, changed))
     try:
         items = [{"kind": "raw", "encoding": "rgb8", "stamp": 9_000_000_000 + i, "info": False, "pause": 0.5}
@@ -658,7 +660,8 @@ def test_diagnostics_degrade_and_recover(node_proc):
             recs = s.stop_sub(until=lambda rs: all(any(c(r) for r in rs) for c in checks.values()))
     finally:
         assert all(r["ok"] for r in _setparam(tmp, {"expected_rate_hz": 0.0, "latency_budget_ms": 0.0,
-                                                      "require_camera_info": True}))  # fmt: skip
+                                                      "require_camera_info": True,
+                                                      "camera_info_tolerance_ms": 0.0}))  # fmt: skip
     missing = [k for k, c in checks.items() if not any(c(r) for r in recs)]
     assert not missing, (missing, [r for r in recs if r["topic"].startswith("diag:")][-12:])
     got = {r["stamp"] for r in recs if r["topic"] == "depth/image"}

@@ -331,6 +331,18 @@ def _await_outputs(
         time.sleep(0.005)
 
 
+def _infos_first(messages: Any, frame_topic: str) -> Any:
+    """The bag's messages in order, except that an image follows the other messages recorded at its time
+    (its camera_info), as a driver's pair arrives at a node that waits for both."""
+    held: list[tuple[Any, int, bytes]] = []
+    for item in messages:
+        if held and item[1] != held[0][1]:
+            yield from sorted(held, key=lambda m: m[0].topic == frame_topic)
+            held = []
+        held.append(item)
+    yield from sorted(held, key=lambda m: m[0].topic == frame_topic)
+
+
 def _play(
     rec: _Recorder,
     reader: Any,
@@ -348,7 +360,7 @@ def _play(
     stamps: list[int] = []
     incomplete: list[int] = []
     expected: set[str] | None = None
-    for conn, _t, raw in reader.messages(connections=conns):
+    for conn, _t, raw in _infos_first(reader.messages(connections=conns), frame_topic):
         msg = deserialize_message(raw, rec.tp.cls(conn.msgtype))
         if conn.topic != frame_topic:
             rec.pubs[conn.topic].publish(msg)

@@ -17,6 +17,7 @@ reports rates, latency, counters per bad-input class, camera_info state and degr
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -45,10 +46,12 @@ from dinov3_ros.ros import dds
 from dinov3_ros.ros import params as P
 from dinov3_ros.ros.diagnostics import NodeStats, RateLimiter, Thresholds, health
 from dinov3_ros.ros.mailbox import Mailbox
+from dinov3_ros.ros.tf import odometry_transform, tf_message_type
 from dinov3_ros.ros.types import ros_types
 from dinov3_ros.ros.worker import FrameWorker, decode_frame
 
 NODE_NAME = "dinov3_node"
+FIRST_INFO_WAIT_S = 0.25  # how long the first frame waits for its camera_info
 _FMAX = sys.float_info.max
 
 
@@ -116,10 +119,12 @@ class PerceptionCore:
         self._pubs: dict[str, dict[str, Any]] = {}
         self._subs: list[Any] = []
         self._infos: dict[str, deque] = {}
+        self._info_seen: dict[str, threading.Event] = {}  # set once a camera's first camera_info arrived
         self._mailbox = Mailbox([])
         self._worker: FrameWorker | None = None
         self._diag_timer: Any = None
         self._diag_pub: Any = None
+        self._tf_pub: Any = None  # /tf publisher when publish_tf and tf2_msgs is installed
         self._diag_prev: dict[str, Any] = {}
         self._active = False
         self._limit = RateLimiter(5.0)
@@ -247,14 +252,26 @@ class PerceptionCore:
                         qos_overriding_options=QoSOverridingOptions.with_default_policies(),
                     )
             self._infos[cam] = deque(maxlen=16)
+            self._info_seen[cam] = threading.Event()
         for mt, topics in missing.items():
             pkg = mt.split("/", 1)[0]
             self.log.warning(
                 f"{', '.join(sorted(set(topics)))} not published: {pkg} is not installed "
                 f"(apt install ros-$ROS_DISTRO-{pkg.replace('_', '-')})"
             )
+        self._tf_pub = None
         if s.publish_tf:
-            self.log.warning("publish_tf: TF broadcasting needs tf2_msgs; ~/odometry carries the same pose")
+            tf_type = tf_message_type()
+            if tf_type is None:
+                self.log.warning(
+                    "publish_tf: TF broadcasting needs tf2_msgs; ~/odometry carries the same pose"
+                )
+            else:
+                self._tf_pub = self.node.create_publisher(tf_type, "/tf", 100)
+
+    def _on_info(self, cam: str, raw: bytes) -> None:
+        self._infos[cam].append(raw)
+        self._info_seen[cam].set()
 
     def activate(self) -> None:
         """Subscribe to the inputs and start the worker."""
@@ -272,9 +289,7 @@ class PerceptionCore:
                     lambda m, c=cam: self._on_image(c, m, COMPRESSED_IMAGE),
                     qin,
                 )
-            self._subscribe(
-                CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._infos[c].append(m), qin
-            )
+            self._subscribe(CameraInfo, _join(cam, "camera_info"), lambda m, c=cam: self._on_info(c, m), qin)
         self._active = True
         self._worker = FrameWorker(self, self.pipeline, self._mailbox)
         self._worker.start()
@@ -312,6 +327,9 @@ class PerceptionCore:
         if self._diag_pub is not None:
             self.node.destroy_publisher(self._diag_pub)
             self._diag_pub = None
+        if self._tf_pub is not None:
+            self.node.destroy_publisher(self._tf_pub)
+            self._tf_pub = None
         if self.pipeline is not None:
             self.pipeline.close()  # the heads' threads
         close = getattr(getattr(self.model, "engine", None), "close", None)
@@ -359,6 +377,8 @@ class PerceptionCore:
                         self.log.warning(
                             f"~/{t.suffix} is deprecated and goes in the next release: use ~/{t.deprecated}"
                         )
+        if self._tf_pub is not None and s.outputs.get("odometry", False):
+            out.add("odometry")  # /tf is fed by the odometry output, subscribed or not
         return out
 
     def make_frame(self, cam: str, p: _Pending) -> Frame:
@@ -366,6 +386,11 @@ class PerceptionCore:
         s = self.settings
         tol = int(s.camera_info_tolerance_ms * 1e6) if s is not None else 0
         limit = s.max_input_bytes if s is not None else 0
+        seen = self._info_seen.get(cam)
+        if s is not None and s.require_camera_info and seen is not None and not seen.is_set():
+            # drivers publish an image and its camera_info together, in either order: at start-up only,
+            # give the first camera_info a moment instead of dropping the first frame's metric outputs
+            seen.wait(FIRST_INFO_WAIT_S)
         infos = list(self._infos.get(cam, ()))
         frame = decode_frame(
             cam or "/", p.msgtype, p.raw, infos, self.stats, tolerance_ns=tol, max_bytes=limit
@@ -388,6 +413,8 @@ class PerceptionCore:
         pubs = self._pubs[cam]
         for t, m in msgs.items():
             pubs[t].publish(m)
+        if self._tf_pub is not None and "odometry" in msgs:
+            self._tf_pub.publish(self._tf_pub.msg_type(transforms=[odometry_transform(msgs["odometry"])]))
 
     def publish_diagnostics(self) -> None:
         if self._diag_pub is None:

@@ -138,10 +138,17 @@ class KernelRecord:
     dur_us: float
     op: str = ""  #: the CPU op that launched it ("" for a graph replay or a library's own launch)
     op_input_types: tuple[str, ...] = field(default_factory=tuple)
+    #: shapes of those inputs (``[]`` for a Python scalar, which the profiler also types as ``double``)
+    op_input_dims: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
 
     @property
     def float64(self) -> bool:
-        return bool(_FLOAT64_NAME.search(self.name)) or any("double" in t for t in self.op_input_types)
+        """Computes in float64: by the kernel's name, or a float64 tensor input of at least one dimension
+        (a Python scalar such as ``x * 0.5`` is recorded as ``double`` but computed in the tensor's dtype)."""
+        if _FLOAT64_NAME.search(self.name):
+            return True
+        dims = self.op_input_dims or ((1,),) * len(self.op_input_types)
+        return any("double" in t and len(d) > 0 for t, d in zip(self.op_input_types, dims))
 
 
 def trace_events(prof: Any) -> list[dict[str, Any]]:
@@ -155,6 +162,13 @@ def trace_events(prof: Any) -> list[dict[str, Any]]:
     finally:
         os.unlink(path)
     return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def _dims(d: Any) -> tuple[int, ...]:
+    """One ``Input Dims`` entry: a tensor's shape, ``()`` for a scalar or a non-tensor argument."""
+    if isinstance(d, list) and all(isinstance(v, int) for v in d):
+        return tuple(d)
+    return ()
 
 
 def trace_kernels(events: list[dict[str, Any]]) -> list[KernelRecord]:
@@ -172,12 +186,13 @@ def trace_kernels(events: list[dict[str, Any]]) -> list[KernelRecord]:
         args = e.get("args") or {}
         op = ops.get(args.get("External id"))
         types: tuple[str, ...] = ()
+        dims: tuple[tuple[int, ...], ...] = ()
         if op is not None:
-            raw = (op.get("args") or {}).get("Input type") or []
-            types = tuple(str(t) for t in raw)
-        out.append(
-            KernelRecord(str(e.get("name", "")), float(e.get("dur", 0.0)), op["name"] if op else "", types)
-        )
+            op_args = op.get("args") or {}
+            types = tuple(str(t) for t in op_args.get("Input type") or [])
+            dims = tuple(_dims(d) for d in op_args.get("Input Dims") or [])
+        name, dur = str(e.get("name", "")), float(e.get("dur", 0.0))
+        out.append(KernelRecord(name, dur, op["name"] if op else "", types, dims))
     return out
 
 
