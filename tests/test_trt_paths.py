@@ -292,6 +292,31 @@ def test_export_tensorrt_writes_a_plan_that_loads(trt, tmp_path, monkeypatch, ca
     assert o["features"].shape == (4, 5, 192)
 
 
+EXPORT_LINES = _doc_lines("dinov3-ros export --format tensorrt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where,words", EXPORT_LINES, ids=[w for w, _ in EXPORT_LINES])
+def test_doc_export_line_writes_a_plan_that_loads(trt, tmp_path, monkeypatch, where, words, capsys):
+    """The documented engine build as written (W.pth / H.pt: the shipped model and depth head), with the
+    stand-in's builder; the plan then loads with its sidecar and has the depth output."""
+    from dinov3_ros.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.builder_module())
+    shipped = {"W.pth": "dinov3_vits16_dinov3ros.pth", "H.pt": "depth_head.pt"}
+    words = [str(ROOT / "models" / "default" / shipped[w]) if w in shipped else w for w in words]
+    monkeypatch.chdir(tmp_path)
+    assert main(words[1:]) == 0, capsys.readouterr().err
+    plan = tmp_path / words[words.index("--out") + 1]
+    m = load_model(str(plan), "tensorrt", "cpu")
+    assert (m.input_size, m.info["arch"], m.info["precision"]) == ((480, 640), "vits16", "fp16")
+    assert m.engine.info.outputs == ("patch_tokens", "cls", "depth")
+
+
+def test_docs_build_plans_with_our_export():
+    assert {w.split(":")[0] for w, _ in EXPORT_LINES} == {"README.md", "JETSON.md"}, EXPORT_LINES
+
+
 # -- node, lifecycle node and dinov3-ros run (child processes, real DDS) --------------------------
 def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 90) -> str:
     t_end = time.time() + timeout
