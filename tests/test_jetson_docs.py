@@ -96,3 +96,25 @@ def test_guide_trtexec_flags_are_tensorrt10_flags():
     plan = next(a.split("=", 1)[1] for a in cmds[0] if a.startswith("--saveEngine="))
     onnx = next(a.split("=", 1)[1] for a in cmds[0] if a.startswith("--onnx="))
     assert Path(plan).stem == Path(onnx).stem  # the ONNX next to the plan carries its metadata
+
+
+def test_doc_test_markers_name_tests_that_exist():
+    """Each ``<!-- doc-test: needs tensorrt; covered by tests/x.py::name ... -->`` of the Jetson docs names
+    a test file and test functions that exist (a renamed test cannot leave a block uncovered)."""
+    seen = 0
+    for doc in (ROOT / "README.md", GUIDE):
+        for marker in re.findall(r"<!-- doc-test: needs tensorrt;(.*?)-->", doc.read_text()):
+            files = re.findall(r"(tests/\w+\.py)", marker)
+            assert files, f"{doc.name}: a TensorRT block must name the test that covers it: {marker}"
+            current = None
+            for token in re.findall(r"tests/\w+\.py|::\w+", marker):
+                if token.startswith("tests/"):
+                    current = ROOT / token
+                    assert current.is_file(), f"{doc.name}: {token} does not exist"
+                    continue
+                src = current.read_text()
+                assert re.search(rf"^def {token[2:]}\(", src, re.M), (
+                    f"{doc.name}: no {token[2:]} in {current}"
+                )
+                seen += 1
+    assert seen >= 5
