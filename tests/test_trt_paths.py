@@ -16,6 +16,7 @@ Three kinds of plan are used, as a user has them: ``ours.plan`` (our export: a `
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -77,12 +78,12 @@ def _frame(i: int = 0, h: int = 120, w: int = 160):
     return Frame(trn._frame_rgb(i, w, h), i, "cam_optical", None, "s")
 
 
-def _run_pipeline(model, outputs=("features", "depth")) -> dict:
+def _run_pipeline(model, outputs=("features", "depth"), device: str = "cpu") -> dict:
     from dinov3_ros.pipeline import PipelineConfig
     from dinov3_ros.pipeline.pipeline import Pipeline
 
     cfg = PipelineConfig(resolution=model.input_size, parallel_heads=False)
-    pipe = Pipeline.from_model(model, cfg, device="cpu")
+    pipe = Pipeline.from_model(model, cfg, device=device)
     return pipe.process([_frame()], set(outputs))[0]
 
 
@@ -421,3 +422,40 @@ def test_without_the_boundary_a_plan_needs_tensorrt(plans, monkeypatch):
         ModelLoadError, match=r"TensorRT Python bindings are not installed.*python3-libnvinfer"
     ):
         load_model(str(plans.ours), "tensorrt", "cpu")
+
+
+# -- with the real TensorRT (GPU machine) ---------------------------------------------------------
+HAS_TRT_CUDA = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_TRT_CUDA, reason="needs TensorRT and CUDA: runs on the GPU machine with TensorRT")
+def test_real_tensorrt_plan_through_load_model(tmp_path, capsys):  # pragma: no cover - GPU machine only
+    """The same path with the real TensorRT: ``dinov3-ros export --format tensorrt`` (batch-1 plan with
+    sidecar), a plan beside its ONNX (as trtexec leaves it), load_model, a batch of 3 run in chunks, and
+    the features against ONNX Runtime on the same ONNX."""
+    from dinov3_ros.cli import main
+
+    plan = tmp_path / "m.plan"
+    rc = main(["export", "--format", "tensorrt", "--arch", "vitt16", "--resolution", "64x96",
+               "--precision", "fp32", "--out", str(plan)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    m = load_model(str(plan), "tensorrt", "cuda")
+    assert m.input_size == (64, 96) and m.engine.max_batch() == 1
+    twin = tmp_path / "trtexec" / "m.plan"  # no sidecar: the ONNX beside it supplies the metadata
+    twin.parent.mkdir()
+    twin.write_bytes(plan.read_bytes())
+    (twin.parent / "m.onnx").write_bytes((tmp_path / "m.onnx").read_bytes())
+    m2 = load_model(str(twin), "tensorrt", "cuda")
+    assert (
+        m2.engine.info.extra["metadata"].startswith("the ONNX next to the plan")
+        and m2.info["arch"] == "vitt16"
+    )
+    ort = load_model(str(tmp_path / "m.onnx"), "onnxruntime", "cpu")
+    x = torch.randn(3, 3, 64, 96)
+    a = m.engine.run(x.cuda())["patch_tokens"].float().cpu()
+    b = ort.engine.run(x)["patch_tokens"]
+    cos = torch.nn.functional.cosine_similarity(a.flatten(0, 2), b.flatten(0, 2), dim=-1)
+    assert a.shape == b.shape == (3, 4, 6, 192) and cos.min() > 0.999
+    o = _run_pipeline(m2, ("features",), device="cuda")
+    assert o["features"].shape == (4, 6, 192)
