@@ -57,6 +57,8 @@ from .sources import Calibration, InputCorruptError, InputError, calibration_fro
 
 EXIT_OK, EXIT_ERROR, EXIT_CORRUPT, EXIT_INTERRUPTED = 0, 1, 3, 130
 DEFAULT_OUTPUTS = "features_pca,depth"
+#: errors that end one input's run with a message (the other inputs still run)
+_INPUT_ERRORS = (InputError, OutputExistsError, ResumeError, InputCorruptError, ValueError, OSError)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -571,14 +573,7 @@ def main(args: argparse.Namespace) -> int:
                 rc, text = process_one(
                     args, inp, out, model, config, outputs, device, multi, calibration, label
                 )
-            except (
-                InputError,
-                OutputExistsError,
-                ResumeError,
-                InputCorruptError,
-                ValueError,
-                OSError,
-            ) as err:
+            except _INPUT_ERRORS as err:
                 rc, text = (
                     EXIT_ERROR if not isinstance(err, InputCorruptError) else EXIT_CORRUPT,
                     f"{inp}: {err}",
