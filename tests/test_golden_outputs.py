@@ -1,9 +1,10 @@
 """Golden outputs: the bag tool and the node's worker send exactly the recorded bytes for fixed frames.
 
-``tests/data/golden_outputs.json`` holds the SHA-256 of every output message (and of the whole output
+``tests/data/golden_outputs-<cpu>.json`` holds the SHA-256 of every output message (and of the whole output
 MCAP file) that ``dinov3-ros process`` and the node's processing path produced for a small fixed input
 (two cameras: rgb8 with camera_info, PNG without; every output; the seeded ``random:vits16`` at 64x96 letterboxing
-48x64 frames; CPU, one torch thread). Refactors must keep them. Regenerate only for an intended change
+48x64 frames; CPU, one torch thread), one file per CPU kernel family (float32 results differ in the last
+bits between Intel and AMD cores). Refactors must keep them. Regenerate only for an intended change
 of the outputs: ``PYTHONPATH=$PWD python tests/test_golden_outputs.py --write``. Last regenerated when
 ``depth/image`` (the new name of ``depth``) and the outputs beside the original ones were added (markers,
 odometry, organized cloud, compressed images, feature-grid camera_info): every earlier message kept its
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import sys
 import threading
 import time
@@ -27,7 +29,23 @@ import torch
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden_outputs.json"
+
+
+def _platform() -> str:
+    """The CPU kernel family the bytes depend on: vendor and torch's vectorisation level (float32 GEMMs
+    and reductions take different code paths on Intel and AMD cores of the same instruction set)."""
+    vendor = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{vendor}-{torch.backends.cpu.get_cpu_capability()}"
+
+
+GOLDEN = Path(__file__).resolve().parent / "data" / f"golden_outputs-{_platform()}.json"
 TS = get_typestore(Stores.LATEST)
 W, H = 64, 48
 RES = (64, 96)
@@ -238,6 +256,11 @@ def _node_messages(bump: int) -> list[dict[str, tuple[str, bytes, list[bytes]]]]
 
 
 def _golden() -> dict[str, Any]:
+    if not GOLDEN.exists():
+        pytest.fail(
+            f"no golden outputs for this CPU ({_platform()}): on a checkout whose outputs are known good, "
+            f"write {GOLDEN.name} with `PYTHONPATH=$PWD python tests/test_golden_outputs.py --write`"
+        )
     return json.loads(GOLDEN.read_text())
 
 

@@ -7,10 +7,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dinov3_ros.eval.data import EvalData, instance_crops
+from dinov3_ros.eval.data import EvalData, dominant_instance, instance_crops
 from dinov3_ros.eval.depth import DepthProbe, evaluate_depth
 from dinov3_ros.eval.features import FeatureModel
-from dinov3_ros.eval.matching import evaluate_matching, heads_match, match_features, oracle_matcher
+from dinov3_ros.eval.matching import (
+    evaluate_matching,
+    heads_match,
+    match_features,
+    oracle_matcher,
+    source_pixels,
+)
 from dinov3_ros.eval.objects import evaluate_probe, evaluate_tokencut, tokencut_mask
 
 TASKS = ("depth", "correspondence", "tokencut", "probe")
@@ -42,6 +48,23 @@ def _check_tasks(tasks) -> None:
         raise ValueError(f"unknown task(s) {bad}; known: {', '.join(TASKS)}")
 
 
+@dataclass
+class _Run:
+    """One evaluation in progress: its inputs, the shared test/train features and what it has produced."""
+
+    model: FeatureModel | None  # None for the ground-truth oracle
+    data: EvalData
+    opts: EvalOptions
+    res: dict
+    ex: dict
+    f_test: np.ndarray | None = None
+    f_train: np.ndarray | None = None
+
+    @property
+    def oracle(self) -> bool:
+        return self.model is None
+
+
 def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None = None) -> tuple[dict, dict]:
     """Return ``(results, examples)``: JSON-able metrics per task, and arrays for the report."""
     opts = opts or EvalOptions()
@@ -49,9 +72,8 @@ def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None
     oracle = isinstance(model, str) and model == ORACLE
     if isinstance(model, str) and not oracle:
         raise ValueError(f"model must be a FeatureModel or {ORACLE!r}, got {model!r}")
-    name = ORACLE if oracle else model.name
     res: dict = {
-        "model": name,
+        "model": ORACLE if oracle else model.name,
         "data": data.source,
         "data_meta": data.meta,
         "train_frames": len(data.train),
@@ -59,129 +81,147 @@ def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None
         "options": {k: v for k, v in asdict(opts).items() if k != "extra"},
         "timing_s": {},
     }
-    ex: dict = {"frame": data.test[0]}
-    C = len(data.class_names)
-    key = {(f.scene_index, f.frame_index): i for i, f in enumerate(data.test)}
-
+    run = _Run(None if oracle else model, data, opts, res, {"frame": data.test[0]})
     if not oracle:
-        t0 = time.perf_counter()
-        f_test, _ = model(np.stack([f.rgb for f in data.test]))
-        f_train = None
-        if "depth" in opts.tasks and opts.depth_head is None:
-            f_train, _ = model(np.stack([f.rgb for f in data.train]))
-        res["timing_s"]["features"] = time.perf_counter() - t0
-        res["feature_dim"] = int(f_test.shape[-1])
-        res["patch_grid"] = list(f_test.shape[1:3])
-
-    if "depth" in opts.tasks:
-        t0 = time.perf_counter()
-        if oracle:
-
-            def pred(i, fr):
-                return np.where(fr.depth > 0, fr.depth, 1.0)
-
-            res["depth_method"] = "ground truth"
-        elif opts.depth_head:
-            if not hasattr(model, "depth_with_head"):
-                raise ValueError(
-                    "--depth-head needs a real backbone (--weights default | random:ARCH | PATH)"
-                )
-            head_depth = model.depth_with_head(np.stack([f.rgb for f in data.test]), opts.depth_head)
-
-            def pred(i, fr):
-                return head_depth[i]
-
-            res["depth_method"] = f"head:{opts.depth_head}"
-        else:
-            probe = DepthProbe().fit(list(f_train), data.train)
-
-            def pred(i, fr):
-                return probe.predict(f_test[i], fr.height, fr.width)
-
-            res["depth_method"] = "ridge probe on log depth (frozen patch features)"
-        res["depth"] = evaluate_depth(data.test, pred)
-        # reference: one constant depth everywhere (the training frames' median), what a content-blind
-        # predictor achieves
-        const = float(np.median(np.concatenate([f.depth[f.depth > 0] for f in data.train])))
-        res["depth"]["const_baseline"] = evaluate_depth(
-            data.test, lambda i, fr: np.full(fr.depth.shape, const)
-        )
-        ex["depth_pred"] = pred(0, data.test[0])
-        res["timing_s"]["depth"] = time.perf_counter() - t0
-
-    if "correspondence" in opts.tasks:
-        t0 = time.perf_counter()
-        if oracle:
-            matcher = oracle_matcher
-        else:
-            if opts.matcher not in ("heads", "dense"):
-                raise ValueError(f"matcher must be 'heads' or 'dense', got {opts.matcher!r}")
-
-            def matcher(a, b, src):
-                fa = f_test[key[(a.scene_index, a.frame_index)]]
-                fb = f_test[key[(b.scene_index, b.frame_index)]]
-                if opts.matcher == "heads":
-                    return heads_match(fa, fb, a.height // fa.shape[0])
-                return match_features(fa, fb, src, (a.height, a.width), opts.keep)
-
-            res["matcher"] = opts.matcher
-        pairs = data.pairs()
-        res["correspondence"] = evaluate_matching(pairs, matcher, opts.n_sources, opts.seed, opts.ransac_px)
-        if pairs:
-            a, b = pairs[0]
-            from dinov3_ros.eval.matching import source_pixels
-
-            src = source_pixels(a, b, 200, np.random.default_rng(opts.seed))
-            pa, pb = matcher(a, b, src)
-            pick = np.unique(np.linspace(0, max(len(pa) - 1, 0), min(len(pa), 60)).astype(int))
-            ex["pair"] = (a, b, pa[pick], pb[pick])
-        res["timing_s"]["correspondence"] = time.perf_counter() - t0
-
-    if "tokencut" in opts.tasks:
-        t0 = time.perf_counter()
-        used = set()
-        if oracle:
-            from dinov3_ros.eval.data import dominant_instance
-
-            def segment(i, fr):
-                inst = dominant_instance(fr, 0.0)
-                return fr.instances == inst
-
-            used.add("ground truth")
-        else:
-
-            def segment(i, fr):
-                m, how = tokencut_mask(f_test[i], opts.tau, opts.eps)
-                used.add(how)
-                return m
-
-        res["tokencut"] = evaluate_tokencut(data.test, segment)
-        res["tokencut"]["implementation"] = sorted(used)
-        ex["mask"] = segment(0, data.test[0])
-        res["timing_s"]["tokencut"] = time.perf_counter() - t0
-
-    if "probe" in opts.tasks:
-        t0 = time.perf_counter()
-        tr = instance_crops(data.probe_train or data.train, opts.crop_size)
-        te = instance_crops(data.probe_test or data.test, opts.crop_size)
-        if oracle:
-
-            def embed(crops):
-                return np.eye(C)[[c.label for c in crops]]  # one-hot of the true class
-        else:
-
-            def embed(crops):
-                images = np.stack([c.image for c in crops])
-                out = []
-                for i in range(0, len(images), 64):
-                    pt, cls = model(images[i : i + 64])
-                    out.append(np.concatenate([cls, pt.mean((1, 2))], 1))
-                return np.concatenate(out)
-
-        res["probe"] = evaluate_probe(tr, te, embed, C, k=opts.knn_k)
-        res["timing_s"]["probe"] = time.perf_counter() - t0
+        _features(run)
+    for task, fn in (
+        ("depth", _depth),
+        ("correspondence", _correspondence),
+        ("tokencut", _tokencut),
+        ("probe", _probe),
+    ):
+        if task in opts.tasks:
+            t0 = time.perf_counter()
+            fn(run)
+            res["timing_s"][task] = time.perf_counter() - t0
     res["summary"] = summary(res)
-    return res, ex
+    return res, run.ex
+
+
+def _features(run: _Run) -> None:
+    """Patch features of the test frames (and of the training frames when the depth probe needs them)."""
+    data, opts, res = run.data, run.opts, run.res
+    t0 = time.perf_counter()
+    run.f_test, _ = run.model(np.stack([f.rgb for f in data.test]))
+    if "depth" in opts.tasks and opts.depth_head is None:
+        run.f_train, _ = run.model(np.stack([f.rgb for f in data.train]))
+    res["timing_s"]["features"] = time.perf_counter() - t0
+    res["feature_dim"] = int(run.f_test.shape[-1])
+    res["patch_grid"] = list(run.f_test.shape[1:3])
+
+
+def _depth_predictor(run: _Run):
+    """``pred(i, frame) -> depth`` for the configured method; records the method in the results."""
+    data, opts, res, model, f_test = run.data, run.opts, run.res, run.model, run.f_test
+    if run.oracle:
+
+        def pred(i, fr):
+            return np.where(fr.depth > 0, fr.depth, 1.0)
+
+        res["depth_method"] = "ground truth"
+    elif opts.depth_head:
+        if not hasattr(model, "depth_with_head"):
+            raise ValueError("--depth-head needs a real backbone (--weights default | random:ARCH | PATH)")
+        head_depth = model.depth_with_head(np.stack([f.rgb for f in data.test]), opts.depth_head)
+
+        def pred(i, fr):
+            return head_depth[i]
+
+        res["depth_method"] = f"head:{opts.depth_head}"
+    else:
+        probe = DepthProbe().fit(list(run.f_train), data.train)
+
+        def pred(i, fr):
+            return probe.predict(f_test[i], fr.height, fr.width)
+
+        res["depth_method"] = "ridge probe on log depth (frozen patch features)"
+    return pred
+
+
+def _depth(run: _Run) -> None:
+    data, res = run.data, run.res
+    pred = _depth_predictor(run)
+    res["depth"] = evaluate_depth(data.test, pred)
+    # reference: one constant depth everywhere (the training frames' median), what a content-blind
+    # predictor achieves
+    const = float(np.median(np.concatenate([f.depth[f.depth > 0] for f in data.train])))
+    res["depth"]["const_baseline"] = evaluate_depth(data.test, lambda i, fr: np.full(fr.depth.shape, const))
+    run.ex["depth_pred"] = pred(0, data.test[0])
+
+
+def _feature_matcher(run: _Run):
+    """``matcher(a, b, src) -> (pa, pb)`` on the test frames' features."""
+    opts, f_test = run.opts, run.f_test
+    if opts.matcher not in ("heads", "dense"):
+        raise ValueError(f"matcher must be 'heads' or 'dense', got {opts.matcher!r}")
+    key = {(f.scene_index, f.frame_index): i for i, f in enumerate(run.data.test)}
+
+    def matcher(a, b, src):
+        fa = f_test[key[(a.scene_index, a.frame_index)]]
+        fb = f_test[key[(b.scene_index, b.frame_index)]]
+        if opts.matcher == "heads":
+            return heads_match(fa, fb, a.height // fa.shape[0])
+        return match_features(fa, fb, src, (a.height, a.width), opts.keep)
+
+    run.res["matcher"] = opts.matcher
+    return matcher
+
+
+def _correspondence(run: _Run) -> None:
+    data, opts, res = run.data, run.opts, run.res
+    matcher = oracle_matcher if run.oracle else _feature_matcher(run)
+    pairs = data.pairs()
+    res["correspondence"] = evaluate_matching(pairs, matcher, opts.n_sources, opts.seed, opts.ransac_px)
+    if pairs:
+        a, b = pairs[0]
+        src = source_pixels(a, b, 200, np.random.default_rng(opts.seed))
+        pa, pb = matcher(a, b, src)
+        pick = np.unique(np.linspace(0, max(len(pa) - 1, 0), min(len(pa), 60)).astype(int))
+        run.ex["pair"] = (a, b, pa[pick], pb[pick])
+
+
+def _tokencut(run: _Run) -> None:
+    opts, f_test = run.opts, run.f_test
+    used = set()
+    if run.oracle:
+
+        def segment(i, fr):
+            inst = dominant_instance(fr, 0.0)
+            return fr.instances == inst
+
+        used.add("ground truth")
+    else:
+
+        def segment(i, fr):
+            m, how = tokencut_mask(f_test[i], opts.tau, opts.eps)
+            used.add(how)
+            return m
+
+    run.res["tokencut"] = evaluate_tokencut(run.data.test, segment)
+    run.res["tokencut"]["implementation"] = sorted(used)
+    run.ex["mask"] = segment(0, run.data.test[0])
+
+
+def _probe(run: _Run) -> None:
+    data, opts, model = run.data, run.opts, run.model
+    C = len(data.class_names)
+    tr = instance_crops(data.probe_train or data.train, opts.crop_size)
+    te = instance_crops(data.probe_test or data.test, opts.crop_size)
+    if run.oracle:
+
+        def embed(crops):
+            return np.eye(C)[[c.label for c in crops]]  # one-hot of the true class
+    else:
+
+        def embed(crops):
+            images = np.stack([c.image for c in crops])
+            out = []
+            for i in range(0, len(images), 64):
+                pt, cls = model(images[i : i + 64])
+                out.append(np.concatenate([cls, pt.mean((1, 2))], 1))
+            return np.concatenate(out)
+
+    run.res["probe"] = evaluate_probe(tr, te, embed, C, k=opts.knn_k)
 
 
 def summary(res: dict) -> dict[str, float]:

@@ -189,6 +189,67 @@ def _map(pts: np.ndarray, scale, offset, fn) -> np.ndarray:
     return (pts * s[-2:] if s.size == 2 else pts * s[0]) + o
 
 
+def _to_host(
+    t: dict[str, torch.Tensor],
+    max_matches: int | None,
+    scale,
+    offset,
+    to_input: Callable[[np.ndarray], np.ndarray] | None,
+) -> Matches:
+    """The kept rows of :func:`_match_rows` as :class:`Matches` in input pixels (all inliers)."""
+    # every row in one device->host copy, selected here: one sync per call (a GPU's queue is not
+    # drained and refilled between the steps); flat indices < 2^24 are exact in float32
+    rows = torch.cat(
+        [
+            t["pts0"].float(),
+            t["pts1"].float(),
+            t["scores"].float()[:, None],
+            t["idx1"].float()[:, None],
+            t["keep"].float()[:, None],
+        ],
+        1,
+    )
+    host = as_numpy(rows)
+    idx0 = np.flatnonzero(host[:, 6] > 0.5)
+    if max_matches is not None and idx0.size > max_matches:
+        idx0 = idx0[np.argsort(-host[idx0, 4], kind="stable")[:max_matches]]
+    sel = host[idx0]
+    pts0 = _map(np.ascontiguousarray(sel[:, 0:2]), scale, offset, to_input)
+    pts1 = _map(np.ascontiguousarray(sel[:, 2:4]), scale, offset, to_input)
+    return Matches(
+        pts0=pts0,
+        pts1=pts1,
+        scores=np.ascontiguousarray(sel[:, 4]),
+        idx0=idx0.astype(np.int64),
+        idx1=sel[:, 5].astype(np.int64),
+        inliers=np.ones(pts0.shape[0], dtype=bool),
+    )
+
+
+def _lift_and_estimate(
+    m: Matches,
+    depth0: ArrayLike,
+    depth1: ArrayLike,
+    K: ArrayLike,
+    K1: ArrayLike | None,
+    rigid_threshold: float,
+    rigid_method: str,
+) -> None:
+    """Lift ``m``'s points to 3-D and estimate the rigid motion; the inliers become the 3-D inliers."""
+    X0, v0 = lift_to_3d(m.pts0, depth0, K)
+    X1, v1 = lift_to_3d(m.pts1, depth1, K if K1 is None else K1)
+    m.points0, m.points1 = X0, X1
+    ok = v0 & v1 & m.inliers
+    if ok.sum() >= 3:
+        R, tt, inl = estimate_rigid(X0[ok], X1[ok], threshold=rigid_threshold, method=rigid_method)
+        m.R, m.t = R, tt
+        full = np.zeros_like(ok)
+        full[np.flatnonzero(ok)[inl]] = True
+        m.inliers = full
+    else:
+        m.inliers = np.zeros_like(ok)
+
+
 def match(
     f0: ArrayLike,
     f1: ArrayLike,
@@ -232,50 +293,13 @@ def match(
         window=window,
         temperature=temperature,
     )
-    # every row in one device->host copy, selected here: one sync per call (a GPU's queue is not
-    # drained and refilled between the steps); flat indices < 2^24 are exact in float32
-    rows = torch.cat(
-        [
-            t["pts0"].float(),
-            t["pts1"].float(),
-            t["scores"].float()[:, None],
-            t["idx1"].float()[:, None],
-            t["keep"].float()[:, None],
-        ],
-        1,
-    )
-    host = as_numpy(rows)
-    idx0 = np.flatnonzero(host[:, 6] > 0.5)
-    if max_matches is not None and idx0.size > max_matches:
-        idx0 = idx0[np.argsort(-host[idx0, 4], kind="stable")[:max_matches]]
-    sel = host[idx0]
-    pts0 = _map(np.ascontiguousarray(sel[:, 0:2]), scale, offset, to_input)
-    pts1 = _map(np.ascontiguousarray(sel[:, 2:4]), scale, offset, to_input)
-    m = Matches(
-        pts0=pts0,
-        pts1=pts1,
-        scores=np.ascontiguousarray(sel[:, 4]),
-        idx0=idx0.astype(np.int64),
-        idx1=sel[:, 5].astype(np.int64),
-        inliers=np.ones(pts0.shape[0], dtype=bool),
-    )
+    m = _to_host(t, max_matches, scale, offset, to_input)
     if verify_with is not None:
         verify(m, verify_with, K=K, K1=K1, threshold=ransac_threshold)
     if depth0 is not None or depth1 is not None:
         if depth0 is None or depth1 is None or K is None:
             raise ValueError("3-D lifting needs depth0, depth1 and K")
-        X0, v0 = lift_to_3d(m.pts0, depth0, K)
-        X1, v1 = lift_to_3d(m.pts1, depth1, K if K1 is None else K1)
-        m.points0, m.points1 = X0, X1
-        ok = v0 & v1 & m.inliers
-        if ok.sum() >= 3:
-            R, tt, inl = estimate_rigid(X0[ok], X1[ok], threshold=rigid_threshold, method=rigid_method)
-            m.R, m.t = R, tt
-            full = np.zeros_like(ok)
-            full[np.flatnonzero(ok)[inl]] = True
-            m.inliers = full
-        else:
-            m.inliers = np.zeros_like(ok)
+        _lift_and_estimate(m, depth0, depth1, K, K1, rigid_threshold, rigid_method)
     return m
 
 

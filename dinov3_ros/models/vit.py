@@ -23,6 +23,13 @@ def _trunc_normal_init(m: nn.Module) -> None:
         m.reset_parameters()
 
 
+def _drop_path_rates(rate: float, depth: int, uniform: bool) -> list[float]:
+    """Stochastic-depth rate per block: ``rate`` everywhere, or rising linearly from 0 to ``rate``."""
+    if uniform:
+        return [float(rate)] * depth
+    return [float(rate) * i / max(depth - 1, 1) for i in range(depth)]
+
+
 class DinoVisionTransformer(nn.Module):
     """ViT with ``[CLS, storage tokens, patches]`` layout, axial RoPE and LayerScale.
 
@@ -86,25 +93,18 @@ class DinoVisionTransformer(nn.Module):
             jitter_coords=rope_jitter,
             rescale_coords=rope_rescale,
         )
-        if drop_path_uniform:
-            dpr = [float(drop_path_rate)] * depth
-        else:
-            dpr = [float(drop_path_rate) * i / max(depth - 1, 1) for i in range(depth)]
+        block_kw = dict(
+            ffn=ffn,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            ffn_bias=ffn_bias,
+            mask_k_bias=mask_k_bias,
+            layerscale_init=layerscale_init,
+            norm_eps=norm_eps,
+        )
         self.blocks = nn.ModuleList(
-            Block(
-                embed_dim,
-                num_heads,
-                ffn_hidden,
-                ffn=ffn,
-                qkv_bias=qkv_bias,
-                proj_bias=proj_bias,
-                ffn_bias=ffn_bias,
-                mask_k_bias=mask_k_bias,
-                layerscale_init=layerscale_init,
-                norm_eps=norm_eps,
-                drop_path=dpr[i],
-            )
-            for i in range(depth)
+            Block(embed_dim, num_heads, ffn_hidden, drop_path=rate, **block_kw)
+            for rate in _drop_path_rates(drop_path_rate, depth, drop_path_uniform)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.cls_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if untie_cls_and_patch_norms else None

@@ -34,6 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dinov3_ros.cliargs import (
+    check_output_path,
+    did_you_mean,
+    finite_float,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    thread_count,
+)
 from dinov3_ros.core.spec import (
     WeightsSpec,
     add_model_arguments,
@@ -48,6 +57,8 @@ from .sources import Calibration, InputCorruptError, InputError, calibration_fro
 
 EXIT_OK, EXIT_ERROR, EXIT_CORRUPT, EXIT_INTERRUPTED = 0, 1, 3, 130
 DEFAULT_OUTPUTS = "features_pca,depth"
+#: errors that end one input's run with a message (the other inputs still run)
+_INPUT_ERRORS = (InputError, OutputExistsError, ResumeError, InputCorruptError, ValueError, OSError)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,11 +94,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preview", default=None, metavar="FILE.mp4", help="video of the input and each output's tile"
     )
     o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
-    o.add_argument("--contact-frames", type=int, default=6, help="rows of the contact sheet")
+    o.add_argument("--contact-frames", type=positive_int, default=6, help="rows of the contact sheet")
 
 
 def _add_execution_arguments(e: Any) -> None:
-    e.add_argument("--batch-size", type=int, default=8, help="frames per engine call")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="frames per engine call")
     e.add_argument(
         "--reader",
         default="auto",
@@ -97,32 +108,35 @@ def _add_execution_arguments(e: Any) -> None:
     )
     e.add_argument(
         "--decode-workers",
-        type=int,
+        type=positive_int,
         default=max(1, min(8, (os.cpu_count() or 2) - 1)),
         help="threads decoding input images",
     )
     e.add_argument(
         "--cv-threads",
-        type=int,
+        type=thread_count,
         default=-1,
         help="cv2.setNumThreads for the run (-1 = auto: 1 when the model runs on CUDA, where each decode "
         "worker already keeps a core busy, else OpenCV's default)",
     )
     e.add_argument(
         "--torch-threads",
-        type=int,
+        type=thread_count,
         default=-1,
         help="torch.set_num_threads for the run (-1 = auto: 1 when the model runs on CUDA, where host-side "
         "torch work is only copies, else torch's default; 0 = torch's default)",
     )
     e.add_argument(
         "--build-workers",
-        type=int,
+        type=positive_int,
         default=max(2, min(6, (os.cpu_count() or 2) // 3)),
         help="threads building + serialising output messages",
     )
     e.add_argument(
-        "--checkpoint-every", type=int, default=256, help="frames between resume points (0 = none)"
+        "--checkpoint-every",
+        type=nonnegative_int,
+        default=256,
+        help="frames between resume points (0 = none)",
     )
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.add_argument(
@@ -135,7 +149,10 @@ def _add_execution_arguments(e: Any) -> None:
 
 def _add_source_arguments(v: Any) -> None:
     v.add_argument(
-        "--fps", type=float, default=0.0, help="frame rate for stamps (default: the video's; folders 30)"
+        "--fps",
+        type=nonnegative_float,
+        default=0.0,
+        help="frame rate for stamps (default: the video's; folders 30)",
     )
     v.add_argument(
         "--topic", default="/camera/image_raw", help="input topic name given to video/folder frames"
@@ -150,7 +167,9 @@ def _add_source_arguments(v: Any) -> None:
         ("cx", "principal point x"),
         ("cy", "principal point y"),
     ):
-        v.add_argument(f"--{k}", type=float, default=None, help=f"{what} in pixels (videos and folders)")
+        v.add_argument(
+            f"--{k}", type=finite_float, default=None, help=f"{what} in pixels (videos and folders)"
+        )
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -234,7 +253,8 @@ def _outputs(spec: str) -> frozenset[str]:
     outs = {s.strip() for s in spec.split(",") if s.strip()}
     bad = sorted(outs - set(OUTPUTS))
     if bad or not outs:
-        raise ValueError(f"unknown output(s) {bad or spec!r}; choose from {', '.join(OUTPUTS)}")
+        hints = "".join(did_you_mean(b, OUTPUTS) for b in bad[:1])
+        raise ValueError(f"unknown output(s) {bad or spec!r}{hints}; choose from {', '.join(OUTPUTS)}")
     return frozenset(outs)
 
 
@@ -519,11 +539,15 @@ def main(args: argparse.Namespace) -> int:
         for inp, _o in mine:
             if not inp.exists():
                 raise InputError(f"input {inp} does not exist")
+        for extra in (args.preview, args.contact_sheet):
+            if extra:
+                check_output_path(extra, is_file=True)
         todo = []
         for inp, out in mine:  # refuse before loading any model
             if args.resume and out.exists() and not partial_dir(out).exists() and not args.overwrite:
                 print(f"{inp}: output {out} is already complete; skipped (--resume)", file=sys.stderr)
                 continue
+            check_output_path(out, is_file=False)
             OutputBag(out, overwrite=args.overwrite, resume=args.resume).check_target()
             todo.append((inp, out))
     except (InputError, OutputExistsError, ValueError, InputCorruptError) as err:
@@ -549,7 +573,7 @@ def main(args: argparse.Namespace) -> int:
                 rc, text = process_one(
                     args, inp, out, model, config, outputs, device, multi, calibration, label
                 )
-            except (InputError, OutputExistsError, ResumeError, InputCorruptError, ValueError) as err:
+            except _INPUT_ERRORS as err:
                 rc, text = (
                     EXIT_ERROR if not isinstance(err, InputCorruptError) else EXIT_CORRUPT,
                     f"{inp}: {err}",

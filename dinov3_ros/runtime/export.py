@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dinov3_ros.cliargs import check_output_path, positive_int
+
 from .graph import OUTPUT_LAYOUT, DeployModel
 from .onnx_check import Finding, check_tensorrt_compat, format_findings
 from .weights import load_backbone, load_depth_head
@@ -57,6 +59,8 @@ def parse_resolution(spec: str | tuple[int, int] | None) -> tuple[int, int] | No
     parts = spec.lower().replace(",", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"resolution {spec!r}: expected HxW (e.g. 480x640) or 'dynamic'")
+    if int(parts[0]) < 1 or int(parts[1]) < 1:
+        raise ValueError(f"resolution {spec!r}: height and width must be positive")
     return int(parts[0]), int(parts[1])
 
 
@@ -317,7 +321,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("none", "int8"),
         help="int8: dynamically quantized MatMul weights for ONNX Runtime on CPU (implies --target cpu)",
     )
-    parser.add_argument("--batch", type=int, default=1, help="trace batch / TensorRT max batch")
+    parser.add_argument("--batch", type=positive_int, default=1, help="trace batch / TensorRT max batch")
     parser.add_argument(
         "--static-batch", action="store_true", help="fixed batch dim (default: dynamic batch)"
     )
@@ -342,6 +346,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--quantize/--target cpu are ONNX Runtime CPU forms: use --format onnx")
         heads, head_path = _parse_heads(args.heads, args.depth_head)
         size = parse_resolution(args.resolution)
+        check_output_path(args.out, is_file=True)
         model = load_model(args.arch, args.weights)
         head = None
         if "depth" in heads:
@@ -400,3 +405,6 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

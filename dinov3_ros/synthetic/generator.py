@@ -87,11 +87,10 @@ def _yaw(a: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def sample_scene(config: SceneConfig, seed: int, index: int) -> SceneSpec:
-    """Draw scene ``index`` of the distribution ``config`` with master seed ``seed``."""
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
-    n_tex = n_textures()
-    n_proc = len(PROCEDURAL_KINDS) * N_PROCEDURAL_PER_KIND
+def _room(
+    rng: np.random.Generator, config: SceneConfig, n_tex: int
+) -> tuple[list[SceneObject], float, float]:
+    """Floor, ceiling and four walls (instance 0); returns them and the room's half sides."""
     lx, ly = rng.uniform(*config.room_half, size=2)
     hz = config.room_height
     objs: list[SceneObject] = []
@@ -117,26 +116,43 @@ def sample_scene(config: SceneConfig, seed: int, index: int) -> SceneSpec:
     bg([-lx, -ly, 0], [0, 2 * ly, 0], [0, 0, hz], wall_tile)
     bg([-lx, ly, 0], [2 * lx, 0, 0], [0, 0, hz], wall_tile)
     bg([-lx, -ly, 0], [2 * lx, 0, 0], [0, 0, hz], wall_tile)
+    return objs, lx, ly
 
+
+def _object_rotation(rng: np.random.Generator, config: SceneConfig, cls: int) -> np.ndarray:
+    """Spheres and tumbled objects: any orientation; the rest: upright with a random yaw."""
+    if cls == SPHERE_CLASS:
+        return _random_rotation(rng)
+    if rng.random() < config.tumble_prob:
+        return _random_rotation(rng)
+    return _yaw(rng.uniform(0, 2 * np.pi))
+
+
+def _free_spot(
+    rng: np.random.Generator, spread: float, rad: float, placed: list[tuple[float, float, float]]
+) -> np.ndarray | None:
+    """A floor position whose footprint clears every placed object, or None after 50 tries."""
+    for _ in range(50):
+        cand = rng.uniform(-spread, spread, 2)
+        if all(math.hypot(cand[0] - px, cand[1] - py) > rad + pr + 0.05 for px, py, pr in placed):
+            return cand
+    return None
+
+
+def _objects(
+    rng: np.random.Generator, config: SceneConfig, n_tex: int, n_proc: int
+) -> tuple[list[SceneObject], list[tuple[float, float, float]]]:
+    """The textured objects resting on the floor (instances 1..N) and their ``(x, y, radius)`` footprints."""
+    objs: list[SceneObject] = []
     n_obj = int(rng.integers(config.min_objects, config.max_objects + 1))
     placed: list[tuple[float, float, float]] = []  # (x, y, footprint radius)
     spread = 0.45 + 0.22 * n_obj
     for _ in range(n_obj):
         cls = int(rng.integers(0, len(CLASS_NAMES)))
         size = float(rng.uniform(*config.object_size))
-        if cls == SPHERE_CLASS:
-            R = _random_rotation(rng)
-        elif rng.random() < config.tumble_prob:
-            R = _random_rotation(rng)
-        else:
-            R = _yaw(rng.uniform(0, 2 * np.pi))
+        R = _object_rotation(rng, config, cls)
         rad = 0.5 * size * (math.sqrt(2.0) if cls != SPHERE_CLASS else 1.0)
-        xy = None
-        for _ in range(50):
-            cand = rng.uniform(-spread, spread, 2)
-            if all(math.hypot(cand[0] - px, cand[1] - py) > rad + pr + 0.05 for px, py, pr in placed):
-                xy = cand
-                break
+        xy = _free_spot(rng, spread, rad, placed)
         if xy is None:
             continue
         placed.append((float(xy[0]), float(xy[1]), rad))
@@ -164,13 +180,17 @@ def sample_scene(config: SceneConfig, seed: int, index: int) -> SceneSpec:
                 tint=tint,
             )
         )
-    # light from above, random azimuth
-    az, el = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(35), np.deg2rad(75))
-    light = (math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el))
-    scene = Scene(
-        objs, light_dir=light, ambient=float(rng.uniform(0.25, 0.4)), sun=float(rng.uniform(0.4, 0.6))
-    )
+    return objs, placed
 
+
+def _camera(
+    rng: np.random.Generator,
+    config: SceneConfig,
+    placed: list[tuple[float, float, float]],
+    lx: float,
+    ly: float,
+) -> tuple[np.ndarray, OrbitTrajectory]:
+    """Intrinsics and an orbit around the objects that stays inside the room and outside every object."""
     K = intrinsics(config.width, config.height, float(rng.uniform(*config.hfov_deg)))
     cx = float(np.mean([p[0] for p in placed])) if placed else 0.0
     cy = float(np.mean([p[1] for p in placed])) if placed else 0.0
@@ -188,6 +208,26 @@ def sample_scene(config: SceneConfig, seed: int, index: int) -> SceneSpec:
         height_amp=float(rng.uniform(0.0, 0.3)),
         phase=float(rng.uniform(0, 2 * np.pi)),
     )
+    return K, traj
+
+
+def sample_scene(config: SceneConfig, seed: int, index: int) -> SceneSpec:
+    """Draw scene ``index`` of the distribution ``config`` with master seed ``seed``.
+
+    The draws happen in a fixed order (room, objects, light, camera): changing it changes every scene.
+    """
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
+    n_tex = n_textures()
+    n_proc = len(PROCEDURAL_KINDS) * N_PROCEDURAL_PER_KIND
+    room, lx, ly = _room(rng, config, n_tex)
+    objs, placed = _objects(rng, config, n_tex, n_proc)
+    # light from above, random azimuth
+    az, el = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(35), np.deg2rad(75))
+    light = (math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el))
+    scene = Scene(
+        room + objs, light_dir=light, ambient=float(rng.uniform(0.25, 0.4)), sun=float(rng.uniform(0.4, 0.6))
+    )
+    K, traj = _camera(rng, config, placed, lx, ly)
     return SceneSpec(scene=scene, K=K, trajectory=traj, index=int(index))
 
 

@@ -136,6 +136,63 @@ class _BagMessages:
         return self.tp.new("std_msgs/msg/String", data=text)
 
 
+def _image_type(compressed: bool) -> str:
+    return "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+
+
+def _add_connections(writer, ts, compressed: bool) -> dict:
+    """One connection per written topic, keyed like :data:`TOPICS` (the image under ``image``)."""
+    img_topic = TOPICS["image_compressed"] if compressed else TOPICS["image"]
+    return {
+        "image": writer.add_connection(img_topic, _image_type(compressed), typestore=ts),
+        "camera_info": writer.add_connection(
+            TOPICS["camera_info"], "sensor_msgs/msg/CameraInfo", typestore=ts
+        ),
+        "depth": writer.add_connection(TOPICS["depth"], "sensor_msgs/msg/Image", typestore=ts),
+        "instances": writer.add_connection(TOPICS["instances"], "sensor_msgs/msg/Image", typestore=ts),
+        "pose": writer.add_connection(TOPICS["pose"], "geometry_msgs/msg/PoseStamped", typestore=ts),
+        "meta": writer.add_connection(TOPICS["meta"], "std_msgs/msg/String", typestore=ts),
+    }
+
+
+def _frame_messages(
+    mk: _BagMessages,
+    fr: SynthFrame,
+    t: int,
+    compressed: bool,
+    jpeg_quality: int,
+    depth_encoding: str,
+    depth_quantum: float | None,
+) -> list[tuple[str, object, str]]:
+    """``(connection key, message, type)`` of one frame, in the order they are written."""
+    fid = fr.frame_id
+    if compressed:
+        msg = mk.jpeg(fr.rgb, jpeg_quality, t, fid)
+    else:
+        msg = mk.image(fr.rgb, "rgb8", t, fid)
+    if depth_encoding == "32FC1":
+        d = fr.depth.astype("<f4")
+        if depth_quantum is not None:
+            d = (np.rint(d / depth_quantum) * depth_quantum).astype("<f4")
+        dmsg = mk.image(d, "32FC1", t, fid)
+    else:
+        dmsg = mk.image(depth_to_mm16(fr.depth), "16UC1", t, fid)
+    meta = {
+        "scene": fr.scene_index,
+        "frame": fr.frame_index,
+        "instance_classes": fr.instance_classes.tolist(),
+        "class_names": list(CLASS_NAMES),
+    }
+    return [
+        ("image", msg, _image_type(compressed)),
+        ("camera_info", mk.camera_info(fr.K, fr.width, fr.height, t, fid), "sensor_msgs/msg/CameraInfo"),
+        ("depth", dmsg, "sensor_msgs/msg/Image"),
+        ("instances", mk.image(fr.instances.astype("<u2"), "16UC1", t, fid), "sensor_msgs/msg/Image"),
+        ("pose", mk.pose(fr.T_world_cam, t), "geometry_msgs/msg/PoseStamped"),
+        ("meta", mk.string(json.dumps(meta)), "std_msgs/msg/String"),
+    ]
+
+
 def write_bag(
     frames: Iterable[SynthFrame],
     path: str | os.PathLike,
@@ -172,60 +229,13 @@ def write_bag(
         if storage_compression:
             writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         with writer:
-            img_topic = TOPICS["image_compressed"] if compressed else TOPICS["image"]
-            img_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
-            conns = {
-                "image": writer.add_connection(img_topic, img_type, typestore=ts),
-                "camera_info": writer.add_connection(
-                    TOPICS["camera_info"], "sensor_msgs/msg/CameraInfo", typestore=ts
-                ),
-                "depth": writer.add_connection(TOPICS["depth"], "sensor_msgs/msg/Image", typestore=ts),
-                "instances": writer.add_connection(
-                    TOPICS["instances"], "sensor_msgs/msg/Image", typestore=ts
-                ),
-                "pose": writer.add_connection(TOPICS["pose"], "geometry_msgs/msg/PoseStamped", typestore=ts),
-                "meta": writer.add_connection(TOPICS["meta"], "std_msgs/msg/String", typestore=ts),
-            }
+            conns = _add_connections(writer, ts, compressed)
             n = 0
             for k, fr in enumerate(frames):
                 t = int(start_ns) + k * period
-                fid = fr.frame_id
-                if compressed:
-                    msg = mk.jpeg(fr.rgb, jpeg_quality, t, fid)
-                else:
-                    msg = mk.image(fr.rgb, "rgb8", t, fid)
-                out = [
-                    ("image", msg, img_type),
-                    (
-                        "camera_info",
-                        mk.camera_info(fr.K, fr.width, fr.height, t, fid),
-                        "sensor_msgs/msg/CameraInfo",
-                    ),
-                ]
-                if depth_encoding == "32FC1":
-                    d = fr.depth.astype("<f4")
-                    if depth_quantum is not None:
-                        d = (np.rint(d / depth_quantum) * depth_quantum).astype("<f4")
-                    dmsg = mk.image(d, "32FC1", t, fid)
-                else:
-                    dmsg = mk.image(depth_to_mm16(fr.depth), "16UC1", t, fid)
-                out.append(("depth", dmsg, "sensor_msgs/msg/Image"))
-                out.append(
-                    (
-                        "instances",
-                        mk.image(fr.instances.astype("<u2"), "16UC1", t, fid),
-                        "sensor_msgs/msg/Image",
-                    )
-                )
-                out.append(("pose", mk.pose(fr.T_world_cam, t), "geometry_msgs/msg/PoseStamped"))
-                meta = {
-                    "scene": fr.scene_index,
-                    "frame": fr.frame_index,
-                    "instance_classes": fr.instance_classes.tolist(),
-                    "class_names": list(CLASS_NAMES),
-                }
-                out.append(("meta", mk.string(json.dumps(meta)), "std_msgs/msg/String"))
-                for key, m, typ in out:
+                for key, m, typ in _frame_messages(
+                    mk, fr, t, compressed, jpeg_quality, depth_encoding, depth_quantum
+                ):
                     writer.write(conns[key], t, ts.serialize_cdr(m, typ))
                 n += 1
             if n == 0:
