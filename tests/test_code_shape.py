@@ -16,14 +16,7 @@ PACKAGE = ROOT / "dinov3_ros"
 MAX_LINES = 80
 
 #: functions allowed to be longer than MAX_LINES: "path under dinov3_ros/::qualified name" -> reason
-ALLOWED_LONG: dict[str, str] = {
-    "runtime/bench.py::main": "being split",
-    "runtime/export.py::export_onnx": "being split",
-    "runtime/onnx_check.py::check_tensorrt_compat": "being split",
-    "runtime/ort_backend.py::fuse_rope": "being split",
-    "runtime/ort_backend.py::OrtEngine.__init__": "being split",
-    "runtime/trt_backend.py::build_engine": "being split",
-}
+ALLOWED_LONG: dict[str, str] = {}
 
 #: top-level packages that need a ROS 2 installation with rclpy (the ROS client library and generated
 #: message classes); only ``dinov3_ros/ros`` may import them
