@@ -48,9 +48,8 @@ venv310: $(VENV310)/.installed
 $(VENV310)/.installed: setup.py
 	@[ -n "$(PY310)" ] || { echo "no Python 3.10: pyenv install 3.10, or make PY310=/path/to/python3.10"; exit 1; }
 	@[ -x $(VENV310)/bin/python ] || $(PY310) -m venv $(VENV310)
-	@# the CPU wheel where its index is reachable, else PyPI's
-	$(VENV310)/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>&1 | $(PIPFILTER) || \
-		$(VENV310)/bin/python -m pip install -q torch 2>&1 | $(PIPFILTER)
+	@# the local CPU wheel is built for 3.11 only: PyPI's build of the same release (it runs on a CPU)
+	$(VENV310)/bin/python -m pip install -q --disable-pip-version-check 'torch==2.13.0' 2>&1 | $(PIPFILTER)
 	$(VENV310)/bin/python -m pip install -q $(DEPS310) 2>&1 | $(PIPFILTER)
 	@touch $@
 
