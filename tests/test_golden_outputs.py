@@ -30,7 +30,6 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 
-
 def _platform() -> str:
     """The CPU kernel family the bytes depend on: vendor and torch's vectorisation level (float32 GEMMs
     and reductions take different code paths on Intel and AMD cores of the same instruction set)."""
