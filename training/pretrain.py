@@ -22,9 +22,17 @@ from .checkpoint import (
     save_checkpoint,
     save_full_state_dict,
 )
-from .config import load_config, save_config
+from .config import (
+    RESUME_MAY_CHANGE,
+    ConfigError,
+    check_resume_config,
+    load_config,
+    save_config,
+    validate,
+)
 from .data import build_pretrain_loader
 from .distributed import (
+    barrier,
     get_local_rank,
     get_rank,
     get_world_size,
@@ -76,21 +84,20 @@ class PretrainState:
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
-    """Reject settings that would not do what they say (raises ``ValueError``)."""
+    """Check types and ranges (numeric strings become numbers, in place) and reject settings that would
+    not do what they say (raises :class:`training.config.ConfigError`, a ``ValueError``)."""
+    checked = validate(cfg)
+    cfg.clear()
+    cfg.update(checked)
     gc = cfg["gram"]
     freq, first = int(gc.get("update_frequency", 0)), int(gc.get("it_first_update", 0))
     if gc.get("use") and gc.get("rep_update", True) and freq > 0 and first % freq:
         fires = -(-first // freq) * freq
-        raise ValueError(
+        raise ConfigError(
             f"gram.it_first_update ({first}) is not a multiple of gram.update_frequency ({freq}): the "
             f"Gram teacher is refreshed when (iteration + 1) is a multiple of update_frequency, so the "
             f"first refresh would come at {fires}, not {first}"
         )
-    mu = gc.get("max_updates")
-    if mu is not None and int(mu) < 0:
-        raise ValueError(f"gram.max_updates must be null (unlimited) or >= 0, got {mu}")
-    if int(cfg["train"]["iterations"]) < 1:
-        raise ValueError(f"train.iterations must be >= 1, got {cfg['train']['iterations']}")
 
 
 def trainable_modules(model: SSLMetaArch) -> torch.nn.ModuleDict:
@@ -313,9 +320,27 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     t = cfg["train"]
     out_dir = Path(t["output_dir"])
     ckpt_root = out_dir / "ckpt"
+    validate_config(cfg)
+    latest = find_latest_checkpoint(ckpt_root) if t.get("resume", True) else None
+    if latest is not None:
+        changes = check_resume_config(
+            out_dir / "config.yaml",
+            cfg,
+            RESUME_MAY_CHANGE,
+            bool(t.get("allow_config_change")),
+            "to start over, use a new train.output_dir or --no-resume",
+        )
+        barrier()  # every rank has read the saved config before rank 0 moves it
+        if changes and is_main_process():
+            kept = out_dir / f"config.before-{int(latest.name):08d}.yaml"
+            (out_dir / "config.yaml").replace(kept)
+            print(
+                f"resuming under a changed config ({len(changes)} keys; the old one is kept as {kept.name}):"
+            )
+            for c in changes:
+                print(f"  {c}")
     state = build_training(cfg, backbone)
     start = 0
-    latest = find_latest_checkpoint(ckpt_root) if t.get("resume", True) else None
     total_iters = int(t["iterations"])
     stop = int(t["stop_at_iteration"]) if t.get("stop_at_iteration") is not None else total_iters
     B = int(t["batch_size_per_gpu"])
@@ -341,7 +366,10 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
 
         restore_rng_state(extra["rng"])
         if is_main_process():
-            print(f"resumed from {latest} at iteration {start}", flush=True)
+            if start >= total_iters:
+                print(f"{out_dir} is already finished (iteration {start} of {total_iters}); nothing to do")
+            else:
+                print(f"resumed from {latest} at iteration {start}", flush=True)
     if is_main_process():
         save_config(cfg, out_dir / "config.yaml")
     logger = MetricLogger(
@@ -395,6 +423,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config (training/configs/*.yaml)")
     parser.add_argument("--output-dir", type=Path, default=None, help="shortcut for train.output_dir=...")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run even though this config differs from the one it started with",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
 
 
@@ -404,16 +437,23 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.no_resume:
         overrides.append("train.resume=false")
+    if args.allow_config_change:
+        overrides.append("train.allow_config_change=true")
     try:
         cfg = load_config(args.config, overrides)
         validate_config(cfg)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"dinov3-train pretrain: bad config: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e) if str(e).startswith("bad ") else f"bad config: {e}"
+        print(f"dinov3-train pretrain: {msg}", file=sys.stderr)
         return 2
     main_rank = True
     try:
         result = run_pretraining(cfg)
         main_rank = is_main_process()
+    except ConfigError as e:
+        if is_main_process():
+            print(f"dinov3-train pretrain: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:
         print(
             f"dinov3-train pretrain: stopping: {e}; the last good checkpoint is left intact", file=sys.stderr
