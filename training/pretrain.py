@@ -315,7 +315,8 @@ def _past(deadline: float) -> bool:
 
 def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> dict[str, Any]:
     """Train per ``cfg``; resumes from ``<output_dir>/ckpt`` when a checkpoint exists (``train.resume``).
-    Returns ``{"iteration", "history": [scalars per logged iteration], "checkpoint"}``."""
+    Returns ``{"iteration", "history": [scalars per logged iteration], "checkpoint", "skipped_images",
+    "state": the PretrainState}``."""
     init_distributed()
     t = cfg["train"]
     out_dir = Path(t["output_dir"])
@@ -416,6 +417,7 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
         "history": history,
         "checkpoint": last_ckpt,
         "skipped_images": state.n_skipped,
+        "state": state,
     }
 
 
