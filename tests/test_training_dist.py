@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from training.checkpoint import safe_load
 from training.losses import koleo_loss, koleo_loss_distributed, sinkhorn_knopp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,9 @@ def test_fsdp2_gloo_pretraining_two_processes_checkpoint_and_resume(tmp_path):
         "dino.koleo_distributed=true",
         "dino.koleo_group_size=4",
     ]
+    ref = tmp_path / "ref"
+    p = _torchrun([*common, "train.iterations=4", f"train.output_dir={ref}"], REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
     p = _torchrun([*common, "train.iterations=4", "train.stop_at_iteration=2"], REPO)
     assert p.returncode == 0, p.stderr[-3000:]
     ckpt = out / "ckpt" / "00000002"
@@ -113,3 +117,29 @@ def test_fsdp2_gloo_pretraining_two_processes_checkpoint_and_resume(tmp_path):
     assert (out / "teacher_backbone.pth").exists()
     sd = torch.load(out / "teacher_backbone.pth", weights_only=True)
     assert "blocks.1.attn.qkv.weight" in sd and not any("_checkpoint_wrapped" in k for k in sd)
+    # the resumed run ends in the same full state as the uninterrupted one, bit for bit: every shard of
+    # the student, the EMA teacher and the optimizer, and each rank's iteration, counters and RNG states
+    from test_training_config import _assert_same
+
+    a, b = (
+        _read_dcp(ref / "ckpt" / "00000004", tmp_path / "a.pt"),
+        _read_dcp(ckpt.parent / "00000004", tmp_path / "b.pt"),
+    )
+    assert any(k.startswith("teacher.") for k in a["model"]) and a["optimizer"]["state"]
+    _assert_same(a, b, "checkpoint")
+    for r in range(2):
+        ea = safe_load(ref / "ckpt" / "00000004" / f"extra_rank{r}.pt", "state")
+        eb = safe_load(ckpt.parent / "00000004" / f"extra_rank{r}.pt", "state")
+        assert ea["next_iteration"] == 4
+        _assert_same(ea, eb, f"rank {r}")
+    # negative control: the checkpoint after two iterations differs from the one after four
+    with pytest.raises(AssertionError):
+        _assert_same(_read_dcp(ckpt, tmp_path / "c.pt")["model"], b["model"], "model")
+
+
+def _read_dcp(path: Path, tmp: Path) -> dict:
+    """A DCP checkpoint as one plain state dict (tensors and plain data)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(path), str(tmp))
+    return torch.load(tmp, weights_only=True)

@@ -7,11 +7,13 @@ torchrun --nproc_per_node 4 -m training.cli pretrain --config ... train.output_d
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -122,7 +124,10 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
     device = _device()
     if t.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(int(t["seed"]) + get_rank())
+    seed = int(t["seed"]) + get_rank()
+    torch.manual_seed(seed)  # numpy and python too: a run is reproducible whatever draws from them
+    np.random.seed(seed)
+    random.seed(seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
