@@ -306,6 +306,9 @@ def _loader(ds: Dataset, batch_size: int, start: int, total: int, seed: int, wor
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # its own generator: the loader does not draw from the global RNG, so a resumed run's stream
+        # matches an uninterrupted one (the frames are addressed by sample index either way)
+        generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(start)),
     )
 
 
