@@ -44,7 +44,13 @@ from .distributed import (
 )
 from .logger import MetricLogger
 from .meta_arch import SSLMetaArch
-from .parallel import apply_activation_checkpointing, compile_blocks, shard_model
+from .parallel import (
+    GradientAverager,
+    apply_activation_checkpointing,
+    broadcast_module_state,
+    compile_blocks,
+    shard_model,
+)
 from .param_groups import build_param_groups
 from .schedules import build_schedules
 
@@ -83,6 +89,8 @@ class PretrainState:
         self.iteration = 0
         self.gram_updates = 0
         self.n_skipped = 0
+        self.parallel = "fsdp" if fsdp else "none"  # none | ddp | fsdp
+        self.grad_sync: GradientAverager | None = None
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
@@ -108,6 +116,39 @@ def trainable_modules(model: SSLMetaArch) -> torch.nn.ModuleDict:
     if model.sim is not None:
         parts["sim"] = model.sim
     return torch.nn.ModuleDict(parts)
+
+
+#: Parameters + gradients + AdamW moments of the student (fp32) and the teachers' weights must stay
+#: under this fraction of one GPU's memory for ``train.parallel: auto`` to pick DDP over FSDP2.
+DDP_MEMORY_FRACTION = 0.35
+
+
+def parallel_mode(cfg: dict[str, Any], model: SSLMetaArch, device: torch.device) -> str:
+    """``none`` (one process), ``ddp`` (replicas, gradients averaged) or ``fsdp`` (FSDP2 shards) from
+    ``train.parallel`` and the older ``train.fsdp``; ``auto`` under torchrun picks DDP when the model's
+    training state fits comfortably on one device (:data:`DDP_MEMORY_FRACTION`), FSDP2 otherwise."""
+    t = cfg["train"]
+    mode, fsdp_opt = str(t.get("parallel", "auto")), t.get("fsdp", "auto")
+    if mode == "auto" and fsdp_opt is True:
+        mode = "fsdp"
+    if mode != "auto":
+        if mode == "none" and is_distributed():
+            raise RuntimeError(
+                "train.parallel=none under torchrun would train unrelated copies: use ddp or fsdp"
+            )
+        return mode
+    if not is_distributed():
+        return "none"
+    if fsdp_opt is False or device.type != "cuda":
+        return "ddp"
+    student = sum(p.numel() for p in trainable_modules(model).parameters())
+    others = sum(p.numel() for p in model.parameters()) - student
+    need = 16 * student + 4 * others  # fp32 student weights, grads, two Adam moments; teacher weights
+    return (
+        "ddp"
+        if need < DDP_MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory
+        else "fsdp"
+    )
 
 
 def _device() -> torch.device:
@@ -145,10 +186,14 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
         else:
             model.gram_teacher.load_state_dict(model.teacher.backbone.state_dict())
     model.to(device)
-    fsdp_opt = t.get("fsdp", "auto")
-    fsdp = is_distributed() if fsdp_opt == "auto" else bool(fsdp_opt)
-    if fsdp and not is_distributed():
-        raise RuntimeError("train.fsdp=true needs a process group: launch with torchrun")
+    mode = parallel_mode(cfg, model, device)
+    fsdp = mode == "fsdp"
+    if mode in ("fsdp", "ddp") and not is_distributed():
+        raise RuntimeError(f"train.parallel={mode} needs a process group: launch with torchrun")
+    grad_sync = None
+    if mode == "ddp":
+        broadcast_module_state([model])  # identical replicas (each rank drew its own initialisation)
+        grad_sync = GradientAverager(trainable_modules(model).parameters())
     if t.get("activation_checkpointing"):
         apply_activation_checkpointing(model.student.backbone, t["activation_checkpointing"])
     if t.get("compile"):
@@ -182,7 +227,9 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(o["betas"]), weight_decay=0.0, fused=fused)
     global_batch = int(t["batch_size_per_gpu"]) * get_world_size()
     schedules = build_schedules(cfg, global_batch)
-    return PretrainState(cfg, model, optimizer, schedules, device, fsdp, autocast_dtype)
+    state = PretrainState(cfg, model, optimizer, schedules, device, fsdp, autocast_dtype)
+    state.parallel, state.grad_sync = mode, grad_sync
+    return state
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -233,6 +280,8 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         vals = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(f"non-finite loss at iteration {it}: {vals}")
     total.backward()  # while the last layer is frozen its LR is 0: gradients and Adam moments are kept
+    if state.grad_sync is not None:
+        state.grad_sync.sync()  # DDP: every rank now holds the gradient of the global batch's mean loss
     o = cfg["optim"]
     norms = {
         f"grad_norm/{name}": _clip(
