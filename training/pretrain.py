@@ -395,6 +395,8 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
             for c in changes:
                 print(f"  {c}")
     state = build_training(cfg, backbone)
+    if is_main_process() and state.parallel != "none":
+        print(f"data parallel: {state.parallel} over {get_world_size()} processes", flush=True)
     start = 0
     total_iters = int(t["iterations"])
     stop = int(t["stop_at_iteration"]) if t.get("stop_at_iteration") is not None else total_iters
