@@ -55,7 +55,7 @@ from training.config import load_config
 from training.data import ProceduralSource, build_pretrain_loader, sample_masks
 from training.data.augment import color_jitter, to_tensor
 from training.distributed import get_rank, get_world_size, init_distributed, is_distributed
-from training.pretrain import build_training, train_step
+from training.pretrain import build_training, flush_scalars, train_step
 
 CFG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "training", "configs", "vits16_1gpu.yaml"
@@ -295,8 +295,9 @@ def _loop_rate(args, cfg: dict, device: torch.device) -> dict[str, float]:
         tw = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - tw
-        train_step(state, batch, i)
+        train_step(state, batch, i, sync=False)
     _sync(device)
+    flush_scalars(state)
     dt = (time.perf_counter() - t0) / args.steps
     B = int(cfg["train"]["batch_size_per_gpu"])
     del it, state
@@ -311,6 +312,7 @@ def run_throughput(args, device: torch.device) -> list[dict]:
         variants = [
             ("backbone fwd+bwd (baseline)", [], "backbone"),
             ("ssl step", [], "ssl"),
+            ("ssl step, scalars read every step", [], "ssl_sync"),
             ("ssl step + act. ckpt", ["train.activation_checkpointing=full"], "ssl"),
         ]
         if args.compile:
@@ -323,13 +325,14 @@ def run_throughput(args, device: torch.device) -> list[dict]:
             batch = _fake_batch(cfg, device)
             if kind == "ssl" and flops is None and not extra:
                 flops = _count_flops(state, batch)
-            fn = (
-                _backbone_step(state, batch)
-                if kind == "backbone"
-                else (lambda i, s=state, b=batch: train_step(s, b, i))
-            )
+            if kind == "backbone":
+                fn = _backbone_step(state, batch)
+            else:  # the loop's step: scalars stay on the device; ssl_sync reads them (and syncs) every step
+                fn = lambda i, s=state, b=batch, k=kind: train_step(s, b, i, sync=k == "ssl_sync")  # noqa: E731
             warm = args.warmup * (3 if "compile" in label else 1)
             dt = _time_steps(fn, device, warm, args.steps)
+            if kind != "backbone":
+                flush_scalars(state)  # the losses were finite (raises otherwise)
             B = int(cfg["train"]["batch_size_per_gpu"])
             row = {
                 "setup": name,
@@ -339,7 +342,7 @@ def run_throughput(args, device: torch.device) -> list[dict]:
                 "images_s": B / dt,
                 "mem_gib": _mem(device),
             }
-            if kind == "ssl" and flops:
+            if kind != "backbone" and flops:
                 row["tflops_per_step"] = flops / 1e12
                 row["mfu"] = flops / dt / (peak * 1e12) if peak == peak else float("nan")
             if kind == "ssl" and not extra:
@@ -404,7 +407,10 @@ def run_fsdp(args, device: torch.device) -> list[dict]:
             if label.startswith("per-GPU"):
                 state.grad_sync = None  # no gradient synchronisation: the ideal
             batch = _fake_batch(cfg, device, seed=get_rank())
-            dt = _time_steps(lambda i, s=state, b=batch: train_step(s, b, i), device, args.warmup, args.steps)
+            dt = _time_steps(
+                lambda i, s=state, b=batch: train_step(s, b, i, sync=False), device, args.warmup, args.steps
+            )
+            flush_scalars(state)
             t = torch.tensor([dt], device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             B = int(cfg["train"]["batch_size_per_gpu"])

@@ -59,6 +59,7 @@ __all__ = [
     "PretrainState",
     "add_arguments",
     "build_training",
+    "flush_scalars",
     "main",
     "run_pretraining",
     "train_step",
@@ -91,6 +92,9 @@ class PretrainState:
         self.n_skipped = 0
         self.parallel = "fsdp" if fsdp else "none"  # none | ddp | fsdp
         self.grad_sync: GradientAverager | None = None
+        # per step, on the device until flush_scalars: (iteration, keys, values, norm keys, norms,
+        # finite flag, host-side scalars)
+        self.pending: list[tuple] = []
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
@@ -244,9 +248,17 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor | N
     return n.full_tensor() if hasattr(n, "full_tensor") else n
 
 
-def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str, float]:
+def train_step(
+    state: PretrainState, batch: dict[str, Any], it: int, *, sync: bool = True
+) -> dict[str, float] | None:
     """One optimisation step at iteration ``it``: schedules -> losses -> finite check -> backward ->
-    per-module clipping -> AdamW -> EMA -> Gram-teacher refresh. Returns logged scalars."""
+    per-module clipping -> AdamW -> EMA -> Gram-teacher refresh. Returns logged scalars.
+
+    ``sync=False`` keeps the step free of host-device synchronisation: the loss values, gradient norms
+    and the finiteness flag stay on the device, queued in ``state``, and :func:`flush_scalars` reads
+    them all at once (raising :class:`NonFiniteLossError` for the first non-finite iteration); returns
+    ``None``. Steps after a non-finite loss still run until the next flush, which must come before
+    anything is written."""
     cfg, model, opt, sch = state.cfg, state.model, state.optimizer, state.schedules
     lr, wd = sch["lr"](it), sch["wd"](it)
     last_mult = sch["last_layer_lr"](it)
@@ -276,7 +288,7 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
     finite = torch.isfinite(total.detach()).float()
     if is_distributed():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if finite.item() < 1:
+    if sync and finite.item() < 1:
         vals = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(f"non-finite loss at iteration {it}: {vals}")
     total.backward()  # while the last layer is frozen its LR is 0: gradients and Adam moments are kept
@@ -303,15 +315,13 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         model.update_gram_teacher()
         state.gram_updates += 1
     keys = sorted(losses)
-    skipped = total.new_tensor(float(batch.get("n_skipped", 0)))
-    vec = torch.stack([losses[k].detach().float() for k in keys] + [skipped.float()])
+    # a fill on the device, not a host->device copy (which would wait for the queued work)
+    skipped = torch.full((), float(batch.get("n_skipped", 0)), device=total.device)
+    vec = torch.stack([losses[k].detach().float() for k in keys] + [skipped])
     if is_distributed():
         dist.all_reduce(vec)
         vec[:-1] /= get_world_size()
-    state.n_skipped += int(vec[-1].item())  # unreadable images skipped on all ranks
-    out = {(k if k.startswith("stat/") else f"loss/{k}"): float(v) for k, v in zip(keys, vec[:-1].tolist())}
-    out.update({k: float(v) for k, v in norms.items() if v is not None})
-    out.update(
+    host = dict(
         lr=lr,
         wd=wd,
         momentum=mom,
@@ -319,9 +329,45 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         local_weight=local_w,
         gram_weight=gram_w,
         gram_updates=float(state.gram_updates),
-        skipped_images=float(state.n_skipped),
     )
-    return out
+    norm_keys = [k for k, v in norms.items() if v is not None]
+    norm_vec = torch.stack([norms[k].detach().float().reshape(()) for k in norm_keys]) if norm_keys else None
+    state.pending.append((it, keys, vec, norm_keys, norm_vec, finite, host))
+    if not sync:
+        return None
+    row = flush_scalars(state)[-1]
+    row.pop("iteration")
+    return row
+
+
+def flush_scalars(state: PretrainState) -> list[dict[str, float]]:
+    """Read the scalars of the steps queued since the last flush (one host-device synchronisation),
+    oldest first, each with its ``iteration``; raises :class:`NonFiniteLossError` for the first step
+    whose loss was not finite (its values in the message)."""
+    pending, state.pending = state.pending, []
+    if not pending:
+        return []
+    flat = torch.cat(
+        [torch.cat([v, f.reshape(1)] + ([n] if n is not None else [])) for _, _, v, _, n, f, _ in pending]
+    ).tolist()
+    rows: list[dict[str, float]] = []
+    pos = 0
+    for it, keys, vec, norm_keys, _, _, host in pending:
+        vals = flat[pos : pos + vec.numel()]
+        finite = flat[pos + vec.numel()]
+        norm_vals = flat[pos + vec.numel() + 1 : pos + vec.numel() + 1 + len(norm_keys)]
+        pos += vec.numel() + 1 + len(norm_keys)
+        if finite < 1:
+            shown = {k: v for k, v in zip(keys, vals[:-1])}
+            raise NonFiniteLossError(f"non-finite loss at iteration {it}: {shown}")
+        state.n_skipped += int(vals[-1])  # unreadable images skipped on all ranks
+        out = {(k if k.startswith("stat/") else f"loss/{k}"): float(v) for k, v in zip(keys, vals[:-1])}
+        out.update(dict(zip(norm_keys, norm_vals)))
+        out.update(host)
+        out["skipped_images"] = float(state.n_skipped)
+        out["iteration"] = it
+        rows.append(out)
+    return rows
 
 
 def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, data_cfg: dict, mean, std):
@@ -442,15 +488,22 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     it = start
     try:
         deadline = time.monotonic() + float(t["max_seconds"]) if t.get("max_seconds") else None
-        for it in range(start, min(stop, total_iters)):
+        end = min(stop, total_iters)
+        for it in range(start, end):
             batch = next(data_iter)
-            scalars = train_step(state, batch, it)
+            train_step(state, batch, it, sync=False)  # scalars stay on the device until the next flush
             state.iteration = it + 1
-            history.append({"iteration": it, **scalars})
-            if it % int(t["log_period"]) == 0 or it + 1 == total_iters:
-                logger.log(it, scalars)
-            out_of_time = deadline is not None and _past(deadline) and it + 1 < min(stop, total_iters)
-            if (it + 1) % period == 0 or it + 1 == total_iters or out_of_time:
+            log_now = it % int(t["log_period"]) == 0 or it + 1 == total_iters
+            out_of_time = deadline is not None and _past(deadline) and it + 1 < end
+            save_now = (it + 1) % period == 0 or it + 1 == total_iters or out_of_time
+            if log_now or save_now or it + 1 == end:
+                rows = flush_scalars(state)  # raises on a non-finite loss before anything is written
+                history.extend(rows)
+                if log_now:
+                    last = dict(rows[-1])
+                    last.pop("iteration")
+                    logger.log(it, last)
+            if save_now:
                 extra = {
                     "next_iteration": it + 1,
                     "gram_updates": state.gram_updates,
