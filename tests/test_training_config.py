@@ -62,10 +62,20 @@ def _restore_root_logging():
         ("depth", DEPTH, "optim.lrr=1", "(did you mean 'optim.lr'?)"),
         ("depth", DEPTH, "train.batch_size=0", "train.batch_size must be >= 1, got 0"),
         ("depth", DEPTH, "head.max_depth=inf", "head.max_depth must be a finite number"),
+        # errors found while setting the run up (they need the model or the files): a message too
+        ("pretrain", TINY, "model.arch=vits17", "cannot set up the model: unknown arch 'vits17'"),
+        ("pretrain", TINY, "model.backbone.depthh=2", "unknown override(s) ['depthh']"),
+        ("pretrain", TINY, "data.sources=[{type: foldr}]", "cannot set up the data: unknown data source"),
+        ("pretrain", TINY, "data.sources=[{type: folder, root: /nonexistent}]", "image folder not found"),
+        ("pretrain", TINY, "model.pretrained=/nonexistent.pth", "backbone checkpoint not found"),
+        ("pretrain", TINY, "crops.global_crops_size=50", "must be multiples of the patch size 16"),
+        ("depth", DEPTH, "backbone.weights=null", "cannot set up the depth head and its backbone"),
     ],
 )
-def test_bad_overrides_end_in_one_message_and_exit_2(capsys, command, config, override, message):
-    rc = cli.main([command, "--config", str(config), override])
+def test_bad_overrides_end_in_one_message_and_exit_2(tmp_path, capsys, command, config, override, message):
+    out = f"train.output_dir={tmp_path}" if command == "pretrain" else f"output_dir={tmp_path}"
+    extra = ["--device", "cpu", "backbone.arch=vits17"] if "backbone.weights" in override else []
+    rc = cli.main([command, "--config", str(config), out, override, *extra])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert message in err, err

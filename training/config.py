@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,21 @@ def save_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def setup_errors(what: str) -> Iterator[None]:
+    """A ``ValueError``/``TypeError``/``KeyError``/``FileNotFoundError`` raised while a run is being set
+    up (model, weights, data sources) becomes a :class:`ConfigError` naming ``what``: these come from
+    the config or the files it names and deserve a message, not a traceback. Errors of the training
+    loop itself are left alone."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"cannot set up {what}: {msg}") from e
 
 
 def _dotted_keys(d: Mapping[str, Any], path: str = "") -> list[str]:

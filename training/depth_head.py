@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.config import ConfigError
+from training.config import ConfigError, setup_errors
 
 log = logging.getLogger("dinov3.depth")
 
@@ -607,8 +607,9 @@ def run(
             log.info(
                 "resuming under a changed config (old one kept as config.before-%d.yaml): %s", n, changes
             )
-    tr = DepthTrainer(cfg, kind)
-    resumed = tr.load_checkpoint()
+    with setup_errors("the depth head and its backbone"):
+        tr = DepthTrainer(cfg, kind)
+        resumed = tr.load_checkpoint()
     save_config(cfg, out / "config.yaml")
     t = cfg["train"]
     total = int(t["iterations"])

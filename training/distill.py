@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.config import ConfigError
+from training.config import ConfigError, setup_errors
 from training.feature_distill import (
     FeatureDistillConfig,
     FeatureDistillObjective,
@@ -1123,14 +1123,16 @@ def run(
         ck = tsec.get("checkpoint")
         if not ck or not Path(ck).exists():
             raise ConfigError(_teacher_hint(cfg.mode, ck))
-        teacher = load_teacher(
-            tsec["checkpoint"],
-            tsec.get("arch"),
-            need_heads=cfg.mode == "heads",
-            overrides=tsec.get("overrides"),
-        )
-    d = Distiller(cfg, teacher, dev)
-    resumed = d.load_checkpoint()
+        with setup_errors(f"the teacher from {ck}"):
+            teacher = load_teacher(
+                tsec["checkpoint"],
+                tsec.get("arch"),
+                need_heads=cfg.mode == "heads",
+                overrides=tsec.get("overrides"),
+            )
+    with setup_errors("the students"):
+        d = Distiller(cfg, teacher, dev)
+        resumed = d.load_checkpoint()
     if rank == 0:
         from training.config import save_config
 

@@ -30,6 +30,7 @@ from .config import (
     check_resume_config,
     load_config,
     save_config,
+    setup_errors,
     validate,
 )
 from .data import build_pretrain_loader
@@ -440,7 +441,14 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
             )
             for c in changes:
                 print(f"  {c}")
-    state = build_training(cfg, backbone)
+    with setup_errors("the model"):
+        state = build_training(cfg, backbone)
+        ps = state.model.patch_size
+        sizes = [cfg["crops"]["global_crops_size"]] + [
+            m.get("global_crops_size") for m in cfg["crops"].get("mixed") or [] if m.get("global_crops_size")
+        ]
+        if any(int(v) % ps for v in sizes):
+            raise ConfigError(f"global crop sizes {sizes} must be multiples of the patch size {ps}")
     if is_main_process() and state.parallel != "none":
         print(f"data parallel: {state.parallel} over {get_world_size()} processes", flush=True)
     start = 0
@@ -456,14 +464,16 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     bb = state.model.student.backbone
     mean, std = getattr(bb, "norm_mean", None), getattr(bb, "norm_std", None)
     if latest is not None:
-        extra = load_checkpoint(latest, state.model, state.optimizer, restore_rng=False)
+        with setup_errors(f"the run from its checkpoint {latest}"):
+            extra = load_checkpoint(latest, state.model, state.optimizer, restore_rng=False)
         start = int(extra["next_iteration"])
         if extra["missing_optional"] and state.model.gram_teacher is not None and not cfg["gram"].get("ckpt"):
             state.model.update_gram_teacher()  # Gram stage continuing a pretraining run: anchor to its teacher
         state.gram_updates = int(extra.get("gram_updates", 0))
         state.n_skipped = int(extra.get("n_skipped", 0))
     state.iteration = start
-    data_iter = iter(_batches(cfg, state, start, min(stop, total_iters), data_cfg, mean, std))
+    with setup_errors("the data"):
+        data_iter = iter(_batches(cfg, state, start, min(stop, total_iters), data_cfg, mean, std))
     if latest is not None:
         from .checkpoint import restore_rng_state
 
