@@ -116,7 +116,7 @@ DEFAULTS: dict[str, Any] = {
         "iterations": 1000,
         "batch_size_per_gpu": 64,
         "seed": 0,
-        "fsdp": "auto",  # auto: when launched with torchrun; true; false
+        "fsdp": "auto",  # older switch: true = train.parallel fsdp; false = ddp under torchrun
         "param_dtype": "bf16",
         "reduce_dtype": "fp32",
         "activation_checkpointing": False,  # false | full
