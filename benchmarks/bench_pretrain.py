@@ -13,12 +13,17 @@
 Modes
   throughput  baseline = student backbone forward+backward on the same crops (no teacher, heads, losses,
               optimiser); then the full SSL step (teacher + SK + DINO/iBOT/KoLeo + clip + AdamW + EMA), with
-              activation checkpointing, and optionally torch.compile per block. Crops are GPU tensors (the
-              data pipeline is measured separately: CPU loader images/s with --workers processes).
+              activation checkpointing, and optionally torch.compile per block. Crops are GPU tensors.
               MFU = FLOPs counted by torch.utils.flop_counter for one step / step time / --peak-tflops.
+              The plain SSL step row carries `breakdown_ms`: teacher (EMA backbone + heads + Sinkhorn-
+              Knopp), student backbone, student heads, losses and glue, backward, optimizer (clipping,
+              AdamW, EMA), each timed with a device sync at its boundaries (they add up to more than
+              the step). Then the real loop: the CPU loader (--workers processes, procedural images,
+              published augmentations) feeding the step (images/s end to end, `data_wait_ms` per step;
+              --no-loop skips it), and the loader alone (images/s).
   fsdp        under torchrun: baseline = each GPU trains its own unsharded copy (no gradient sync, the
-              ideal), then FSDP2 fully_shard per block (bf16 params, fp32 reduce); efficiency =
-              FSDP images/s / (N x baseline images/s per GPU).
+              ideal), then DDP (gradients averaged), then FSDP2 fully_shard per block (bf16 params, fp32
+              reduce); efficiency = images/s / (N x baseline images/s per GPU).
   gram        ViT-S/16 from scratch on procedural images for --gram-start iterations, then two branches
               of --gram-iters iterations from the same state and data: (a) no Gram, (b) Gram anchoring
               (weight ramped to 2.0, Gram teacher = EMA teacher at the switch, 2x-resolution teacher crops).
@@ -50,7 +55,7 @@ from training.config import load_config
 from training.data import ProceduralSource, build_pretrain_loader, sample_masks
 from training.data.augment import color_jitter, to_tensor
 from training.distributed import get_rank, get_world_size, init_distributed, is_distributed
-from training.pretrain import build_training, train_step
+from training.pretrain import build_training, flush_scalars, train_step
 
 CFG = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "training", "configs", "vits16_1gpu.yaml"
@@ -177,6 +182,128 @@ def _backbone_step(state, batch):
     return step
 
 
+class _PhaseTimer:
+    """Wall time per phase of the step, the device synchronised at each phase boundary (so the phases
+    add up to more than the unsynchronised step; they show where the time goes, not the step rate)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms = device, {}
+        self._t = 0.0
+
+    def start(self) -> None:
+        _sync(self.device)
+        self._t = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+    def wrap(self, fn, name: str):
+        def timed(*a, **kw):
+            self.stop("losses and glue")  # whatever ran since the last boundary
+            out = fn(*a, **kw)
+            self.stop(name)
+            return out
+
+        return timed
+
+
+def _phase_step(state, batch, it: int, timer: _PhaseTimer) -> None:
+    """``train_step`` cut into phases: teacher (EMA backbone + heads + Sinkhorn-Knopp), student backbone,
+    student heads, losses (and the glue between them), backward (+ gradient sync), optimizer (clipping,
+    AdamW, EMA update)."""
+    from training.pretrain import _clip, trainable_modules
+
+    model, opt, sch = state.model, state.optimizer, state.schedules
+    bb, heads = model.student.backbone, (model.student.dino_head, model.student.ibot_head)
+    saved = (model.teacher_targets, bb.forward_features, [h.forward for h in heads])
+    model.teacher_targets = timer.wrap(model.teacher_targets, "teacher")
+    bb.forward_features = timer.wrap(bb.forward_features, "student backbone")
+    for h in heads:
+        h.forward = timer.wrap(h.forward, "student heads")
+    try:
+        for g in opt.param_groups:
+            g["lr"], g["weight_decay"] = (
+                sch["lr"](it) * g["lr_multiplier"],
+                sch["wd"](it) * g["wd_multiplier"],
+            )
+        opt.zero_grad(set_to_none=True)
+        ctx = (
+            torch.autocast(state.device.type, dtype=state.autocast_dtype)
+            if state.autocast_dtype is not None
+            else torch.autocast(state.device.type, enabled=False)
+        )
+        timer.start()
+        with ctx:
+            total, _ = model.forward_losses(batch, teacher_temp=sch["teacher_temp"](it))
+        timer.stop("losses and glue")
+        total.backward()
+        if state.grad_sync is not None:
+            state.grad_sync.sync()
+        timer.stop("backward")
+        o = state.cfg["optim"]
+        for name, mod in trainable_modules(model).items():
+            _clip(
+                list(mod.parameters()),
+                float(o["clip_grad_backbone" if name == "backbone" else "clip_grad_heads"]),
+            )
+        opt.step()
+        model.update_teacher(sch["momentum"](it))
+        timer.stop("optimizer")
+    finally:
+        model.teacher_targets, bb.forward_features = saved[0], saved[1]
+        for h, f in zip(heads, saved[2]):
+            h.forward = f
+
+
+def _breakdown(state, batch, args, device: torch.device) -> dict[str, float]:
+    timer = _PhaseTimer(device)
+    for i in range(args.warmup):
+        _phase_step(state, batch, i, timer)
+    timer.ms.clear()
+    for i in range(args.steps):
+        _phase_step(state, batch, args.warmup + i, timer)
+    return {k: v / args.steps for k, v in timer.ms.items()}
+
+
+def _loop_rate(args, cfg: dict, device: torch.device) -> dict[str, float]:
+    """The real loop: the CPU loader (``--workers`` processes, procedural images, the published
+    augmentations) feeding ``train_step``; images/s end to end and the time the step waited for data."""
+    from training.pretrain import _batches
+
+    state = build_training(cfg)
+    cfg = state.cfg
+    data_cfg = {
+        "sources": [{"type": "procedural", "height": 320, "width": 320}],
+        "num_workers": args.workers,
+        "crops": cfg["crops"],
+        "mask_probability": cfg["ibot"]["mask_probability"],
+        "mask_ratio": cfg["ibot"]["mask_ratio"],
+    }
+    cfg["data"]["num_workers"] = args.workers
+    bb = state.model.student.backbone
+    n = args.warmup + args.steps
+    it = iter(_batches(cfg, state, 0, n, data_cfg, bb.norm_mean, bb.norm_std))
+    wait = 0.0
+    t0 = 0.0
+    for i in range(n):
+        if i == args.warmup:
+            _sync(device)
+            t0, wait = time.perf_counter(), 0.0
+        tw = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - tw
+        train_step(state, batch, i, sync=False)
+    _sync(device)
+    flush_scalars(state)
+    dt = (time.perf_counter() - t0) / args.steps
+    B = int(cfg["train"]["batch_size_per_gpu"])
+    del it, state
+    return {"step_ms": dt * 1e3, "images_s": B / dt, "data_wait_ms": wait / args.steps * 1e3}
+
+
 def run_throughput(args, device: torch.device) -> list[dict]:
     rows = []
     peak = _peak_tflops(device, args.peak_tflops)
@@ -185,6 +312,7 @@ def run_throughput(args, device: torch.device) -> list[dict]:
         variants = [
             ("backbone fwd+bwd (baseline)", [], "backbone"),
             ("ssl step", [], "ssl"),
+            ("ssl step, scalars read every step", [], "ssl_sync"),
             ("ssl step + act. ckpt", ["train.activation_checkpointing=full"], "ssl"),
         ]
         if args.compile:
@@ -197,13 +325,14 @@ def run_throughput(args, device: torch.device) -> list[dict]:
             batch = _fake_batch(cfg, device)
             if kind == "ssl" and flops is None and not extra:
                 flops = _count_flops(state, batch)
-            fn = (
-                _backbone_step(state, batch)
-                if kind == "backbone"
-                else (lambda i, s=state, b=batch: train_step(s, b, i))
-            )
+            if kind == "backbone":
+                fn = _backbone_step(state, batch)
+            else:  # the loop's step: scalars stay on the device; ssl_sync reads them (and syncs) every step
+                fn = lambda i, s=state, b=batch, k=kind: train_step(s, b, i, sync=k == "ssl_sync")  # noqa: E731
             warm = args.warmup * (3 if "compile" in label else 1)
             dt = _time_steps(fn, device, warm, args.steps)
+            if kind != "backbone":
+                flush_scalars(state)  # the losses were finite (raises otherwise)
             B = int(cfg["train"]["batch_size_per_gpu"])
             row = {
                 "setup": name,
@@ -213,12 +342,25 @@ def run_throughput(args, device: torch.device) -> list[dict]:
                 "images_s": B / dt,
                 "mem_gib": _mem(device),
             }
-            if kind == "ssl" and flops:
+            if kind != "backbone" and flops:
                 row["tflops_per_step"] = flops / 1e12
                 row["mfu"] = flops / dt / (peak * 1e12) if peak == peak else float("nan")
+            if kind == "ssl" and not extra:
+                row["breakdown_ms"] = _breakdown(state, batch, args, device)
             rows.append(row)
             print(json.dumps(row), flush=True)
             del state, batch, fn
+        if not args.no_loop:
+            _free(device)
+            row = {
+                "setup": name,
+                "variant": f"loop: loader ({args.workers} workers) + ssl step",
+                "batch": int(args.batch),
+                **_loop_rate(args, _cfg(args, setup), device),
+                "mem_gib": _mem(device),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     # data pipeline throughput (CPU workers, procedural source, published augmentations)
     for name, setup in setups.items():
         cfg = _cfg(args, setup)
@@ -258,12 +400,17 @@ def run_fsdp(args, device: torch.device) -> list[dict]:
     )
     for name, setup in setups.items():
         res = {}
-        for label, fsdp in (("per-GPU unsharded (baseline)", "false"), ("FSDP2", "true")):
+        for label, mode in (("per-GPU unsharded (baseline)", "ddp"), ("DDP", "ddp"), ("FSDP2", "fsdp")):
             _free(device)
-            cfg = _cfg(args, setup, f"train.fsdp={fsdp}")
+            cfg = _cfg(args, setup, f"train.parallel={mode}")
             state = build_training(cfg)
+            if label.startswith("per-GPU"):
+                state.grad_sync = None  # no gradient synchronisation: the ideal
             batch = _fake_batch(cfg, device, seed=get_rank())
-            dt = _time_steps(lambda i, s=state, b=batch: train_step(s, b, i), device, args.warmup, args.steps)
+            dt = _time_steps(
+                lambda i, s=state, b=batch: train_step(s, b, i, sync=False), device, args.warmup, args.steps
+            )
+            flush_scalars(state)
             t = torch.tensor([dt], device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             B = int(cfg["train"]["batch_size_per_gpu"])
@@ -476,9 +623,10 @@ def run_gram(args, device: torch.device) -> list[dict]:
 def _table(rows: list[dict]) -> str:
     if not rows:
         return ""
-    keys = [k for k in rows[0] if k != "gram_trace"]
+    skip = ("gram_trace", "breakdown_ms")
+    keys = [k for k in rows[0] if k not in skip]
     for r in rows[1:]:
-        keys += [k for k in r if k not in keys and k != "gram_trace"]
+        keys += [k for k in r if k not in keys and k not in skip]
 
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -487,6 +635,10 @@ def _table(rows: list[dict]) -> str:
     widths = [max(len(c) for c in col) for col in cols]
     lines = [" | ".join(col[i].ljust(w) for col, w in zip(cols, widths)) for i in range(len(rows) + 1)]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    for r in rows:
+        if r.get("breakdown_ms"):
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items())
+            lines.append(f"{r['setup']} breakdown (ms, synchronised per phase): {parts}")
     return "\n".join(lines)
 
 
@@ -510,6 +662,9 @@ def main() -> int:
     ap.add_argument("--gram-start", type=int, default=600, help="iterations before Gram is switched on")
     ap.add_argument("--gram-iters", type=int, default=300, help="iterations of each branch after the switch")
     ap.add_argument("--smoke", action="store_true", help="tiny model and crops (CPU check of the code path)")
+    ap.add_argument(
+        "--no-loop", action="store_true", help="skip the loader + step loop rows (throughput mode)"
+    )
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available")

@@ -89,6 +89,17 @@ def test_linear_head_trains_saves_and_reloads(tmp_path):
     for k, v in tr.head.state_dict().items():
         assert torch.equal(v, tr2.head.state_dict()[k]), k
     assert {k: v for k, v in metrics2.items()} == metrics
+    # the full saved state too: head, optimizer, loss state, iteration and every RNG
+    from test_training_config import _assert_same
+
+    from training.checkpoint import safe_load
+
+    a = safe_load(tmp_path / "depth/checkpoint.pt", "depth-head checkpoint")
+    b = safe_load(tmp_path / "straight/depth/checkpoint.pt", "depth-head checkpoint")
+    assert a["iteration"] == 16 and a["optimizer"]["state"]
+    _assert_same(a, b, "checkpoint")
+    with pytest.raises(AssertionError):  # negative control: the checkpoint after 8 steps differs
+        _assert_same({**a, "iteration": 8}, ck, "checkpoint")
     saved = json.loads((tmp_path / "depth/metrics.json").read_text())
     assert saved["held_out"]["abs_rel"] == pytest.approx(metrics["abs_rel"])
 

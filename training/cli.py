@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     sub_parser = argparse.ArgumentParser(prog=f"dinov3-train {argv[0]}", description=help_text)
     module.add_arguments(sub_parser)
-    return int(module.main(sub_parser.parse_args(argv[1:])) or 0)
+    # overrides may come before, between or after the options
+    return int(module.main(sub_parser.parse_intermixed_args(argv[1:])) or 0)
 
 
 if __name__ == "__main__":

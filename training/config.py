@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import difflib
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "apply_overrides", "load_config", "merge", "save_config"]
+__all__ = [
+    "DEFAULTS",
+    "ConfigError",
+    "Rule",
+    "apply_overrides",
+    "config_changes",
+    "load_config",
+    "merge",
+    "save_config",
+    "validate",
+    "validate_values",
+]
+
+
+class ConfigError(ValueError, KeyError):
+    """A config that cannot be used: unknown key, wrong type, value out of range, or a changed config
+    on resume. Its message is meant for the user as is (no traceback)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 
 #: Every key a pretraining config may set (values are the defaults). Sections listed in ``FREE_FORM``
 #: accept any keys.
@@ -93,7 +116,7 @@ DEFAULTS: dict[str, Any] = {
         "iterations": 1000,
         "batch_size_per_gpu": 64,
         "seed": 0,
-        "fsdp": "auto",  # auto: when launched with torchrun; true; false
+        "fsdp": "auto",  # older switch: true = train.parallel fsdp; false = ddp under torchrun
         "param_dtype": "bf16",
         "reduce_dtype": "fp32",
         "activation_checkpointing": False,  # false | full
@@ -104,6 +127,8 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": True,
         "save_teacher": True,
         "resume": True,
+        "allow_config_change": False,  # resume a run whose saved config.yaml differs from this one
+        "parallel": "auto",  # auto | ddp | fsdp | none (auto: with torchrun, DDP when the model fits one GPU)
         "deterministic": False,
         "stop_at_iteration": None,  # end this run early (the schedules still span train.iterations)
         "max_seconds": None,  # checkpoint and stop after this much wall time (resumable), e.g. a time slot
@@ -139,7 +164,7 @@ def merge(
         key = f"{path}.{k}" if path else str(k)
         free = key in FREE_FORM
         if strict and k not in out and not free:
-            raise KeyError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r}{_suggest(str(k), out, path)}")
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
             out[k] = merge(out[k], v, key, strict and not free)
         else:
@@ -158,7 +183,11 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         cur = nested
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(raw)
+        try:
+            cur[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({first})") from None
         cfg = merge(cfg, nested)
     return cfg
 
@@ -166,9 +195,20 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Defaults <- YAML file (optional ``_base_: other.yaml`` relative to it) <- overrides."""
     cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        cfg = merge(cfg, _read_yaml(Path(path)))
-    return apply_overrides(cfg, overrides)
+    try:
+        if path is not None:
+            cfg = merge(cfg, _read_yaml(Path(path)))
+        cfg = apply_overrides(cfg, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"bad pretraining config: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"bad pretraining config: {path} is not valid YAML: {e}") from None
+    return validate(cfg)
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Types and ranges of a pretraining config (numeric strings converted); raises :class:`ConfigError`."""
+    return validate_values(cfg, DEFAULTS, RULES, "pretraining", FREE_FORM)
 
 
 def layered(
@@ -180,8 +220,8 @@ def layered(
     data.pop("_base_", None)
     try:
         return apply_overrides(merge(copy.deepcopy(dict(defaults)), data), list(overrides))
-    except KeyError as e:
-        raise ValueError(f"bad {what} config: {e.args[0]}") from None
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"bad {what} config: {e.args[0]}") from None
 
 
 def read_yaml_layers(path: str | os.PathLike) -> dict[str, Any]:
@@ -217,3 +257,310 @@ def save_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def setup_errors(what: str) -> Iterator[None]:
+    """A ``ValueError``/``TypeError``/``KeyError``/``FileNotFoundError`` raised while a run is being set
+    up (model, weights, data sources) becomes a :class:`ConfigError` naming ``what``: these come from
+    the config or the files it names and deserve a message, not a traceback. Errors of the training
+    loop itself are left alone."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError(f"cannot set up {what}: {msg}") from e
+
+
+def _dotted_keys(d: Mapping[str, Any], path: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{path}.{k}" if path else str(k)
+        out.append(key)
+        if isinstance(v, Mapping) and key not in FREE_FORM:
+            out.extend(_dotted_keys(v, key))
+    return out
+
+
+def _suggest(name: str, section: Mapping[str, Any], path: str) -> str:
+    """`` (did you mean 'x.y'?)`` from the keys of ``section``, or the list of its keys."""
+    close = difflib.get_close_matches(name, [str(k) for k in section], n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {(f'{path}.' if path else '') + close[0]!r}?)"
+    valid = ", ".join(sorted(str(k) for k in section))
+    return f"; valid keys{f' in {path!r}' if path else ''}: {valid}"
+
+
+class Rule:
+    """Type and range of one config value: ``kind`` is ``int``, ``num`` (int or float), ``bool``, ``str``,
+    ``list`` or ``any``; ``lo``/``hi`` bound numbers (``lo_open``/``hi_open`` for strict bounds);
+    ``choices`` lists the allowed values; ``null`` lets the value be ``None``."""
+
+    def __init__(
+        self,
+        kind: str,
+        lo: float | None = None,
+        hi: float | None = None,
+        *,
+        choices: Sequence[Any] | None = None,
+        null: bool = False,
+        lo_open: bool = False,
+        hi_open: bool = False,
+        length: int | None = None,
+    ) -> None:
+        self.kind, self.lo, self.hi, self.choices, self.null = kind, lo, hi, choices, null
+        self.lo_open, self.hi_open, self.length = lo_open, hi_open, length
+
+    def check(self, key: str, value: Any) -> tuple[Any, str | None]:
+        """``(coerced value, None)`` or ``(value, problem)``."""
+        if value is None:
+            return value, None if self.null else f"{key} must not be null"
+        if self.choices is not None:
+            if value not in self.choices:
+                return value, f"{key} must be one of {list(self.choices)}, got {value!r}"
+            return value, None
+        if self.kind == "bool":
+            return value, None if isinstance(value, bool) else f"{key} must be true or false, got {value!r}"
+        if self.kind == "str":
+            return value, None if isinstance(value, str) else f"{key} must be a string, got {value!r}"
+        if self.kind == "list":
+            if not isinstance(value, list):
+                return value, f"{key} must be a list, got {value!r}"
+            if self.length is not None and len(value) != self.length:
+                return value, f"{key} must be a list of {self.length}, got {value!r}"
+            if self.lo is not None or self.hi is not None:
+                for v in value:
+                    _, err = Rule("num", self.lo, self.hi, lo_open=self.lo_open, hi_open=self.hi_open).check(
+                        key, v
+                    )
+                    if err:
+                        return value, f"{err} (in {value!r})"
+            return value, None
+        if self.kind in ("int", "num"):
+            v = value
+            if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
+                try:
+                    v = float(v)
+                except ValueError:
+                    return value, f"{key} must be a number, got {value!r}"
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return value, f"{key} must be a finite number, got {value!r}"
+            if self.kind == "int":
+                if float(v) != int(v):
+                    return value, f"{key} must be an integer, got {value!r}"
+                v = int(v)
+            if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+                return value, f"{key} must be {'>' if self.lo_open else '>='} {self.lo}, got {value!r}"
+            if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+                return value, f"{key} must be {'<' if self.hi_open else '<='} {self.hi}, got {value!r}"
+            return v, None
+        return value, None
+
+
+def _rule_from_default(default: Any) -> Rule | None:
+    if isinstance(default, bool):
+        return Rule("bool")
+    if isinstance(default, (int, float)):
+        return Rule("num")
+    if isinstance(default, str):
+        return Rule("str")
+    if isinstance(default, list):
+        return Rule("list")
+    return None
+
+
+def validate_values(
+    cfg: dict[str, Any],
+    defaults: Mapping[str, Any],
+    rules: Mapping[str, Rule],
+    what: str,
+    free_form: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Check every value of ``cfg`` against ``rules`` (dotted keys) or else the type of its default;
+    numeric strings are converted. Returns the converted config; raises one :class:`ConfigError` that
+    lists every problem."""
+    out = copy.deepcopy(cfg)
+    problems: list[str] = []
+
+    def walk(node: dict[str, Any], dflt: Mapping[str, Any], path: str) -> None:
+        for k in list(node):
+            key = f"{path}.{k}" if path else str(k)
+            v = node[k]
+            if key in rules:
+                node[k], err = rules[key].check(key, v)
+            elif key in free_form or k not in dflt:
+                continue
+            elif isinstance(dflt[k], Mapping):
+                if isinstance(v, dict):
+                    walk(v, dflt[k], key)
+                    continue
+                err = f"{key} must be a mapping, got {v!r}"
+            else:
+                rule = _rule_from_default(dflt[k])
+                if rule is None:
+                    continue
+                node[k], err = rule.check(key, v)
+            if err:
+                problems.append(err)
+
+    walk(out, defaults, "")
+    if problems:
+        raise ConfigError(f"bad {what} config: " + "; ".join(problems))
+    return out
+
+
+def config_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """Dotted keys whose values differ between two configs, as ``key: old -> new`` (keys in ``ignore``
+    and below them are skipped)."""
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if path in ignore:
+            return
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in list(a) + [k for k in b if k not in a]:
+                walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{path}.{k}" if path else str(k))
+        elif a != b:
+            changes.append(f"{path}: {_show(a)} -> {_show(b)}")
+
+    walk(old, new, "")
+    return changes
+
+
+_MISSING = object()
+
+
+def _show(v: Any) -> str:
+    if v is _MISSING:
+        return "(absent)"
+    text = yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+    text = text.removesuffix("...").strip()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``config.yaml`` a run wrote into its output directory, or ``None`` when there is none."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    data = yaml.safe_load(p.read_text())
+    return data if isinstance(data, dict) else None
+
+
+def check_resume_config(
+    saved_path: str | os.PathLike,
+    cfg: Mapping[str, Any],
+    ignore: set[str] | frozenset[str],
+    allow: bool,
+    restart_hint: str,
+) -> list[str]:
+    """Compare ``cfg`` with the config a run saved when it started; raise :class:`ConfigError` naming
+    the changes unless ``allow``. Returns the changes (empty when none or nothing was saved)."""
+    saved = read_saved_config(saved_path)
+    if saved is None:
+        return []
+    changes = config_changes(saved, cfg, ignore)
+    if changes and not allow:
+        shown = "\n  ".join(changes[:20]) + ("\n  ..." if len(changes) > 20 else "")
+        raise ConfigError(
+            f"{Path(saved_path).parent} holds a run started with a different config; resuming it would "
+            f"mix two configs. Changed:\n  {shown}\n"
+            f"To continue this run under the new config, pass --allow-config-change (or set "
+            f"train.allow_config_change=true); {restart_hint}."
+        )
+    return changes
+
+
+_POS_INT = Rule("int", 1)
+_NONNEG_INT = Rule("int", 0)
+_NONNEG = Rule("num", 0)
+_POS = Rule("num", 0, lo_open=True)
+_UNIT = Rule("num", 0, 1)
+_ITERS = Rule("num", 0)  # an int, or a fraction in (0, 1) of train.iterations
+_DTYPE = Rule("str", choices=("bf16", "fp16", "fp32"))
+
+#: Types and ranges of the pretraining keys that the type of their default does not say enough about.
+RULES: dict[str, Rule] = {
+    "model.arch": Rule("str"),
+    "dino.n_prototypes": _POS_INT,
+    "dino.hidden_dim": _POS_INT,
+    "dino.bottleneck_dim": _POS_INT,
+    "dino.nlayers": _POS_INT,
+    "dino.student_temp": _POS,
+    "dino.koleo_loss_weight": _NONNEG,
+    "dino.loss_weight": _NONNEG,
+    "dino.koleo_group_size": Rule("int", 1, null=True),
+    "ibot.loss_weight": _NONNEG,
+    "ibot.n_prototypes": _POS_INT,
+    "ibot.hidden_dim": _POS_INT,
+    "ibot.bottleneck_dim": _POS_INT,
+    "ibot.nlayers": _POS_INT,
+    "ibot.mask_probability": _UNIT,
+    "ibot.mask_ratio": Rule("list", 0, 1, length=2),
+    "gram.update_frequency": _NONNEG_INT,
+    "gram.it_first_update": _NONNEG_INT,
+    "gram.max_updates": Rule("int", 0, null=True),
+    "teacher.temp": _POS,
+    "teacher.warmup_temp": _POS,
+    "teacher.warmup_iters": _ITERS,
+    "optim.lr": _NONNEG,
+    "optim.min_lr": _NONNEG,
+    "optim.scaling_rule": Rule("str", choices=("sqrt_wrt_1024", "linear_wrt_256", "none")),
+    "optim.schedule": Rule("str", choices=("constant", "cosine")),
+    "optim.warmup_iters": _ITERS,
+    "optim.warmup_kind": Rule("str", choices=("linear", "cosine")),
+    "optim.weight_decay": _NONNEG,
+    "optim.weight_decay_end": _NONNEG,
+    "optim.momentum_teacher": _UNIT,
+    "optim.final_momentum_teacher": _UNIT,
+    "optim.betas": Rule("list", 0, 1, length=2, hi_open=True),
+    "optim.layer_decay": Rule("num", 0, 1, lo_open=True),
+    "optim.patch_embed_lr_mult": _NONNEG,
+    "optim.clip_grad_backbone": _NONNEG,
+    "optim.clip_grad_heads": _NONNEG,
+    "optim.freeze_last_layer_iters": _ITERS,
+    "crops.global_crops_size": _POS_INT,
+    "crops.local_crops_size": _POS_INT,
+    "crops.local_crops_number": _NONNEG_INT,
+    "crops.global_crops_scale": Rule("list", 0, 1, length=2),
+    "crops.local_crops_scale": Rule("list", 0, 1, length=2),
+    "crops.gram_teacher_crops_size": Rule("int", 1, null=True),
+    "data.num_workers": _NONNEG_INT,
+    "train.output_dir": Rule("str"),
+    "train.iterations": _POS_INT,
+    "train.batch_size_per_gpu": _POS_INT,
+    "train.seed": _NONNEG_INT,
+    "train.fsdp": Rule("any", choices=("auto", True, False)),
+    "train.parallel": Rule("str", choices=("auto", "ddp", "fsdp", "none")),
+    "train.param_dtype": _DTYPE,
+    "train.reduce_dtype": _DTYPE,
+    "train.activation_checkpointing": Rule("any", choices=(False, "full")),
+    "train.checkpoint_period": _POS_INT,
+    "train.keep_last": Rule("int"),
+    "train.log_period": _POS_INT,
+    "train.stop_at_iteration": Rule("int", 1, null=True),
+    "train.max_seconds": Rule("num", 0, null=True, lo_open=True),
+    "debug.nan_at_iteration": Rule("int", 0, null=True),
+}
+
+#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "train.output_dir",
+        "train.resume",
+        "train.allow_config_change",
+        "train.stop_at_iteration",
+        "train.max_seconds",
+        "train.log_period",
+        "train.tensorboard",
+        "train.checkpoint_period",
+        "train.keep_last",
+        "train.save_teacher",
+        "data.num_workers",
+        "debug",
+    }
+)

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from training.config import ConfigError, setup_errors
+
 log = logging.getLogger("dinov3.depth")
 
 __all__ = [
@@ -101,17 +103,77 @@ DEFAULTS: dict[str, Any] = {
         "amp": "bf16",  # backbone under bf16 autocast on CUDA; the head stays fp32
         "batch_sizes": None,  # pool source: one batch size per data.image_sizes entry
         "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
+        "allow_config_change": False,  # resume a run whose saved config.yaml differs from this one
     },
 }
+
+_FREE_FORM = frozenset({"backbone.overrides", "data.scene", "data.pool", "head.out_channels"})
+
+#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "train.max_seconds",
+        "train.log_period",
+        "train.checkpoint_period",
+        "train.allow_config_change",
+        "data.num_workers",
+    }
+)
+
+
+def _rules() -> dict[str, Any]:
+    from training.config import Rule
+
+    pos_int, nonneg = Rule("int", 1), Rule("num", 0)
+    return {
+        "output_dir": Rule("str"),
+        "seed": Rule("int", 0),
+        "backbone.weights": Rule("str", null=True),
+        "backbone.arch": Rule("str", null=True),
+        "head.type": Rule("str", choices=("linear", "dpt")),
+        "head.layers": Rule("list", null=True),
+        "head.n_bins": Rule("int", 1, null=True),
+        "head.min_depth": Rule("num", 0, lo_open=True),
+        "head.max_depth": Rule("num", 0, lo_open=True),
+        "head.features": pos_int,
+        "head.readout": Rule("str", choices=("ignore", "add", "project")),
+        "data.image_size": Rule("list", 1, length=2),
+        "data.frames_per_scene": pos_int,
+        "data.val_scenes": pos_int,
+        "data.val_frames_per_scene": pos_int,
+        "data.num_workers": Rule("int", 0),
+        "data.folder": Rule("str", null=True),
+        "data.val_folder": Rule("str", null=True),
+        "data.source": Rule("str", choices=("generator", "pool")),
+        "data.image_sizes": Rule("list", null=True),
+        "loss.sig": nonneg,
+        "loss.gradient": nonneg,
+        "loss.warm_up_iters": Rule("int", 0),
+        "optim.lr": nonneg,
+        "optim.min_lr": nonneg,
+        "optim.schedule": Rule("str", choices=("cosine", "constant")),
+        "optim.warmup_iters": Rule("num", 0),
+        "optim.weight_decay": nonneg,
+        "optim.betas": Rule("list", 0, 1, length=2, hi_open=True),
+        "optim.clip_grad": nonneg,
+        "train.iterations": pos_int,
+        "train.batch_size": pos_int,
+        "train.checkpoint_period": pos_int,
+        "train.log_period": pos_int,
+        "train.amp": Rule("str", choices=("bf16", "fp32")),
+        "train.batch_sizes": Rule("list", null=True),
+        "train.max_seconds": Rule("num", 0, null=True, lo_open=True),
+    }
 
 
 def build_config(
     raw: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Defaults <- ``raw`` <- ``section.key=value`` overrides, unknown keys rejected."""
-    from training.config import layered
+    from training.config import layered, validate_values
 
-    cfg = layered(DEFAULTS, raw, overrides, "depth")
+    cfg = validate_values(layered(DEFAULTS, raw, overrides, "depth"), DEFAULTS, _rules(), "depth", _FREE_FORM)
     if cfg["head"]["type"] not in ("linear", "dpt"):
         raise ValueError(f"head.type must be 'linear' or 'dpt', got {cfg['head']['type']!r}")
     h, w = (int(v) for v in cfg["data"]["image_size"])
@@ -244,6 +306,9 @@ def _loader(ds: Dataset, batch_size: int, start: int, total: int, seed: int, wor
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # its own generator: the loader does not draw from the global RNG, so a resumed run's stream
+        # matches an uninterrupted one (the frames are addressed by sample index either way)
+        generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(start)),
     )
 
 
@@ -526,8 +591,25 @@ def run(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out = Path(cfg["output_dir"])
-    tr = DepthTrainer(cfg, kind)
-    resumed = tr.load_checkpoint()
+    if (out / "checkpoint.pt").is_file():
+        from training.config import check_resume_config
+
+        changes = check_resume_config(
+            out / "config.yaml",
+            cfg,
+            RESUME_MAY_CHANGE,
+            bool(cfg["train"].get("allow_config_change")),
+            f"to start over, use a new output_dir or remove {out / 'checkpoint.pt'}",
+        )
+        if changes:
+            n = len(list(out.glob("config.before-*.yaml")))
+            (out / "config.yaml").replace(out / f"config.before-{n}.yaml")
+            log.info(
+                "resuming under a changed config (old one kept as config.before-%d.yaml): %s", n, changes
+            )
+    with setup_errors("the depth head and its backbone"):
+        tr = DepthTrainer(cfg, kind)
+        resumed = tr.load_checkpoint()
     save_config(cfg, out / "config.yaml")
     t = cfg["train"]
     total = int(t["iterations"])
@@ -594,22 +676,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, default=None, help="stop after this many more steps (a resumable chunk)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run even though this config differs from the one it started with",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     overrides = list(args.overrides or [])
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     if args.backbone:
         overrides.append(f"backbone.weights={args.backbone}")
+    if args.allow_config_change:
+        overrides.append("train.allow_config_change=true")
     try:
         cfg = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as e:
-        print(f"dinov3-train depth: bad config: {e}", file=sys.stderr)
+        msg = str(e) if str(e).startswith("bad ") else f"bad config: {e}"
+        print(f"dinov3-train depth: {msg}", file=sys.stderr)
         return 2
-    tr, metrics = run(cfg, device=args.device, max_steps=args.max_steps)
+    try:
+        tr, metrics = run(cfg, device=args.device, max_steps=args.max_steps)
+    except ConfigError as e:
+        print(f"dinov3-train depth: {e}", file=sys.stderr)
+        return 2
     print(
         json.dumps(
             {

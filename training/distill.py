@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from training.config import ConfigError, setup_errors
 from training.feature_distill import (
     FeatureDistillConfig,
     FeatureDistillObjective,
@@ -153,6 +154,7 @@ DEFAULTS: dict[str, Any] = {
         "log_period": 10,
         "amp": "bf16",  # bf16 autocast on CUDA (fp32 on CPU) | fp32
         "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
+        "allow_config_change": False,  # resume a run whose saved config.yaml differs from this one
     },
     "export": {"fp16": True},
     # the simulator as a second teacher (training.sim; our addition): per-patch losses on the students
@@ -164,9 +166,72 @@ def build_config(
     raw: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Defaults <- ``raw`` <- ``section.key=value`` overrides, with unknown keys rejected."""
-    from training.config import layered
+    from training.config import layered, validate_values
 
-    return layered(DEFAULTS, raw, overrides, "distillation")
+    return validate_values(
+        layered(DEFAULTS, raw, overrides, "distillation"), DEFAULTS, _rules(), "distillation", _FREE_FORM
+    )
+
+
+_FREE_FORM = frozenset(
+    {"students", "features", "teacher.overrides", "data.sources", "sim.losses", "sim.pool"}
+)
+
+#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "train.max_seconds",
+        "train.log_period",
+        "train.checkpoint_period",
+        "train.allow_config_change",
+        "data.num_workers",
+    }
+)
+
+
+def _rules() -> dict[str, Any]:
+    from training.config import Rule
+
+    pos_int, nonneg, unit = Rule("int", 1), Rule("num", 0), Rule("num", 0, 1)
+    pos = Rule("num", 0, lo_open=True)
+    return {
+        "output_dir": Rule("str"),
+        "seed": Rule("int", 0),
+        "mode": Rule("str", choices=("heads", "features")),
+        "teacher.checkpoint": Rule("str", null=True),
+        "teacher.arch": Rule("str", null=True),
+        "heads.hidden_dim": Rule("int", 1, null=True),
+        "heads.nlayers": pos_int,
+        **{f"loss.{k}": nonneg for k in ("dino", "ibot", "koleo", "local_weight", "patch_distill")},
+        "loss.teacher_temp": pos,
+        "loss.student_temp": pos,
+        "optim.lr": nonneg,
+        "optim.min_lr": nonneg,
+        "optim.schedule": Rule("str", choices=("cosine", "constant")),
+        "optim.warmup_iters": Rule("num", 0),  # an int, or a fraction of train.iterations
+        "optim.weight_decay": nonneg,
+        "optim.betas": Rule("list", 0, 1, length=2, hi_open=True),
+        "optim.layer_decay": Rule("num", 0, 1, lo_open=True),
+        "optim.patch_embed_lr_mult": nonneg,
+        "optim.clip_grad": nonneg,
+        "optim.momentum_ema": unit,
+        "optim.final_momentum_ema": unit,
+        "crops.global_crops_size": pos_int,
+        "crops.local_crops_size": pos_int,
+        "crops.local_crops_number": Rule("int", 0),
+        "crops.global_crops_scale": Rule("list", 0, 1, length=2),
+        "crops.local_crops_scale": Rule("list", 0, 1, length=2),
+        "ibot.mask_probability": unit,
+        "ibot.mask_ratio": Rule("list", 0, 1, length=2),
+        "data.num_workers": Rule("int", 0),
+        "train.iterations": pos_int,
+        "train.batch_size_per_gpu": pos_int,
+        "train.checkpoint_period": pos_int,
+        "train.log_period": pos_int,
+        "train.amp": Rule("str", choices=("bf16", "fp32")),
+        "train.max_seconds": Rule("num", 0, null=True, lo_open=True),
+    }
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -970,6 +1035,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, default=None, help="stop after this many more steps (a resumable chunk)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run even though this config differs from the one it started with",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
 
 
@@ -983,6 +1053,53 @@ def _init_distributed(device_kind: str) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def _teacher_hint(mode: str, checkpoint: str | None) -> str:
+    what = (
+        "teacher.checkpoint is not set" if not checkpoint else f"teacher checkpoint not found: {checkpoint}"
+    )
+    if mode == "heads":
+        need = (
+            "mode: heads distils a teacher with its DINO/iBOT heads, i.e. the output directory of a "
+            "`dinov3-train pretrain` run. Train one first, e.g.\n"
+            "  dinov3-train pretrain --config training/configs/vits16_1gpu.yaml   (writes runs/vits16_1gpu)\n"
+            "  dinov3-train pretrain --config training/configs/tiny_cpu.yaml      (a CPU-sized try, runs/tiny_cpu)\n"
+            "then pass it: teacher.checkpoint=runs/vits16_1gpu. For released backbone-only weights "
+            "(no heads) use mode: features, e.g. training/configs/distill_features_vitl16.yaml"
+        )
+    else:
+        need = (
+            "mode: features distils any backbone file dinov3_ros.models.load_backbone reads (e.g. the "
+            "official dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth, a gated download from Meta) or a "
+            "`dinov3-train pretrain` output directory: teacher.checkpoint=/path/to/it"
+        )
+    return f"{what}. {need}"
+
+
+def check_resume(cfg: DistillConfig) -> list[str]:
+    """Refuse to resume students whose run started under another config (unless
+    ``train.allow_config_change``); keeps the old ``config.yaml`` next to the new one when allowed."""
+    from training.config import check_resume_config
+
+    out = cfg.output_dir
+    if not any((out / "students" / s.name / "checkpoint.pt").is_file() for s in cfg.students):
+        return []
+    allow = bool(cfg.section("train").get("allow_config_change"))
+    changes = check_resume_config(
+        out / "config.yaml",
+        cfg.raw,
+        RESUME_MAY_CHANGE,
+        allow,
+        f"to start over, use a new output_dir or remove {out / 'students'}",
+    )
+    if dist.is_initialized():
+        dist.barrier()
+    if changes and (not dist.is_initialized() or dist.get_rank() == 0):
+        n = len(list(out.glob("config.before-*.yaml")))
+        (out / "config.yaml").replace(out / f"config.before-{n}.yaml")
+        log.info("resuming under a changed config (old one kept as config.before-%d.yaml): %s", n, changes)
+    return changes
 
 
 def run(
@@ -1000,18 +1117,22 @@ def run(
     if kind == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    check_resume(cfg)
     if teacher is None:
         tsec = cfg.section("teacher")
-        if not tsec.get("checkpoint"):
-            raise ValueError("config needs teacher.checkpoint")
-        teacher = load_teacher(
-            tsec["checkpoint"],
-            tsec.get("arch"),
-            need_heads=cfg.mode == "heads",
-            overrides=tsec.get("overrides"),
-        )
-    d = Distiller(cfg, teacher, dev)
-    resumed = d.load_checkpoint()
+        ck = tsec.get("checkpoint")
+        if not ck or not Path(ck).exists():
+            raise ConfigError(_teacher_hint(cfg.mode, ck))
+        with setup_errors(f"the teacher from {ck}"):
+            teacher = load_teacher(
+                tsec["checkpoint"],
+                tsec.get("arch"),
+                need_heads=cfg.mode == "heads",
+                overrides=tsec.get("overrides"),
+            )
+    with setup_errors("the students"):
+        d = Distiller(cfg, teacher, dev)
+        resumed = d.load_checkpoint()
     if rank == 0:
         from training.config import save_config
 
@@ -1064,16 +1185,25 @@ def run(
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     overrides = list(args.overrides or [])
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if args.allow_config_change:
+        overrides.append("train.allow_config_change=true")
     try:
         cfg = DistillConfig.from_dict(load_config(args.config), overrides)
     except (ValueError, FileNotFoundError) as e:
-        print(f"dinov3-train distill: bad config: {e}", file=sys.stderr)
+        msg = str(e) if str(e).startswith("bad ") else f"bad config: {e}"
+        print(f"dinov3-train distill: {msg}", file=sys.stderr)
         return 2
-    d = run(cfg, device=args.device, max_steps=args.max_steps)
+    try:
+        d = run(cfg, device=args.device, max_steps=args.max_steps)
+    except ConfigError as e:
+        print(f"dinov3-train distill: {e}", file=sys.stderr)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 2
     done = d.iteration >= int(d.train_cfg["iterations"])
     if d.rank == 0:
         print(json.dumps({"iteration": d.iteration, "done": done, "output_dir": str(cfg.output_dir)}))

@@ -82,7 +82,7 @@ def sinkhorn_knopp(
     shift = _all_reduce(shift.clone(), dist.ReduceOp.MAX if dist.is_available() else None, group)
     Q = torch.exp(logits - shift).t()  # K x B_local
     K = Q.shape[0]
-    B = _all_reduce(torch.tensor(float(Q.shape[1]), device=Q.device), group=group)
+    B = _all_reduce(Q.new_full((), float(Q.shape[1])), group=group)  # a fill, not a host->device copy
     sum_Q = _all_reduce(Q.sum(), group=group)
     Q /= sum_Q
     for _ in range(n_iterations):
@@ -210,17 +210,21 @@ def ibot_loss(
     """
     if masks.ndim != 2 or masks.dtype != torch.bool:
         raise ValueError(f"masks must be a bool [n_images, N] tensor, got {masks.dtype} {tuple(masks.shape)}")
-    M = int(masks.sum())
-    if student_masked_logits.shape[0] != M or teacher_masked_probs.shape[0] != M:
+    M = student_masked_logits.shape[0]
+    # the count of masked patches is checked where reading it costs no device sync (CPU tensors)
+    n_true = int(masks.sum()) if masks.device.type == "cpu" else M
+    if teacher_masked_probs.shape[0] != M or n_true != M:
         raise ValueError(
-            f"ibot_loss: {M} masked patches but student/teacher rows are "
-            f"{student_masked_logits.shape[0]}/{teacher_masked_probs.shape[0]}"
+            f"ibot_loss: {n_true} masked patches but student/teacher rows are "
+            f"{M}/{teacher_masked_probs.shape[0]}"
         )
     if M == 0:
         return student_masked_logits.sum() * 0.0
     logp = F.log_softmax(student_masked_logits.float() / student_temp, dim=-1)
     ce = -(teacher_masked_probs.float() * logp).sum(-1)
-    weight = (1.0 / masks.sum(-1).clamp(min=1).float()).unsqueeze(-1).expand_as(masks)[masks]
+    counts = masks.sum(-1)
+    image = torch.arange(masks.shape[0], device=masks.device).repeat_interleave(counts, output_size=M)
+    weight = (1.0 / counts.clamp(min=1).float())[image]
     return (ce * weight).sum() / masks.shape[0]
 
 
@@ -276,15 +280,13 @@ def koleo_loss_distributed(
             raise ValueError(f"global batch {total} is not a multiple of koleo group_size {gs}")
         if gs < 2:
             raise ValueError("koleo group_size must be >= 2")
-        gidx = torch.arange(start, start + B, device=x.device)
         losses = []
         for g0 in range(0, total, gs):
-            sel = (gidx >= g0) & (gidx < g0 + gs)
-            if not bool(sel.any()):
+            lo, hi = max(start, g0), min(start + B, g0 + gs)  # this rank's rows in the group
+            if lo >= hi:
                 continue
-            rows = x[sel]
-            self_index = gidx[sel] - g0
-            losses.append(-_nn_log_distance(rows, allx[g0 : g0 + gs], self_index, eps))
+            self_index = torch.arange(lo - g0, hi - g0, device=x.device)
+            losses.append(-_nn_log_distance(x[lo - start : hi - start], allx[g0 : g0 + gs], self_index, eps))
         return torch.cat(losses).mean()
 
 

@@ -7,7 +7,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["apply_activation_checkpointing", "compile_blocks", "shard_model", "unit_modules"]
+__all__ = [
+    "GradientAverager",
+    "apply_activation_checkpointing",
+    "broadcast_module_state",
+    "compile_blocks",
+    "shard_model",
+    "unit_modules",
+]
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -79,3 +86,64 @@ def shard_model(
                 prev.set_modules_to_forward_prefetch([u])
                 u.set_modules_to_backward_prefetch([prev])
             prev = u
+
+
+def broadcast_module_state(modules: Iterable[nn.Module], src: int = 0, group=None) -> None:
+    """Copy every parameter and buffer of ``modules`` from rank ``src`` to all ranks (in place), so
+    data-parallel replicas start identical whatever each rank's random initialisation was."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for m in modules:
+            for t in list(m.parameters()) + list(m.buffers()):
+                dist.broadcast(t.data, src, group=group)
+
+
+class GradientAverager:
+    """Data-parallel gradient synchronisation (what DDP does) for modules called any way, not only
+    through ``forward``: after ``backward()``, :meth:`sync` averages the gradients of ``params`` over the
+    ranks with one all-reduce per bucket of about ``bucket_mb`` MiB (flattened per dtype and device).
+    Every rank must run the same graph, so that the same parameters have gradients everywhere."""
+
+    def __init__(self, params: Iterable[nn.Parameter], bucket_mb: float = 25.0, group=None) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.bucket_bytes = int(bucket_mb * 2**20)
+        self.group = group
+
+    def _buckets(self) -> list[list[torch.Tensor]]:
+        by_kind: dict[tuple, list[torch.Tensor]] = {}
+        for p in self.params:
+            if p.grad is None:  # unused this step (the same on every rank: they run the same graph)
+                continue
+            by_kind.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+        buckets: list[list[torch.Tensor]] = []
+        for grads in by_kind.values():
+            cur: list[torch.Tensor] = []
+            size = 0
+            for g in grads:
+                cur.append(g)
+                size += g.numel() * g.element_size()
+                if size >= self.bucket_bytes:
+                    buckets.append(cur)
+                    cur, size = [], 0
+            if cur:
+                buckets.append(cur)
+        return buckets
+
+    def sync(self) -> None:
+        """Average the gradients over the ranks (call on every rank, after ``backward``)."""
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        world = dist.get_world_size(self.group)
+        if world == 1:
+            return
+        pending = []
+        for bucket in self._buckets():
+            flat = _flatten_dense_tensors(bucket)
+            pending.append((bucket, flat, dist.all_reduce(flat, group=self.group, async_op=True)))
+        for bucket, flat, work in pending:
+            work.wait()
+            flat.div_(world)
+            for g, v in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g.copy_(v)

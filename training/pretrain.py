@@ -7,11 +7,13 @@ torchrun --nproc_per_node 4 -m training.cli pretrain --config ... train.output_d
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -22,9 +24,18 @@ from .checkpoint import (
     save_checkpoint,
     save_full_state_dict,
 )
-from .config import load_config, save_config
+from .config import (
+    RESUME_MAY_CHANGE,
+    ConfigError,
+    check_resume_config,
+    load_config,
+    save_config,
+    setup_errors,
+    validate,
+)
 from .data import build_pretrain_loader
 from .distributed import (
+    barrier,
     get_local_rank,
     get_rank,
     get_world_size,
@@ -34,7 +45,13 @@ from .distributed import (
 )
 from .logger import MetricLogger
 from .meta_arch import SSLMetaArch
-from .parallel import apply_activation_checkpointing, compile_blocks, shard_model
+from .parallel import (
+    GradientAverager,
+    apply_activation_checkpointing,
+    broadcast_module_state,
+    compile_blocks,
+    shard_model,
+)
 from .param_groups import build_param_groups
 from .schedules import build_schedules
 
@@ -43,6 +60,7 @@ __all__ = [
     "PretrainState",
     "add_arguments",
     "build_training",
+    "flush_scalars",
     "main",
     "run_pretraining",
     "train_step",
@@ -73,24 +91,28 @@ class PretrainState:
         self.iteration = 0
         self.gram_updates = 0
         self.n_skipped = 0
+        self.parallel = "fsdp" if fsdp else "none"  # none | ddp | fsdp
+        self.grad_sync: GradientAverager | None = None
+        # per step, on the device until flush_scalars: (iteration, keys, values, norm keys, norms,
+        # finite flag, host-side scalars)
+        self.pending: list[tuple] = []
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
-    """Reject settings that would not do what they say (raises ``ValueError``)."""
+    """Check types and ranges (numeric strings become numbers, in place) and reject settings that would
+    not do what they say (raises :class:`training.config.ConfigError`, a ``ValueError``)."""
+    checked = validate(cfg)
+    cfg.clear()
+    cfg.update(checked)
     gc = cfg["gram"]
     freq, first = int(gc.get("update_frequency", 0)), int(gc.get("it_first_update", 0))
     if gc.get("use") and gc.get("rep_update", True) and freq > 0 and first % freq:
         fires = -(-first // freq) * freq
-        raise ValueError(
+        raise ConfigError(
             f"gram.it_first_update ({first}) is not a multiple of gram.update_frequency ({freq}): the "
             f"Gram teacher is refreshed when (iteration + 1) is a multiple of update_frequency, so the "
             f"first refresh would come at {fires}, not {first}"
         )
-    mu = gc.get("max_updates")
-    if mu is not None and int(mu) < 0:
-        raise ValueError(f"gram.max_updates must be null (unlimited) or >= 0, got {mu}")
-    if int(cfg["train"]["iterations"]) < 1:
-        raise ValueError(f"train.iterations must be >= 1, got {cfg['train']['iterations']}")
 
 
 def trainable_modules(model: SSLMetaArch) -> torch.nn.ModuleDict:
@@ -99,6 +121,39 @@ def trainable_modules(model: SSLMetaArch) -> torch.nn.ModuleDict:
     if model.sim is not None:
         parts["sim"] = model.sim
     return torch.nn.ModuleDict(parts)
+
+
+#: Parameters + gradients + AdamW moments of the student (fp32) and the teachers' weights must stay
+#: under this fraction of one GPU's memory for ``train.parallel: auto`` to pick DDP over FSDP2.
+DDP_MEMORY_FRACTION = 0.35
+
+
+def parallel_mode(cfg: dict[str, Any], model: SSLMetaArch, device: torch.device) -> str:
+    """``none`` (one process), ``ddp`` (replicas, gradients averaged) or ``fsdp`` (FSDP2 shards) from
+    ``train.parallel`` and the older ``train.fsdp``; ``auto`` under torchrun picks DDP when the model's
+    training state fits comfortably on one device (:data:`DDP_MEMORY_FRACTION`), FSDP2 otherwise."""
+    t = cfg["train"]
+    mode, fsdp_opt = str(t.get("parallel", "auto")), t.get("fsdp", "auto")
+    if mode == "auto" and fsdp_opt is True:
+        mode = "fsdp"
+    if mode != "auto":
+        if mode == "none" and is_distributed():
+            raise RuntimeError(
+                "train.parallel=none under torchrun would train unrelated copies: use ddp or fsdp"
+            )
+        return mode
+    if not is_distributed():
+        return "none"
+    if fsdp_opt is False or device.type != "cuda":
+        return "ddp"
+    student = sum(p.numel() for p in trainable_modules(model).parameters())
+    others = sum(p.numel() for p in model.parameters()) - student
+    need = 16 * student + 4 * others  # fp32 student weights, grads, two Adam moments; teacher weights
+    return (
+        "ddp"
+        if need < DDP_MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory
+        else "fsdp"
+    )
 
 
 def _device() -> torch.device:
@@ -115,7 +170,10 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
     device = _device()
     if t.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(int(t["seed"]) + get_rank())
+    seed = int(t["seed"]) + get_rank()
+    torch.manual_seed(seed)  # numpy and python too: a run is reproducible whatever draws from them
+    np.random.seed(seed)
+    random.seed(seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -133,10 +191,14 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
         else:
             model.gram_teacher.load_state_dict(model.teacher.backbone.state_dict())
     model.to(device)
-    fsdp_opt = t.get("fsdp", "auto")
-    fsdp = is_distributed() if fsdp_opt == "auto" else bool(fsdp_opt)
-    if fsdp and not is_distributed():
-        raise RuntimeError("train.fsdp=true needs a process group: launch with torchrun")
+    mode = parallel_mode(cfg, model, device)
+    fsdp = mode == "fsdp"
+    if mode in ("fsdp", "ddp") and not is_distributed():
+        raise RuntimeError(f"train.parallel={mode} needs a process group: launch with torchrun")
+    grad_sync = None
+    if mode == "ddp":
+        broadcast_module_state([model])  # identical replicas (each rank drew its own initialisation)
+        grad_sync = GradientAverager(trainable_modules(model).parameters())
     if t.get("activation_checkpointing"):
         apply_activation_checkpointing(model.student.backbone, t["activation_checkpointing"])
     if t.get("compile"):
@@ -170,7 +232,9 @@ def build_training(cfg: dict[str, Any], backbone: torch.nn.Module | None = None)
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(o["betas"]), weight_decay=0.0, fused=fused)
     global_batch = int(t["batch_size_per_gpu"]) * get_world_size()
     schedules = build_schedules(cfg, global_batch)
-    return PretrainState(cfg, model, optimizer, schedules, device, fsdp, autocast_dtype)
+    state = PretrainState(cfg, model, optimizer, schedules, device, fsdp, autocast_dtype)
+    state.parallel, state.grad_sync = mode, grad_sync
+    return state
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -185,9 +249,17 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor | N
     return n.full_tensor() if hasattr(n, "full_tensor") else n
 
 
-def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str, float]:
+def train_step(
+    state: PretrainState, batch: dict[str, Any], it: int, *, sync: bool = True
+) -> dict[str, float] | None:
     """One optimisation step at iteration ``it``: schedules -> losses -> finite check -> backward ->
-    per-module clipping -> AdamW -> EMA -> Gram-teacher refresh. Returns logged scalars."""
+    per-module clipping -> AdamW -> EMA -> Gram-teacher refresh. Returns logged scalars.
+
+    ``sync=False`` keeps the step free of host-device synchronisation: the loss values, gradient norms
+    and the finiteness flag stay on the device, queued in ``state``, and :func:`flush_scalars` reads
+    them all at once (raising :class:`NonFiniteLossError` for the first non-finite iteration); returns
+    ``None``. Steps after a non-finite loss still run until the next flush, which must come before
+    anything is written."""
     cfg, model, opt, sch = state.cfg, state.model, state.optimizer, state.schedules
     lr, wd = sch["lr"](it), sch["wd"](it)
     last_mult = sch["last_layer_lr"](it)
@@ -217,10 +289,12 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
     finite = torch.isfinite(total.detach()).float()
     if is_distributed():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if finite.item() < 1:
+    if sync and finite.item() < 1:
         vals = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(f"non-finite loss at iteration {it}: {vals}")
     total.backward()  # while the last layer is frozen its LR is 0: gradients and Adam moments are kept
+    if state.grad_sync is not None:
+        state.grad_sync.sync()  # DDP: every rank now holds the gradient of the global batch's mean loss
     o = cfg["optim"]
     norms = {
         f"grad_norm/{name}": _clip(
@@ -242,15 +316,13 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         model.update_gram_teacher()
         state.gram_updates += 1
     keys = sorted(losses)
-    skipped = total.new_tensor(float(batch.get("n_skipped", 0)))
-    vec = torch.stack([losses[k].detach().float() for k in keys] + [skipped.float()])
+    # a fill on the device, not a host->device copy (which would wait for the queued work)
+    skipped = torch.full((), float(batch.get("n_skipped", 0)), device=total.device)
+    vec = torch.stack([losses[k].detach().float() for k in keys] + [skipped])
     if is_distributed():
         dist.all_reduce(vec)
         vec[:-1] /= get_world_size()
-    state.n_skipped += int(vec[-1].item())  # unreadable images skipped on all ranks
-    out = {(k if k.startswith("stat/") else f"loss/{k}"): float(v) for k, v in zip(keys, vec[:-1].tolist())}
-    out.update({k: float(v) for k, v in norms.items() if v is not None})
-    out.update(
+    host = dict(
         lr=lr,
         wd=wd,
         momentum=mom,
@@ -258,9 +330,45 @@ def train_step(state: PretrainState, batch: dict[str, Any], it: int) -> dict[str
         local_weight=local_w,
         gram_weight=gram_w,
         gram_updates=float(state.gram_updates),
-        skipped_images=float(state.n_skipped),
     )
-    return out
+    norm_keys = [k for k, v in norms.items() if v is not None]
+    norm_vec = torch.stack([norms[k].detach().float().reshape(()) for k in norm_keys]) if norm_keys else None
+    state.pending.append((it, keys, vec, norm_keys, norm_vec, finite, host))
+    if not sync:
+        return None
+    row = flush_scalars(state)[-1]
+    row.pop("iteration")
+    return row
+
+
+def flush_scalars(state: PretrainState) -> list[dict[str, float]]:
+    """Read the scalars of the steps queued since the last flush (one host-device synchronisation),
+    oldest first, each with its ``iteration``; raises :class:`NonFiniteLossError` for the first step
+    whose loss was not finite (its values in the message)."""
+    pending, state.pending = state.pending, []
+    if not pending:
+        return []
+    flat = torch.cat(
+        [torch.cat([v, f.reshape(1)] + ([n] if n is not None else [])) for _, _, v, _, n, f, _ in pending]
+    ).tolist()
+    rows: list[dict[str, float]] = []
+    pos = 0
+    for it, keys, vec, norm_keys, _, _, host in pending:
+        vals = flat[pos : pos + vec.numel()]
+        finite = flat[pos + vec.numel()]
+        norm_vals = flat[pos + vec.numel() + 1 : pos + vec.numel() + 1 + len(norm_keys)]
+        pos += vec.numel() + 1 + len(norm_keys)
+        if finite < 1:
+            shown = {k: v for k, v in zip(keys, vals[:-1])}
+            raise NonFiniteLossError(f"non-finite loss at iteration {it}: {shown}")
+        state.n_skipped += int(vals[-1])  # unreadable images skipped on all ranks
+        out = {(k if k.startswith("stat/") else f"loss/{k}"): float(v) for k, v in zip(keys, vals[:-1])}
+        out.update(dict(zip(norm_keys, norm_vals)))
+        out.update(host)
+        out["skipped_images"] = float(state.n_skipped)
+        out["iteration"] = it
+        rows.append(out)
+    return rows
 
 
 def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, data_cfg: dict, mean, std):
@@ -308,14 +416,42 @@ def _past(deadline: float) -> bool:
 
 def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None) -> dict[str, Any]:
     """Train per ``cfg``; resumes from ``<output_dir>/ckpt`` when a checkpoint exists (``train.resume``).
-    Returns ``{"iteration", "history": [scalars per logged iteration], "checkpoint"}``."""
+    Returns ``{"iteration", "history": [scalars per logged iteration], "checkpoint", "skipped_images",
+    "state": the PretrainState}``."""
     init_distributed()
     t = cfg["train"]
     out_dir = Path(t["output_dir"])
     ckpt_root = out_dir / "ckpt"
-    state = build_training(cfg, backbone)
-    start = 0
+    validate_config(cfg)
     latest = find_latest_checkpoint(ckpt_root) if t.get("resume", True) else None
+    if latest is not None:
+        changes = check_resume_config(
+            out_dir / "config.yaml",
+            cfg,
+            RESUME_MAY_CHANGE,
+            bool(t.get("allow_config_change")),
+            "to start over, use a new train.output_dir or --no-resume",
+        )
+        barrier()  # every rank has read the saved config before rank 0 moves it
+        if changes and is_main_process():
+            kept = out_dir / f"config.before-{int(latest.name):08d}.yaml"
+            (out_dir / "config.yaml").replace(kept)
+            print(
+                f"resuming under a changed config ({len(changes)} keys; the old one is kept as {kept.name}):"
+            )
+            for c in changes:
+                print(f"  {c}")
+    with setup_errors("the model"):
+        state = build_training(cfg, backbone)
+        ps = state.model.patch_size
+        sizes = [cfg["crops"]["global_crops_size"]] + [
+            m.get("global_crops_size") for m in cfg["crops"].get("mixed") or [] if m.get("global_crops_size")
+        ]
+        if any(int(v) % ps for v in sizes):
+            raise ConfigError(f"global crop sizes {sizes} must be multiples of the patch size {ps}")
+    if is_main_process() and state.parallel != "none":
+        print(f"data parallel: {state.parallel} over {get_world_size()} processes", flush=True)
+    start = 0
     total_iters = int(t["iterations"])
     stop = int(t["stop_at_iteration"]) if t.get("stop_at_iteration") is not None else total_iters
     B = int(t["batch_size_per_gpu"])
@@ -328,20 +464,25 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     bb = state.model.student.backbone
     mean, std = getattr(bb, "norm_mean", None), getattr(bb, "norm_std", None)
     if latest is not None:
-        extra = load_checkpoint(latest, state.model, state.optimizer, restore_rng=False)
+        with setup_errors(f"the run from its checkpoint {latest}"):
+            extra = load_checkpoint(latest, state.model, state.optimizer, restore_rng=False)
         start = int(extra["next_iteration"])
         if extra["missing_optional"] and state.model.gram_teacher is not None and not cfg["gram"].get("ckpt"):
             state.model.update_gram_teacher()  # Gram stage continuing a pretraining run: anchor to its teacher
         state.gram_updates = int(extra.get("gram_updates", 0))
         state.n_skipped = int(extra.get("n_skipped", 0))
     state.iteration = start
-    data_iter = iter(_batches(cfg, state, start, min(stop, total_iters), data_cfg, mean, std))
+    with setup_errors("the data"):
+        data_iter = iter(_batches(cfg, state, start, min(stop, total_iters), data_cfg, mean, std))
     if latest is not None:
         from .checkpoint import restore_rng_state
 
         restore_rng_state(extra["rng"])
         if is_main_process():
-            print(f"resumed from {latest} at iteration {start}", flush=True)
+            if start >= total_iters:
+                print(f"{out_dir} is already finished (iteration {start} of {total_iters}); nothing to do")
+            else:
+                print(f"resumed from {latest} at iteration {start}", flush=True)
     if is_main_process():
         save_config(cfg, out_dir / "config.yaml")
     logger = MetricLogger(
@@ -357,15 +498,22 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
     it = start
     try:
         deadline = time.monotonic() + float(t["max_seconds"]) if t.get("max_seconds") else None
-        for it in range(start, min(stop, total_iters)):
+        end = min(stop, total_iters)
+        for it in range(start, end):
             batch = next(data_iter)
-            scalars = train_step(state, batch, it)
+            train_step(state, batch, it, sync=False)  # scalars stay on the device until the next flush
             state.iteration = it + 1
-            history.append({"iteration": it, **scalars})
-            if it % int(t["log_period"]) == 0 or it + 1 == total_iters:
-                logger.log(it, scalars)
-            out_of_time = deadline is not None and _past(deadline) and it + 1 < min(stop, total_iters)
-            if (it + 1) % period == 0 or it + 1 == total_iters or out_of_time:
+            log_now = it % int(t["log_period"]) == 0 or it + 1 == total_iters
+            out_of_time = deadline is not None and _past(deadline) and it + 1 < end
+            save_now = (it + 1) % period == 0 or it + 1 == total_iters or out_of_time
+            if log_now or save_now or it + 1 == end:
+                rows = flush_scalars(state)  # raises on a non-finite loss before anything is written
+                history.extend(rows)
+                if log_now:
+                    last = dict(rows[-1])
+                    last.pop("iteration")
+                    logger.log(it, last)
+            if save_now:
                 extra = {
                     "next_iteration": it + 1,
                     "gram_updates": state.gram_updates,
@@ -388,6 +536,7 @@ def run_pretraining(cfg: dict[str, Any], backbone: torch.nn.Module | None = None
         "history": history,
         "checkpoint": last_ckpt,
         "skipped_images": state.n_skipped,
+        "state": state,
     }
 
 
@@ -395,6 +544,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config (training/configs/*.yaml)")
     parser.add_argument("--output-dir", type=Path, default=None, help="shortcut for train.output_dir=...")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run even though this config differs from the one it started with",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
 
 
@@ -404,16 +558,23 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.no_resume:
         overrides.append("train.resume=false")
+    if args.allow_config_change:
+        overrides.append("train.allow_config_change=true")
     try:
         cfg = load_config(args.config, overrides)
         validate_config(cfg)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"dinov3-train pretrain: bad config: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e) if str(e).startswith("bad ") else f"bad config: {e}"
+        print(f"dinov3-train pretrain: {msg}", file=sys.stderr)
         return 2
     main_rank = True
     try:
         result = run_pretraining(cfg)
         main_rank = is_main_process()
+    except ConfigError as e:
+        if is_main_process():
+            print(f"dinov3-train pretrain: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:
         print(
             f"dinov3-train pretrain: stopping: {e}; the last good checkpoint is left intact", file=sys.stderr
