@@ -62,10 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--outputs",
         default=DEFAULT_OUTPUTS,
-        help="comma list of features,features_pca,depth,points,matches,objects,debug "
+        help="comma list of outputs (names as the node's outputs.<name> parameters: features, "
+        "features_pca, depth, depth_points, points, matches, objects, debug, ...) or 'all' "
         f"(default {DEFAULT_OUTPUTS})",
     )
-    p.add_argument("--topics", nargs="+", default=None, help="image topics to process (default: all)")
+    p.add_argument(
+        "--topics",
+        nargs="+",
+        default=None,
+        help="image topics to process, in this order (default: every camera image topic: colour or "
+        "mono8 Image and CompressedImage; never depth, masks or float images)",
+    )
     p.add_argument("--prefix", default="/dinov3", help="output topic namespace (like the node's ~)")
     p.add_argument("--copy-input", action="store_true", help="also copy the input topics (raw, same QoS)")
     g = add_model_arguments(p, device_default="auto")
@@ -80,9 +87,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_source_arguments(p.add_argument_group("videos and image folders"))
     o = p.add_argument_group("previews")
     o.add_argument(
-        "--preview", default=None, metavar="FILE.mp4", help="video of the input and each output's tile"
+        "--preview",
+        default=None,
+        metavar="FILE.mp4",
+        help="video of the first processed topic: the input beside each output (H.264 or VP9 where "
+        "OpenCV has the encoder, else MPEG-4)",
     )
-    o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
+    o.add_argument(
+        "--contact-sheet",
+        default=None,
+        metavar="FILE.png",
+        help="image of evenly spaced frames of the first processed topic, one row per frame",
+    )
     o.add_argument("--contact-frames", type=int, default=6, help="rows of the contact sheet")
 
 
@@ -231,10 +247,12 @@ def _config(args: argparse.Namespace) -> Any:
 def _outputs(spec: str) -> frozenset[str]:
     from dinov3_ros.pipeline.outputs import OUTPUTS
 
+    if spec.strip() == "all":
+        return frozenset(OUTPUTS)
     outs = {s.strip() for s in spec.split(",") if s.strip()}
     bad = sorted(outs - set(OUTPUTS))
     if bad or not outs:
-        raise ValueError(f"unknown output(s) {bad or spec!r}; choose from {', '.join(OUTPUTS)}")
+        raise ValueError(f"unknown output(s) {bad or spec!r}; choose from all, {', '.join(OUTPUTS)}")
     return frozenset(outs)
 
 
@@ -319,7 +337,11 @@ def _on_term(signum: int, frame: Any) -> None:
 
 
 class _Previews:
-    """``--preview`` / ``--contact-sheet`` of one input: the first image topic's frames as tiles."""
+    """``--preview`` / ``--contact-sheet`` of one input: the first processed topic's frames as tiles.
+
+    A preview that cannot be written (encoder, disk, no frame of that topic) does not stop the run: it
+    is reported by :meth:`close` and makes the exit code an error.
+    """
 
     def __init__(
         self, args: argparse.Namespace, out: Path, multi: bool, source: Any, total: int | None
@@ -329,18 +351,61 @@ class _Previews:
         preview_path = _sibling(args.preview, out.name, multi)
         sheet_path = _sibling(args.contact_sheet, out.name, multi)
         fps = getattr(source, "fps", 0.0) or 10.0
-        self.parts = [PreviewVideo(preview_path, fps=fps)] if preview_path else []
-        self.parts += [ContactSheet(sheet_path, total, args.contact_frames)] if sheet_path else []
         self.topic = source.image_topics[0]
+        share = _topic_frames(source, self.topic) or total
+        self.parts: list[Any] = [PreviewVideo(preview_path, fps=fps)] if preview_path else []
+        self.parts += [ContactSheet(sheet_path, share, args.contact_frames)] if sheet_path else []
+        self.errors: dict[int, str] = {}
 
     def on_frame(self, fo: Any, rgb: Any, m: Any) -> None:
-        if m.topic == self.topic:
-            for pv in self.parts:
+        if m.topic != self.topic:
+            return
+        for k, pv in enumerate(self.parts):
+            if k in self.errors:
+                continue
+            try:
                 pv.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
+            except (OSError, ValueError, RuntimeError) as err:
+                self.errors[k] = f"{type(err).__name__}: {err}"
 
-    def close(self, ok: bool) -> None:
-        for pv in self.parts:
-            pv.close(ok=ok)
+    def close(self, ok: bool) -> list[str]:
+        """Finish the files; returns one error line per requested preview that was not written."""
+        errors = []
+        for k, pv in enumerate(self.parts):
+            try:
+                written = pv.close(ok=ok and k not in self.errors)
+            except (OSError, ValueError, RuntimeError) as err:
+                self.errors.setdefault(k, f"{type(err).__name__}: {err}")
+                written = None
+            if not ok:
+                continue
+            if k in self.errors or written is None:
+                why = self.errors.get(k, f"no frame of {self.topic} was processed")
+                errors.append(f"{pv.path} not written: {why}")
+        return errors
+
+    def notes(self) -> list[str]:
+        out = []
+        for k, pv in enumerate(self.parts):
+            if k not in self.errors and pv.path.exists():
+                out.append(f"{pv.kind}: {pv.path} ({pv.describe()})")
+        return out
+
+
+def _topic_frames(source: Any, topic: str) -> int | None:
+    try:
+        return sum(c.msgcount for c in source._conns if c.topic == topic) or None
+    except (AttributeError, TypeError):
+        return None
+
+
+def _topic_notes(source: Any) -> list[str]:
+    notes = [f"processed: {', '.join(source.image_topics)}"]
+    skipped = getattr(source, "skipped_topics", {})
+    if skipped:
+        left = "; ".join(f"{t} ({why})" for t, why in skipped.items())
+        notes.append(f"not processed (--topics selects them): {left}")
+    return notes
 
 
 def _run_options(
@@ -379,7 +444,12 @@ def _abandoned(err: BaseException, inp: Path, out: Path) -> tuple[int, str]:
 
 
 def _finalized(
-    args: argparse.Namespace, inp: Path, bag: OutputBag, summary: Any, outputs: frozenset[str]
+    args: argparse.Namespace,
+    inp: Path,
+    bag: OutputBag,
+    summary: Any,
+    outputs: frozenset[str],
+    preview_errors: list[str],
 ) -> tuple[int, str]:
     """Close the bag: renamed to OUT when complete, kept (flagged incomplete) for damaged input."""
     custom = {
@@ -391,7 +461,11 @@ def _finalized(
     }
     if summary.complete:
         summary.output = str(bag.finalize(custom))
-        return EXIT_OK, summary.text(args.verbose)
+        text = summary.text(args.verbose)
+        if preview_errors:
+            text += "".join(f"\n  error: {e}" for e in preview_errors)
+            return EXIT_ERROR, text
+        return EXIT_OK, text
     summary.output = str(bag.finalize_partial(summary.error or "incomplete", custom))
     return EXIT_CORRUPT, summary.text(args.verbose)
 
@@ -470,8 +544,9 @@ def process_one(
             return _abandoned(err, inp, out)
         if summaries is not None:
             summaries.append(summary)
-        previews.close(ok=True)
-        return _finalized(args, inp, bag, summary, outputs)
+        preview_errors = previews.close(ok=True)
+        summary.notes = _topic_notes(source) + previews.notes()
+        return _finalized(args, inp, bag, summary, outputs, preview_errors)
     finally:
         source.close()
         if pipeline is not None:
