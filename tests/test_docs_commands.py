@@ -183,9 +183,7 @@ def check_command(cmd: str, where: str) -> None:
             assert opt in known, f"{where}: 'dinov3-ros {sub}' has no option {opt}"
 
 
-@pytest.mark.parametrize(
-    "block", [b for b in ALL_BLOCKS if _command_lines(b.text)], ids=lambda b: b.id
-)
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if _command_lines(b.text)], ids=lambda b: b.id)
 def test_block_commands_exist(block: Block):
     for cmd in _command_lines(block.text):
         check_command(cmd, block.id)
@@ -211,9 +209,17 @@ def test_inline_commands_exist():
 
 
 def _make_fleet(d: Path) -> None:
-    """Two small synthetic recordings in ``fleet/``."""
+    """Two small synthetic recordings as single MCAP files, ``fleet/run1.mcap`` and ``fleet/run2.mcap``."""
+    from itertools import islice
+
+    from dinov3_ros.synthetic.generator import SceneGenerator
+    from dinov3_ros.synthetic.writers import write_bag
+
+    (d / "fleet").mkdir(exist_ok=True)
     for k in (1, 2):
-        _sh(f"dinov3-ros synth --out fleet/run{k}.mcap --frames 4 --size 160x120 --seed {k}", d)
+        gen = SceneGenerator(seed=k, width=160, height=120, frames_per_scene=4)
+        bag = write_bag(islice(iter(gen), 4), d / ".fleet" / f"run{k}")
+        (bag / f"run{k}.mcap").rename(d / "fleet" / f"run{k}.mcap")
 
 
 #: inputs a ``run`` block may ask for (``fixture=NAME``), made before it runs
