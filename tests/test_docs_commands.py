@@ -175,6 +175,8 @@ def check_command(cmd: str, where: str) -> None:
 
     words = cmd.replace("[", " ").replace("]", " ").split()
     sub = words[1]
+    if sub in ("-h", "--help"):
+        return
     assert sub in SUBCOMMANDS, f"{where}: unknown command 'dinov3-ros {sub}'"
     known = _options(sub)
     for w in words[2:]:
