@@ -26,6 +26,7 @@ Safety and exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import os
 import signal
@@ -432,6 +433,12 @@ def _run_options(
 
 def _abandoned(err: BaseException, inp: Path, out: Path) -> tuple[int, str]:
     """Exit code and message of a run stopped by an error or an interrupt (its partial run is kept)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return EXIT_ERROR, (
+            f"{inp}: cannot write the output: {err.strerror or err}; the unfinished run is kept in "
+            f"{partial_dir(out)}: make room (or make it writable) and rerun the same command with "
+            "--resume to continue"
+        )
     if not isinstance(err, KeyboardInterrupt):
         return EXIT_ERROR, (
             f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
@@ -553,6 +560,17 @@ def process_one(
             pipeline.close()
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an output whose existing parent directory cannot be written (before any model loads)."""
+    parent = out.resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise InputError(
+            f"cannot write the output {out}: {parent} is not writable (read-only or no permission)"
+        )
+
+
 def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None:
     """Process-wide thread settings of the tool (``--cv-threads``, ``--torch-threads``).
 
@@ -600,6 +618,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{inp}: output {out} is already complete; skipped (--resume)", file=sys.stderr)
                 continue
             OutputBag(out, overwrite=args.overwrite, resume=args.resume).check_target()
+            _check_writable(out)
             todo.append((inp, out))
     except (InputError, OutputExistsError, ValueError, InputCorruptError) as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)
@@ -629,6 +648,9 @@ def main(args: argparse.Namespace) -> int:
                     EXIT_ERROR if not isinstance(err, InputCorruptError) else EXIT_CORRUPT,
                     f"{inp}: {err}",
                 )
+            except OSError as err:  # the output's file system: full, read-only, no permission
+                where = f" ({err.filename})" if err.filename else ""
+                rc, text = EXIT_ERROR, f"{inp}: cannot write the output {out}: {err.strerror or err}{where}"
             print(text, file=sys.stderr)
             if rc == EXIT_INTERRUPTED:
                 return rc
