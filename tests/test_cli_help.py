@@ -1,0 +1,59 @@
+"""Every option of every ``dinov3-ros`` subcommand has help text; ``bench`` says what it does not measure."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import pytest
+import torch
+
+from dinov3_ros.cli import SUBCOMMANDS
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_every_option_has_help(name: str):
+    p = argparse.ArgumentParser()
+    importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(p)
+    missing = [a.option_strings or [a.dest] for a in p._actions if not a.help]
+    assert not missing, f"dinov3-ros {name}: options without help: {missing}"
+
+
+def test_bench_names_what_it_cannot_measure():
+    from dinov3_ros.runtime.bench import not_measured
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not_measured("onnxruntime", "int8", cpu) is None  # int8 is measured on CPU
+    assert not_measured("onnxruntime", "fp32", cpu) is None
+    assert "int8" in not_measured("torch", "int8", cpu)
+    assert "CPU" in not_measured("onnxruntime", "int8", cuda)
+    assert not_measured("tensorrt", "fp16", cuda) is None
+
+
+def test_bench_int8_runs_on_cpu(tmp_path, capsys):
+    from dinov3_ros.cli import main
+
+    out = tmp_path / "b.json"
+    argv = ["bench", "--arch", "vitt16", "--backends", "torch,onnxruntime", "--precisions", "int8"]
+    argv += ["--resolutions", "32x32", "--iters", "1", "--warmup", "0", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "onnxruntime" in cap.out and "int8" in cap.out  # measured, in the table
+    assert "not measured: torch/int8" in cap.err
+
+
+def test_bench_refuses_unknown_precision(tmp_path):
+    from dinov3_ros.cli import main
+
+    argv = [
+        "bench",
+        "--arch",
+        "vitt16",
+        "--precisions",
+        "int4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert main(argv) == 2
