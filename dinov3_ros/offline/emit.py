@@ -54,10 +54,10 @@ def camera_namespaces(prefix: str, image_topics: list[str]) -> dict[str, str]:
     ns = {t: camera_namespace(prefix, t, len(image_topics)).rstrip("/") for t in image_topics}
     if len(image_topics) > 1:
         base = "/" + prefix.strip("/") if prefix.strip("/") else ""
-        for t in image_topics:
-            if sum(v == ns[t] for v in ns.values()) > 1:
-                full = t[: -len("/compressed")] if t.endswith("/compressed") else t
-                ns[t] = base + "/" + full.strip("/")
+        shared = [t for t in image_topics if list(ns.values()).count(ns[t]) > 1]
+        for t in shared:
+            full = t[: -len("/compressed")] if t.endswith("/compressed") else t
+            ns[t] = base + "/" + full.strip("/")
     by_ns: dict[str, list[str]] = {}
     for t, n in ns.items():
         by_ns.setdefault(n, []).append(t)
