@@ -21,6 +21,7 @@ CAMERA = "/camera/image_raw/compressed"
 OUT_TOPICS = {
     "/dinov3/features/pca": "sensor_msgs/msg/Image",
     "/dinov3/depth": "sensor_msgs/msg/Image",
+    "/dinov3/depth/image": "sensor_msgs/msg/Image",
     "/dinov3/depth/camera_info": "sensor_msgs/msg/CameraInfo",
     "/dinov3/points": "sensor_msgs/msg/PointCloud2",
     "/dinov3/matches": "sensor_msgs/msg/PointCloud2",
