@@ -94,24 +94,51 @@ def _phase(out: Path) -> str:
     return "during the run (partial output)"
 
 
+def _opened_at(p: subprocess.Popen, partial: Path, limit_s: float) -> float | None:
+    """Seconds until ``partial`` appears (the run has opened its output), ``None`` if the run ends first."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        if partial.exists():
+            return time.perf_counter() - t0
+        if p.poll() is not None:
+            return None
+        time.sleep(0.02)
+    return None
+
+
 def kill_and_resume(bag: Path, work: Path, trials: int, seed: int) -> dict:
-    """SIGKILL at random points then ``--resume``; every result against the uninterrupted run."""
+    """SIGKILL at random points then ``--resume``; every result against the uninterrupted run.
+
+    Every fifth kill lands uniformly in start-up (before the output is opened); the others uniformly
+    in [0, 1.15 x the processing time] after the output was opened, so some land after the end.
+    """
     ref = work / "ref" / "out"
     ref.parent.mkdir(parents=True)
     t0 = time.perf_counter()
-    res = _run(_cmd(bag, ref))
+    p = subprocess.Popen(
+        _cmd(bag, ref), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    t_open = _opened_at(p, ref.with_name("out.partial"), 600.0)
+    _, err = p.communicate(timeout=600)
     wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"reference run failed:\n{res.stderr}")
+    if p.returncode != 0 or t_open is None:
+        raise SystemExit(f"reference run failed:\n{err}")
+    t_proc = wall - t_open
     rng = random.Random(seed)
     rows = []
     for k in range(trials):
         out = work / f"trial{k:02d}" / "out"
         out.parent.mkdir(parents=True)
-        delay = rng.uniform(0.0, 1.1 * wall)
+        early = k % 5 == 0
         p = subprocess.Popen(_cmd(bag, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if early:
+            wait = delay = rng.uniform(0.0, t_open)
+        else:
+            opened = _opened_at(p, out.with_name("out.partial"), 600.0) or 0.0
+            wait = rng.uniform(0.0, 1.15 * t_proc)
+            delay = opened + wait
         try:
-            p.wait(timeout=delay)
+            p.wait(timeout=wait)
             killed = False
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
@@ -124,7 +151,7 @@ def kill_and_resume(bag: Path, work: Path, trials: int, seed: int) -> dict:
             resumes += 1
             if r.returncode == 0 or resumes >= 3:
                 break
-        left = sorted(p.name for p in out.parent.iterdir())
+        left = sorted(x.name for x in out.parent.iterdir())
         ok = r.returncode == 0 and out.is_dir() and _same(ref, out) and left == ["out"]
         rows.append(
             {
@@ -141,8 +168,13 @@ def kill_and_resume(bag: Path, work: Path, trials: int, seed: int) -> dict:
         print(
             f"trial {k:2d}: kill at {delay:5.2f} s, {phase}: {'identical' if ok else 'DIFFERENT'}", flush=True
         )
+    phases: dict[str, int] = {}
+    for row in rows:
+        phases[row["phase"]] = phases.get(row["phase"], 0) + 1
     return {
         "reference_wall_s": round(wall, 2),
+        "reference_open_s": round(t_open, 2),
+        "phases": phases,
         "trials": rows,
         "identical": sum(r["identical"] for r in rows),
     }
@@ -163,14 +195,18 @@ def _tmpfs(path: Path, options: str) -> Iterator[bool]:
 
 
 def _clean_error(r: subprocess.CompletedProcess, out: Path) -> dict:
+    """Exit 1, exactly one stderr line and it says error, no traceback, nothing at the final name."""
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    errors = [x for x in lines if "error" in x.lower() or "Error" in x]
     return {
         "exit": r.returncode,
         "traceback": "Traceback" in r.stderr,
-        "error_lines": errors[:3],
+        "stderr_lines": lines[:5],
         "final_name_exists": out.exists(),
-        "ok": r.returncode != 0 and "Traceback" not in r.stderr and bool(errors) and not out.exists(),
+        "ok": r.returncode == 1
+        and len(lines) == 1
+        and "error" in lines[0]
+        and "Traceback" not in r.stderr
+        and not out.exists(),
     }
 
 
@@ -192,8 +228,9 @@ raise SystemExit(main(sys.argv[3:]))
 """
 
 
-def disk_faults(bag: Path, work: Path, ref_bytes: int) -> dict:
-    """The output on a full disk and on a read-only file system."""
+def disk_faults(bag: Path, work: Path, ref: Path) -> dict:
+    """The output on a full disk (then resumed once there is room) and on a read-only file system."""
+    ref_bytes = sum(f.stat().st_size for f in ref.iterdir())
     res: dict = {}
     full = work / "full"
     with _tmpfs(full, f"size={max(64 * 1024, ref_bytes // 2)}") as mounted:
@@ -203,6 +240,13 @@ def disk_faults(bag: Path, work: Path, ref_bytes: int) -> dict:
         else:
             r = _run([sys.executable, "-c", _SIMULATE, "ENOSPC", "40", *_cmd(bag, out)[3:]])
         res["full_disk"] = {"method": "tmpfs" if mounted else "simulated ENOSPC", **_clean_error(r, out)}
+        if mounted:  # room made: --resume finishes with the uninterrupted run's output
+            grow = subprocess.run(
+                ["mount", "-o", f"remount,size={4 * ref_bytes}", str(full)], capture_output=True
+            )
+            if grow.returncode == 0:
+                r2 = _run(_cmd(bag, out, "--resume"))
+                res["full_disk"]["resumed_identical"] = r2.returncode == 0 and _same(ref, out)
         print(f"full disk ({res['full_disk']['method']}): {res['full_disk']}", flush=True)
     ro = work / "ro"
     with _tmpfs(ro, "ro,size=1m") as mounted:
@@ -222,7 +266,7 @@ def disk_faults(bag: Path, work: Path, ref_bytes: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=20, help="kill-and-resume trials")
-    ap.add_argument("--frames", type=int, default=32, help="frames of the synthetic bag")
+    ap.add_argument("--frames", type=int, default=64, help="frames of the synthetic bag")
     ap.add_argument("--size", default="160x120", help="WIDTHxHEIGHT of the synthetic bag")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -236,7 +280,7 @@ def main() -> int:
         kills = kill_and_resume(bag, work / "kills", args.trials, args.seed)
         ref = work / "kills" / "ref" / "out"
         ref_bytes = sum(f.stat().st_size for f in ref.iterdir())
-        disk = disk_faults(bag, work / "disk", ref_bytes)
+        disk = disk_faults(bag, work / "disk", ref)
         shutil.rmtree(work / "kills", ignore_errors=True)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -250,6 +294,7 @@ def main() -> int:
         **disk,
     }
     ok = kills["identical"] == args.trials and disk["full_disk"]["ok"] and disk["read_only"]["ok"]
+    ok = ok and disk["full_disk"].get("resumed_identical", True)
     print(
         f"{kills['identical']}/{args.trials} kill+resume identical; full disk "
         f"{'ok' if disk['full_disk']['ok'] else 'FAILED'}; read-only {'ok' if disk['read_only']['ok'] else 'FAILED'}"

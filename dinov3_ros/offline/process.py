@@ -435,8 +435,8 @@ def _abandoned(err: BaseException, inp: Path, out: Path) -> tuple[int, str]:
     """Exit code and message of a run stopped by an error or an interrupt (its partial run is kept)."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         return EXIT_ERROR, (
-            f"{inp}: cannot write the output: {err.strerror or err}; the unfinished run is kept in "
-            f"{partial_dir(out)}: make room (or make it writable) and rerun the same command with "
+            f"{inp}: error: cannot write the output ({err.strerror or err}); the unfinished run is kept "
+            f"in {partial_dir(out)}: make room (or make it writable), then rerun the same command with "
             "--resume to continue"
         )
     if not isinstance(err, KeyboardInterrupt):
@@ -650,7 +650,10 @@ def main(args: argparse.Namespace) -> int:
                 )
             except OSError as err:  # the output's file system: full, read-only, no permission
                 where = f" ({err.filename})" if err.filename else ""
-                rc, text = EXIT_ERROR, f"{inp}: cannot write the output {out}: {err.strerror or err}{where}"
+                rc, text = (
+                    EXIT_ERROR,
+                    f"{inp}: error: cannot write the output {out}: {err.strerror or err}{where}",
+                )
             print(text, file=sys.stderr)
             if rc == EXIT_INTERRUPTED:
                 return rc
