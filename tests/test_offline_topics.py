@@ -184,3 +184,16 @@ def test_depth_tile_has_a_legend():
     assert lo < 1.2 and hi > 4.8
     bar = img[-8:, 20:100]
     assert bar.std(axis=1).mean() > 20  # a colour ramp along the bottom, not the image
+
+
+def test_a_preview_path_that_names_the_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from dinov3_ros.synthetic.generator import SceneGenerator
+    from dinov3_ros.synthetic.writers import write_video
+
+    gen = SceneGenerator(seed=1, width=64, height=48, frames_per_scene=2)
+    clip = write_video(iter(gen.sequence(0)), tmp_path / "clip.mp4")
+    before = clip.read_bytes()
+    assert run(str(clip), "--out", str(tmp_path / "out"), "--preview", str(clip)) == 1
+    err = capsys.readouterr().err
+    assert f"--preview {clip} is an input" in err
+    assert clip.read_bytes() == before and not (tmp_path / "out").exists()

@@ -560,6 +560,14 @@ def process_one(
             pipeline.close()
 
 
+def _check_previews(args: argparse.Namespace, inputs: list[Path]) -> None:
+    """Refuse a preview or contact sheet path that names an input (it would be replaced)."""
+    ins = {p.resolve() for p in inputs}
+    for opt, path in (("--preview", args.preview), ("--contact-sheet", args.contact_sheet)):
+        if path and Path(path).resolve() in ins:
+            raise InputError(f"{opt} {path} is an input; choose another file name")
+
+
 def _check_writable(out: Path) -> None:
     """Refuse an output whose existing parent directory cannot be written (before any model loads)."""
     parent = out.resolve().parent
@@ -612,6 +620,7 @@ def main(args: argparse.Namespace) -> int:
         for inp, _o in mine:
             if not inp.exists():
                 raise InputError(f"input {inp} does not exist")
+        _check_previews(args, inputs)
         todo = []
         for inp, out in mine:  # refuse before loading any model
             if args.resume and out.exists() and not partial_dir(out).exists() and not args.overwrite:
