@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +58,32 @@ def test_bench_refuses_unknown_precision(tmp_path):
         str(tmp_path / "b"),
     ]
     assert main(argv) == 2
+
+
+def test_run_remaps_topics_of_its_nodes():
+    """``dinov3-ros run --remap`` gives rclpy the remapping rules it applies to the nodes' topics."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.node import Node
+
+    from dinov3_ros.ros.run import ros_arguments
+
+    args = ros_arguments(Path("p.yaml"), ["device:=cpu"], ["image:=/camera/color/image_raw"])
+    assert args == [
+        "--ros-args",
+        "--params-file",
+        "p.yaml",
+        "-p",
+        "device:=cpu",
+        "-r",
+        "image:=/camera/color/image_raw",
+    ]
+    ctx = Context()
+    rclpy.init(args=["dinov3-ros", "--ros-args", *args[3:5], *args[5:]], context=ctx)
+    try:
+        node = Node("remap_check", context=ctx)
+        assert node.resolve_topic_name("image") == "/camera/color/image_raw"
+        assert node.resolve_topic_name("front/image") == "/front/image"  # only the named topic moves
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
