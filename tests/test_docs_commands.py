@@ -1,4 +1,5 @@
-"""Executable documentation: every fenced block of README.md, docs/*.md and models/README.md is marked.
+"""Executable documentation: every fenced block of README.md, docs/*.md, models/README.md and
+dinov3_ros/offline/README.md is marked.
 
 The line before each fenced block is a marker comment, ``<!-- doc-test: KIND ... -->``:
 
@@ -36,7 +37,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "models" / "README.md"]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "models" / "README.md",
+    ROOT / "dinov3_ros" / "offline" / "README.md",
+]
 KINDS = ("run", "python", "covered-by", "needs", "help", "text")
 #: what a ``needs`` block needs that CI machines do not have
 NEEDS = {
