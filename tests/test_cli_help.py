@@ -87,3 +87,16 @@ def test_run_remaps_topics_of_its_nodes():
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_eval_prints_progress_while_a_model_is_evaluated(capsys):
+    import time
+
+    from dinov3_ros.eval.cli import _ticker
+
+    seen = ""
+    with _ticker("  random:vitt16", every_s=0.01):
+        deadline = time.monotonic() + 60
+        while "random:vitt16:" not in seen and time.monotonic() < deadline:
+            seen += capsys.readouterr().out
+    assert "  random:vitt16: 0 s ..." in seen
