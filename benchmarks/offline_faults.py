@@ -110,7 +110,8 @@ def kill_and_resume(bag: Path, work: Path, trials: int, seed: int) -> dict:
     """SIGKILL at random points then ``--resume``; every result against the uninterrupted run.
 
     Every fifth kill lands uniformly in start-up (before the output is opened); the others uniformly
-    in [0, 1.15 x the processing time] after the output was opened, so some land after the end.
+    in [0, 1.05 x the processing time] after the output was opened (finalizing included). A run that
+    ends before its kill time is redone with a new one, so every trial is a real SIGKILL.
     """
     ref = work / "ref" / "out"
     ref.parent.mkdir(parents=True)
@@ -126,25 +127,31 @@ def kill_and_resume(bag: Path, work: Path, trials: int, seed: int) -> dict:
     t_proc = wall - t_open
     rng = random.Random(seed)
     rows = []
+    finished_first = 0
     for k in range(trials):
         out = work / f"trial{k:02d}" / "out"
-        out.parent.mkdir(parents=True)
         early = k % 5 == 0
-        p = subprocess.Popen(_cmd(bag, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if early:
-            wait = delay = rng.uniform(0.0, t_open)
-        else:
-            opened = _opened_at(p, out.with_name("out.partial"), 600.0) or 0.0
-            wait = rng.uniform(0.0, 1.15 * t_proc)
-            delay = opened + wait
-        try:
-            p.wait(timeout=wait)
-            killed = False
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            killed = True
-        phase = _phase(out) if killed else "not killed (finished first)"
+        killed = False
+        while not killed:  # a run that ends before its kill time is redone with a new time
+            shutil.rmtree(out.parent, ignore_errors=True)
+            out.parent.mkdir(parents=True)
+            p = subprocess.Popen(
+                _cmd(bag, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if early:
+                wait = delay = rng.uniform(0.0, t_open)
+            else:
+                opened = _opened_at(p, out.with_name("out.partial"), 600.0) or 0.0
+                wait = rng.uniform(0.0, 1.05 * t_proc)
+                delay = opened + wait
+            try:
+                p.wait(timeout=wait)
+                finished_first += 1
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                killed = True
+        phase = _phase(out)
         resumes = 0
         while True:
             r = _run(_cmd(bag, out, "--resume"))
@@ -175,6 +182,7 @@ def kill_and_resume(bag: Path, work: Path, trials: int, seed: int) -> dict:
         "reference_wall_s": round(wall, 2),
         "reference_open_s": round(t_open, 2),
         "phases": phases,
+        "runs_that_finished_before_their_kill_time": finished_first,
         "trials": rows,
         "identical": sum(r["identical"] for r in rows),
     }
@@ -263,6 +271,16 @@ def disk_faults(bag: Path, work: Path, ref: Path) -> dict:
     return res
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=20, help="kill-and-resume trials")
@@ -283,7 +301,7 @@ def main() -> int:
         disk = disk_faults(bag, work / "disk", ref)
         shutil.rmtree(work / "kills", ignore_errors=True)
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "command": " ".join(["python", "benchmarks/offline_faults.py", *sys.argv[1:]]),
