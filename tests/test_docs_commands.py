@@ -361,3 +361,17 @@ def test_readme_sample_bag_writes_one_clean_output_set(doc_runner: DocRunner):
     assert cv2.imread(str(d / "run1.png")) is not None
     assert "0 undecodable" in res.stderr and "undecodable:" not in res.stderr, res.stderr
     assert "/camera/depth/image_raw (32FC1" in res.stderr, res.stderr  # says what it left out
+
+
+def test_relative_links_point_to_files():
+    """Every relative Markdown link of the documentation names a file or directory of the repository."""
+    bad, checked = [], 0
+    for doc in DOCS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            checked += 1
+            if not (doc.parent / target.split("#", 1)[0]).exists():
+                bad.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert checked > 10 and not bad, (checked, bad)
