@@ -375,3 +375,20 @@ def test_relative_links_point_to_files():
             if not (doc.parent / target.split("#", 1)[0]).exists():
                 bad.append(f"{doc.relative_to(ROOT)}: {target}")
     assert checked > 10 and not bad, (checked, bad)
+
+
+def test_parser_sees_markers_and_unmarked_blocks(tmp_path):
+    """The marker is read from the closest non-blank line above a block; a block without one has none."""
+    doc = tmp_path / "x.md"
+    doc.write_text(
+        'text\n\n<!-- doc-test: run check="test -f a" -->\n\n```bash\ntouch a\n```\n\nprose\n```\nls\n```\n'
+    )
+    a, b = parse_blocks(doc)
+    assert (a.kind, a.option("check"), a.text, a.line) == ("run", "test -f a", "touch a", 5)
+    assert b.kind is None and b.text == "ls"
+    assert _command_lines("dinov3-ros process a\\\n   --out b  # c\nls && dinov3-ros eval --x") == [
+        "dinov3-ros process a --out b",
+        "dinov3-ros eval --x",
+    ]
+    with pytest.raises(AssertionError, match="has no option --nope"):
+        check_command("dinov3-ros process in --nope", "x.md")
