@@ -90,6 +90,10 @@ def _topics(bag: Path) -> dict[str, int]:
         return out
 
 
+def _count(bag: Path) -> int:
+    return sum(_topics(bag).values())
+
+
 def test_default_selection_takes_only_cameras(tmp_path: Path):
     src = BagSource(make_robot_bag(tmp_path / "in"))
     try:
@@ -197,3 +201,14 @@ def test_a_preview_path_that_names_the_input_is_refused(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert f"--preview {clip} is an input" in err
     assert clip.read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_summary_is_for_users_and_stage_times_need_verbose(tmp_path: Path, capsys: pytest.CaptureFixture):
+    bag = make_robot_bag(tmp_path / "in")
+    topic = ["--topics", "/ir/image_raw"]
+    assert run(str(bag), "--out", str(tmp_path / "a"), *topic) == 0
+    err = capsys.readouterr().err
+    assert f"{N} frames in " in err and f"output: {tmp_path / 'a'} ({_count(tmp_path / 'a')} messages)" in err
+    assert "processed: /ir/image_raw" in err and "ms/frame" not in err
+    assert run(str(bag), "--out", str(tmp_path / "b"), *topic, "--verbose") == 0
+    assert "ms/frame of thread time per stage" in capsys.readouterr().err
