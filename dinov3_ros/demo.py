@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     parser.add_argument("--weights", default="default", help="'default', a checkpoint path or random:<arch>")
     parser.add_argument("--live", action="store_true", help="run the live node over DDS instead")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--bag", type=Path, default=None, help="input bag (default: the synthetic sample bag)"
     )

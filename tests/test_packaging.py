@@ -119,3 +119,13 @@ def test_colcon_build_install_tree(tmp_path):
     for exe in ["dinov3_node", "dinov3_lifecycle_node", "dinov3-ros", "dinov3-train"]:
         p = inst / "lib/dinov3_ros" / exe
         assert p.is_file() and os.access(p, os.X_OK), exe
+    # the documented Fast DDS profile path, from the install tree alone (as after sourcing it)
+    site = next(inst.glob("lib/python*/site-packages"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DINOV3_ROS_SHARE")}
+    env.update(PYTHONPATH=str(site), AMENT_PREFIX_PATH=str(inst))
+    dds = subprocess.run(
+        [sys.executable, "-m", "dinov3_ros.ros.dds"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert dds.returncode == 0, dds.stderr
+    profile = Path(dds.stdout.strip())
+    assert profile.is_file() and inst in profile.parents, profile

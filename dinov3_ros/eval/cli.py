@@ -10,9 +10,12 @@ writes ``runs/eval/eval.json`` (all metrics per model) and ``runs/eval/eval.png`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dinov3_ros.synthetic.cli import parse_size
@@ -31,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="eval_out", help="output directory (eval.json, eval.png)")
     parser.add_argument("--size", type=parse_size, default=(224, 224), help="WIDTHxHEIGHT, multiples of 16")
-    parser.add_argument("--train-scenes", type=int, default=12)
-    parser.add_argument("--test-scenes", type=int, default=4)
-    parser.add_argument("--frames-per-scene", type=int, default=8)
+    parser.add_argument("--train-scenes", type=int, default=12, help="scenes the probes are fitted on")
+    parser.add_argument(
+        "--test-scenes", type=int, default=4, help="held-out scenes the metrics are computed on"
+    )
+    parser.add_argument("--frames-per-scene", type=int, default=8, help="views rendered per scene")
     parser.add_argument("--pair-gap", type=int, default=3, help="frames between the two views of a pair")
     parser.add_argument(
         "--probe-scenes",
@@ -43,13 +48,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("TRAIN", "TEST"),
         help="single-view scenes for the class probe",
     )
-    parser.add_argument("--tasks", default="depth,correspondence,tokencut,probe")
+    parser.add_argument(
+        "--tasks",
+        default="depth,correspondence,tokencut,probe",
+        help="comma list of depth, correspondence, tokencut, probe",
+    )
     parser.add_argument("--depth-head", default=None, help="trained depth head file (else a ridge probe)")
-    parser.add_argument("--matcher", choices=("heads", "dense"), default="heads")
+    parser.add_argument(
+        "--matcher",
+        choices=("heads", "dense"),
+        default="heads",
+        help="correspondences: the pipeline's matcher (heads) or dense nearest neighbours",
+    )
     parser.add_argument("--tau", type=float, default=0.2, help="TokenCut graph threshold")
     parser.add_argument("--arch", default=None, help="arch of a weights file when it cannot be inferred")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rendered scenes")
+
+
+@contextlib.contextmanager
+def _ticker(label: str, every_s: float = 10.0) -> Iterator[None]:
+    """Print the elapsed time every ``every_s`` seconds while the block runs (evaluations take minutes)."""
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            print(f"{label}: {time.perf_counter() - t0:.0f} s ...", flush=True)
+
+    th = threading.Thread(target=tick, name="eval-progress", daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        done.set()
+        th.join()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -96,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"\n[{len(results) + 1}/{len(args.weights)}] evaluating {spec} ...", flush=True)
             model = ORACLE if spec == ORACLE else resolve_model(spec, args.device, args.seed, args.arch)
             t0 = time.perf_counter()
-            res, ex = evaluate(model, data, opts)
+            with _ticker(f"  {spec}"):
+                res, ex = evaluate(model, data, opts)
             res["weights"] = spec
             res["total_s"] = time.perf_counter() - t0
             results.append(res)

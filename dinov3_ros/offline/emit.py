@@ -3,7 +3,9 @@
 Topics mirror the node's private namespace (every registered output's topics, ``pipeline.outputs``):
 ``<ns>/features``, ``<ns>/features/pca``, ``<ns>/depth``, ... ``<ns>`` is ``--prefix`` (default
 ``/dinov3``) for a single camera; with several image topics it is ``<prefix>/<camera base>``
-(``/dinov3/cam_left`` for ``/cam_left/image_raw``) so cameras never share a topic.
+(``/dinov3/cam_left`` for ``/cam_left/image_raw``), or ``<prefix>/<image topic>`` for topics that share
+a camera base, so two inputs never write to one output topic (:func:`camera_namespaces` refuses a
+selection where they would).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dinov3_ros.msgs.cdr import Parts, camera_info_parts, image_parts
 from dinov3_ros.pipeline.outputs import frame_messages
 
 from .bagout import ConnKey
-from .sources import InputMessage, Source, camera_info_topic
+from .sources import InputError, InputMessage, Source, camera_info_topic
 
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -42,6 +44,33 @@ def camera_namespace(prefix: str, image_topic: str, n_topics: int) -> str:
     return (prefix + base) if base else (prefix + "/" + image_topic.strip("/").replace("/", "_"))
 
 
+def camera_namespaces(prefix: str, image_topics: list[str]) -> dict[str, str]:
+    """Output namespace of every input image topic, distinct per topic.
+
+    Topics whose camera bases coincide (``/camera/image_raw`` and ``/camera/instances``) get their
+    full topic name (without a ``/compressed`` transport suffix) instead; ``InputError`` names the
+    topics that would still share a namespace (``/cam/image_raw`` and ``/cam/image_raw/compressed``).
+    """
+    ns = {t: camera_namespace(prefix, t, len(image_topics)).rstrip("/") for t in image_topics}
+    if len(image_topics) > 1:
+        base = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        shared = [t for t in image_topics if list(ns.values()).count(ns[t]) > 1]
+        for t in shared:
+            full = t[: -len("/compressed")] if t.endswith("/compressed") else t
+            ns[t] = base + "/" + full.strip("/")
+    by_ns: dict[str, list[str]] = {}
+    for t, n in ns.items():
+        by_ns.setdefault(n, []).append(t)
+    clash = {n: ts for n, ts in by_ns.items() if len(ts) > 1}
+    if clash:
+        n, ts = next(iter(clash.items()))
+        raise InputError(
+            f"input topics {' and '.join(ts)} would write to the same output topics ({n or '/'}/...); "
+            "process one of them (--topics)"
+        )
+    return ns
+
+
 class MsgEmitter:
     """Serialized output messages of every processed frame, and copies of video/folder frames."""
 
@@ -51,8 +80,7 @@ class MsgEmitter:
         self.source = source
         self.config = config
         self.ts = typestore if typestore is not None else output_typestore()
-        n = len(source.image_topics)
-        self.ns = {t: camera_namespace(prefix, t, n).rstrip("/") for t in source.image_topics}
+        self.ns = camera_namespaces(prefix, list(source.image_topics))
         self._defs: dict[str, tuple[str, str]] = {}
 
     def resolve(self, key: ConnKey) -> dict[str, Any]:

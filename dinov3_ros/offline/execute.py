@@ -82,19 +82,24 @@ class Summary:
     complete: bool = False
     error: str | None = None
     stages: dict[str, float] = field(default_factory=dict)  # seconds of thread time per stage
+    notes: list[str] = field(default_factory=list)  # more lines for the user (topics, previews)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def text(self, verbose: bool = False) -> str:
+        """What the run did, for the user; ``verbose`` adds the time per stage."""
         s = (
-            f"{self.input}: {self.frames} frames, {self.undecodable} undecodable, {self.messages} messages, "
-            f"{self.seconds:.1f} s ({self.fps:.1f} frames/s)"
+            f"{self.input}: {self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} frames/s), "
+            f"{self.undecodable} undecodable"
         )
         if self.resumed_from_frame:
             s += f", resumed after frame {self.resumed_from_frame}"
-        s += f" -> {self.output}" if self.complete else f" -> INCOMPLETE {self.output}"
+        s += f"\n  output: {self.output}" if self.complete else f"\n  output: INCOMPLETE {self.output}"
+        s += f" ({self.messages} messages)"
+        for note in self.notes:
+            s += f"\n  {note}"
         if self.error:
             s += f"\n  error: {self.error}"
         for ex in self.undecodable_examples:

@@ -1,11 +1,18 @@
 """Side-by-side previews of offline runs: the input and each output's preview tile (``Output.tile``).
 
-``PreviewVideo`` writes an MP4 (one row per frame), ``ContactSheet`` a PNG (one row per sampled
-frame). Both appear under their final name only when complete (``dinov3_ros.fsutil``).
+``PreviewVideo`` writes an MP4 (one row per frame; H.264, else VP9, else MPEG-4 Part 2, the first
+that this OpenCV build can encode), ``ContactSheet`` a PNG (one row per sampled frame). Both appear
+under their final name only when complete (``dinov3_ros.fsutil``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +67,80 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
+#: MP4 codecs in order of preference: (fourcc, name); browsers play the first two
+CODECS: tuple[tuple[str, str], ...] = (("avc1", "H.264"), ("vp09", "VP9"), ("mp4v", "MPEG-4 Part 2"))
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (FFmpeg logs a failed encoder probe there, below Python)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@functools.cache
+def video_codec(candidates: tuple[tuple[str, str], ...] = CODECS) -> tuple[str, str]:
+    """The first ``(fourcc, name)`` of ``candidates`` this OpenCV build encodes to MP4 (probed once)."""
+    with tempfile.TemporaryDirectory() as d, _quiet_stderr():
+        for fourcc, name in candidates:
+            path = os.path.join(d, f"probe_{fourcc}.mp4")
+            w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), 10.0, (64, 48))
+            try:
+                if w.isOpened():
+                    w.write(np.zeros((48, 64, 3), np.uint8))
+                    return fourcc, name
+            finally:
+                w.release()
+    raise OSError(f"OpenCV cannot encode MP4 video here (tried {', '.join(n for _, n in candidates)})")
+
+
 class PreviewVideo:
     """MP4 of tiled rows, written to a temporary name and renamed on :meth:`close`."""
 
-    def __init__(self, path: str | Path, fps: float = 10.0, tile_h: int = 240) -> None:
+    kind = "preview"
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float = 10.0,
+        tile_h: int = 240,
+        codecs: tuple[tuple[str, str], ...] = CODECS,
+    ) -> None:
         self.path = Path(path)
         self.tmp = _tmp(self.path)
         self.fps = fps
         self.tile_h = tile_h
         self.writer: Any = None
         self.frames = 0
+        try:
+            self.fourcc, self.codec = video_codec(tuple(codecs))
+        except OSError as err:  # reported when the first frame is added
+            self.fourcc, self.codec, self.error = None, "", str(err)
+
+    def describe(self) -> str:
+        return f"{self.frames} frames, {self.codec}"
 
     def add(self, fo: Any, rgb: np.ndarray, title: str = "") -> None:
         row = tiles(fo, rgb, self.tile_h, title)
         h, w = row.shape[:2]
         row = row[: h - h % 2, : w - w % 2]
         if self.writer is None:
+            if self.fourcc is None:
+                raise OSError(self.error)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = cv2.VideoWriter(
-                str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (row.shape[1], row.shape[0])
+                str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (row.shape[1], row.shape[0])
             )
             if not self.writer.isOpened():
                 raise OSError(f"cannot open a video writer for {self.path}")
@@ -102,6 +164,8 @@ class PreviewVideo:
 class ContactSheet:
     """PNG with ``n`` rows of tiles from frames evenly spread over the run."""
 
+    kind = "contact sheet"
+
     def __init__(self, path: str | Path, total: int | None, n: int = 6, tile_h: int = 160) -> None:
         self.path = Path(path)
         self.n = max(1, n)
@@ -110,6 +174,9 @@ class ContactSheet:
         self.pick = {round(i * (total - 1) / max(self.n - 1, 1)) for i in range(self.n)} if total > 1 else {0}
         self.rows: list[np.ndarray] = []
         self.seen = 0
+
+    def describe(self) -> str:
+        return f"{len(self.rows)} frames"
 
     def add(self, fo: Any, rgb: np.ndarray, title: str = "") -> None:
         if self.seen in self.pick and len(self.rows) < self.n:

@@ -26,6 +26,7 @@ Safety and exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import os
 import signal
@@ -73,10 +74,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--outputs",
         default=DEFAULT_OUTPUTS,
-        help="comma list of features,features_pca,depth,points,matches,objects,debug "
+        help="comma list of outputs (names as the node's outputs.<name> parameters: features, "
+        "features_pca, depth, depth_points, points, matches, objects, debug, ...) or 'all' "
         f"(default {DEFAULT_OUTPUTS})",
     )
-    p.add_argument("--topics", nargs="+", default=None, help="image topics to process (default: all)")
+    p.add_argument(
+        "--topics",
+        nargs="+",
+        default=None,
+        help="image topics to process, in this order (default: every camera image topic: colour or "
+        "mono8 Image and CompressedImage; never depth, masks or float images)",
+    )
     p.add_argument("--prefix", default="/dinov3", help="output topic namespace (like the node's ~)")
     p.add_argument("--copy-input", action="store_true", help="also copy the input topics (raw, same QoS)")
     g = add_model_arguments(p, device_default="auto")
@@ -91,9 +99,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_source_arguments(p.add_argument_group("videos and image folders"))
     o = p.add_argument_group("previews")
     o.add_argument(
-        "--preview", default=None, metavar="FILE.mp4", help="video of the input and each output's tile"
+        "--preview",
+        default=None,
+        metavar="FILE.mp4",
+        help="video of the first processed topic: the input beside each output (H.264 or VP9 where "
+        "OpenCV has the encoder, else MPEG-4)",
     )
-    o.add_argument("--contact-sheet", default=None, metavar="FILE.png", help="tiles of evenly spaced frames")
+    o.add_argument(
+        "--contact-sheet",
+        default=None,
+        metavar="FILE.png",
+        help="image of evenly spaced frames of the first processed topic, one row per frame",
+    )
     o.add_argument("--contact-frames", type=positive_int, default=6, help="rows of the contact sheet")
 
 
@@ -231,6 +248,19 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
     return cal
 
 
+def _load(load_model: Any, args: argparse.Namespace, device: str, config: Any) -> tuple[Any, Any]:
+    """The model and the config it runs at: a resolution given (``--resolution`` or ``--set
+    resolution=``) must fit the model; without one, a fixed-size ONNX/plan sets it."""
+    given = bool(args.resolution) or any(kv.split("=", 1)[0].strip() == "resolution" for kv in args.set)
+    spec = model_spec_from_args(args, device, None)
+    if given or spec.backend == "torch":  # torch runs at any size: the config's
+        spec = model_spec_from_args(args, device, tuple(config.resolution))
+    model = load_model(spec)
+    if not given and model.input_size is not None:
+        config = config.with_updates(resolution=tuple(model.input_size))
+    return model, config
+
+
 def _config(args: argparse.Namespace) -> Any:
     import yaml
 
@@ -250,11 +280,13 @@ def _config(args: argparse.Namespace) -> Any:
 def _outputs(spec: str) -> frozenset[str]:
     from dinov3_ros.pipeline.outputs import OUTPUTS
 
+    if spec.strip() == "all":
+        return frozenset(OUTPUTS)
     outs = {s.strip() for s in spec.split(",") if s.strip()}
     bad = sorted(outs - set(OUTPUTS))
     if bad or not outs:
         hints = "".join(did_you_mean(b, OUTPUTS) for b in bad[:1])
-        raise ValueError(f"unknown output(s) {bad or spec!r}{hints}; choose from {', '.join(OUTPUTS)}")
+        raise ValueError(f"unknown output(s) {bad or spec!r}{hints}; choose from all, {', '.join(OUTPUTS)}")
     return frozenset(outs)
 
 
@@ -339,7 +371,11 @@ def _on_term(signum: int, frame: Any) -> None:
 
 
 class _Previews:
-    """``--preview`` / ``--contact-sheet`` of one input: the first image topic's frames as tiles."""
+    """``--preview`` / ``--contact-sheet`` of one input: the first processed topic's frames as tiles.
+
+    A preview that cannot be written (encoder, disk, no frame of that topic) does not stop the run: it
+    is reported by :meth:`close` and makes the exit code an error.
+    """
 
     def __init__(
         self, args: argparse.Namespace, out: Path, multi: bool, source: Any, total: int | None
@@ -349,18 +385,61 @@ class _Previews:
         preview_path = _sibling(args.preview, out.name, multi)
         sheet_path = _sibling(args.contact_sheet, out.name, multi)
         fps = getattr(source, "fps", 0.0) or 10.0
-        self.parts = [PreviewVideo(preview_path, fps=fps)] if preview_path else []
-        self.parts += [ContactSheet(sheet_path, total, args.contact_frames)] if sheet_path else []
         self.topic = source.image_topics[0]
+        share = _topic_frames(source, self.topic) or total
+        self.parts: list[Any] = [PreviewVideo(preview_path, fps=fps)] if preview_path else []
+        self.parts += [ContactSheet(sheet_path, share, args.contact_frames)] if sheet_path else []
+        self.errors: dict[int, str] = {}
 
     def on_frame(self, fo: Any, rgb: Any, m: Any) -> None:
-        if m.topic == self.topic:
-            for pv in self.parts:
+        if m.topic != self.topic:
+            return
+        for k, pv in enumerate(self.parts):
+            if k in self.errors:
+                continue
+            try:
                 pv.add(fo, rgb, f"{m.topic} {m.log_ns / 1e9:.3f}s")
+            except (OSError, ValueError, RuntimeError) as err:
+                self.errors[k] = f"{type(err).__name__}: {err}"
 
-    def close(self, ok: bool) -> None:
-        for pv in self.parts:
-            pv.close(ok=ok)
+    def close(self, ok: bool) -> list[str]:
+        """Finish the files; returns one error line per requested preview that was not written."""
+        errors = []
+        for k, pv in enumerate(self.parts):
+            try:
+                written = pv.close(ok=ok and k not in self.errors)
+            except (OSError, ValueError, RuntimeError) as err:
+                self.errors.setdefault(k, f"{type(err).__name__}: {err}")
+                written = None
+            if not ok:
+                continue
+            if k in self.errors or written is None:
+                why = self.errors.get(k, f"no frame of {self.topic} was processed")
+                errors.append(f"{pv.path} not written: {why}")
+        return errors
+
+    def notes(self) -> list[str]:
+        out = []
+        for k, pv in enumerate(self.parts):
+            if k not in self.errors and pv.path.exists():
+                out.append(f"{pv.kind}: {pv.path} ({pv.describe()})")
+        return out
+
+
+def _topic_frames(source: Any, topic: str) -> int | None:
+    try:
+        return sum(c.msgcount for c in source._conns if c.topic == topic) or None
+    except (AttributeError, TypeError):
+        return None
+
+
+def _topic_notes(source: Any) -> list[str]:
+    notes = [f"processed: {', '.join(source.image_topics)}"]
+    skipped = getattr(source, "skipped_topics", {})
+    if skipped:
+        left = "; ".join(f"{t} ({why})" for t, why in skipped.items())
+        notes.append(f"not processed (--topics selects them): {left}")
+    return notes
 
 
 def _run_options(
@@ -387,6 +466,12 @@ def _run_options(
 
 def _abandoned(err: BaseException, inp: Path, out: Path) -> tuple[int, str]:
     """Exit code and message of a run stopped by an error or an interrupt (its partial run is kept)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return EXIT_ERROR, (
+            f"{inp}: error: cannot write the output ({err.strerror or err}); the unfinished run is kept "
+            f"in {partial_dir(out)}: make room (or make it writable), then rerun the same command with "
+            "--resume to continue"
+        )
     if not isinstance(err, KeyboardInterrupt):
         return EXIT_ERROR, (
             f"{inp}: {type(err).__name__}: {err}; the unfinished run is kept in "
@@ -399,7 +484,12 @@ def _abandoned(err: BaseException, inp: Path, out: Path) -> tuple[int, str]:
 
 
 def _finalized(
-    args: argparse.Namespace, inp: Path, bag: OutputBag, summary: Any, outputs: frozenset[str]
+    args: argparse.Namespace,
+    inp: Path,
+    bag: OutputBag,
+    summary: Any,
+    outputs: frozenset[str],
+    preview_errors: list[str],
 ) -> tuple[int, str]:
     """Close the bag: renamed to OUT when complete, kept (flagged incomplete) for damaged input."""
     custom = {
@@ -411,7 +501,11 @@ def _finalized(
     }
     if summary.complete:
         summary.output = str(bag.finalize(custom))
-        return EXIT_OK, summary.text(args.verbose)
+        text = summary.text(args.verbose)
+        if preview_errors:
+            text += "".join(f"\n  error: {e}" for e in preview_errors)
+            return EXIT_ERROR, text
+        return EXIT_OK, text
     summary.output = str(bag.finalize_partial(summary.error or "incomplete", custom))
     return EXIT_CORRUPT, summary.text(args.verbose)
 
@@ -490,12 +584,32 @@ def process_one(
             return _abandoned(err, inp, out)
         if summaries is not None:
             summaries.append(summary)
-        previews.close(ok=True)
-        return _finalized(args, inp, bag, summary, outputs)
+        preview_errors = previews.close(ok=True)
+        summary.notes = _topic_notes(source) + previews.notes()
+        return _finalized(args, inp, bag, summary, outputs, preview_errors)
     finally:
         source.close()
         if pipeline is not None:
             pipeline.close()
+
+
+def _check_previews(args: argparse.Namespace, inputs: list[Path]) -> None:
+    """Refuse a preview or contact sheet path that names an input (it would be replaced)."""
+    ins = {p.resolve() for p in inputs}
+    for opt, path in (("--preview", args.preview), ("--contact-sheet", args.contact_sheet)):
+        if path and Path(path).resolve() in ins:
+            raise InputError(f"{opt} {path} is an input; choose another file name")
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output whose existing parent directory cannot be written (before any model loads)."""
+    parent = out.resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise InputError(
+            f"cannot write the output {out}: {parent} is not writable (read-only or no permission)"
+        )
 
 
 def apply_thread_settings(args: argparse.Namespace, device: str = "cpu") -> None:
@@ -542,6 +656,7 @@ def main(args: argparse.Namespace) -> int:
         for extra in (args.preview, args.contact_sheet):
             if extra:
                 check_output_path(extra, is_file=True)
+        _check_previews(args, inputs)
         todo = []
         for inp, out in mine:  # refuse before loading any model
             if args.resume and out.exists() and not partial_dir(out).exists() and not args.overwrite:
@@ -549,6 +664,7 @@ def main(args: argparse.Namespace) -> int:
                 continue
             check_output_path(out, is_file=False)
             OutputBag(out, overwrite=args.overwrite, resume=args.resume).check_target()
+            _check_writable(out)
             todo.append((inp, out))
     except (InputError, OutputExistsError, ValueError, InputCorruptError) as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)
@@ -560,7 +676,7 @@ def main(args: argparse.Namespace) -> int:
     device = _device(args.device, local)
     apply_thread_settings(args, device)
     try:
-        model = load_model(model_spec_from_args(args, device, tuple(config.resolution)))
+        model, config = _load(load_model, args, device, config)
     except (ModelLoadError, ValueError) as err:
         print(f"dinov3-ros process: error: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -577,6 +693,12 @@ def main(args: argparse.Namespace) -> int:
                 rc, text = (
                     EXIT_ERROR if not isinstance(err, InputCorruptError) else EXIT_CORRUPT,
                     f"{inp}: {err}",
+                )
+            except OSError as err:  # the output's file system: full, read-only, no permission
+                where = f" ({err.filename})" if err.filename else ""
+                rc, text = (
+                    EXIT_ERROR,
+                    f"{inp}: error: cannot write the output {out}: {err.strerror or err}{where}",
                 )
             print(text, file=sys.stderr)
             if rc == EXIT_INTERRUPTED:

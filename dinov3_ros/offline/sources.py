@@ -25,6 +25,10 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BAG_EXTS = (".mcap", ".db3", ".bag")
+#: encodings of camera images: what ``dinov3-ros process`` takes by default (never depth, masks, floats)
+CAMERA_ENCODINGS = frozenset(
+    {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8uc3", "yuv422", "uyvy", "yuv422_yuy2", "yuyv"}
+)
 
 
 class InputError(ValueError):
@@ -228,6 +232,8 @@ class BagSource(Source):
         self.fmt = "ros1" if self.ros1 else "rosbag2"
         self.connections = [self._spec(c) for c in self._conns]
         all_images = sorted({c.topic for c in self._conns if c.msgtype in IMAGE_TYPES})
+        #: image topics left out by the default selection -> why (``--topics`` selects them explicitly)
+        self.skipped_topics: dict[str, str] = {}
         if topics:
             missing = [t for t in topics if t not in all_images]
             if missing:
@@ -237,12 +243,79 @@ class BagSource(Source):
                 )
             self.image_topics = list(dict.fromkeys(topics))
         else:
-            self.image_topics = all_images
+            self.image_topics, self.skipped_topics = self._camera_topics(all_images)
         if not self.image_topics:
+            if self.skipped_topics:
+                left = "; ".join(f"{t} ({why})" for t, why in self.skipped_topics.items())
+                raise InputError(
+                    f"{path}: no camera image topic (colour or mono8 Image, or CompressedImage); "
+                    f"left out: {left}; choose topics with --topics"
+                )
             raise InputError(f"{path}: no sensor_msgs/Image or CompressedImage topic in the bag")
         self.info_topics = {t: camera_info_topic(t) for t in self.image_topics}
         have = {c.topic for c in self._conns if c.msgtype == CAMERA_INFO_TYPE}
         self.info_topics = {t: ci for t, ci in self.info_topics.items() if ci in have}
+
+    # -- default topic selection -------------------------------------------
+    def _first_formats(self, topics: Sequence[str]) -> tuple[dict[str, str], bool]:
+        """Encoding (Image) or format (CompressedImage) of each topic's first message; whether the
+        whole bag was read without damage (a topic missing from a clean read has no messages)."""
+        want = {i for i, c in enumerate(self._conns) if c.topic in topics and c.msgtype in IMAGE_TYPES}
+        found: dict[str, str] = {}
+        clean = True
+        stream = self._raw_stream(want)
+        try:
+            for ci, _t, raw, _off in stream:
+                c = self._conns[ci]
+                if c.topic in found:
+                    continue
+                try:
+                    msg = self.deserialize(raw, c.msgtype)
+                    fmt = msg.encoding if c.msgtype == IMAGE_TYPES[0] else msg.format
+                except Exception:  # noqa: BLE001 - a malformed first message: decided per frame later
+                    fmt = "?"
+                found[c.topic] = str(fmt)
+                if len(found) == len(set(topics)):
+                    break
+        except InputCorruptError:
+            clean = False
+        finally:
+            stream.close()
+        return found, clean
+
+    def _camera_topics(self, image_topics: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The camera image topics among ``image_topics`` and why each other one is left out.
+
+        Camera images: Image topics whose first message has a colour or mono8 encoding, and
+        CompressedImage topics other than ``compressedDepth``; a compressed topic is left out when
+        its raw topic (``<raw>/compressed``) is taken, as both are the same camera.
+        """
+        formats, clean = self._first_formats(image_topics)
+        types = {c.topic: c.msgtype for c in self._conns if c.topic in image_topics}
+        keep: list[str] = []
+        skipped: dict[str, str] = {}
+        for t in image_topics:
+            fmt = formats.get(t)
+            if fmt is None:
+                if clean:
+                    skipped[t] = "no messages"
+                else:
+                    keep.append(t)  # unread before the damage: the run reports what it finds
+            elif types[t] == IMAGE_TYPES[1]:
+                if "compresseddepth" in (fmt + t).lower():
+                    skipped[t] = f"compressed depth, format {fmt!r}"
+                else:
+                    keep.append(t)
+            elif fmt.lower() in CAMERA_ENCODINGS:
+                keep.append(t)
+            else:
+                skipped[t] = f"{fmt}: not a camera image"
+        for t in list(keep):
+            raw = t[: -len("/compressed")] if t.endswith("/compressed") else None
+            if raw is not None and raw in keep:
+                keep.remove(t)
+                skipped[t] = f"same camera as {raw}"
+        return keep, skipped
 
     # -- opening ---------------------------------------------------------
     def _open(self) -> None:
@@ -754,6 +827,7 @@ def decode_message(src: Source, m: InputMessage) -> tuple[np.ndarray, int, str]:
 
 
 __all__ = [
+    "CAMERA_ENCODINGS",
     "BagSource",
     "Calibration",
     "ConnSpec",

@@ -3,7 +3,8 @@
 The YAML uses the ROS parameter-file layout. A ``/**`` (or ``dinov3_node``) entry starts one node
 named ``--name``; other top-level entries (``front_node:``, ``/robot/rear_node:``) start one node
 each, with that name and namespace, all spinning on one executor in this process. ``--set
-NAME:=VALUE`` overrides parameters of every node (``ros2 run ... -p`` syntax).
+NAME:=VALUE`` overrides parameters of every node (``ros2 run ... -p`` syntax), ``--remap FROM:=TO``
+renames topics of every node (``ros2 run ... -r`` syntax, e.g. ``image:=/camera/color/image_raw``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME:=VALUE",
         help="override a parameter of every node (repeatable), e.g. --set weights:=random:vitt16",
+    )
+    parser.add_argument(
+        "--remap",
+        action="append",
+        default=[],
+        metavar="FROM:=TO",
+        help="rename a topic of every node (repeatable), e.g. --remap image:=/camera/color/image_raw "
+        "--remap camera_info:=/camera/color/camera_info",
     )
     parser.add_argument("--name", default="dinov3_node", help="node name for a '/**' entry")
     parser.add_argument("--namespace", default="", help="namespace for a '/**' entry")
@@ -47,6 +56,16 @@ def node_entries(doc: dict, default_name: str, default_ns: str) -> list[tuple[st
     return list(dict.fromkeys(out)) or [(default_name, default_ns)]
 
 
+def ros_arguments(params: Path, sets: list[str], remaps: list[str]) -> list[str]:
+    """The ``--ros-args`` of the nodes: the parameter file, ``-p`` overrides and ``-r`` remappings."""
+    out = ["--ros-args", "--params-file", str(params)]
+    for s in sets:
+        out += ["-p", s]
+    for r in remaps:
+        out += ["-r", r]
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     """Start the node(s); returns the exit code (1 when a node cannot start)."""
     import yaml
@@ -62,10 +81,11 @@ def main(args: argparse.Namespace) -> int:
     except yaml.YAMLError as exc:
         print(f"dinov3-ros run: cannot parse {params}: {exc}", file=sys.stderr)
         return 2
-    for s in args.set:
-        if ":=" not in s:
-            print(f"dinov3-ros run: --set expects NAME:=VALUE, got {s!r}", file=sys.stderr)
-            return 2
+    for opt, values in (("--set", args.set), ("--remap", getattr(args, "remap", []))):
+        for s in values:
+            if ":=" not in s:
+                print(f"dinov3-ros run: {opt} expects NAME:=VALUE, got {s!r}", file=sys.stderr)
+                return 2
     import rclpy
 
     from dinov3_ros.ros import dds
@@ -75,9 +95,7 @@ def main(args: argparse.Namespace) -> int:
     if applied:
         print(applied, file=sys.stderr)
 
-    ros_args = ["--ros-args", "--params-file", str(params)]
-    for s in args.set:
-        ros_args += ["-p", s]
+    ros_args = ros_arguments(params, args.set, getattr(args, "remap", []))
     rclpy.init(args=["dinov3-ros", *ros_args])
     nodes = []
     try:

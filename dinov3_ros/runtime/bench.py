@@ -201,22 +201,57 @@ def environment(device: torch.device) -> dict[str, Any]:
 # -- CLI ----------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI arguments of ``dinov3-ros bench``."""
-    parser.add_argument("--arch", default="vits16")
+    parser.add_argument("--arch", default="vits16", help="backbone arch (default vits16)")
     parser.add_argument(
         "--weights", help="checkpoint (random weights if omitted: speed does not depend on them)"
     )
-    parser.add_argument("--backends", default="torch,onnxruntime,tensorrt")
-    parser.add_argument("--precisions", default=None, help="default: fp32 on CPU; fp32,fp16,bf16 on CUDA")
-    parser.add_argument("--resolutions", default="224x224,480x640")
-    parser.add_argument("--batches", default="1")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--backends",
+        default="torch,onnxruntime,tensorrt",
+        help="comma list of torch, onnxruntime, tensorrt; those that cannot run here are listed as not measured",
+    )
+    parser.add_argument(
+        "--precisions",
+        default=None,
+        help="comma list of fp32, fp16, bf16, int8 (int8: onnxruntime on CPU); default: fp32 on CPU, "
+        "fp32,fp16,bf16 on CUDA. Combinations a backend lacks are listed as not measured",
+    )
+    parser.add_argument(
+        "--resolutions", default="224x224,480x640", help="comma list of HxW network input sizes"
+    )
+    parser.add_argument("--batches", default="1", help="comma list of batch sizes")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda when available)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch: also torch.compile")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch: also CUDA graphs (CUDA only)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per configuration")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="per configuration")
-    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--out", default="bench.json", help="results file (JSON; a Markdown table beside it)")
+
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def not_measured(backend: str, prec: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run ``prec`` on ``device`` (``None`` when it can)."""
+    if backend == "torch":
+        if prec == "int8":
+            return "torch has no int8 engine (int8 runs on onnxruntime, CPU)"
+        if prec != "fp32" and device.type == "cpu":
+            return f"torch {prec} is measured on CUDA only"
+    if backend == "onnxruntime":
+        if prec == "int8" and device.type != "cpu":
+            return "onnxruntime int8 runs on CPU only"
+        if prec in ("fp16", "bf16"):
+            return f"onnxruntime {prec} is not offered (export with --precision fp16 for TensorRT)"
+    if backend == "tensorrt" and prec in ("bf16", "int8"):
+        return f"tensorrt {prec} is not offered"
+    return None
 
 
 def _available(backends: list[str], device: torch.device) -> list[str]:
@@ -253,9 +288,22 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    backends = _available([b.strip() for b in args.backends.split(",") if b.strip()], device)
+    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = _available(wanted, device)
+    for b in wanted:
+        if b not in backends:
+            print(f"not measured: {b} (not available on {device.type} here)", file=sys.stderr)
     precs = args.precisions or ("fp32" if device.type == "cpu" else "fp32,fp16,bf16")
     precisions = [p.strip() for p in precs.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        print(f"dinov3-ros bench: unknown precision(s) {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
+        return 2
+    for backend in backends:
+        for prec in precisions:
+            why = not_measured(backend, prec, device)
+            if why:
+                print(f"not measured: {backend}/{prec}: {why}", file=sys.stderr)
     sizes = [parse_resolution(r) for r in args.resolutions.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     backbone = load_model(args.arch, args.weights)
@@ -268,6 +316,8 @@ def main(args: argparse.Namespace) -> int:
         onnx_cache: dict[str, Path] = {}
         for backend in backends:
             for prec in precisions:
+                if not_measured(backend, prec, device):
+                    continue
                 for mode in _modes(backend, prec, device, args):
                     try:
                         eng = _engine(backend, prec, mode, backbone, dm, size, device, args, tmp, onnx_cache)
@@ -298,7 +348,7 @@ def _modes(backend: str, prec: str, device: torch.device, args: argparse.Namespa
             modes.append("cudagraphs")
         return modes
     if backend == "onnxruntime":
-        return ["default", "fused-mha"] if prec == "fp32" else []
+        return ["default", "fused-mha"] if prec == "fp32" else ["default"]
     if backend == "tensorrt" and prec == "bf16":
         return []
     return ["eager"]
@@ -337,6 +387,8 @@ def _engine(
     if backend == "onnxruntime":
         kw["threads"] = args.threads
         kw["fuse_attention"] = mode == "fused-mha"
+        if prec == "int8":
+            kw["precision"] = "int8"
     else:
         batches = [int(b) for b in args.batches.split(",")]
         kw.update(precision=prec, max_batch=max(batches), cache_dir=tmp / "trt")

@@ -293,7 +293,12 @@ def _parse_heads(spec: str | None, depth_head_path: str | None) -> tuple[list[st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI arguments of ``dinov3-ros export``."""
-    parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "tensorrt"),
+        default="onnx",
+        help="onnx (any machine) or a TensorRT plan (built on the target GPU)",
+    )
     parser.add_argument("--arch", help="backbone arch (random weights unless --weights)")
     parser.add_argument("--weights", help="backbone checkpoint")
     parser.add_argument(
@@ -301,7 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--depth-head", help="trained depth head file (dinov3_ros.heads.depth.save_head)")
     parser.add_argument("--resolution", default="480x640", help="HxW (multiples of 16) or 'dynamic'")
-    parser.add_argument("--opset", type=int, default=17, choices=(17, 18))
+    parser.add_argument("--opset", type=int, default=17, choices=(17, 18), help="ONNX opset (default 17)")
     parser.add_argument(
         "--precision",
         default="fp32",

@@ -23,7 +23,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output bag directory, video file (.mp4/.avi) or folder")
-    parser.add_argument("--format", choices=("bag", "video", "folder"), default="bag")
+    parser.add_argument(
+        "--format",
+        choices=("bag", "video", "folder"),
+        default="bag",
+        help="bag: rosbag2 (MCAP) with images, camera_info, depth, masks, poses; video; image folder",
+    )
     parser.add_argument("--frames", type=int, default=48, help="number of frames to write (default 48)")
     parser.add_argument(
         "--frames-per-scene",
@@ -32,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="frames before a new scene starts (default: all in one scene)",
     )
     parser.add_argument("--size", type=parse_size, default=(640, 480), help="WIDTHxHEIGHT (default 640x480)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (same seed, same frames)")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of stamps / video")
     parser.add_argument(
         "--compressed", action="store_true", help="bag: JPEG CompressedImage instead of raw rgb8"

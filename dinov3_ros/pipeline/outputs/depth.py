@@ -36,6 +36,30 @@ def _info(stamp: int, frame_id: str, value: DepthImage, cfg: Any) -> list:
     return camera_info_parts(stamp, frame_id, value.info)
 
 
+def depth_range(depth: np.ndarray) -> tuple[float, float] | None:
+    """The colour range of :func:`colorize_depth`: 2nd and 98th percentiles of the valid depths."""
+    d = np.asarray(depth, np.float32)
+    ok = np.isfinite(d)
+    if not ok.any():
+        return None
+    lo, hi = np.percentile(d[ok], [2, 98])
+    return float(lo), float(hi)
+
+
+def depth_legend(width: int, lo: float, hi: float, height: int = 18) -> np.ndarray:
+    """A colour bar of :func:`colorize_depth` from ``lo`` (near, left) to ``hi`` metres (far, right)."""
+    ramp = np.linspace(255, 0, max(width, 2)).astype(np.uint8)[None, :].repeat(height, 0)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    for text, right in ((f"{lo:.2f} m", False), (f"{hi:.2f} m", True)):
+        (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
+        x = width - tw - 3 if right else 3
+        y = (height + th) // 2
+        cv2.putText(bar, text, (x, y), font, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(bar, text, (x, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return bar[:, :width]
+
+
 def colorize_depth(depth: np.ndarray) -> np.ndarray:
     """Depth (metres, NaN = invalid) -> RGB with the turbo map, near = warm; range from 2-98 percentiles."""
     d = np.asarray(depth, np.float32)
@@ -79,7 +103,12 @@ class Depth(Output):
         return DepthImage(canvas, network_intrinsics(K, geom))
 
     def tile(self, value: DepthImage, rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+        """The turbo colour map with its legend (near .. far metres of the colour range) at the bottom."""
         d = value.image
-        ok = np.isfinite(d)
-        label = f"depth {np.nanmin(d):.2f}-{np.nanmax(d):.2f} m" if ok.any() else "depth"
-        return cv2.resize(colorize_depth(d), size, interpolation=cv2.INTER_AREA), label
+        label = "depth (m)"
+        img = cv2.resize(colorize_depth(d), size, interpolation=cv2.INTER_AREA)
+        rng = depth_range(d)
+        if rng is not None and size[1] >= 60:
+            bar = depth_legend(size[0], *rng, height=max(14, size[1] // 12))
+            img[-bar.shape[0] :] = bar
+        return img, label
