@@ -594,9 +594,12 @@ def process_one(
 
 
 def _check_previews(args: argparse.Namespace, inputs: list[Path]) -> None:
-    """Refuse a preview or contact sheet path that names an input (it would be replaced)."""
+    """Refuse a preview or contact sheet path that cannot be written or names an input (it would be
+    replaced)."""
     ins = {p.resolve() for p in inputs}
     for opt, path in (("--preview", args.preview), ("--contact-sheet", args.contact_sheet)):
+        if path:
+            check_output_path(path, is_file=True)
         if path and Path(path).resolve() in ins:
             raise InputError(f"{opt} {path} is an input; choose another file name")
 
@@ -653,9 +656,6 @@ def main(args: argparse.Namespace) -> int:
         for inp, _o in mine:
             if not inp.exists():
                 raise InputError(f"input {inp} does not exist")
-        for extra in (args.preview, args.contact_sheet):
-            if extra:
-                check_output_path(extra, is_file=True)
         _check_previews(args, inputs)
         todo = []
         for inp, out in mine:  # refuse before loading any model
