@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV310 := .venv310
 EXTRAS ?= ros,train,dev
 # pip's notes about this machine's unused local indexes are noise
 PIPFILTER := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
@@ -38,7 +39,6 @@ demo: $(STAMP)
 # Python 3.10 (JetPack 6 / ROS 2 Humble) with the dependencies, for the import check of
 # tests/test_python310.py. constraints.txt pins releases that need 3.11+, so 3.10 gets the newest ones
 # that support it; open3d is left out (imported only where used).
-VENV310 := .venv310
 PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) $(shell command -v python3.10))
 DEPS310 := numpy pyyaml opencv-python-headless scipy safetensors onnx onnxruntime rosbags scikit-image tqdm \
 	tensorboard ros-rclpy ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-diagnostic-msgs \
