@@ -163,8 +163,11 @@ def test_a_preview_that_cannot_be_written_is_an_error(tmp_path: Path, capsys: py
     blocker.mkdir()  # a directory where the preview file should go
     assert run(str(bag), "--out", str(tmp_path / "out"), "--preview", str(blocker)) == 1
     err = capsys.readouterr().err
-    assert f"{blocker} not written" in err
-    assert (tmp_path / "out").is_dir()  # the bag itself is complete
+    # refused before the model loads: one line naming the path, nothing written
+    assert err.strip().splitlines() == [
+        f"dinov3-ros process: error: output {blocker} is a directory; give a file name"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_preview_codec_falls_back(tmp_path: Path):
