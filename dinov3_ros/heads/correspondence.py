@@ -426,6 +426,46 @@ def kabsch(X0: ArrayLike, X1: ArrayLike, weights: ArrayLike | None = None) -> tu
     return R, cb - R @ ca
 
 
+def _triples_loop(n: int, iterations: int, seed: int) -> np.ndarray:
+    """The reference of :func:`ransac_triples`: the calls themselves."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)])
+
+
+def ransac_triples(n: int, iterations: int, seed: int) -> np.ndarray:
+    """``[iterations, 3]`` int64: the triples ``iterations`` calls of
+    ``np.random.default_rng(seed).choice(n, 3, replace=False)`` return (``n > 3``), drawn at once.
+
+    That call takes five bounded integers from the generator's 32-bit stream (the low then the high
+    half of each 64-bit output of PCG64): three for Floyd's sampling (uniform in ``[0, n-3]``,
+    ``[0, n-2]``, ``[0, n-1]``, a repeat replaced by the bound) and two for the shuffle (``[0, 2]``,
+    ``[0, 1]``), each Lemire's multiply-shift. Its rejection step fires with probability below
+    ``n / 2**32`` per draw; when any draw here would have been rejected, the calls themselves are made.
+    """
+    if n <= 3:
+        raise ValueError(f"ransac_triples: needs n > 3, got {n}")
+    if n > 0xFFFFFFFF:  # 64-bit draws: another algorithm
+        return _triples_loop(n, iterations, seed)
+    raw = np.random.default_rng(seed).bit_generator.random_raw((5 * iterations + 1) // 2)
+    u32 = np.stack([raw & np.uint64(0xFFFFFFFF), raw >> np.uint64(32)], 1).reshape(-1)[: 5 * iterations]
+    bound = np.array([n - 3, n - 2, n - 1, 2, 1], np.uint64)
+    m = u32.reshape(iterations, 5) * (bound + np.uint64(1))
+    threshold = (np.uint64(0xFFFFFFFF) - bound) % (bound + np.uint64(1))
+    if np.any((m & np.uint64(0xFFFFFFFF)) < threshold):
+        return _triples_loop(n, iterations, seed)
+    v = (m >> np.uint64(32)).astype(np.int64)
+    i1 = np.where(v[:, 1] == v[:, 0], n - 2, v[:, 1])
+    i2 = np.where((v[:, 2] == v[:, 0]) | (v[:, 2] == i1), n - 1, v[:, 2])
+    out = np.stack([v[:, 0], i1, i2], 1)
+    rows = np.arange(iterations)
+    for pos, col in ((2, 3), (1, 4)):  # Fisher-Yates: swap position pos with a drawn one at or before it
+        j = v[:, col]
+        drawn = out[rows, j]
+        out[rows, j] = out[:, pos]
+        out[:, pos] = drawn
+    return out
+
+
 def estimate_rigid(
     X0: ArrayLike,
     X1: ArrayLike,
@@ -467,12 +507,7 @@ def estimate_rigid(
         T = np.asarray(res.transformation)
         R, t = T[:3, :3], T[:3, 3]
     elif method == "kabsch":
-        rng = np.random.default_rng(seed)
-        samples = (
-            np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)])
-            if n > 3
-            else np.zeros((1, 3), int) + np.arange(3)
-        )
+        samples = ransac_triples(n, iterations, seed) if n > 3 else np.zeros((1, 3), int) + np.arange(3)
         A = a[samples]  # [I, 3, 3]
         B = b[samples]
         ca, cb = A.mean(1, keepdims=True), B.mean(1, keepdims=True)
