@@ -466,6 +466,21 @@ def ransac_triples(n: int, iterations: int, seed: int) -> np.ndarray:
     return out
 
 
+def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``.
+
+    The products are summed by einsum's contiguous-reduction kernel (numpy's baseline build, the same
+    on every x86 CPU) whichever layout the result has; the ``[I, 3, n]`` one is several times faster to
+    write, and is then laid out ``[I, n, 3]`` so the rest is ``np.linalg.norm``'s own operations,
+    done in place."""
+    e = np.ascontiguousarray(np.einsum("ikl,nl->ikn", Rs, a).transpose(0, 2, 1))
+    e += ts[:, None]
+    e -= b[None]
+    e *= e
+    s = np.add.reduce(e, axis=2)
+    return np.sqrt(s, out=s)
+
+
 def estimate_rigid(
     X0: ArrayLike,
     X1: ArrayLike,
@@ -520,8 +535,7 @@ def estimate_rigid(
         Dm[:, 2, 2] = d
         Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
         ts = cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
-        err = np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)
-        best = int(np.argmax((err < threshold).sum(1)))
+        best = int(np.argmax((_residuals(Rs, ts, a, b) < threshold).sum(1)))
         R, t = Rs[best], ts[best]
     else:
         raise ValueError(f"method must be 'kabsch' or 'open3d', got {method!r}")
