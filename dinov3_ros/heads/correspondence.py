@@ -388,7 +388,7 @@ def lift_to_3d(pts: np.ndarray, depth: ArrayLike, K: ArrayLike) -> tuple[np.ndar
 
     A sample is valid only if all four neighbouring depths are finite and > 0 (no mixing across holes).
     """
-    d = np.asarray(as_numpy(depth), dtype=np.float64).squeeze()
+    d = np.asarray(as_numpy(depth)).squeeze()  # sampled first, then float64: no full-image copy
     if d.ndim != 2:
         raise ValueError(f"depth: expected [H, W], got shape {d.shape}")
     k = _intrinsics(K, "K")
@@ -400,6 +400,7 @@ def lift_to_3d(pts: np.ndarray, depth: ArrayLike, K: ArrayLike) -> tuple[np.ndar
     x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
     ax, ay = x - x0, y - y0
     q = [d[y0, x0], d[y0, x1], d[y1, x0], d[y1, x1]]
+    q = [v.astype(np.float64) for v in q]
     valid = np.all([np.isfinite(v) & (v > 0) for v in q], axis=0)
     q = [np.where(valid, v, 0.0) for v in q]
     z = (1 - ay) * ((1 - ax) * q[0] + ax * q[1]) + ay * ((1 - ax) * q[2] + ax * q[3])
