@@ -54,14 +54,13 @@ def backproject(
     k = _check_intrinsics(K)  # host float64; the device computes in the depth's dtype (float32)
     fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
     H, W = d.shape
-    v, u = torch.meshgrid(
-        torch.arange(0, H, stride, device=d.device, dtype=d.dtype),
-        torch.arange(0, W, stride, device=d.device, dtype=d.dtype),
-        indexing="ij",
-    )
     z = d[::stride, ::stride]
     valid = torch.isfinite(z) & (z > min_depth) & (z <= max_depth)
-    z, u, v = z[valid], u[valid], v[valid]
+    ws = z.shape[1]
+    keep = torch.nonzero(valid.reshape(-1)).reshape(-1)  # one compaction (one host sync on a GPU)
+    z = z.reshape(-1)[keep]
+    u = (keep % ws * stride).to(d.dtype)  # the pixel's column and row (exact integers)
+    v = (keep // ws * stride).to(d.dtype)
     x = (u - cx) * (z / fx)
     y = (v - cy) * (z / fy)
     pts = torch.stack([x, y, z], 1)
@@ -71,7 +70,7 @@ def backproject(
     c = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rgb))
     if tuple(c.shape[:2]) != (H, W) or c.ndim != 3:
         raise ValueError(f"rgb: expected [{H}, {W}, 3] to match depth, got {tuple(c.shape)}")
-    cols = c.to(d.device)[::stride, ::stride][valid]
+    cols = c.to(d.device)[::stride, ::stride].reshape(-1, c.shape[2])[keep]
     return pts_out, like_input(cols, depth)
 
 
