@@ -482,6 +482,17 @@ def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     return np.sqrt(s, out=s)
 
 
+def _inlier_counts(
+    Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 64
+) -> np.ndarray:
+    """Points within ``threshold`` of each hypothesis, ``chunk`` hypotheses at a time (the residuals
+    of a chunk stay in the cache)."""
+    out = np.empty(len(Rs), np.int64)
+    for s in range(0, len(Rs), chunk):
+        out[s : s + chunk] = (_residuals(Rs[s : s + chunk], ts[s : s + chunk], a, b) < threshold).sum(1)
+    return out
+
+
 def estimate_rigid(
     X0: ArrayLike,
     X1: ArrayLike,
@@ -536,7 +547,7 @@ def estimate_rigid(
         Dm[:, 2, 2] = d
         Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
         ts = cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
-        best = int(np.argmax((_residuals(Rs, ts, a, b) < threshold).sum(1)))
+        best = int(np.argmax(_inlier_counts(Rs, ts, a, b, threshold)))
         R, t = Rs[best], ts[best]
     else:
         raise ValueError(f"method must be 'kabsch' or 'open3d', got {method!r}")
