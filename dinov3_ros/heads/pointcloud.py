@@ -56,11 +56,11 @@ def backproject(
     H, W = d.shape
     z = d[::stride, ::stride]
     valid = torch.isfinite(z) & (z > min_depth) & (z <= max_depth)
-    ws = z.shape[1]
-    keep = torch.nonzero(valid.reshape(-1)).reshape(-1)  # one compaction (one host sync on a GPU)
-    z = z.reshape(-1)[keep]
-    u = (keep % ws * stride).to(d.dtype)  # the pixel's column and row (exact integers)
-    v = (keep // ws * stride).to(d.dtype)
+    rows, cols = torch.nonzero(valid).unbind(1)  # one compaction (one host sync on a GPU)
+    z = z[rows, cols]
+    if stride > 1:
+        rows, cols = rows * stride, cols * stride
+    u, v = cols.to(d.dtype), rows.to(d.dtype)  # the pixel's column and row (exact integers)
     x = (u - cx) * (z / fx)
     y = (v - cy) * (z / fy)
     pts = torch.stack([x, y, z], 1)
@@ -70,8 +70,8 @@ def backproject(
     c = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rgb))
     if tuple(c.shape[:2]) != (H, W) or c.ndim != 3:
         raise ValueError(f"rgb: expected [{H}, {W}, 3] to match depth, got {tuple(c.shape)}")
-    cols = c.to(d.device)[::stride, ::stride].reshape(-1, c.shape[2])[keep]
-    return pts_out, like_input(cols, depth)
+    colours = c.to(d.device)[rows, cols]
+    return pts_out, like_input(colours, depth)
 
 
 def scale_intrinsics(
