@@ -468,17 +468,20 @@ def ransac_triples(n: int, iterations: int, seed: int) -> np.ndarray:
 
 
 def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``.
+    """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``, bit for
+    bit ``np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)``.
 
-    The products are summed by einsum's contiguous-reduction kernel (numpy's baseline build, the same
-    on every x86 CPU) whichever layout the result has; the ``[I, 3, n]`` one is several times faster to
-    write, and is then laid out ``[I, n, 3]`` so the rest is ``np.linalg.norm``'s own operations,
-    done in place."""
-    e = np.ascontiguousarray(np.einsum("ikl,nl->ikn", Rs, a).transpose(0, 2, 1))
-    e += ts[:, None]
-    e -= b[None]
+    Laid out ``[I, 3, n]`` (contiguous over the points, several times faster): einsum sums the products
+    with the same kernel in either layout (numpy's baseline build, the same on every x86 CPU), the
+    element-wise steps are layout-free, and the squares are added in the order numpy's reduction of
+    three values takes, ``(x² + y²) + z²``."""
+    e = np.einsum("ikl,nl->ikn", Rs, a)
+    e += ts[:, :, None]
+    e -= b.T[None]
     e *= e
-    s = np.add.reduce(e, axis=2)
+    s = e[:, 0]
+    s += e[:, 1]
+    s += e[:, 2]
     return np.sqrt(s, out=s)
 
 
