@@ -258,9 +258,12 @@ def test_ransac_triples_are_the_generator_choices(n):
 def test_ransac_residuals_are_the_norm_bit_for_bit():
     # the RANSAC scores decide which hypothesis wins: the fast layout must give the very same bits
     rng = np.random.default_rng(5)
-    for n_hyp, n in [(300, 400), (1, 3), (300, 17)]:
-        Rs, ts = rng.normal(size=(n_hyp, 3, 3)), rng.normal(size=(n_hyp, 3))
-        a, b = rng.normal(size=(n, 3)) * 3, rng.normal(size=(n, 3))
+    for (n_hyp, n), scale in zip(
+        [(300, 400), (1, 3), (300, 17), (64, 1000), (7, 1)], [3.0, 1e-3, 1e3, 1.0, 5.0]
+    ):
+        Rs, ts = rng.normal(size=(n_hyp, 3, 3)), rng.normal(size=(n_hyp, 3)) * scale
+        a = rng.normal(size=(n, 3)) * scale
+        b = a @ Rs[0].T + rng.normal(size=(n, 3)) * 0.01 * scale
         ref = np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)
         assert correspondence._residuals(Rs, ts, a, b).tobytes() == ref.tobytes()
 
