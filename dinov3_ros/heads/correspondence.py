@@ -469,13 +469,17 @@ def ransac_triples(n: int, iterations: int, seed: int) -> np.ndarray:
 
 def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``, bit for
-    bit ``np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)``.
+    bit ``np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)`` (the RANSAC
+    scores decide which hypothesis wins, so the published motion depends on every bit).
 
-    Laid out ``[I, 3, n]`` (contiguous over the points, several times faster): einsum sums the products
-    with the same kernel in either layout (numpy's baseline build, the same on every x86 CPU), the
-    element-wise steps are layout-free, and the squares are added in the order numpy's reduction of
-    three values takes, ``(x² + y²) + z²``."""
-    e = np.einsum("ikl,nl->ikn", Rs, a)
+    Element-wise over an ``[I, 3, n]`` layout (contiguous over the points) in that expression's order:
+    numpy's einsum kernel (its baseline SSE2 build, pinned numpy) sums a three-term product in two lanes,
+    ``(p0 + p2) + p1``, and the norm's reduction adds three squares as ``(x² + y²) + z²``."""
+    aT = a.T
+    e = Rs[:, :, 0, None] * aT[0]
+    tmp = np.empty_like(e)
+    e += np.multiply(Rs[:, :, 2, None], aT[2], out=tmp)
+    e += np.multiply(Rs[:, :, 1, None], aT[1], out=tmp)
     e += ts[:, :, None]
     e -= b.T[None]
     e *= e
