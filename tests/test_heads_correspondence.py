@@ -9,6 +9,7 @@ import skimage.data as sd
 import torch
 from scipy import ndimage
 
+from dinov3_ros.heads import correspondence
 from dinov3_ros.heads.correspondence import (
     Matches,
     estimate_rigid,
@@ -16,6 +17,7 @@ from dinov3_ros.heads.correspondence import (
     lift_to_3d,
     match,
     match_tensors,
+    ransac_triples,
     verify,
 )
 
@@ -236,6 +238,34 @@ def test_kabsch_exact_and_ransac_with_outliers():
         truth = np.ones(100, bool)
         truth[out] = False
         assert np.array_equal(inl, truth)
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 7, 13, 64, 255, 256, 1000, 10001, 2**20])
+def test_ransac_triples_are_the_generator_choices(n):
+    # the RANSAC samples drawn at once are exactly the per-sample Generator.choice calls (small n:
+    # many repeats in Floyd's sampling and every shuffle case)
+    for seed in range(6):
+        for iterations in (1, 2, 9, 300):
+            ref = correspondence._triples_loop(n, iterations, seed)
+            got = ransac_triples(n, iterations, seed)
+            assert got.dtype == ref.dtype and np.array_equal(got, ref), (n, seed, iterations)
+            rng = np.random.default_rng(seed)
+            assert np.array_equal(ref[0], rng.choice(n, 3, replace=False))
+    with pytest.raises(ValueError, match="n > 3"):
+        ransac_triples(3, 5, 0)
+
+
+def test_ransac_residuals_are_the_norm_bit_for_bit():
+    # the RANSAC scores decide which hypothesis wins: the fast layout must give the very same bits
+    rng = np.random.default_rng(5)
+    for (n_hyp, n), scale in zip(
+        [(300, 400), (1, 3), (300, 17), (64, 1000), (7, 1)], [3.0, 1e-3, 1e3, 1.0, 5.0]
+    ):
+        Rs, ts = rng.normal(size=(n_hyp, 3, 3)), rng.normal(size=(n_hyp, 3)) * scale
+        a = rng.normal(size=(n, 3)) * scale
+        b = a @ Rs[0].T + rng.normal(size=(n, 3)) * 0.01 * scale
+        ref = np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)
+        assert correspondence._residuals(Rs, ts, a, b).tobytes() == ref.tobytes()
 
 
 def test_lift_and_match_with_depth_recovers_motion():

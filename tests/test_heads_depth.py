@@ -232,3 +232,29 @@ def test_ssi_and_gradient_losses():
     assert float(gradient_matching_loss(noisy, gt)) > 0.05
     with pytest.raises(ValueError, match="same shape"):
         sig_loss(gt, gt[:, :, :8])
+
+
+def test_backproject_is_the_masked_pinhole_bit_for_bit():
+    # reference: the pixel grids masked by the valid depths, the same float32 arithmetic
+    rng = np.random.default_rng(4)
+    K = np.array([[300.0, 0, 159.5], [0, 310.0, 119.5], [0, 0, 1]])
+    d = rng.uniform(-1.0, 6.0, (23, 31)).astype(np.float32)
+    d.flat[::7], d.flat[::9] = np.nan, np.inf
+    rgb = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    for stride in (1, 2, 3):
+        dt = torch.from_numpy(d)
+        v, u = torch.meshgrid(
+            torch.arange(0, 23, stride, dtype=torch.float32),
+            torch.arange(0, 31, stride, dtype=torch.float32),
+            indexing="ij",
+        )
+        z = dt[::stride, ::stride]
+        ok = torch.isfinite(z) & (z > 0.5) & (z <= 4.0)
+        z, u, v = z[ok], u[ok], v[ok]
+        ref = torch.stack([(u - 159.5) * (z / 300.0), (v - 119.5) * (z / 310.0), z], 1)
+        pts, cols = backproject(dt, K, torch.from_numpy(rgb), stride=stride, min_depth=0.5, max_depth=4.0)
+        assert pts.numpy().tobytes() == ref.numpy().tobytes()
+        assert np.array_equal(cols.numpy(), rgb[::stride, ::stride][ok.numpy()])
+        assert np.asarray(backproject(d, K, stride=stride, min_depth=0.5, max_depth=4.0)).tobytes() == (
+            ref.numpy().tobytes()
+        )

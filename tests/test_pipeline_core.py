@@ -399,3 +399,28 @@ def test_on_ready_reports_each_output_once_when_final(outputs):
     for n, prefix in own.items():
         assert all(th.startswith(prefix) for th in threads.get(n, ())), threads
     assert all(th == {caller} for n, th in threads.items() if n not in own), threads
+
+
+def test_organized_cloud_is_the_pinhole_per_pixel():
+    # every pixel back-projected (NaN where the depth is not finite and positive), colour bits 0x00RRGGBB
+    from dinov3_ros.core.frames import DepthImage
+    from dinov3_ros.msgs.layouts import pack_rgb
+    from dinov3_ros.pipeline.outputs.depth_points import organized_cloud
+
+    rng = np.random.default_rng(2)
+    h, w = 37, 53
+    d = rng.uniform(-1.0, 6.0, (h, w)).astype(np.float32)
+    d.flat[::7], d.flat[::11], d.flat[::13] = np.nan, np.inf, 0.0
+    K = CameraIntrinsics(np.array([[41.0, 0, 25.5], [0, 43.0, 18.0], [0, 0, 1]]), w, h)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ok = np.isfinite(d) & (d > 0)
+    z = np.where(ok, d, np.float32(np.nan))
+    u = (np.arange(w, dtype=np.float32) - np.float32(25.5)) / np.float32(41.0)
+    v = (np.arange(h, dtype=np.float32) - np.float32(18.0)) / np.float32(43.0)
+    ref = np.stack([u[None, :] * z, v[:, None] * z, z, pack_rgb(rgb.reshape(-1, 3)).reshape(h, w)], -1)
+    got = organized_cloud(DepthImage(d, K), rgb)
+    assert got.rows.shape == (h, w, 4) and got.rows.dtype == np.float32 and not got.dense
+    assert got.rows.tobytes() == ref.tobytes()
+    xyz = organized_cloud(DepthImage(d, K))
+    assert xyz.rows.shape == (h, w, 3) and xyz.rows.tobytes() == np.ascontiguousarray(ref[..., :3]).tobytes()
+    assert organized_cloud(DepthImage(np.ones((h, w), np.float32), K)).dense

@@ -388,7 +388,7 @@ def lift_to_3d(pts: np.ndarray, depth: ArrayLike, K: ArrayLike) -> tuple[np.ndar
 
     A sample is valid only if all four neighbouring depths are finite and > 0 (no mixing across holes).
     """
-    d = np.asarray(as_numpy(depth), dtype=np.float64).squeeze()
+    d = np.asarray(as_numpy(depth)).squeeze()  # sampled first, then float64: no full-image copy
     if d.ndim != 2:
         raise ValueError(f"depth: expected [H, W], got shape {d.shape}")
     k = _intrinsics(K, "K")
@@ -400,6 +400,7 @@ def lift_to_3d(pts: np.ndarray, depth: ArrayLike, K: ArrayLike) -> tuple[np.ndar
     x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
     ax, ay = x - x0, y - y0
     q = [d[y0, x0], d[y0, x1], d[y1, x0], d[y1, x1]]
+    q = [v.astype(np.float64) for v in q]
     valid = np.all([np.isfinite(v) & (v > 0) for v in q], axis=0)
     q = [np.where(valid, v, 0.0) for v in q]
     z = (1 - ay) * ((1 - ax) * q[0] + ax * q[1]) + ay * ((1 - ax) * q[2] + ax * q[3])
@@ -424,6 +425,79 @@ def kabsch(X0: ArrayLike, X1: ArrayLike, weights: ArrayLike | None = None) -> tu
     s = np.sign(np.linalg.det(Vt.T @ U.T)) or 1.0
     R = Vt.T @ np.diag([1.0, 1.0, s]) @ U.T
     return R, cb - R @ ca
+
+
+def _triples_loop(n: int, iterations: int, seed: int) -> np.ndarray:
+    """The reference of :func:`ransac_triples`: the calls themselves."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)])
+
+
+def ransac_triples(n: int, iterations: int, seed: int) -> np.ndarray:
+    """``[iterations, 3]`` int64: the triples ``iterations`` calls of
+    ``np.random.default_rng(seed).choice(n, 3, replace=False)`` return (``n > 3``), drawn at once.
+
+    That call takes five bounded integers from the generator's 32-bit stream (the low then the high
+    half of each 64-bit output of PCG64): three for Floyd's sampling (uniform in ``[0, n-3]``,
+    ``[0, n-2]``, ``[0, n-1]``, a repeat replaced by the bound) and two for the shuffle (``[0, 2]``,
+    ``[0, 1]``), each Lemire's multiply-shift. Its rejection step fires with probability below
+    ``n / 2**32`` per draw; when any draw here would have been rejected, the calls themselves are made.
+    """
+    if n <= 3:
+        raise ValueError(f"ransac_triples: needs n > 3, got {n}")
+    if n > 0xFFFFFFFF:  # 64-bit draws: another algorithm
+        return _triples_loop(n, iterations, seed)
+    raw = np.random.default_rng(seed).bit_generator.random_raw((5 * iterations + 1) // 2)
+    u32 = np.stack([raw & np.uint64(0xFFFFFFFF), raw >> np.uint64(32)], 1).reshape(-1)[: 5 * iterations]
+    bound = np.array([n - 3, n - 2, n - 1, 2, 1], np.uint64)
+    m = u32.reshape(iterations, 5) * (bound + np.uint64(1))
+    threshold = (np.uint64(0xFFFFFFFF) - bound) % (bound + np.uint64(1))
+    if np.any((m & np.uint64(0xFFFFFFFF)) < threshold):
+        return _triples_loop(n, iterations, seed)
+    v = (m >> np.uint64(32)).astype(np.int64)
+    i1 = np.where(v[:, 1] == v[:, 0], n - 2, v[:, 1])
+    i2 = np.where((v[:, 2] == v[:, 0]) | (v[:, 2] == i1), n - 1, v[:, 2])
+    out = np.stack([v[:, 0], i1, i2], 1)
+    rows = np.arange(iterations)
+    for pos, col in ((2, 3), (1, 4)):  # Fisher-Yates: swap position pos with a drawn one at or before it
+        j = v[:, col]
+        drawn = out[rows, j]
+        out[rows, j] = out[:, pos]
+        out[:, pos] = drawn
+    return out
+
+
+def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``, bit for
+    bit ``np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)`` (the RANSAC
+    scores decide which hypothesis wins, so the published motion depends on every bit).
+
+    Element-wise over an ``[I, 3, n]`` layout (contiguous over the points) in that expression's order:
+    numpy's einsum kernel (its baseline SSE2 build, pinned numpy) sums a three-term product in two lanes,
+    ``(p0 + p2) + p1``, and the norm's reduction adds three squares as ``(x² + y²) + z²``."""
+    aT = a.T
+    e = Rs[:, :, 0, None] * aT[0]
+    tmp = np.empty_like(e)
+    e += np.multiply(Rs[:, :, 2, None], aT[2], out=tmp)
+    e += np.multiply(Rs[:, :, 1, None], aT[1], out=tmp)
+    e += ts[:, :, None]
+    e -= b.T[None]
+    e *= e
+    s = e[:, 0]
+    s += e[:, 1]
+    s += e[:, 2]
+    return np.sqrt(s, out=s)
+
+
+def _inlier_counts(
+    Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 64
+) -> np.ndarray:
+    """Points within ``threshold`` of each hypothesis, ``chunk`` hypotheses at a time (the residuals
+    of a chunk stay in the cache)."""
+    out = np.empty(len(Rs), np.int64)
+    for s in range(0, len(Rs), chunk):
+        out[s : s + chunk] = (_residuals(Rs[s : s + chunk], ts[s : s + chunk], a, b) < threshold).sum(1)
+    return out
 
 
 def estimate_rigid(
@@ -467,12 +541,7 @@ def estimate_rigid(
         T = np.asarray(res.transformation)
         R, t = T[:3, :3], T[:3, 3]
     elif method == "kabsch":
-        rng = np.random.default_rng(seed)
-        samples = (
-            np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)])
-            if n > 3
-            else np.zeros((1, 3), int) + np.arange(3)
-        )
+        samples = ransac_triples(n, iterations, seed) if n > 3 else np.zeros((1, 3), int) + np.arange(3)
         A = a[samples]  # [I, 3, 3]
         B = b[samples]
         ca, cb = A.mean(1, keepdims=True), B.mean(1, keepdims=True)
@@ -485,8 +554,7 @@ def estimate_rigid(
         Dm[:, 2, 2] = d
         Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
         ts = cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
-        err = np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)
-        best = int(np.argmax((err < threshold).sum(1)))
+        best = int(np.argmax(_inlier_counts(Rs, ts, a, b, threshold)))
         R, t = Rs[best], ts[best]
     else:
         raise ValueError(f"method must be 'kabsch' or 'open3d', got {method!r}")

@@ -54,14 +54,13 @@ def backproject(
     k = _check_intrinsics(K)  # host float64; the device computes in the depth's dtype (float32)
     fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
     H, W = d.shape
-    v, u = torch.meshgrid(
-        torch.arange(0, H, stride, device=d.device, dtype=d.dtype),
-        torch.arange(0, W, stride, device=d.device, dtype=d.dtype),
-        indexing="ij",
-    )
     z = d[::stride, ::stride]
     valid = torch.isfinite(z) & (z > min_depth) & (z <= max_depth)
-    z, u, v = z[valid], u[valid], v[valid]
+    rows, cols = torch.nonzero(valid).unbind(1)  # one compaction (one host sync on a GPU)
+    z = z[rows, cols]
+    if stride > 1:
+        rows, cols = rows * stride, cols * stride
+    u, v = cols.to(d.dtype), rows.to(d.dtype)  # the pixel's column and row (exact integers)
     x = (u - cx) * (z / fx)
     y = (v - cy) * (z / fy)
     pts = torch.stack([x, y, z], 1)
@@ -71,8 +70,8 @@ def backproject(
     c = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rgb))
     if tuple(c.shape[:2]) != (H, W) or c.ndim != 3:
         raise ValueError(f"rgb: expected [{H}, {W}, 3] to match depth, got {tuple(c.shape)}")
-    cols = c.to(d.device)[::stride, ::stride][valid]
-    return pts_out, like_input(cols, depth)
+    colours = c.to(d.device)[rows, cols]
+    return pts_out, like_input(colours, depth)
 
 
 def scale_intrinsics(

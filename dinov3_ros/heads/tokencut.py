@@ -393,11 +393,11 @@ class _DeviceGraph:
         if sol is None:
             sol = _solve_dense_np(_weights(self.E[np.ix_(idx, idx)], self.eps))
         res = _partition(sol[0], sol[1], idx, h, w)
-        comp = res.mask.reshape(-1)
-        Eo = self.E[np.flatnonzero(comp)][:, idx]
-        e_all = float(Eo.sum())
-        e_in = float(Eo[:, comp[idx]].sum())
-        k = int(comp.sum())
+        comp = res.mask.reshape(-1)  # within the active patches
+        rows = self.E[np.flatnonzero(comp)]
+        e_all = float(np.count_nonzero(rows if n == self.n else rows[:, idx]))
+        e_in = float(np.count_nonzero(rows[:, comp]))
+        k = int(np.count_nonzero(comp))
         pairs_out = k * (n - k)
         if pairs_out == 0:
             res.contrast = float("inf")

@@ -10,6 +10,7 @@ import numpy as np
 from dinov3_ros.msgs.cdr import image_parts
 from dinov3_ros.pipeline.grid import grid_to_input
 from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
+from dinov3_ros.pipeline.outputs.objects_markers import id_colour
 
 
 def _serialize(stamp: int, frame_id: str, value: np.ndarray, cfg: Any) -> list:
@@ -20,7 +21,7 @@ def draw(dbg: np.ndarray, objects: Any, matches: Any) -> np.ndarray:
     """Object boxes (one colour per id) and match lines (outliers red, inliers green on top)."""
     if objects is not None:
         for (x0, y0, x1, y1), oid in zip(objects.boxes, objects.ids):
-            col = tuple(int(c) for c in np.random.default_rng(int(oid)).integers(64, 256, 3))
+            col = tuple(int(c) for c in id_colour(oid))
             cv2.rectangle(dbg, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), col, 2)
     if matches is not None and len(matches):
         seg = np.stack([matches.uv0, matches.uv1], 1).astype(np.int32)  # [N, 2 points, (u, v)]

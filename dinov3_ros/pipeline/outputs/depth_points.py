@@ -6,6 +6,7 @@ so consumers can index it by pixel. ``points_color: rgb`` adds the input's colou
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,21 +40,26 @@ def _serialize(stamp: int, frame_id: str, value: OrganizedCloud, cfg: Any) -> li
 
 
 def organized_cloud(depth: DepthImage, rgb: np.ndarray | None = None) -> OrganizedCloud:
-    """Back-project every pixel of ``depth`` with its intrinsics (pixel centres at integers)."""
+    """Back-project every pixel of ``depth`` with its intrinsics (pixel centres at integers).
+
+    Each field is computed as a plane and interleaved by one ``cv2.merge``; the colour is the bytes
+    B, G, R, 0 of each pixel, i.e. ``pack_rgb``'s little-endian ``0x00RRGGBB``."""
     d = np.asarray(depth.image, np.float32)
     h, w = d.shape
     K = depth.info.K
-    ok = np.isfinite(d) & (d > 0)
+    ok = (d > 0) & (d < np.inf)  # finite and positive (NaN compares false)
     z = np.where(ok, d, np.float32(np.nan))
     u = (np.arange(w, dtype=np.float32) - np.float32(K[0, 2])) / np.float32(K[0, 0])
     v = (np.arange(h, dtype=np.float32) - np.float32(K[1, 2])) / np.float32(K[1, 1])
-    rows = np.empty((h, w, 3 if rgb is None else 4), np.float32)
-    rows[..., 0] = u[None, :] * z
-    rows[..., 1] = v[:, None] * z
-    rows[..., 2] = z
+    planes = [u[None, :] * z, v[:, None] * z, z]
     if rgb is not None:
-        rows[..., 3] = pack_rgb(rgb.reshape(-1, 3)).reshape(h, w)
-    return OrganizedCloud(rows, bool(ok.all()))
+        c = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, w, 3)
+        if sys.byteorder == "little":
+            r, g, b = cv2.split(c)
+            planes.append(cv2.merge([b, g, r, np.zeros_like(r)]).view(np.float32)[..., 0])
+        else:
+            planes.append(pack_rgb(c.reshape(-1, 3)).reshape(h, w))
+    return OrganizedCloud(cv2.merge(planes), bool(ok.all()))
 
 
 class DepthPoints(Output):

@@ -7,6 +7,7 @@ previous one (same ``ns`` and ``id``); a frame without objects sends an empty li
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,15 @@ from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
 NS = "dinov3/objects"
 
 
+@functools.lru_cache(maxsize=1024)
+def _colour(oid: int) -> tuple[int, int, int]:
+    r, g, b = (int(c) for c in np.random.default_rng(oid).integers(64, 256, 3))
+    return r, g, b
+
+
 def id_colour(oid: int) -> np.ndarray:
-    """RGB uint8 colour of an instance id (the one ``debug`` and previews use)."""
-    return np.random.default_rng(int(oid)).integers(64, 256, 3).astype(np.uint8)
+    """RGB uint8 colour of an instance id (the one ``debug`` and previews use; drawn once per id)."""
+    return np.array(_colour(int(oid)), np.uint8)
 
 
 def box_segments(boxes: np.ndarray) -> np.ndarray:
