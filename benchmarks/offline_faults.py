@@ -35,6 +35,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness import cpu_name  # benchmarks/ is on the path of a script run from it
+
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = [
     "--weights",
@@ -271,16 +273,6 @@ def disk_faults(bag: Path, work: Path, ref: Path) -> dict:
     return res
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=20, help="kill-and-resume trials")
@@ -301,7 +293,7 @@ def main() -> int:
         disk = disk_faults(bag, work / "disk", ref)
         shutil.rmtree(work / "kills", ignore_errors=True)
     result = {
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "command": " ".join(["python", "benchmarks/offline_faults.py", *sys.argv[1:]]),

@@ -136,6 +136,18 @@ def _restore_global_state():
 
 
 @pytest.fixture
+def restore_root_logging():
+    """The CLIs configure the root logger on the stream pytest captured for that test; undo it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
 def one_torch_thread():
     """Single-threaded torch for tiny models: fastest, and no OpenMP barriers stalling on a loaded 2-core box.
 

@@ -4,7 +4,6 @@ ends in the same full state (model, EMA teacher, optimizer, RNG, iteration) as a
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 
@@ -21,17 +20,7 @@ TINY = REPO / "training/configs/tiny_cpu.yaml"
 DISTILL = REPO / "training/configs/distill_default_vits16.yaml"
 DEPTH = REPO / "training/configs/depth_default_vits16.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """The CLIs configure the root logger on the stream pytest captured for that test; undo it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_root_logging")
 
 
 # ---------------------------------------------------------------- validation

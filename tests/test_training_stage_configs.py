@@ -6,7 +6,6 @@ and the CPU-sized chain (tiny_cpu -> distill_tiny_cpu -> depth_tiny_cpu) as the 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,7 @@ from training.pretrain import run_pretraining
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training/configs"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """The CLIs configure the root logger on the stream pytest captured for that test; undo it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_root_logging")
 
 
 TINY_VIT = "{depth: 1, embed_dim: 48, num_heads: 2, ffn_hidden: 96, n_storage_tokens: 0}"

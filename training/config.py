@@ -547,6 +547,19 @@ RULES: dict[str, Rule] = {
     "debug.nan_at_iteration": Rule("int", 0, null=True),
 }
 
+#: Keys of the distillation and depth-head configs (top-level ``output_dir``) that may differ when a run
+#: resumes: where and how long it runs, logging, loader workers.
+STAGE_RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "train.max_seconds",
+        "train.log_period",
+        "train.checkpoint_period",
+        "train.allow_config_change",
+        "data.num_workers",
+    }
+)
+
 #: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
 RESUME_MAY_CHANGE = frozenset(
     {

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.config import ConfigError, setup_errors
+from training.config import STAGE_RESUME_MAY_CHANGE, ConfigError, setup_errors
 
 log = logging.getLogger("dinov3.depth")
 
@@ -109,17 +109,7 @@ DEFAULTS: dict[str, Any] = {
 
 _FREE_FORM = frozenset({"backbone.overrides", "data.scene", "data.pool", "head.out_channels"})
 
-#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
-RESUME_MAY_CHANGE = frozenset(
-    {
-        "output_dir",
-        "train.max_seconds",
-        "train.log_period",
-        "train.checkpoint_period",
-        "train.allow_config_change",
-        "data.num_workers",
-    }
-)
+RESUME_MAY_CHANGE = STAGE_RESUME_MAY_CHANGE
 
 
 def _rules() -> dict[str, Any]:

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.config import ConfigError, setup_errors
+from training.config import STAGE_RESUME_MAY_CHANGE, ConfigError, setup_errors
 from training.feature_distill import (
     FeatureDistillConfig,
     FeatureDistillObjective,
@@ -177,17 +177,7 @@ _FREE_FORM = frozenset(
     {"students", "features", "teacher.overrides", "data.sources", "sim.losses", "sim.pool"}
 )
 
-#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
-RESUME_MAY_CHANGE = frozenset(
-    {
-        "output_dir",
-        "train.max_seconds",
-        "train.log_period",
-        "train.checkpoint_period",
-        "train.allow_config_change",
-        "data.num_workers",
-    }
-)
+RESUME_MAY_CHANGE = STAGE_RESUME_MAY_CHANGE
 
 
 def _rules() -> dict[str, Any]:
