@@ -87,6 +87,14 @@ def _torchrun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Comp
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _why(p: subprocess.CompletedProcess) -> str:
+    """A failed launch's story: each rank's first error lines (torchrun's own report comes last)."""
+    lines = p.stderr.splitlines()
+    keys = ("Traceback", "Error", "error:", "terminate", "Abort", "Signal", "[rank")
+    first = [ln for ln in lines if any(k in ln for k in keys)][:40]
+    return "\n".join(first) + "\n...\n" + p.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_fsdp2_gloo_pretraining_two_processes_checkpoint_and_resume(tmp_path):
     out = tmp_path / "run"
@@ -103,14 +111,14 @@ def test_fsdp2_gloo_pretraining_two_processes_checkpoint_and_resume(tmp_path):
     ]
     ref = tmp_path / "ref"
     p = _torchrun([*common, "train.iterations=4", f"train.output_dir={ref}"], REPO)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, _why(p)
     p = _torchrun([*common, "train.iterations=4", "train.stop_at_iteration=2"], REPO)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, _why(p)
     ckpt = out / "ckpt" / "00000002"
     assert (ckpt / ".metadata").exists() and (ckpt / "extra_rank1.pt").exists()
     assert len(list(ckpt.glob("*.distcp"))) == 2  # one shard file per rank
     p = _torchrun([*common, "train.iterations=4"], REPO)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, _why(p)
     assert "resumed from" in p.stdout
     its = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert its == [0, 1, 2, 3]

@@ -571,6 +571,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = run_pretraining(cfg)
         main_rank = is_main_process()
+        if is_distributed():
+            dist.barrier()  # every rank done before any tears its process group down
     except ConfigError as e:
         if is_main_process():
             print(f"dinov3-train pretrain: {e}", file=sys.stderr)
