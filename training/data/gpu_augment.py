@@ -117,9 +117,13 @@ def color_jitter(
     g: torch.Generator,
     apply: Tensor,
     strength: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+    order_g: torch.Generator | None = None,
 ) -> Tensor:
     """Brightness, contrast, saturation (factors ``U(1-s, 1+s)``) and hue (``U(-h, h)`` turns) where
-    ``apply [N]`` is true, in one random order for the batch; clamped to ``[0, 1]`` after each step."""
+    ``apply [N]`` is true, in one random order for the batch; clamped to ``[0, 1]`` after each step.
+
+    ``order_g`` (a CPU generator) draws that order without reading a device tensor back to the host;
+    by default it comes from ``g``."""
     n, dev = x.shape[0], x.device
     b, c, s, h = strength
     keep = ~apply
@@ -136,7 +140,12 @@ def color_jitter(
         lambda y: fs * y + (1 - fs) * _luma(y),
         lambda y: _hue_rotate(y, hue),
     ]
-    for k in torch.randperm(4, generator=g, device=dev).tolist():
+    order = (
+        torch.randperm(4, generator=order_g)
+        if order_g is not None
+        else torch.randperm(4, generator=g, device=dev)
+    )
+    for k in order.tolist():
         x = ops[k](x).clamp_(0.0, 1.0)
     return x
 
@@ -175,10 +184,12 @@ def photometric(
     grayscale_p: float = 0.2,
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
     blur_sigma: tuple[float, float] = (0.1, 2.0),
+    order_g: torch.Generator | None = None,
 ) -> Tensor:
-    """DINOv3's photometric chain on a batch: colour jitter (p), grayscale (p), blur (p), solarize (p)."""
+    """DINOv3's photometric chain on a batch: colour jitter (p), grayscale (p), blur (p), solarize (p).
+    ``order_g``: see :func:`color_jitter`."""
     n, dev = x.shape[0], x.device
-    x = color_jitter(x, g, _rand(n, g, dev) < jitter_p, jitter)
+    x = color_jitter(x, g, _rand(n, g, dev) < jitter_p, jitter, order_g)
     x = grayscale(x, _rand(n, g, dev) < grayscale_p)
     sigma = _rand(n, g, dev, *blur_sigma)
     x = gaussian_blur(x, torch.where(_rand(n, g, dev) < blur_p, sigma, torch.zeros_like(sigma)))
