@@ -184,3 +184,19 @@ def test_pretraining_runs_on_device_built_batches(tmp_path):
     assert res["iteration"] == 3
     assert len(res["history"]) == 3
     assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in res["history"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs on the GPU machine")
+def test_cuda_batches_are_built_on_the_gpu_and_reproducible():
+    def batches() -> list[dict]:
+        return list(
+            build_device_pretrain_loader(_data_cfg(), batch_size=4, device="cuda", max_iter=2, seed=3)
+        )
+
+    a, b = batches(), batches()
+    for x, y in zip(a, b):
+        assert x["global_crops"].is_cuda and x["local_crops"].is_cuda
+        assert torch.equal(x["global_crops"], y["global_crops"])
+    cpu = _device_batches(0, 1)[0]
+    assert a[0]["global_crops"].shape == cpu["global_crops"].shape

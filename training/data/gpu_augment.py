@@ -102,8 +102,11 @@ def grayscale(x: Tensor, apply: Tensor) -> Tensor:
 
 def _hue_rotate(x: Tensor, angle: Tensor) -> Tensor:
     """Rotate the I/Q chroma plane of YIQ by ``angle [N]`` radians."""
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    to_rgb = torch.linalg.inv(to_yiq)
+    yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=x.dtype
+    )
+    to_rgb = torch.linalg.inv(yiq).to(x.device)  # on the host: a device inverse would wait on its check
+    to_yiq = yiq.to(x.device)
     c, s = angle.cos(), angle.sin()
     rot = torch.zeros(angle.shape[0], 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1.0
