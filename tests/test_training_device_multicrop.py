@@ -200,3 +200,24 @@ def test_cuda_batches_are_built_on_the_gpu_and_reproducible():
         assert torch.equal(x["global_crops"], y["global_crops"])
     cpu = _device_batches(0, 1)[0]
     assert a[0]["global_crops"].shape == cpu["global_crops"].shape
+
+
+@pytest.mark.parametrize("where", ["cpu", "device"])
+def test_a_resumed_run_continues_the_loss_sequence_exactly(tmp_path, where):
+    def cfg(out: Path, *extra: str) -> dict:
+        return load_config(
+            TINY,
+            [
+                f"train.output_dir={out}",
+                f"data.augment_on={where}",
+                "train.iterations=4",
+                "train.checkpoint_period=2",
+                *extra,
+            ],
+        )
+
+    whole = run_pretraining(cfg(tmp_path / "whole"))["history"]
+    first = run_pretraining(cfg(tmp_path / "split", "train.stop_at_iteration=2"))["history"]
+    rest = run_pretraining(cfg(tmp_path / "split"))["history"]
+    assert [h["iteration"] for h in first + rest] == [0, 1, 2, 3]
+    assert [h["loss/total"] for h in first + rest] == [h["loss/total"] for h in whole]

@@ -214,7 +214,12 @@ class DeviceMultiCropBatches:
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for k, batch in enumerate(self.loader):
+        # the loader's iterator is made now, as with a plain DataLoader: it draws its base seed from the
+        # global RNG, which a resumed run restores only after making the iterator
+        return self._build_all(iter(self.loader))
+
+    def _build_all(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for k, batch in enumerate(batches):
             yield self.build(batch, self.start_iter + k)
 
     def __len__(self) -> int:
