@@ -221,3 +221,11 @@ def test_a_resumed_run_continues_the_loss_sequence_exactly(tmp_path, where):
     rest = run_pretraining(cfg(tmp_path / "split"))["history"]
     assert [h["iteration"] for h in first + rest] == [0, 1, 2, 3]
     assert [h["loss/total"] for h in first + rest] == [h["loss/total"] for h in whole]
+
+
+def test_a_run_may_move_its_crops_to_the_device_when_it_resumes(tmp_path):
+    out = tmp_path / "run"
+    base = [f"train.output_dir={out}", "train.iterations=4", "train.checkpoint_period=2"]
+    assert run_pretraining(load_config(TINY, [*base, "train.stop_at_iteration=2"]))["iteration"] == 2
+    res = run_pretraining(load_config(TINY, [*base, "data.augment_on=device"]))
+    assert res["iteration"] == 4 and [h["iteration"] for h in res["history"]] == [2, 3]

@@ -565,7 +565,8 @@ STAGE_RESUME_MAY_CHANGE = frozenset(
     }
 )
 
-#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
+#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers, where
+#: the crops are built: a run moved to a host with fewer CPU cores may move them to the device).
 RESUME_MAY_CHANGE = frozenset(
     {
         "train.output_dir",
@@ -579,6 +580,7 @@ RESUME_MAY_CHANGE = frozenset(
         "train.keep_last",
         "train.save_teacher",
         "data.num_workers",
+        "data.augment_on",
         "debug",
     }
 )
