@@ -200,6 +200,17 @@ def test_cuda_batches_are_built_on_the_gpu_and_reproducible():
         assert torch.equal(x["global_crops"], y["global_crops"])
     cpu = _device_batches(0, 1)[0]
     assert a[0]["global_crops"].shape == cpu["global_crops"].shape
+    # building a batch never makes the host wait for the GPU (constants are cached after the first one)
+    loader = build_device_pretrain_loader(_data_cfg(), batch_size=4, device="cuda", max_iter=3, seed=3)
+    frames = list(loader.loader)
+    loader.build(frames[0], 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = loader.build(frames[1], 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out["global_crops"].is_cuda
 
 
 @pytest.mark.parametrize("where", ["cpu", "device"])

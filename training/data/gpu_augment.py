@@ -12,6 +12,7 @@ rotation of the chroma plane in YIQ space rather than a shift in HSV.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -90,8 +91,26 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], per_imag
     return out.clamp_(0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _const(values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A constant on ``device``, copied there once: a copy from host memory per call would make the
+    host wait for the device's queue."""
+    with torch.inference_mode(False):  # usable later outside inference mode too
+        return torch.tensor(values, dtype=dtype).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _yiq(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RGB->YIQ and its inverse (inverted on the host: a device inverse would wait on its check)."""
+    with torch.inference_mode(False):
+        m = torch.tensor(
+            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=dtype
+        )
+        return m.to(device), torch.linalg.inv(m).to(device)
+
+
 def _luma(x: Tensor) -> Tensor:
-    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+    w = _const(_LUMA, x.device, x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -102,11 +121,7 @@ def grayscale(x: Tensor, apply: Tensor) -> Tensor:
 
 def _hue_rotate(x: Tensor, angle: Tensor) -> Tensor:
     """Rotate the I/Q chroma plane of YIQ by ``angle [N]`` radians."""
-    yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=x.dtype
-    )
-    to_rgb = torch.linalg.inv(yiq).to(x.device)  # on the host: a device inverse would wait on its check
-    to_yiq = yiq.to(x.device)
+    to_yiq, to_rgb = _yiq(x.device, x.dtype)
     c, s = angle.cos(), angle.sin()
     rot = torch.zeros(angle.shape[0], 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1.0
@@ -203,6 +218,6 @@ def photometric(
 
 def normalize(x: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
     """``(x - mean) / std`` per channel."""
-    m = x.new_tensor(mean).view(1, 3, 1, 1)
-    s = x.new_tensor(std).view(1, 3, 1, 1)
+    m = _const(tuple(mean), x.device, x.dtype).view(1, 3, 1, 1)
+    s = _const(tuple(std), x.device, x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
