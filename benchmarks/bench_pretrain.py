@@ -20,7 +20,8 @@ Modes
               AdamW, EMA), each timed with a device sync at its boundaries (they add up to more than
               the step). Then the real loop: the CPU loader (--workers processes, procedural images,
               published augmentations) feeding the step (images/s end to end, `data_wait_ms` per step;
-              --no-loop skips it), and the loader alone (images/s).
+              --no-loop skips it), the same loop with the crops built on the device from the workers'
+              uint8 frames (data.augment_on: device), and each loader alone (images/s).
   fsdp        under torchrun: baseline = each GPU trains its own unsharded copy (no gradient sync, the
               ideal), then DDP (gradients averaged), then FSDP2 fully_shard per block (bf16 params, fp32
               reduce); efficiency = images/s / (N x baseline images/s per GPU).
@@ -54,6 +55,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from training.config import load_config
 from training.data import ProceduralSource, build_pretrain_loader, sample_masks
 from training.data.augment import color_jitter, to_tensor
+from training.data.device_multicrop import build_device_pretrain_loader
 from training.distributed import get_rank, get_world_size, init_distributed, is_distributed
 from training.pretrain import build_training, flush_scalars, train_step
 
@@ -268,9 +270,10 @@ def _breakdown(state, batch, args, device: torch.device) -> dict[str, float]:
     return {k: v / args.steps for k, v in timer.ms.items()}
 
 
-def _loop_rate(args, cfg: dict, device: torch.device) -> dict[str, float]:
-    """The real loop: the CPU loader (``--workers`` processes, procedural images, the published
-    augmentations) feeding ``train_step``; images/s end to end and the time the step waited for data."""
+def _loop_rate(args, cfg: dict, device: torch.device, augment_on: str = "cpu") -> dict[str, float]:
+    """The real loop: the loader (``--workers`` processes, procedural images, the published
+    augmentations on the CPU workers or, with ``augment_on="device"``, on ``device``) feeding
+    ``train_step``; images/s end to end and the time the step waited for data."""
     from training.pretrain import _batches
 
     state = build_training(cfg)
@@ -283,6 +286,7 @@ def _loop_rate(args, cfg: dict, device: torch.device) -> dict[str, float]:
         "mask_ratio": cfg["ibot"]["mask_ratio"],
     }
     cfg["data"]["num_workers"] = args.workers
+    cfg["data"]["augment_on"] = augment_on
     bb = state.model.student.backbone
     n = args.warmup + args.steps
     it = iter(_batches(cfg, state, 0, n, data_cfg, bb.norm_mean, bb.norm_std))
@@ -350,39 +354,49 @@ def run_throughput(args, device: torch.device) -> list[dict]:
             rows.append(row)
             print(json.dumps(row), flush=True)
             del state, batch, fn
-        if not args.no_loop:
+        for where in () if args.no_loop else ("cpu", "device"):
             _free(device)
+            what = "loader" if where == "cpu" else "device-augmented loader"
             row = {
                 "setup": name,
-                "variant": f"loop: loader ({args.workers} workers) + ssl step",
+                "variant": f"loop: {what} ({args.workers} workers) + ssl step",
                 "batch": int(args.batch),
-                **_loop_rate(args, _cfg(args, setup), device),
+                **_loop_rate(args, _cfg(args, setup), device, where),
                 "mem_gib": _mem(device),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    # data pipeline throughput (CPU workers, procedural source, published augmentations)
+    # data pipeline throughput (procedural source, published augmentations): on the CPU workers, then
+    # with the workers only decoding and resizing and the crops built on the device
     for name, setup in setups.items():
         cfg = _cfg(args, setup)
         dcfg = {"sources": [{"type": "procedural", "height": 320, "width": 320}], "crops": cfg["crops"]}
-        loader = build_pretrain_loader(
-            dcfg,
-            batch_size=int(cfg["train"]["batch_size_per_gpu"]),
-            num_workers=args.workers,
-            max_iter=args.loader_batches + 2,
-        )
-        it = iter(loader)
-        next(it)
-        next(it)
-        t = time.perf_counter()
-        n = 0
-        for b in it:
-            n += b["global_crops"].shape[0] // 2
-        dt = time.perf_counter() - t
-        row = {"setup": name, "variant": f"data loader ({args.workers} workers)", "images_s": n / dt}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del loader, it
+        for where in ("cpu", "device"):
+            kw = {
+                "batch_size": int(cfg["train"]["batch_size_per_gpu"]),
+                "num_workers": args.workers,
+                "max_iter": args.loader_batches + 2,
+            }
+            if where == "cpu":
+                loader = build_pretrain_loader(dcfg, **kw)
+                label = f"data loader ({args.workers} workers)"
+            else:
+                loader = build_device_pretrain_loader(dcfg, device=device, **kw)
+                label = f"data loader, crops on {device.type} ({args.workers} workers decode)"
+            it = iter(loader)
+            next(it)
+            next(it)
+            _sync(device)
+            t = time.perf_counter()
+            n = 0
+            for b in it:
+                n += b["global_crops"].shape[0] // 2
+            _sync(device)
+            dt = time.perf_counter() - t
+            row = {"setup": name, "variant": label, "images_s": n / dt}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del loader, it
     return rows
 
 

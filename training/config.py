@@ -110,7 +110,11 @@ DEFAULTS: dict[str, Any] = {
         "photometric": True,  # colour jitter, grayscale, blur, solarize (false: geometric crops only)
         "mixed": [],  # high-res adaptation: list of {global_crops_size, local_crops_size, gram_teacher_crops_size, ratio}
     },
-    "data": {"sources": [{"type": "procedural", "weight": 1.0}], "num_workers": 4},
+    "data": {
+        "sources": [{"type": "procedural", "weight": 1.0}],
+        "num_workers": 4,
+        "augment_on": "cpu",  # cpu: workers build the crops | device: workers decode, the device crops
+    },
     "train": {
         "output_dir": "runs/pretrain",
         "iterations": 1000,
@@ -530,6 +534,7 @@ RULES: dict[str, Rule] = {
     "crops.local_crops_scale": Rule("list", 0, 1, length=2),
     "crops.gram_teacher_crops_size": Rule("int", 1, null=True),
     "data.num_workers": _NONNEG_INT,
+    "data.augment_on": Rule("str", choices=("cpu", "device")),
     "train.output_dir": Rule("str"),
     "train.iterations": _POS_INT,
     "train.batch_size_per_gpu": _POS_INT,
@@ -560,7 +565,8 @@ STAGE_RESUME_MAY_CHANGE = frozenset(
     }
 )
 
-#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers).
+#: Keys that may differ when a run resumes (where and how long it runs, logging, loader workers, where
+#: the crops are built: a run moved to a host with fewer CPU cores may move them to the device).
 RESUME_MAY_CHANGE = frozenset(
     {
         "train.output_dir",
@@ -574,6 +580,7 @@ RESUME_MAY_CHANGE = frozenset(
         "train.keep_last",
         "train.save_teacher",
         "data.num_workers",
+        "data.augment_on",
         "debug",
     }
 )

@@ -372,7 +372,8 @@ def flush_scalars(state: PretrainState) -> list[dict[str, float]]:
 
 
 def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, data_cfg: dict, mean, std):
-    """The CPU multi-crop loader, or the simulator's GPU batches when ``sim.enabled``."""
+    """The CPU multi-crop loader, the device-augmented one (``data.augment_on: device``), or the
+    simulator's GPU batches when ``sim.enabled``."""
     t = cfg["train"]
     B = int(t["batch_size_per_gpu"])
     if cfg["sim"].get("enabled"):
@@ -389,6 +390,23 @@ def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, d
             start_iter=start,
             max_iter=stop,
             log=(lambda m: print(m, flush=True)) if is_main_process() else None,
+        )
+    if cfg["data"].get("augment_on", "cpu") == "device":
+        from .data.device_multicrop import build_device_pretrain_loader
+
+        return build_device_pretrain_loader(
+            data_cfg,
+            batch_size=B,
+            device=state.device,
+            patch_size=state.model.patch_size,
+            rank=get_rank(),
+            world_size=get_world_size(),
+            start_iter=start,
+            max_iter=stop,
+            num_workers=int(cfg["data"].get("num_workers", 0)),
+            seed=int(t["seed"]),
+            mean=mean,
+            std=std,
         )
     return build_pretrain_loader(
         data_cfg,

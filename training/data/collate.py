@@ -8,7 +8,27 @@ import torch
 
 from .masking import MaskingGenerator, sample_masks
 
-__all__ = ["MultiCropCollate"]
+__all__ = ["MultiCropCollate", "mask_fields"]
+
+
+def mask_fields(
+    n_images: int,
+    grid: tuple[int, int],
+    seed: int,
+    mask_probability: float,
+    mask_ratio: tuple[float, float],
+    generator: MaskingGenerator,
+) -> dict[str, Any]:
+    """iBOT mask keys of a batch (``masks``, ``mask_indices``, ``n_masked_patches``, ``masks_weight``) for
+    ``n_images`` global crops on a ``grid`` of patches, drawn from a generator seeded by ``seed``."""
+    g = torch.Generator().manual_seed(seed ^ 0x5EED)
+    masks = sample_masks(n_images, grid, g, mask_probability, mask_ratio, generator)
+    return {
+        "masks": masks,
+        "mask_indices": masks.flatten().nonzero().flatten(),
+        "n_masked_patches": int(masks.sum()),
+        "masks_weight": (1.0 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks],
+    }
 
 
 class MultiCropCollate:
@@ -56,14 +76,16 @@ class MultiCropCollate:
         if grid not in self._gens:
             self._gens[grid] = MaskingGenerator(grid)
         seed = int(samples[0].get("seed", 0))
-        g = torch.Generator().manual_seed(seed ^ 0x5EED)
-        masks = sample_masks(
-            out["global_crops"].shape[0], grid, g, self.mask_probability, self.mask_ratio, self._gens[grid]
+        out.update(
+            mask_fields(
+                out["global_crops"].shape[0],
+                grid,
+                seed,
+                self.mask_probability,
+                self.mask_ratio,
+                self._gens[grid],
+            )
         )
-        out["masks"] = masks
-        out["mask_indices"] = masks.flatten().nonzero().flatten()
-        out["n_masked_patches"] = int(masks.sum())
-        out["masks_weight"] = (1.0 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks]
         out["n_skipped"] = int(sum(int(s.get("n_skipped", 0)) for s in samples))
         out["batch_seed"] = seed
         out["sources"] = [s.get("source", "") for s in samples]

@@ -12,6 +12,7 @@ rotation of the chroma plane in YIQ space rather than a shift in HSV.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -90,8 +91,26 @@ def resized_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], per_imag
     return out.clamp_(0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _const(values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A constant on ``device``, copied there once: a copy from host memory per call would make the
+    host wait for the device's queue."""
+    with torch.inference_mode(False):  # usable later outside inference mode too
+        return torch.tensor(values, dtype=dtype).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _yiq(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RGB->YIQ and its inverse (inverted on the host: a device inverse would wait on its check)."""
+    with torch.inference_mode(False):
+        m = torch.tensor(
+            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=dtype
+        )
+        return m.to(device), torch.linalg.inv(m).to(device)
+
+
 def _luma(x: Tensor) -> Tensor:
-    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+    w = _const(_LUMA, x.device, x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -102,8 +121,7 @@ def grayscale(x: Tensor, apply: Tensor) -> Tensor:
 
 def _hue_rotate(x: Tensor, angle: Tensor) -> Tensor:
     """Rotate the I/Q chroma plane of YIQ by ``angle [N]`` radians."""
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    to_rgb = torch.linalg.inv(to_yiq)
+    to_yiq, to_rgb = _yiq(x.device, x.dtype)
     c, s = angle.cos(), angle.sin()
     rot = torch.zeros(angle.shape[0], 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1.0
@@ -117,9 +135,13 @@ def color_jitter(
     g: torch.Generator,
     apply: Tensor,
     strength: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+    order_g: torch.Generator | None = None,
 ) -> Tensor:
     """Brightness, contrast, saturation (factors ``U(1-s, 1+s)``) and hue (``U(-h, h)`` turns) where
-    ``apply [N]`` is true, in one random order for the batch; clamped to ``[0, 1]`` after each step."""
+    ``apply [N]`` is true, in one random order for the batch; clamped to ``[0, 1]`` after each step.
+
+    ``order_g`` (a CPU generator) draws that order without reading a device tensor back to the host;
+    by default it comes from ``g``."""
     n, dev = x.shape[0], x.device
     b, c, s, h = strength
     keep = ~apply
@@ -136,7 +158,12 @@ def color_jitter(
         lambda y: fs * y + (1 - fs) * _luma(y),
         lambda y: _hue_rotate(y, hue),
     ]
-    for k in torch.randperm(4, generator=g, device=dev).tolist():
+    order = (
+        torch.randperm(4, generator=order_g)
+        if order_g is not None
+        else torch.randperm(4, generator=g, device=dev)
+    )
+    for k in order.tolist():
         x = ops[k](x).clamp_(0.0, 1.0)
     return x
 
@@ -175,10 +202,12 @@ def photometric(
     grayscale_p: float = 0.2,
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
     blur_sigma: tuple[float, float] = (0.1, 2.0),
+    order_g: torch.Generator | None = None,
 ) -> Tensor:
-    """DINOv3's photometric chain on a batch: colour jitter (p), grayscale (p), blur (p), solarize (p)."""
+    """DINOv3's photometric chain on a batch: colour jitter (p), grayscale (p), blur (p), solarize (p).
+    ``order_g``: see :func:`color_jitter`."""
     n, dev = x.shape[0], x.device
-    x = color_jitter(x, g, _rand(n, g, dev) < jitter_p, jitter)
+    x = color_jitter(x, g, _rand(n, g, dev) < jitter_p, jitter, order_g)
     x = grayscale(x, _rand(n, g, dev) < grayscale_p)
     sigma = _rand(n, g, dev, *blur_sigma)
     x = gaussian_blur(x, torch.where(_rand(n, g, dev) < blur_p, sigma, torch.zeros_like(sigma)))
@@ -189,6 +218,6 @@ def photometric(
 
 def normalize(x: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
     """``(x - mean) / std`` per channel."""
-    m = x.new_tensor(mean).view(1, 3, 1, 1)
-    s = x.new_tensor(std).view(1, 3, 1, 1)
+    m = _const(tuple(mean), x.device, x.dtype).view(1, 3, 1, 1)
+    s = _const(tuple(std), x.device, x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
