@@ -77,6 +77,19 @@ def _header(t: int, frame_id: str) -> Any:
     return Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=frame_id)
 
 
+def _rgb_image(i: int, t: int, bump: int) -> Any:
+    """Camera 1's rgb8 frame ``i`` at stamp ``t``, as the bag records it and the node receives it."""
+    return TS.types["sensor_msgs/msg/Image"](
+        header=_header(t, "cam_optical"),
+        height=H,
+        width=W,
+        encoding="rgb8",
+        is_bigendian=0,
+        step=W * 3,
+        data=frame(i, 0, bump).ravel(),
+    )
+
+
 def _camera_info(t: int) -> Any:
     CI, ROI = TS.types["sensor_msgs/msg/CameraInfo"], TS.types["sensor_msgs/msg/RegionOfInterest"]
     return CI(
@@ -102,7 +115,7 @@ def stamps(i: int) -> tuple[int, int]:
 
 def make_bag(path: Path, bump: int = 0) -> Path:
     """``/cam/image_raw`` (rgb8) + ``/cam/camera_info`` and ``/cam2/image_raw/compressed`` (PNG)."""
-    Image, CImg = TS.types["sensor_msgs/msg/Image"], TS.types["sensor_msgs/msg/CompressedImage"]
+    CImg = TS.types["sensor_msgs/msg/CompressedImage"]
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         ci = w.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=TS)
         im = w.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=TS)
@@ -110,15 +123,7 @@ def make_bag(path: Path, bump: int = 0) -> Path:
         for i in range(N):
             t, t2 = stamps(i)
             w.write(ci, t + 10, TS.serialize_cdr(_camera_info(t), "sensor_msgs/msg/CameraInfo"))
-            img = Image(
-                header=_header(t, "cam_optical"),
-                height=H,
-                width=W,
-                encoding="rgb8",
-                is_bigendian=0,
-                step=W * 3,
-                data=frame(i, 0, bump).ravel(),
-            )
+            img = _rgb_image(i, t, bump)
             w.write(im, t + 20, TS.serialize_cdr(img, "sensor_msgs/msg/Image"))
             _ok, png = cv2.imencode(".png", cv2.cvtColor(frame(i, 1), cv2.COLOR_RGB2BGR))
             msg = CImg(header=_header(t2, "cam2_optical"), format="png", data=png.ravel())
@@ -222,19 +227,11 @@ def _node_messages(bump: int) -> list[dict[str, tuple[str, bytes, list[bytes]]]]
     the same messages :func:`make_bag` records."""
     steps = []
     infos: list[bytes] = []
-    Image, CImg = TS.types["sensor_msgs/msg/Image"], TS.types["sensor_msgs/msg/CompressedImage"]
+    CImg = TS.types["sensor_msgs/msg/CompressedImage"]
     for i in range(N):
         t, t2 = stamps(i)
         infos.append(bytes(TS.serialize_cdr(_camera_info(t), "sensor_msgs/msg/CameraInfo")))
-        img = Image(
-            header=_header(t, "cam_optical"),
-            height=H,
-            width=W,
-            encoding="rgb8",
-            is_bigendian=0,
-            step=W * 3,
-            data=frame(i, 0, bump).ravel(),
-        )
+        img = _rgb_image(i, t, bump)
         _ok, png = cv2.imencode(".png", cv2.cvtColor(frame(i, 1), cv2.COLOR_RGB2BGR))
         cmsg = CImg(header=_header(t2, "cam2_optical"), format="png", data=png.ravel())
         steps.append(
@@ -263,12 +260,7 @@ def _golden() -> dict[str, Any]:
     return json.loads(GOLDEN.read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the recorded bytes are one-thread bytes
 
 
 def _write() -> None:

@@ -57,12 +57,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _killed_run(src: Path, out: Path, args: list[str], checkpoints: int) -> Path:

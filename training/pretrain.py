@@ -391,36 +391,23 @@ def _batches(cfg: dict[str, Any], state: PretrainState, start: int, stop: int, d
             max_iter=stop,
             log=(lambda m: print(m, flush=True)) if is_main_process() else None,
         )
+    common = {
+        "batch_size": B,
+        "patch_size": state.model.patch_size,
+        "rank": get_rank(),
+        "world_size": get_world_size(),
+        "start_iter": start,
+        "max_iter": stop,
+        "num_workers": int(cfg["data"].get("num_workers", 0)),
+        "seed": int(t["seed"]),
+        "mean": mean,
+        "std": std,
+    }
     if cfg["data"].get("augment_on", "cpu") == "device":
         from .data.device_multicrop import build_device_pretrain_loader
 
-        return build_device_pretrain_loader(
-            data_cfg,
-            batch_size=B,
-            device=state.device,
-            patch_size=state.model.patch_size,
-            rank=get_rank(),
-            world_size=get_world_size(),
-            start_iter=start,
-            max_iter=stop,
-            num_workers=int(cfg["data"].get("num_workers", 0)),
-            seed=int(t["seed"]),
-            mean=mean,
-            std=std,
-        )
-    return build_pretrain_loader(
-        data_cfg,
-        batch_size=B,
-        patch_size=state.model.patch_size,
-        rank=get_rank(),
-        world_size=get_world_size(),
-        start_iter=start,
-        max_iter=stop,
-        num_workers=int(cfg["data"].get("num_workers", 0)),
-        seed=int(t["seed"]),
-        mean=mean,
-        std=std,
-    )
+        return build_device_pretrain_loader(data_cfg, device=state.device, **common)
+    return build_pretrain_loader(data_cfg, **common)
 
 
 def _past(deadline: float) -> bool:

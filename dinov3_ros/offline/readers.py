@@ -70,6 +70,14 @@ def put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
             continue
 
 
+def forward_failure(q: queue.Queue, err: BaseException, stop: threading.Event) -> None:
+    """Send a reader's failure down the queue, in order, for the writer to report (unless stopping)."""
+    try:
+        put(q, FailureRecord(err), stop)
+    except StoppedError:
+        pass
+
+
 def get(q: queue.Queue, stop: threading.Event) -> Any:
     """``q.get`` that gives up (``StoppedError``) once ``stop`` is set."""
     while True:
@@ -138,10 +146,7 @@ class ThreadReader:
         except StoppedError:
             return
         except BaseException as err:  # noqa: BLE001 - forwarded in order, reported by the writer
-            try:
-                put(self.q, FailureRecord(err), stop)
-            except StoppedError:
-                return
+            forward_failure(self.q, err, stop)
 
     def release(self, slot: int) -> None:
         """Nothing to release: decoded frames are ordinary arrays."""
@@ -294,10 +299,7 @@ class ProcessReader:
         except StoppedError:
             return
         except BaseException as err:  # noqa: BLE001 - forwarded in order, reported by the writer
-            try:
-                put(self.q, FailureRecord(err), stop)
-            except StoppedError:
-                return
+            forward_failure(self.q, err, stop)
 
     def release(self, slot: int) -> None:
         """The writer is done with the frame in ``slot``: the child may reuse it."""

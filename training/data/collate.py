@@ -8,7 +8,7 @@ import torch
 
 from .masking import MaskingGenerator, sample_masks
 
-__all__ = ["MultiCropCollate", "mask_fields"]
+__all__ = ["BatchMasks", "MultiCropCollate", "mask_fields"]
 
 
 def mask_fields(
@@ -31,6 +31,27 @@ def mask_fields(
     }
 
 
+class BatchMasks:
+    """The keys every collated pretraining batch carries beside its images: the iBOT masks of its global
+    crops (:func:`mask_fields`, one masking generator per patch grid) and the bookkeeping (``n_skipped``,
+    ``batch_seed``, ``sources``), all from the batch's samples."""
+
+    def __init__(self, mask_probability: float = 0.5, mask_ratio: tuple[float, float] = (0.1, 0.5)) -> None:
+        self.mask_probability = mask_probability
+        self.mask_ratio = tuple(mask_ratio)
+        self._gens: dict[tuple[int, int], MaskingGenerator] = {}
+
+    def __call__(self, samples: list[dict[str, Any]], n_images: int, grid: tuple[int, int]) -> dict[str, Any]:
+        if grid not in self._gens:
+            self._gens[grid] = MaskingGenerator(grid)
+        seed = int(samples[0].get("seed", 0))
+        out = mask_fields(n_images, grid, seed, self.mask_probability, self.mask_ratio, self._gens[grid])
+        out["n_skipped"] = int(sum(int(s.get("n_skipped", 0)) for s in samples))
+        out["batch_seed"] = seed
+        out["sources"] = [s.get("source", "") for s in samples]
+        return out
+
+
 class MultiCropCollate:
     """Stacks samples crop-major (``[crop0 of all images, crop1 of all images, ...]``) and draws iBOT
     masks for the global crops with a generator seeded from the batch seed (deterministic).
@@ -49,10 +70,8 @@ class MultiCropCollate:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.patch_size = patch_size
-        self.mask_probability = mask_probability
-        self.mask_ratio = tuple(mask_ratio)
         self.dtype = dtype
-        self._gens: dict[tuple[int, int], MaskingGenerator] = {}
+        self.masks = BatchMasks(mask_probability, mask_ratio)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -73,20 +92,5 @@ class MultiCropCollate:
                     out[k] = out[k].to(self.dtype)
         H, W = out["global_crops"].shape[-2:]
         grid = (H // self.patch_size, W // self.patch_size)
-        if grid not in self._gens:
-            self._gens[grid] = MaskingGenerator(grid)
-        seed = int(samples[0].get("seed", 0))
-        out.update(
-            mask_fields(
-                out["global_crops"].shape[0],
-                grid,
-                seed,
-                self.mask_probability,
-                self.mask_ratio,
-                self._gens[grid],
-            )
-        )
-        out["n_skipped"] = int(sum(int(s.get("n_skipped", 0)) for s in samples))
-        out["batch_seed"] = seed
-        out["sources"] = [s.get("source", "") for s in samples]
+        out.update(self.masks(samples, out["global_crops"].shape[0], grid))
         return out

@@ -25,11 +25,9 @@ from torch.utils.data import DataLoader
 
 from . import gpu_augment as ga
 from .augment import MultiCropAugmentation
-from .collate import mask_fields
+from .collate import BatchMasks
 from .dataset import MultiCropDataset, sample_seed
-from .loader import IterationBatchSampler, _worker_init, build_augmentations
-from .masking import MaskingGenerator
-from .sources import build_source
+from .loader import IterationBatchSampler, batch_loader, build_augmentations, sources_of
 
 __all__ = [
     "DeviceMultiCrop",
@@ -83,8 +81,7 @@ class FrameCollate:
     ) -> None:
         self.global_sizes = [int(s) for s in global_sizes]
         self.n_global, self.patch_size = n_global, patch_size
-        self.mask_probability, self.mask_ratio = mask_probability, tuple(mask_ratio)
-        self._gens: dict[tuple[int, int], MaskingGenerator] = {}
+        self.masks = BatchMasks(mask_probability, mask_ratio)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -92,23 +89,8 @@ class FrameCollate:
         a = int(samples[0]["aug_index"])
         side = self.global_sizes[a] // self.patch_size
         grid = (side, side)
-        if grid not in self._gens:
-            self._gens[grid] = MaskingGenerator(grid)
-        seed = int(samples[0].get("seed", 0))
         out: dict[str, Any] = {"frames": torch.stack([s["frame"] for s in samples]), "aug_index": a}
-        out.update(
-            mask_fields(
-                self.n_global * len(samples),
-                grid,
-                seed,
-                self.mask_probability,
-                self.mask_ratio,
-                self._gens[grid],
-            )
-        )
-        out["n_skipped"] = int(sum(int(s.get("n_skipped", 0)) for s in samples))
-        out["batch_seed"] = seed
-        out["sources"] = [s.get("source", "") for s in samples]
+        out.update(self.masks(samples, self.n_global * len(samples), grid))
         return out
 
 
@@ -243,9 +225,7 @@ def build_device_pretrain_loader(
 ) -> DeviceMultiCropBatches:
     """The device-augmentation counterpart of :func:`~training.data.loader.build_pretrain_loader`
     (same ``cfg`` and sample addressing): workers decode and resize, ``device`` builds the crops."""
-    specs = cfg.get("sources") or [{"type": "procedural"}]
-    sources = [build_source(s) for s in specs]
-    weights = [float(s.get("weight", 1.0)) for s in specs]
+    sources, weights = sources_of(cfg)
     augs, ratios = build_augmentations(cfg.get("crops", {}), mean, std)
     resizers = [FrameResize(frame_size(a), i) for i, a in enumerate(augs)]
     dataset = MultiCropDataset(sources, resizers, weights, seed=seed)
@@ -256,15 +236,8 @@ def build_device_pretrain_loader(
         mask_probability=float(cfg.get("mask_probability", 0.5)),
         mask_ratio=tuple(cfg.get("mask_ratio", (0.1, 0.5))),
     )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=_worker_init,
+    loader = batch_loader(
+        dataset, sampler, collate, num_workers, pin_memory=torch.device(device).type == "cuda"
     )
     return DeviceMultiCropBatches(
         loader,

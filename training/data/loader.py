@@ -13,7 +13,14 @@ from .collate import MultiCropCollate
 from .dataset import MultiCropDataset, sample_seed
 from .sources import build_source
 
-__all__ = ["IterationBatchSampler", "build_augmentations", "build_pretrain_loader", "choose_resolution"]
+__all__ = [
+    "IterationBatchSampler",
+    "batch_loader",
+    "build_augmentations",
+    "build_pretrain_loader",
+    "choose_resolution",
+    "sources_of",
+]
 
 
 def choose_resolution(seed: int, iteration: int, ratios: Sequence[float]) -> int:
@@ -93,9 +100,7 @@ def build_pretrain_loader(
 ) -> DataLoader:
     """DataLoader of collated multi-crop batches from ``cfg`` = the config's ``data`` + ``crops`` + ``ibot``
     sections: ``{"sources": [...], "crops": {...}, "mask_probability":, "mask_ratio":}``."""
-    specs = cfg.get("sources") or [{"type": "procedural"}]
-    sources = [build_source(s) for s in specs]
-    weights = [float(s.get("weight", 1.0)) for s in specs]
+    sources, weights = sources_of(cfg)
     augs, ratios = build_augmentations(cfg.get("crops", {}), mean, std)
     dataset = MultiCropDataset(sources, augs, weights, seed=seed)
     sampler = IterationBatchSampler(batch_size, rank, world_size, start_iter, ratios, seed, max_iter)
@@ -104,12 +109,25 @@ def build_pretrain_loader(
         mask_probability=float(cfg.get("mask_probability", 0.5)),
         mask_ratio=tuple(cfg.get("mask_ratio", (0.1, 0.5))),
     )
+    return batch_loader(dataset, sampler, collate, num_workers, pin_memory=torch.cuda.is_available())
+
+
+def sources_of(cfg: dict[str, Any]) -> tuple[list[Any], list[float]]:
+    """The image sources of a ``data`` config (procedural images when none is given) and their weights."""
+    specs = cfg.get("sources") or [{"type": "procedural"}]
+    return [build_source(s) for s in specs], [float(s.get("weight", 1.0)) for s in specs]
+
+
+def batch_loader(
+    dataset: Any, sampler: IterationBatchSampler, collate: Any, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """The pretraining DataLoader: batches from ``sampler``, one torch thread per worker, workers kept."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         worker_init_fn=_worker_init,
