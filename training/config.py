@@ -108,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
         "gram_teacher_crops_size": None,
         "horizontal_flips": False,
         "photometric": True,  # colour jitter, grayscale, blur, solarize (false: geometric crops only)
+        "object_zoom": 0.0,  # sim pool only: fraction of samples whose crops zoom on one object
         "mixed": [],  # high-res adaptation: list of {global_crops_size, local_crops_size, gram_teacher_crops_size, ratio}
     },
     "data": {
@@ -532,6 +533,7 @@ RULES: dict[str, Rule] = {
     "crops.local_crops_number": _NONNEG_INT,
     "crops.global_crops_scale": Rule("list", 0, 1, length=2),
     "crops.local_crops_scale": Rule("list", 0, 1, length=2),
+    "crops.object_zoom": Rule("num", 0, 1),
     "crops.gram_teacher_crops_size": Rule("int", 1, null=True),
     "data.num_workers": _NONNEG_INT,
     "data.augment_on": Rule("str", choices=("cpu", "device")),

@@ -144,6 +144,7 @@ DEFAULTS: dict[str, Any] = {
         "local_crops_scale": [0.05, 0.32],
         "horizontal_flips": False,
         "photometric": True,
+        "object_zoom": 0.0,  # sim pool only: fraction of samples whose crops zoom on one object
     },
     "ibot": {"mask_probability": 0.5, "mask_ratio": [0.1, 0.5]},
     "data": {"sources": [{"type": "procedural", "weight": 1.0}], "num_workers": 4},
@@ -212,6 +213,7 @@ def _rules() -> dict[str, Any]:
         "crops.local_crops_number": Rule("int", 0),
         "crops.global_crops_scale": Rule("list", 0, 1, length=2),
         "crops.local_crops_scale": Rule("list", 0, 1, length=2),
+        "crops.object_zoom": Rule("num", 0, 1),
         "ibot.mask_probability": unit,
         "ibot.mask_ratio": Rule("list", 0, 1, length=2),
         "data.num_workers": Rule("int", 0),

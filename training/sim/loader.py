@@ -16,6 +16,7 @@ import torch
 
 from .pool import FramePool
 from .views import ViewSpec, sample_views
+from .zoom import ZoomSpec
 
 __all__ = ["DEFAULT_POOL", "SimBatches", "filled_at", "view_spec"]
 
@@ -53,6 +54,7 @@ def view_spec(crops: dict[str, Any], ibot: dict[str, Any], patch_size: int, mean
         "mask_probability": float(ibot.get("mask_probability", 0.5)),
         "mask_ratio": tuple(ibot.get("mask_ratio", (0.1, 0.5))),
         "photometric": bool(crops.get("photometric", True)),
+        "zoom": ZoomSpec(fraction=float(crops.get("object_zoom", 0.0))),
     }
     if mean is not None:
         kw["mean"], kw["std"] = tuple(mean), tuple(std)

@@ -2,7 +2,8 @@
 
 Each sample is one scene: global crop 1 comes from one of its frames and global crop 2 from another
 (multi-view positives: the DINO global term and the correspondence loss see two camera poses), local
-crops alternate between the two frames. Photometric augmentation follows DINOv3 (global 1 blur p=1,
+crops alternate between the two frames. With ``ViewSpec.zoom`` a fraction of the samples zoom all their
+crops onto one object seen in both frames (:mod:`training.sim.zoom`). Photometric augmentation follows DINOv3 (global 1 blur p=1,
 global 2 blur p=0.1 + solarize p=0.2, locals blur p=0.5, colour jitter p=0.8, grayscale p=0.2). iBOT
 masks are drawn on the CPU exactly as the CPU loader does. Every draw comes from the batch seed.
 """
@@ -21,6 +22,7 @@ from training.data.masking import MaskingGenerator, sample_masks
 
 from .geometry import CropTargets, crop_targets
 from .pool import FramePool
+from .zoom import ZoomSpec, instance_boxes, object_boxes, pick_objects
 
 __all__ = ["ViewSpec", "sample_views"]
 
@@ -39,6 +41,7 @@ class ViewSpec:
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     n_classes: int = 8
     photometric: bool = True
+    zoom: ZoomSpec = field(default_factory=ZoomSpec)  #: object-centred crops (training.sim.zoom)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     _masker: MaskingGenerator | None = field(default=None, repr=False)
@@ -74,8 +77,52 @@ def _masks(spec: ViewSpec, n: int, seed: int) -> Tensor:
     return sample_masks(n, grid, gen, spec.mask_probability, tuple(spec.mask_ratio), spec._masker)
 
 
+@dataclass
+class _Zoom:
+    """The samples that zoom on an object (``use [B]``) and that object's box in each frame."""
+
+    use: Tensor
+    box_a: Tensor
+    box_b: Tensor
+
+
+def _zoom(pool: FramePool, fa: Tensor, fb: Tensor, spec: ViewSpec, g: torch.Generator) -> _Zoom | None:
+    z = spec.zoom
+    if z.fraction <= 0:
+        return None
+    boxes_a, area_a = instance_boxes(pool, fa)
+    boxes_b, area_b = instance_boxes(pool, fb)
+    pick, has = pick_objects(area_a, area_b, z.min_cells, g)
+    use = has & (torch.rand(fa.shape[0], generator=g, device=fa.device) < z.fraction)
+    rows = torch.arange(fa.shape[0], device=fa.device)
+    return _Zoom(use, boxes_a[rows, pick], boxes_b[rows, pick])
+
+
+def _zoomed(
+    boxes: Tensor,
+    zoom: _Zoom | None,
+    obj: Tensor,
+    ctx: tuple[float, float],
+    spec: ViewSpec,
+    g: torch.Generator,
+    frame_hw: tuple[int, int],
+) -> Tensor:
+    """``boxes [k*B, 4]`` (crop-major) with the zooming samples' boxes replaced by object boxes."""
+    if zoom is None:
+        return boxes
+    k = boxes.shape[0] // obj.shape[0]
+    z = spec.zoom
+    near = object_boxes(obj.repeat(k, 1), ctx, z.jitter, z.min_side, frame_hw, g)
+    return torch.where(zoom.use.repeat(k)[:, None], near, boxes)
+
+
 def _locals(
-    spec: ViewSpec, frames_a: Tensor, frames_b: Tensor, g: torch.Generator, frame_hw: tuple[int, int]
+    spec: ViewSpec,
+    frames_a: Tensor,
+    frames_b: Tensor,
+    g: torch.Generator,
+    frame_hw: tuple[int, int],
+    zoom: _Zoom | None = None,
 ) -> Tensor | None:
     L = spec.local_number
     if L <= 0:
@@ -83,9 +130,11 @@ def _locals(
     B, dev, size = frames_a.shape[0], frames_a.device, (spec.local_size, spec.local_size)
     la, lb = (L + 1) // 2, L // 2
     parts = []
-    for imgs, k in ((frames_a, la), (frames_b, lb)):
+    ctx = spec.zoom.local_context
+    for imgs, k, obj in ((frames_a, la, zoom and zoom.box_a), (frames_b, lb, zoom and zoom.box_b)):
         if k:
             boxes = random_boxes(k * B, *frame_hw, tuple(spec.local_scale), g, dev)
+            boxes = _zoomed(boxes, zoom, obj, ctx, spec, g, frame_hw)
             parts.append(resized_crops(imgs, boxes, size, per_image=k))
     crops = torch.cat(parts)  # crop-major: L crops of all B samples
     if spec.photometric:
@@ -108,13 +157,22 @@ def sample_views(
     imgs_a, imgs_b = _frames_float(pool, fa), _frames_float(pool, fb)
     size = (spec.global_size, spec.global_size)
     boxes = random_boxes(2 * B, H, W, tuple(spec.global_scale), g, dev)
+    zoom = _zoom(pool, fa, fb, spec, g)
+    if zoom is not None:
+        ctx = spec.zoom.context
+        boxes = torch.cat(
+            [
+                _zoomed(boxes[:B], zoom, zoom.box_a, ctx, spec, g, (H, W)),
+                _zoomed(boxes[B:], zoom, zoom.box_b, ctx, spec, g, (H, W)),
+            ]
+        )
     ga = resized_crops(imgs_a, boxes[:B], size)
     gb = resized_crops(imgs_b, boxes[B:], size)
     if spec.photometric:
         ga = photometric(ga, g, blur_p=1.0)
         gb = photometric(gb, g, blur_p=0.1, solarize_p=0.2)
     global_crops = normalize(torch.cat([ga, gb]), spec.mean, spec.std)
-    local_crops = _locals(spec, imgs_a, imgs_b, g, (H, W))
+    local_crops = _locals(spec, imgs_a, imgs_b, g, (H, W), zoom)
     frames = torch.cat([fa, fb])
     targets: CropTargets = crop_targets(pool, frames, boxes, spec.grid, spec.n_classes)
     masks = _masks(spec, 2 * B, bseed)  # on the CPU: no device sync for the indices
