@@ -13,6 +13,7 @@ import torch
 from dinov3_ros.eval.data import load_data, synthetic_data
 from dinov3_ros.eval.features import BackboneFeatures, NoiseFeatures
 from dinov3_ros.eval.metrics import random_match_chance
+from dinov3_ros.eval.objects import instance_features
 from dinov3_ros.eval.runner import ORACLE, EvalOptions, evaluate
 from dinov3_ros.models.testing import random_backbone
 
@@ -45,12 +46,26 @@ def test_oracle_scores_perfectly(data):
     assert back["summary"] == res["summary"] and back["depth"] == res["depth"]
 
 
+def test_instance_features_are_the_majority_instance_per_patch(data):
+    fr = data.test[0]
+    f = instance_features(fr, 16)
+    assert f.shape[:2] == (6, 6) and np.array_equal(f.sum(-1), np.ones((6, 6)))
+    block = fr.instances[16:32, 32:48]
+    assert int(f[1, 2].argmax()) == int(np.bincount(block.ravel().astype(np.int64)).argmax())
+
+
 def test_noise_features_score_at_chance(data):
     res, _ = evaluate(NoiseFeatures(dim=32, seed=1), data, EvalOptions(matcher="dense"))
     c, t, p = res["correspondence"], res["tokencut"], res["probe"]
     assert c["recall@4px"] <= 5 * random_match_chance(96, 96, 4.0) + 0.01
     assert c["pose_acc@5deg"] == 0.0
     assert t["iou"] < 0.35
+    ceiling = t["instance_features"]  # TokenCut on perfect instance features: the same for every model
+    assert (
+        ceiling
+        == evaluate(ORACLE, data, EvalOptions(tasks=("tokencut",)))[0]["tokencut"]["instance_features"]
+    )
+    assert ceiling["corloc_any"] > t["corloc_any"] + 0.2 and ceiling["iou"] > t["iou"], (ceiling, t)
     # 1-NN on label-free features predicts labels distributed like the training labels: accuracy is
     # binomial around sum_c p_train(c) p_test(c)
     c0, n = p["chance_prior"], p["test_crops"]
