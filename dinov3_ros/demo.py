@@ -3,7 +3,8 @@
 Steps: make (or reuse) the deterministic synthetic sample bag, run ``dinov3-ros process`` on it with the
 default model on CPU, write the output bag, an mp4 preview and a contact sheet, print where they are.
 ``--live`` instead feeds the sample bag through real DDS into the live node (its own process) and
-records its outputs to ``<out>/live_outputs`` (MCAP).
+records its outputs to ``<out>/live_outputs`` (MCAP). ``--photos`` runs the same pipeline on real
+photographs that ship with scikit-image (no ground truth; the stereo pair shows matches) instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bag", type=Path, default=None, help="input bag (default: the synthetic sample bag)"
     )
     parser.add_argument("--frames", type=int, default=None, help="--live: play only the first N images")
+    parser.add_argument(
+        "--photos", action="store_true", help="run on scikit-image's photographs instead of the sample bag"
+    )
+
+
+#: scikit-image photographs of the ``--photos`` run (the motorcycle stereo pair first: matches)
+PHOTOS = ("stereo_motorcycle:0", "stereo_motorcycle:1", "coffee", "chelsea", "astronaut", "rocket")
+
+
+def photos_folder(out: Path, size: tuple[int, int] = (480, 640)) -> Path:
+    """Write :data:`PHOTOS`, centre-cropped to 4:3 and resized to ``size`` (h, w), as numbered PNGs."""
+    import cv2
+    import numpy as np
+    import skimage.data
+
+    folder = out / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for i, spec in enumerate(PHOTOS):
+        name, _, k = spec.partition(":")
+        img = getattr(skimage.data, name)()
+        img = np.asarray(img[int(k)] if k else img)[..., :3]
+        H, W = img.shape[:2]
+        ch, cw = (H, H * w // h) if W * h >= H * w else (W * h // w, W)
+        y0, x0 = (H - ch) // 2, (W - cw) // 2
+        img = cv2.resize(img[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{i:03d}_{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return folder
 
 
 def _resolve_weights(weights: str) -> str:
@@ -90,8 +119,15 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    bag = args.bag if getattr(args, "bag", None) is not None else ensure_sample_bag()
-    print(f"demo: input bag {bag}")
+    photos = bool(getattr(args, "photos", False))
+    if photos and (args.live or getattr(args, "bag", None) is not None):
+        print("demo: --photos runs offline on its own images: drop --live / --bag", file=sys.stderr)
+        return 2
+    if photos:
+        bag = photos_folder(out)
+    else:
+        bag = args.bag if getattr(args, "bag", None) is not None else ensure_sample_bag()
+    print(f"demo: input {bag}")
     weights = _resolve_weights(args.weights)
     if args.live:
         return _live(args, bag, out, weights, t0)
@@ -102,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
     sheet = out / "contact_sheet.png"
     # the sample bag also holds ground-truth depth and instance images: process the camera stream only
     argv = [str(bag)]
-    if getattr(args, "bag", None) is None:
+    if getattr(args, "bag", None) is None and not photos:
         argv += ["--topics", "/camera/image_raw/compressed"]
     argv += [
         "--out",

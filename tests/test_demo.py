@@ -159,3 +159,21 @@ def test_demo_preview_and_contact_sheet(demo_run):
     assert img.shape[0] >= 240 and img.shape[1] >= 320
     assert img.std() > 10
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 256  # real image content, not a few flat colours
+
+
+def test_demo_photos_runs_on_the_photographs(tmp_path):
+    from dinov3_ros import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    assert demo.main(parser.parse_args(["--out", str(tmp_path), "--photos", "--live"])) == 2  # refused
+    assert demo.main(parser.parse_args(["--out", str(tmp_path), "--photos"])) == 0
+    pngs = sorted((tmp_path / "photos").glob("*.png"))
+    assert [p.name.split("_", 1)[1] for p in pngs][:2] == ["stereo_motorcycle.png"] * 2
+    assert len(pngs) == len(demo.PHOTOS)
+    left, right = (cv2.imread(str(p)) for p in pngs[:2])
+    assert left.shape == (480, 640, 3) and not np.array_equal(left, right)  # the two views of the pair
+    msgs = _read(tmp_path / "outputs", {"/dinov3/depth/image"})
+    assert len(msgs["/dinov3/depth/image"]) == len(demo.PHOTOS)
+    sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
+    assert sheet is not None and sheet.std() > 10
