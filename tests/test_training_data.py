@@ -293,3 +293,14 @@ def test_photometric_ops():
     k2 = torch.outer(k, k) / k.sum() ** 2
     torch.testing.assert_close(out[6:15, 6:15], k2, atol=1e-5, rtol=1e-4)
     assert out.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_image_loaders_take_the_default_crops_and_refuse_object_zoom():
+    from training.config import DEFAULTS
+    from training.data.loader import build_augmentations
+
+    crops = dict(DEFAULTS["crops"])  # every key the configs carry, object_zoom 0 included
+    augs, ratios = build_augmentations(crops)
+    assert len(augs) == 1 and ratios == [1.0]
+    with pytest.raises(ValueError, match="object_zoom needs sim.enabled"):
+        build_augmentations({**crops, "object_zoom": 0.3})

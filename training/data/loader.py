@@ -70,7 +70,12 @@ def build_augmentations(
 ) -> tuple[list[MultiCropAugmentation], list[float]]:
     """Augmentations from the ``crops`` config; ``crops.mixed`` (list of dicts with ``ratio``) gives the
     high-resolution adaptation's mixed loaders, otherwise one augmentation."""
-    base = {k: v for k, v in crops.items() if k != "mixed"}
+    if crops.get("object_zoom"):
+        raise ValueError(
+            "crops.object_zoom needs sim.enabled: true (the object boxes come from the simulator's "
+            "ground truth); set it to 0 for image data"
+        )
+    base = {k: v for k, v in crops.items() if k not in ("mixed", "object_zoom")}
     if mean is not None:
         base["mean"], base["std"] = tuple(mean), tuple(std)
     mixed = crops.get("mixed") or []
