@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from dinov3_ros.core.frames import PointCloud
 from dinov3_ros.heads._common import to_host
 from dinov3_ros.heads.pointcloud import backproject
 from dinov3_ros.msgs.cdr import point_cloud_parts
-from dinov3_ros.msgs.layouts import points_array
+from dinov3_ros.msgs.layouts import pack_rgb, points_array
 from dinov3_ros.pipeline.grid import canvas_rgb
 from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
 from dinov3_ros.pipeline.voxel import voxel_downsample
@@ -42,20 +43,25 @@ class Points(Output):
         cfg, geom = job.cfg, job.geom
         Kn, _ = geom.scale_intrinsics(job.intrinsics().K, geom.network_size)
         d_dev = job.batch.depth_net[job.i]
+        # the valid box from its first sampled pixel (a multiple of the stride): the canvas samples a
+        # NaN-padded canvas would give, with the canvas's pixel coordinates (``origin``)
+        s = cfg.points_stride
         x0, y0, x1, y1 = geom.valid_box
-        dc = torch.full_like(d_dev, float("nan"))
-        dc[y0:y1, x0:x1] = d_dev[y0:y1, x0:x1]
+        x0, y0 = -(-x0 // s) * s, -(-y0 // s) * s
+        dc = d_dev[y0:y1, x0:x1]
         cols = cols_t = None
         if cfg.points_color == "rgb":
-            rgb_c = torch.from_numpy(canvas_rgb(job.frame.image, geom)).to(dc.device)
-            pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=cfg.points_stride)
+            rgb_c = torch.from_numpy(canvas_rgb(job.frame.image, geom)[y0:y1, x0:x1]).to(dc.device)
+            pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=s, origin=(x0, y0))
             cols = to_host(cols_t, sync=False)
         else:
-            pts_t = backproject(dc, Kn, stride=cfg.points_stride)
+            pts_t = backproject(dc, Kn, stride=s, origin=(x0, y0))
         pts_t = pts_t.to(torch.float32)
         if cfg.points_voxel > 0:
             xyz, rgb = voxel_downsample(to_host(pts_t), cols, cfg.points_voxel)
             return PointCloud(xyz, rgb)
+        if pts_t.device.type == "cpu":
+            return _host_cloud(pts_t.numpy(), cols)
         packed_t = pts_t
         if cols_t is not None:  # rgb as 0x00RRGGBB bits in a float32 column
             c = cols_t.to(torch.int32)
@@ -64,3 +70,14 @@ class Points(Output):
         flag = to_host(torch.isfinite(pts_t).all().reshape(1), sync=False)
         packed = to_host(packed_t.contiguous())
         return PointCloud(packed[:, :3], cols, packed, bool(flag[0]))
+
+
+def _host_cloud(pts: np.ndarray, cols: np.ndarray | None) -> PointCloud:
+    """The device path's packing done in numpy (CPU engine): the same rows, bit for bit."""
+    if cols is None:
+        packed = np.ascontiguousarray(pts)
+    else:
+        packed = np.empty((pts.shape[0], 4), np.float32)
+        packed[:, :3] = pts
+        packed[:, 3] = pack_rgb(cols)
+    return PointCloud(packed[:, :3], cols, packed, bool(np.isfinite(pts).all()))
