@@ -290,3 +290,14 @@ def test_backproject_dense_grid_and_crop_origin_bit_for_bit():
             got = backproject(crop, K, torch.from_numpy(rgb[sy:y1, sx:x1]), stride=stride, origin=(sx, sy))
             assert got[0].numpy().tobytes() == want[0].numpy().tobytes()
             assert np.array_equal(got[1].numpy(), want[1].numpy())
+
+
+def test_valid_depth_on_the_cpu_compares_as_torch_does():
+    # the numpy check casts the bounds to the depth's dtype, as torch's comparisons with a scalar do
+    from dinov3_ros.heads.pointcloud import _valid_depth
+
+    z32 = torch.tensor([0.05, np.nextafter(np.float32(0.05), 1), 0.1, 50.0, 50.000004, np.nan, np.inf, -1.0])
+    for z in (z32.float(), z32.double()):
+        for lo, hi in ((0.05, 50.0), (0.0, float("inf")), (0.1, 49.9999999)):
+            ref = torch.isfinite(z) & (z > lo) & (z <= hi)
+            assert torch.equal(_valid_depth(z, lo, hi), ref)

@@ -57,7 +57,7 @@ def backproject(
     fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
     H, W = d.shape
     z = d[::stride, ::stride]
-    valid = torch.isfinite(z) & (z > min_depth) & (z <= max_depth)
+    valid = _valid_depth(z, min_depth, max_depth)
     if bool(valid.all()):  # every sample (one host sync on a GPU): the grid as it is, no gathers
         pts, rows, cols = _grid_points(z, stride, origin, (fx, fy, cx, cy)), None, None
     else:
@@ -78,6 +78,16 @@ def backproject(
     c = c.to(d.device)
     colours = c[::stride, ::stride].reshape(-1, c.shape[2]) if rows is None else c[rows, cols]
     return pts_out, like_input(colours, depth)
+
+
+def _valid_depth(z: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``isfinite(z) & (z > lo) & (z <= hi)``; on the CPU in numpy (faster there), the bounds cast to
+    ``z``'s dtype as torch compares them."""
+    if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64):
+        return torch.isfinite(z) & (z > lo) & (z <= hi)
+    zn = z.detach().numpy()
+    lo_, hi_ = np.asarray(lo, zn.dtype), np.asarray(hi, zn.dtype)
+    return torch.from_numpy(np.isfinite(zn) & (zn > lo_) & (zn <= hi_))
 
 
 def _grid_points(
