@@ -424,3 +424,21 @@ def test_organized_cloud_is_the_pinhole_per_pixel():
     xyz = organized_cloud(DepthImage(d, K))
     assert xyz.rows.shape == (h, w, 3) and xyz.rows.tobytes() == np.ascontiguousarray(ref[..., :3]).tobytes()
     assert organized_cloud(DepthImage(np.ones((h, w), np.float32), K)).dense
+
+
+def test_points_host_packing_is_the_device_packing():
+    # a CPU engine packs the ~/points rows in numpy: the bytes of the torch (device) packing
+    from dinov3_ros.pipeline.outputs.points import _host_cloud
+
+    rng = np.random.default_rng(3)
+    pts = torch.from_numpy(rng.normal(size=(57, 3)).astype(np.float32))
+    pts[4, 1] = float("inf")
+    cols = torch.from_numpy(rng.integers(0, 256, (57, 3), dtype=np.uint8))
+    c = cols.to(torch.int32)
+    rgbf = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(torch.float32)
+    ref = torch.cat([pts, rgbf[:, None]], 1).numpy()
+    got = _host_cloud(pts.numpy(), cols.numpy())
+    assert got.packed.tobytes() == ref.tobytes() and not got.dense
+    assert np.array_equal(got.rgb, cols.numpy()) and got.xyz.tobytes() == pts.numpy().tobytes()
+    plain = _host_cloud(pts[:4].numpy(), None)
+    assert plain.packed.tobytes() == pts[:4].numpy().tobytes() and plain.rgb is None and plain.dense

@@ -9,6 +9,7 @@ so the host only copies them.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -79,5 +80,10 @@ def _host_cloud(pts: np.ndarray, cols: np.ndarray | None) -> PointCloud:
     else:
         packed = np.empty((pts.shape[0], 4), np.float32)
         packed[:, :3] = pts
-        packed[:, 3] = pack_rgb(cols)
+        if sys.byteorder == "little":  # 0x00RRGGBB as the bytes B, G, R, 0
+            bgr0 = packed.view(np.uint8).reshape(-1, 4, 4)[:, 3]
+            bgr0[:, :3] = cols[:, ::-1]
+            bgr0[:, 3] = 0
+        else:
+            packed[:, 3] = pack_rgb(cols)
     return PointCloud(packed[:, :3], cols, packed, bool(np.isfinite(pts).all()))
