@@ -42,31 +42,25 @@ def _serialize(stamp: int, frame_id: str, value: OrganizedCloud, cfg: Any) -> li
 def organized_cloud(depth: DepthImage, rgb: np.ndarray | None = None) -> OrganizedCloud:
     """Back-project every pixel of ``depth`` with its intrinsics (pixel centres at integers).
 
-    Each field is written straight into its column of the rows (no per-field planes to interleave);
-    the colour is the bytes B, G, R, 0 of each pixel, i.e. ``pack_rgb``'s little-endian ``0x00RRGGBB``."""
+    Each field is computed as a plane and interleaved by one ``cv2.merge``; the colour is the bytes
+    B, G, R, 0 of each pixel, i.e. ``pack_rgb``'s little-endian ``0x00RRGGBB``."""
     d = np.asarray(depth.image, np.float32)
     h, w = d.shape
     K = depth.info.K
     ok = (d > 0) & (d < np.inf)  # finite and positive (NaN compares false)
     dense = bool(ok.all())
-    rows = np.empty((h, w, 3 if rgb is None else 4), np.float32)
-    z = rows[..., 2]
-    np.copyto(z, d)
-    if not dense:
-        z[~ok] = np.float32(np.nan)
+    z = d if dense else np.where(ok, d, np.float32(np.nan))
     u = (np.arange(w, dtype=np.float32) - np.float32(K[0, 2])) / np.float32(K[0, 0])
     v = (np.arange(h, dtype=np.float32) - np.float32(K[1, 2])) / np.float32(K[1, 1])
-    np.multiply(u[None, :], z, out=rows[..., 0])
-    np.multiply(v[:, None], z, out=rows[..., 1])
+    planes = [u[None, :] * z, v[:, None] * z, z]
     if rgb is not None:
         c = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, w, 3)
-        if sys.byteorder == "little":
-            bgr0 = rows.view(np.uint8).reshape(h, w, 4, 4)[..., 3, :]
-            bgr0[..., :3] = c[..., ::-1]
-            bgr0[..., 3] = 0
+        if sys.byteorder == "little":  # B, G, R, A with A cleared: one conversion, one masking pass
+            bgra = cv2.cvtColor(c, cv2.COLOR_RGB2BGRA).view(np.uint32)[..., 0]
+            planes.append(np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32))
         else:
-            rows[..., 3] = pack_rgb(c.reshape(-1, 3)).reshape(h, w)
-    return OrganizedCloud(rows, dense)
+            planes.append(pack_rgb(c.reshape(-1, 3)).reshape(h, w))
+    return OrganizedCloud(cv2.merge(planes), dense)
 
 
 class DepthPoints(Output):
