@@ -440,5 +440,7 @@ def test_points_host_packing_is_the_device_packing():
     got = _host_cloud(pts.numpy(), cols.numpy())
     assert got.packed.tobytes() == ref.tobytes() and not got.dense
     assert np.array_equal(got.rgb, cols.numpy()) and got.xyz.tobytes() == pts.numpy().tobytes()
+    empty = _host_cloud(pts[:0].numpy(), cols[:0].numpy())
+    assert empty.packed.shape == (0, 4) and empty.dense
     plain = _host_cloud(pts[:4].numpy(), None)
     assert plain.packed.tobytes() == pts[:4].numpy().tobytes() and plain.rgb is None and plain.dense

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -80,10 +81,10 @@ def _host_cloud(pts: np.ndarray, cols: np.ndarray | None) -> PointCloud:
     else:
         packed = np.empty((pts.shape[0], 4), np.float32)
         packed[:, :3] = pts
-        if sys.byteorder == "little":  # 0x00RRGGBB as the bytes B, G, R, 0
-            bgr0 = packed.view(np.uint8).reshape(-1, 4, 4)[:, 3]
-            bgr0[:, :3] = cols[:, ::-1]
-            bgr0[:, 3] = 0
+        if sys.byteorder == "little" and len(cols):  # 0x00RRGGBB: the bytes B, G, R, A with A cleared
+            img = np.ascontiguousarray(cols).reshape(1, -1, 3)
+            bgra = cv2.cvtColor(img, cv2.COLOR_RGB2BGRA).view(np.uint32).reshape(-1)
+            packed[:, 3] = np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32)
         else:
             packed[:, 3] = pack_rgb(cols)
     return PointCloud(packed[:, :3], cols, packed, bool(np.isfinite(pts).all()))
