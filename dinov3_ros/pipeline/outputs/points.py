@@ -51,9 +51,14 @@ class Points(Output):
         x0, y0, x1, y1 = geom.valid_box
         x0, y0 = -(-x0 // s) * s, -(-y0 // s) * s
         dc = d_dev[y0:y1, x0:x1]
+        rgb_np = canvas_rgb(job.frame.image, geom)[y0:y1, x0:x1] if cfg.points_color == "rgb" else None
+        if dc.device.type == "cpu" and dc.dtype == torch.float32 and cfg.points_voxel <= 0:
+            cloud = _grid_cloud(dc.numpy(), Kn, rgb_np, s, (x0, y0))
+            if cloud is not None:
+                return cloud
         cols = cols_t = None
-        if cfg.points_color == "rgb":
-            rgb_c = torch.from_numpy(canvas_rgb(job.frame.image, geom)[y0:y1, x0:x1]).to(dc.device)
+        if rgb_np is not None:
+            rgb_c = torch.from_numpy(rgb_np).to(dc.device)
             pts_t, cols_t = backproject(dc, Kn, rgb_c, stride=s, origin=(x0, y0))
             cols = to_host(cols_t, sync=False)
         else:
@@ -72,6 +77,36 @@ class Points(Output):
         flag = to_host(torch.isfinite(pts_t).all().reshape(1), sync=False)
         packed = to_host(packed_t.contiguous())
         return PointCloud(packed[:, :3], cols, packed, bool(flag[0]))
+
+
+def _grid_cloud(
+    d: np.ndarray, K: np.ndarray, rgb: np.ndarray | None, stride: int, origin: tuple[int, int]
+) -> PointCloud | None:
+    """CPU engine, every sample valid (finite, > 0): :func:`backproject` and the packing in one go, the
+    same float32 operations per point (``(u - cx) * (z / fx)``, the scalars as float32, as torch casts
+    them), x, y, z and the colour bits merged into the rows at once. None if a sample is invalid."""
+    z = np.ascontiguousarray(d[::stride, ::stride])
+    if not (np.isfinite(z) & (z > 0)).all():
+        return None
+    h, w = z.shape
+    fx, fy, cx, cy = (np.float32(K[0, 0]), np.float32(K[1, 1]), np.float32(K[0, 2]), np.float32(K[1, 2]))
+    u = (np.arange(w) * stride + origin[0]).astype(np.float32)
+    v = (np.arange(h) * stride + origin[1]).astype(np.float32)
+    planes = [(u - cx)[None, :] * (z / fx), (v - cy)[:, None] * (z / fy), z]
+    dense = bool(np.isfinite(planes[0]).all() and np.isfinite(planes[1]).all())
+    cols = None
+    if rgb is not None:
+        c = np.ascontiguousarray(rgb[::stride, ::stride], dtype=np.uint8)
+        cols = c.reshape(-1, 3)
+        if sys.byteorder == "little" and cols.size:  # 0x00RRGGBB: the bytes B, G, R, A with A cleared
+            bgra = cv2.cvtColor(c, cv2.COLOR_RGB2BGRA).view(np.uint32)[..., 0]
+            planes.append(np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32))
+        else:
+            planes.append(pack_rgb(cols).reshape(h, w))
+    packed = (cv2.merge(planes) if z.size else np.empty((h, w, len(planes)), np.float32)).reshape(
+        -1, len(planes)
+    )
+    return PointCloud(packed[:, :3], cols, packed, dense)
 
 
 def _host_cloud(pts: np.ndarray, cols: np.ndarray | None) -> PointCloud:
