@@ -4,7 +4,7 @@ frame. ``depth/points`` (``depth_points``) is the organized cloud of the depth i
 Computed from the network-canvas depth with the canvas intrinsics (letterbox padding excluded),
 every ``points_stride``-th pixel, optionally voxel-averaged; with ``points_color: rgb`` each point
 carries the input's colour. The rows are packed on the engine's device as ``~/points`` lays them out,
-so the host only copies them.
+so the host only copies them; on a CPU engine numpy computes and packs them in one pass (same bytes).
 """
 
 from __future__ import annotations
