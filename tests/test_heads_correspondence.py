@@ -268,6 +268,22 @@ def test_ransac_residuals_are_the_norm_bit_for_bit():
         assert correspondence._residuals(Rs, ts, a, b).tobytes() == ref.tobytes()
 
 
+def test_ransac_counts_compared_squared_are_the_counts_of_the_roots():
+    # counting ``s < bound`` instead of ``sqrt(s) < threshold``: the same counts, thresholds on and next
+    # to the residuals included
+    rng = np.random.default_rng(6)
+    Rs, ts = rng.normal(size=(70, 3, 3)), rng.normal(size=(70, 3))
+    a = rng.normal(size=(90, 3))
+    b = a @ Rs[0].T + rng.normal(size=(90, 3)) * 0.05
+    r = correspondence._residuals(Rs, ts, a, b)
+    ths = [0.15, 1e-300, 1e200, 0.0, -1.0, np.inf, np.nan, 3.0]
+    for v in r.reshape(-1)[::97]:
+        ths += [float(v), np.nextafter(v, 0), np.nextafter(v, np.inf)]
+    for th in ths:
+        ref = (r < th).sum(1)
+        assert np.array_equal(correspondence._inlier_counts(Rs, ts, a, b, th, chunk=16), ref), th
+
+
 def test_lift_and_match_with_depth_recovers_motion():
     # a fronto-parallel textured plane at 3 m seen by two cameras related by a pure x translation
     K = np.array([[200.0, 0, 159.5], [0, 200.0, 127.5], [0, 0, 1]])

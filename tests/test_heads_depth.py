@@ -258,3 +258,46 @@ def test_backproject_is_the_masked_pinhole_bit_for_bit():
         assert np.asarray(backproject(d, K, stride=stride, min_depth=0.5, max_depth=4.0)).tobytes() == (
             ref.numpy().tobytes()
         )
+
+
+def test_backproject_dense_grid_and_crop_origin_bit_for_bit():
+    # every sample valid takes the broadcast path; a crop with ``origin`` gives the samples and bytes
+    # of the NaN-padded full canvas (what the points output passed before it cropped)
+    rng = np.random.default_rng(5)
+    K = np.array([[300.0, 0, 159.5], [0, 310.0, 119.5], [0, 0, 1]])
+    d = rng.uniform(0.1, 6.0, (23, 31)).astype(np.float32)
+    rgb = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    for stride in (1, 2, 3):
+        dt = torch.from_numpy(d)
+        v, u = torch.meshgrid(
+            torch.arange(0, 23, stride, dtype=torch.float32),
+            torch.arange(0, 31, stride, dtype=torch.float32),
+            indexing="ij",
+        )
+        z = dt[::stride, ::stride]
+        ref = torch.stack([(u - 159.5) * (z / 300.0), (v - 119.5) * (z / 310.0), z], -1).reshape(-1, 3)
+        pts, cols = backproject(dt, K, torch.from_numpy(rgb), stride=stride)
+        assert pts.numpy().tobytes() == ref.numpy().tobytes()
+        assert np.array_equal(cols.numpy(), rgb[::stride, ::stride].reshape(-1, 3))
+        for x0, y0, x1, y1, hole in ((4, 3, 29, 20, False), (5, 2, 31, 23, True)):
+            padded = torch.full_like(dt, float("nan"))
+            padded[y0:y1, x0:x1] = dt[y0:y1, x0:x1]
+            if hole:
+                padded[10, 12] = 0.0
+            want = backproject(padded, K, torch.from_numpy(rgb), stride=stride)
+            sx, sy = -(-x0 // stride) * stride, -(-y0 // stride) * stride
+            crop = padded[sy:y1, sx:x1]
+            got = backproject(crop, K, torch.from_numpy(rgb[sy:y1, sx:x1]), stride=stride, origin=(sx, sy))
+            assert got[0].numpy().tobytes() == want[0].numpy().tobytes()
+            assert np.array_equal(got[1].numpy(), want[1].numpy())
+
+
+def test_valid_depth_on_the_cpu_compares_as_torch_does():
+    # the numpy check casts the bounds to the depth's dtype, as torch's comparisons with a scalar do
+    from dinov3_ros.heads.pointcloud import _valid_depth
+
+    z32 = torch.tensor([0.05, np.nextafter(np.float32(0.05), 1), 0.1, 50.0, 50.000004, np.nan, np.inf, -1.0])
+    for z in (z32.float(), z32.double()):
+        for lo, hi in ((0.05, 50.0), (0.0, float("inf")), (0.1, 49.9999999)):
+            ref = torch.isfinite(z) & (z > lo) & (z <= hi)
+            assert torch.equal(_valid_depth(z, lo, hi), ref)

@@ -424,3 +424,45 @@ def test_organized_cloud_is_the_pinhole_per_pixel():
     xyz = organized_cloud(DepthImage(d, K))
     assert xyz.rows.shape == (h, w, 3) and xyz.rows.tobytes() == np.ascontiguousarray(ref[..., :3]).tobytes()
     assert organized_cloud(DepthImage(np.ones((h, w), np.float32), K)).dense
+
+
+def test_points_host_packing_is_the_device_packing():
+    # a CPU engine packs the ~/points rows in numpy: the bytes of the torch (device) packing
+    from dinov3_ros.pipeline.outputs.points import _host_cloud
+
+    rng = np.random.default_rng(3)
+    pts = torch.from_numpy(rng.normal(size=(57, 3)).astype(np.float32))
+    pts[4, 1] = float("inf")
+    cols = torch.from_numpy(rng.integers(0, 256, (57, 3), dtype=np.uint8))
+    c = cols.to(torch.int32)
+    rgbf = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(torch.float32)
+    ref = torch.cat([pts, rgbf[:, None]], 1).numpy()
+    got = _host_cloud(pts.numpy(), cols.numpy())
+    assert got.packed.tobytes() == ref.tobytes() and not got.dense
+    assert np.array_equal(got.rgb, cols.numpy()) and got.xyz.tobytes() == pts.numpy().tobytes()
+    empty = _host_cloud(pts[:0].numpy(), cols[:0].numpy())
+    assert empty.packed.shape == (0, 4) and empty.dense
+    plain = _host_cloud(pts[:4].numpy(), None)
+    assert plain.packed.tobytes() == pts[:4].numpy().tobytes() and plain.rgb is None and plain.dense
+
+
+def test_points_grid_cloud_is_backproject_and_packing():
+    # a CPU engine with every sample valid computes the rows in numpy: the bytes of backproject + packing
+    from dinov3_ros.heads.pointcloud import backproject
+    from dinov3_ros.pipeline.outputs.points import _grid_cloud, _host_cloud
+
+    rng = np.random.default_rng(4)
+    K = np.array([[83.3, 0, 47.25], [0, 81.7, 31.5], [0, 0, 1]])
+    d = rng.uniform(0.05, 50.0, (29, 41)).astype(np.float32)
+    rgb = rng.integers(0, 256, (29, 41, 3), dtype=np.uint8)
+    for stride, origin in ((1, (0, 0)), (2, (6, 4)), (3, (9, 0))):
+        pts, cols = backproject(torch.from_numpy(d), K, torch.from_numpy(rgb), stride=stride, origin=origin)
+        ref = _host_cloud(pts.numpy(), cols.numpy())
+        got = _grid_cloud(d, K, rgb, stride, origin)
+        assert got.packed.tobytes() == ref.packed.tobytes() and got.dense == ref.dense
+        assert np.array_equal(got.rgb, ref.rgb) and got.xyz.tobytes() == ref.xyz.tobytes()
+        plain = _grid_cloud(d, K, None, stride, origin)
+        assert plain.packed.tobytes() == np.ascontiguousarray(pts.numpy()).tobytes() and plain.rgb is None
+    holed = d.copy()
+    holed[3, 5] = np.nan
+    assert _grid_cloud(holed, K, rgb, 1, (0, 0)) is None

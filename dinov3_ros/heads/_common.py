@@ -31,9 +31,17 @@ def float_tensor(x: ArrayLike, *, name: str, device: torch.device | str | None =
     return t
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds no NaN or inf. A float CPU tensor is checked by numpy, in one pass (torch's
+    ``isfinite(t).all()`` takes several times longer there)."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(t.detach().numpy()).all())
+    return bool(torch.isfinite(t).all())
+
+
 def check_finite(t: torch.Tensor, *, name: str) -> None:
     """Raise ``ValueError`` if ``t`` holds NaN or inf."""
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError(f"{name}: contains NaN or inf values")
 
 

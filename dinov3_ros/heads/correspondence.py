@@ -11,6 +11,7 @@ match set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -467,10 +468,8 @@ def ransac_triples(n: int, iterations: int, seed: int) -> np.ndarray:
     return out
 
 
-def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``, bit for
-    bit ``np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)`` (the RANSAC
-    scores decide which hypothesis wins, so the published motion depends on every bit).
+def _squared_residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[I, n]`` squared distances ``|R_i a_n + t_i - b_n|^2``: :func:`_residuals` before its square root.
 
     Element-wise over an ``[I, 3, n]`` layout (contiguous over the points) in that expression's order:
     numpy's einsum kernel (its baseline SSE2 build, pinned numpy) sums a three-term product in two lanes,
@@ -486,17 +485,40 @@ def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     s = e[:, 0]
     s += e[:, 1]
     s += e[:, 2]
+    return s
+
+
+def _residuals(Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[I, n]`` distances ``|R_i a_n + t_i - b_n|`` of every hypothesis ``i`` and point ``n``, bit for
+    bit ``np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)`` (the RANSAC
+    scores decide which hypothesis wins, so the published motion depends on every bit)."""
+    s = _squared_residuals(Rs, ts, a, b)
     return np.sqrt(s, out=s)
+
+
+def _squared_bound(threshold: float) -> float:
+    """The least double ``q`` with ``sqrt(q) >= threshold``, so that ``sqrt(s) < threshold`` exactly when
+    ``s < q`` (a correctly rounded square root is monotone): the RANSAC count without the roots."""
+    t = float(threshold)
+    if not t > 0.0 or math.isinf(t * t):
+        return 0.0 if not t > 0.0 else math.inf  # nothing below a bound <= 0; every finite square
+    q = t * t
+    while math.sqrt(q) >= t:
+        q = math.nextafter(q, -math.inf)
+    while math.sqrt(q) < t:
+        q = math.nextafter(q, math.inf)
+    return q
 
 
 def _inlier_counts(
     Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 64
 ) -> np.ndarray:
-    """Points within ``threshold`` of each hypothesis, ``chunk`` hypotheses at a time (the residuals
-    of a chunk stay in the cache)."""
+    """Points within ``threshold`` of each hypothesis (``_residuals < threshold``, compared squared),
+    ``chunk`` hypotheses at a time (the residuals of a chunk stay in the cache)."""
+    q = _squared_bound(threshold)
     out = np.empty(len(Rs), np.int64)
     for s in range(0, len(Rs), chunk):
-        out[s : s + chunk] = (_residuals(Rs[s : s + chunk], ts[s : s + chunk], a, b) < threshold).sum(1)
+        out[s : s + chunk] = (_squared_residuals(Rs[s : s + chunk], ts[s : s + chunk], a, b) < q).sum(1)
     return out
 
 

@@ -35,12 +35,14 @@ def backproject(
     stride: int = 1,
     min_depth: float = 0.0,
     max_depth: float = float("inf"),
+    origin: tuple[int, int] = (0, 0),
 ):
     """Metric depth ``[H, W]`` (or ``[1, H, W]``/``[1, 1, H, W]``) -> points ``[N, 3]`` in the optical frame.
 
     Invalid depths (``<= min_depth`` (0 by default), NaN, inf, ``> max_depth``) are dropped. With
     ``rgb [H, W, 3]`` returns ``(points, colors [N, 3])`` (colours keep the rgb dtype). Output type
     follows ``depth`` (numpy or torch on the same device); points are float32 (float64 if depth is).
+    ``origin=(x0, y0)``: the pixel of ``K``'s image that ``depth[0, 0]`` is (a crop of that image).
     """
     d = float_tensor(depth, name="depth")
     while d.ndim > 2 and d.shape[0] == 1:
@@ -55,23 +57,51 @@ def backproject(
     fx, fy, cx, cy = (float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
     H, W = d.shape
     z = d[::stride, ::stride]
-    valid = torch.isfinite(z) & (z > min_depth) & (z <= max_depth)
-    rows, cols = torch.nonzero(valid).unbind(1)  # one compaction (one host sync on a GPU)
-    z = z[rows, cols]
-    if stride > 1:
-        rows, cols = rows * stride, cols * stride
-    u, v = cols.to(d.dtype), rows.to(d.dtype)  # the pixel's column and row (exact integers)
-    x = (u - cx) * (z / fx)
-    y = (v - cy) * (z / fy)
-    pts = torch.stack([x, y, z], 1)
+    valid = _valid_depth(z, min_depth, max_depth)
+    if bool(valid.all()):  # every sample (one host sync on a GPU): the grid as it is, no gathers
+        pts, rows, cols = _grid_points(z, stride, origin, (fx, fy, cx, cy)), None, None
+    else:
+        rows, cols = torch.nonzero(valid).unbind(1)  # one compaction (one host sync on a GPU)
+        z = z[rows, cols]
+        if stride > 1:
+            rows, cols = rows * stride, cols * stride
+        u, v = (cols + origin[0]).to(d.dtype), (rows + origin[1]).to(d.dtype)  # exact integers
+        x = (u - cx) * (z / fx)
+        y = (v - cy) * (z / fy)
+        pts = torch.stack([x, y, z], 1)
     pts_out = like_input(pts, depth)
     if rgb is None:
         return pts_out
     c = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rgb))
     if tuple(c.shape[:2]) != (H, W) or c.ndim != 3:
         raise ValueError(f"rgb: expected [{H}, {W}, 3] to match depth, got {tuple(c.shape)}")
-    colours = c.to(d.device)[rows, cols]
+    c = c.to(d.device)
+    colours = c[::stride, ::stride].reshape(-1, c.shape[2]) if rows is None else c[rows, cols]
     return pts_out, like_input(colours, depth)
+
+
+def _valid_depth(z: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``isfinite(z) & (z > lo) & (z <= hi)``; on the CPU in numpy (faster there), the bounds cast to
+    ``z``'s dtype as torch compares them."""
+    if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64):
+        return torch.isfinite(z) & (z > lo) & (z <= hi)
+    zn = z.detach().numpy()
+    lo_, hi_ = np.asarray(lo, zn.dtype), np.asarray(hi, zn.dtype)
+    return torch.from_numpy(np.isfinite(zn) & (zn > lo_) & (zn <= hi_))
+
+
+def _grid_points(
+    z: torch.Tensor, stride: int, origin: tuple[int, int], fc: tuple[float, float, float, float]
+) -> torch.Tensor:
+    """``[h*w, 3]`` points of a depth grid whose every sample is valid, row by row: the same float
+    arithmetic per point as the compacted path (the pixel's ``u - cx`` times ``z / fx``), broadcast."""
+    fx, fy, cx, cy = fc
+    h, w = z.shape
+    u = (torch.arange(w, device=z.device) * stride + origin[0]).to(z.dtype)
+    v = (torch.arange(h, device=z.device) * stride + origin[1]).to(z.dtype)
+    x = (u - cx)[None, :] * (z / fx)
+    y = (v - cy)[:, None] * (z / fy)
+    return torch.stack([x, y, z], 2).reshape(-1, 3)
 
 
 def scale_intrinsics(

@@ -48,18 +48,19 @@ def organized_cloud(depth: DepthImage, rgb: np.ndarray | None = None) -> Organiz
     h, w = d.shape
     K = depth.info.K
     ok = (d > 0) & (d < np.inf)  # finite and positive (NaN compares false)
-    z = np.where(ok, d, np.float32(np.nan))
+    dense = bool(ok.all())
+    z = d if dense else np.where(ok, d, np.float32(np.nan))
     u = (np.arange(w, dtype=np.float32) - np.float32(K[0, 2])) / np.float32(K[0, 0])
     v = (np.arange(h, dtype=np.float32) - np.float32(K[1, 2])) / np.float32(K[1, 1])
     planes = [u[None, :] * z, v[:, None] * z, z]
     if rgb is not None:
         c = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, w, 3)
-        if sys.byteorder == "little":
-            r, g, b = cv2.split(c)
-            planes.append(cv2.merge([b, g, r, np.zeros_like(r)]).view(np.float32)[..., 0])
+        if sys.byteorder == "little":  # B, G, R, A with A cleared: one conversion, one masking pass
+            bgra = cv2.cvtColor(c, cv2.COLOR_RGB2BGRA).view(np.uint32)[..., 0]
+            planes.append(np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32))
         else:
             planes.append(pack_rgb(c.reshape(-1, 3)).reshape(h, w))
-    return OrganizedCloud(cv2.merge(planes), bool(ok.all()))
+    return OrganizedCloud(cv2.merge(planes), dense)
 
 
 class DepthPoints(Output):
