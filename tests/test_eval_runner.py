@@ -203,3 +203,20 @@ def test_eval_cli_writes_json_and_png(tmp_path):
     img = cv2.imread(str(out / "eval.png"))
     assert img is not None and img.shape[1] == 1280 and img.shape[0] > 600
     assert main(["eval", "--weights", "oracle", "--size", "60x64", "--out", str(out)]) == 2
+
+
+def test_dense_matcher_takes_backbone_width_features():
+    """The dense matcher's refinement upsamples B's features: OpenCV's resize refuses a 384-channel array,
+    so it must not be what runs; the upsampling equals OpenCV's bilinear resize where that works."""
+    import cv2
+
+    from dinov3_ros.eval.matching import _upsample, match_features
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(6, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(_upsample(small, (48, 48)), cv2.resize(small, (48, 48)), atol=1e-5)
+    fa = rng.normal(size=(6, 6, 384)).astype(np.float32)
+    src = np.array([[24.0, 24.0], [40.0, 56.0], [71.5, 8.0]])
+    pa, pb = match_features(fa, fa, src, (96, 96), keep=3)
+    assert pa.shape == pb.shape == (3, 2)
+    assert np.abs(pb - pa).max() <= 8.0  # the same features: each source lands within its own patch

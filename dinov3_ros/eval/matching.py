@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 
 from dinov3_ros.eval.metrics import correspondence_recall, random_match_chance, relative_pose_error
@@ -84,23 +83,24 @@ def match_features(
     d2 = np.sqrt(np.maximum(2 - 2 * s2[:, 1], 1e-12))
     weight = 1.0 - d1 / d2
     # refine on a stride-2 grid of bilinearly upsampled B features, within +-1 patch of the best patch
-    up = cv2.resize(fb, (W // 2, H // 2), interpolation=cv2.INTER_LINEAR) if C <= 512 else None
-    if up is None:  # cv2.resize supports at most 512 channels: resize in chunks
-        up = np.concatenate(
-            [
-                cv2.resize(fb[..., i : i + 512], (W // 2, H // 2), interpolation=cv2.INTER_LINEAR)
-                for i in range(0, C, 512)
-            ],
-            axis=-1,
-        )
-    if up.ndim == 2:
-        up = up[..., None]
+    up = _upsample(fb, (H // 2, W // 2))
     up = _l2n(up)
     pred = np.concatenate(
         [_refine(up, da[i : i + 256], best[i : i + 256], w, p) for i in range(0, len(best), 256)]
     )
     sel = np.argsort(-weight, kind="stable")[: min(keep, len(weight))]
     return src[sel], pred[sel]
+
+
+def _upsample(feat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``feat [h, w, C]`` to ``size`` (h, w), half-pixel centres, any channel count
+    (OpenCV's resize refuses arrays of many channels)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(feat, np.float32)).permute(2, 0, 1)[None]
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return out[0].permute(1, 2, 0).numpy()
 
 
 def _parabola(sm: np.ndarray, s0: np.ndarray, sp: np.ndarray) -> np.ndarray:
