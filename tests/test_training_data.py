@@ -302,5 +302,5 @@ def test_image_loaders_take_the_default_crops_and_refuse_object_zoom():
     crops = dict(DEFAULTS["crops"])  # every key the configs carry, object_zoom 0 included
     augs, ratios = build_augmentations(crops)
     assert len(augs) == 1 and ratios == [1.0]
-    with pytest.raises(ValueError, match="object_zoom needs sim.enabled"):
+    with pytest.raises(ValueError, match=r"object_zoom needs sim\.enabled"):
         build_augmentations({**crops, "object_zoom": 0.3})
