@@ -84,3 +84,45 @@ def test_zoomed_batches_put_objects_on_the_patches(pool):
     plain, zoomed = _object_share(pool, 0.0), _object_share(pool, 1.0)
     assert zoomed > 5 * plain and zoomed > 0.05, (plain, zoomed)  # 3x3 grids of small objects
     assert bool(a["sim"].corr_valid.any())  # the two zoomed views still overlap
+
+
+def test_zoomed_crops_carry_their_object_class(pool):
+    spec = ViewSpec(global_size=48, local_size=32, local_number=0, patch_size=16, zoom=ZoomSpec(1.0))
+    labelled = 0
+    for it in range(3):
+        b = sample_views(pool, 8, spec, seed=3, iteration=it)
+        y = b["sim"].crop_class
+        assert y.shape == (16,) and torch.equal(y[:8], y[8:])  # both views of a sample: one object
+        for k in range(8):
+            if int(y[k]) < 0:
+                continue
+            labelled += 1
+            assert int(y[k]) in set(pool.classes.flatten().tolist()) - {-1}
+    assert labelled >= 12
+    plain = sample_views(
+        pool, 8, ViewSpec(global_size=48, local_number=0, patch_size=16), seed=3, iteration=0
+    )
+    assert plain["sim"].crop_class is None
+
+
+def test_object_class_loss_trains_the_cls_head_only_when_weighted(pool):
+    from training.sim import SimLossConfig, SimObjective
+
+    off = SimObjective(24, SimLossConfig())
+    assert off.class_head is None and not any(k.startswith("class_head") for k in off.state_dict())
+    on = SimObjective(24, SimLossConfig(object_class=1.0))
+    spec = ViewSpec(global_size=48, local_number=0, patch_size=16, zoom=ZoomSpec(1.0))
+    t = sample_views(pool, 8, spec, seed=1, iteration=0)["sim"]
+    x = torch.randn(16, 9, 24)
+    with pytest.raises(ValueError, match="CLS tokens"):
+        on(x, t)
+    cls = torch.nn.functional.one_hot(t.crop_class.clamp_min(0), 24).float()  # separable by class
+    opt = torch.optim.SGD(on.class_head.parameters(), lr=1.0)
+    first = None
+    for _ in range(30):
+        loss = on(x, t, cls_tokens=cls)["sim_object_class"]
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.3 * first, (first, float(loss))

@@ -745,12 +745,18 @@ class Distiller:
             "ibot": ibot,
             "koleo": torch.as_tensor(koleo),
         }
-        out.update(self._extra_losses(st, out_g["x_norm_patchtokens"], tout, lo, hi))
+        out.update(self._extra_losses(st, out_g["x_norm_patchtokens"], tout, lo, hi, s_cls))
         out["loss"] = out["loss"] + out.pop("extra", 0.0)
         return out
 
     def _extra_losses(
-        self, st: _Student, s_patch: torch.Tensor, tout: dict[str, Any], lo: int, hi: int
+        self,
+        st: _Student,
+        s_patch: torch.Tensor,
+        tout: dict[str, Any],
+        lo: int,
+        hi: int,
+        s_cls: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Our additions on the unmasked student patch tokens: patch-token distillation (1 - cosine with
         the teacher's) and the simulator losses; ``extra`` is their weighted sum."""
@@ -766,7 +772,7 @@ class Distiller:
             extra = extra + w * out["patch_distill"]
         if "sim" in tout and "sim" in st.objective:
             targets = CropTargets(**{k: _slice_flat(v, lo, hi) for k, v in tout["sim"].items()})
-            sim = st.objective["sim"](s_patch, targets)
+            sim = st.objective["sim"](s_patch, targets, cls_tokens=s_cls)
             extra = extra + sim.pop("sim")
             out.update(sim)
         out["extra"] = extra

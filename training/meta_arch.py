@@ -255,7 +255,7 @@ class SSLMetaArch(nn.Module):
             )
             total = total + gram_weight * losses["gram"]
         if self.sim is not None and batch.get("sim") is not None:
-            sim = self.sim(s_g["x_norm_patchtokens"], batch["sim"], masks.any(-1))
+            sim = self.sim(s_g["x_norm_patchtokens"], batch["sim"], masks.any(-1), s_g["x_norm_clstoken"])
             total = total + sim.pop("sim")
             losses.update(sim)
         losses.update(targets["stats"])

@@ -31,9 +31,12 @@ class CropTargets:
     semantic: Tensor  #: [N, g, g] int64 class (background = n_classes), -1 = ignore
     corr_xy: Tensor  #: [N, g*g, 2] patch centre's position in the partner crop (patch units)
     corr_valid: Tensor  #: [N, g*g] bool
+    crop_class: Tensor | None = None  #: [N] class of the object a zoomed crop is centred on, -1 = none
 
     def to(self, device: torch.device | str) -> CropTargets:
-        return CropTargets(**{k: v.to(device, non_blocking=True) for k, v in self.__dict__.items()})
+        return CropTargets(
+            **{k: None if v is None else v.to(device, non_blocking=True) for k, v in self.__dict__.items()}
+        )
 
 
 def patch_sample_points(boxes: Tensor, grid: int, sub: int) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,9 @@ All act on the backbone's final-norm patch tokens of the two global crops (crop-
 * **instance contrast** on the L2-normalised tokens themselves, over both views of a scene: patches of
   one instance are pulled above cosine ``pos_margin``, patches of different instances pushed below
   ``neg_margin`` (squared hinges), so TokenCut's cosine graph separates objects;
+* **object class** (``object_class`` weight, 0 = off and no head): a linear head on the CLS token of a
+  crop zoomed on one object (``training.sim.zoom``) classifies that object, so the image-level token
+  learns what the object is;
 * **correspondence**: for every patch centre of one view visible in the other, a softmax over the other
   view's patches (cosine / ``temperature``) is trained towards the bilinear weights of the true
   sub-patch position (dense InfoNCE with soft labels), so nearest-neighbour matching plus a window
@@ -39,6 +42,7 @@ class SimLossConfig:
     semantic: float = 0.5
     instance: float = 1.0
     correspondence: float = 0.5
+    object_class: float = 0.0
     pos_margin: float = 0.5
     neg_margin: float = 0.0
     temperature: float = 0.05
@@ -112,14 +116,37 @@ class SimObjective(nn.Module):
         self.depth_head = nn.Linear(dim, 1)
         self.normal_head = nn.Linear(dim, 3)
         self.semantic_head = nn.Linear(dim, cfg.n_classes + 1)
+        # only when used: checkpoints of runs without it keep their keys
+        self.class_head = nn.Linear(dim, cfg.n_classes) if cfg.object_class > 0 else None
 
     def forward(
-        self, patch_tokens: Tensor, t: CropTargets, masked_crops: Tensor | None = None
+        self,
+        patch_tokens: Tensor,
+        t: CropTargets,
+        masked_crops: Tensor | None = None,
+        cls_tokens: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """``patch_tokens [2B, g*g, D]`` of the global crops (crop-major); ``masked_crops [2B]`` marks
-        crops with iBOT-masked patches (never used as correspondence targets)."""
+        """``patch_tokens [2B, g*g, D]`` and ``cls_tokens [2B, D]`` of the global crops (crop-major);
+        ``masked_crops [2B]`` marks crops with iBOT-masked patches (never used as correspondence
+        targets)."""
         with torch.autocast(patch_tokens.device.type, enabled=False):
-            return self._losses(patch_tokens.float(), t, masked_crops)
+            out = self._losses(patch_tokens.float(), t, masked_crops)
+            if self.class_head is not None:
+                out["sim_object_class"] = self._object_class(cls_tokens, t)
+                out["sim"] = out["sim"] + self.cfg.object_class * out["sim_object_class"]
+            return out
+
+    def _object_class(self, cls_tokens: Tensor | None, t: CropTargets) -> Tensor:
+        """Cross-entropy of the zoomed crops' object class from their CLS token (0 without zoomed crops)."""
+        if cls_tokens is None:
+            raise ValueError("sim.losses.object_class > 0 needs the CLS tokens of the global crops")
+        assert self.class_head is not None
+        logits = self.class_head(cls_tokens.float())
+        if t.crop_class is None:
+            return logits.sum() * 0
+        y = t.crop_class.long()
+        n = (y >= 0).sum().clamp_min(1)
+        return F.cross_entropy(logits, y.clamp_min(0), reduction="none").mul((y >= 0).float()).sum() / n
 
     def _losses(self, x: Tensor, t: CropTargets, masked_crops: Tensor | None) -> dict[str, Tensor]:
         c = self.cfg

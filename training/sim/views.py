@@ -84,6 +84,7 @@ class _Zoom:
     use: Tensor
     box_a: Tensor
     box_b: Tensor
+    cls: Tensor  #: [B] class of the object (valid where ``use``)
 
 
 def _zoom(pool: FramePool, fa: Tensor, fb: Tensor, spec: ViewSpec, g: torch.Generator) -> _Zoom | None:
@@ -95,7 +96,8 @@ def _zoom(pool: FramePool, fa: Tensor, fb: Tensor, spec: ViewSpec, g: torch.Gene
     pick, has = pick_objects(area_a, area_b, z.min_cells, g)
     use = has & (torch.rand(fa.shape[0], generator=g, device=fa.device) < z.fraction)
     rows = torch.arange(fa.shape[0], device=fa.device)
-    return _Zoom(use, boxes_a[rows, pick], boxes_b[rows, pick])
+    cls = pool.classes[fa // pool.frames_per_scene, pick]
+    return _Zoom(use, boxes_a[rows, pick], boxes_b[rows, pick], cls)
 
 
 def _zoomed(
@@ -175,6 +177,9 @@ def sample_views(
     local_crops = _locals(spec, imgs_a, imgs_b, g, (H, W), zoom)
     frames = torch.cat([fa, fb])
     targets: CropTargets = crop_targets(pool, frames, boxes, spec.grid, spec.n_classes)
+    if zoom is not None:
+        label = torch.where(zoom.use & (zoom.cls >= 0), zoom.cls, torch.full_like(zoom.cls, -1))
+        targets.crop_class = torch.cat([label, label])
     masks = _masks(spec, 2 * B, bseed)  # on the CPU: no device sync for the indices
     weight = (1.0 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks]
     out: dict[str, Any] = {
