@@ -234,6 +234,17 @@ def test_ssi_and_gradient_losses():
         sig_loss(gt, gt[:, :, :8])
 
 
+def _pixel_grid(depth: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel columns, rows and depths of every ``stride``-th sample (the pinhole reference's inputs)."""
+    h, w = depth.shape
+    v, u = torch.meshgrid(
+        torch.arange(0, h, stride, dtype=torch.float32),
+        torch.arange(0, w, stride, dtype=torch.float32),
+        indexing="ij",
+    )
+    return u, v, depth[::stride, ::stride]
+
+
 def test_backproject_is_the_masked_pinhole_bit_for_bit():
     # reference: the pixel grids masked by the valid depths, the same float32 arithmetic
     rng = np.random.default_rng(4)
@@ -243,12 +254,7 @@ def test_backproject_is_the_masked_pinhole_bit_for_bit():
     rgb = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
     for stride in (1, 2, 3):
         dt = torch.from_numpy(d)
-        v, u = torch.meshgrid(
-            torch.arange(0, 23, stride, dtype=torch.float32),
-            torch.arange(0, 31, stride, dtype=torch.float32),
-            indexing="ij",
-        )
-        z = dt[::stride, ::stride]
+        u, v, z = _pixel_grid(dt, stride)
         ok = torch.isfinite(z) & (z > 0.5) & (z <= 4.0)
         z, u, v = z[ok], u[ok], v[ok]
         ref = torch.stack([(u - 159.5) * (z / 300.0), (v - 119.5) * (z / 310.0), z], 1)
@@ -269,12 +275,7 @@ def test_backproject_dense_grid_and_crop_origin_bit_for_bit():
     rgb = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
     for stride in (1, 2, 3):
         dt = torch.from_numpy(d)
-        v, u = torch.meshgrid(
-            torch.arange(0, 23, stride, dtype=torch.float32),
-            torch.arange(0, 31, stride, dtype=torch.float32),
-            indexing="ij",
-        )
-        z = dt[::stride, ::stride]
+        u, v, z = _pixel_grid(dt, stride)
         ref = torch.stack([(u - 159.5) * (z / 300.0), (v - 119.5) * (z / 310.0), z], -1).reshape(-1, 3)
         pts, cols = backproject(dt, K, torch.from_numpy(rgb), stride=stride)
         assert pts.numpy().tobytes() == ref.numpy().tobytes()
