@@ -489,6 +489,16 @@ _ITERS = Rule("num", 0)  # an int, or a fraction in (0, 1) of train.iterations
 _DTYPE = Rule("str", choices=("bf16", "fp16", "fp32"))
 
 #: Types and ranges of the pretraining keys that the type of their default does not say enough about.
+#: the multi-crop settings every trainer shares (pretraining and distillation)
+CROP_RULES: dict[str, Rule] = {
+    "crops.global_crops_size": _POS_INT,
+    "crops.local_crops_size": _POS_INT,
+    "crops.local_crops_number": _NONNEG_INT,
+    "crops.global_crops_scale": Rule("list", 0, 1, length=2),
+    "crops.local_crops_scale": Rule("list", 0, 1, length=2),
+    "crops.object_zoom": Rule("num", 0, 1),
+}
+
 RULES: dict[str, Rule] = {
     "model.arch": Rule("str"),
     "dino.n_prototypes": _POS_INT,
@@ -528,12 +538,7 @@ RULES: dict[str, Rule] = {
     "optim.clip_grad_backbone": _NONNEG,
     "optim.clip_grad_heads": _NONNEG,
     "optim.freeze_last_layer_iters": _ITERS,
-    "crops.global_crops_size": _POS_INT,
-    "crops.local_crops_size": _POS_INT,
-    "crops.local_crops_number": _NONNEG_INT,
-    "crops.global_crops_scale": Rule("list", 0, 1, length=2),
-    "crops.local_crops_scale": Rule("list", 0, 1, length=2),
-    "crops.object_zoom": Rule("num", 0, 1),
+    **CROP_RULES,
     "crops.gram_teacher_crops_size": Rule("int", 1, null=True),
     "data.num_workers": _NONNEG_INT,
     "data.augment_on": Rule("str", choices=("cpu", "device")),

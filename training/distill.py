@@ -182,7 +182,7 @@ RESUME_MAY_CHANGE = STAGE_RESUME_MAY_CHANGE
 
 
 def _rules() -> dict[str, Any]:
-    from training.config import Rule
+    from training.config import CROP_RULES, Rule
 
     pos_int, nonneg, unit = Rule("int", 1), Rule("num", 0), Rule("num", 0, 1)
     pos = Rule("num", 0, lo_open=True)
@@ -208,12 +208,7 @@ def _rules() -> dict[str, Any]:
         "optim.clip_grad": nonneg,
         "optim.momentum_ema": unit,
         "optim.final_momentum_ema": unit,
-        "crops.global_crops_size": pos_int,
-        "crops.local_crops_size": pos_int,
-        "crops.local_crops_number": Rule("int", 0),
-        "crops.global_crops_scale": Rule("list", 0, 1, length=2),
-        "crops.local_crops_scale": Rule("list", 0, 1, length=2),
-        "crops.object_zoom": Rule("num", 0, 1),
+        **CROP_RULES,
         "ibot.mask_probability": unit,
         "ibot.mask_ratio": Rule("list", 0, 1, length=2),
         "data.num_workers": Rule("int", 0),
