@@ -33,6 +33,8 @@ class EvalData:
     source: str = "synthetic"
     pair_gap: int = 3
     meta: dict = field(default_factory=dict)
+    #: model-independent results computed once per data set (e.g. TokenCut's ceiling)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def pairs(self) -> list[tuple[SynthFrame, SynthFrame]]:
         """Pairs of test frames of the same scene ``pair_gap`` frames apart."""

@@ -199,14 +199,21 @@ def _tokencut(run: _Run) -> None:
 
     run.res["tokencut"] = evaluate_tokencut(run.data.test, segment)
     run.res["tokencut"]["implementation"] = sorted(used)
-    # the ceiling: TokenCut on perfect per-patch instance features (patch-quantised masks, and the cut
-    # may pick another object than the largest)
     p = 16 if run.oracle else run.data.test[0].height // f_test.shape[1]
-    ceiling = evaluate_tokencut(
-        run.data.test, lambda i, fr: tokencut_mask(instance_features(fr, p), opts.tau, opts.eps)[0]
-    )
-    run.res["tokencut"]["instance_features"] = {k: ceiling[k] for k in ("iou", "corloc", "corloc_any")}
+    run.res["tokencut"]["instance_features"] = _tokencut_ceiling(run.data, p, opts.tau, opts.eps)
     run.ex["mask"] = segment(0, run.data.test[0])
+
+
+def _tokencut_ceiling(data: EvalData, patch: int, tau: float, eps: float) -> dict[str, float]:
+    """TokenCut on perfect per-patch instance features (patch-quantised masks, and the cut may pick
+    another object than the largest): the same for every model, so computed once per data set."""
+    key = ("tokencut_ceiling", patch, tau, eps)
+    if key not in data.cache:
+        res = evaluate_tokencut(
+            data.test, lambda i, fr: tokencut_mask(instance_features(fr, patch), tau, eps)[0]
+        )
+        data.cache[key] = {k: res[k] for k in ("iou", "corloc", "corloc_any")}
+    return dict(data.cache[key])
 
 
 def _probe(run: _Run) -> None:
