@@ -119,14 +119,14 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    photos = bool(getattr(args, "photos", False))
-    if photos and (args.live or getattr(args, "bag", None) is not None):
+    photos, given = bool(getattr(args, "photos", False)), getattr(args, "bag", None)
+    if photos and (args.live or given is not None):
         print("demo: --photos runs offline on its own images: drop --live / --bag", file=sys.stderr)
         return 2
     if photos:
         bag = photos_folder(out)
     else:
-        bag = args.bag if getattr(args, "bag", None) is not None else ensure_sample_bag()
+        bag = given if given is not None else ensure_sample_bag()
     print(f"demo: input {bag}")
     weights = _resolve_weights(args.weights)
     if args.live:
@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
     sheet = out / "contact_sheet.png"
     # the sample bag also holds ground-truth depth and instance images: process the camera stream only
     argv = [str(bag)]
-    if getattr(args, "bag", None) is None and not photos:
+    if given is None and not photos:
         argv += ["--topics", "/camera/image_raw/compressed"]
     argv += [
         "--out",

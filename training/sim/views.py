@@ -3,9 +3,10 @@
 Each sample is one scene: global crop 1 comes from one of its frames and global crop 2 from another
 (multi-view positives: the DINO global term and the correspondence loss see two camera poses), local
 crops alternate between the two frames. With ``ViewSpec.zoom`` a fraction of the samples zoom all their
-crops onto one object seen in both frames (:mod:`training.sim.zoom`). Photometric augmentation follows DINOv3 (global 1 blur p=1,
-global 2 blur p=0.1 + solarize p=0.2, locals blur p=0.5, colour jitter p=0.8, grayscale p=0.2). iBOT
-masks are drawn on the CPU exactly as the CPU loader does. Every draw comes from the batch seed.
+crops onto one object seen in both frames (:mod:`training.sim.zoom`). Photometric augmentation follows
+DINOv3 (global 1 blur p=1, global 2 blur p=0.1 + solarize p=0.2, locals blur p=0.5, colour jitter p=0.8,
+grayscale p=0.2). iBOT masks are drawn on the CPU exactly as the CPU loader does. Every draw comes from
+the batch seed.
 """
 
 from __future__ import annotations
