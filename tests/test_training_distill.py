@@ -254,6 +254,39 @@ def test_config_validation(tmp_path):
     assert cfg.raw["optim"]["lr"] == 0.01 and cfg.mode == "features"
 
 
+def test_init_from_teacher_copies_backbone_and_heads_and_refuses_other_shapes(tmp_path):
+    torch.set_num_threads(1)
+    teacher = load_teacher(_teacher_file(tmp_path))
+    same = {"name": "s", "arch": "vitt16", "overrides": TEACHER_KW, "init_from_teacher": True}
+    optim = {"lr": 2e-3, "warmup_iters": 0}
+    cfg = DistillConfig.from_dict({"output_dir": str(tmp_path / "o"), "students": [same], "optim": optim})
+    d = Distiller(cfg, teacher)
+    st, ema = d.students["s"], d.emas["s"]
+    for mine, theirs in ((st.backbone, teacher.backbone), (ema, teacher.backbone)):
+        for (k, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), k
+    for name in ("dino_head", "ibot_head"):
+        for k, v in getattr(teacher, name).state_dict().items():
+            assert torch.equal(st.objective[name].state_dict()[k], v), (name, k)
+    # a copy, not shared storage: training the student leaves the frozen teacher as it was
+    ref = [p.detach().clone() for p in teacher.backbone.parameters()]
+    d.step(_batches(1)[0])
+    assert all(torch.equal(a, b) for a, b in zip(ref, teacher.backbone.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(ref, st.backbone.parameters()))
+    # negative control: without the flag the student starts elsewhere
+    cfg0 = DistillConfig.from_dict(
+        {"output_dir": str(tmp_path / "p"), "students": [{**same, "init_from_teacher": False}]}
+    )
+    d0 = Distiller(cfg0, load_teacher(_teacher_file(tmp_path)))
+    w0, wt = d0.students["s"].backbone.patch_embed.proj.weight, teacher.backbone.patch_embed.proj.weight
+    assert not torch.equal(w0, wt)
+    narrow = {"name": "n", "arch": "vitt16", "overrides": VIT_S, "init_from_teacher": True}
+    with pytest.raises(ValueError, match="init_from_teacher needs the teacher's backbone shape"):
+        Distiller(DistillConfig.from_dict({"output_dir": str(tmp_path / "q"), "students": [narrow]}), teacher)
+    with pytest.raises(ValueError, match="unknown key"):
+        DistillConfig.from_dict({"students": [{**same, "init_form_teacher": True}]})
+
+
 def test_shipped_configs_parse():
     from training.depth_head import load_config as depth_config
     from training.distill import load_config

@@ -46,7 +46,7 @@ def test_default_recipe_stages_run_end_to_end(tmp_path):
         ),
         "EXTRA_STUDENT": "\n".join(
             [
-                "students=[{name: vits16, arch: vits16, overrides: {depth: 1}}]",
+                "students=[{name: vits16, arch: vits16, overrides: {depth: 1}, init_from_teacher: true}]",
                 "heads.hidden_dim=64",
                 "train.batch_size_per_gpu=2",
                 f"sim.pool={POOL}",

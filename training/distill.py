@@ -76,11 +76,17 @@ class StudentConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     ranks: tuple[int, int] | None = None  # [start, end) under torchrun; None = split evenly
     lr: float | None = None  # overrides train.lr for this student
+    # our addition: start from the teacher's backbone and heads (same architecture only), so a short
+    # distillation refines the teacher's features instead of first re-learning them from scratch
+    init_from_teacher: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudentConfig:
         if "arch" not in d:
             raise ValueError(f"student entry {d!r} has no 'arch'")
+        bad = sorted(set(d) - {"name", "arch", "overrides", "ranks", "lr", "init_from_teacher"})
+        if bad:
+            raise ValueError(f"student entry {d!r}: unknown key(s) {bad}")
         ranks = d.get("ranks")
         if ranks is not None:
             if len(ranks) != 2 or int(ranks[0]) >= int(ranks[1]):
@@ -92,6 +98,7 @@ class StudentConfig:
             overrides=dict(d.get("overrides") or {}),
             ranks=ranks,
             lr=None if d.get("lr") is None else float(d["lr"]),
+            init_from_teacher=bool(d.get("init_from_teacher", False)),
         )
 
 
@@ -107,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
         "arch": None,  # needed when the checkpoint does not record it
         "overrides": None,  # build_backbone kwargs of a non-standard teacher, e.g. {depth: 2}
     },
-    "students": [],  # [{name, arch, overrides: {...}, ranks: [start, end), lr}]
+    "students": [],  # [{name, arch, overrides: {...}, ranks: [start, end), lr, init_from_teacher}]
     "heads": {  # student DINO/iBOT heads (mode: heads); prototypes/bottleneck follow the teacher
         "hidden_dim": None,  # None: the teacher's
         "nlayers": 3,
@@ -624,6 +631,8 @@ class Distiller:
         else:
             tdim = int(self.teacher.backbone.embed_dim)
             objective["projector"] = FeatureDistillObjective(sdim, tdim, self.feat_cfg)
+        if s.init_from_teacher:
+            self._init_from_teacher(s, backbone, objective)
         if self.sim_cfg is not None:
             objective["sim"] = SimObjective(sdim, self.sim_cfg)
         student = _Student(s, backbone, objective.to(self.device))
@@ -638,6 +647,22 @@ class Distiller:
         self.optims[s.name] = torch.optim.AdamW(
             groups, lr=float(s.lr or o["lr"]), betas=tuple(o["betas"]), fused=self.device.type == "cuda"
         )
+
+    def _init_from_teacher(self, s: StudentConfig, backbone: nn.Module, objective: nn.ModuleDict) -> None:
+        """Copy the teacher's backbone (and, in heads mode, its DINO/iBOT heads) into a student of the
+        same shape; a clear error names the first mismatch otherwise."""
+        pairs = [("backbone", backbone, self.teacher.backbone)]
+        if self.cfg.mode == "heads":
+            pairs += [(n, objective[n], getattr(self.teacher, n)) for n in ("dino_head", "ibot_head")]
+        for name, dst, src in pairs:
+            a, b = dst.state_dict(), src.state_dict()
+            bad = sorted(set(a) ^ set(b)) or [k for k in a if a[k].shape != b[k].shape]
+            if bad:
+                raise ValueError(
+                    f"student {s.name!r}: init_from_teacher needs the teacher's {name} shape "
+                    f"(arch {self.teacher.arch or '?'} vs {s.arch}); first mismatch {bad[0]!r}"
+                )
+            dst.load_state_dict({k: v.detach().clone() for k, v in b.items()})
 
     def _autocast(self):
         enabled = self.device.type == "cuda" and self.train_cfg["amp"] == "bf16"
