@@ -152,6 +152,19 @@ def test_rng_state_round_trips_through_weights_only(tmp_path):
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
+def test_rng_state_restores_from_a_state_not_loaded_as_cpu_bytes(tmp_path):
+    """A checkpoint read with ``map_location`` = the training device hands back RNG states that are not
+    CPU ByteTensors (on a GPU: CUDA tensors); restoring must still work. Here the state's tensors are
+    re-typed, which ``torch.set_rng_state`` refuses the same way."""
+    st = capture_rng_state()
+    with pytest.raises((TypeError, RuntimeError), match="ByteTensor"):
+        torch.set_rng_state(st["torch"].long())  # the failure the conversion prevents
+    odd = {**st, "torch": st["torch"].long(), "numpy": {**st["numpy"], "keys": st["numpy"]["keys"].int()}}
+    a = torch.rand(3)
+    restore_rng_state(odd)
+    assert torch.equal(a, torch.rand(3))
+
+
 PRETRAIN_CONFIGS = sorted(
     p
     for p in [*(REPO / "training/configs").glob("*.yaml"), *(REPO / "training/recipes").glob("*.yaml")]

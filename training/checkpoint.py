@@ -91,16 +91,21 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    """An RNG state as the CPU ByteTensor torch wants, whatever ``map_location`` the file was read with."""
+    return t.detach().to("cpu", torch.uint8)
+
+
 def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`capture_rng_state`; accepts states loaded onto any device."""
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state((n["name"], keys, int(n["pos"]), int(n["has_gauss"]), float(n["gauss"])))
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(t) for t in state["cuda"]])
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:

@@ -905,7 +905,8 @@ class Distiller:
             if not p.is_file():
                 found.append(None)
                 continue
-            state = safe_load(p, "distillation checkpoint", map_location=self.device)
+            # on the CPU: load_state_dict copies onto the parameters' device, RNG states must stay there
+            state = safe_load(p, "distillation checkpoint", map_location="cpu")
             if state.get("arch") != st.cfg.arch or state.get("mode") != self.cfg.mode:
                 raise ValueError(
                     f"{p} is a {state.get('arch')}/{state.get('mode')} checkpoint; the config wants "
