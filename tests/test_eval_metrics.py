@@ -197,12 +197,35 @@ def test_knn_vote_hand_computed():
     assert 1 + w_far == pytest.approx(1.486, abs=1e-3)
 
 
+def test_probe_ridge_strength_is_chosen_on_the_training_set():
+    """As many dimensions as samples, one informative among them: a weak fixed ridge interpolates the
+    training set and generalises poorly; cross-validation on the training samples alone picks a stronger
+    ridge that does far better on held-out samples."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        y = rng.integers(0, 2, n)
+        x = rng.standard_normal((n, 60))
+        x[:, 0] = 2.0 * (2 * y - 1) + rng.standard_normal(n)
+        return x, y
+
+    xtr, ytr = draw(60)
+    xte, yte = draw(2000)
+    lam = M.select_ridge_lambda(xtr, ytr, 2)
+    assert lam >= 1.0 and lam == M.select_ridge_lambda(xtr, ytr, 2)  # deterministic
+    weak = M.accuracy(M.linear_probe_predict(xtr, ytr, xte, 2, lam=1e-3), yte)
+    chosen = M.accuracy(M.linear_probe_predict(xtr, ytr, xte, 2), yte)
+    assert chosen > weak + 0.1, (weak, chosen)
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        M.select_ridge_lambda(xtr[:1], ytr[:1], 2)
+
+
 def test_linear_probe_hand_computed():
     """Two classes along the axes; after L2 normalisation the ridge classifier splits at the diagonal."""
     train = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
     y = np.array([0, 0, 1, 1])
     test = np.array([[5.0, 1.0], [0.2, 0.9], [1.0, 0.8], [0.7, 1.0]])
-    assert M.linear_probe_predict(train, y, test, 2).tolist() == [0, 1, 0, 1]
+    assert M.linear_probe_predict(train, y, test, 2, lam=1e-2).tolist() == [0, 1, 0, 1]
     # ridge with a negligible penalty fits y = 2x + 1 exactly: W = [2], b = 1
     W = M.ridge_fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([1.0, 3.0, 5.0, 7.0]), lam=1e-12)
     np.testing.assert_allclose(W.ravel(), [2.0, 1.0], atol=1e-9)

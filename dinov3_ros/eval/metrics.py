@@ -229,10 +229,47 @@ def ridge_predict(W: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float64) @ W[:-1] + W[-1]
 
 
+#: ridge strengths the class probe chooses from (relative to the feature energy, see :func:`ridge_fit`)
+PROBE_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def select_ridge_lambda(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    num_classes: int,
+    lambdas: tuple[float, ...] = PROBE_LAMBDAS,
+    folds: int = 5,
+    seed: int = 0,
+) -> float:
+    """The ridge strength with the best ``folds``-fold cross-validated accuracy on the training set alone
+    (ties go to the stronger one), as linear-probe protocols tune their regularisation: with fewer crops
+    than feature dimensions a fixed weak ridge interpolates the training set."""
+    x, y = _l2n(np.asarray(train_x)), np.asarray(train_y, np.int64)
+    k = min(int(folds), len(y))
+    if k < 2:
+        raise ValueError(
+            f"choosing the probe's ridge strength needs at least 2 training samples, got {len(y)}"
+        )
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), k)
+    Y = np.eye(num_classes)[y]
+    best_acc, best_lam = -1.0, float(lambdas[0])
+    for lam in sorted(lambdas):
+        hits = 0
+        for part in parts:
+            rest = np.setdiff1d(np.arange(len(y)), part)
+            hits += int((ridge_predict(ridge_fit(x[rest], Y[rest], lam), x[part]).argmax(1) == y[part]).sum())
+        if hits / len(y) >= best_acc:
+            best_acc, best_lam = hits / len(y), float(lam)
+    return best_lam
+
+
 def linear_probe_predict(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, lam: float = 1e-2
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, lam: float | None = None
 ) -> np.ndarray:
-    """Ridge classifier on L2-normalised features (one-hot targets); returns predicted classes."""
+    """Ridge classifier on L2-normalised features (one-hot targets); returns predicted classes. ``lam``
+    None: chosen on the training set by :func:`select_ridge_lambda`."""
+    if lam is None:
+        lam = select_ridge_lambda(train_x, train_y, num_classes)
     Y = np.eye(num_classes)[np.asarray(train_y, np.int64)]
     W = ridge_fit(_l2n(train_x), Y, lam)
     return ridge_predict(W, _l2n(test_x)).argmax(1)

@@ -24,6 +24,7 @@ from dinov3_ros.eval.metrics import (
     mask_box,
     mask_iou,
     prior_chance,
+    select_ridge_lambda,
 )
 from dinov3_ros.synthetic.frame import SynthFrame
 
@@ -122,8 +123,9 @@ def evaluate_probe(
     num_classes: int,
     k: int = 20,
 ) -> dict:
-    """k-NN (cosine, k=20, T=0.07), 1-NN and ridge linear probe accuracy on instance crops, with chance
-    levels. ``embed(crops) -> [N, D]`` features."""
+    """k-NN (cosine, k=20, T=0.07), 1-NN and ridge linear probe accuracy on instance crops (the ridge
+    strength chosen by cross-validation on the training crops), with chance levels. ``embed(crops) ->
+    [N, D]`` features."""
     if not train or not test:
         raise ValueError("the class probe needs training and test crops")
     seen = {c.label for c in train}
@@ -136,12 +138,14 @@ def evaluate_probe(
     xtr = np.asarray(embed(train))
     xte = np.asarray(embed(test))
     knn = knn_predict(xtr, ytr, xte, k=k, num_classes=num_classes)
-    lin = linear_probe_predict(xtr, ytr, xte, num_classes)
+    lam = select_ridge_lambda(xtr, ytr, num_classes)
+    lin = linear_probe_predict(xtr, ytr, xte, num_classes, lam)
     knn1 = knn_predict(xtr, ytr, xte, k=1, num_classes=num_classes)
     return {
         "knn_acc": accuracy(knn, yte),
         "knn1_acc": accuracy(knn1, yte),
         "linear_acc": accuracy(lin, yte),
+        "linear_lambda": lam,
         "chance_uniform": 1.0 / num_classes,
         "chance_prior": prior_chance(ytr, yte, num_classes),
         "chance_majority": float(np.bincount(yte, minlength=num_classes).max() / len(yte)),
