@@ -287,3 +287,17 @@ def test_output_serialiser_is_byte_identical(providers, frame_id):
             msg = deserialize_message(raw, rp.cls(mtype))
             fid = msg.child_frame_id if topic == "odometry" else msg.header.frame_id  # header: the odom frame
             assert fid == frame_id and msg.header.stamp.nanosec == 123_456_789
+
+
+def test_rgb_bits_equal_pack_rgb_for_any_shape():
+    from dinov3_ros.msgs.layouts import rgb_bits
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    ref = pack_rgb(rgb.reshape(-1, 3)).view(np.uint32)
+    assert np.array_equal(rgb_bits(rgb).view(np.uint32).reshape(-1), ref)
+    assert rgb_bits(rgb).shape == (5, 7) and rgb_bits(rgb.reshape(-1, 3)).shape == (35,)
+    assert np.array_equal(
+        rgb_bits(rgb[:, ::2]).view(np.uint32),
+        pack_rgb(rgb[:, ::2].reshape(-1, 3)).view(np.uint32).reshape(5, 4),
+    )
+    assert rgb_bits(np.zeros((0, 3), np.uint8)).shape == (0,)

@@ -251,12 +251,12 @@ def select_ridge_lambda(
             f"choosing the probe's ridge strength needs at least 2 training samples, got {len(y)}"
         )
     parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), k)
+    splits = [(np.setdiff1d(np.arange(len(y)), part), part) for part in parts]
     Y = np.eye(num_classes)[y]
     best_acc, best_lam = -1.0, float(lambdas[0])
     for lam in sorted(lambdas):
         hits = 0
-        for part in parts:
-            rest = np.setdiff1d(np.arange(len(y)), part)
+        for rest, part in splits:
             hits += int((ridge_predict(ridge_fit(x[rest], Y[rest], lam), x[part]).argmax(1) == y[part]).sum())
         if hits / len(y) >= best_acc:
             best_acc, best_lam = hits / len(y), float(lam)

@@ -6,8 +6,10 @@ The one definition of these layouts: the serialiser (:mod:`.cdr`), the message-o
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from dinov3_ros.core.frames import MatchResult, ObjectsResult
@@ -88,6 +90,17 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """uint8 [N, 3] -> float32 [N] holding 0x00RRGGBB (the PCL/RViz ``rgb`` field)."""
     c = rgb.astype(np.uint32)
     return ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(np.float32)
+
+
+def rgb_bits(rgb: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., 3]`` -> float32 ``[...]``: :func:`pack_rgb`'s bits for any leading shape. On a
+    little-endian host 0x00RRGGBB is the bytes B, G, R, 0: one OpenCV conversion and one mask."""
+    c = np.ascontiguousarray(rgb, dtype=np.uint8)
+    shape = c.shape[:-1]
+    if sys.byteorder != "little" or c.size == 0:
+        return pack_rgb(c.reshape(-1, 3)).reshape(shape)
+    bgra = cv2.cvtColor(c.reshape(1, -1, 3), cv2.COLOR_RGB2BGRA).view(np.uint32).reshape(shape)
+    return np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32)
 
 
 def points_array(

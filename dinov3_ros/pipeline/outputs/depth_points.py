@@ -6,7 +6,6 @@ so consumers can index it by pixel. ``points_color: rgb`` adds the input's colou
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from dinov3_ros.core.frames import DepthImage
 from dinov3_ros.msgs.cdr import point_cloud_parts
-from dinov3_ros.msgs.layouts import XYZ_FIELDS, XYZRGB_FIELDS, pack_rgb, structured_dtype
+from dinov3_ros.msgs.layouts import XYZ_FIELDS, XYZRGB_FIELDS, rgb_bits, structured_dtype
 from dinov3_ros.pipeline.grid import canvas_rgb
 from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
 
@@ -43,7 +42,7 @@ def organized_cloud(depth: DepthImage, rgb: np.ndarray | None = None) -> Organiz
     """Back-project every pixel of ``depth`` with its intrinsics (pixel centres at integers).
 
     Each field is computed as a plane and interleaved by one ``cv2.merge``; the colour is the bytes
-    B, G, R, 0 of each pixel, i.e. ``pack_rgb``'s little-endian ``0x00RRGGBB``."""
+    ``rgb_bits`` of each pixel (``0x00RRGGBB``)."""
     d = np.asarray(depth.image, np.float32)
     h, w = d.shape
     K = depth.info.K
@@ -54,12 +53,7 @@ def organized_cloud(depth: DepthImage, rgb: np.ndarray | None = None) -> Organiz
     v = (np.arange(h, dtype=np.float32) - np.float32(K[1, 2])) / np.float32(K[1, 1])
     planes = [u[None, :] * z, v[:, None] * z, z]
     if rgb is not None:
-        c = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, w, 3)
-        if sys.byteorder == "little":  # B, G, R, A with A cleared: one conversion, one masking pass
-            bgra = cv2.cvtColor(c, cv2.COLOR_RGB2BGRA).view(np.uint32)[..., 0]
-            planes.append(np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32))
-        else:
-            planes.append(pack_rgb(c.reshape(-1, 3)).reshape(h, w))
+        planes.append(rgb_bits(np.asarray(rgb).reshape(h, w, 3)))
     return OrganizedCloud(cv2.merge(planes), dense)
 
 

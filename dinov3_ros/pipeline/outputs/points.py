@@ -9,7 +9,6 @@ so the host only copies them; on a CPU engine numpy computes and packs them in o
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import cv2
@@ -20,7 +19,7 @@ from dinov3_ros.core.frames import PointCloud
 from dinov3_ros.heads._common import to_host
 from dinov3_ros.heads.pointcloud import backproject
 from dinov3_ros.msgs.cdr import point_cloud_parts
-from dinov3_ros.msgs.layouts import pack_rgb, points_array
+from dinov3_ros.msgs.layouts import points_array, rgb_bits
 from dinov3_ros.pipeline.grid import canvas_rgb
 from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
 from dinov3_ros.pipeline.voxel import voxel_downsample
@@ -98,11 +97,7 @@ def _grid_cloud(
     if rgb is not None:
         c = np.ascontiguousarray(rgb[::stride, ::stride], dtype=np.uint8)
         cols = c.reshape(-1, 3)
-        if sys.byteorder == "little" and cols.size:  # 0x00RRGGBB: the bytes B, G, R, A with A cleared
-            bgra = cv2.cvtColor(c, cv2.COLOR_RGB2BGRA).view(np.uint32)[..., 0]
-            planes.append(np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32))
-        else:
-            planes.append(pack_rgb(cols).reshape(h, w))
+        planes.append(rgb_bits(c))
     packed = (cv2.merge(planes) if z.size else np.empty((h, w, len(planes)), np.float32)).reshape(
         -1, len(planes)
     )
@@ -116,10 +111,5 @@ def _host_cloud(pts: np.ndarray, cols: np.ndarray | None) -> PointCloud:
     else:
         packed = np.empty((pts.shape[0], 4), np.float32)
         packed[:, :3] = pts
-        if sys.byteorder == "little" and len(cols):  # 0x00RRGGBB: the bytes B, G, R, A with A cleared
-            img = np.ascontiguousarray(cols).reshape(1, -1, 3)
-            bgra = cv2.cvtColor(img, cv2.COLOR_RGB2BGRA).view(np.uint32).reshape(-1)
-            packed[:, 3] = np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=bgra).view(np.float32)
-        else:
-            packed[:, 3] = pack_rgb(cols)
+        packed[:, 3] = rgb_bits(cols)
     return PointCloud(packed[:, :3], cols, packed, bool(np.isfinite(pts).all()))
