@@ -123,6 +123,44 @@ def test_tiny_backbone_all_tasks(data, tiny):
     assert c["recall@4px"] > c["chance"]["recall@4px"], c
 
 
+def test_heads_matcher_refines_with_the_images(data, tiny, monkeypatch):
+    """``heads`` (the pipeline's matcher) refines the feature matches with the pair's frames;
+    ``heads-features`` keeps the features' own precision measurable; the CLI offers the runner's
+    matchers."""
+    import argparse
+
+    from dinov3_ros.eval import runner
+    from dinov3_ros.eval.cli import add_arguments
+    from dinov3_ros.eval.matching import heads_match
+
+    calls = []
+
+    def spy(fa, fb, p, image_a=None, image_b=None):
+        calls.append((image_a, image_b))
+        return heads_match(fa, fb, p, image_a, image_b)
+
+    monkeypatch.setattr(runner, "heads_match", spy)
+    _, model = tiny
+    res = {}
+    for m in runner.MATCHERS[:2]:
+        calls.clear()
+        res[m], _ = evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher=m))
+        assert res[m]["matcher"] == m and calls
+        rgb = {id(f.rgb) for f in data.test}
+        if m == "heads":
+            assert all(id(a) in rgb and id(b) in rgb and a is not b for a, b in calls)
+        else:
+            assert all(a is None and b is None for a, b in calls)
+    img, feat = res["heads"]["correspondence"], res["heads-features"]["correspondence"]
+    assert img["matches_per_pair"] == feat["matches_per_pair"]  # the same matches, some moved
+    with pytest.raises(ValueError, match="heads, heads-features, dense"):
+        evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher="nearest"))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    (action,) = [a for a in parser._actions if a.dest == "matcher"]
+    assert tuple(action.choices) == runner.MATCHERS and action.default == EvalOptions().matcher == "heads"
+
+
 def test_depth_head_file_metrics_equal_hand_computed(data, tiny, tmp_path):
     """``--depth-head``: the reported metrics equal the per-frame metrics of the head run by hand on the
     backbone's intermediate layers (hand-normalised input), clipped to the evaluation range, averaged."""

@@ -134,6 +134,44 @@ def test_homography_matches_and_verification(name):
     assert np.all(err[m.inliers[keep]] < 16)  # inliers are correct matches
 
 
+def test_image_refinement_makes_matches_subpixel(monkeypatch):
+    """With the two images, matches are refined to the pixel-exact shift (a photo's crops moved by a
+    known amount) before verification; the NCC scores follow ``subset``."""
+    img = sd.chelsea()  # fur: textured nearly everywhere
+    dx, dy = 37, 21
+    a, b = shift_pair(img, dx, dy, SIZE)
+    fa, fb = grid_descriptor(a), grid_descriptor(b)
+    kw = {"offset": (-0.5, -0.5), "verify_with": "fundamental"}  # pixel centres at integers
+    feat = match(fa, fb, **kw)
+    verified = []
+    real_verify = correspondence.verify
+    monkeypatch.setattr(
+        correspondence,
+        "verify",
+        lambda m, *args, **kwargs: verified.append(m.pts1.copy()) or real_verify(m, *args, **kwargs),
+    )
+    ref = match(fa, fb, image0=a, image1=b, **kw)
+    assert len(verified) == 1 and np.array_equal(verified[0], ref.pts1)  # verified: the refined points
+    assert feat.ncc is None and np.array_equal(feat.pts0, ref.pts0) and np.array_equal(feat.idx1, ref.idx1)
+    truth = ref.pts0 - np.array([dx, dy], dtype=np.float32)
+    m = 17  # template half-width 5 + search radius 12: the truth is within reach of the search
+    keep = np.all((truth >= m) & (truth <= np.array([SIZE[1], SIZE[0]]) - 1 - m), 1)
+    e_feat = np.linalg.norm(feat.pts1 - truth, axis=1)[keep]
+    e_ref = np.linalg.norm(ref.pts1 - truth, axis=1)[keep]
+    assert keep.sum() > 100
+    assert np.median(e_ref) < 0.2 and (e_ref < 1.0).mean() >= 0.9, (np.median(e_ref), (e_ref < 1).mean())
+    assert np.median(e_feat) > 2.0
+    assert ref.ncc.shape == (len(ref),) and ref.ncc.dtype == np.float32
+    sub = ref.subset(ref.inliers)
+    assert np.array_equal(sub.ncc, ref.ncc[ref.inliers], equal_nan=True)
+    # the default search radius is 3/4 of a patch in input pixels, from the mapping
+    assert correspondence._image_radius(16.0, None, None, None) == 12.0
+    assert correspondence._image_radius(16.0, (2.0, 1.0), (5.0, 0.0), None) == 24.0
+    assert correspondence._image_radius(16.0, None, None, lambda p: p * 0.5) == 6.0
+    with pytest.raises(ValueError, match="both image0 and image1"):
+        match(fa, fb, image0=a)
+
+
 def test_ratio_threshold_and_coordinates():
     rng = np.random.default_rng(0)
     f = rng.standard_normal((6, 7, 32)).astype(np.float32)

@@ -139,6 +139,50 @@ def test_matches_recover_a_known_shift_in_input_pixels(scale):
     assert good.mean() > 0.9, d
 
 
+def smooth_texture(h: int, w: int, dx: float = 0.0, seed: int = 0) -> np.ndarray:
+    """An analytic, non-repeating RGB texture (random sinusoids) moved right by ``dx`` pixels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros((h, w, 3))
+    for c in range(3):
+        for _ in range(12):
+            f, a = rng.uniform(0.15, 0.6), rng.uniform(0, 2 * np.pi)
+            out[..., c] += np.cos(f * ((xx - dx) * np.cos(a) + yy * np.sin(a)) + rng.uniform(0, 2 * np.pi))
+    return np.clip(128 + 30 * out, 0, 255).round().astype(np.uint8)
+
+
+def test_matches_are_refined_to_subpixel_with_the_images():
+    """A sub-pixel shift is recovered (the features alone give the patch grid); the keyframe keeps its
+    own grey copy of the image, so a caller reusing the frame's buffer changes nothing; a keyframe
+    restored from a state without the image still matches (features only)."""
+    shift = 16.4
+    img0, img1 = smooth_texture(64, 96), smooth_texture(64, 96, shift)
+    runs = []
+    for reuse in (False, True):
+        p = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
+        f0 = Frame(img0.copy(), 100, "cam", None, "s")
+        p.process([f0], {"matches"})
+        if reuse:
+            f0.image[:] = 0
+        runs.append(p.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"])
+    m = runs[0]
+    assert np.array_equal(m.uv1, runs[1].uv1) and len(m) >= 8
+    d = m.uv1 - m.uv0
+    err = np.abs(d - [shift, 0.0]).max(1)
+    assert np.median(err) < 0.2 and (err < 1.0).mean() > 0.8, d
+    p = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
+    p.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
+    tree, arrays = p.state_dict()
+    del tree["v"]["s"]["v"]["matches"]["v"]["keyframe"]["v"]["grey"]  # a state saved before the image
+    p.load_state_dict((tree, arrays))
+    old = p.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]
+    assert len(old) == len(m) and np.array_equal(old.uv0, m.uv0) and not np.array_equal(old.uv1, m.uv1)
+    feat = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5, match_refine="features")
+    feat.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
+    only = feat.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]
+    assert np.array_equal(only.uv1, old.uv1)  # match_refine=features: the feature refinement alone
+
+
 def test_per_source_state_and_batching():
     pa, pb = make(), make()
     f = {

@@ -87,6 +87,11 @@ class PipelineConfig:
     )
     match_threshold: float = setting(0.3, "minimum cosine similarity of a match", lo=-1.0, hi=1.0)
     match_max: int = setting(512, "most matches per frame", lo=1)
+    match_refine: str = setting(
+        "image",
+        "sub-pixel refinement of the matches: NCC in the grey images, or the feature similarities only",
+        choices=("image", "features"),
+    )
     keyframe_policy: str = setting(
         "previous", "when the matching reference is renewed", choices=("previous", "interval", "min_matches")
     )

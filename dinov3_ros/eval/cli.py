@@ -56,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-head", default=None, help="trained depth head file (else a ridge probe)")
     parser.add_argument(
         "--matcher",
-        choices=("heads", "dense"),
+        choices=("heads", "heads-features", "dense"),
         default="heads",
-        help="correspondences: the pipeline's matcher (heads) or dense nearest neighbours",
+        help="correspondences: the pipeline's matcher (heads: features, then refined with the images), "
+        "the same without the images (heads-features) or dense nearest neighbours",
     )
     parser.add_argument("--tau", type=float, default=0.2, help="TokenCut graph threshold")
     parser.add_argument("--arch", default=None, help="arch of a weights file when it cannot be inferred")

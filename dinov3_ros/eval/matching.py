@@ -1,15 +1,18 @@
 """Correspondence evaluation: dense-feature matching vs generator ground truth, and relative pose.
 
-Two matchers: ``heads`` (default) runs ``dinov3_ros.heads.correspondence.match`` on the two patch grids
-(mutual nearest neighbours, ratio test, soft-argmax refinement) and scores every returned match whose
-source has a co-visible GT match. ``dense`` (Probe3D-style, adapted to pixels): source pixels are the points of a stride-4 grid of frame A
-that have a valid (co-visible, occlusion-checked) ground-truth match in B; up to ``n_sources`` of them
-are drawn (seeded). Each source descriptor is sampled bilinearly from A's patch features; its nearest
-B patch (cosine) is refined to a pixel by searching B's features bilinearly upsampled to a stride-2
-grid within +-1 patch, with a parabolic sub-pixel fit. Matches are ranked by the soft ratio weight
-``1 - d1/d2`` (L2 distances of normalised features) and the top ``keep`` are scored: recall@r =
-fraction of kept matches within ``r`` px of the GT. The relative pose comes from the kept matches
-(5-point RANSAC essential matrix, OpenCV) and is compared with the GT pose.
+Three matchers: ``heads`` (default, the pipeline's matcher) runs ``dinov3_ros.heads.correspondence.match``
+on the two patch grids (mutual nearest neighbours, ratio test, soft-argmax refinement) and refines the
+matches with the two images (NCC template matching, ``heads.subpixel``), as the pipeline does;
+``heads-features`` is the same without the images, so the features' own precision stays measurable. Both
+score every returned match whose source has a co-visible GT match. ``dense`` (Probe3D-style, adapted to
+pixels): source pixels are the points of a stride-4 grid of frame A that have a valid (co-visible,
+occlusion-checked) ground-truth match in B; up to ``n_sources`` of them are drawn (seeded). Each source
+descriptor is sampled bilinearly from A's patch features; its nearest B patch (cosine) is refined to a
+pixel by searching B's features bilinearly upsampled to a stride-2 grid within +-1 patch, with a
+parabolic sub-pixel fit. Matches are ranked by the soft ratio weight ``1 - d1/d2`` (L2 distances of
+normalised features) and the top ``keep`` are scored: recall@r = fraction of kept matches within ``r``
+px of the GT. The relative pose comes from the kept matches (5-point RANSAC essential matrix, OpenCV)
+and is compared with the GT pose.
 """
 
 from __future__ import annotations
@@ -184,15 +187,32 @@ def evaluate_matching(
     return out
 
 
-def heads_match(fa: np.ndarray, fb: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Matches of ``dinov3_ros.heads.correspondence.match`` (mutual NN, ratio 0.95, soft-argmax refine).
+def heads_match(
+    fa: np.ndarray,
+    fb: np.ndarray,
+    patch_size: int,
+    image_a: np.ndarray | None = None,
+    image_b: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Matches of ``dinov3_ros.heads.correspondence.match`` (mutual NN, ratio 0.95, soft-argmax refine),
+    refined with the frames' images (``image_a``, ``image_b``: ``SynthFrame.rgb``) when both are given.
 
     The heads put patch centres at ``(c + 0.5) p`` (pixel k spans [k, k+1)); the generator's K puts
     pixel centres at integers, hence ``offset=-0.5``.
     """
     from dinov3_ros.heads.correspondence import match
 
-    m = match(fa, fb, patch_size=float(patch_size), mutual=True, ratio=0.95, refine=True, offset=(-0.5, -0.5))
+    m = match(
+        fa,
+        fb,
+        patch_size=float(patch_size),
+        mutual=True,
+        ratio=0.95,
+        refine=True,
+        offset=(-0.5, -0.5),
+        image0=image_a,
+        image1=image_b,
+    )
     return np.asarray(m.pts0, np.float64), np.asarray(m.pts1, np.float64)
 
 

@@ -197,9 +197,11 @@ def render_report(results: list[dict], examples: list[dict]) -> np.ndarray:
         raise ValueError("no results to report")
     title = np.full((46, W_PAGE, 3), 255, np.uint8)
     _text(title, "dinov3-ros eval", (10, 30), 0.9, thick=2)
+    matcher = results[0].get("matcher")  # correspondences: with or without image refinement
     _text(
         title,
-        f"data: {results[0].get('data', '?')}  test frames: {results[0].get('test_frames', '?')}",
+        f"data: {results[0].get('data', '?')}  test frames: {results[0].get('test_frames', '?')}"
+        + (f"  matcher: {matcher}" if matcher else ""),
         (320, 30),
         0.5,
     )

@@ -21,6 +21,8 @@ from dinov3_ros.eval.objects import evaluate_probe, evaluate_tokencut, instance_
 
 TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
+#: correspondence matchers: the pipeline's (features + image refinement), features only, dense NN
+MATCHERS = ("heads", "heads-features", "dense")
 
 
 @dataclass
@@ -33,7 +35,7 @@ class EvalOptions:
     n_sources: int = 2000
     keep: int = 1000
     ransac_px: float = 2.0
-    matcher: str = "heads"  # heads | dense (see eval.matching)
+    matcher: str = "heads"  # one of MATCHERS (see eval.matching)
     crop_size: int = 112
     knn_k: int = 20
     depth_head: str | None = None
@@ -152,14 +154,16 @@ def _depth(run: _Run) -> None:
 def _feature_matcher(run: _Run):
     """``matcher(a, b, src) -> (pa, pb)`` on the test frames' features."""
     opts, f_test = run.opts, run.f_test
-    if opts.matcher not in ("heads", "dense"):
-        raise ValueError(f"matcher must be 'heads' or 'dense', got {opts.matcher!r}")
+    if opts.matcher not in MATCHERS:
+        raise ValueError(f"matcher must be one of {', '.join(MATCHERS)}, got {opts.matcher!r}")
     key = {(f.scene_index, f.frame_index): i for i, f in enumerate(run.data.test)}
 
     def matcher(a, b, src):
         fa = f_test[key[(a.scene_index, a.frame_index)]]
         fb = f_test[key[(b.scene_index, b.frame_index)]]
         if opts.matcher == "heads":
+            return heads_match(fa, fb, a.height // fa.shape[0], a.rgb, b.rgb)
+        if opts.matcher == "heads-features":
             return heads_match(fa, fb, a.height // fa.shape[0])
         return match_features(fa, fb, src, (a.height, a.width), opts.keep)
 

@@ -6,7 +6,8 @@ test on the cosine distance ``sqrt(2 − 2s)``, a confidence threshold and sub-p
 window soft-argmax of the similarity around each match. Coordinates are pixels of the network input
 (patch ``(r, c)`` has centre ``((c + 0.5) p, (r + 0.5) p)``), mapped to input pixels by
 ``scale``/``offset`` or a callable. Verification (OpenCV, CPU) and 3-D rigid motion work on the small
-match set.
+match set. With the two input images, :func:`match` refines the matched points to sub-pixel precision by
+local photometric alignment (:mod:`.subpixel`) before verification.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ._common import ArrayLike, as_numpy, patch_grid
+from .subpixel import refine_matches
 
 __all__ = [
     "Matches",
@@ -46,6 +48,7 @@ class Matches:
     model: np.ndarray | None = None  #: homography / fundamental / essential matrix when verified
     points0: np.ndarray | None = None  #: [N, 3] lifted 3-D points (frame-0 camera) when depth was given
     points1: np.ndarray | None = None  #: [N, 3] lifted 3-D points (frame-1 camera)
+    ncc: np.ndarray | None = None  #: [N] float32 peak NCC of the image refinement (NaN: not compared)
 
     def __len__(self) -> int:
         return int(self.pts0.shape[0])
@@ -54,7 +57,7 @@ class Matches:
         """Matches restricted to a boolean/index selection (pose fields kept)."""
         pick = {k: getattr(self, k) for k in ("pts0", "pts1", "scores", "idx0", "idx1", "inliers")}
         out = {k: v[keep] for k, v in pick.items()}
-        for k in ("points0", "points1"):
+        for k in ("points0", "points1", "ncc"):
             v = getattr(self, k)
             out[k] = None if v is None else v[keep]
         return Matches(**out, R=self.R, t=self.t, model=self.model)
@@ -227,6 +230,22 @@ def _to_host(
     )
 
 
+def _image_radius(patch_size: float, scale, offset, to_input) -> float:
+    """Three quarters of a patch in input pixels (the longer of a patch's mapped x and y edges): the
+    search radius that covers the feature matches' patch quantisation (±p/2) with a margin."""
+    p = float(patch_size)
+    q = _map(np.array([[0.0, 0.0], [p, 0.0], [0.0, p]], np.float32), scale, offset, to_input)
+    return 0.75 * float(max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[0])))
+
+
+def _refine_with_images(m: Matches, image0, image1, radius: float, half_window: int) -> None:
+    """Move ``m.pts1`` by NCC template matching in the input images (:func:`.subpixel.refine_matches`)
+    and store the peak NCC in ``m.ncc``."""
+    if image0 is None or image1 is None:
+        raise ValueError("image refinement needs both image0 and image1")
+    m.pts1, m.ncc = refine_matches(image0, image1, m.pts0, m.pts1, radius=radius, half_window=half_window)
+
+
 def _lift_and_estimate(
     m: Matches,
     depth0: ArrayLike,
@@ -274,10 +293,21 @@ def match(
     depth1: ArrayLike | None = None,
     rigid_threshold: float = 0.05,
     rigid_method: str = "kabsch",
+    image0: ArrayLike | None = None,
+    image1: ArrayLike | None = None,
+    image_refine_radius: float | None = None,
+    image_refine_half_window: int = 5,
 ) -> Matches:
-    """Match two ``[h, w, C]`` feature grids; optionally verify and estimate the relative pose.
+    """Match two ``[h, w, C]`` feature grids; optionally refine with the images, verify and estimate
+    the relative pose.
 
     Network pixels map to input pixels as ``pts * scale + offset`` (or ``to_input(pts)``).
+    ``image0``/``image1``: the two input images (HxW or HxWx3): ``pts1`` are then refined to sub-pixel
+    precision by NCC template matching (:func:`.subpixel.refine_matches`, templates of
+    ``2 image_refine_half_window + 1`` pixels, peak NCC in ``Matches.ncc``) within ``image_refine_radius``
+    input pixels (default: 0.75 patch, mapped to input pixels: the patch quantisation plus a margin),
+    before verification and 3-D lifting. The mapping must then give pixel-centre coordinates (integers
+    at pixel centres; e.g. ``offset=(-0.5, -0.5)`` when the network input is the image itself).
     ``verify_with``: ``None``, ``"homography"``, ``"fundamental"`` or ``"essential"`` (needs ``K``;
     ``K1`` for a second camera) - see :func:`verify`. ``depth0``/``depth1`` ``[H, W]`` metric depth at
     input resolution with ``K`` lift matches to 3-D and estimate the rigid motion
@@ -295,6 +325,10 @@ def match(
         temperature=temperature,
     )
     m = _to_host(t, max_matches, scale, offset, to_input)
+    if image0 is not None or image1 is not None:
+        if image_refine_radius is None:
+            image_refine_radius = _image_radius(patch_size, scale, offset, to_input)
+        _refine_with_images(m, image0, image1, image_refine_radius, image_refine_half_window)
     if verify_with is not None:
         verify(m, verify_with, K=K, K1=K1, threshold=ransac_threshold)
     if depth0 is not None or depth1 is not None:

@@ -1,7 +1,9 @@
 """``matches``: correspondences from the source's keyframe to the current frame, in input pixels.
 
 Mutual nearest neighbours of the patch features with Lowe's ratio and a similarity threshold,
-refined, verified with a RANSAC fundamental matrix. The keyframe is renewed per ``keyframe_policy``.
+refined within the patch by the similarities, then to sub-pixel precision by NCC template matching in
+the keyframe's and the current grey image (``heads.subpixel``, on the features' device), verified with
+a RANSAC fundamental matrix. The keyframe is renewed per ``keyframe_policy``.
 Layout: docs/MESSAGES.md.
 """
 
@@ -30,6 +32,7 @@ class Keyframe:
     stamp_ns: int
     frame_id: str
     age: int = 0
+    grey: np.ndarray | None = None  # [H, W] uint8 grey input image (own copy); None: no image refinement
 
 
 @dataclass
@@ -49,6 +52,14 @@ def _renew(kf: Keyframe, res: MatchResult, cfg: Any) -> bool:
     )
 
 
+def _images(kf: Keyframe, grey: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """``match``'s image arguments: the keyframe's and the current grey image on the features' device
+    (none for a keyframe restored from a state saved without its image)."""
+    if kf.grey is None or kf.grey.shape != grey.shape:
+        return {}
+    return {"image0": torch.from_numpy(kf.grey).to(device), "image1": torch.from_numpy(grey).to(device)}
+
+
 class Matches(Output):
     """:class:`~dinov3_ros.core.frames.MatchResult` (empty, without a reference, on a source's first
     frame)."""
@@ -66,8 +77,9 @@ class Matches(Output):
     def compute(self, job: FrameJob) -> MatchResult:
         frame, geom, tok, cfg, st = job.frame, job.geom, job.tokens, job.cfg, job.state
         kf = st.keyframe
+        grey = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)  # a new array: the frame is left as it is
         if kf is None or kf.tokens.shape != tok.shape or kf.geom != geom:
-            st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id)
+            st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id, grey=grey)
             e = np.zeros((0, 2), np.float32)
             return MatchResult(e, e.copy(), np.zeros(0, np.float32), np.zeros(0, bool), None, "")
 
@@ -86,6 +98,7 @@ class Matches(Output):
             to_input=to_input,
             verify_with="fundamental",
             ransac_threshold=geom.patch_size / max(geom.scale_x, 1e-9),
+            **(_images(kf, grey, tok.device) if cfg.match_refine == "image" else {}),
         )
         H, W = frame.image.shape[:2]
         lim = np.array([W - 0.5, H - 0.5])
@@ -100,7 +113,7 @@ class Matches(Output):
         )
         kf.age += 1
         if _renew(kf, res, cfg):
-            st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id)
+            st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id, grey=grey)
         return res
 
     def tile(self, value: MatchResult, rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
