@@ -44,6 +44,28 @@ def coarse_points(n: int, radius: float, seed: int = 1) -> tuple[np.ndarray, np.
     return pts0, truth, truth + rng.uniform(-0.8 * radius, 0.8 * radius, (n, 2))
 
 
+def test_a_large_radius_searches_coarse_to_fine(monkeypatch):
+    """Radius 24 (above PYRAMID_RADIUS): a half-resolution search, then ±2 px at full resolution, about
+    as accurate as one full-resolution search over the whole radius."""
+    import dinov3_ros.heads.subpixel as sp
+
+    img0, img1 = shifted_pair(seed=3)
+    pts0, truth, pts1 = coarse_points(200, radius=24.0, seed=5)
+    out, _ = refine_matches(img0, img1, pts0, pts1, radius=24.0)
+    err = np.linalg.norm(out - truth, axis=1)
+    assert np.median(err) < 0.2 and (err < 1.0).mean() >= 0.9, (np.median(err), (err < 1.0).mean())
+    monkeypatch.setattr(sp, "PYRAMID_RADIUS", 64)
+    single, _ = refine_matches(img0, img1, pts0, pts1, radius=24.0)
+    err1 = np.linalg.norm(single - truth, axis=1)
+    assert (err1 < 1.0).mean() >= 0.9 and np.median(err) <= np.median(err1) + 0.05
+    monkeypatch.setattr(sp, "PYRAMID_RADIUS", 12)
+    calls = []
+    real = sp._search
+    monkeypatch.setattr(sp, "_search", lambda *a: calls.append(a[4]) or real(*a))
+    refine_matches(img0, img1, pts0, pts1, radius=24.0)
+    assert calls == [12, 2]  # the half-resolution search, then the full-resolution one
+
+
 @pytest.mark.parametrize("kind", ["float", "uint8-rgb", "torch"])
 def test_recovers_a_known_subpixel_shift(kind):
     img0, img1 = shifted_pair()

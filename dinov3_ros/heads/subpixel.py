@@ -15,6 +15,7 @@ is the column, ``y`` the row.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -172,6 +173,11 @@ def _check_args(
     return math.ceil(r)
 
 
+#: search radii above this run coarse to fine: the search on 2x-downsampled images (radius halved),
+#: then a ±2 px search at the full resolution; the cost of one level grows with the radius squared
+PYRAMID_RADIUS = 12
+
+
 def refine_matches(
     image0: ArrayLike,
     image1: ArrayLike,
@@ -194,7 +200,9 @@ def refine_matches(
     with the windows at every integer offset in ``[-R, R]^2`` (``R = ceil(radius)``) around ``pts1`` in
     image 1; offsets whose window leaves image 1 are skipped. Of the NCC map's local maxima, the one
     with the best ``NCC - distance_penalty (|offset| / R)^2`` is taken (on a repetitive texture: the copy
-    nearest to the feature match), refined by a parabola per axis and added to ``pts1``.
+    nearest to the feature match), refined by a parabola per axis and added to ``pts1``. Radii above
+    :data:`PYRAMID_RADIUS` search coarse to fine (2x-downsampled images with half the radius, then ±2 px
+    at full resolution; a match the fine search rejects keeps the coarse result).
 
     A match keeps its input ``pts1`` when its template leaves image 0 or has a grey-level standard
     deviation below ``min_texture``, when the peak NCC is below ``min_ncc``, when the peak lies on the
@@ -210,25 +218,64 @@ def refine_matches(
         raise ValueError(f"pts0 and pts1 hold different numbers of points: {p0.shape[0]} vs {p1.shape[0]}")
     dev = image0.device if isinstance(image0, torch.Tensor) else torch.device("cpu")
     g0, g1 = _grey(image0, "image0", dev), _grey(image1, "image1", dev)
-    N, hw = p0.shape[0], int(half_window)
-    if N == 0:
+    if p0.shape[0] == 0:
         return p1, np.zeros(0, np.float32)
     c0 = torch.from_numpy(np.nan_to_num(p0, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
     c1 = torch.from_numpy(np.nan_to_num(p1, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
+    crit = _Criteria(
+        int(half_window), float(min_ncc), float(min_texture), float(ratio), float(distance_penalty)
+    )
+    out, peak, ok = _pyramid(g0, g1, c0, c1, R, crit)
+    host = as_numpy(torch.cat([out, peak[:, None], ok[:, None].to(torch.float32)], 1))
+    res = p1.copy()
+    keep = host[:, 3] > 0.5
+    res[keep] = host[keep, :2]
+    return res, np.ascontiguousarray(host[:, 2])
+
+
+@dataclass(frozen=True)
+class _Criteria:
+    half_window: int
+    min_ncc: float
+    min_texture: float
+    ratio: float
+    penalty: float
+
+
+def _halve(g: torch.Tensor) -> torch.Tensor:
+    """2x2 box downsampling of ``[1, 1, H, W]``: half-resolution pixel ``j`` is centred on ``2 j + 0.5``."""
+    return F.avg_pool2d(g, 2)
+
+
+def _pyramid(
+    g0: torch.Tensor, g1: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, R: int, crit: _Criteria
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coarse-to-fine search -> (``[N, 2]`` refined points, ``[N]`` peak NCC, ``[N]`` accepted)."""
+    small = min(g0.shape[-2:] + g1.shape[-2:]) // 2 < 4 * crit.half_window + 2
+    if R <= PYRAMID_RADIUS or small:
+        d, peak, ok = _search(g0, g1, c0, c1, R, crit)
+        return c1 + d, peak, ok
+    q, peak_c, ok_c = _pyramid(_halve(g0), _halve(g1), (c0 - 0.5) / 2, (c1 - 0.5) / 2, math.ceil(R / 2), crit)
+    start = torch.where(ok_c[:, None], q * 2 + 0.5, c1)
+    d, peak, ok = _search(g0, g1, c0, start, 2, crit)
+    out = torch.where(ok[:, None], start + d, start)
+    return out, torch.where(ok, peak, peak_c), ok | ok_c
+
+
+def _search(
+    g0: torch.Tensor, g1: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, R: int, crit: _Criteria
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One level: NCC over ``[-R, R]^2`` offsets -> (``[N, 2]`` offset, ``[N]`` peak NCC, ``[N]`` accepted)."""
+    hw = crit.half_window
     (H0, W0), (H1, W1) = g0.shape[-2:], g1.shape[-2:]
     tmpl_in = _inside(c0[:, 0], -hw, hw, W0) & _inside(c0[:, 1], -hw, hw, H0)
     # sample coordinates far outside are clamped by the border padding; only a finite grid is needed
-    ncc, textured = _ncc_maps(_sample(g0, c0, hw), _sample(g1, c1, hw + R), min_texture)
-    off = torch.arange(-R, R + 1, device=dev, dtype=torch.float32)
+    ncc, textured = _ncc_maps(_sample(g0, c0, hw), _sample(g1, c1, hw + R), crit.min_texture)
+    off = torch.arange(-R, R + 1, device=g0.device, dtype=torch.float32)
     vx = _inside(c1[:, 0, None] + off, -hw, hw, W1)  # [N, M]
     vy = _inside(c1[:, 1, None] + off, -hw, hw, H1)
     valid = (vy[:, :, None] & vx[:, None, :]) & (tmpl_in & textured)[:, None, None]
-    d, peak, interior, best, second = _peaks(ncc, valid, distance_penalty)
+    d, peak, interior, best, second = _peaks(ncc, valid, crit.penalty)
     d1 = (2.0 - 2.0 * best).clamp_min(0.0).sqrt()
     d2 = (2.0 - 2.0 * second.clamp_min(-1.0)).clamp_min(0.0).sqrt()
-    accept = interior & (peak >= min_ncc) & (d1 < ratio * d2)
-    host = as_numpy(torch.cat([d, peak[:, None], accept[:, None].to(torch.float32)], 1))
-    ok = host[:, 3] > 0.5
-    out = p1.copy()
-    out[ok] += host[ok, :2]
-    return out, np.ascontiguousarray(host[:, 2])
+    return d, peak, interior & (peak >= crit.min_ncc) & (d1 < crit.ratio * d2)
