@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -379,12 +380,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--images", default="node", choices=("node", "texture"), help="frame content")
     ap.add_argument("--sets", default="each,all", help="each: every output alone; all: all outputs")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any PipelineConfig setting (repeatable)",
+    )
     ap.add_argument("--out", default="jetson_budget.json")
     a = ap.parse_args(argv)
     if a.device == "cpu" and a.precision in ("fp16", "bf16"):
         a.precision = "fp32"
     res = tuple(int(v) for v in a.resolution.lower().split("x"))
-    cfg = PipelineConfig(resolution=res, max_objects=a.max_objects)
+    changes = {k.strip(): yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set if "=" in kv)}
+    if len(changes) != len(a.set):
+        ap.error(f"--set expects KEY=VALUE, got {a.set}")
+    cfg = PipelineConfig(resolution=res, max_objects=a.max_objects).with_updates(**changes)
     graphs = a.device.startswith("cuda")
     eager = load_model(a.weights, "torch", a.device, a.precision, res)
     timed = (
