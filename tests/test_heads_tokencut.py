@@ -281,3 +281,16 @@ def test_later_cuts_stop_only_on_a_certified_mask(monkeypatch) -> None:
     monkeypatch.setattr(tc, "_mask_certified", lambda *a, **k: True)  # negative control: no certificate
     lax = tokencut_multi(torch.from_numpy(F), k=4, tau=0.4, graph_once=True, method="subspace")
     assert [r.mask.tolist() for r in lax] != [r.mask.tolist() for r in ref]
+
+
+@pytest.mark.parametrize("n, C, dtype", [(1, 8, np.float32), (37, 384, np.float32), (300, 64, np.float64)])
+def test_cpu_gram_is_the_exact_symmetric_product(n, C, dtype):
+    """The CPU affinity's product through scipy's BLAS (one thread pool with the eigen solve) is exactly
+    symmetric, has the diagonal once (not twice), and equals ``A @ A.T`` to rounding."""
+    from dinov3_ros.heads.tokencut import _gram
+
+    A = np.ascontiguousarray(np.random.default_rng(n).standard_normal((n, C)).astype(dtype))
+    S = _gram(A)
+    assert S.dtype == dtype and np.array_equal(S, S.T)
+    np.testing.assert_allclose(S, A @ A.T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.diag(S), (A * A).sum(1), rtol=1e-5)

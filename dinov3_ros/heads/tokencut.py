@@ -118,12 +118,24 @@ def _edges(F: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.tril(E) | torch.tril(E, -1).T
 
 
+def _gram(A: np.ndarray) -> np.ndarray:
+    """``A @ A.T``, exactly symmetric, through scipy's BLAS (``syrk``): the CPU path's products and its
+    eigen solve share one BLAS thread pool (numpy and scipy each bundle an OpenBLAS whose idle threads
+    spin; alternating between the two pools triples the head's time on a multi-core CPU)."""
+    from scipy.linalg.blas import get_blas_funcs
+
+    (syrk,) = get_blas_funcs(("syrk",), (A,))
+    U = syrk(1.0, A.T, trans=1)  # the upper triangle (lower left zero); A.T is Fortran order: no copy
+    S = U + U.T
+    np.fill_diagonal(S, U.diagonal())
+    return S
+
+
 def _affinity_np(F: np.ndarray, tau: float, eps: float) -> np.ndarray:
     """Numpy twin of :func:`_affinity` (the CPU path stays in one BLAS, no torch/OpenMP handover)."""
     norm = np.sqrt((F * F).sum(1, keepdims=True))
     Fn = np.ascontiguousarray(F / np.maximum(norm, 1e-12))
-    S = Fn @ Fn.T  # numpy uses syrk for X @ X.T: S is exactly symmetric
-    return np.where(S > tau, 1.0, eps)
+    return np.where(_gram(Fn) > tau, 1.0, eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,10 +263,13 @@ def _contrast(F: torch.Tensor, act: np.ndarray, obj: np.ndarray, inside: np.ndar
         E = (Fn[torch.from_numpy(obj).to(dev)] @ Fn[torch.from_numpy(act).to(dev)].T) > tau
         cnt = torch.stack([E[:, torch.from_numpy(inside).to(dev)].sum(), E.sum()]).cpu()
         e_in, e_all = float(cnt[0]), float(cnt[1])
-    else:  # numpy only on CPU (no torch/OpenMP hand-over next to the BLAS eigen solve)
+    else:  # scipy's BLAS on CPU, as the eigen solve (see _gram)
+        from scipy.linalg.blas import get_blas_funcs
+
         Fa = F.detach().numpy()
         Fa = Fa / np.maximum(np.linalg.norm(Fa, axis=1, keepdims=True), 1e-12)
-        E = (Fa[obj] @ Fa[act].T) > tau
+        (gemm,) = get_blas_funcs(("gemm",), (Fa,))
+        E = gemm(1.0, Fa[obj].T, Fa[act].T, trans_a=1) > tau  # Fortran-order operands: no copies
         e_in, e_all = float(E[:, inside].sum()), float(E.sum())
     k, n_act = obj.size, act.size
     e_out = e_all - e_in
