@@ -766,9 +766,16 @@ def test_reader_process_writes_the_same_bags(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.slow
 def test_reader_process_kill_and_resume(tmp_path: Path) -> None:
-    """A run with the process reader killed by SIGKILL resumes to the uninterrupted output, and its
-    reader process does not outlive it."""
+    """A run with the process reader killed by SIGKILL resumes to the uninterrupted output, its reader
+    process does not outlive it, and no shared-memory frame file is left behind (the slot files are
+    unlinked as soon as they are created; their descriptors travel over the socket)."""
+    from dinov3_ros.offline.readers import slot_dir
+
+    def frame_files() -> set[str]:
+        return {p.name for p in Path(slot_dir()).glob("dinov3-frame-*")}
+
     torch.set_num_threads(1)
+    before = frame_files()
     src = make_bag(tmp_path / "in", n=40)
     args = [
         "--outputs",
@@ -793,5 +800,6 @@ def test_reader_process_kill_and_resume(tmp_path: Path) -> None:
     assert children and not any(Path(f"/proc/{c}").exists() for c in children), (
         "the reader process outlived the run"
     )
+    assert not frame_files() - before, "a killed run left shared-memory frame files behind"
     assert run(str(src), "--out", str(out), *args, "--resume") == 0
     assert (full / "out.mcap").read_bytes() == (out / "out.mcap").read_bytes()

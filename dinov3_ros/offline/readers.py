@@ -168,16 +168,17 @@ def slot_dir() -> str:
 
 
 class _Slots:
-    """The parent's view of the child's slots: one file each (unlinked once opened), mapped here."""
+    """The parent's view of the child's slots: one unlinked file each (its descriptor passed over the
+    socket, so nothing is ever left on disk, however either process ends), mapped here."""
 
     def __init__(self) -> None:
         self.fds: dict[int, int] = {}
         self.maps: dict[int, mmap.mmap] = {}
 
-    def add(self, k: int, path: str | None, size: int) -> None:
-        if path is not None:
-            self.fds[k] = os.open(path, os.O_RDWR)
-            os.unlink(path)  # nothing is left behind, however the run ends
+    def add(self, k: int, fd: int | None, size: int) -> None:
+        """Slot ``k`` has ``size`` bytes: a new file (``fd``) or the same one grown (``None``)."""
+        if fd is not None:
+            self.fds[k] = fd
         self.maps[k] = mmap.mmap(self.fds[k], size)
 
     def view(self, k: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -249,7 +250,9 @@ class ProcessReader:
         """Turn one child record into queue records; False at the end of the input."""
         kind = rec[0]
         if kind == "slot":
-            self.slots.add(rec[1], rec[2], rec[3])
+            from multiprocessing.reduction import recv_handle
+
+            self.slots.add(rec[1], recv_handle(self.conn) if rec[2] else None, rec[3])
         elif kind == "info":
             self.infos[rec[1]] = rec[2]
         elif kind in ("img", "bad", "msg"):
@@ -343,10 +346,14 @@ class _ChildSlots:
     def take(self, nbytes: int) -> int:
         self._poll_free(block=False)
         if not self.free and len(self.files) < self.max:
+            from multiprocessing.reduction import send_handle
+
             fd, path = tempfile.mkstemp(prefix="dinov3-frame-", dir=self.dir)
+            os.unlink(path)  # only the descriptors keep the file: nothing is left behind
             os.ftruncate(fd, nbytes)
             self.files.append((fd, mmap.mmap(fd, nbytes), nbytes))
-            self.conn.send(("slot", len(self.files) - 1, path, nbytes))
+            self.conn.send(("slot", len(self.files) - 1, True, nbytes))
+            send_handle(self.conn, fd, os.getppid())  # right after its record: read in this order
             return len(self.files) - 1
         while not self.free:
             self._poll_free(block=True)
@@ -356,7 +363,7 @@ class _ChildSlots:
             os.ftruncate(fd, nbytes)
             mm.close()
             self.files[k] = (fd, mmap.mmap(fd, nbytes), nbytes)
-            self.conn.send(("slot", k, None, nbytes))
+            self.conn.send(("slot", k, False, nbytes))
         return k
 
     def write(self, k: int, rgb: np.ndarray) -> None:
