@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness import save  # noqa: E402
 
 from dinov3_ros.core import CameraIntrinsics, Frame, PipelineConfig  # noqa: E402
+from dinov3_ros.core.config import parse_settings  # noqa: E402
 from dinov3_ros.msgs import cdr  # noqa: E402
 from dinov3_ros.pipeline.model import load_model  # noqa: E402
 from dinov3_ros.pipeline.outputs import OUTPUTS, topic_types  # noqa: E402
@@ -392,12 +392,10 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/node-...)")
     args = ap.parse_args()
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
-    args.pipeline = {}
-    for kv in args.set:
-        if "=" not in kv:
-            ap.error(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        args.pipeline[k.strip()] = yaml.safe_load(v)
+    try:
+        args.pipeline = parse_settings(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     config = PipelineConfig(resolution=args.resolution).with_updates(**args.pipeline)
     if args.threads:
         torch.set_num_threads(args.threads)

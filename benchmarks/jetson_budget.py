@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dinov3_ros.core.config import parse_settings  # noqa: E402
 from dinov3_ros.heads import _cut_solver  # noqa: E402
 from dinov3_ros.pipeline import OUTPUTS, Frame, PipelineConfig  # noqa: E402
 from dinov3_ros.pipeline.model import load_model  # noqa: E402
@@ -392,9 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.device == "cpu" and a.precision in ("fp16", "bf16"):
         a.precision = "fp32"
     res = tuple(int(v) for v in a.resolution.lower().split("x"))
-    changes = {k.strip(): yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set if "=" in kv)}
-    if len(changes) != len(a.set):
-        ap.error(f"--set expects KEY=VALUE, got {a.set}")
+    try:
+        changes = parse_settings(a.set)
+    except ValueError as e:
+        ap.error(str(e))
     cfg = PipelineConfig(resolution=res, max_objects=a.max_objects).with_updates(**changes)
     graphs = a.device.startswith("cuda")
     eager = load_model(a.weights, "torch", a.device, a.precision, res)

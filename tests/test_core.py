@@ -90,3 +90,16 @@ def test_one_resolver_behind_pipeline_eval_and_export():
     assert torch.equal(
         pipe.state_dict()[f"vit.{emb}"] if f"vit.{emb}" in pipe.state_dict() else ev[emb], ev[emb]
     )
+
+
+def test_parse_settings_reads_yaml_values_and_names_a_bad_pair():
+    """The tools' ``--set KEY=VALUE``: values as YAML, names left to ``with_updates``, a pair without
+    ``=`` refused by name."""
+    from dinov3_ros.core.config import PipelineConfig, parse_settings
+
+    got = parse_settings(["max_objects=2", " match_refine = features", "resolution=[64, 96]", "odom_frame="])
+    assert got == {"max_objects": 2, "match_refine": "features", "resolution": [64, 96], "odom_frame": None}
+    cfg = PipelineConfig().with_updates(**{**got, "odom_frame": ""})
+    assert cfg.max_objects == 2 and cfg.resolution == (64, 96)
+    with pytest.raises(ValueError, match="KEY=VALUE, got 'max_objects'"):
+        parse_settings(["max_objects"])

@@ -7,6 +7,7 @@ bag tool takes them as ``--set name=value``; both validate through :meth:`Pipeli
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -46,6 +47,20 @@ def _check(name: str, value: Any, meta: dict[str, Any]) -> None:
         right = ")" if meta.get("hi_open") else "]"
         rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
         raise ValueError(f"invalid pipeline setting {name}={value!r}: must be finite and in {rng}")
+
+
+def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (the tools' ``--set``) -> settings; each value is read as YAML (numbers,
+    booleans, lists). Names are checked by :meth:`PipelineConfig.with_updates`."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.linalg.blas import get_blas_funcs
 
 from ._common import ArrayLike, check_finite, float_tensor, to_host
 from ._cut_solver import CutStats, MaskedCut, cached_cut
@@ -122,8 +123,6 @@ def _gram(A: np.ndarray) -> np.ndarray:
     """``A @ A.T``, exactly symmetric, through scipy's BLAS (``syrk``): the CPU path's products and its
     eigen solve share one BLAS thread pool (numpy and scipy each bundle an OpenBLAS whose idle threads
     spin; alternating between the two pools triples the head's time on a multi-core CPU)."""
-    from scipy.linalg.blas import get_blas_funcs
-
     (syrk,) = get_blas_funcs(("syrk",), (A,))
     U = syrk(1.0, A.T, trans=1)  # the upper triangle (lower left zero); A.T is Fortran order: no copy
     S = U + U.T
@@ -264,8 +263,6 @@ def _contrast(F: torch.Tensor, act: np.ndarray, obj: np.ndarray, inside: np.ndar
         cnt = torch.stack([E[:, torch.from_numpy(inside).to(dev)].sum(), E.sum()]).cpu()
         e_in, e_all = float(cnt[0]), float(cnt[1])
     else:  # scipy's BLAS on CPU, as the eigen solve (see _gram)
-        from scipy.linalg.blas import get_blas_funcs
-
         Fa = F.detach().numpy()
         Fa = Fa / np.maximum(np.linalg.norm(Fa, axis=1, keepdims=True), 1e-12)
         (gemm,) = get_blas_funcs(("gemm",), (Fa,))

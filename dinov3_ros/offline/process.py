@@ -262,16 +262,9 @@ def _load(load_model: Any, args: argparse.Namespace, device: str, config: Any) -
 
 
 def _config(args: argparse.Namespace) -> Any:
-    import yaml
+    from dinov3_ros.core.config import PipelineConfig, parse_settings
 
-    from dinov3_ros.core.config import PipelineConfig
-
-    changes: dict[str, Any] = {}
-    for kv in args.set:
-        if "=" not in kv:
-            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        changes[k.strip()] = yaml.safe_load(v)
+    changes = parse_settings(args.set)
     if args.resolution:
         changes["resolution"] = parse_resolution(args.resolution)
     return PipelineConfig().with_updates(**changes)

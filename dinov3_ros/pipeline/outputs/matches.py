@@ -54,7 +54,8 @@ def _renew(kf: Keyframe, res: MatchResult, cfg: Any) -> bool:
 
 def _images(kf: Keyframe, grey: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     """``match``'s image arguments: the keyframe's and the current grey image on the features' device
-    (none for a keyframe restored from a state saved without its image)."""
+    (none for a keyframe without its image: restored from an older state, or taken while
+    ``match_refine`` was ``features``)."""
     if kf.grey is None or kf.grey.shape != grey.shape:
         return {}
     return {"image0": torch.from_numpy(kf.grey).to(device), "image1": torch.from_numpy(grey).to(device)}
@@ -77,7 +78,9 @@ class Matches(Output):
     def compute(self, job: FrameJob) -> MatchResult:
         frame, geom, tok, cfg, st = job.frame, job.geom, job.tokens, job.cfg, job.state
         kf = st.keyframe
-        grey = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)  # a new array: the frame is left as it is
+        refine = cfg.match_refine == "image"
+        # a new array (the frame is left as it is), only when the images refine the matches
+        grey = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY) if refine else None
         if kf is None or kf.tokens.shape != tok.shape or kf.geom != geom:
             st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id, grey=grey)
             e = np.zeros((0, 2), np.float32)
@@ -98,7 +101,7 @@ class Matches(Output):
             to_input=to_input,
             verify_with="fundamental",
             ransac_threshold=geom.patch_size / max(geom.scale_x, 1e-9),
-            **(_images(kf, grey, tok.device) if cfg.match_refine == "image" else {}),
+            **(_images(kf, grey, tok.device) if refine else {}),
         )
         H, W = frame.image.shape[:2]
         lim = np.array([W - 0.5, H - 0.5])
