@@ -258,3 +258,26 @@ def test_dense_matcher_takes_backbone_width_features():
     pa, pb = match_features(fa, fa, src, (96, 96), keep=3)
     assert pa.shape == pb.shape == (3, 2)
     assert np.abs(pb - pa).max() <= 8.0  # the same features: each source lands within its own patch
+
+
+def test_heads_matcher_uses_the_pipeline_settings():
+    """The eval scores the matches the node publishes: ratio, minimum similarity and match cap come
+    from ``PipelineConfig`` (control: the head's own defaults keep more, weaker matches)."""
+    from dinov3_ros.core.config import PipelineConfig
+    from dinov3_ros.eval.matching import heads_match
+    from dinov3_ros.heads.correspondence import match
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(12, 12, 32, generator=g)
+    fa = base.numpy()
+    fb = (base + 1.2 * torch.randn(12, 12, 32, generator=g)).numpy()
+    cfg = PipelineConfig()
+    p0, p1 = heads_match(fa, fb, 16)
+    ref = match(
+        fa, fb, patch_size=16.0, mutual=True, ratio=cfg.match_ratio, min_score=cfg.match_threshold,
+        max_matches=cfg.match_max, refine=True, offset=(-0.5, -0.5),
+    )  # fmt: skip
+    np.testing.assert_array_equal(p0, ref.pts0)
+    np.testing.assert_array_equal(p1, ref.pts1)
+    loose = match(fa, fb, patch_size=16.0, refine=True, offset=(-0.5, -0.5))
+    assert 0 < len(p0) < len(loose.pts0)

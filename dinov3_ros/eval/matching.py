@@ -1,8 +1,9 @@
 """Correspondence evaluation: dense-feature matching vs generator ground truth, and relative pose.
 
 Three matchers: ``heads`` (default, the pipeline's matcher) runs ``dinov3_ros.heads.correspondence.match``
-on the two patch grids (mutual nearest neighbours, ratio test, soft-argmax refinement) and refines the
-matches with the two images (NCC template matching, ``heads.subpixel``), as the pipeline does;
+on the two patch grids with the pipeline's default settings (mutual nearest neighbours, ratio test,
+minimum similarity, soft-argmax refinement) and refines the matches with the two images (NCC template
+matching, ``heads.subpixel``), as the pipeline does;
 ``heads-features`` is the same without the images, so the features' own precision stays measurable. Both
 score every returned match whose source has a co-visible GT match. ``dense`` (Probe3D-style, adapted to
 pixels): source pixels are the points of a stride-4 grid of frame A that have a valid (co-visible,
@@ -194,20 +195,26 @@ def heads_match(
     image_a: np.ndarray | None = None,
     image_b: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Matches of ``dinov3_ros.heads.correspondence.match`` (mutual NN, ratio 0.95, soft-argmax refine),
-    refined with the frames' images (``image_a``, ``image_b``: ``SynthFrame.rgb``) when both are given.
+    """Matches of ``dinov3_ros.heads.correspondence.match`` with the pipeline's default settings
+    (``PipelineConfig``: mutual NN, ratio test, minimum similarity, most matches; soft-argmax refine),
+    refined with the frames' images (``image_a``, ``image_b``: ``SynthFrame.rgb``) when both are given:
+    the matches the node publishes for these frames, before its geometric verification flags inliers.
 
     The heads put patch centres at ``(c + 0.5) p`` (pixel k spans [k, k+1)); the generator's K puts
     pixel centres at integers, hence ``offset=-0.5``.
     """
+    from dinov3_ros.core.config import PipelineConfig
     from dinov3_ros.heads.correspondence import match
 
+    cfg = PipelineConfig()
     m = match(
         fa,
         fb,
         patch_size=float(patch_size),
         mutual=True,
-        ratio=0.95,
+        ratio=cfg.match_ratio if cfg.match_ratio < 1.0 else None,
+        min_score=cfg.match_threshold,
+        max_matches=cfg.match_max,
         refine=True,
         offset=(-0.5, -0.5),
         image0=image_a,
