@@ -256,13 +256,28 @@ def _node_messages(bump: int) -> list[dict[str, tuple[str, bytes, list[bytes]]]]
     return steps
 
 
-def _golden() -> dict[str, Any]:
-    if not GOLDEN.exists():
-        pytest.fail(
-            f"no golden outputs for this CPU ({_platform()}): on a checkout whose outputs are known good, "
-            f"write {GOLDEN.name} with `PYTHONPATH=$PWD python tests/test_golden_outputs.py --write`"
-        )
-    return json.loads(GOLDEN.read_text())
+def _goldens() -> list[dict[str, Any]]:
+    """This CPU family's recorded outputs; for a family without a file, every recorded family's (float32
+    kernels of different families often give the same bits: the test passes when one family matches)."""
+    files = [GOLDEN] if GOLDEN.exists() else sorted(GOLDEN.parent.glob("golden_outputs-*.json"))
+    if not files:
+        pytest.fail(f"no golden outputs in {GOLDEN.parent}")
+    return [json.loads(f.read_text()) for f in files]
+
+
+def _closest(got: list, wants: list[list]) -> list:
+    """The recorded message list with the fewest differences from ``got``."""
+    return min(wants, key=lambda w: sum(g != x for g, x in zip(got, w)) + abs(len(got) - len(w)))
+
+
+def _hint() -> str:
+    if GOLDEN.exists():
+        return ""
+    return (
+        f" (no golden file for this CPU, {_platform()}; none of the recorded families matches: on a checkout "
+        f"whose outputs are known good, write {GOLDEN.name} with "
+        "`PYTHONPATH=$PWD python tests/test_golden_outputs.py --write`)"
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the recorded bytes are one-thread bytes
@@ -304,21 +319,24 @@ def _write() -> None:
 @pytest.mark.parametrize("case", ["offline", "variant"])
 def test_offline_outputs_match_golden(tmp_path: Path, case: str) -> None:
     got = offline_records(tmp_path, settings=VARIANT if case == "variant" else ())
-    want = _golden()[case]
+    wants = [g[case] for g in _goldens()]
+    want = next(
+        w for w in wants if w["messages"] == _closest(got["messages"], [x["messages"] for x in wants])
+    )
     assert len(got["messages"]) == len(want["messages"]) > 0
     bad = [(g, w) for g, w in zip(got["messages"], want["messages"]) if g != w]
-    assert not bad, f"{len(bad)} messages differ from the golden outputs, first: {bad[0]}"
+    assert not bad, f"{len(bad)} messages differ from the golden outputs{_hint()}, first: {bad[0]}"
     assert got["mcap"] == want["mcap"], "same messages but a different MCAP file"
 
 
 def test_node_outputs_match_golden() -> None:
     got = node_records()
-    want = [list(x) for x in _golden()["node"]]
+    want = _closest(got, [[list(x) for x in g["node"]] for g in _goldens()])
     from dinov3_ros.pipeline.outputs import topic_types
 
     assert len(got) == len(want) == 2 * N * len(topic_types())
     bad = [(g, w) for g, w in zip(got, want) if g != w]
-    assert not bad, f"{len(bad)} messages differ from the golden outputs, first: {bad[0]}"
+    assert not bad, f"{len(bad)} messages differ from the golden outputs{_hint()}, first: {bad[0]}"
 
 
 def test_node_and_bag_tool_send_the_same_bytes(tmp_path: Path) -> None:
@@ -333,11 +351,13 @@ def test_node_and_bag_tool_send_the_same_bytes(tmp_path: Path) -> None:
 
 
 def test_a_one_pixel_change_is_detected(tmp_path: Path) -> None:
-    """Negative control: a changed input pixel (as a decoder bug would make) changes the hashes."""
-    golden = _golden()
+    """Negative control: a changed input pixel (as a decoder bug would make) changes the hashes, against
+    every golden file the other tests may accept."""
+    goldens = _goldens()
     node = node_records(bump=1)
-    assert node != [list(x) for x in golden["node"]]
-    assert offline_records(tmp_path, bump=1)["messages"] != golden["offline"]["messages"]
+    assert all(node != [list(x) for x in g["node"]] for g in goldens)
+    offline = offline_records(tmp_path, bump=1)["messages"]
+    assert all(offline != g["offline"]["messages"] for g in goldens)
 
 
 if __name__ == "__main__":
