@@ -281,3 +281,4 @@ def test_heads_matcher_uses_the_pipeline_settings():
     np.testing.assert_array_equal(p1, ref.pts1)
     loose = match(fa, fb, patch_size=16.0, refine=True, offset=(-0.5, -0.5))
     assert 0 < len(p0) < len(loose.pts0)
+    assert cfg.with_updates(match_ratio=1.0).match_args()["ratio"] is None  # 1 = no ratio test

@@ -149,6 +149,15 @@ class PipelineConfig:
             raise ValueError(f"mask_encoding mono8 holds at most 255 objects, max_objects={self.max_objects}")
         return self
 
+    def match_args(self) -> dict[str, Any]:
+        """The match settings as ``heads.correspondence.match`` arguments (ratio 1 = no ratio test): one
+        mapping for the node's matches and the eval that scores them."""
+        return {
+            "ratio": self.match_ratio if self.match_ratio < 1.0 else None,
+            "min_score": self.match_threshold,
+            "max_matches": self.match_max,
+        }
+
     def with_updates(self, **changes: Any) -> PipelineConfig:
         """A validated copy with ``changes`` applied (unknown names raise ``ValueError``)."""
         known = {f.name for f in fields(self)}

@@ -206,15 +206,12 @@ def heads_match(
     from dinov3_ros.core.config import PipelineConfig
     from dinov3_ros.heads.correspondence import match
 
-    cfg = PipelineConfig()
     m = match(
         fa,
         fb,
         patch_size=float(patch_size),
         mutual=True,
-        ratio=cfg.match_ratio if cfg.match_ratio < 1.0 else None,
-        min_score=cfg.match_threshold,
-        max_matches=cfg.match_max,
+        **PipelineConfig().match_args(),
         refine=True,
         offset=(-0.5, -0.5),
         image0=image_a,
