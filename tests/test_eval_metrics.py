@@ -231,3 +231,24 @@ def test_linear_probe_hand_computed():
     np.testing.assert_allclose(W.ravel(), [2.0, 1.0], atol=1e-9)
     assert M.accuracy(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])) == 0.75
     assert M.prior_chance(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2) == pytest.approx(0.5)
+
+
+def test_scene_bootstrap_ci_resamples_whole_scenes():
+    from dinov3_ros.eval.metrics import scene_bootstrap_ci
+
+    # 6 scenes of 8 frames; each scene's frames share one score (fully correlated within a scene)
+    scene_scores = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7])
+    scenes = np.repeat(np.arange(6), 8)
+    values = scene_scores[scenes]
+    lo, hi = scene_bootstrap_ci(values, scenes, draws=4000)
+    assert lo < values.mean() < hi
+    # the mean of 6 draws from the scene scores: the interval is that wide, not that of 48 independent
+    # values (resampling frames instead of scenes would give about sqrt(8) times narrower)
+    per_frame = np.random.default_rng(0).choice(values, (4000, values.size)).mean(1)
+    frame_width = np.quantile(per_frame, 0.975) - np.quantile(per_frame, 0.025)
+    assert hi - lo > 2.0 * frame_width
+    sd = scene_scores.std() / np.sqrt(6)
+    assert abs((hi - lo) - 2 * 1.96 * sd) < 0.35 * (hi - lo)
+    assert scene_bootstrap_ci([0.5, 0.5], [3, 3]) == [0.5, 0.5]  # one scene: no spread
+    with pytest.raises(ValueError, match="one scene per value"):
+        scene_bootstrap_ci([0.1, 0.2], [0])

@@ -44,6 +44,15 @@ def test_oracle_scores_perfectly(data):
     assert ex["depth_pred"].shape == (96, 96)
     back = json.loads(json.dumps(res, allow_nan=False))  # JSON-able, no NaN
     assert back["summary"] == res["summary"] and back["depth"] == res["depth"]
+    # perfect on every scene: every interval is the point itself; two test scenes are counted
+    assert res["summary_ci95"]["tokencut.corloc"] == [1.0, 1.0] and res["summary_ci95"]["depth.abs_rel"] == [
+        0,
+        0,
+    ]
+    assert set(res["summary_ci95"]) == {
+        k for k in res["summary"] if "err_deg" not in k and "any" not in k
+    } - {"depth.rmse"}
+    assert t["scenes"] == c["scenes"] == 2
 
 
 def test_instance_features_are_the_majority_instance_per_patch(data):
@@ -60,6 +69,9 @@ def test_noise_features_score_at_chance(data):
     assert c["recall@4px"] <= 5 * random_match_chance(96, 96, 4.0) + 0.01
     assert c["pose_acc@5deg"] == 0.0
     assert t["iou"] < 0.35
+    for task, key in (("tokencut", "iou"), ("correspondence", "recall@4px"), ("probe", "linear_acc")):
+        lo, hi = res[task]["ci95"][key]
+        assert lo <= res[task][key] <= hi and hi - lo > 0, (task, lo, hi)  # noisy scores: a real spread
     ceiling = t["instance_features"]  # TokenCut on perfect instance features: the same for every model
     assert (
         ceiling

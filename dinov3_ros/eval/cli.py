@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, default=(224, 224), help="WIDTHxHEIGHT, multiples of 16")
     parser.add_argument("--train-scenes", type=int, default=12, help="scenes the probes are fitted on")
     parser.add_argument(
-        "--test-scenes", type=int, default=4, help="held-out scenes the metrics are computed on"
+        "--test-scenes", type=int, default=16, help="held-out scenes the metrics are computed on"
     )
     parser.add_argument("--frames-per-scene", type=int, default=8, help="views rendered per scene")
     parser.add_argument("--pair-gap", type=int, default=3, help="frames between the two views of a pair")
@@ -138,7 +138,8 @@ def main(args: argparse.Namespace) -> int:
             examples.append(ex)
             print(f"\n{res['model']}  ({res['total_s']:.1f} s)")
             for k, v in res["summary"].items():
-                print(f"  {k:32s} {v:.4f}")
+                ci = res["summary_ci95"].get(k)
+                print(f"  {k:32s} {v:.4f}" + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"dinov3-ros eval: {e}", file=sys.stderr)
         return 1

@@ -53,7 +53,7 @@ def synthetic_data(
     seed: int = EVAL_SEED,
     size: tuple[int, int] = (224, 224),
     train_scenes: int = 12,
-    test_scenes: int = 4,
+    test_scenes: int = 16,
     frames_per_scene: int = 8,
     pair_gap: int = 3,
     probe_scenes: tuple[int, int] = (48, 24),

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from dinov3_ros.eval.metrics import depth_metrics, mean_metrics, ridge_fit, ridge_predict
+from dinov3_ros.eval.metrics import (
+    depth_metrics,
+    mean_metrics,
+    ridge_fit,
+    ridge_predict,
+    scene_bootstrap_ci,
+)
 from dinov3_ros.synthetic.frame import SynthFrame
 
 MIN_DEPTH, MAX_DEPTH = 0.05, 100.0
@@ -57,7 +63,8 @@ class DepthProbe:
 
 
 def evaluate_depth(frames: Sequence[SynthFrame], predict: Callable[[int, SynthFrame], np.ndarray]) -> dict:
-    """Mean per-image depth metrics; ``predict(i, frame)`` returns an ``[H,W]`` depth in metres."""
+    """Mean per-image depth metrics, with 95% scene-bootstrap intervals of AbsRel and delta1 (``ci95``);
+    ``predict(i, frame)`` returns an ``[H,W]`` depth in metres."""
     per = []
     for i, fr in enumerate(frames):
         pred = np.asarray(predict(i, fr), np.float64)
@@ -67,4 +74,6 @@ def evaluate_depth(frames: Sequence[SynthFrame], predict: Callable[[int, SynthFr
         per.append(depth_metrics(pred, fr.depth))
     out = mean_metrics(per)
     out["images"] = len(per)
+    scenes = [fr.scene_index for fr in frames]
+    out["ci95"] = {k: scene_bootstrap_ci([d[k] for d in per], scenes) for k in ("abs_rel", "delta1")}
     return out

@@ -22,7 +22,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dinov3_ros.eval.metrics import correspondence_recall, random_match_chance, relative_pose_error
+from dinov3_ros.eval.metrics import (
+    correspondence_recall,
+    random_match_chance,
+    relative_pose_error,
+    scene_bootstrap_ci,
+)
 from dinov3_ros.synthetic.correspondence import gt_correspondences, relative_pose
 from dinov3_ros.synthetic.frame import SynthFrame
 
@@ -144,7 +149,8 @@ def evaluate_matching(
     seed: int = 0,
     ransac_px: float = 2.0,
 ) -> dict:
-    """Recall@1/2/4 px (mean over pairs), median relative-pose errors, and chance levels.
+    """Recall@1/2/4 px (mean over pairs, with 95% scene-bootstrap intervals), median relative-pose
+    errors, and chance levels.
 
     The matcher gets GT-co-visible source pixels (it may ignore them and return its own sources, e.g.
     patch centres); recall is over the returned matches whose source has a valid GT match (GT for
@@ -152,11 +158,12 @@ def evaluate_matching(
     """
     rng = np.random.default_rng(seed)
     rec: list[dict] = []
-    rot, trans, nm = [], [], []
+    rot, trans, nm, scenes = [], [], [], []
     for a, b in pairs:
         src = source_pixels(a, b, n_sources, rng)
         if src.shape[0] < 8:
             continue
+        scenes.append(a.scene_index)
         pa, pb = matcher(a, b, src)
         if len(pa) == 0:
             rec.append({f"recall@{t:g}px": 0.0 for t in THRESHOLDS})
@@ -183,6 +190,8 @@ def evaluate_matching(
             "pairs": len(rec),
             "matches_per_pair": float(np.mean(nm)),
             "chance": {f"recall@{t:g}px": random_match_chance(W, H, t) for t in THRESHOLDS},
+            "scenes": len(set(scenes)),
+            "ci95": {k: scene_bootstrap_ci([r[k] for r in rec], scenes) for k in rec[0]},
         }
     )
     return out

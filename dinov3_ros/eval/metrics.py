@@ -99,8 +99,15 @@ def corloc(pred_boxes: Sequence, gt_boxes: Sequence[Sequence], thr: float = 0.5)
         raise ValueError("one predicted box per image is required")
     if not pred_boxes:
         raise ValueError("no images")
-    hits = [p is not None and any(box_iou(p, g) >= thr for g in gts) for p, gts in zip(pred_boxes, gt_boxes)]
-    return float(np.mean(hits))
+    return float(np.mean(corloc_hits(pred_boxes, gt_boxes, thr)))
+
+
+def corloc_hits(pred_boxes: Sequence, gt_boxes: Sequence[Sequence], thr: float = 0.5) -> np.ndarray:
+    """Per image: whether its predicted box has IoU >= ``thr`` with any of its GT boxes (see :func:`corloc`)."""
+    return np.array(
+        [p is not None and any(box_iou(p, g) >= thr for g in gts) for p, gts in zip(pred_boxes, gt_boxes)],
+        bool,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,3 +296,28 @@ def prior_chance(train_y: np.ndarray, test_y: np.ndarray, num_classes: int) -> f
     pt = np.bincount(np.asarray(train_y, np.int64), minlength=num_classes) / max(len(train_y), 1)
     pe = np.bincount(np.asarray(test_y, np.int64), minlength=num_classes) / max(len(test_y), 1)
     return float(pt @ pe)
+
+
+# --------------------------------------------------------------------------------------------
+# uncertainty
+# --------------------------------------------------------------------------------------------
+def scene_bootstrap_ci(
+    values: Sequence[float], scenes: Sequence[int], draws: int = 2000, level: float = 0.95, seed: int = 0
+) -> list[float]:
+    """Percentile interval ``[lo, hi]`` of the mean of ``values`` with whole scenes resampled.
+
+    The frames of one scene share room, objects and textures, so their scores are correlated:
+    resampling scenes (all of a scene's values together) instead of single values keeps that in the
+    interval's width. One scene gives a zero-width interval.
+    """
+    v = np.asarray(values, np.float64)
+    s = np.asarray(scenes)
+    if v.size == 0 or v.shape != s.shape:
+        raise ValueError("scene_bootstrap_ci needs one scene per value and at least one value")
+    _, group = np.unique(s, return_inverse=True)
+    sums = np.bincount(group, weights=v)
+    counts = np.bincount(group).astype(np.float64)
+    pick = np.random.default_rng(seed).integers(0, sums.size, (draws, sums.size))
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    tail = (1.0 - level) / 2.0
+    return [float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))]

@@ -19,11 +19,13 @@ from dinov3_ros.eval.data import Crop, dominant_instance
 from dinov3_ros.eval.metrics import (
     accuracy,
     corloc,
+    corloc_hits,
     knn_predict,
     linear_probe_predict,
     mask_box,
     mask_iou,
     prior_chance,
+    scene_bootstrap_ci,
     select_ridge_lambda,
 )
 from dinov3_ros.synthetic.frame import SynthFrame
@@ -82,12 +84,14 @@ def evaluate_tokencut(
     segment: Callable[[int, SynthFrame], np.ndarray],
     min_fraction: float = 0.015,
 ) -> dict:
-    """Mean IoU with the dominant object, CorLoc (its box) and CorLoc-any (any visible object's box)."""
-    ious, pred_boxes, dom_boxes, any_boxes = [], [], [], []
+    """Mean IoU with the dominant object, CorLoc (its box) and CorLoc-any (any visible object's box),
+    with 95% scene-bootstrap intervals of IoU and CorLoc (``ci95``)."""
+    ious, pred_boxes, dom_boxes, any_boxes, scenes = [], [], [], [], []
     for i, fr in enumerate(frames):
         inst = dominant_instance(fr, min_fraction)
         if inst is None:
             continue
+        scenes.append(fr.scene_index)
         gt = fr.instances == inst
         m = upsample_mask(np.asarray(segment(i, fr), bool), fr.height, fr.width)
         ious.append(mask_iou(m, gt))
@@ -96,11 +100,14 @@ def evaluate_tokencut(
         any_boxes.append([fr.instance_box(k) for k in fr.instance_areas()])
     if not ious:
         raise ValueError("no frame has a dominant object large enough for the TokenCut evaluation")
+    hits = corloc_hits(pred_boxes, dom_boxes)
     return {
         "iou": float(np.mean(ious)),
         "corloc": corloc(pred_boxes, dom_boxes),
         "corloc_any": corloc(pred_boxes, any_boxes),
         "images": len(ious),
+        "scenes": len(set(scenes)),
+        "ci95": {"iou": scene_bootstrap_ci(ious, scenes), "corloc": scene_bootstrap_ci(hits, scenes)},
     }
 
 
@@ -124,7 +131,8 @@ def evaluate_probe(
     k: int = 20,
 ) -> dict:
     """k-NN (cosine, k=20, T=0.07), 1-NN and ridge linear probe accuracy on instance crops (the ridge
-    strength chosen by cross-validation on the training crops), with chance levels. ``embed(crops) ->
+    strength chosen by cross-validation on the training crops), with chance levels and 95% scene-bootstrap
+    intervals (``ci95``). ``embed(crops) ->
     [N, D]`` features."""
     if not train or not test:
         raise ValueError("the class probe needs training and test crops")
@@ -141,6 +149,7 @@ def evaluate_probe(
     lam = select_ridge_lambda(xtr, ytr, num_classes)
     lin = linear_probe_predict(xtr, ytr, xte, num_classes, lam)
     knn1 = knn_predict(xtr, ytr, xte, k=1, num_classes=num_classes)
+    scenes = [c.scene_index for c in test]
     return {
         "knn_acc": accuracy(knn, yte),
         "knn1_acc": accuracy(knn1, yte),
@@ -152,4 +161,8 @@ def evaluate_probe(
         "train_crops": len(train),
         "test_crops": len(test),
         "test_crops_unseen_class": n_all - len(test),
+        "ci95": {
+            "knn_acc": scene_bootstrap_ci(knn == yte, scenes),
+            "linear_acc": scene_bootstrap_ci(lin == yte, scenes),
+        },
     }

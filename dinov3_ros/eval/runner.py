@@ -97,6 +97,7 @@ def evaluate(model: FeatureModel | str, data: EvalData, opts: EvalOptions | None
             fn(run)
             res["timing_s"][task] = time.perf_counter() - t0
     res["summary"] = summary(res)
+    res["summary_ci95"] = summary_ci95(res)
     return res, run.ex
 
 
@@ -259,4 +260,26 @@ def summary(res: dict) -> dict[str, float]:
     if "probe" in res:
         out["probe.knn_acc"] = res["probe"]["knn_acc"]
         out["probe.linear_acc"] = res["probe"]["linear_acc"]
+    return out
+
+
+#: summary key -> (task, key in the task's ``ci95``)
+_CI_KEYS = {
+    "depth.abs_rel": ("depth", "abs_rel"),
+    "depth.delta1": ("depth", "delta1"),
+    **{f"corr.recall@{t}px": ("correspondence", f"recall@{t}px") for t in (1, 2, 4)},
+    "tokencut.iou": ("tokencut", "iou"),
+    "tokencut.corloc": ("tokencut", "corloc"),
+    "probe.knn_acc": ("probe", "knn_acc"),
+    "probe.linear_acc": ("probe", "linear_acc"),
+}
+
+
+def summary_ci95(res: dict) -> dict[str, list[float]]:
+    """95% scene-bootstrap intervals of the headline numbers that have one (flat, as :func:`summary`)."""
+    out = {}
+    for key, (task, k) in _CI_KEYS.items():
+        ci = res.get(task, {}).get("ci95", {}).get(k)
+        if ci is not None:
+            out[key] = ci
     return out
