@@ -103,7 +103,7 @@ def evaluate_tokencut(
     hits = corloc_hits(pred_boxes, dom_boxes)
     return {
         "iou": float(np.mean(ious)),
-        "corloc": corloc(pred_boxes, dom_boxes),
+        "corloc": float(np.mean(hits)),
         "corloc_any": corloc(pred_boxes, any_boxes),
         "images": len(ious),
         "scenes": len(set(scenes)),

@@ -263,23 +263,16 @@ def summary(res: dict) -> dict[str, float]:
     return out
 
 
-#: summary key -> (task, key in the task's ``ci95``)
-_CI_KEYS = {
-    "depth.abs_rel": ("depth", "abs_rel"),
-    "depth.delta1": ("depth", "delta1"),
-    **{f"corr.recall@{t}px": ("correspondence", f"recall@{t}px") for t in (1, 2, 4)},
-    "tokencut.iou": ("tokencut", "iou"),
-    "tokencut.corloc": ("tokencut", "corloc"),
-    "probe.knn_acc": ("probe", "knn_acc"),
-    "probe.linear_acc": ("probe", "linear_acc"),
-}
+#: prefix of a summary key -> the task whose ``ci95`` holds its interval
+_SUMMARY_TASK = {"depth": "depth", "corr": "correspondence", "tokencut": "tokencut", "probe": "probe"}
 
 
 def summary_ci95(res: dict) -> dict[str, list[float]]:
-    """95% scene-bootstrap intervals of the headline numbers that have one (flat, as :func:`summary`)."""
+    """95% scene-bootstrap intervals of the headline numbers that have one (keys as :func:`summary`)."""
     out = {}
-    for key, (task, k) in _CI_KEYS.items():
-        ci = res.get(task, {}).get("ci95", {}).get(k)
+    for key in res["summary"]:
+        prefix, k = key.split(".", 1)
+        ci = res[_SUMMARY_TASK[prefix]].get("ci95", {}).get(k)
         if ci is not None:
             out[key] = ci
     return out
