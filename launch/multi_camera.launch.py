@@ -23,6 +23,7 @@ ARGS = [
     ("weights", "weights", "", "checkpoint path, 'default' or 'random:<arch>'"),
     ("engine", "weights", "", "TensorRT plan or ONNX model; overrides weights when set"),
     ("depth_head", "depth_head", "", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
+    ("objects_head", "objects_head", "", "objects head file; 'auto' = the registry model's head; 'none'"),
     ("backend", "backend", "", "torch | onnxruntime | tensorrt (default: from engine's extension)"),
     ("device", "device", "", "cpu | cuda | cuda:N"),
     ("precision", "precision", "", "fp32 | fp16 | bf16 | int8"),

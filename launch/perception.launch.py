@@ -2,7 +2,7 @@
 
 Arguments override the parameter file only when given (an empty argument leaves the file's value):
 weights, engine (a TensorRT plan / ONNX file: becomes ``weights``, and picks the backend from its
-extension unless ``backend`` is given), depth_head, backend, device, precision, resolution (``HxW``;
+extension unless ``backend`` is given), depth_head, objects_head, backend, device, precision, resolution (``HxW``;
 empty = the engine's own size), image_transport, input_qos / output_qos, params_file, namespace,
 node_name, log_level, use_sim_time, lifecycle. ``camera_info`` defaults to the image topic's sibling
 (``/camera/color/image_raw`` -> ``/camera/color/camera_info``), as image_transport's camera subscriber
@@ -22,6 +22,7 @@ ARGS = [
     ("weights", "weights", "checkpoint path, 'default' (models/registry.yaml) or 'random:<arch>'"),
     ("engine", "weights", "TensorRT plan (.plan/.engine) or ONNX model; overrides weights when set"),
     ("depth_head", "depth_head", "depth head file; 'auto' = the registry model's shipped head; 'none'"),
+    ("objects_head", "objects_head", "objects head file; 'auto' = the registry model's shipped head; 'none'"),
     (
         "backend",
         "backend",

@@ -49,9 +49,7 @@ def test_oracle_scores_perfectly(data):
         0,
         0,
     ]
-    assert set(res["summary_ci95"]) == {
-        k for k in res["summary"] if "err_deg" not in k and "any" not in k
-    } - {"depth.rmse"}
+    assert set(res["summary_ci95"]) == {k for k in res["summary"] if "err_deg" not in k} - {"depth.rmse"}
     assert t["scenes"] == c["scenes"] == 2
 
 
@@ -201,6 +199,38 @@ def test_depth_head_file_metrics_equal_hand_computed(data, tiny, tmp_path):
     for k in ("abs_rel", "sq_rel", "rmse", "delta1", "silog", "log10"):
         assert res["depth"][k] == pytest.approx(want[k], rel=1e-5), k
     assert res["depth"]["images"] == len(data.test)
+
+
+def test_objects_head_file_is_what_tokencut_cuts(data, tiny, tmp_path):
+    """``--objects-head``: the TokenCut scores equal TokenCut run by hand on the head's projection of the
+    backbone's patch tokens; raw tokens (no head) score differently."""
+    from dinov3_ros.eval.objects import evaluate_tokencut, tokencut_mask
+    from dinov3_ros.heads.objects_head import ObjectsHead, save_objects_head
+
+    _, model = tiny
+    rng = np.random.default_rng(0)
+    head = ObjectsHead(rng.standard_normal((192, 4)).astype(np.float32), np.zeros(4, np.float32))
+    path = tmp_path / "objects_head.npz"
+    save_objects_head(path, head, {"arch": "vitt16"})
+    res, ex = evaluate(model, data, EvalOptions(tasks=("tokencut",), objects_head=str(path)))
+    raw, raw_ex = evaluate(model, data, EvalOptions(tasks=("tokencut",)))
+    tokens = model(np.stack([f.rgb for f in data.test]))[0]
+    proj = head.apply_numpy(tokens)
+    want = evaluate_tokencut(data.test, lambda i, fr: tokencut_mask(proj[i])[0])
+    for k in ("iou", "corloc", "corloc_any"):
+        assert res["tokencut"][k] == want[k], k
+    assert res["tokencut"]["objects_head"] == str(path) and raw["tokencut"]["objects_head"] == "none"
+    np.testing.assert_array_equal(ex["mask"], tokencut_mask(proj[0])[0])
+    np.testing.assert_array_equal(raw_ex["mask"], tokencut_mask(tokens[0])[0])
+    # the control: the projection changes the cut (so the equalities above tell head from no head)
+    assert any(
+        not np.array_equal(tokencut_mask(proj[i])[0], tokencut_mask(tokens[i])[0]) for i in range(len(proj))
+    )
+    save_objects_head(
+        path, ObjectsHead(np.zeros((64, 4), np.float32), np.zeros(4, np.float32)), {"arch": "x"}
+    )
+    with pytest.raises(ValueError, match="64-d tokens, backbone gives 192"):
+        evaluate(model, data, EvalOptions(tasks=("tokencut",), objects_head=str(path)))
 
 
 def test_folder_data_split(tmp_path):

@@ -195,7 +195,7 @@ def test_head_file_round_trip_and_validation(tmp_path):
     torch.save(raw, tmp_path / "tampered.pt")
     with pytest.raises(ValueError, match="weights do not match"):
         load_head(tmp_path / "tampered.pt")
-    assert not [p for p in tmp_path.rglob(".tmp_head_*")]  # atomic writes leave no temp files
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temp files
 
 
 def test_sig_loss_matches_formula():

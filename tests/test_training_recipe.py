@@ -1,6 +1,6 @@
 """The default-model recipe as documented (`training/recipes/default_model.sh`), every stage on CPU at a
 toy size through its environment overrides: a teacher cut by its wall-time limit and resumed, then
-student -> depth head -> export, then a re-run that skips the finished stages."""
+student -> depth head -> objects head -> export, then a re-run that skips the finished stages."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_default_recipe_stages_run_end_to_end(tmp_path):
         "PY": sys.executable,
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",
-        "STAGES": "teacher student depth export",
+        "STAGES": "teacher student depth objects export",
         "TEACHER_ITERS": "2",
         "STUDENT_ITERS": "2",
         "DEPTH_ITERS": "2",
@@ -64,6 +64,17 @@ def test_default_recipe_stages_run_end_to_end(tmp_path):
                 "data.pool={scenes: 2, backend: generator, render_batch: 2}",
             ]
         ),
+        "EXTRA_OBJECTS": "\n".join(
+            [
+                "backbone.overrides={depth: 1}",
+                "data.image_sizes=[[32, 32]]",
+                "data.scenes=2",
+                "data.frames_per_scene=2",
+                "data.val_scenes=1",
+                "optim.iterations=2",
+                "head.out_dim=8",
+            ]
+        ),
     }
 
     def go(**extra: str) -> str:
@@ -86,16 +97,22 @@ def test_default_recipe_stages_run_end_to_end(tmp_path):
     assert "resumed from" in second and "at iteration 1" in second
     model = out / "model"
     manifest = json.loads((model / "model.json").read_text())
-    assert set(manifest["files"]) == {"dinov3_vits16_dinov3ros.pth", "depth_head.pt"}
+    assert set(manifest["files"]) == {"dinov3_vits16_dinov3ros.pth", "depth_head.pt", "objects_head.npz"}
     sd = torch.load(model / "dinov3_vits16_dinov3ros.pth", weights_only=True)
     assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
     from dinov3_ros.models import build_backbone
 
     build_backbone("vits16", depth=1).load_state_dict({k: v.float() for k, v in sd.items()})
-    for name in ("teacher_config.yaml", "student_config.yaml", "depth_config.yaml", "depth_metrics.json"):
+    from dinov3_ros.heads.objects_head import load_objects_head
+
+    assert (
+        load_objects_head(model / "objects_head.npz", expect_arch="vits16", expect_embed_dim=384).out_dim == 8
+    )
+    names = ("teacher_config.yaml", "student_config.yaml", "depth_config.yaml", "depth_metrics.json")
+    for name in (*names, "objects_config.yaml", "objects_metrics.json"):
         assert (model / "provenance" / name).is_file(), name
     log = (out / "recipe.log").read_text()
     assert "sim pool: 8 frames of 64x64" in log  # the teacher rendered its pool
     again = go()  # a finished run skips every stage
-    for stage in ("teacher", "student", "depth"):
+    for stage in ("teacher", "student", "depth", "objects"):
         assert f"{stage}: done, skipping" in again

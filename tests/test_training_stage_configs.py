@@ -185,3 +185,10 @@ def test_cpu_quick_start_chain_as_documented(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/distill_tiny_cpu/students/vitt16/backbone_ema.pth").is_file()
     assert cli.main(["depth", "--config", str(cfg / "depth_tiny_cpu.yaml"), "train.iterations=2"]) == 0
     assert (tmp_path / "runs/depth_tiny_cpu/depth_head.pt").is_file()
+    assert cli.main(["objects", "--config", str(cfg / "objects_tiny_cpu.yaml"), "optim.iterations=2"]) == 0
+    from dinov3_ros.heads.objects_head import load_objects_head
+
+    head = load_objects_head(tmp_path / "runs/objects_tiny_cpu/objects_head.npz", expect_arch="vitt16")
+    assert head.out_dim == 32 and head.meta["trained_on"]["scenes"] == 4
+    held = json.loads((tmp_path / "runs/objects_tiny_cpu/metrics.json").read_text())["held_out"]["64x64"]
+    assert set(held) == {"raw", "projected"} and 0.0 <= held["projected"]["iou"] <= 1.0

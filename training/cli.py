@@ -11,6 +11,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("training.pretrain", "DINOv3 self-supervised pretraining (DINO, iBOT, KoLeo, Gram)"),
     "distill": ("training.distill", "distil a frozen teacher into one or more students"),
     "depth": ("training.depth_head", "train a depth head on a frozen backbone"),
+    "objects": (
+        "training.objects_head",
+        "train the objects head (TokenCut's token projection) on a frozen backbone",
+    ),
 }
 
 

@@ -7,7 +7,8 @@ import copy
 import difflib
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -591,3 +592,37 @@ RESUME_MAY_CHANGE = frozenset(
         "debug",
     }
 )
+
+
+# --------------------------------------------------------------------------------------------
+# head-training commands (`dinov3-train depth`, `dinov3-train objects`)
+
+
+def add_head_stage_arguments(parser: Any, config_help: str) -> None:
+    """``--config``, the ``--output-dir`` / ``--backbone`` shortcuts, ``--device`` and the overrides."""
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--output-dir", default=None, help="shortcut for output_dir=...")
+    parser.add_argument("--backbone", default=None, help="shortcut for backbone.weights=...")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
+
+
+def read_head_stage_config(
+    load: Callable[[str, list[str]], dict[str, Any]], args: Any, prog: str
+) -> dict[str, Any] | None:
+    """``load(args.config, overrides)`` with the shortcuts of :func:`add_head_stage_arguments` (and
+    ``--allow-config-change`` where the command has it) applied; a bad config is printed as
+    ``prog: bad config: ...`` and gives None."""
+    overrides = list(args.overrides or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.backbone:
+        overrides.append(f"backbone.weights={args.backbone}")
+    if getattr(args, "allow_config_change", False):
+        overrides.append("train.allow_config_change=true")
+    try:
+        return load(args.config, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e) if str(e).startswith("bad ") else f"bad config: {e}"
+        print(f"{prog}: {msg}", file=sys.stderr)
+        return None

@@ -659,35 +659,25 @@ def run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="depth-head YAML (training/configs/depth_*.yaml)")
-    parser.add_argument("--output-dir", default=None, help="shortcut for output_dir=...")
-    parser.add_argument("--backbone", default=None, help="shortcut for backbone.weights=...")
+    from training.config import add_head_stage_arguments
+
+    add_head_stage_arguments(parser, "depth-head YAML (training/configs/depth_*.yaml)")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many more steps (a resumable chunk)"
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument(
         "--allow-config-change",
         action="store_true",
         help="resume a run even though this config differs from the one it started with",
     )
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides (YAML values)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from training.config import read_head_stage_config
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    overrides = list(args.overrides or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    if args.backbone:
-        overrides.append(f"backbone.weights={args.backbone}")
-    if args.allow_config_change:
-        overrides.append("train.allow_config_change=true")
-    try:
-        cfg = load_config(args.config, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        msg = str(e) if str(e).startswith("bad ") else f"bad config: {e}"
-        print(f"dinov3-train depth: {msg}", file=sys.stderr)
+    cfg = read_head_stage_config(load_config, args, "dinov3-train depth")
+    if cfg is None:
         return 2
     try:
         tr, metrics = run(cfg, device=args.device, max_steps=args.max_steps)

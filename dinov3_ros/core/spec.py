@@ -3,8 +3,8 @@ and export.
 
 ``weights`` is ``random:<arch>`` (random initialisation with a fixed seed, for tests and benchmarks),
 the name of a registry entry with shipped weights (``default``; ``models/registry.yaml``) or a file
-(checkpoint, ONNX file or TensorRT plan). ``depth_head`` is ``auto`` (the registry entry's shipped
-head; none for a file), ``none`` or a head file.
+(checkpoint, ONNX file or TensorRT plan). ``depth_head`` and ``objects_head`` are each ``auto`` (the
+registry entry's shipped head; none for a file), ``none`` or a head file.
 """
 
 from __future__ import annotations
@@ -60,17 +60,25 @@ class WeightsSpec:
     def depth_head(self, choice: str | None = "auto") -> Path | str | None:
         """The depth head for ``choice``: a file path, ``"random"`` (random weights get a random linear
         head) or ``None``; ``auto`` = the registry entry's shipped head."""
+        if choice == "auto" and self.kind == "random":
+            return "random"
+        return self._head(choice, "depth")
+
+    def objects_head(self, choice: str | None = "auto") -> Path | None:
+        """The objects head (TokenCut's learned projection) for ``choice``: a file path or ``None``;
+        ``auto`` = the registry entry's shipped head (random weights get none)."""
+        return self._head(choice, "objects")
+
+    def _head(self, choice: str | None, kind: str) -> Path | None:
         if choice in (None, "", "none"):
             return None
         if choice != "auto":
             p = Path(choice).expanduser()
             if not p.is_file():
-                raise FileNotFoundError(f"depth head file not found: {p}")
+                raise FileNotFoundError(f"{kind} head file not found: {p}")
             return p
-        if self.kind == "random":
-            return "random"
         if self.kind == "registry":
-            return _registry_entry(self.value).depth_head_path()
+            return _registry_entry(self.value).head_path(kind)
         return None
 
     def content_hash(self) -> str:
@@ -124,6 +132,7 @@ class ModelSpec:
     resolution: tuple[int, int] | None = None
     depth_head: str = "auto"
     cuda_graphs: bool = False
+    objects_head: str = "auto"
 
     def validate(self) -> ModelSpec:
         """Return self, or raise ``ValueError`` naming the first bad setting (no file is opened)."""
@@ -170,7 +179,7 @@ def parse_resolution(text: str | tuple[int, int] | list[int]) -> tuple[int, int]
 
 
 def add_model_arguments(parser: Any, *, device_default: str = "cpu") -> Any:
-    """The model options every command shares (``--weights --depth-head --backend --device
+    """The model options every command shares (``--weights --depth-head --objects-head --backend --device
     --precision --resolution --cuda-graphs``); returns the argument group."""
     import argparse
 
@@ -182,6 +191,11 @@ def add_model_arguments(parser: Any, *, device_default: str = "cpu") -> Any:
     )
     g.add_argument(
         "--depth-head", default="auto", help="depth head file; 'auto' = the registry model's head; 'none'"
+    )
+    g.add_argument(
+        "--objects-head",
+        default="auto",
+        help="objects head file (TokenCut's learned projection); 'auto' = the registry model's head; 'none'",
     )
     g.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
     g.add_argument("--device", default=device_default, help="cpu, cuda or cuda:N")
@@ -213,4 +227,5 @@ def model_spec_from_args(
         resolution=res,
         depth_head=args.depth_head or "none",
         cuda_graphs=bool(args.cuda_graphs),
+        objects_head=getattr(args, "objects_head", "auto") or "none",
     ).validate()

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--depth-head", default=None, help="trained depth head file (else a ridge probe)")
     parser.add_argument(
+        "--objects-head", default=None, help="objects head file: TokenCut on its projection of the tokens"
+    )
+    parser.add_argument(
         "--matcher",
         choices=("heads", "heads-features", "dense"),
         default="heads",
@@ -102,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
         tasks=tasks,
         tau=args.tau,
         depth_head=args.depth_head,
+        objects_head=args.objects_head,
         seed=args.seed,
         device=args.device,
         matcher=args.matcher,

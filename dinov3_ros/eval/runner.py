@@ -39,6 +39,7 @@ class EvalOptions:
     crop_size: int = 112
     knn_k: int = 20
     depth_head: str | None = None
+    objects_head: str | None = None  # TokenCut on this objects head's projection of the tokens
     seed: int = 0
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
@@ -196,6 +197,11 @@ def _tokencut(run: _Run) -> None:
 
         used.add("ground truth")
     else:
+        if opts.objects_head:
+            from dinov3_ros.heads.objects_head import load_objects_head
+
+            head = load_objects_head(opts.objects_head, expect_embed_dim=int(f_test.shape[-1]))
+            f_test = head.apply_numpy(f_test)
 
         def segment(i, fr):
             m, how = tokencut_mask(f_test[i], opts.tau, opts.eps)
@@ -204,6 +210,7 @@ def _tokencut(run: _Run) -> None:
 
     run.res["tokencut"] = evaluate_tokencut(run.data.test, segment)
     run.res["tokencut"]["implementation"] = sorted(used)
+    run.res["tokencut"]["objects_head"] = opts.objects_head or "none"
     p = 16 if run.oracle else run.data.test[0].height // f_test.shape[1]
     run.res["tokencut"]["instance_features"] = _tokencut_ceiling(run.data, p, opts.tau, opts.eps)
     run.ex["mask"] = segment(0, run.data.test[0])

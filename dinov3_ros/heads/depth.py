@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dinov3_ros.fsutil import atomic_write
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -438,18 +439,8 @@ def save_head(path: str | os.PathLike, head: _DepthBase, meta: dict[str, Any]) -
         "meta": full,
         "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
     }
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_head_", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
 def load_head(

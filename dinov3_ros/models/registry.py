@@ -39,16 +39,23 @@ class ModelEntry:
         None  # shipped depth head (dinov3_ros.heads.depth file), relative to models_dir()
     )
     untie_global_and_local_cls_norm: bool = False
+    #: shipped objects head (dinov3_ros.heads.objects_head file), relative to models_dir()
+    objects_head: str | None = None
 
     def depth_head_path(self) -> Path | None:
         """Absolute path of the shipped depth head, or None when the entry ships none."""
-        if not self.depth_head:
+        return self.head_path("depth")
+
+    def head_path(self, kind: str) -> Path | None:
+        """Absolute path of the shipped ``depth`` or ``objects`` head, or None when the entry ships none."""
+        rel = {"depth": self.depth_head, "objects": self.objects_head}[kind]
+        if not rel:
             return None
         from dinov3_ros.paths import models_dir
 
-        p = models_dir() / self.depth_head
+        p = models_dir() / rel
         if not p.is_file():
-            raise FileNotFoundError(f"registry entry {self.name!r}: depth head {p} is missing")
+            raise FileNotFoundError(f"registry entry {self.name!r}: {kind} head {p} is missing")
         return p
 
     def weights_path(self) -> Path:
@@ -109,6 +116,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, ModelEntry]:
             timm=e.get("timm"),
             weights=e.get("weights"),
             depth_head=e.get("depth_head"),
+            objects_head=e.get("objects_head"),
             untie_global_and_local_cls_norm=bool(e.get("untie_global_and_local_cls_norm", False)),
         )
     return out

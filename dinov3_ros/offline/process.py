@@ -305,9 +305,11 @@ def _weights_id(args: argparse.Namespace) -> dict[str, Any]:
     """The model by content: a renamed file resumes, a replaced one at the same path does not."""
     ws = WeightsSpec.parse(args.weights)
     head = ws.depth_head(args.depth_head or "none")
+    objects = ws.objects_head(args.objects_head or "none")
     return {
         "weights": ws.content_hash(),
         "depth_head": file_sha256(head) if head not in (None, "random") else str(head),
+        "objects_head": file_sha256(objects) if objects is not None else "none",
     }
 
 

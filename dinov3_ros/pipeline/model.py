@@ -37,6 +37,8 @@ class LoadedModel:
     #: network input (H, W) the model runs at: the size a fixed-size engine was built for, else the
     #: requested resolution; None when neither fixes it (the engine takes any size)
     input_size: tuple[int, int] | None = None
+    #: TokenCut's learned token projection (:class:`~dinov3_ros.heads.objects_head.ObjectsHead`), or None
+    objects_head: Any | None = None
 
 
 class RandomDepthHead(nn.Module):
@@ -120,6 +122,7 @@ def load_model(
     resolution: tuple[int, int] | None = None,
     depth_head: str | None = "auto",
     cuda_graphs: bool = False,
+    objects_head: str | None = "auto",
 ) -> LoadedModel:
     """Load a model (a :class:`ModelSpec`, or its fields) into an engine; :class:`ModelLoadError` on failure.
 
@@ -127,18 +130,28 @@ def load_model(
     sizes); an engine built for a fixed size (ONNX, TensorRT plan) must match it, else
     :class:`ModelLoadError`; left None, a fixed-size engine's own size is used (``LoadedModel.input_size``).
     ``depth_head``: ``auto`` (the registry model's shipped head), ``none`` or a file (torch only).
+    ``objects_head``: ``auto`` (the registry model's shipped head), ``none`` or a file (any backend: it
+    maps the engine's tokens before TokenCut).
     """
     spec = (
         weights
         if isinstance(weights, ModelSpec)
         else ModelSpec(
-            str(weights), backend, device, precision, resolution, depth_head or "none", cuda_graphs
+            str(weights),
+            backend,
+            device,
+            precision,
+            resolution,
+            depth_head or "none",
+            cuda_graphs,
+            objects_head or "none",
         )
     )
     try:
         spec.validate()
         ws = spec.weights_spec
         head = ws.depth_head(spec.depth_head)
+        obj_path = ws.objects_head(spec.objects_head)
     except (ValueError, FileNotFoundError) as exc:
         raise ModelLoadError(str(exc)) from None
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,6 +173,7 @@ def load_model(
     if built is not None and spec.resolution is not None and built != tuple(spec.resolution):
         raise ModelLoadError(resolution_mismatch(spec.weights, built, tuple(spec.resolution)))
     module = RandomDepthHead(int(ei.embed_dim)).to(spec.device) if head == "random" else None
+    objects = _load_objects_head(obj_path, int(ei.embed_dim))
     info = {
         "backend": spec.backend,
         "model": str(ws),
@@ -167,8 +181,21 @@ def load_model(
         "device": spec.device,
         "precision": spec.precision if spec.backend == "torch" else str(ei.precision),
         "depth_head": "random" if head == "random" else str(head or "none"),
+        "objects_head": str(obj_path or "none"),
     }
     size = built or (tuple(spec.resolution) if spec.resolution is not None else None)
     return LoadedModel(
-        engine, module, int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), info, size
+        engine, module, int(ei.patch_size), tuple(ei.norm_mean), tuple(ei.norm_std), info, size, objects
     )
+
+
+def _load_objects_head(path: Path | None, embed_dim: int) -> Any | None:
+    """The objects head file at ``path`` checked against the engine's token width (None: no head)."""
+    if path is None:
+        return None
+    from dinov3_ros.heads.objects_head import load_objects_head
+
+    try:
+        return load_objects_head(path, expect_embed_dim=embed_dim)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelLoadError(str(exc)) from None

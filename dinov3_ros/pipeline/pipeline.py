@@ -67,7 +67,8 @@ def _warm_cuda_linalg(device: torch.device) -> None:
 class Pipeline:
     """Frames -> FrameOutputs. ``engine.run(batch)`` returns ``patch_tokens [B, h, w, C]`` (and
     ``depth [B, 1, H, W]`` when it has a depth head); otherwise ``depth_head(tokens [B, C, h, w])``
-    gives depth on the patch grid, upsampled bilinearly to the network size."""
+    gives depth on the patch grid, upsampled bilinearly to the network size. ``objects_head`` maps the
+    tokens before TokenCut (the ``objects`` output; None: TokenCut cuts the raw tokens)."""
 
     def __init__(
         self,
@@ -79,9 +80,11 @@ class Pipeline:
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         device: str = "cpu",
+        objects_head: Any | None = None,
     ) -> None:
         self.engine = engine
         self.depth_head = depth_head
+        self.objects_head = objects_head
         self.patch_size = int(patch_size)
         self.mean, self.std, self.device = mean, std, str(device)
         if self.device.startswith("cuda"):
@@ -105,6 +108,7 @@ class Pipeline:
             mean=model.mean,
             std=model.std,
             device=device,
+            objects_head=getattr(model, "objects_head", None),
         )
 
     def _make_pre(self, cfg: PipelineConfig) -> Preprocessor:
@@ -270,7 +274,9 @@ class Pipeline:
                         s = head.new_state()
                         if s is not None:
                             st[head.name] = s
-        batch = BatchContext(h.frames, h.geoms, h.tokens, h.depth_net, h.want, h.cfg, outs, states)
+        batch = BatchContext(
+            h.frames, h.geoms, h.tokens, h.depth_net, h.want, h.cfg, outs, states, self.objects_head
+        )
         self._runner.run(batch, heads, on_ready)
         return outs
 

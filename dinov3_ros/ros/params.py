@@ -2,7 +2,7 @@
 with clear errors, unknown names with the closest valid one.
 
 Read-only (need a restart / lifecycle cleanup+configure): the model (``weights``, ``depth_head``,
-``backend``, ``device``, ``precision``, ``resolution``, ``cuda_graphs``: a ``core.spec.ModelSpec``),
+``objects_head``, ``backend``, ``device``, ``precision``, ``resolution``, ``cuda_graphs``: a ``core.spec.ModelSpec``),
 ``cameras``, ``image_transport``, the QoS choices, ``diagnostics_period``, ``max_input_bytes``.
 Changeable at run time: ``outputs.<name>`` (one per registered output), ``lazy``, ``max_age_ms``,
 ``batch_window_ms``, the camera_info policy, the diagnostics thresholds and every ``pipeline.<setting>``
@@ -50,6 +50,12 @@ NODE_PARAMS: dict[str, Spec] = {
         "default", "checkpoint/engine file (.pth, .onnx, .plan), 'default' or 'random:<arch>'", True
     ),
     "depth_head": Spec("auto", "depth head file; 'auto' = the registry model's shipped head; 'none'", True),
+    "objects_head": Spec(
+        "auto",
+        "objects head file (TokenCut's learned token projection); 'auto' = the registry model's shipped "
+        "head; 'none' = TokenCut on the raw tokens",
+        True,
+    ),
     "backend": Spec("torch", "inference backend", True, choices=BACKENDS),
     "device": Spec("cpu", "cpu | cuda | cuda:N", True),
     "precision": Spec(
@@ -174,6 +180,7 @@ class NodeSettings:
 
     weights: str
     depth_head: str
+    objects_head: str
     backend: str
     device: str
     precision: str
@@ -316,6 +323,7 @@ def model_spec(values: Mapping[str, Any], resolution: tuple[int, int] | None) ->
         resolution=resolution,
         depth_head=values["depth_head"] or "none",
         cuda_graphs=bool(values["cuda_graphs"]),
+        objects_head=values["objects_head"] or "none",
     )
 
 

@@ -3,7 +3,8 @@
 #   teacher   ViT-S/16 from scratch: DINOv3 SSL + the simulator losses    (default_teacher.yaml)
 #   student   the shipped ViT-S/16, distilled from the teacher           (default_student.yaml)
 #   depth     linear depth head on the frozen student                    (default_depth.yaml)
-#   export    fp16 student + depth head + provenance into OUT/model/
+#   objects   objects head (TokenCut's token projection) on the frozen student (default_objects.yaml)
+#   export    fp16 student + depth and objects heads + provenance into OUT/model/
 #   ablation  the teacher without the simulator losses (same data, SSL only; for the model card)
 #   eval      dinov3-ros eval of student, teacher, ablation and the floors on held-out scenes
 #
@@ -14,12 +15,12 @@
 #
 # Environment:
 #   STAGES="..."        subset/order of: teacher student depth export ablation eval
-#                       (default: teacher student depth export)
+#                       (default: teacher student depth objects export)
 #   TEACHER_ITERS / STUDENT_ITERS / DEPTH_ITERS / ABLATION_ITERS   iterations of each training stage
 #                       (defaults: the configs'); schedules are fractions of the run, so these only scale
 #   TEACHER_SECONDS / STUDENT_SECONDS / DEPTH_SECONDS / ABLATION_SECONDS   wall-time limit of one
 #                       invocation of a stage (checkpoint and stop; re-run to continue)
-#   EXTRA_TEACHER / EXTRA_STUDENT / EXTRA_DEPTH   extra section.key=value overrides, one per line
+#   EXTRA_TEACHER / EXTRA_STUDENT / EXTRA_DEPTH / EXTRA_OBJECTS   extra section.key=value overrides, one per line
 #                       (so YAML values may contain spaces)
 #   EVAL_FLAGS          extra dinov3-ros eval flags (e.g. "--size 640x480 --device cuda")
 #   PY=python interpreter (default: python3)
@@ -29,7 +30,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 OUT="${1:-runs/default_model}"
 PY="${PY:-python3}"
-STAGES="${STAGES:-teacher student depth export}"
+STAGES="${STAGES:-teacher student depth objects export}"
 R=training/recipes
 STUDENT="$OUT/student/students/vits16"
 mkdir -p "$OUT"
@@ -63,6 +64,10 @@ if want depth; then
   stage depth "$OUT/depth/depth_head.pt" "${DEPTH_ITERS:-}" "${DEPTH_SECONDS:-}" "${EXTRA_DEPTH:-}" -- \
     depth --config "$R/default_depth.yaml" --output-dir "$OUT/depth" "backbone.weights=$STUDENT/backbone_ema.pth"
 fi
+if want objects; then
+  stage objects "$OUT/objects/objects_head.npz" "" "" "${EXTRA_OBJECTS:-}" -- \
+    objects --config "$R/default_objects.yaml" --output-dir "$OUT/objects" "backbone.weights=$STUDENT/backbone_ema.pth"
+fi
 
 if want export; then
   say "export: $OUT/model"
@@ -83,5 +88,8 @@ if want eval; then
   # shellcheck disable=SC2086
   "$PY" -m dinov3_ros.cli eval --weights "$STUDENT/backbone_ema.pth" --arch vits16 --tasks depth \
     --depth-head "$OUT/depth/depth_head.pt" --out "$OUT/eval/head" ${EVAL_FLAGS:-} 2>&1 | tee -a "$LOG"
+  # shellcheck disable=SC2086
+  "$PY" -m dinov3_ros.cli eval --weights "$STUDENT/backbone_ema.pth" --arch vits16 --tasks tokencut \
+    --objects-head "$OUT/objects/objects_head.npz" --out "$OUT/eval/objects" ${EVAL_FLAGS:-} 2>&1 | tee -a "$LOG"
 fi
 say "stages done: $STAGES"

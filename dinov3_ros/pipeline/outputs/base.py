@@ -57,6 +57,7 @@ class BatchContext:
     cfg: PipelineConfig
     outs: list[FrameOutputs]
     states: list[dict[str, Any]]  # per frame: output name -> that source's state
+    objects_head: Any = None  # TokenCut's learned token projection (heads.objects_head), or None
     cache: dict[str, Any] = field(default_factory=dict)  # per-batch values heads share (host copies)
 
 

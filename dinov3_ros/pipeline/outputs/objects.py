@@ -1,7 +1,7 @@
 """``objects``: TokenCut object masks at input resolution, with identities tracked across frames.
 
 Each frame's foreground objects are cut from the patch-affinity graph of the image content (letterbox
-padding excluded); later objects need ``min_object_patches`` patches and a cut eigenvalue of at most
+padding excluded), on the model's objects head projection of the tokens when it has one; later objects need ``min_object_patches`` patches and a cut eigenvalue of at most
 ``1 - min_object_score``. A per-source tracker keeps identities by mask overlap (``track_iou``).
 Layouts: ``objects/mask`` (instance ids, 0 = background) and ``objects/boxes`` (docs/MESSAGES.md).
 """
@@ -116,9 +116,10 @@ class Objects(Output):
         tok, cfg, geom = job.tokens, job.cfg, job.geom
         rows, cols = np.nonzero(job.valid())
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-        objs = self._tracker(job.state, (r0, r1, c0, c1), tok.device.type, cfg).update(
-            tok[r0:r1, c0:c1].contiguous()
-        )
+        feats = tok[r0:r1, c0:c1]
+        if job.batch.objects_head is not None:
+            feats = job.batch.objects_head(feats)
+        objs = self._tracker(job.state, (r0, r1, c0, c1), tok.device.type, cfg).update(feats.contiguous())
         max_id = 255 if cfg.mask_encoding == "mono8" else 65535
         grid = np.zeros(tok.shape[:2], np.uint16)
         ids, scores = [], []
