@@ -200,12 +200,13 @@ def train_projection(
     history, window = [], []
     for it in range(iters):
         x, y, groups = data[it % len(data)]
+        picked = _pick(groups, rng, int(o["scenes_per_step"]), int(o["views"]))
         loss = sum(
             instance_contrast_loss(
                 lin(x[idx].reshape(1, -1, dim)), y[idx].reshape(1, -1), h["pos_margin"], h["neg_margin"]
             )
-            for idx in _pick(groups, rng, int(o["scenes_per_step"]), int(o["views"]))
-        ) / int(o["scenes_per_step"])
+            for idx in picked
+        ) / len(picked)
         opt.zero_grad()
         loss.backward()
         opt.step()
