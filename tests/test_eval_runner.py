@@ -324,3 +324,15 @@ def test_heads_matcher_uses_the_pipeline_settings():
     loose = match(fa, fb, patch_size=16.0, refine=True, offset=(-0.5, -0.5))
     assert 0 < len(p0) < len(loose.pts0)
     assert cfg.with_updates(match_ratio=1.0).match_args()["ratio"] is None  # 1 = no ratio test
+
+
+def test_guided_mask_refinement_scores_image_sized_masks(data, tiny):
+    """``--mask-refine guided``: each TokenCut mask is the pipeline's edge-aligned one at image size."""
+    from dinov3_ros.eval.objects import guided_mask, tokencut_mask
+
+    _, model = tiny
+    res, ex = evaluate(model, data, EvalOptions(tasks=("tokencut",), mask_refine="guided"))
+    assert res["tokencut"]["mask_refine"] == "guided"
+    tokens = model(np.stack([f.rgb for f in data.test[:1]]))[0]
+    np.testing.assert_array_equal(ex["mask"], guided_mask(tokencut_mask(tokens[0])[0], data.test[0].rgb))
+    assert ex["mask"].shape == (96, 96)

@@ -134,10 +134,11 @@ def make_bag(path: Path, bump: int = 0) -> Path:
 # ------------------------------------------------------------------------------------------ offline
 
 
-#: every run refines matches by the feature similarities only: the recorded match bytes then depend on
-#: the network and the matcher alone (the image refinement has its own tests in test_heads_subpixel.py
-#: and test_pipeline_core.py), so one file per CPU family stays valid across changes of that refinement
-BASE = ("match_refine=features",)
+#: every run refines matches by the feature similarities only and keeps object masks as patch blocks:
+#: the recorded bytes then depend on the network, the matcher and TokenCut alone (the image refinements
+#: have their own tests in test_heads_subpixel.py, test_mask_refine.py and test_pipeline_core.py), so
+#: one file per CPU family stays valid across changes of those refinements
+BASE = ("match_refine=features", "mask_refine=none")
 
 #: settings of the second offline run: the non-default layouts
 VARIANT = (
@@ -184,7 +185,7 @@ def node_records(bump: int = 0) -> list[list[Any]]:
     from dinov3_ros.ros.worker import FrameWorker, decode_frame
 
     topics = set(topic_types())
-    config = PipelineConfig(resolution=RES, match_refine="features")
+    config = PipelineConfig(resolution=RES, match_refine="features", mask_refine="none")
     out: list[list[Any]] = []
     lock = threading.Lock()
 

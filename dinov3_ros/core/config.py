@@ -130,6 +130,12 @@ class PipelineConfig:
     )
     track_iou: float = setting(0.3, "mask IoU that keeps an object's identity across frames", lo=0.0, hi=1.0)
     mask_encoding: str = setting("mono8", "encoding of ~/objects/mask", choices=("mono8", "mono16"))
+    mask_refine: str = setting(
+        "guided",
+        "object mask edges: guided = moved to the image's edges (guided filter, one-patch radius), "
+        "none = patch-sized blocks",
+        choices=("none", "guided"),
+    )
     # debug overlay
     debug_alpha: float = setting(0.5, "weight of the PCA colours in ~/debug", lo=0.0, hi=1.0)
     jpeg_quality: int = setting(85, "JPEG quality of the compressed debug image", lo=1, hi=100)

@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--objects-head", default=None, help="objects head file: TokenCut on its projection of the tokens"
     )
     parser.add_argument(
+        "--mask-refine",
+        default="none",
+        choices=("none", "guided"),
+        help="TokenCut masks as patch blocks (published protocol) or with edges moved to the image's "
+        "(the pipeline's default)",
+    )
+    parser.add_argument(
         "--matcher",
         choices=("heads", "heads-features", "dense"),
         default="heads",
@@ -106,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         tau=args.tau,
         depth_head=args.depth_head,
         objects_head=args.objects_head,
+        mask_refine=args.mask_refine,
         seed=args.seed,
         device=args.device,
         matcher=args.matcher,

@@ -78,6 +78,18 @@ def upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[ys][:, xs]
 
 
+def guided_mask(mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """A patch mask at image size with its edges moved to the image's, as the pipeline's
+    ``mask_refine: guided`` does (``heads.mask_refine.refine_labels``)."""
+    import cv2
+
+    from dinov3_ros.heads.mask_refine import refine_labels
+
+    H, W = rgb.shape[:2]
+    fg = cv2.resize(np.asarray(mask, np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    return refine_labels(np.stack([1.0 - fg, fg], -1), rgb, H / mask.shape[0]) == 1
+
+
 def evaluate_tokencut(
     frames: Sequence[SynthFrame],
     segment: Callable[[int, SynthFrame], np.ndarray],

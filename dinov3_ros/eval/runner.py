@@ -17,7 +17,13 @@ from dinov3_ros.eval.matching import (
     oracle_matcher,
     source_pixels,
 )
-from dinov3_ros.eval.objects import evaluate_probe, evaluate_tokencut, instance_features, tokencut_mask
+from dinov3_ros.eval.objects import (
+    evaluate_probe,
+    evaluate_tokencut,
+    guided_mask,
+    instance_features,
+    tokencut_mask,
+)
 
 TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
@@ -40,6 +46,7 @@ class EvalOptions:
     knn_k: int = 20
     depth_head: str | None = None
     objects_head: str | None = None  # TokenCut on this objects head's projection of the tokens
+    mask_refine: str = "none"  # "guided": mask edges moved to the image's (the pipeline's default)
     seed: int = 0
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
@@ -206,11 +213,12 @@ def _tokencut(run: _Run) -> None:
         def segment(i, fr):
             m, how = tokencut_mask(f_test[i], opts.tau, opts.eps)
             used.add(how)
-            return m
+            return guided_mask(m, fr.rgb) if opts.mask_refine == "guided" else m
 
     run.res["tokencut"] = evaluate_tokencut(run.data.test, segment)
     run.res["tokencut"]["implementation"] = sorted(used)
     run.res["tokencut"]["objects_head"] = opts.objects_head or "none"
+    run.res["tokencut"]["mask_refine"] = opts.mask_refine
     p = 16 if run.oracle else run.data.test[0].height // f_test.shape[1]
     run.res["tokencut"]["instance_features"] = _tokencut_ceiling(run.data, p, opts.tau, opts.eps)
     run.ex["mask"] = segment(0, run.data.test[0])

@@ -57,6 +57,33 @@ def grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
     return np.take(np.take(grid, ri, axis=0), ci, axis=1)
 
 
+@functools.lru_cache(maxsize=16)
+def _linear_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps (x, y) of each input pixel in patch-grid coordinates (patch centres at
+    integers), clipped to the grid."""
+    H, W = geom.input_size
+    un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
+    _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
+    p = geom.patch_size
+    x = np.clip((un + 0.5) / p - 0.5, 0, gw - 1).astype(np.float32)
+    y = np.clip((vn + 0.5) / p - 0.5, 0, gh - 1).astype(np.float32)
+    mx = np.ascontiguousarray(np.broadcast_to(x[None, :], (H, W)))
+    my = np.ascontiguousarray(np.broadcast_to(y[:, None], (H, W)))
+    mx.flags.writeable = my.flags.writeable = False
+    return mx, my
+
+
+def grid_to_input_linear(grid: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Bilinear map of a float32 patch-grid array ``[h, w, c]`` to input pixels ``[H, W, c]``."""
+    gh, gw, c = grid.shape
+    mx, my = _linear_maps(geom, gh, gw)
+    parts = [
+        cv2.remap(np.ascontiguousarray(grid[..., k : k + 4], np.float32), mx, my, cv2.INTER_LINEAR)
+        for k in range(0, c, 4)
+    ]
+    return np.concatenate([q.reshape(*q.shape[:2], -1) for q in parts], -1)
+
+
 def valid_patches(geom: Geometry, h: int, w: int) -> np.ndarray:
     """``[h, w]`` bool: patches whose centre lies on image content (not letterbox padding)."""
     x0, y0, x1, y1 = geom.valid_box

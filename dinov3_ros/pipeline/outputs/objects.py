@@ -1,7 +1,8 @@
 """``objects``: TokenCut object masks at input resolution, with identities tracked across frames.
 
 Each frame's foreground objects are cut from the patch-affinity graph of the image content (letterbox
-padding excluded), on the model's objects head projection of the tokens when it has one; later objects need ``min_object_patches`` patches and a cut eigenvalue of at most
+padding excluded), on the model's objects head projection of the tokens when it has one; with
+``mask_refine: guided`` the masks' edges then move to the image's edges (``heads.mask_refine``); later objects need ``min_object_patches`` patches and a cut eigenvalue of at most
 ``1 - min_object_score``. A per-source tracker keeps identities by mask overlap (``track_iou``).
 Layouts: ``objects/mask`` (instance ids, 0 = background) and ``objects/boxes`` (docs/MESSAGES.md).
 """
@@ -18,7 +19,7 @@ from dinov3_ros.core.frames import ObjectsResult
 from dinov3_ros.heads.tokencut import TokenCutResult, TokenCutTracker, TrackedObject
 from dinov3_ros.msgs.cdr import image_parts, point_cloud_parts
 from dinov3_ros.msgs.layouts import BOX_FIELDS, boxes_array, mask_image
-from dinov3_ros.pipeline.grid import grid_maps, grid_to_input
+from dinov3_ros.pipeline.grid import grid_maps, grid_to_input, grid_to_input_linear
 from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
 
 
@@ -76,6 +77,33 @@ def _boxes_from_grid(grid: np.ndarray, ids: list[int], geom: Any) -> tuple[list,
     return boxes, areas, keep
 
 
+def _boxes_from_mask(mask: np.ndarray, ids: list[int]) -> tuple[list, list, list]:
+    """Input-pixel boxes and areas of each id in an input-size id map (ids without pixels dropped)."""
+    boxes, areas, keep = [], [], []
+    for k, oid in enumerate(ids):
+        m = mask == oid
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size == 0:
+            continue
+        boxes.append((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
+        areas.append(int(m.sum()))
+        keep.append(k)
+    return boxes, areas, keep
+
+
+def refined_mask(
+    grid: np.ndarray, ids: list[int], geom: Any, image: np.ndarray, device: Any = "cpu"
+) -> np.ndarray:
+    """Input-size id map from the patch-grid id map: each object's mask and the background taken
+    bilinearly to input pixels, then edge-aligned with the image (``heads.mask_refine``) on ``device``."""
+    from dinov3_ros.heads.mask_refine import refine_labels
+
+    labels = np.asarray([0, *ids], grid.dtype)
+    soft = grid_to_input_linear((grid[..., None] == labels).astype(np.float32), geom)
+    patch_px = geom.patch_size / min(geom.scale_x, geom.scale_y)  # one patch in input pixels
+    return labels[refine_labels(soft, image, patch_px, device=device)]
+
+
 class Objects(Output):
     """:class:`~dinov3_ros.core.frames.ObjectsResult` (uint16 mask, ids, boxes, scores, areas)."""
 
@@ -129,8 +157,12 @@ class Objects(Output):
             ids.append(oid)
             lam = o.result.eigenvalue
             scores.append(float(np.clip(1.0 - lam, 0.0, 1.0)) if np.isfinite(lam) else 0.0)
-        mask = np.ascontiguousarray(grid_to_input(grid, geom))
-        boxes, areas, keep = _boxes_from_grid(grid, ids, geom)
+        if cfg.mask_refine == "guided" and ids:
+            mask = refined_mask(grid, ids, geom, job.frame.image, tok.device)
+            boxes, areas, keep = _boxes_from_mask(mask, ids)
+        else:
+            mask = np.ascontiguousarray(grid_to_input(grid, geom))
+            boxes, areas, keep = _boxes_from_grid(grid, ids, geom)
         return ObjectsResult(
             mask,
             np.asarray([ids[k] for k in keep], np.uint32),
