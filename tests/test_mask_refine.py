@@ -77,3 +77,19 @@ def test_eval_guided_masks_are_image_sized_and_follow_edges():
     assert m.shape == (64, 96)
     ys, xs = np.nonzero(m)
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 43, 30, 69)
+
+
+def test_refinement_never_removes_an_object():
+    """A one-patch object on a flat image has no edges to follow and its smoothed map loses to the
+    background everywhere: it keeps its patch block instead of vanishing."""
+    from dinov3_ros.pipeline.grid import grid_to_input
+    from dinov3_ros.pipeline.outputs.objects import refined_mask
+    from dinov3_ros.runtime.preprocess import Preprocessor
+
+    img = np.full((64, 96, 3), 90, np.uint8)
+    pre = Preprocessor((64, 96), 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "cpu")
+    geom = next(x for x in pre([img]) if isinstance(x, list))[0]
+    grid = np.zeros((4, 6), np.uint16)
+    grid[1, 2] = 7
+    mask = refined_mask(grid, [7], geom, img)
+    np.testing.assert_array_equal(mask, grid_to_input(grid, geom))

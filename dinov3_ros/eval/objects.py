@@ -80,14 +80,16 @@ def upsample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def guided_mask(mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     """A patch mask at image size with its edges moved to the image's, as the pipeline's
-    ``mask_refine: guided`` does (``heads.mask_refine.refine_labels``)."""
+    ``mask_refine: guided`` does (``heads.mask_refine.refine_labels``; a mask the refinement would
+    empty keeps its patch blocks)."""
     import cv2
 
     from dinov3_ros.heads.mask_refine import refine_labels
 
     H, W = rgb.shape[:2]
     fg = cv2.resize(np.asarray(mask, np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    return refine_labels(np.stack([1.0 - fg, fg], -1), rgb, H / mask.shape[0]) == 1
+    out = refine_labels(np.stack([1.0 - fg, fg], -1), rgb, H / mask.shape[0]) == 1
+    return out if out.any() or not np.any(mask) else upsample_mask(np.asarray(mask, bool), H, W)
 
 
 def evaluate_tokencut(
