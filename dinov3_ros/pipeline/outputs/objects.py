@@ -1,9 +1,10 @@
 """``objects``: TokenCut object masks at input resolution, with identities tracked across frames.
 
 Each frame's foreground objects are cut from the patch-affinity graph of the image content (letterbox
-padding excluded), on the model's objects head projection of the tokens when it has one; with
-``mask_refine: guided`` the masks' edges then move to the image's edges (``heads.mask_refine``); later objects need ``min_object_patches`` patches and a cut eigenvalue of at most
-``1 - min_object_score``. A per-source tracker keeps identities by mask overlap (``track_iou``).
+padding excluded), on the model's objects head projection of the tokens when it has one; later
+objects need ``min_object_patches`` patches and a cut eigenvalue of at most ``1 - min_object_score``.
+With ``mask_refine: guided`` the masks' edges then move to the image's edges (``heads.mask_refine``).
+A per-source tracker keeps identities by mask overlap (``track_iou``).
 Layouts: ``objects/mask`` (instance ids, 0 = background) and ``objects/boxes`` (docs/MESSAGES.md).
 """
 
