@@ -598,6 +598,16 @@ RESUME_MAY_CHANGE = frozenset(
 # head-training commands (`dinov3-train depth`, `dinov3-train objects`)
 
 
+def head_stage_rules() -> dict[str, Rule]:
+    """The value rules every head-training config shares: its output, seed and frozen backbone."""
+    return {
+        "output_dir": Rule("str"),
+        "seed": Rule("int", 0),
+        "backbone.weights": Rule("str", null=True),
+        "backbone.arch": Rule("str", null=True),
+    }
+
+
 def add_head_stage_arguments(parser: Any, config_help: str) -> None:
     """``--config``, the ``--output-dir`` / ``--backbone`` shortcuts, ``--device`` and the overrides."""
     parser.add_argument("--config", required=True, help=config_help)

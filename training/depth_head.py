@@ -113,14 +113,11 @@ RESUME_MAY_CHANGE = STAGE_RESUME_MAY_CHANGE
 
 
 def _rules() -> dict[str, Any]:
-    from training.config import Rule
+    from training.config import Rule, head_stage_rules
 
     pos_int, nonneg = Rule("int", 1), Rule("num", 0)
     return {
-        "output_dir": Rule("str"),
-        "seed": Rule("int", 0),
-        "backbone.weights": Rule("str", null=True),
-        "backbone.arch": Rule("str", null=True),
+        **head_stage_rules(),
         "head.type": Rule("str", choices=("linear", "dpt")),
         "head.layers": Rule("list", null=True),
         "head.n_bins": Rule("int", 1, null=True),

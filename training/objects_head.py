@@ -66,14 +66,11 @@ DEFAULTS: dict[str, Any] = {
 
 
 def _rules() -> dict[str, Any]:
-    from training.config import Rule
+    from training.config import Rule, head_stage_rules
 
     pos_int, nonneg = Rule("int", 1), Rule("num", 0)
     return {
-        "output_dir": Rule("str"),
-        "seed": Rule("int", 0),
-        "backbone.weights": Rule("str", null=True),
-        "backbone.arch": Rule("str", null=True),
+        **head_stage_rules(),
         "head.out_dim": pos_int,
         "head.pos_margin": Rule("num", -1, 1),
         "head.neg_margin": Rule("num", -1, 1),
@@ -268,6 +265,7 @@ def held_out(model: Any, head: Any, frames: list[Any], tau: float) -> dict[str, 
 
 def run(cfg: dict[str, Any], *, device: str = "auto") -> dict[str, Any]:
     """Render, extract, train, score; write ``objects_head.npz``, ``metrics.json`` and ``config.yaml``."""
+    from dinov3_ros.fsutil import atomic_write_text
     from dinov3_ros.heads.objects_head import save_objects_head
     from training.config import save_config
 
@@ -298,9 +296,7 @@ def run(cfg: dict[str, Any], *, device: str = "auto") -> dict[str, Any]:
     } | cfg["head"]
     save_objects_head(out / "objects_head.npz", head, meta)
     metrics = {"loss": history, "held_out": scores, "seconds": round(time.perf_counter() - t0, 1)}
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     for size, sc in scores.items():
         log.info(
             "held-out %s: TokenCut IoU %.3f -> %.3f, CorLoc %.3f -> %.3f",

@@ -227,5 +227,5 @@ def model_spec_from_args(
         resolution=res,
         depth_head=args.depth_head or "none",
         cuda_graphs=bool(args.cuda_graphs),
-        objects_head=getattr(args, "objects_head", "auto") or "none",
+        objects_head=args.objects_head or "none",
     ).validate()

@@ -88,8 +88,8 @@ def guided_mask(mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
 
     H, W = rgb.shape[:2]
     fg = cv2.resize(np.asarray(mask, np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    out = refine_labels(np.stack([1.0 - fg, fg], -1), rgb, H / mask.shape[0]) == 1
-    return out if out.any() or not np.any(mask) else upsample_mask(np.asarray(mask, bool), H, W)
+    blocks = upsample_mask(np.asarray(mask, bool), H, W).astype(np.uint16)
+    return refine_labels(np.stack([1.0 - fg, fg], -1), rgb, H / mask.shape[0], blocks) == 1
 
 
 def evaluate_tokencut(

@@ -48,20 +48,34 @@ def guided_labels(
 
 
 def refine_labels(
-    soft: np.ndarray, image: np.ndarray, patch_px: float, *, device: str | torch.device = "cpu"
+    soft: np.ndarray,
+    image: np.ndarray,
+    patch_px: float,
+    keep: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """:func:`guided_labels` with a one-patch radius (``patch_px``: a patch's size in pixels of
-    ``image``), run at most :data:`REFINE_PATCH_PX` pixels per patch -> ``[H, W]`` uint16 indices."""
+    ``image``), run at most :data:`REFINE_PATCH_PX` pixels per patch -> ``[H, W]`` uint16 indices.
+
+    ``keep [H, W]``: the labels before refinement (patch blocks). The refinement moves edges, it never
+    removes an object: a label other than 0 (the background) that it leaves without pixels gets its
+    ``keep`` pixels back (a patch or two on a flat image lose to the background after smoothing)."""
     import cv2
 
     H, W = soft.shape[:2]
+    K = soft.shape[2]
     f = min(1.0, REFINE_PATCH_PX / float(patch_px))
     if f < 1.0:
         size = (max(1, round(W * f)), max(1, round(H * f)))
         soft = cv2.resize(soft, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     idx = guided_labels(soft, image, round(patch_px * f), device=device).astype(np.uint16)
-    return cv2.resize(idx, (W, H), interpolation=cv2.INTER_NEAREST) if f < 1.0 else idx
+    if f < 1.0:
+        idx = cv2.resize(idx, (W, H), interpolation=cv2.INTER_NEAREST)
+    for k in np.flatnonzero(np.bincount(idx.ravel(), minlength=K)[1:] == 0) + 1:
+        idx[keep == k] = k
+    return idx
 
 
 def _argmax0(maps: torch.Tensor) -> torch.Tensor:

@@ -42,10 +42,6 @@ class ModelEntry:
     #: shipped objects head (dinov3_ros.heads.objects_head file), relative to models_dir()
     objects_head: str | None = None
 
-    def depth_head_path(self) -> Path | None:
-        """Absolute path of the shipped depth head, or None when the entry ships none."""
-        return self.head_path("depth")
-
     def head_path(self, kind: str) -> Path | None:
         """Absolute path of the shipped ``depth`` or ``objects`` head, or None when the entry ships none."""
         rel = {"depth": self.depth_head, "objects": self.objects_head}[kind]

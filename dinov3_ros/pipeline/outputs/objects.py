@@ -96,22 +96,16 @@ def refined_mask(
     grid: np.ndarray, ids: list[int], geom: Any, image: np.ndarray, device: Any = "cpu"
 ) -> np.ndarray:
     """Input-size id map from the patch-grid id map: each object's mask and the background taken
-    bilinearly to input pixels, then edge-aligned with the image (``heads.mask_refine``) on ``device``.
-    The refinement moves edges, it never removes an object: one it leaves without pixels (a patch or two
-    on a flat image) keeps its patch block."""
+    bilinearly to input pixels, then edge-aligned with the image (``heads.mask_refine``) on ``device``;
+    an object the refinement would empty keeps its patch block."""
     from dinov3_ros.heads.mask_refine import refine_labels
 
     labels = np.asarray([0, *ids], grid.dtype)
-    soft = grid_to_input_linear((grid[..., None] == labels).astype(np.float32), geom)
+    onehot = grid[..., None] == labels
+    soft = grid_to_input_linear(onehot.astype(np.float32), geom)
+    blocks = grid_to_input(onehot.argmax(-1).astype(np.uint16), geom)
     patch_px = geom.patch_size / min(geom.scale_x, geom.scale_y)  # one patch in input pixels
-    idx = refine_labels(soft, image, patch_px, device=device)
-    mask = labels[idx]
-    counts = np.bincount(idx.ravel(), minlength=len(labels))
-    if (counts[1:] == 0).any():
-        block = grid_to_input(grid, geom)
-        for k in np.flatnonzero(counts[1:] == 0) + 1:
-            mask[block == labels[k]] = labels[k]
-    return mask
+    return labels[refine_labels(soft, image, patch_px, blocks, device=device)]
 
 
 class Objects(Output):
