@@ -121,4 +121,4 @@ def test_pipeline_frames_launch_no_float64_kernel(pca_mode):
         pipe.process([fr], set(OUTPUTS))
     kernels, outs = _kernels(lambda: [pipe.process([fr], set(OUTPUTS))[0] for fr in frames[3:]])
     assert _names(kernels) == []
-    assert all(o.objects is not None and o.points is not None and o.matches is not None for o in outs)
+    assert all(o.get(k) is not None for o in outs for k in ("objects", "points", "matches"))

@@ -129,11 +129,9 @@ def dino_cross_entropy(
 
 
 def _zero_diag(pair: Tensor) -> Tensor:
-    n = min(pair.shape)
-    mask = torch.ones_like(pair)
-    idx = torch.arange(n, device=pair.device)
-    mask[idx, idx] = 0
-    return pair * mask
+    # torch.eye, not an index_put on arange indices: that launches a synchronising bounds check on CUDA
+    eye = torch.eye(pair.shape[0], pair.shape[1], device=pair.device, dtype=torch.bool)
+    return pair.masked_fill(eye, 0.0)
 
 
 def dino_crop_scales(n_global: int, n_local: int, ignore_diagonal: bool = True) -> tuple[float, float]:
