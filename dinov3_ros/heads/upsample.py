@@ -22,19 +22,31 @@ __all__ = ["MODES", "box_mean", "guided_filter", "joint_bilateral_upsample", "up
 
 
 def _box_sum_dim(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Sums over the ``2r+1`` window along ``dim`` (clipped at the borders) from one cumulative sum.
+
+    The cumulative sum is extended by ``r+1`` zeros before and ``r`` copies of its last value after,
+    so every window is one difference of two slices: four kernels whatever the size."""
     n = x.shape[dim]
     c = torch.cumsum(x, dim=dim)
-    pad = [0, 0] * (x.ndim - 1 - (dim % x.ndim)) + [1, 0]
-    c = F.pad(c, pad)
-    hi = torch.clamp(torch.arange(n, device=x.device) + r + 1, max=n)
-    lo = torch.clamp(torch.arange(n, device=x.device) - r, min=0)
-    return c.index_select(dim, hi) - c.index_select(dim, lo)
+    shape = list(c.shape)
+    shape[dim] = r + 1
+    head = c.new_zeros(shape)
+    shape[dim] = r
+    tail = c.narrow(dim, n - 1, 1).expand(shape)
+    ext = torch.cat([head, c, tail], dim)
+    return ext.narrow(dim, 2 * r + 1, n) - ext.narrow(dim, 0, n)
+
+
+def _window_counts(n: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """How many of ``n`` positions each clipped ``2r+1`` window holds (exact integers)."""
+    i = torch.arange(n, device=device)
+    return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).to(dtype)
 
 
 def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
     """Mean over a ``(2r+1)²`` window of ``[..., H, W]`` (windows clipped at the border)."""
-    ones = torch.ones(x.shape[-2:], dtype=x.dtype, device=x.device)
-    cnt = _box_sum_dim(_box_sum_dim(ones, r, 0), r, 1)
+    H, W = x.shape[-2:]
+    cnt = _window_counts(H, r, x.device, x.dtype)[:, None] * _window_counts(W, r, x.device, x.dtype)
     return _box_sum_dim(_box_sum_dim(x, r, -2), r, -1) / cnt
 
 
@@ -60,30 +72,34 @@ def guided_filter(
     """Guided-filter coefficients for input ``p [B, C, H, W]`` and guide ``[B, 1|3, H, W]``.
 
     Returns ``(A, b)`` averaged over windows so that the output is ``Σ_k A_k I_k + b``; ``A`` is
-    ``[B, G, C, H, W]``.
+    ``[B, G, C, H, W]``. Every window mean of one pass is taken in one batched box filter (two in
+    all), so the kernel count does not grow with the channels.
     """
-    mI = box_mean(guide, radius)  # [B,G,H,W]
-    mp = box_mean(p, radius)  # [B,C,H,W]
+    B, C = p.shape[:2]
     G = guide.shape[1]
-    cov = [box_mean(guide[:, k : k + 1] * p, radius) - mI[:, k : k + 1] * mp for k in range(G)]
+    if G not in (1, 3):
+        raise ValueError(f"guide: expected 1 or 3 channels, got {G}")
+    pairs = [(i, j) for i in range(G) for j in range(i, G)]
+    terms = [guide, p] + [guide[:, k : k + 1] * p for k in range(G)]
+    terms += [guide[:, i : i + 1] * guide[:, j : j + 1] for i, j in pairs]
+    m = box_mean(torch.cat(terms, 1), radius)
+    mI, mp = m[:, :G], m[:, G : G + C]
+    mIp = [m[:, G + C * (k + 1) : G + C * (k + 2)] for k in range(G)]
+    mII = {ij: m[:, G + C * (G + 1) + n] for n, ij in enumerate(pairs)}
+    cov = [mIp[k] - mI[:, k : k + 1] * mp for k in range(G)]
     if G == 1:
-        var = box_mean(guide * guide, radius) - mI * mI
+        var = mII[0, 0][:, None] - mI * mI
         a = [cov[0] / (var + eps)]
-    elif G == 3:
+    else:
         S = [[None] * 3 for _ in range(3)]
-        for i in range(3):
-            for j in range(i, 3):
-                v = box_mean(guide[:, i] * guide[:, j], radius) - mI[:, i] * mI[:, j]
-                if i == j:
-                    v = v + eps
-                S[i][j] = S[j][i] = v
+        for i, j in pairs:
+            v = mII[i, j] - mI[:, i] * mI[:, j]
+            S[i][j] = S[j][i] = v + eps if i == j else v
         Si = _inv3(S)
         a = [sum(Si[k][j][:, None] * cov[j] for j in range(3)) for k in range(3)]
-    else:
-        raise ValueError(f"guide: expected 1 or 3 channels, got {G}")
     b = mp - sum(a[k] * mI[:, k : k + 1] for k in range(G))
-    A = torch.stack([box_mean(ak, radius) for ak in a], 1)
-    return A, box_mean(b, radius)
+    Ab = box_mean(torch.cat([*a, b], 1), radius)
+    return Ab[:, : G * C].reshape(B, G, C, *Ab.shape[-2:]), Ab[:, G * C :]
 
 
 def joint_bilateral_upsample(
@@ -219,14 +235,13 @@ def upsample(
         )
         p_low = F.interpolate(t, size=(hs, ws), mode="bilinear", align_corners=False)
         A, b = guided_filter(p_low, g_low, r, eps)
-        out = b if s == 1 else F.interpolate(b, size=(H, W), mode="bilinear", align_corners=False)
-        for k in range(A.shape[1]):
-            Ak = (
-                A[:, k]
-                if s == 1
-                else F.interpolate(A[:, k], size=(H, W), mode="bilinear", align_corners=False)
-            )
-            out = out + Ak * g_full[:, k : k + 1]
+        G, C = A.shape[1:3]
+        Ab = torch.cat([A.flatten(1, 2), b], 1)
+        if s > 1:
+            Ab = F.interpolate(Ab, size=(H, W), mode="bilinear", align_corners=False)
+        out = Ab[:, G * C :]
+        for k in range(G):
+            out = out + Ab[:, k * C : (k + 1) * C] * g_full[:, k : k + 1]
     if hwc:
         out = out[0].permute(1, 2, 0)
     return like_input(out, features)
