@@ -368,6 +368,21 @@ def _row(name: str, e: dict[str, Any]) -> str:
     )
 
 
+def _output_sets(spec: str) -> list[tuple[str, set[str]]]:
+    """``each`` -> every output alone, ``all`` -> every output together, a name -> that output alone."""
+    sets: list[tuple[str, set[str]]] = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        if item == "each":
+            sets += [(o, {o}) for o in OUTPUTS]
+        elif item == "all":
+            sets.append(("all", set(OUTPUTS)))
+        elif item in OUTPUTS:
+            sets.append((item, {item}))
+        else:
+            raise SystemExit(f"--sets: unknown {item!r}; use each, all or outputs of {sorted(OUTPUTS)}")
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -379,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-frames", type=int, default=40, help="timed frames per output set")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--images", default="node", choices=("node", "texture"), help="frame content")
-    ap.add_argument("--sets", default="each,all", help="each: every output alone; all: all outputs")
+    ap.add_argument(
+        "--sets", default="each,all", help="comma list of: each (every output alone), all, output names"
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -411,11 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames_count": frames[: a.frames + a.warmup],
         "frames_time": frames[: a.time_frames + a.warmup],
     }
-    sets: list[tuple[str, set[str]]] = []
-    if "each" in a.sets:
-        sets += [(o, {o}) for o in OUTPUTS]
-    if "all" in a.sets:
-        sets.append(("all", set(OUTPUTS)))
+    sets = _output_sets(a.sets)
     result: dict[str, Any] = {
         "command": " ".join(["benchmarks/jetson_budget.py", *(argv if argv is not None else sys.argv[1:])]),
         "host": {
