@@ -230,7 +230,7 @@ def _nn_log_distance(x: Tensor, candidates: Tensor, self_index: Tensor, eps: flo
     """``log(||x_i - NN(x_i)|| + eps)`` with NN by max dot product among ``candidates`` excluding self."""
     with torch.no_grad():
         dots = x @ candidates.t()
-        dots[torch.arange(x.shape[0], device=x.device), self_index] = -float("inf")
+        dots.scatter_(1, self_index[:, None], float("-inf"))  # not an index_put: that syncs on CUDA
         nn_idx = dots.argmax(dim=1)
     d = (x - candidates[nn_idx]).norm(dim=-1)
     return torch.log(d + eps)
