@@ -10,6 +10,8 @@ Cases (ours | baseline):
   matching       match_tensors 1200x1200 (mutual+ratio+refine) | per-row numpy loop matcher
   tokencut       tokencut(method="auto")                       | scipy.linalg.eigh(D-W, D) (published code path)
   upsample       guided (JBU) / guided filter 384ch -> 480x640 | bilinear
+  mask_refine    refine_labels, 3 labels at 480x640 (filtered   | the colour guided filter in NumPy with
+                 at 240x320, coefficients at 120x160)          | cv2.boxFilter at 240x320 (OpenCV without contrib)
 Targets: TokenCut <= 5 ms (GPU), <= 100 ms (CPU).
 """
 
@@ -104,7 +106,75 @@ def naive_pca(f: np.ndarray) -> np.ndarray:
     return cv2.resize(img, IMG[::-1], interpolation=cv2.INTER_LINEAR)
 
 
-CASES = ("pca", "linear_depth", "dpt_depth", "matching", "tokencut", "upsample")
+CASES = ("pca", "linear_depth", "dpt_depth", "matching", "tokencut", "upsample", "mask_refine")
+
+
+def cv2_guided_labels(soft: np.ndarray, image: np.ndarray, r: int, eps: float = 1e-3) -> np.ndarray:
+    """Colour guided filter (He et al.) of each label map with ``cv2.boxFilter`` means, then argmax."""
+    import cv2
+
+    k = (2 * r + 1, 2 * r + 1)
+    count = cv2.boxFilter(
+        np.ones(image.shape[:2], np.float32), -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT
+    )
+
+    def mean(x: np.ndarray) -> np.ndarray:  # windows clipped at the border, as heads.upsample.box_mean
+        s = cv2.boxFilter(x, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        return s / (count[..., None] if s.ndim == 3 else count)
+
+    img = image.astype(np.float32) / 255.0
+    m_img = mean(img)
+    S = np.empty((*img.shape[:2], 3, 3), np.float32)
+    for i in range(3):
+        for j in range(i, 3):
+            S[..., i, j] = S[..., j, i] = mean(img[..., i] * img[..., j]) - m_img[..., i] * m_img[..., j]
+    Sinv = np.linalg.inv(S + eps * np.eye(3, dtype=np.float32))
+    out = []
+    for c in range(soft.shape[2]):
+        p = np.ascontiguousarray(soft[..., c])
+        mp = mean(p)
+        cov = mean(img * p[..., None]) - m_img * mp[..., None]
+        a = np.einsum("hwij,hwj->hwi", Sinv, cov)
+        b = mp - (a * m_img).sum(-1)
+        out.append((mean(a) * img).sum(-1) + mean(b))
+    return np.argmax(np.stack(out, -1), -1)
+
+
+def _mask_refine_rows(add: Callable, device: str, reps: int, budget: float) -> None:
+    """Object-mask refinement at 480x640 (two objects and the background, patch-block soft maps)."""
+    import cv2
+
+    from dinov3_ros.heads.mask_refine import REFINE_PATCH_PX, refine_labels
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (*IMG, 3), dtype=np.uint8)
+    grid = np.zeros((H_P, W_P), np.int64)
+    grid[5:15, 8:20], grid[18:25, 25:35] = 1, 2
+    soft = cv2.resize(np.eye(3, dtype=np.float32)[grid], IMG[::-1], interpolation=cv2.INTER_LINEAR)
+    keep = cv2.resize(grid.astype(np.uint16), IMG[::-1], interpolation=cv2.INTER_NEAREST)
+    ours = refine_labels(soft, image, 16.0, keep, device=device)
+    f = REFINE_PATCH_PX / 16.0
+    size = (round(IMG[1] * f), round(IMG[0] * f))
+    small = (
+        cv2.resize(soft, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+    )
+    ref = cv2.resize(
+        cv2_guided_labels(*small, REFINE_PATCH_PX).astype(np.uint16),
+        IMG[::-1],
+        interpolation=cv2.INTER_NEAREST,
+    )
+    add(
+        "mask_refine",
+        "refine_labels (fast guided filter, torch)",
+        timeit(lambda: refine_labels(soft, image, 16.0, keep, device=device), device, reps, budget),
+        pixels_agree_with_baseline=float((ours == ref).mean()),
+    )
+    add(
+        "mask_refine",
+        "baseline: NumPy + cv2.boxFilter guided filter",
+        timeit(lambda: cv2_guided_labels(*small, REFINE_PATCH_PX), "cpu", reps, budget),
+    )
 
 
 def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -> list[dict]:
@@ -242,6 +312,8 @@ def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -
                 "baseline: bilinear",
                 timeit(lambda: upsample(x, IMG, mode="bilinear"), device, max(3, reps // 4), budget),
             )
+        if "mask_refine" in cases:
+            _mask_refine_rows(add, device, reps, budget)
     return rows
 
 
