@@ -85,3 +85,11 @@ def test_budget_runs_on_cpu_with_a_tiny_model(jb, tmp_path):
         p = e["projection"][t]
         assert p["latency_ms"] > p["engine_trt_fp16_ms"] > 0 and p["throughput_hz"] > 0
     assert res["model"]["engine_eff"] == 0.4 and "jetson_budget.py" in res["command"]
+
+
+def test_output_sets_take_each_all_and_names(jb):
+    sets = jb._output_sets("objects,all")
+    assert sets == [("objects", {"objects"}), ("all", set(jb.OUTPUTS))]
+    assert len(jb._output_sets("each")) == len(jb.OUTPUTS)
+    with pytest.raises(SystemExit, match="unknown 'object'"):
+        jb._output_sets("object")
