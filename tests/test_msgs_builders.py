@@ -301,3 +301,37 @@ def test_rgb_bits_equal_pack_rgb_for_any_shape():
         pack_rgb(rgb[:, ::2].reshape(-1, 3)).view(np.uint32).reshape(5, 4),
     )
     assert rgb_bits(np.zeros((0, 3), np.uint8)).shape == (0,)
+
+
+def test_depth_image_encodings():
+    from dinov3_ros.msgs.layouts import depth_image
+
+    d = np.array([[0.0, 1.2344, 1.2346, np.nan], [-0.1, 65.5354, 70.0, np.inf]], np.float32)
+    mm = depth_image(d, "16UC1")
+    assert mm.dtype == np.uint16
+    assert mm.tolist() == [[0, 1234, 1235, 0], [0, 65535, 65535, 65535]]
+    assert depth_image(d, "32FC1").dtype == np.float32
+    with pytest.raises(ValueError, match="32FC1 or 16UC1"):
+        depth_image(d, "16UC2")
+
+
+def test_depth_16uc1_message_is_millimetres_of_the_32fc1_one(providers):
+    """``depth_encoding: 16UC1``: the same image in millimetres (half the bytes), rclpy reads it."""
+    from rclpy.serialization import deserialize_message
+
+    from dinov3_ros.msgs.cdr import join
+    from dinov3_ros.ros.types import ros_types
+
+    rp = ros_types()
+    out = _outputs("cam")
+    msgs = {}
+    for enc in ("32FC1", "16UC1"):
+        raw = {t: join(p) for t, _mt, p in frame_messages(out, PipelineConfig(depth_encoding=enc))}
+        msgs[enc] = deserialize_message(raw["depth/image"], rp.cls("sensor_msgs/msg/Image"))
+    m32, m16 = msgs["32FC1"], msgs["16UC1"]
+    assert (m16.encoding, m16.step, m16.width, m16.height) == ("16UC1", 2 * m32.width, m32.width, m32.height)
+    metres = np.frombuffer(bytes(m32.data), np.float32).reshape(m32.height, m32.width)
+    mm = np.frombuffer(bytes(m16.data), np.uint16).reshape(m16.height, m16.width)
+    ok = np.isfinite(metres)
+    assert ok.any() and np.all(np.abs(mm[ok] - metres[ok] * 1000.0) <= 0.5 + 1e-3 * metres[ok])
+    assert np.all(mm[~ok] == 0)

@@ -82,6 +82,11 @@ class PipelineConfig:
     depth_resolution: str = setting(
         "input", "depth image size: the input image's, or the network canvas's", choices=("input", "network")
     )
+    depth_encoding: str = setting(
+        "32FC1",
+        "depth image encoding (REP 118): 32FC1 metres (NaN = no depth) or 16UC1 millimetres (0 = no depth)",
+        choices=("32FC1", "16UC1"),
+    )
     depth_scale: float = setting(1.0, "metres per depth-head unit", lo=0.0, lo_open=True)
     min_depth: float = setting(0.05, "depth is clipped to [min_depth, max_depth] metres", lo=0.0)
     max_depth: float = setting(

@@ -86,6 +86,22 @@ def image_encoding(arr: np.ndarray) -> str:
     raise ValueError(f"no default encoding for an array of shape {arr.shape} and dtype {arr.dtype}")
 
 
+def depth_image(depth_m: np.ndarray, encoding: str) -> np.ndarray:
+    """Depth in metres (NaN = none) as a REP 118 depth image's data: ``32FC1`` metres as given, or
+    ``16UC1`` millimetres (rounded; no depth and negatives -> 0; beyond 65.535 m saturates). Float64
+    input is converted in float64."""
+    d = np.asarray(depth_m)
+    if encoding == "32FC1":
+        return np.asarray(d, np.float32)
+    if encoding != "16UC1":
+        raise ValueError(f"depth encoding must be 32FC1 or 16UC1, got {encoding!r}")
+    mm = np.multiply(d, 1000.0, dtype=np.float64 if d.dtype == np.float64 else np.float32)
+    np.fmax(mm, 0.0, out=mm)  # fmax drops NaN: no depth -> 0
+    np.fmin(mm, 65535.0, out=mm)
+    np.rint(mm, out=mm)
+    return mm.astype(np.uint16)
+
+
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """uint8 [N, 3] -> float32 [N] holding 0x00RRGGBB (the PCL/RViz ``rgb`` field)."""
     c = rgb.astype(np.uint32)

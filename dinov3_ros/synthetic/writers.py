@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dinov3_ros.msgs.layouts import depth_image
 from dinov3_ros.synthetic.frame import SynthFrame
 from dinov3_ros.synthetic.shapes import CLASS_NAMES
 
@@ -86,7 +87,7 @@ def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
 
 def depth_to_mm16(depth: np.ndarray) -> np.ndarray:
     """Metres (float) to uint16 millimetres, rounded; 0 stays 0; values beyond 65.535 m saturate."""
-    return np.clip(np.rint(np.asarray(depth, np.float64) * 1000.0), 0, 65535).astype(np.uint16)
+    return depth_image(np.asarray(depth, np.float64), "16UC1")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``depth``: metric depth (``32FC1`` metres along the optical axis, REP 118) and its camera_info, in the
-image_pipeline layout (``depth/image`` + ``depth/camera_info``; ``depth`` is the deprecated old name).
+"""``depth``: metric depth along the optical axis (REP 118: ``32FC1`` metres, or ``16UC1`` millimetres
+with ``depth_encoding``, half the bytes) and its camera_info, in the image_pipeline layout
+(``depth/image`` + ``depth/camera_info``; ``depth`` is the deprecated old name).
 
 ``depth_resolution: input`` resamples the network-canvas depth to the input image (intrinsics
 unchanged); ``network`` keeps the canvas (letterbox padding = NaN) with the intrinsics moved onto it.
@@ -18,6 +19,7 @@ from dinov3_ros.core.camera import CameraIntrinsics
 from dinov3_ros.core.frames import DepthImage
 from dinov3_ros.heads._common import to_host
 from dinov3_ros.msgs.cdr import camera_info_parts, image_parts
+from dinov3_ros.msgs.layouts import depth_image
 from dinov3_ros.pipeline.grid import canvas_to_input
 from dinov3_ros.pipeline.outputs.base import BatchContext, FrameJob, Output, Topic
 
@@ -29,7 +31,8 @@ def network_intrinsics(K: CameraIntrinsics, geom: Any) -> CameraIntrinsics:
 
 
 def _image(stamp: int, frame_id: str, value: DepthImage, cfg: Any) -> list:
-    return image_parts(stamp, frame_id, np.asarray(value.image, dtype=np.float32), "32FC1")
+    enc = cfg.depth_encoding
+    return image_parts(stamp, frame_id, depth_image(value.image, enc), enc)
 
 
 def _info(stamp: int, frame_id: str, value: DepthImage, cfg: Any) -> list:
