@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import markdown_table, save
+from stack_sampler import StackSampler
 
 W_IN, H_IN = 640, 480
 
@@ -178,6 +179,12 @@ def read_fps(bag: Path, workers: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def _save_samples(path: str, weights: str, where: str, sampler: StackSampler) -> None:
+    """Append the tool run's per-thread stack samples to ``path`` (text)."""
+    with open(path, "a") as f:
+        f.write(f"== {weights} on {where}: {sampler.table(top=60)}\n\n")
+
+
 def measure(
     args: argparse.Namespace, weights: str, where: dict[str, Path], bags: dict[str, Path], dev: str
 ) -> list[dict[str, Any]]:
@@ -194,7 +201,12 @@ def measure(
             samples.setdefault(("engine", name), []).append(
                 engine_fps(model, dev, res, args.batch_size, args.frames)
             )
-            fps, summary = tool_run(args, weights, model, bags[name], d / "out", dev)
+            if args.sample:
+                with StackSampler(interval=0.002, depth=4) as sampler:
+                    fps, summary = tool_run(args, weights, model, bags[name], d / "out", dev)
+                _save_samples(args.sample, weights, name, sampler)
+            else:
+                fps, summary = tool_run(args, weights, model, bags[name], d / "out", dev)
             samples.setdefault(("tool", name), []).append(fps)
             tool_frames[name] = {k: v * 1e3 / max(1, summary.frames) for k, v in summary.stages.items()}
             if "read" in rows:
@@ -237,6 +249,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="round-robin repeats (median)")
     ap.add_argument(
         "--tool-args", default="", help="extra dinov3-ros process arguments, e.g. '--decode-workers 4'"
+    )
+    ap.add_argument(
+        "--sample",
+        default=None,
+        help="append per-thread Python stack samples of every tool run to this text file (stack_sampler)",
     )
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/offline-...)")
     args = ap.parse_args()
