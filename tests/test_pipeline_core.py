@@ -510,3 +510,29 @@ def test_points_grid_cloud_is_backproject_and_packing():
     holed = d.copy()
     holed[3, 5] = np.nan
     assert _grid_cloud(holed, K, rgb, 1, (0, 0)) is None
+
+
+def test_a_batch_submits_its_pooled_heads_in_chunks_with_the_serial_results(monkeypatch):
+    """A batch of 12 frames: each head off this thread is submitted once per chunk of frames (not once
+    per frame), and every output equals the serial run's."""
+    from dinov3_ros.pipeline import executor
+
+    frames = [Frame(texture(96, 128, seed=i), i, "cam", K640.resized(128, 96), "s") for i in range(12)]
+    outs = set(OUTPUTS)
+    ser = make(parallel_heads=False)
+    want = ser.finish(ser.infer(frames, outs))
+    submitted: list[str] = []
+    real = executor.HeadRunner._submit
+
+    def counting(self, head, fn, ready):
+        submitted.append(head.name)
+        return real(self, head, fn, ready)
+
+    monkeypatch.setattr(executor.HeadRunner, "_submit", counting)
+    par = make(parallel_heads=True)
+    got = par.finish(par.infer(frames, outs))
+    for a, b in zip(got, want):
+        _same_outputs(a, b)
+    per_head = {name: submitted.count(name) for name in set(submitted)}
+    assert per_head and max(per_head.values()) <= executor.POOL_WORKERS < len(frames)
+    assert per_head["objects"] == 1  # an own-thread head: one task for the batch, frames in order

@@ -131,6 +131,16 @@ class _BatchRun:
             return
         fut.set_result(None)
 
+    def _execute_many(self, frames: tuple[int, ...], head: Output) -> None:
+        for i in frames:
+            self._execute(i, head)
+
+    def _chunk(self, head: Output, n: int) -> int:
+        """Frames per task: all of a batch for an own-thread head (it runs them in order anyway), an
+        even share of the pool's threads for a pool head; one submission per frame would cost more
+        than a light head's work."""
+        return n if head.worker == "own" else max(1, -(-n // POOL_WORKERS))
+
     def run(self) -> None:
         b = self.b
         t = time.perf_counter()
@@ -142,26 +152,54 @@ class _BatchRun:
         n = len(b.frames)
         self.done = {(i, h.name): Future() for i in range(n) for h in self.heads}
         aside = [h for h in self.heads if b.cfg.parallel_heads and h.worker != "finish"]
-        ready = self.r._event()
-        started: set[tuple[int, str]] = set()
-        for i in range(n):  # heads reading nothing from this thread start at once, for every frame
-            for h in aside:
-                if not h.requires:
-                    self.r._submit(h, lambda i=i, h=h: self._execute(i, h), ready)
-                    started.add((i, h.name))
-        for i in range(n):
-            for h in self.heads:
-                if (i, h.name) in started:
-                    continue
-                if h in aside:
-                    self.r._submit(h, lambda i=i, h=h: self._execute(i, h), self.r._event())
-                else:
-                    self._execute(i, h)
+        self._submit_independent(aside, n)
+        self._run_frames(aside, n)
         errors = [f.exception() for f in self.done.values()]
         self._settle()
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
+
+    def _submit_independent(self, aside: list[Output], n: int) -> None:
+        """Heads reading nothing computed on this thread start at once, for every frame, in chunks."""
+        ready = self.r._event()
+        for h in aside:
+            if not h.requires:
+                k = self._chunk(h, n)
+                for lo in range(0, n, k):
+                    frames = tuple(range(lo, min(n, lo + k)))
+                    self.r._submit(h, lambda f=frames, h=h: self._execute_many(f, h), ready)
+
+    def _run_frames(self, aside: list[Output], n: int) -> None:
+        """The remaining heads in frame order: this thread's own, the others submitted in chunks once
+        the chunk's frames are through this thread (a chunk's event covers their work), and any chunk
+        a head here waits for is submitted before the head runs."""
+        pending: dict[str, list[int]] = {}
+        by_name = {h.name: h for h in aside}
+
+        def flush(name: str) -> None:
+            h, frames = by_name[name], pending.pop(name, [])
+            if frames:
+                for dep in (*h.requires, *h.uses):  # what it waits for is queued before it
+                    if dep in pending:
+                        flush(dep)
+                self.r._submit(h, lambda f=tuple(frames), h=h: self._execute_many(f, h), self.r._event())
+
+        for i in range(n):
+            for h in self.heads:
+                if h in aside:
+                    if h.requires:
+                        pending.setdefault(h.name, []).append(i)
+                        if len(pending[h.name]) == self._chunk(h, n):
+                            flush(h.name)
+                    continue
+                for dep in (*h.requires, *h.uses):
+                    if dep in pending:
+                        flush(dep)
+                self._execute(i, h)
+        for name in list(pending):
+            if name in pending:
+                flush(name)
 
     def _settle(self) -> None:
         """Copy the deferred ``batch_copy`` results to the host, one copy per output, and report them."""
