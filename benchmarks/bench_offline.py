@@ -22,6 +22,7 @@ host-side ceiling on any machine. Results: ``benchmarks/results/offline-<device>
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
@@ -201,12 +202,11 @@ def measure(
             samples.setdefault(("engine", name), []).append(
                 engine_fps(model, dev, res, args.batch_size, args.frames)
             )
-            if args.sample:
-                with StackSampler(interval=0.002, depth=4) as sampler:
-                    fps, summary = tool_run(args, weights, model, bags[name], d / "out", dev)
-                _save_samples(args.sample, weights, name, sampler)
-            else:
+            sampler = StackSampler(interval=0.002, depth=4) if args.sample else contextlib.nullcontext()
+            with sampler:
                 fps, summary = tool_run(args, weights, model, bags[name], d / "out", dev)
+            if args.sample:
+                _save_samples(args.sample, weights, name, sampler)
             samples.setdefault(("tool", name), []).append(fps)
             tool_frames[name] = {k: v * 1e3 / max(1, summary.frames) for k, v in summary.stages.items()}
             if "read" in rows:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import sys
 import threading
-import time
 from collections import Counter
 from types import FrameType, TracebackType
 
@@ -92,10 +91,3 @@ class StackSampler:
         for r in self.rows(top):
             lines.append(f"{r['share']:6.2f}  {r['thread']:<28} {' <- '.join(r['stack'])}")
         return "\n".join(lines)
-
-
-def busy_for(seconds: float) -> None:
-    """Spin in Python for ``seconds`` (a known workload for tests and a self-check)."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,16 @@ def test_thread_groups_drop_pool_indices(ss):
     assert ss.thread_group("offline-writer") == "offline-writer"
 
 
+def busy_for(seconds: float) -> None:
+    """Spin in Python for ``seconds`` (a workload whose stack is known)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def test_the_busy_thread_is_found_in_its_function(ss):
     stop = threading.Event()
-    busy = threading.Thread(target=ss.busy_for, args=(0.4,), name="spinner_0")
+    busy = threading.Thread(target=busy_for, args=(0.4,), name="spinner_0")
     idle = threading.Thread(target=stop.wait, args=(5.0,), name="idler_1")
     with ss.StackSampler(interval=0.002, depth=2) as s:
         idle.start()

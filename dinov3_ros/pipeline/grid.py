@@ -18,15 +18,29 @@ from dinov3_ros.runtime.preprocess import Geometry
 _REMAP_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
-@functools.lru_cache(maxsize=16)
-def grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
-    """Input row -> patch row and input column -> patch column (nearest)."""
+def _input_in_patches(geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Each input column's and row's pixel centre in patch units from the canvas's top-left edge."""
     H, W = geom.input_size
     un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
     _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
     p = geom.patch_size
-    ci = np.clip(np.floor((un + 0.5) / p).astype(np.int64), 0, gw - 1)
-    ri = np.clip(np.floor((vn + 0.5) / p).astype(np.int64), 0, gh - 1)
+    return (un + 0.5) / p, (vn + 0.5) / p
+
+
+def _read_only_maps(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps ``[H, W]`` from a source column per input column and a row per input row."""
+    mx = np.ascontiguousarray(np.broadcast_to(x.astype(np.float32)[None, :], (y.size, x.size)))
+    my = np.ascontiguousarray(np.broadcast_to(y.astype(np.float32)[:, None], (y.size, x.size)))
+    mx.flags.writeable = my.flags.writeable = False
+    return mx, my
+
+
+@functools.lru_cache(maxsize=16)
+def grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input row -> patch row and input column -> patch column (nearest)."""
+    xs, ys = _input_in_patches(geom)
+    ci = np.clip(np.floor(xs).astype(np.int64), 0, gw - 1)
+    ri = np.clip(np.floor(ys).astype(np.int64), 0, gh - 1)
     ri.flags.writeable = ci.flags.writeable = False
     return ri, ci
 
@@ -35,11 +49,7 @@ def grid_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]
 def _remap_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
     """``cv2.remap`` maps (x, y) of :func:`grid_maps`: exact integer source coordinates."""
     ri, ci = grid_maps(geom, gh, gw)
-    H, W = ri.size, ci.size
-    mx = np.ascontiguousarray(np.broadcast_to(ci.astype(np.float32)[None, :], (H, W)))
-    my = np.ascontiguousarray(np.broadcast_to(ri.astype(np.float32)[:, None], (H, W)))
-    mx.flags.writeable = my.flags.writeable = False
-    return mx, my
+    return _read_only_maps(ci, ri)
 
 
 def grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
@@ -61,16 +71,8 @@ def grid_to_input(grid: np.ndarray, geom: Geometry) -> np.ndarray:
 def _linear_maps(geom: Geometry, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
     """``cv2.remap`` maps (x, y) of each input pixel in patch-grid coordinates (patch centres at
     integers), clipped to the grid."""
-    H, W = geom.input_size
-    un, _ = geom.input_to_network(np.arange(W, dtype=np.float64), np.zeros(W))
-    _, vn = geom.input_to_network(np.zeros(H), np.arange(H, dtype=np.float64))
-    p = geom.patch_size
-    x = np.clip((un + 0.5) / p - 0.5, 0, gw - 1).astype(np.float32)
-    y = np.clip((vn + 0.5) / p - 0.5, 0, gh - 1).astype(np.float32)
-    mx = np.ascontiguousarray(np.broadcast_to(x[None, :], (H, W)))
-    my = np.ascontiguousarray(np.broadcast_to(y[:, None], (H, W)))
-    mx.flags.writeable = my.flags.writeable = False
-    return mx, my
+    xs, ys = _input_in_patches(geom)
+    return _read_only_maps(np.clip(xs - 0.5, 0, gw - 1), np.clip(ys - 0.5, 0, gh - 1))
 
 
 def grid_to_input_linear(grid: np.ndarray, geom: Geometry) -> np.ndarray:

@@ -3,7 +3,8 @@ with clear errors, unknown names with the closest valid one.
 
 Read-only (need a restart / lifecycle cleanup+configure): the model (``weights``, ``depth_head``,
 ``objects_head``, ``backend``, ``device``, ``precision``, ``resolution``, ``cuda_graphs``: a
-``core.spec.ModelSpec``), ``cameras``, ``image_transport``, the QoS choices, ``diagnostics_period``, ``max_input_bytes``.
+``core.spec.ModelSpec``), ``cameras``, ``image_transport``, the QoS choices, ``diagnostics_period``,
+``max_input_bytes``.
 Changeable at run time: ``outputs.<name>`` (one per registered output), ``lazy``, ``max_age_ms``,
 ``batch_window_ms``, the camera_info policy, the diagnostics thresholds and every ``pipeline.<setting>``
 of :class:`~dinov3_ros.core.config.PipelineConfig`.
