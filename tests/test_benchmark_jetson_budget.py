@@ -85,6 +85,7 @@ def test_budget_runs_on_cpu_with_a_tiny_model(jb, tmp_path):
         p = e["projection"][t]
         assert p["latency_ms"] > p["engine_trt_fp16_ms"] > 0 and p["throughput_hz"] > 0
     assert res["model"]["engine_eff"] == 0.4 and "jetson_budget.py" in res["command"]
+    assert res["host"]["blocking_sync"] is False  # no CUDA device: CUDA's waits are not involved
 
 
 def test_output_sets_take_each_all_and_names(jb):

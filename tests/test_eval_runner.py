@@ -145,9 +145,9 @@ def test_heads_matcher_refines_with_the_images(data, tiny, monkeypatch):
 
     calls = []
 
-    def spy(fa, fb, p, image_a=None, image_b=None):
+    def spy(fa, fb, p, image_a=None, image_b=None, inliers_only=False):
         calls.append((image_a, image_b))
-        return heads_match(fa, fb, p, image_a, image_b)
+        return heads_match(fa, fb, p, image_a, image_b, inliers_only)
 
     monkeypatch.setattr(runner, "heads_match", spy)
     _, model = tiny
@@ -163,7 +163,7 @@ def test_heads_matcher_refines_with_the_images(data, tiny, monkeypatch):
             assert all(a is None and b is None for a, b in calls)
     img, feat = res["heads"]["correspondence"], res["heads-features"]["correspondence"]
     assert img["matches_per_pair"] == feat["matches_per_pair"]  # the same matches, some moved
-    with pytest.raises(ValueError, match="heads, heads-features, dense"):
+    with pytest.raises(ValueError, match="heads, heads-features, heads-inliers, dense"):
         evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher="nearest"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -267,6 +267,9 @@ def test_eval_cli_writes_json_and_png(tmp_path):
         "4",
         "--pair-gap",
         "2",
+        "--probe-scenes",
+        "12",
+        "8",
         "--out",
         str(out),
     ]
@@ -324,6 +327,35 @@ def test_heads_matcher_uses_the_pipeline_settings():
     loose = match(fa, fb, patch_size=16.0, refine=True, offset=(-0.5, -0.5))
     assert 0 < len(p0) < len(loose.pts0)
     assert cfg.with_updates(match_ratio=1.0).match_args()["ratio"] is None  # 1 = no ratio test
+
+
+def test_heads_inliers_are_the_matches_the_node_flags():
+    """``heads-inliers`` scores the matches the node's fundamental-matrix check flags as inliers (a
+    one-patch threshold): patches moved one column right are kept, patches swapped across rows
+    (off every epipolar line of that motion) are dropped."""
+    from dinov3_ros.core.config import PipelineConfig
+    from dinov3_ros.eval.matching import heads_match
+    from dinov3_ros.heads.correspondence import match
+
+    g = torch.Generator().manual_seed(0)
+    fa = torch.randn(12, 12, 32, generator=g).numpy()
+    fb = np.roll(fa, 1, axis=1)[:, 1:]  # a camera moving left: every patch one column to the right
+    fb = np.concatenate([fa[:, :1], fb], 1).copy()
+    for r, c in ((1, 3), (2, 6), (3, 9), (4, 4)):
+        fb[[r, r + 7], c] = fb[[r + 7, r], c]  # swapped across rows: gross outliers
+    p0, p1 = heads_match(fa, fb, 16)
+    q0, q1 = heads_match(fa, fb, 16, inliers_only=True)
+    ref = match(
+        fa, fb, patch_size=16.0, mutual=True, **PipelineConfig().match_args(), refine=True,
+        offset=(-0.5, -0.5), verify_with="fundamental", ransac_threshold=16.0,
+    )  # fmt: skip
+    np.testing.assert_array_equal(q0, ref.pts0[ref.inliers])
+    np.testing.assert_array_equal(q1, ref.pts1[ref.inliers])
+    vertical = np.abs(p1[:, 1] - p0[:, 1]) > 32
+    kept = int((np.abs(q1[:, 1] - q0[:, 1]) > 32).sum())
+    # a planar grid leaves RANSAC's F loosely determined: most, not all, outliers are dropped
+    assert vertical.sum() >= 6 and kept <= vertical.sum() // 2
+    assert len(q0) >= len(p0) - vertical.sum() - 2  # and (nearly) nothing else
 
 
 def test_guided_mask_refinement_scores_image_sized_masks(data, tiny):

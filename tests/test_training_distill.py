@@ -467,3 +467,47 @@ def test_distillation_moves_the_student_towards_the_teacher(tmp_path):
     for k in ("cls_cos", "patch_cos"):
         assert after[k] < 0.5 * before[k], dist
     assert after0 == before0, dist
+
+
+def _with_indices(b: Batch, masks: torch.Tensor | None = None) -> Batch:
+    """``b`` with host-drawn flat mask positions, as the loaders give (of ``masks`` if given)."""
+    m = b.masks if masks is None else masks
+    return Batch(b.global_crops, b.local_crops, b.masks, b.n_global, b.sim, m.flatten().nonzero().flatten())
+
+
+def _two_steps(tmp_path, batches: list[Batch]) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    tmp_path.mkdir()
+    torch.manual_seed(0)
+    d = Distiller(_cfg(tmp_path), load_teacher(_teacher_file(tmp_path)))
+    hist = [d.step(b) for b in batches]
+    return hist, {k: v.detach().clone() for k, v in d.students["vit"].state_dict().items()}
+
+
+def test_host_mask_positions_give_the_boolean_index_results(tmp_path):
+    """Masked patches gathered at the loader's flat positions equal the boolean-indexed ones; positions
+    of another mask (a plausible bug: positions out of step with the masks) change the results."""
+    plain = _batches(2)
+    ref_hist, ref = _two_steps(tmp_path / "a", plain)
+    hist, got = _two_steps(tmp_path / "b", [_with_indices(b) for b in plain])
+    assert hist == ref_hist
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    shifted = [_with_indices(b, b.masks.roll(1, dims=0)) for b in plain]
+    bad_hist, _ = _two_steps(tmp_path / "c", shifted)
+    assert bad_hist[0]["vit"]["ibot"] != ref_hist[0]["vit"]["ibot"]
+
+
+def test_the_heads_step_has_no_device_wait_patterns(tmp_path):
+    """With the loader's mask positions, the step selects masked patches without the ops that wait for
+    a CUDA device (seen on CPU); without them (control) the boolean index is seen."""
+    from _sync_patterns import SyncPatterns
+
+    torch.set_num_threads(1)
+    d = Distiller(_cfg(tmp_path), load_teacher(_teacher_file(tmp_path)))
+    first, second = (_with_indices(b) for b in _batches(2))
+    d.step(first)
+    with SyncPatterns() as rec:
+        d.step(second)
+    assert rec.found == []
+    with SyncPatterns() as ctl:
+        d.step(_batches(1)[0])
+    assert "boolean indexing" in ctl.found

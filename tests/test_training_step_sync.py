@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from _sync_patterns import SyncPatterns
 
 from training.config import load_config
 from training.data import build_pretrain_loader
@@ -79,38 +79,15 @@ def test_the_cuda_step_does_not_synchronise(tmp_path):
     assert len(flush_scalars(st)) == 2
 
 
-class _SyncPatterns(TorchDispatchMode):
-    """Records the ops that wait for the device when their tensors are on CUDA, seen here on CPU: an
-    index_put of a scalar (the host scalar is copied to the device), nonzero / masked_select / boolean
-    indexing (the result's size is read back) and repeat_interleave without ``output_size``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func.overloadpacket.__name__)
-        if name in ("index_put", "index_put_") and args[2].dim() == 0:
-            self.found.append(f"{name} of a scalar")
-        elif name in ("nonzero", "masked_select"):
-            self.found.append(name)
-        elif name == "index" and any(i is not None and i.dtype == torch.bool for i in args[1]):
-            self.found.append("boolean indexing")
-        elif name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) < 4:
-            self.found.append("repeat_interleave without output_size")
-        return func(*args, **kwargs)
-
-
 def test_the_step_has_no_device_wait_patterns(tmp_path):
     """CI's stand-in for the CUDA test above: the step's ops (on CPU) hold none of the patterns that
     synchronise on CUDA. Control: the two patterns the CUDA test caught are recognised."""
     _, st, batches = _setup(tmp_path)
     train_step(st, batches[0], 0, sync=False)
-    with _SyncPatterns() as rec:
+    with SyncPatterns() as rec:
         train_step(st, batches[1], 1, sync=False)
     assert rec.found == []
-    with _SyncPatterns() as ctl:
+    with SyncPatterns() as ctl:
         x, idx = torch.zeros(3, 3), torch.arange(3)
         x[idx, idx] = 0  # the former diagonal mask of the DINO loss
         x[idx, torch.tensor([1, 2, 0])] = -float("inf")  # the former KoLeo self-exclusion

@@ -450,7 +450,9 @@ class Batch:
     """Crop-major multi-crop batch of ``B`` images.
 
     ``global_crops [n_g*B, 3, G, G]``, ``local_crops [n_l*B, 3, L, L]`` (may be empty) and
-    ``masks [n_g*B, N_teacher]`` bool (the random iBOT positions on the teacher's patch grid).
+    ``masks [n_g*B, N_teacher]`` bool (the random iBOT positions on the teacher's patch grid) and,
+    when the loader drew them on the host, ``mask_indices``: the flat positions of ``masks`` (its
+    ``flatten().nonzero()``), so selecting the masked rows on a GPU needs no wait for the device.
     """
 
     global_crops: torch.Tensor
@@ -458,6 +460,7 @@ class Batch:
     masks: torch.Tensor | None
     n_global: int = 2
     sim: Any = None  # training.sim.CropTargets of the global crops (crop-major), when sim is enabled
+    mask_indices: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -474,7 +477,14 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=True)
 
         sim = None if self.sim is None else self.sim.to(device)
-        return Batch(mv(self.global_crops), mv(self.local_crops), mv(self.masks), self.n_global, sim)
+        return Batch(
+            mv(self.global_crops),
+            mv(self.local_crops),
+            mv(self.masks),
+            self.n_global,
+            sim,
+            mv(self.mask_indices),
+        )
 
 
 def _crop_major(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -491,6 +501,24 @@ def _gather_crop_major(x: torch.Tensor | None, n: int, world: int) -> torch.Tens
     out = [torch.empty_like(xs) for _ in range(world)]
     dist.all_gather(out, xs)
     return torch.cat(out, dim=1)
+
+
+def _masked_rows(x: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``x [M, N, D]`` where ``masks [M, N]`` is set, in ``masks.nonzero()`` order; with
+    ``indices`` (its flat positions, drawn on the host) a gather instead of a boolean index, which on a
+    GPU waits for the device to count the rows."""
+    if indices is None:
+        return x[masks]
+    return x.reshape(-1, x.shape[-1]).index_select(0, indices)
+
+
+def _scatter_rows(rows: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+    """``[M, N, D]`` zeros with ``rows`` at the set positions of ``masks`` (inverse of :func:`_masked_rows`)."""
+    dense = rows.new_zeros(*masks.shape, rows.shape[-1])
+    if indices is None:
+        dense[masks] = rows
+        return dense
+    return dense.reshape(-1, rows.shape[-1]).index_copy_(0, indices, rows).reshape(dense.shape)
 
 
 def _slice_flat(x: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
@@ -688,12 +716,12 @@ class Distiller:
                 )
             with self._autocast():
                 cls_bn = t.dino_head(cls, no_last_layer=True)  # the L2-normalised bottleneck
-                rows = t.ibot_head(patch[batch.masks], no_last_layer=True)
-            dense = rows.new_zeros(*patch.shape[:2], rows.shape[-1])
-            dense[batch.masks] = rows
+                rows = t.ibot_head(_masked_rows(patch, batch.masks, batch.mask_indices), no_last_layer=True)
+            dense = _scatter_rows(rows, batch.masks, batch.mask_indices)
             res["cls_bn"] = _gather_crop_major(cls_bn.float(), n_g, self.world)
             res["patch_bn"] = _gather_crop_major(dense, n_g, self.world)
             res["masks"] = _gather_crop_major(batch.masks, n_g, self.world)
+            res["mask_indices"] = batch.mask_indices if self.world == 1 else None
             if float(self.loss_cfg.get("patch_distill", 0.0)) > 0:
                 res["patch"] = _gather_crop_major(patch, n_g, self.world)
         else:
@@ -724,12 +752,15 @@ class Distiller:
         g = _slice_flat(tout["global_crops"], lo, hi)
         loc = _slice_flat(tout["local_crops"], lo, hi)
         masks = _slice_flat(tout["masks"], lo, hi)
+        # host-drawn positions hold for the whole batch of one rank only
+        idx = tout.get("mask_indices") if (lo, hi) == (0, tout["masks"].shape[1]) else None
         t = self.teacher
         assert t.dino_head is not None and t.ibot_head is not None
         with torch.no_grad():  # teacher prototypes + Sinkhorn-Knopp over the subgroup (= the global batch)
             t_cls = t.dino_head(_slice_flat(tout["cls_bn"], lo, hi), only_last_layer=True)
             t_cls = sinkhorn_knopp(t_cls, lc["teacher_temp"], group=group).reshape(n_g, bs, -1)
-            t_patch = t.ibot_head(_slice_flat(tout["patch_bn"], lo, hi)[masks].float(), only_last_layer=True)
+            t_rows = _masked_rows(_slice_flat(tout["patch_bn"], lo, hi), masks, idx)
+            t_patch = t.ibot_head(t_rows.float(), only_last_layer=True)
             t_patch = sinkhorn_knopp(t_patch, lc["teacher_temp"], group=group)
         heads = st.objective
         with self._autocast():
@@ -744,7 +775,7 @@ class Distiller:
             if loc is not None:
                 out_l = st.backbone.forward_features(loc)
                 s_l = heads["dino_head"](out_l["x_norm_clstoken"]).reshape(-1, bs, s_g.shape[-1])
-            s_masked = heads["ibot_head"](s_patch[masks])
+            s_masked = heads["ibot_head"](_masked_rows(s_patch, masks, idx))
         terms = dino_loss_terms(
             s_g.float(),
             t_cls,
@@ -1011,7 +1042,14 @@ def make_batches(
         std=getattr(teacher, "norm_std", None),
     )
     for collated in loader:
-        yield Batch(collated["global_crops"], collated.get("local_crops"), collated["masks"], 2)
+        yield Batch(
+            collated["global_crops"],
+            collated.get("local_crops"),
+            collated["masks"],
+            2,
+            None,
+            collated["mask_indices"],
+        )
 
 
 def _sim_batches(
@@ -1040,7 +1078,7 @@ def _sim_batches(
         log=log.info if rank == 0 else None,
     )
     for b in batches:
-        yield Batch(b["global_crops"], b.get("local_crops"), b["masks"], 2, b["sim"])
+        yield Batch(b["global_crops"], b.get("local_crops"), b["masks"], 2, b["sim"], b["mask_indices"])
 
 
 # --------------------------------------------------------------------------------------------

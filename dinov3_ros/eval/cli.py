@@ -44,9 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--probe-scenes",
         type=int,
         nargs=2,
-        default=(48, 24),
+        default=(400, 200),
         metavar=("TRAIN", "TEST"),
         help="single-view scenes for the class probe",
+    )
+    parser.add_argument(
+        "--crop-size", type=int, default=224, help="side of the class probe's object crops, in pixels"
     )
     parser.add_argument(
         "--tasks",
@@ -66,10 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--matcher",
-        choices=("heads", "heads-features", "dense"),
+        choices=("heads", "heads-features", "heads-inliers", "dense"),
         default="heads",
         help="correspondences: the pipeline's matcher (heads: features, then refined with the images), "
-        "the same without the images (heads-features) or dense nearest neighbours",
+        "only the matches it flags as inliers (heads-inliers), the same without the images "
+        "(heads-features) or dense nearest neighbours",
     )
     parser.add_argument("--tau", type=float, default=0.2, help="TokenCut graph threshold")
     parser.add_argument("--arch", default=None, help="arch of a weights file when it cannot be inferred")
@@ -117,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         matcher=args.matcher,
+        crop_size=args.crop_size,
     )
     try:
         t0 = time.perf_counter()
@@ -128,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
                 test_scenes=args.test_scenes,
                 frames_per_scene=args.frames_per_scene,
                 pair_gap=args.pair_gap,
-                probe_scenes=tuple(args.probe_scenes),
+                probe_scenes=tuple(args.probe_scenes) if "probe" in tasks else (0, 0),
             )
             if args.data.startswith("synthetic")
             else load_data(args.data, pair_gap=args.pair_gap)

@@ -56,7 +56,7 @@ def synthetic_data(
     test_scenes: int = 16,
     frames_per_scene: int = 8,
     pair_gap: int = 3,
-    probe_scenes: tuple[int, int] = (48, 24),
+    probe_scenes: tuple[int, int] = (400, 200),
 ) -> EvalData:
     """Render ``train_scenes + test_scenes`` scenes of ``frames_per_scene`` frames each, plus
     ``probe_scenes`` (train, test) single-view scenes (generator seed ``seed + 1``) for the class probe."""

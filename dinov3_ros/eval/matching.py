@@ -203,11 +203,14 @@ def heads_match(
     patch_size: int,
     image_a: np.ndarray | None = None,
     image_b: np.ndarray | None = None,
+    inliers_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Matches of ``dinov3_ros.heads.correspondence.match`` with the pipeline's default settings
     (``PipelineConfig``: mutual NN, ratio test, minimum similarity, most matches; soft-argmax refine),
     refined with the frames' images (``image_a``, ``image_b``: ``SynthFrame.rgb``) when both are given:
-    the matches the node publishes for these frames, before its geometric verification flags inliers.
+    the matches the node publishes for these frames. ``inliers_only``: only those its geometric
+    verification flags as inliers (``inlier`` field of the message: a RANSAC fundamental matrix with a
+    threshold of one patch, as the ``matches`` output runs it on frames at network resolution).
 
     The heads put patch centres at ``(c + 0.5) p`` (pixel k spans [k, k+1)); the generator's K puts
     pixel centres at integers, hence ``offset=-0.5``.
@@ -225,8 +228,11 @@ def heads_match(
         offset=(-0.5, -0.5),
         image0=image_a,
         image1=image_b,
+        verify_with="fundamental" if inliers_only else None,
+        ransac_threshold=float(patch_size),
     )
-    return np.asarray(m.pts0, np.float64), np.asarray(m.pts1, np.float64)
+    keep = np.asarray(m.inliers, bool) if inliers_only else slice(None)
+    return np.asarray(m.pts0, np.float64)[keep], np.asarray(m.pts1, np.float64)[keep]
 
 
 def oracle_matcher(a: SynthFrame, b: SynthFrame, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ from dinov3_ros.eval.objects import (
 TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
 #: correspondence matchers: the pipeline's (features + image refinement), features only, dense NN
-MATCHERS = ("heads", "heads-features", "dense")
+MATCHERS = ("heads", "heads-features", "heads-inliers", "dense")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class EvalOptions:
     keep: int = 1000
     ransac_px: float = 2.0
     matcher: str = "heads"  # one of MATCHERS (see eval.matching)
-    crop_size: int = 112
+    crop_size: int = 224  # class-probe crops at the backbones' training / linear-probe resolution
     knn_k: int = 20
     depth_head: str | None = None
     objects_head: str | None = None  # TokenCut on this objects head's projection of the tokens
@@ -170,8 +170,9 @@ def _feature_matcher(run: _Run):
     def matcher(a, b, src):
         fa = f_test[key[(a.scene_index, a.frame_index)]]
         fb = f_test[key[(b.scene_index, b.frame_index)]]
-        if opts.matcher == "heads":
-            return heads_match(fa, fb, a.height // fa.shape[0], a.rgb, b.rgb)
+        if opts.matcher in ("heads", "heads-inliers"):
+            inl = opts.matcher == "heads-inliers"
+            return heads_match(fa, fb, a.height // fa.shape[0], a.rgb, b.rgb, inliers_only=inl)
         if opts.matcher == "heads-features":
             return heads_match(fa, fb, a.height // fa.shape[0])
         return match_features(fa, fb, src, (a.height, a.width), opts.keep)
