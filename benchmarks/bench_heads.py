@@ -106,7 +106,7 @@ def naive_pca(f: np.ndarray) -> np.ndarray:
     return cv2.resize(img, IMG[::-1], interpolation=cv2.INTER_LINEAR)
 
 
-CASES = ("pca", "linear_depth", "dpt_depth", "matching", "tokencut", "upsample", "mask_refine")
+CASES = ("pca", "linear_depth", "dpt_depth", "matching", "tokencut", "upsample", "mask_refine", "rigid")
 
 
 def cv2_guided_labels(soft: np.ndarray, image: np.ndarray, r: int, eps: float = 1e-3) -> np.ndarray:
@@ -175,6 +175,42 @@ def _mask_refine_rows(add: Callable, device: str, reps: int, budget: float) -> N
         "baseline: NumPy + cv2.boxFilter guided filter",
         timeit(lambda: cv2_guided_labels(*small, REFINE_PATCH_PX), "cpu", reps, budget),
     )
+
+
+def _rigid_rows(add: Callable, reps: int, budget: float) -> None:
+    """Odometry's robust rigid fit (host): 400 3-D matches, 30% outliers, 1 cm noise, 300 hypotheses at
+    most; rotation error against the true motion beside each time."""
+    import cv2
+
+    from dinov3_ros.heads.correspondence import estimate_rigid
+
+    rng = np.random.default_rng(0)
+    R = cv2.Rodrigues(rng.normal(size=3) * 0.1)[0]
+    a = rng.uniform(-2, 2, (400, 3))
+    b = a @ R.T + rng.normal(size=3) * 0.1 + rng.normal(size=(400, 3)) * 0.01
+    out = rng.choice(400, 120, replace=False)
+    b[out] += rng.uniform(-1, 1, (120, 3))
+
+    def rot_err(Re: np.ndarray) -> float:
+        c = (np.trace(Re.T @ R) - 1) / 2
+        return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+
+    fits = {
+        "estimate_rigid (stops at 99.9% confidence)": lambda: estimate_rigid(
+            a, b, threshold=0.05, iterations=300
+        )[0],
+        "estimate_rigid, all 300 hypotheses": lambda: estimate_rigid(
+            a, b, threshold=0.05, iterations=300, confidence=None
+        )[0],
+        "baseline: open3d RANSAC on correspondences": lambda: estimate_rigid(
+            a, b, threshold=0.05, iterations=300, method="open3d"
+        )[0],
+        "baseline: cv2.estimateAffine3D (affine)": lambda: cv2.estimateAffine3D(a, b, ransacThreshold=0.05)[
+            1
+        ][:, :3],
+    }
+    for name, fit in fits.items():
+        add("rigid", name, timeit(fit, "cpu", reps, budget), rot_err_deg=rot_err(fit()))
 
 
 def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -> list[dict]:
@@ -314,6 +350,8 @@ def run(device: str, reps: int, budget: float, cases: tuple[str, ...] = CASES) -
             )
         if "mask_refine" in cases:
             _mask_refine_rows(add, device, reps, budget)
+        if "rigid" in cases:
+            _rigid_rows(add, reps, budget)
     return rows
 
 

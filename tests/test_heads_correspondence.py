@@ -17,6 +17,7 @@ from dinov3_ros.heads.correspondence import (
     lift_to_3d,
     match,
     match_tensors,
+    ransac_trials,
     ransac_triples,
     verify,
 )
@@ -276,6 +277,62 @@ def test_kabsch_exact_and_ransac_with_outliers():
         truth = np.ones(100, bool)
         truth[out] = False
         assert np.array_equal(inl, truth)
+
+
+def _ransac_all_at_once(a, b, threshold, iterations, seed):
+    """The RANSAC stage as one batch of every hypothesis (the chunked, early-stopping one's reference)."""
+    samples = ransac_triples(len(a), iterations, seed)
+    A, B = a[samples], b[samples]
+    ca, cb = A.mean(1, keepdims=True), B.mean(1, keepdims=True)
+    U, _, Vt = np.linalg.svd(np.einsum("ipk,ipl->ikl", A - ca, B - cb))
+    d = np.sign(np.linalg.det(np.einsum("ikl,ilm->ikm", Vt.transpose(0, 2, 1), U.transpose(0, 2, 1))))
+    d[d == 0] = 1.0
+    Dm = np.zeros((len(samples), 3, 3))
+    Dm[:, 0, 0] = Dm[:, 1, 1] = 1.0
+    Dm[:, 2, 2] = d
+    Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
+    ts = cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
+    r = np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)
+    best = int(np.argmax((r < threshold).sum(1)))
+    return Rs[best], ts[best]
+
+
+def test_ransac_stops_once_confident_and_scores_all_without_confidence(monkeypatch):
+    rng = np.random.default_rng(4)
+    R, t = _random_motion(rng)
+    X0 = rng.uniform(-2, 2, (300, 3))
+    X1 = X0 @ R.T + t + rng.normal(size=(300, 3)) * 0.005
+    out = rng.choice(300, 105, replace=False)  # 35% outliers
+    X1[out] += rng.uniform(-3, 3, (105, 3)) + 0.5
+    scored = []
+    real = correspondence._inlier_counts
+    monkeypatch.setattr(
+        correspondence, "_inlier_counts", lambda Rs, *a, **k: scored.append(len(Rs)) or real(Rs, *a, **k)
+    )
+    # no confidence: every hypothesis is scored, and the chosen one is the all-at-once argmax, bit for bit
+    Rr, tr = correspondence._ransac_kabsch(X0, X1, 0.05, 1000, 0, None)
+    assert sum(scored) == 1000
+    Rw, tw = _ransac_all_at_once(X0, X1, 0.05, 1000, 0)
+    assert Rr.tobytes() == Rw.tobytes() and tr.tobytes() == tw.tobytes()
+    # with confidence (the default) one chunk of 64 is enough at 65% inliers, and the motion is the same
+    scored.clear()
+    Rc, tc, inl = estimate_rigid(X0, X1, threshold=0.05)
+    assert sum(scored) == 64
+    np.testing.assert_allclose(Rc, R, atol=2e-3)
+    np.testing.assert_allclose(tc, t, atol=5e-3)
+    truth = np.ones(300, bool)
+    truth[out] = False
+    assert np.array_equal(inl, truth)
+    # control: pure outliers never reach confidence, so every hypothesis is scored
+    scored.clear()
+    estimate_rigid(X0, rng.uniform(-3, 3, (300, 3)), threshold=0.05)
+    assert sum(scored) == 1000
+
+
+def test_ransac_trials():
+    assert ransac_trials(1.0, 0.999) == 1.0 and ransac_trials(0.0, 0.999) == float("inf")
+    assert abs(ransac_trials(0.5, 0.999) - np.log(0.001) / np.log(1 - 0.125)) < 1e-12  # ~51.7
+    assert ransac_trials(0.5, 0.99) < ransac_trials(0.5, 0.999) < ransac_trials(0.4, 0.999)
 
 
 @pytest.mark.parametrize("n", [4, 5, 6, 7, 13, 64, 255, 256, 1000, 10001, 2**20])

@@ -556,6 +556,51 @@ def _inlier_counts(
     return out
 
 
+def _rigid_hypotheses(a: np.ndarray, b: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kabsch motions ``(Rs [I, 3, 3], ts [I, 3])`` of the point triples ``samples [I, 3]``."""
+    A = a[samples]  # [I, 3, 3]
+    B = b[samples]
+    ca, cb = A.mean(1, keepdims=True), B.mean(1, keepdims=True)
+    Hm = np.einsum("ipk,ipl->ikl", A - ca, B - cb)
+    U, _, Vt = np.linalg.svd(Hm)
+    d = np.sign(np.linalg.det(np.einsum("ikl,ilm->ikm", Vt.transpose(0, 2, 1), U.transpose(0, 2, 1))))
+    d[d == 0] = 1.0
+    Dm = np.zeros((len(samples), 3, 3))
+    Dm[:, 0, 0] = Dm[:, 1, 1] = 1.0
+    Dm[:, 2, 2] = d
+    Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
+    return Rs, cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
+
+
+def ransac_trials(inlier_ratio: float, confidence: float, sample_size: int = 3) -> float:
+    """Samples needed to draw one of ``sample_size`` inliers with probability ``confidence``."""
+    w = inlier_ratio**sample_size
+    if w >= 1.0:
+        return 1.0
+    if w <= 0.0 or confidence >= 1.0:
+        return math.inf
+    return math.log(1.0 - confidence) / math.log(1.0 - w)
+
+
+def _ransac_kabsch(
+    a: np.ndarray, b: np.ndarray, threshold: float, iterations: int, seed: int, confidence: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best of the RANSAC hypotheses, scored 64 at a time in draw order (ties: the first)."""
+    n = a.shape[0]
+    samples = ransac_triples(n, iterations, seed) if n > 3 else np.zeros((1, 3), int) + np.arange(3)
+    best_count, Rb, tb = -1, None, None
+    for s in range(0, len(samples), 64):
+        Rs, ts = _rigid_hypotheses(a, b, samples[s : s + 64])
+        counts = _inlier_counts(Rs, ts, a, b, threshold)
+        i = int(np.argmax(counts))
+        if counts[i] > best_count:
+            best_count, Rb, tb = int(counts[i]), Rs[i], ts[i]
+        if confidence is not None and s + 64 >= ransac_trials(best_count / n, confidence):
+            break
+    assert Rb is not None and tb is not None
+    return Rb, tb
+
+
 def estimate_rigid(
     X0: ArrayLike,
     X1: ArrayLike,
@@ -564,10 +609,14 @@ def estimate_rigid(
     iterations: int = 1000,
     method: str = "kabsch",
     seed: int = 0,
+    confidence: float | None = 0.999,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust rigid motion ``X1 ≈ R X0 + t`` from 3-D correspondences -> ``(R, t, inlier mask)``.
 
-    ``kabsch``: RANSAC over 3-point samples (vectorised), then Kabsch on the inliers (twice).
+    ``kabsch``: RANSAC over 3-point samples (vectorised, 64 hypotheses at a time), then Kabsch on the
+    inliers (twice). It stops once the best hypothesis's inlier ratio ``w`` makes an all-inlier sample
+    among those scored likely to ``confidence`` (``1 - (1 - w^3)^k >= confidence``), at most
+    ``iterations``; ``confidence=None`` scores all ``iterations``.
     ``open3d``: ``registration_ransac_based_on_correspondence``, then Kabsch on its inliers.
     """
     a = np.asarray(as_numpy(X0), dtype=np.float64)
@@ -597,21 +646,7 @@ def estimate_rigid(
         T = np.asarray(res.transformation)
         R, t = T[:3, :3], T[:3, 3]
     elif method == "kabsch":
-        samples = ransac_triples(n, iterations, seed) if n > 3 else np.zeros((1, 3), int) + np.arange(3)
-        A = a[samples]  # [I, 3, 3]
-        B = b[samples]
-        ca, cb = A.mean(1, keepdims=True), B.mean(1, keepdims=True)
-        Hm = np.einsum("ipk,ipl->ikl", A - ca, B - cb)
-        U, _, Vt = np.linalg.svd(Hm)
-        d = np.sign(np.linalg.det(np.einsum("ikl,ilm->ikm", Vt.transpose(0, 2, 1), U.transpose(0, 2, 1))))
-        d[d == 0] = 1.0
-        Dm = np.zeros((len(samples), 3, 3))
-        Dm[:, 0, 0] = Dm[:, 1, 1] = 1.0
-        Dm[:, 2, 2] = d
-        Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
-        ts = cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
-        best = int(np.argmax(_inlier_counts(Rs, ts, a, b, threshold)))
-        R, t = Rs[best], ts[best]
+        R, t = _ransac_kabsch(a, b, threshold, iterations, seed, confidence)
     else:
         raise ValueError(f"method must be 'kabsch' or 'open3d', got {method!r}")
     inl = np.linalg.norm(a @ R.T + t - b, axis=1) < threshold
