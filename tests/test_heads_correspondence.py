@@ -280,18 +280,9 @@ def test_kabsch_exact_and_ransac_with_outliers():
 
 
 def _ransac_all_at_once(a, b, threshold, iterations, seed):
-    """The RANSAC stage as one batch of every hypothesis (the chunked, early-stopping one's reference)."""
-    samples = ransac_triples(len(a), iterations, seed)
-    A, B = a[samples], b[samples]
-    ca, cb = A.mean(1, keepdims=True), B.mean(1, keepdims=True)
-    U, _, Vt = np.linalg.svd(np.einsum("ipk,ipl->ikl", A - ca, B - cb))
-    d = np.sign(np.linalg.det(np.einsum("ikl,ilm->ikm", Vt.transpose(0, 2, 1), U.transpose(0, 2, 1))))
-    d[d == 0] = 1.0
-    Dm = np.zeros((len(samples), 3, 3))
-    Dm[:, 0, 0] = Dm[:, 1, 1] = 1.0
-    Dm[:, 2, 2] = d
-    Rs = Vt.transpose(0, 2, 1) @ Dm @ U.transpose(0, 2, 1)
-    ts = cb[:, 0] - np.einsum("ikl,il->ik", Rs, ca[:, 0])
+    """The RANSAC stage as one batch of every hypothesis, scored by the plain norm (the reference of the
+    chunked, early-stopping one)."""
+    Rs, ts = correspondence._rigid_hypotheses(a, b, ransac_triples(len(a), iterations, seed))
     r = np.linalg.norm(np.einsum("ikl,nl->ink", Rs, a) + ts[:, None] - b[None], axis=2)
     best = int(np.argmax((r < threshold).sum(1)))
     return Rs[best], ts[best]
