@@ -511,3 +511,49 @@ def test_the_heads_step_has_no_device_wait_patterns(tmp_path):
     with SyncPatterns() as ctl:
         d.step(_batches(1)[0])
     assert "boolean indexing" in ctl.found
+
+
+def test_deferred_losses_equal_the_synchronous_ones_and_a_non_finite_one_raises_at_flush(tmp_path):
+    """``step(sync=False)`` leaves the loss terms on the device; :meth:`Distiller.flush` reads them in one
+    go, equal to what ``step()`` returns, and names the step whose loss was not finite."""
+    torch.set_num_threads(1)
+    batches = [_with_indices(b) for b in _batches(3)]
+    tmp_path.joinpath("a").mkdir()
+    tmp_path.joinpath("b").mkdir()
+    torch.manual_seed(0)
+    ref = Distiller(_cfg(tmp_path / "a"), load_teacher(_teacher_file(tmp_path / "a")))
+    want = [ref.step(b) for b in batches]
+    torch.manual_seed(0)
+    d = Distiller(_cfg(tmp_path / "b"), load_teacher(_teacher_file(tmp_path / "b")))
+    assert all(d.step(b, sync=False) is None for b in batches)
+    got = d.flush()
+    assert [it for it, _ in got] == [0, 1, 2] and [m for _, m in got] == want
+    assert d.flush() == []
+    bad = _with_indices(_batches(1)[0])
+    bad.global_crops[0, 0, 0, 0] = float("nan")
+    d.step(batches[0], sync=False)
+    d.step(bad, sync=False)  # no check here: the step does not wait for the device
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at iteration 4"):
+        d.flush()
+    with pytest.raises(FloatingPointError, match="at iteration 5"):
+        d.step(bad)  # synchronous: before the update
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs CUDA: runs on the GPU machine (python benchmarks/run.py cuda-tests)",
+)
+def test_the_cuda_distill_step_does_not_synchronise(tmp_path):
+    d = Distiller(_cfg(tmp_path), load_teacher(_teacher_file(tmp_path)), "cuda")
+    batches = [_with_indices(b).to(torch.device("cuda")) for b in _batches(3)]
+    d.step(batches[0], sync=False)  # first step: allocations, lazy initialisation
+    d.flush()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for b in batches[1:]:
+            d.step(b, sync=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [it for it, _ in d.flush()] == [1, 2]

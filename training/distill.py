@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -606,6 +607,8 @@ class Distiller:
             raise ValueError(f"rank {self.rank} belongs to no student's ranks range")
         self.iteration = 0
         self.teacher_forwards = 0
+        # per step not yet read: (iteration, [(student, term names, values on the device, lr)])
+        self.pending: list[tuple[int, list[tuple[str, list[str], torch.Tensor, float]]]] = []
 
     # ---------------------------------------------------------------- setup
     def _make_groups(self) -> dict[str, tuple[tuple[int, int], Any]]:
@@ -857,8 +860,12 @@ class Distiller:
             gr.copy_(flat[off : off + n].view_as(gr))
             off += n
 
-    def step(self, batch: Batch) -> dict[str, dict[str, float]]:
-        """One optimisation step of every local student from a single teacher pass."""
+    def step(self, batch: Batch, sync: bool = True) -> dict[str, dict[str, float]] | None:
+        """One optimisation step of every local student from a single teacher pass.
+
+        ``sync``: read the loss terms now (a non-finite loss raises before the update) and return them
+        per student. Otherwise they stay on the device for :meth:`flush` (no host-device
+        synchronisation in the step; a non-finite loss raises there) and None is returned."""
         from training.meta_arch import ema_update
 
         batch = batch.to(self.device)
@@ -867,7 +874,7 @@ class Distiller:
         lr_scale = self.lr_schedule(self.iteration)
         momentum = self.momentum_schedule(self.iteration)
         clip = float(self.optim_cfg["clip_grad"] or 0)
-        metrics: dict[str, dict[str, float]] = {}
+        queued: list[tuple[str, list[str], torch.Tensor, float]] = []
         for name, st in self.students.items():
             (a, b), group = self.groups[name]
             lo, hi = self._slice_for(name, total)
@@ -880,7 +887,7 @@ class Distiller:
             else:
                 terms = self._features_loss(st, tout, lo, hi)
             loss = terms["loss"]
-            if not torch.isfinite(loss):
+            if sync and not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"student {name!r}: non-finite loss {loss.item()} at iteration {self.iteration}"
                 )
@@ -892,10 +899,35 @@ class Distiller:
                     torch.nn.utils.clip_grad_norm_(part.parameters(), clip)
             opt.step()
             ema_update(self.emas[name], st.backbone, momentum)
-            metrics[name] = {k: float(v.detach()) for k, v in terms.items()}
-            metrics[name]["lr"] = peak * lr_scale
+            vals = torch.stack(
+                [torch.as_tensor(v, device=loss.device).detach().float() for v in terms.values()]
+            )
+            queued.append((name, list(terms), vals, peak * lr_scale))
+        self.pending.append((self.iteration, queued))
         self.iteration += 1
-        return metrics
+        return self.flush()[-1][1] if sync else None
+
+    def flush(self) -> list[tuple[int, dict[str, dict[str, float]]]]:
+        """The loss terms (and lr) of the steps queued since the last flush, oldest first, as
+        ``(iteration, {student: {term: value}})``, read in one host-device synchronisation; raises
+        ``FloatingPointError`` for the first non-finite loss, naming its student and iteration."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return []
+        flat = torch.cat([vals for _, queued in pending for _, _, vals, _ in queued]).tolist()
+        rows, pos = [], 0
+        for it, queued in pending:
+            metrics: dict[str, dict[str, float]] = {}
+            for name, keys, _, lr in queued:
+                m = dict(zip(keys, flat[pos : pos + len(keys)]))
+                pos += len(keys)
+                if not math.isfinite(m["loss"]):
+                    raise FloatingPointError(
+                        f"student {name!r}: non-finite loss {m['loss']} at iteration {it}"
+                    )
+                metrics[name] = {**m, "lr": lr}
+            rows.append((it, metrics))
+        return rows
 
     # ---------------------------------------------------------------- checkpoints
     def _is_writer(self, name: str) -> bool:
@@ -1216,8 +1248,14 @@ def run(
             else make_batches(cfg, rank, world, d.iteration, teacher.backbone)
         )
         for batch in batches:
-            m = d.step(batch)
-            if (d.iteration % int(tc["log_period"]) == 0 or d.iteration == stop) and rank == 0:
+            d.step(batch, sync=False)
+            late = tc.get("max_seconds") is not None and time.perf_counter() - t0 > float(tc["max_seconds"])
+            save = d.iteration % int(tc["checkpoint_period"]) == 0 or d.iteration >= stop or late
+            log_now = d.iteration % int(tc["log_period"]) == 0 or d.iteration == stop
+            # read the queued losses before anything is written (a non-finite one raises here)
+            rows = d.flush() if save or log_now else []
+            if log_now and rank == 0:
+                m = rows[-1][1]
                 rate = (d.iteration - n0) / max(time.perf_counter() - t0, 1e-9)
                 mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
                 log.info(
@@ -1228,14 +1266,14 @@ def run(
                     mem,
                     {n: {k: round(v, 4) for k, v in mm.items()} for n, mm in m.items()},
                 )
-            late = tc.get("max_seconds") is not None and time.perf_counter() - t0 > float(tc["max_seconds"])
-            if d.iteration % int(tc["checkpoint_period"]) == 0 or d.iteration >= stop or late:
+            if save:
                 d.save_checkpoint()
             if d.iteration >= stop:
                 break
             if late:
                 log.info("stopped by train.max_seconds at iteration %d; run again to continue", d.iteration)
                 break
+    d.flush()
     if d.iteration >= total:
         d.export(fp16=bool(cfg.section("export").get("fp16", True)))
     return d
