@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("heads", "heads-features", "heads-inliers", "dense"),
         default="heads",
         help="correspondences: the pipeline's matcher (heads: features, then refined with the images), "
-        "only the matches it flags as inliers (heads-inliers), the same without the images "
-        "(heads-features) or dense nearest neighbours",
+        "the same without the images (heads-features), only the matches it flags as inliers "
+        "(heads-inliers) or dense nearest neighbours",
     )
     parser.add_argument("--tau", type=float, default=0.2, help="TokenCut graph threshold")
     parser.add_argument("--arch", default=None, help="arch of a weights file when it cannot be inferred")

@@ -27,7 +27,8 @@ from dinov3_ros.eval.objects import (
 
 TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
-#: correspondence matchers: the pipeline's (features + image refinement), features only, dense NN
+#: correspondence matchers: the pipeline's (features + image refinement), features only, the pipeline's
+#: inliers, dense NN
 MATCHERS = ("heads", "heads-features", "heads-inliers", "dense")
 
 
