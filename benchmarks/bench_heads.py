@@ -195,19 +195,17 @@ def _rigid_rows(add: Callable, reps: int, budget: float) -> None:
         c = (np.trace(Re.T @ R) - 1) / 2
         return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
 
+    def ours(**kw) -> Callable[[], np.ndarray]:
+        return lambda: estimate_rigid(a, b, threshold=0.05, iterations=300, **kw)[0]
+
+    def affine() -> np.ndarray:
+        return cv2.estimateAffine3D(a, b, ransacThreshold=0.05)[1][:, :3]
+
     fits = {
-        "estimate_rigid (stops at 99.9% confidence)": lambda: estimate_rigid(
-            a, b, threshold=0.05, iterations=300
-        )[0],
-        "estimate_rigid, all 300 hypotheses": lambda: estimate_rigid(
-            a, b, threshold=0.05, iterations=300, confidence=None
-        )[0],
-        "baseline: open3d RANSAC on correspondences": lambda: estimate_rigid(
-            a, b, threshold=0.05, iterations=300, method="open3d"
-        )[0],
-        "baseline: cv2.estimateAffine3D (affine)": lambda: cv2.estimateAffine3D(a, b, ransacThreshold=0.05)[
-            1
-        ][:, :3],
+        "estimate_rigid (stops at 99.9% confidence)": ours(),
+        "estimate_rigid, all 300 hypotheses": ours(confidence=None),
+        "baseline: open3d RANSAC on correspondences": ours(method="open3d"),
+        "baseline: cv2.estimateAffine3D (affine)": affine,
     }
     for name, fit in fits.items():
         add("rigid", name, timeit(fit, "cpu", reps, budget), rot_err_deg=rot_err(fit()))

@@ -864,8 +864,9 @@ class Distiller:
         """One optimisation step of every local student from a single teacher pass.
 
         ``sync``: read the loss terms now (a non-finite loss raises before the update) and return them
-        per student (steps queued before are read too, their values dropped). Otherwise they stay on the device for :meth:`flush` (no host-device
-        synchronisation in the step; a non-finite loss raises there) and None is returned."""
+        per student (steps queued before are read too, their values dropped). Otherwise they stay on
+        the device for :meth:`flush` (no host-device synchronisation in the step; a non-finite loss
+        raises there) and None is returned."""
         from training.meta_arch import ema_update
 
         batch = batch.to(self.device)

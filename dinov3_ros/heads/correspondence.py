@@ -544,8 +544,12 @@ def _squared_bound(threshold: float) -> float:
     return q
 
 
+#: RANSAC hypotheses scored at a time (their residuals stay in the cache)
+RANSAC_CHUNK = 64
+
+
 def _inlier_counts(
-    Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 64
+    Rs: np.ndarray, ts: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = RANSAC_CHUNK
 ) -> np.ndarray:
     """Points within ``threshold`` of each hypothesis (``_residuals < threshold``, compared squared),
     ``chunk`` hypotheses at a time (the residuals of a chunk stay in the cache)."""
@@ -585,17 +589,18 @@ def ransac_trials(inlier_ratio: float, confidence: float, sample_size: int = 3) 
 def _ransac_kabsch(
     a: np.ndarray, b: np.ndarray, threshold: float, iterations: int, seed: int, confidence: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The best of the RANSAC hypotheses, scored 64 at a time in draw order (ties: the first)."""
+    """The best of the RANSAC hypotheses, scored ``RANSAC_CHUNK`` at a time in draw order (ties: the
+    first)."""
     n = a.shape[0]
     samples = ransac_triples(n, iterations, seed) if n > 3 else np.zeros((1, 3), int) + np.arange(3)
     best_count, Rb, tb = -1, None, None
-    for s in range(0, len(samples), 64):
-        Rs, ts = _rigid_hypotheses(a, b, samples[s : s + 64])
+    for s in range(0, len(samples), RANSAC_CHUNK):
+        Rs, ts = _rigid_hypotheses(a, b, samples[s : s + RANSAC_CHUNK])
         counts = _inlier_counts(Rs, ts, a, b, threshold)
         i = int(np.argmax(counts))
         if counts[i] > best_count:
             best_count, Rb, tb = int(counts[i]), Rs[i], ts[i]
-        if confidence is not None and s + 64 >= ransac_trials(best_count / n, confidence):
+        if confidence is not None and s + RANSAC_CHUNK >= ransac_trials(best_count / n, confidence):
             break
     assert Rb is not None and tb is not None
     return Rb, tb
@@ -613,7 +618,7 @@ def estimate_rigid(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust rigid motion ``X1 ≈ R X0 + t`` from 3-D correspondences -> ``(R, t, inlier mask)``.
 
-    ``kabsch``: RANSAC over 3-point samples (vectorised, 64 hypotheses at a time), then Kabsch on the
+    ``kabsch``: RANSAC over 3-point samples (vectorised, ``RANSAC_CHUNK`` at a time), then Kabsch on the
     inliers (twice). It stops once the best hypothesis's inlier ratio ``w`` makes an all-inlier sample
     among those scored likely to ``confidence`` (``1 - (1 - w^3)^k >= confidence``), at most
     ``iterations``; ``confidence=None`` scores all ``iterations``.
