@@ -22,7 +22,7 @@ from training.sim import (
     sample_views,
 )
 from training.sim.depth_batches import PoolDepthBatches
-from training.sim.loader import SimBatches, filled_at
+from training.sim.loader import SimBatches, filled_at, scene_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -190,3 +190,29 @@ def test_pool_depth_batches_sizes_and_flips():
     assert [tuple(b[0].shape) for b in batches] == [(3, 3, 32, 32), (2, 3, 32, 48)] * 2
     for _img, depth in batches:
         assert depth.shape[1] == 1 and bool((depth > 0).all())
+
+
+@pytest.mark.parametrize("backend", ["generator", "torch"])
+def test_pool_cameras_take_their_field_of_view_from_hfov_deg(backend):
+    cfg = {
+        "scenes": 6,
+        "frames_per_scene": 1,
+        "height": 32,
+        "width": 48,
+        "gt_stride": 2,
+        "seed": 5,
+        "initial_scenes": 6,
+        "backend": backend,
+        "render_batch": 3,
+    }
+    spec = ViewSpec(global_size=32, local_size=16, local_number=1, patch_size=16)
+
+    def hfov(pool_cfg) -> np.ndarray:
+        K = SimBatches(pool_cfg, spec, 2, device="cpu", seed=0).pool.K[:, 0].numpy()
+        return np.degrees(2 * np.arctan(0.5 * 48 / K[:, 0, 0]))
+
+    wide, narrow = hfov(cfg), hfov({**cfg, "hfov_deg": [20.0, 24.0]})
+    assert np.all((wide >= 55.0 - 1e-3) & (wide <= 75.0 + 1e-3))  # the generator's range
+    assert np.all((narrow >= 20.0 - 1e-3) & (narrow <= 24.0 + 1e-3))
+    with pytest.raises(ValueError, match=r"sim\.pool\.hfov_deg"):
+        scene_config({**cfg, "hfov_deg": [30.0, 10.0]})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,7 +18,10 @@ from .pool import FramePool
 from .views import ViewSpec, sample_views
 from .zoom import ZoomSpec
 
-__all__ = ["DEFAULT_POOL", "SimBatches", "filled_at", "view_spec"]
+if TYPE_CHECKING:
+    from dinov3_ros.synthetic.generator import SceneConfig
+
+__all__ = ["DEFAULT_POOL", "SimBatches", "filled_at", "scene_config", "view_spec"]
 
 #: defaults of the ``sim.pool`` config section
 DEFAULT_POOL: dict[str, Any] = {
@@ -33,7 +36,28 @@ DEFAULT_POOL: dict[str, Any] = {
     "backend": "auto",  # auto | torch | generator (open3d, CPU)
     "render_batch": 64,  # scenes per renderer call
     "workers": 0,  # processes that sample scene layouts for the torch renderer
+    "hfov_deg": None,  # [lo, hi] horizontal field of view drawn per scene; None: the generator's range
 }
+
+
+def scene_config(cfg: dict[str, Any]) -> SceneConfig:
+    """The scene distribution of ``sim.pool`` settings ``cfg``: frame size, views per scene and, with
+    ``hfov_deg``, the cameras' field-of-view range (narrow fields of view show the scene at finer
+    detail per patch, as a higher-resolution camera does)."""
+    from dinov3_ros.synthetic.generator import SceneConfig
+
+    kw: dict[str, Any] = {
+        "width": int(cfg["width"]),
+        "height": int(cfg["height"]),
+        "frames_per_scene": int(cfg["frames_per_scene"]),
+    }
+    fov = cfg.get("hfov_deg")
+    if fov is not None:
+        lo, hi = (float(v) for v in fov)
+        if not 1.0 <= lo <= hi <= 179.0:
+            raise ValueError(f"sim.pool.hfov_deg must be [lo, hi] with 1 <= lo <= hi <= 179, got {fov!r}")
+        kw["hfov_deg"] = (lo, hi)
+    return SceneConfig(**kw)
 
 
 def filled_at(pool_cfg: dict[str, Any], iteration: int) -> int:
@@ -64,12 +88,7 @@ def view_spec(crops: dict[str, Any], ibot: dict[str, Any], patch_size: int, mean
 def _generator_renderer(cfg: dict[str, Any]) -> Callable[[FramePool, range], None]:
     from dinov3_ros.synthetic import SceneGenerator
 
-    gen = SceneGenerator(
-        seed=int(cfg["seed"]),
-        width=int(cfg["width"]),
-        height=int(cfg["height"]),
-        frames_per_scene=int(cfg["frames_per_scene"]),
-    )
+    gen = SceneGenerator(scene_config(cfg), seed=int(cfg["seed"]))
 
     def render(pool: FramePool, scenes: range) -> None:
         for s in scenes:

@@ -20,12 +20,11 @@ __all__ = ["torch_pool_renderer"]
 
 def torch_pool_renderer(cfg: dict[str, Any]) -> Callable[[FramePool, range], None]:
     """``render(pool, scenes)`` for ``sim.pool`` settings ``cfg`` (seed, size, frames, workers, batch)."""
-    from dinov3_ros.synthetic.generator import SceneConfig
     from dinov3_ros.synthetic.torch_pool import render_batches
 
-    config = SceneConfig(
-        width=int(cfg["width"]), height=int(cfg["height"]), frames_per_scene=int(cfg["frames_per_scene"])
-    )
+    from .loader import scene_config
+
+    config = scene_config(cfg)
     state: dict[str, Any] = {"stream": None, "done": 0}
 
     def stream(pool: FramePool, start: int) -> Iterator[dict[str, torch.Tensor]]:
