@@ -94,6 +94,19 @@ def test_flat_image_leaves_points_unchanged():
     assert np.array_equal(out, pts1.astype(np.float32)) and np.isnan(ncc).all()
 
 
+def test_faint_texture_is_refined_and_flat_rejected():
+    """A texture of about one grey level of standard deviation (a rendered wall at 640x480) is aligned
+    at the default ``min_texture`` (0.5 grey levels); the same texture below it is left alone."""
+    img0, img1 = shifted_pair()
+    faint = [128.0 + (i - i.mean()) * (1.0 / i.std()) for i in (img0, img1)]
+    pts0, truth, pts1 = coarse_points(200, radius=8.0)
+    out, _ = refine_matches(*faint, pts0, pts1, radius=8.0)
+    err = np.linalg.norm(out - truth, axis=1)
+    assert (err < 0.5).mean() >= 0.9, (err < 0.5).mean()
+    out, _ = refine_matches(*faint, pts0, pts1, radius=8.0, min_texture=2.0)
+    assert np.array_equal(out, pts1.astype(np.float32))
+
+
 def test_unrelated_noise_gives_low_ncc_and_unchanged_points():
     img0, _ = shifted_pair()
     noise = np.random.default_rng(5).integers(0, 256, (H, W), dtype=np.uint8)

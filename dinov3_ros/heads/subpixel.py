@@ -187,8 +187,8 @@ def refine_matches(
     radius: float,
     half_window: int = 5,
     min_ncc: float = 0.6,
-    min_texture: float = 2.0,
-    ratio: float = 0.95,
+    min_texture: float = 0.5,
+    ratio: float = 0.99,
     distance_penalty: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refine match targets ``pts1`` by NCC template matching -> (``[N, 2]`` float32 refined ``pts1``,
