@@ -78,6 +78,12 @@ class PipelineConfig:
     pca_momentum: float = setting(
         0.9, "weight of the old PCA statistics in 'update' mode", lo=0.0, hi=1.0, hi_open=True
     )
+    pca_space: str = setting(
+        "auto",
+        "what ~/features/pca colours: the patch features, or the objects head's embedding (objects apart "
+        "from surfaces); auto = objects when an objects head is loaded",
+        choices=("auto", "features", "objects"),
+    )
     # depth / points
     depth_resolution: str = setting(
         "input", "depth image size: the input image's, or the network canvas's", choices=("input", "network")

@@ -89,7 +89,7 @@ class Pipeline:
         self.mean, self.std, self.device = mean, std, str(device)
         if self.device.startswith("cuda"):
             _warm_cuda_linalg(torch.device(self.device))
-        self._config = (config or PipelineConfig()).validate()
+        self._config = self._checked(config or PipelineConfig())
         self._pre = self._make_pre(self._config)
         self._states: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -126,7 +126,7 @@ class Pipeline:
     def set_config(self, config: PipelineConfig) -> None:
         """Swap settings (thread-safe; from the next batch). A new resolution resets every source's
         state; a setting in an output's ``state_resets`` resets that output's state."""
-        config.validate()
+        self._checked(config)
         with self._lock:
             old, self._config = self._config, config
             if config.resolution != old.resolution:
@@ -138,6 +138,15 @@ class Pipeline:
                 if changed & set(head.state_resets):
                     for st in self._states.values():
                         st.pop(name, None)
+
+    def _checked(self, config: PipelineConfig) -> PipelineConfig:
+        """``config`` validated, and checked against what this pipeline has loaded."""
+        config.validate()
+        if config.pca_space == "objects" and self.objects_head is None:
+            raise ValueError(
+                "pca_space 'objects' needs an objects head; none is loaded (use 'auto' or 'features')"
+            )
+        return config
 
     def reset(self, source: str | None = None) -> None:
         """Forget per-source state (all sources if ``source`` is None)."""
