@@ -629,7 +629,14 @@ def test_rejected_parameter_update_leaves_the_node_unchanged(node_proc):
     assert not res[0]["ok"] and "parameter lazy must be a bool, got 'yes' (string)" in res[0]["reason"], res
     res = _setparam(tmp, {"weights": "random:vits16"})
     assert not res[0]["ok"] and "read-only" in res[0]["reason"].lower(), res
-    assert _setparam(tmp, get=["pipeline.depth_scale", "lazy", "weights"]) == [1.0, True, "random:vitt16"]
+    res = _setparam(tmp, {"pipeline.pca_space": "objects"})  # valid value, but this model has no objects head
+    assert not res[0]["ok"] and "needs an objects head" in res[0]["reason"], res
+    assert _setparam(tmp, get=["pipeline.depth_scale", "lazy", "weights", "pipeline.pca_space"]) == [
+        1.0,
+        True,
+        "random:vitt16",
+        "auto",
+    ]
 
 
 def test_diagnostics_degrade_and_recover(node_proc):

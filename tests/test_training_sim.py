@@ -214,5 +214,6 @@ def test_pool_cameras_take_their_field_of_view_from_hfov_deg(backend):
     wide, narrow = hfov(cfg), hfov({**cfg, "hfov_deg": [20.0, 24.0]})
     assert np.all((wide >= 55.0 - 1e-3) & (wide <= 75.0 + 1e-3))  # the generator's range
     assert np.all((narrow >= 20.0 - 1e-3) & (narrow <= 24.0 + 1e-3))
-    with pytest.raises(ValueError, match=r"sim\.pool\.hfov_deg"):
-        scene_config({**cfg, "hfov_deg": [30.0, 10.0]})
+    for bad in ([30.0, 10.0], 20.0, [10.0, 20.0, 30.0], ["wide", 60.0], [0.5, 60.0]):
+        with pytest.raises(ValueError, match=r"sim\.pool\.hfov_deg must be \[lo, hi\]"):
+            scene_config({**cfg, "hfov_deg": bad})

@@ -189,11 +189,11 @@ class PerceptionCore:
             new = P.validate(self._values(changes), self._channels())
             if self.settings.resolution is not None:
                 new = new.with_resolution(self.settings.resolution)
+            if self.pipeline is not None:  # also checks the settings against the loaded model
+                self.pipeline.set_config(new.pipeline)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.settings = new
-        if self.pipeline is not None:
-            self.pipeline.set_config(new.pipeline)
         self.log.info(f"parameters updated: {sorted(changes)}")
         return SetParametersResult(successful=True)
 

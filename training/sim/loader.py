@@ -53,9 +53,13 @@ def scene_config(cfg: dict[str, Any]) -> SceneConfig:
     }
     fov = cfg.get("hfov_deg")
     if fov is not None:
-        lo, hi = (float(v) for v in fov)
+        bad = ValueError(f"sim.pool.hfov_deg must be [lo, hi] degrees with 1 <= lo <= hi <= 179, got {fov!r}")
+        try:
+            lo, hi = (float(v) for v in fov)
+        except (TypeError, ValueError):
+            raise bad from None
         if not 1.0 <= lo <= hi <= 179.0:
-            raise ValueError(f"sim.pool.hfov_deg must be [lo, hi] with 1 <= lo <= hi <= 179, got {fov!r}")
+            raise bad
         kw["hfov_deg"] = (lo, hi)
     return SceneConfig(**kw)
 
