@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_pipeline_core import PatchEngine
 
 from dinov3_ros.heads.objects_head import ObjectsHead
 from dinov3_ros.heads.pca import PCAView
@@ -16,18 +17,7 @@ from dinov3_ros.pipeline.pipeline import Pipeline
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class PatchEngine:
-    """Tokens: a fixed random linear embedding of each 16x16 patch."""
-
-    def __init__(self, C: int = 32) -> None:
-        self.w = torch.randn(C, 3, 16, 16, generator=torch.Generator().manual_seed(0)) / 16.0
-
-    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = F.conv2d(batch.float(), self.w, stride=16).permute(0, 2, 3, 1).contiguous()
-        return {"patch_tokens": t, "cls": t.mean((1, 2))}
-
-
-def head(C: int = 32, D: int = 8) -> ObjectsHead:
+def head(C: int = 48, D: int = 8) -> ObjectsHead:
     rng = np.random.default_rng(1)
     return ObjectsHead(
         rng.standard_normal((C, D)).astype(np.float32), rng.standard_normal(D).astype(np.float32)

@@ -22,7 +22,8 @@ from training.sim import (
     sample_views,
 )
 from training.sim.depth_batches import PoolDepthBatches
-from training.sim.loader import SimBatches, filled_at, scene_config
+from training.sim.loader import SimBatches, filled_at
+from training.sim.render import scene_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .pool import FramePool
+from .render import scene_config, torch_pool_renderer
 from .views import ViewSpec, sample_views
 from .zoom import ZoomSpec
 
-if TYPE_CHECKING:
-    from dinov3_ros.synthetic.generator import SceneConfig
-
-__all__ = ["DEFAULT_POOL", "SimBatches", "filled_at", "scene_config", "view_spec"]
+__all__ = ["DEFAULT_POOL", "SimBatches", "filled_at", "view_spec"]
 
 #: defaults of the ``sim.pool`` config section
 DEFAULT_POOL: dict[str, Any] = {
@@ -38,30 +36,6 @@ DEFAULT_POOL: dict[str, Any] = {
     "workers": 0,  # processes that sample scene layouts for the torch renderer
     "hfov_deg": None,  # [lo, hi] horizontal field of view drawn per scene; None: the generator's range
 }
-
-
-def scene_config(cfg: dict[str, Any]) -> SceneConfig:
-    """The scene distribution of ``sim.pool`` settings ``cfg``: frame size, views per scene and, with
-    ``hfov_deg``, the cameras' field-of-view range (narrow fields of view show the scene at finer
-    detail per patch, as a higher-resolution camera does)."""
-    from dinov3_ros.synthetic.generator import SceneConfig
-
-    kw: dict[str, Any] = {
-        "width": int(cfg["width"]),
-        "height": int(cfg["height"]),
-        "frames_per_scene": int(cfg["frames_per_scene"]),
-    }
-    fov = cfg.get("hfov_deg")
-    if fov is not None:
-        bad = ValueError(f"sim.pool.hfov_deg must be [lo, hi] degrees with 1 <= lo <= hi <= 179, got {fov!r}")
-        try:
-            lo, hi = (float(v) for v in fov)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not 1.0 <= lo <= hi <= 179.0:
-            raise bad
-        kw["hfov_deg"] = (lo, hi)
-    return SceneConfig(**kw)
 
 
 def filled_at(pool_cfg: dict[str, Any], iteration: int) -> int:
@@ -101,12 +75,6 @@ def _generator_renderer(cfg: dict[str, Any]) -> Callable[[FramePool, range], Non
     return render
 
 
-def _torch_renderer(cfg: dict[str, Any]) -> Callable[[FramePool, range], None]:
-    from .render import torch_pool_renderer
-
-    return torch_pool_renderer(cfg)
-
-
 def make_renderer(cfg: dict[str, Any], device: torch.device) -> Callable[[FramePool, range], None]:
     """``render(pool, scenes)`` that fills pool scenes ``scenes`` (scene ``s`` of the pool is scene ``s``
     of the generator with ``sim.pool.seed``)."""
@@ -122,7 +90,7 @@ def make_renderer(cfg: dict[str, Any], device: torch.device) -> Callable[[FrameP
     if backend == "generator":
         return _generator_renderer(cfg)
     if backend == "torch":
-        return _torch_renderer(cfg)
+        return torch_pool_renderer(cfg)
     raise ValueError(f"sim.pool.backend must be auto, torch or generator, got {backend!r}")
 
 

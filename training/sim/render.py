@@ -1,4 +1,7 @@
-"""Fill a :class:`FramePool` with the torch ray-caster (`dinov3_ros.synthetic.torch_pool`), on the pool's
+"""The scene distribution of the ``sim.pool`` settings, and the torch renderer of a pool.
+
+:func:`scene_config` is what both renderers draw from. :func:`torch_pool_renderer` fills a
+:class:`FramePool` with the torch ray-caster (`dinov3_ros.synthetic.torch_pool`), on the pool's
 device, with scene layouts sampled by worker processes ahead of the renderer.
 
 One renderer serves a whole pool: its first call starts a batch stream over every pool scene (the
@@ -9,20 +12,45 @@ requested scenes are in the pool. Scenes must be requested in order, as :class:`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .pool import FramePool
 
-__all__ = ["torch_pool_renderer"]
+if TYPE_CHECKING:
+    from dinov3_ros.synthetic.generator import SceneConfig
+
+__all__ = ["scene_config", "torch_pool_renderer"]
+
+
+def scene_config(cfg: dict[str, Any]) -> SceneConfig:
+    """The scene distribution of ``sim.pool`` settings ``cfg``: frame size, views per scene and, with
+    ``hfov_deg``, the cameras' field-of-view range (narrow fields of view show the scene at finer
+    detail per patch, as a higher-resolution camera does)."""
+    from dinov3_ros.synthetic.generator import SceneConfig
+
+    kw: dict[str, Any] = {
+        "width": int(cfg["width"]),
+        "height": int(cfg["height"]),
+        "frames_per_scene": int(cfg["frames_per_scene"]),
+    }
+    fov = cfg.get("hfov_deg")
+    if fov is not None:
+        bad = ValueError(f"sim.pool.hfov_deg must be [lo, hi] degrees with 1 <= lo <= hi <= 179, got {fov!r}")
+        try:
+            lo, hi = (float(v) for v in fov)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not 1.0 <= lo <= hi <= 179.0:
+            raise bad
+        kw["hfov_deg"] = (lo, hi)
+    return SceneConfig(**kw)
 
 
 def torch_pool_renderer(cfg: dict[str, Any]) -> Callable[[FramePool, range], None]:
     """``render(pool, scenes)`` for ``sim.pool`` settings ``cfg`` (seed, size, frames, workers, batch)."""
     from dinov3_ros.synthetic.torch_pool import render_batches
-
-    from .loader import scene_config
 
     config = scene_config(cfg)
     state: dict[str, Any] = {"stream": None, "done": 0}
