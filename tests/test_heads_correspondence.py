@@ -9,6 +9,7 @@ import skimage.data as sd
 import torch
 from scipy import ndimage
 
+from dinov3_ros.core.config import PipelineConfig
 from dinov3_ros.heads import correspondence
 from dinov3_ros.heads.correspondence import (
     Matches,
@@ -171,6 +172,27 @@ def test_image_refinement_makes_matches_subpixel(monkeypatch):
     assert correspondence._image_radius(16.0, None, None, lambda p: p * 0.5) == 6.0
     with pytest.raises(ValueError, match="both image0 and image1"):
         match(fa, fb, image0=a)
+
+
+def test_image_refine_drop_keeps_only_refined_matches():
+    """``image_refine_drop``: the matches the images could not refine (here: image 1's right half made
+    flat, so nothing there correlates) are dropped, the refined ones are kept as they were; without it
+    (negative control) the unrefined matches stay at their patch-precise positions."""
+    a, b = shift_pair(sd.chelsea(), 37, 21, SIZE)
+    fa, fb = grid_descriptor(a), grid_descriptor(b)  # the features see the whole image ...
+    flat = b.copy()
+    flat[:, SIZE[1] // 2 :] = 128  # ... the refinement a flat right half
+    kw = {"offset": (-0.5, -0.5)}
+    feat = match(fa, fb, **kw)
+    kept = match(fa, fb, image0=a, image1=flat, **kw)
+    dropped = match(fa, fb, image0=a, image1=flat, image_refine_drop=True, **kw)
+    moved = np.any(kept.pts1 != feat.pts1, 1)
+    assert 20 < moved.sum() < len(kept) - 20  # both kinds present
+    assert len(kept) == len(feat) and len(dropped) == moved.sum()
+    assert np.array_equal(dropped.pts1, kept.pts1[moved]) and np.array_equal(dropped.idx0, kept.idx0[moved])
+    assert np.all(dropped.pts1[:, 0] < SIZE[1] // 2 + 17)  # none from the flat half
+    assert PipelineConfig().match_args()["image_refine_drop"] is True
+    assert PipelineConfig(match_unrefined="keep").match_args()["image_refine_drop"] is False
 
 
 def test_ratio_threshold_and_coordinates():

@@ -118,6 +118,12 @@ class PipelineConfig:
         "sub-pixel refinement of the matches: NCC in the grey images, or the feature similarities only",
         choices=("image", "features"),
     )
+    match_unrefined: str = setting(
+        "drop",
+        "with match_refine 'image': matches the images could not refine (no clear NCC peak >= 0.6 within"
+        " 0.75 patch; only patch-precise) are dropped or kept",
+        choices=("drop", "keep"),
+    )
     keyframe_policy: str = setting(
         "previous", "when the matching reference is renewed", choices=("previous", "interval", "min_matches")
     )
@@ -173,6 +179,7 @@ class PipelineConfig:
             "ratio": self.match_ratio if self.match_ratio < 1.0 else None,
             "min_score": self.match_threshold,
             "max_matches": self.match_max,
+            "image_refine_drop": self.match_unrefined == "drop",
         }
 
     def with_updates(self, **changes: Any) -> PipelineConfig:

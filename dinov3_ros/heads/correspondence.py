@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._common import ArrayLike, as_numpy, patch_grid
-from .subpixel import refine_matches
+from .subpixel import refine
 
 __all__ = [
     "Matches",
@@ -238,12 +238,14 @@ def _image_radius(patch_size: float, scale, offset, to_input) -> float:
     return 0.75 * float(max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[0])))
 
 
-def _refine_with_images(m: Matches, image0, image1, radius: float, half_window: int) -> None:
-    """Move ``m.pts1`` by NCC template matching in the input images (:func:`.subpixel.refine_matches`)
-    and store the peak NCC in ``m.ncc``."""
+def _refine_with_images(m: Matches, image0, image1, radius: float, half_window: int, drop: bool) -> Matches:
+    """``m`` with ``pts1`` moved by NCC template matching in the input images (:func:`.subpixel.refine`)
+    and the peak NCC in ``ncc``; ``drop``: only the matches whose refinement was accepted."""
     if image0 is None or image1 is None:
         raise ValueError("image refinement needs both image0 and image1")
-    m.pts1, m.ncc = refine_matches(image0, image1, m.pts0, m.pts1, radius=radius, half_window=half_window)
+    r = refine(image0, image1, m.pts0, m.pts1, radius=radius, half_window=half_window)
+    m.pts1, m.ncc = r.pts1, r.ncc
+    return m.subset(r.accepted) if drop else m
 
 
 def _lift_and_estimate(
@@ -297,6 +299,7 @@ def match(
     image1: ArrayLike | None = None,
     image_refine_radius: float | None = None,
     image_refine_half_window: int = 5,
+    image_refine_drop: bool = False,
 ) -> Matches:
     """Match two ``[h, w, C]`` feature grids; optionally refine with the images, verify and estimate
     the relative pose.
@@ -306,7 +309,8 @@ def match(
     precision by NCC template matching (:func:`.subpixel.refine_matches`, templates of
     ``2 image_refine_half_window + 1`` pixels, peak NCC in ``Matches.ncc``) within ``image_refine_radius``
     input pixels (default: 0.75 patch, mapped to input pixels: the patch quantisation plus a margin),
-    before verification and 3-D lifting. The mapping must then give pixel-centre coordinates (integers
+    before verification and 3-D lifting; ``image_refine_drop``: keep only the matches the images could
+    refine (the others are only patch-precise). The mapping must then give pixel-centre coordinates (integers
     at pixel centres; e.g. ``offset=(-0.5, -0.5)`` when the network input is the image itself).
     ``verify_with``: ``None``, ``"homography"``, ``"fundamental"`` or ``"essential"`` (needs ``K``;
     ``K1`` for a second camera) - see :func:`verify`. ``depth0``/``depth1`` ``[H, W]`` metric depth at
@@ -328,7 +332,9 @@ def match(
     if image0 is not None or image1 is not None:
         if image_refine_radius is None:
             image_refine_radius = _image_radius(patch_size, scale, offset, to_input)
-        _refine_with_images(m, image0, image1, image_refine_radius, image_refine_half_window)
+        m = _refine_with_images(
+            m, image0, image1, image_refine_radius, image_refine_half_window, image_refine_drop
+        )
     if verify_with is not None:
         verify(m, verify_with, K=K, K1=K1, threshold=ransac_threshold)
     if depth0 is not None or depth1 is not None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ._common import ArrayLike, as_numpy, to_tensor
 
-__all__ = ["refine_matches"]
+__all__ = ["Refinement", "refine", "refine_matches"]
 
 #: ITU-R BT.601 luma weights (R, G, B), as OpenCV's RGB -> grey conversion
 _LUMA = (0.299, 0.587, 0.114)
@@ -178,7 +178,16 @@ def _check_args(
 PYRAMID_RADIUS = 12
 
 
-def refine_matches(
+@dataclass(frozen=True)
+class Refinement:
+    """What :func:`refine` did to each match."""
+
+    pts1: np.ndarray  #: [N, 2] float32 refined ``pts1`` (the input where not accepted)
+    ncc: np.ndarray  #: [N] float32 peak NCC (NaN where no window could be compared)
+    accepted: np.ndarray  #: [N] bool: ``pts1`` moved to an accepted NCC peak (else patch-precise)
+
+
+def refine(
     image0: ArrayLike,
     image1: ArrayLike,
     pts0: ArrayLike,
@@ -190,9 +199,8 @@ def refine_matches(
     min_texture: float = 0.5,
     ratio: float = 0.99,
     distance_penalty: float = 0.1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Refine match targets ``pts1`` by NCC template matching -> (``[N, 2]`` float32 refined ``pts1``,
-    ``[N]`` float32 peak NCC).
+) -> Refinement:
+    """Refine match targets ``pts1`` by NCC template matching -> :class:`Refinement`.
 
     ``image0``/``image1``: HxW or HxWx3 (RGB) uint8/float numpy arrays or torch tensors, grey levels in
     0..255; computed on ``image0``'s device. ``pts0``/``pts1``: ``[N, 2]`` (x, y) pixel centres (see
@@ -219,7 +227,7 @@ def refine_matches(
     dev = image0.device if isinstance(image0, torch.Tensor) else torch.device("cpu")
     g0, g1 = _grey(image0, "image0", dev), _grey(image1, "image1", dev)
     if p0.shape[0] == 0:
-        return p1, np.zeros(0, np.float32)
+        return Refinement(p1, np.zeros(0, np.float32), np.zeros(0, bool))
     c0 = torch.from_numpy(np.nan_to_num(p0, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
     c1 = torch.from_numpy(np.nan_to_num(p1, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
     crit = _Criteria(
@@ -230,7 +238,36 @@ def refine_matches(
     res = p1.copy()
     keep = host[:, 3] > 0.5
     res[keep] = host[keep, :2]
-    return res, np.ascontiguousarray(host[:, 2])
+    return Refinement(res, np.ascontiguousarray(host[:, 2]), keep)
+
+
+def refine_matches(
+    image0: ArrayLike,
+    image1: ArrayLike,
+    pts0: ArrayLike,
+    pts1: ArrayLike,
+    *,
+    radius: float,
+    half_window: int = 5,
+    min_ncc: float = 0.6,
+    min_texture: float = 0.5,
+    ratio: float = 0.99,
+    distance_penalty: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`refine` -> (``[N, 2]`` float32 refined ``pts1``, ``[N]`` float32 peak NCC)."""
+    r = refine(
+        image0,
+        image1,
+        pts0,
+        pts1,
+        radius=radius,
+        half_window=half_window,
+        min_ncc=min_ncc,
+        min_texture=min_texture,
+        ratio=ratio,
+        distance_penalty=distance_penalty,
+    )
+    return r.pts1, r.ncc
 
 
 @dataclass(frozen=True)
