@@ -191,8 +191,8 @@ def test_image_refine_drop_keeps_only_refined_matches():
     assert len(kept) == len(feat) and len(dropped) == moved.sum()
     assert np.array_equal(dropped.pts1, kept.pts1[moved]) and np.array_equal(dropped.idx0, kept.idx0[moved])
     assert np.all(dropped.pts1[:, 0] < SIZE[1] // 2 + 17)  # none from the flat half
-    assert PipelineConfig().match_args()["image_refine_drop"] is True
-    assert PipelineConfig(match_unrefined="keep").match_args()["image_refine_drop"] is False
+    assert PipelineConfig().match_args()["image_refine_drop"] is False
+    assert PipelineConfig(match_unrefined="drop").match_args()["image_refine_drop"] is True
 
 
 def test_ratio_threshold_and_coordinates():

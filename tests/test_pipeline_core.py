@@ -181,6 +181,15 @@ def test_matches_are_refined_to_subpixel_with_the_images():
     feat.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
     only = feat.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]
     assert np.array_equal(only.uv1, old.uv1)  # match_refine=features: the feature refinement alone
+    # match_unrefined=drop: the matches the images moved, as the default publishes them
+    feat = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5, match_refine="features")
+    d = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5, match_unrefined="drop")
+    for q in (feat, d):
+        q.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
+    base = feat.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]
+    dropped = d.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]
+    moved = np.any(m.uv1 != base.uv1, 1)
+    assert len(dropped) == moved.sum() > 0 and np.array_equal(dropped.uv1, m.uv1[moved])
 
 
 def test_per_source_state_and_batching():

@@ -119,10 +119,10 @@ class PipelineConfig:
         choices=("image", "features"),
     )
     match_unrefined: str = setting(
-        "drop",
+        "keep",
         "with match_refine 'image': matches the images could not refine (no clear NCC peak >= 0.6 within"
-        " 0.75 patch; only patch-precise) are dropped or kept",
-        choices=("drop", "keep"),
+        " 0.75 patch; only patch-precise) are kept or dropped",
+        choices=("keep", "drop"),
     )
     keyframe_policy: str = setting(
         "previous", "when the matching reference is renewed", choices=("previous", "interval", "min_matches")
