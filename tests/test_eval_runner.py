@@ -145,25 +145,27 @@ def test_heads_matcher_refines_with_the_images(data, tiny, monkeypatch):
 
     calls = []
 
-    def spy(fa, fb, p, image_a=None, image_b=None, inliers_only=False):
+    def spy(fa, fb, p, image_a=None, image_b=None, inliers_only=False, refined_only=False):
         calls.append((image_a, image_b))
-        return heads_match(fa, fb, p, image_a, image_b, inliers_only)
+        return heads_match(fa, fb, p, image_a, image_b, inliers_only, refined_only)
 
     monkeypatch.setattr(runner, "heads_match", spy)
     _, model = tiny
     res = {}
-    for m in runner.MATCHERS[:2]:
+    for m in ("heads", "heads-features", "heads-refined"):
         calls.clear()
         res[m], _ = evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher=m))
         assert res[m]["matcher"] == m and calls
         rgb = {id(f.rgb) for f in data.test}
-        if m == "heads":
+        if m != "heads-features":
             assert all(id(a) in rgb and id(b) in rgb and a is not b for a, b in calls)
         else:
             assert all(a is None and b is None for a, b in calls)
     img, feat = res["heads"]["correspondence"], res["heads-features"]["correspondence"]
     assert img["matches_per_pair"] == feat["matches_per_pair"]  # the same matches, some moved
-    with pytest.raises(ValueError, match="heads, heads-features, heads-inliers, dense"):
+    # heads-refined: only the refined ones (match_unrefined drop), so fewer
+    assert 0 < res["heads-refined"]["correspondence"]["matches_per_pair"] < img["matches_per_pair"]
+    with pytest.raises(ValueError, match="heads, heads-features, heads-inliers, heads-refined, dense"):
         evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher="nearest"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -69,11 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--matcher",
-        choices=("heads", "heads-features", "heads-inliers", "dense"),
+        choices=("heads", "heads-features", "heads-inliers", "heads-refined", "dense"),
         default="heads",
         help="correspondences: the pipeline's matcher (heads: features, then refined with the images), "
         "the same without the images (heads-features), only the matches it flags as inliers "
-        "(heads-inliers) or dense nearest neighbours",
+        "(heads-inliers), only those the images refined (heads-refined: match_unrefined drop) or dense "
+        "nearest neighbours",
     )
     parser.add_argument("--tau", type=float, default=0.2, help="TokenCut graph threshold")
     parser.add_argument("--arch", default=None, help="arch of a weights file when it cannot be inferred")

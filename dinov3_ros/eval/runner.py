@@ -29,7 +29,7 @@ TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
 #: correspondence matchers: the pipeline's (features + image refinement), features only, the pipeline's
 #: inliers, dense NN
-MATCHERS = ("heads", "heads-features", "heads-inliers", "dense")
+MATCHERS = ("heads", "heads-features", "heads-inliers", "heads-refined", "dense")
 
 
 @dataclass
@@ -171,9 +171,11 @@ def _feature_matcher(run: _Run):
     def matcher(a, b, src):
         fa = f_test[key[(a.scene_index, a.frame_index)]]
         fb = f_test[key[(b.scene_index, b.frame_index)]]
-        if opts.matcher in ("heads", "heads-inliers"):
-            inl = opts.matcher == "heads-inliers"
-            return heads_match(fa, fb, a.height // fa.shape[0], a.rgb, b.rgb, inliers_only=inl)
+        if opts.matcher in ("heads", "heads-inliers", "heads-refined"):
+            inl, ref = opts.matcher == "heads-inliers", opts.matcher == "heads-refined"
+            return heads_match(
+                fa, fb, a.height // fa.shape[0], a.rgb, b.rgb, inliers_only=inl, refined_only=ref
+            )
         if opts.matcher == "heads-features":
             return heads_match(fa, fb, a.height // fa.shape[0])
         return match_features(fa, fb, src, (a.height, a.width), opts.keep)
