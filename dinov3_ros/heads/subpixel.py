@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -242,31 +243,10 @@ def refine(
 
 
 def refine_matches(
-    image0: ArrayLike,
-    image1: ArrayLike,
-    pts0: ArrayLike,
-    pts1: ArrayLike,
-    *,
-    radius: float,
-    half_window: int = 5,
-    min_ncc: float = 0.6,
-    min_texture: float = 0.5,
-    ratio: float = 0.99,
-    distance_penalty: float = 0.1,
+    image0: ArrayLike, image1: ArrayLike, pts0: ArrayLike, pts1: ArrayLike, **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`refine` -> (``[N, 2]`` float32 refined ``pts1``, ``[N]`` float32 peak NCC)."""
-    r = refine(
-        image0,
-        image1,
-        pts0,
-        pts1,
-        radius=radius,
-        half_window=half_window,
-        min_ncc=min_ncc,
-        min_texture=min_texture,
-        ratio=ratio,
-        distance_penalty=distance_penalty,
-    )
+    """:func:`refine` (same arguments) -> (``[N, 2]`` float32 refined ``pts1``, ``[N]`` float32 peak NCC)."""
+    r = refine(image0, image1, pts0, pts1, **options)
     return r.pts1, r.ncc
 
 
