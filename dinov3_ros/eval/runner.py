@@ -28,7 +28,7 @@ from dinov3_ros.eval.objects import (
 TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
 #: correspondence matchers: the pipeline's (features + image refinement), features only, the pipeline's
-#: inliers, dense NN
+#: inliers, the pipeline's refined matches only (match_unrefined drop), dense NN
 MATCHERS = ("heads", "heads-features", "heads-inliers", "heads-refined", "dense")
 
 

@@ -306,7 +306,7 @@ def match(
 
     Network pixels map to input pixels as ``pts * scale + offset`` (or ``to_input(pts)``).
     ``image0``/``image1``: the two input images (HxW or HxWx3): ``pts1`` are then refined to sub-pixel
-    precision by NCC template matching (:func:`.subpixel.refine_matches`, templates of
+    precision by NCC template matching (:func:`.subpixel.refine`, templates of
     ``2 image_refine_half_window + 1`` pixels, peak NCC in ``Matches.ncc``) within ``image_refine_radius``
     input pixels (default: 0.75 patch, mapped to input pixels: the patch quantisation plus a margin),
     before verification and 3-D lifting; ``image_refine_drop``: keep only the matches the images could
