@@ -61,6 +61,7 @@ NODE_GPU = (
     "--resolution",
     "480x640",
 )
+BAG_WRITE = ("--where", "tmpfs=/dev/shm/bench_bag_write,disk=out/bench_bag_write", "--frames", "2048")
 BACKBONE_PLAN = (
     "vitb16:timm:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:bf16,vitb16:timm:eager:fp16,"
     "vitb16:hf:eager:bf16,vitb16:ours:compiledef+cudagraphs+gelu:fp16,vits16:timm:eager:bf16,"
@@ -116,6 +117,7 @@ def configs() -> dict[str, list[Step]]:
             Step("offline", _bench("bench_offline.py", "--device", "cpu", "--frames", "256"), 600)
         ],
         "node-cpu": [Step("node", _bench("bench_node.py", "--device", "cpu", "--seconds", "10"), 600)],
+        "bag-write": [Step("bag_write", _bench("bench_bag_write.py", *BAG_WRITE), 600)],
         "engines-cpu": [
             Step("engines", _bench("bench_engines.py", "--device", "cpu", "--rounds", "6"), 1200)
         ],

@@ -72,3 +72,71 @@ def test_scan_rejects_non_mcap(tmp_path: Path) -> None:
     f.write_bytes(b"not an mcap file at all")
     with pytest.raises(McapDamagedError, match="bad magic"):
         list(scan(f))
+
+
+def _messages_until_damage(f: Path) -> tuple[list[tuple[int, bytes]], McapDamagedError]:
+    got = []
+    with pytest.raises(McapDamagedError) as ei:
+        for rec in scan(f):
+            if isinstance(rec, McapMessage):
+                got.append((rec.log_time, rec.data))
+    return got, ei.value
+
+
+@pytest.mark.parametrize("where", ["between chunks", "inside a chunk"])
+def test_scan_stops_at_a_zero_filled_gap(tmp_path: Path, where: str) -> None:
+    """Zero bytes where records should be (blocks a crash left allocated but unwritten, e.g. on a file
+    system that allocates before it writes): the scan yields the messages before them exactly, stops with
+    ``McapDamagedError`` and reads nothing beyond them as records. (Zeros inside one message's payload
+    cannot be told from data: the chunk CRC is 0, as rosbags writes it.)"""
+    f = _bag(tmp_path / "b")
+    data = bytearray(f.read_bytes())
+    with Reader(f) as r:
+        ref = [(t, bytes(raw)) for _c, t, raw in r.messages()]
+    offs = _offsets_of_chunks(data)
+    start = offs[1] if where == "between chunks" else offs[1] + 60_000
+    data[start : start + 300_000] = bytes(300_000)
+    (tmp_path / "gap.mcap").write_bytes(bytes(data))
+    got, err = _messages_until_damage(tmp_path / "gap.mcap")
+    before = _messages_before(f, start, tmp_path)
+    assert 0 < before <= len(got) < len(ref) and got[:before] == ref[:before]
+    assert err.offset <= start + 300_000
+    if where == "between chunks":
+        assert "zero bytes" in err.reason and err.offset == start and len(got) == before
+
+
+def _messages_before(f: Path, end: int, tmp: Path) -> int:
+    """How many messages of the intact file ``f`` lie wholly before byte ``end``."""
+    cut = tmp / "prefix.mcap"
+    cut.write_bytes(f.read_bytes()[:end])
+    return len(_messages_until_damage(cut)[0])
+
+
+def _offsets_of_chunks(data: bytes | bytearray) -> list[int]:
+    """File offsets of the top-level chunk records (walking the records from the magic)."""
+    import struct
+
+    pos, out = 8, []
+    while pos + 9 <= len(data) and data[pos] not in (0x02, 0x0F):
+        if data[pos] == 0x06:
+            out.append(pos)
+        pos += 9 + struct.unpack("<Q", bytes(data[pos + 1 : pos + 9]))[0]
+    return out
+
+
+def test_scan_of_a_garbled_length_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """A chunk header whose length is garbage (up to 2**64 - 1) is read as far as the file goes: the
+    messages before it come out exact, then ``McapDamagedError`` (not a MemoryError or OverflowError;
+    negative control: the unmodified file scans to the end)."""
+    import struct
+
+    f = _bag(tmp_path / "b")
+    data = bytearray(f.read_bytes())
+    second = _offsets_of_chunks(data)[1]
+    ref = [(r.log_time, r.data) for r in scan(f) if isinstance(r, McapMessage)]
+    assert len(ref) == 600
+    for length in (2**64 - 1, 2**63, len(data)):
+        data[second + 1 : second + 9] = struct.pack("<Q", length)
+        (tmp_path / "g.mcap").write_bytes(bytes(data))
+        got, err = _messages_until_damage(tmp_path / "g.mcap")
+        assert 0 < len(got) < 600 and got == ref[: len(got)] and err.offset >= second

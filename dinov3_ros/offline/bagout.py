@@ -340,9 +340,9 @@ class OutputBag:
             self._wait_pending()
         except OSError:
             pass
-        if self.writer is not None and self.writer.storage is not None:
+        if self.writer is not None:
             try:
-                self._storage.out.flush()
+                self.writer.abort()  # writes out what the storage holds (no index or footer) and closes
             except (OSError, ValueError):
                 pass
         if self._journal is not None:

@@ -3,13 +3,16 @@
 ``rosbags`` refuses to open an MCAP file whose footer is missing (a truncated recording, or an
 output whose writer was killed). This scanner needs no footer or summary: it walks the data section
 record by record (descending into chunks), yields every complete schema, channel and message, and
-raises :class:`McapDamagedError` with the byte offset of the first record that cannot be read.
+raises :class:`McapDamagedError` with the byte offset of the first record that cannot be read. Opcode 0
+is no record: zero bytes (blocks a crash left allocated but unwritten) are damage; a record longer than
+the file (a garbled length) is read as far as the file goes.
 
 Record layout (MCAP spec): ``opcode u8, length u64 LE, body``; strings are ``u32 length + utf8``.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ OP_CHANNEL = 0x04
 OP_MESSAGE = 0x05
 OP_CHUNK = 0x06
 OP_DATA_END = 0x0F
+_ZEROS = "zero bytes where a record should start (blocks that were never written)"
 
 
 class McapDamagedError(Exception):
@@ -150,6 +154,8 @@ def _records(
             raise McapDamagedError(path, outer if outer is not None else base + pos, "record header cut off")
         op = buf[pos]
         (length,) = struct.unpack("<Q", buf[pos + 1 : pos + 9])
+        if op == 0:
+            raise McapDamagedError(path, outer if outer is not None else base + pos, _ZEROS)
         if pos + 9 + length > len(buf):
             raise McapDamagedError(
                 path,
@@ -177,7 +183,7 @@ def _salvage_chunk(path: Path, offset: int, body: bytes, length: int) -> Iterato
     while pos + 9 <= len(inner):
         op = inner[pos]
         (n,) = struct.unpack("<Q", inner[pos + 1 : pos + 9])
-        if pos + 9 + n > len(inner):
+        if op == 0 or pos + 9 + n > len(inner):
             break
         try:
             rec = _parse(op, inner[pos + 9 : pos + 9 + n], start + pos)
@@ -201,6 +207,7 @@ def scan(path: str | Path) -> Iterator[Record]:
     """
     path = Path(path)
     with path.open("rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if head != MAGIC:
             raise McapDamagedError(path, 0, "not an MCAP file (bad magic)")
@@ -215,7 +222,9 @@ def scan(path: str | Path) -> Iterator[Record]:
             (length,) = struct.unpack("<Q", hdr[1:])
             if op in (OP_FOOTER, OP_DATA_END):
                 return
-            body = f.read(length)
+            if op == 0:
+                raise McapDamagedError(path, offset, _ZEROS)
+            body = f.read(min(length, file_size - offset - 9))  # a cut or garbled length reads what is there
             if len(body) < length:
                 if op == OP_CHUNK:
                     yield from _salvage_chunk(path, offset, body, length)
