@@ -176,8 +176,9 @@ def test_image_refinement_makes_matches_subpixel(monkeypatch):
 
 def test_image_refine_drop_keeps_only_refined_matches():
     """``image_refine_drop``: the matches the images could not refine (here: image 1's right half made
-    flat, so nothing there correlates) are dropped, the refined ones are kept as they were; without it
-    (negative control) the unrefined matches stay at their patch-precise positions."""
+    flat, so nothing there correlates) are dropped, the refined ones that pass the forward-backward
+    check (on this true shift: nearly all) are kept as they were; without it (negative control) the
+    unrefined matches stay at their patch-precise positions."""
     a, b = shift_pair(sd.chelsea(), 37, 21, SIZE)
     fa, fb = grid_descriptor(a), grid_descriptor(b)  # the features see the whole image ...
     flat = b.copy()
@@ -188,8 +189,10 @@ def test_image_refine_drop_keeps_only_refined_matches():
     dropped = match(fa, fb, image0=a, image1=flat, image_refine_drop=True, **kw)
     moved = np.any(kept.pts1 != feat.pts1, 1)
     assert 20 < moved.sum() < len(kept) - 20  # both kinds present
-    assert len(kept) == len(feat) and len(dropped) == moved.sum()
-    assert np.array_equal(dropped.pts1, kept.pts1[moved]) and np.array_equal(dropped.idx0, kept.idx0[moved])
+    assert len(kept) == len(feat) and 0.9 * moved.sum() <= len(dropped) <= moved.sum()
+    pos = {int(i): k for k, i in enumerate(kept.idx0)}
+    rows = np.array([pos[int(i)] for i in dropped.idx0])
+    assert moved[rows].all() and np.array_equal(dropped.pts1, kept.pts1[rows])
     assert np.all(dropped.pts1[:, 0] < SIZE[1] // 2 + 17)  # none from the flat half
     assert PipelineConfig().match_args()["image_refine_drop"] is False
     assert PipelineConfig(match_unrefined="drop").match_args()["image_refine_drop"] is True

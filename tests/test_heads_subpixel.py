@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from dinov3_ros.heads.correspondence import match
-from dinov3_ros.heads.subpixel import refine_matches
+from dinov3_ros.heads.subpixel import refine, refine_matches
 from dinov3_ros.runtime.device_audit import OpAudit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -183,6 +183,8 @@ def test_empty_and_invalid_inputs():
         ({"radius": 4.0, "half_window": 0}, "half_window"),
         ({"radius": 4.0, "ratio": 0.0}, "ratio"),
         ({"radius": 4.0, "min_ncc": 2.0}, "min_ncc"),
+        ({"radius": 4.0, "max_back_error": 0.0}, "max_back_error"),
+        ({"radius": 4.0, "max_back_error": float("inf")}, "max_back_error"),
     ):
         with pytest.raises(ValueError, match=msg):
             refine_matches(img0, img1, p, p, **kwargs)
@@ -244,3 +246,30 @@ def test_rendered_frames_with_ground_truth():
     recall, before = np.concatenate(got).mean(), np.concatenate(coarse_ok).mean()
     assert len(np.concatenate(got)) > 300
     assert recall >= 0.8 and before < 0.1, (recall, before)
+
+
+def test_back_check_confirms_true_refinements_and_rejects_one_way_peaks():
+    """``max_back_error``: on a true shift the search back from the refined points lands on ``pts0``
+    (consistent = accepted). A one-way peak: image 0 holds a noisy version of a window beside an exact
+    copy of it 11 px away, image 1 the window once. The forward search accepts the noisy template's
+    best match (NCC ~0.75); the search back from it finds the exact copy, not ``pts0``, so the check
+    rejects it (negative control: without the check those matches count as consistent)."""
+    img0, img1 = shifted_pair()
+    pts0, truth, pts1 = coarse_points(40, 8.0)
+    r = refine(img0, img1, pts0, pts1, radius=8.0, max_back_error=1.5)
+    assert r.accepted.mean() > 0.9 and np.array_equal(r.consistent, r.accepted)
+    np.testing.assert_allclose(r.pts1[r.consistent], truth[r.consistent], atol=0.5)
+    rng = np.random.default_rng(3)
+    a, b = texture(4)[:H, :W].copy(), texture(5)[:H, :W].copy()
+    src, dst = np.array([[40, 50], [90, 60], [60, 90]]), np.array([[70, 40], [30, 80], [120, 70]])
+    for (x, y), (u, v) in zip(src, dst):
+        w = texture(int(x))[20:31, 20:31]
+        b[v - 5 : v + 6, u - 5 : u + 6] = w
+        a[y - 5 : y + 6, x + 6 : x + 17] = w  # the exact copy, 11 px right of pts0
+        a[y - 5 : y + 6, x - 5 : x + 6] = w + rng.normal(0, 0.9 * w.std(), w.shape)
+    q1 = dst + np.array([1.7, -1.2])
+    checked = refine(a, b, src, q1, radius=12.0, max_back_error=1.5)
+    plain = refine(a, b, src, q1, radius=12.0)
+    assert checked.accepted.all() and not checked.consistent.any()
+    np.testing.assert_allclose(checked.pts1, dst, atol=0.5)
+    assert np.array_equal(plain.consistent, plain.accepted) and plain.consistent.all()

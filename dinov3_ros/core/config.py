@@ -121,7 +121,8 @@ class PipelineConfig:
     match_unrefined: str = setting(
         "keep",
         "with match_refine 'image': matches the images could not refine (no clear NCC peak >= 0.6 within"
-        " 0.75 patch; only patch-precise) are kept or dropped",
+        " 0.75 patch; only patch-precise) are kept, or dropped together with refinements the search back"
+        " into the first image does not confirm (within 1.5 px)",
         choices=("keep", "drop"),
     )
     keyframe_policy: str = setting(

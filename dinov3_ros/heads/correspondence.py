@@ -238,14 +238,20 @@ def _image_radius(patch_size: float, scale, offset, to_input) -> float:
     return 0.75 * float(max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[0])))
 
 
+#: pixels: with ``image_refine_drop``, a refinement must also find its way back to the source point
+BACK_ERROR_PX = 1.5
+
+
 def _refine_with_images(m: Matches, image0, image1, radius: float, half_window: int, drop: bool) -> Matches:
     """``m`` with ``pts1`` moved by NCC template matching in the input images (:func:`.subpixel.refine`)
-    and the peak NCC in ``ncc``; ``drop``: only the matches whose refinement was accepted."""
+    and the peak NCC in ``ncc``; ``drop``: only the matches whose refinement was accepted and found its
+    way back (forward-backward check within :data:`BACK_ERROR_PX`)."""
     if image0 is None or image1 is None:
         raise ValueError("image refinement needs both image0 and image1")
-    r = refine(image0, image1, m.pts0, m.pts1, radius=radius, half_window=half_window)
+    back = BACK_ERROR_PX if drop else None
+    r = refine(image0, image1, m.pts0, m.pts1, radius=radius, half_window=half_window, max_back_error=back)
     m.pts1, m.ncc = r.pts1, r.ncc
-    return m.subset(r.accepted) if drop else m
+    return m.subset(r.consistent) if drop else m
 
 
 def _lift_and_estimate(
@@ -310,7 +316,7 @@ def match(
     ``2 image_refine_half_window + 1`` pixels, peak NCC in ``Matches.ncc``) within ``image_refine_radius``
     input pixels (default: 0.75 patch, mapped to input pixels: the patch quantisation plus a margin),
     before verification and 3-D lifting; ``image_refine_drop``: keep only the matches the images could
-    refine (the others are only patch-precise). The mapping must then give pixel-centre coordinates (integers
+    refine and that pass the forward-backward check (the others are only patch-precise or doubtful). The mapping must then give pixel-centre coordinates (integers
     at pixel centres; e.g. ``offset=(-0.5, -0.5)`` when the network input is the image itself).
     ``verify_with``: ``None``, ``"homography"``, ``"fundamental"`` or ``"essential"`` (needs ``K``;
     ``K1`` for a second camera) - see :func:`verify`. ``depth0``/``depth1`` ``[H, W]`` metric depth at

@@ -186,6 +186,8 @@ class Refinement:
     pts1: np.ndarray  #: [N, 2] float32 refined ``pts1`` (the input where not accepted)
     ncc: np.ndarray  #: [N] float32 peak NCC (NaN where no window could be compared)
     accepted: np.ndarray  #: [N] bool: ``pts1`` moved to an accepted NCC peak (else patch-precise)
+    #: [N] bool: accepted and, with ``max_back_error``, confirmed by the search back into image 0
+    consistent: np.ndarray
 
 
 def refine(
@@ -200,6 +202,7 @@ def refine(
     min_texture: float = 0.5,
     ratio: float = 0.99,
     distance_penalty: float = 0.1,
+    max_back_error: float | None = None,
 ) -> Refinement:
     """Refine match targets ``pts1`` by NCC template matching -> :class:`Refinement`.
 
@@ -220,26 +223,51 @@ def refine(
     distance ``< ratio`` x second best, on the distances ``sqrt(2 - 2 score)`` (a repetitive texture or
     an edge). The NCC is NaN where no window could be compared. Inputs are never modified; ``N = 0``
     gives empty results.
+
+    ``max_back_error`` (pixels): a forward-backward check. The template around each refined point in
+    image 1 is searched back in image 0 around ``pts0`` (same radius and criteria); a refinement is
+    ``consistent`` only where that search is accepted and lands within ``max_back_error`` of ``pts0``.
+    A peak that correlates only one way (a smooth or repetitive window matching the wrong place) fails
+    it. It does not change ``pts1`` or ``accepted``: callers choose what to keep.
     """
     R = _check_args(radius, half_window, min_ncc, min_texture, ratio, distance_penalty)
+    if max_back_error is not None:
+        _number(max_back_error, "max_back_error", lambda v: v > 0, "a finite number > 0 or None")
     p0, p1 = _points(pts0, "pts0"), _points(pts1, "pts1")
     if p0.shape[0] != p1.shape[0]:
         raise ValueError(f"pts0 and pts1 hold different numbers of points: {p0.shape[0]} vs {p1.shape[0]}")
     dev = image0.device if isinstance(image0, torch.Tensor) else torch.device("cpu")
     g0, g1 = _grey(image0, "image0", dev), _grey(image1, "image1", dev)
     if p0.shape[0] == 0:
-        return Refinement(p1, np.zeros(0, np.float32), np.zeros(0, bool))
+        return Refinement(p1, np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool))
     c0 = torch.from_numpy(np.nan_to_num(p0, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
     c1 = torch.from_numpy(np.nan_to_num(p1, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
     crit = _Criteria(
         int(half_window), float(min_ncc), float(min_texture), float(ratio), float(distance_penalty)
     )
     out, peak, ok = _pyramid(g0, g1, c0, c1, R, crit)
-    host = as_numpy(torch.cat([out, peak[:, None], ok[:, None].to(torch.float32)], 1))
+    both = ok if max_back_error is None else ok & _back_consistent(g0, g1, c0, out, R, crit, max_back_error)
+    flags = torch.stack([ok, both], 1).to(torch.float32)
+    host = as_numpy(torch.cat([out, peak[:, None], flags], 1))
     res = p1.copy()
     keep = host[:, 3] > 0.5
     res[keep] = host[keep, :2]
-    return Refinement(res, np.ascontiguousarray(host[:, 2]), keep)
+    return Refinement(res, np.ascontiguousarray(host[:, 2]), keep, host[:, 4] > 0.5)
+
+
+def _back_consistent(
+    g0: torch.Tensor,
+    g1: torch.Tensor,
+    c0: torch.Tensor,
+    q1: torch.Tensor,
+    R: int,
+    crit: _Criteria,
+    tol: float,
+) -> torch.Tensor:
+    """``[N]`` whether the template around ``q1`` in image 1, searched in image 0 around ``c0``, is
+    accepted there and lands within ``tol`` pixels of ``c0``."""
+    back, _, ok = _pyramid(g1, g0, q1, c0, R, crit)
+    return ok & ((back - c0).square().sum(1) <= tol * tol)
 
 
 def refine_matches(
