@@ -80,8 +80,8 @@ def refine_labels(
 
 def _argmax0(maps: torch.Tensor) -> torch.Tensor:
     """``argmax(maps, 0)`` for a few maps ``[K, H, W]`` as K elementwise passes: on a CPU a reduction
-    over the outer dim is an order of magnitude slower (50 ms at 640x480). No masked assignment: on a
-    GPU that would wait for the device."""
+    over the outer dim is far slower (it strides across the maps). No masked assignment: on a GPU that
+    would wait for the device."""
     best, idx = maps[0], torch.zeros(maps.shape[1:], dtype=torch.int64, device=maps.device)
     for k in range(1, maps.shape[0]):
         better = maps[k] > best
