@@ -212,7 +212,8 @@ def heads_match(
     the matches the node publishes for these frames. ``inliers_only``: only those its geometric
     verification flags as inliers (``inlier`` field of the message: a RANSAC fundamental matrix with a
     threshold of one patch, as the ``matches`` output runs it on frames at network resolution).
-    ``refined_only``: only those the images refined and the search back confirmed (``match_unrefined: drop``).
+    ``refined_only``: only those the images refined and the search back confirmed
+    (``match_unrefined: drop``).
 
     The heads put patch centres at ``(c + 0.5) p`` (pixel k spans [k, k+1)); the generator's K puts
     pixel centres at integers, hence ``offset=-0.5``.
@@ -225,7 +226,7 @@ def heads_match(
         fb,
         patch_size=float(patch_size),
         mutual=True,
-        **PipelineConfig(**({"match_unrefined": "drop"} if refined_only else {})).match_args(),
+        **PipelineConfig(match_unrefined="drop" if refined_only else "keep").match_args(),
         refine=True,
         offset=(-0.5, -0.5),
         image0=image_a,

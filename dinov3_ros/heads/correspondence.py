@@ -316,8 +316,9 @@ def match(
     ``2 image_refine_half_window + 1`` pixels, peak NCC in ``Matches.ncc``) within ``image_refine_radius``
     input pixels (default: 0.75 patch, mapped to input pixels: the patch quantisation plus a margin),
     before verification and 3-D lifting; ``image_refine_drop``: keep only the matches the images could
-    refine and that pass the forward-backward check (the others are only patch-precise or doubtful). The mapping must then give pixel-centre coordinates (integers
-    at pixel centres; e.g. ``offset=(-0.5, -0.5)`` when the network input is the image itself).
+    refine and that pass the forward-backward check (the others are only patch-precise or doubtful).
+    The mapping must then give pixel-centre coordinates (integers at pixel centres; e.g.
+    ``offset=(-0.5, -0.5)`` when the network input is the image itself).
     ``verify_with``: ``None``, ``"homography"``, ``"fundamental"`` or ``"essential"`` (needs ``K``;
     ``K1`` for a second camera) - see :func:`verify`. ``depth0``/``depth1`` ``[H, W]`` metric depth at
     input resolution with ``K`` lift matches to 3-D and estimate the rigid motion
