@@ -133,6 +133,26 @@ def test_every_shipped_config_validates():
         _stage_loader(p)(p)
 
 
+def test_ssl_only_ablation_is_the_default_teacher_without_any_simulator_loss():
+    """The ablation must differ from the teacher only in the simulator losses, and must switch off every
+    one of them (a loss added to the teacher's ``sim.losses`` is inherited through ``_base_`` otherwise)."""
+    recipes = REPO / "training/recipes"
+    teacher = load_config(recipes / "default_teacher.yaml")
+    ablation = load_config(recipes / "default_teacher_ssl_only.yaml")
+    weights = {k: v for k, v in ablation["sim"]["losses"].items() if k != "neg_margin"}
+    assert set(weights) == {k for k in teacher["sim"]["losses"] if k != "neg_margin"}
+    assert all(v == 0.0 for v in weights.values()), weights
+    assert any(v > 0.0 for k, v in teacher["sim"]["losses"].items() if k != "neg_margin")
+    for section in teacher:
+        if section in ("sim", "train"):
+            continue
+        assert ablation[section] == teacher[section], section
+    assert ablation["sim"]["pool"] == teacher["sim"]["pool"]
+    assert {k: v for k, v in ablation["train"].items() if k != "output_dir"} == {
+        k: v for k, v in teacher["train"].items() if k != "output_dir"
+    }
+
+
 # ---------------------------------------------------------------- resume guard
 
 
