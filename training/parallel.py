@@ -53,7 +53,13 @@ def apply_activation_checkpointing(backbone: nn.Module, mode: str | bool = "full
 
 
 def compile_blocks(modules: Iterable[nn.Module], **kwargs) -> None:
-    """``module.compile()`` in place on each block of the given backbones and on the given heads."""
+    """``module.compile()`` in place on each block of the given backbones and on the given heads.
+
+    Static shapes by default: a step sees a handful of crop shapes (global, local, Gram teacher), and
+    with dynamic shapes the batch-subset stochastic depth (``B / keep`` from the symbolic batch size)
+    fails dynamo's guard check on torch 2.11 with CUDA.
+    """
+    kwargs.setdefault("dynamic", False)
     for m in modules:
         units = unit_modules(m)
         for u in units or [m]:
