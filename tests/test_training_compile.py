@@ -24,11 +24,10 @@ def test_compiled_blocks_match_eager_across_crop_shapes_with_stochastic_depth():
     shapes = [(8, 32), (16, 16), (8, 32), (12, 16)]  # global and local crops of different batch sizes
     for a, b in zip(_forward(eager, shapes), _forward(compiled, shapes)):
         torch.testing.assert_close(a, b)
-    unchanged = copy.deepcopy(eager)
     torch.manual_seed(4)
     x = torch.randn(8, 3, 32, 32)
     torch.manual_seed(5)
     out_a = eager.forward_features(x)["x_norm_patchtokens"]
     torch.manual_seed(6)  # another draw of the dropped samples: stochastic depth is on, so outputs differ
-    out_b = unchanged.forward_features(x)["x_norm_patchtokens"]
+    out_b = eager.forward_features(x)["x_norm_patchtokens"]
     assert not torch.allclose(out_a, out_b)
