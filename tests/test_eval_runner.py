@@ -119,11 +119,13 @@ def test_backbone_features_equal_hand_normalised_forward(data, tiny):
 
 def test_tiny_backbone_all_tasks(data, tiny):
     _, model = tiny
-    res, _ = evaluate(model, data)
+    # keep: on these 96x96 frames the image refinement confirms none of a random network's matches
+    opts = EvalOptions(match_unrefined="keep")
+    res, _ = evaluate(model, data, opts)
     assert res["feature_dim"] == 192 and res["patch_grid"] == [6, 6]
     assert res["tokencut"]["implementation"] == ["heads.tokencut"]
-    assert res["matcher"] == "heads"
-    again, _ = evaluate(model, data)  # deterministic
+    assert res["matcher"] == "heads" and res["match_unrefined"] == "keep"
+    again, _ = evaluate(model, data, opts)  # deterministic
     for task in ("depth", "correspondence", "tokencut", "probe", "summary"):
         assert again[task] == res[task], task
     s = res["summary"]
@@ -145,27 +147,29 @@ def test_heads_matcher_refines_with_the_images(data, tiny, monkeypatch):
 
     calls = []
 
-    def spy(fa, fb, p, image_a=None, image_b=None, inliers_only=False, refined_only=False):
+    def spy(fa, fb, p, image_a=None, image_b=None, inliers_only=False, unrefined=None):
         calls.append((image_a, image_b))
-        return heads_match(fa, fb, p, image_a, image_b, inliers_only, refined_only)
+        return heads_match(fa, fb, p, image_a, image_b, inliers_only, unrefined)
 
     monkeypatch.setattr(runner, "heads_match", spy)
     _, model = tiny
     res = {}
-    for m in ("heads", "heads-features", "heads-refined"):
+    for m, unrefined in (("heads", None), ("heads", "keep"), ("heads-features", None)):
         calls.clear()
-        res[m], _ = evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher=m))
-        assert res[m]["matcher"] == m and calls
+        opts = EvalOptions(tasks=("correspondence",), matcher=m, match_unrefined=unrefined)
+        res[m, unrefined], _ = evaluate(model, data, opts)
+        assert res[m, unrefined]["matcher"] == m and calls
         rgb = {id(f.rgb) for f in data.test}
         if m != "heads-features":
             assert all(id(a) in rgb and id(b) in rgb and a is not b for a, b in calls)
+            assert res[m, unrefined]["match_unrefined"] == (unrefined or "drop")  # the node's default
         else:
             assert all(a is None and b is None for a, b in calls)
-    img, feat = res["heads"]["correspondence"], res["heads-features"]["correspondence"]
-    assert img["matches_per_pair"] == feat["matches_per_pair"]  # the same matches, some moved
-    # heads-refined: only the refined ones (match_unrefined drop), so fewer
-    assert 0 < res["heads-refined"]["correspondence"]["matches_per_pair"] < img["matches_per_pair"]
-    with pytest.raises(ValueError, match="heads, heads-features, heads-inliers, heads-refined, dense"):
+    keep, feat = res["heads", "keep"]["correspondence"], res["heads-features", None]["correspondence"]
+    assert keep["matches_per_pair"] == feat["matches_per_pair"]  # the same matches, some moved
+    # the default (match_unrefined drop): only the refined ones, so fewer
+    assert 0 < res["heads", None]["correspondence"]["matches_per_pair"] < keep["matches_per_pair"]
+    with pytest.raises(ValueError, match="heads, heads-features, heads-inliers, dense"):
         evaluate(model, data, EvalOptions(tasks=("correspondence",), matcher="nearest"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -194,8 +194,8 @@ def test_image_refine_drop_keeps_only_refined_matches():
     rows = np.array([pos[int(i)] for i in dropped.idx0])
     assert moved[rows].all() and np.array_equal(dropped.pts1, kept.pts1[rows])
     assert np.all(dropped.pts1[:, 0] < SIZE[1] // 2 + 17)  # none from the flat half
-    assert PipelineConfig().match_args()["image_refine_drop"] is False
-    assert PipelineConfig(match_unrefined="drop").match_args()["image_refine_drop"] is True
+    assert PipelineConfig(match_unrefined="keep").match_args()["image_refine_drop"] is False
+    assert PipelineConfig().match_args()["image_refine_drop"] is True  # the default: drop
 
 
 def test_ratio_threshold_and_coordinates():

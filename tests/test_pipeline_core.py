@@ -158,8 +158,9 @@ def test_matches_are_refined_to_subpixel_with_the_images():
     shift = 16.4
     img0, img1 = smooth_texture(64, 96), smooth_texture(64, 96, shift)
     runs = []
+    keep = dict(res=(64, 96), match_ratio=0.95, match_threshold=0.5, match_unrefined="keep")
     for reuse in (False, True):
-        p = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
+        p = make(**keep)
         f0 = Frame(img0.copy(), 100, "cam", None, "s")
         p.process([f0], {"matches"})
         if reuse:
@@ -170,7 +171,7 @@ def test_matches_are_refined_to_subpixel_with_the_images():
     d = m.uv1 - m.uv0
     err = np.abs(d - [shift, 0.0]).max(1)
     assert np.median(err) < 0.2 and (err < 1.0).mean() > 0.8, d
-    p = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
+    p = make(**keep)
     p.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
     tree, arrays = p.state_dict()
     del tree["v"]["s"]["v"]["matches"]["v"]["keyframe"]["v"]["grey"]  # a state saved before the image
@@ -181,9 +182,9 @@ def test_matches_are_refined_to_subpixel_with_the_images():
     feat.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
     only = feat.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]
     assert np.array_equal(only.uv1, old.uv1)  # match_refine=features: the feature refinement alone
-    # match_unrefined=drop: the matches the images moved, as the default publishes them
+    # match_unrefined=drop (the default): only the matches the images moved
     feat = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5, match_refine="features")
-    d = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5, match_unrefined="drop")
+    d = make(res=(64, 96), match_ratio=0.95, match_threshold=0.5)
     for q in (feat, d):
         q.process([Frame(img0, 100, "cam", None, "s")], {"matches"})
     base = feat.process([Frame(img1, 200, "cam", None, "s")], {"matches"})[0]["matches"]

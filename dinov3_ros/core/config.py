@@ -119,7 +119,7 @@ class PipelineConfig:
         choices=("image", "features"),
     )
     match_unrefined: str = setting(
-        "keep",
+        "drop",
         "with match_refine 'image': matches the images could not refine (no clear NCC peak >= 0.6 within"
         " 0.75 patch; only patch-precise) are kept, or dropped together with refinements the search back"
         " into the first image does not confirm (within 1.5 px)",

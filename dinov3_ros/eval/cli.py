@@ -69,12 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--matcher",
-        choices=("heads", "heads-features", "heads-inliers", "heads-refined", "dense"),
+        choices=("heads", "heads-features", "heads-inliers", "dense"),
         default="heads",
         help="correspondences: the pipeline's matcher (heads: features, then refined with the images), "
         "the same without the images (heads-features), only the matches it flags as inliers "
-        "(heads-inliers), only those the images refined (heads-refined: match_unrefined drop) or dense "
-        "nearest neighbours",
+        "(heads-inliers) or dense nearest neighbours",
+    )
+    parser.add_argument(
+        "--match-unrefined",
+        choices=("keep", "drop"),
+        default=None,
+        help="heads matchers: the node's pipeline.match_unrefined (default: the node's default, drop)",
     )
     parser.add_argument("--tau", type=float, default=0.2, help="TokenCut graph threshold")
     parser.add_argument("--arch", default=None, help="arch of a weights file when it cannot be inferred")
@@ -122,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         matcher=args.matcher,
+        match_unrefined=args.match_unrefined,
         crop_size=args.crop_size,
     )
     try:

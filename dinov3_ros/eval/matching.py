@@ -204,7 +204,7 @@ def heads_match(
     image_a: np.ndarray | None = None,
     image_b: np.ndarray | None = None,
     inliers_only: bool = False,
-    refined_only: bool = False,
+    unrefined: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Matches of ``dinov3_ros.heads.correspondence.match`` with the pipeline's default settings
     (``PipelineConfig``: mutual NN, ratio test, minimum similarity, most matches; soft-argmax refine),
@@ -212,8 +212,9 @@ def heads_match(
     the matches the node publishes for these frames. ``inliers_only``: only those its geometric
     verification flags as inliers (``inlier`` field of the message: a RANSAC fundamental matrix with a
     threshold of one patch, as the ``matches`` output runs it on frames at network resolution).
-    ``refined_only``: only those the images refined and the search back confirmed
-    (``match_unrefined: drop``).
+    ``unrefined``: ``match_unrefined`` (``keep``: also the matches the images could not refine, at their
+    patch-precise positions; ``drop``: only those the images refined and the search back confirmed);
+    ``None``: the pipeline's default.
 
     The heads put patch centres at ``(c + 0.5) p`` (pixel k spans [k, k+1)); the generator's K puts
     pixel centres at integers, hence ``offset=-0.5``.
@@ -226,7 +227,7 @@ def heads_match(
         fb,
         patch_size=float(patch_size),
         mutual=True,
-        **PipelineConfig(match_unrefined="drop" if refined_only else "keep").match_args(),
+        **(PipelineConfig(match_unrefined=unrefined) if unrefined else PipelineConfig()).match_args(),
         refine=True,
         offset=(-0.5, -0.5),
         image0=image_a,

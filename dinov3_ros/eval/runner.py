@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from dinov3_ros.core.config import PipelineConfig
 from dinov3_ros.eval.data import EvalData, dominant_instance, instance_crops
 from dinov3_ros.eval.depth import DepthProbe, evaluate_depth
 from dinov3_ros.eval.features import FeatureModel
@@ -28,8 +29,8 @@ from dinov3_ros.eval.objects import (
 TASKS = ("depth", "correspondence", "tokencut", "probe")
 ORACLE = "oracle"
 #: correspondence matchers: the pipeline's (features + image refinement), features only, the pipeline's
-#: inliers, the pipeline's refined matches only (match_unrefined drop), dense NN
-MATCHERS = ("heads", "heads-features", "heads-inliers", "heads-refined", "dense")
+#: inliers, dense NN
+MATCHERS = ("heads", "heads-features", "heads-inliers", "dense")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class EvalOptions:
     keep: int = 1000
     ransac_px: float = 2.0
     matcher: str = "heads"  # one of MATCHERS (see eval.matching)
+    match_unrefined: str | None = None  # heads matchers: keep | drop; None = the pipeline's default
     crop_size: int = 224  # class-probe crops at the backbones' training / linear-probe resolution
     knn_k: int = 20
     depth_head: str | None = None
@@ -171,16 +173,24 @@ def _feature_matcher(run: _Run):
     def matcher(a, b, src):
         fa = f_test[key[(a.scene_index, a.frame_index)]]
         fb = f_test[key[(b.scene_index, b.frame_index)]]
-        if opts.matcher in ("heads", "heads-inliers", "heads-refined"):
-            inl, ref = opts.matcher == "heads-inliers", opts.matcher == "heads-refined"
+        if opts.matcher in ("heads", "heads-inliers"):
+            inl = opts.matcher == "heads-inliers"
             return heads_match(
-                fa, fb, a.height // fa.shape[0], a.rgb, b.rgb, inliers_only=inl, refined_only=ref
+                fa,
+                fb,
+                a.height // fa.shape[0],
+                a.rgb,
+                b.rgb,
+                inliers_only=inl,
+                unrefined=opts.match_unrefined,
             )
         if opts.matcher == "heads-features":
             return heads_match(fa, fb, a.height // fa.shape[0])
         return match_features(fa, fb, src, (a.height, a.width), opts.keep)
 
     run.res["matcher"] = opts.matcher
+    if opts.matcher in ("heads", "heads-inliers"):
+        run.res["match_unrefined"] = opts.match_unrefined or PipelineConfig().match_unrefined
     return matcher
 
 
