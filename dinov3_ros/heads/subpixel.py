@@ -15,6 +15,7 @@ is the column, ``y`` the row.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from ._common import ArrayLike, as_numpy, to_tensor
 
-__all__ = ["Refinement", "refine", "refine_matches"]
+__all__ = ["GreyPyramid", "Refinement", "refine", "refine_matches"]
 
 #: ITU-R BT.601 luma weights (R, G, B), as OpenCV's RGB -> grey conversion
 _LUMA = (0.299, 0.587, 0.114)
@@ -44,6 +45,39 @@ def _grey(image: ArrayLike, name: str, device: torch.device | None) -> torch.Ten
     if t.shape[0] < 2 or t.shape[1] < 2:
         raise ValueError(f"{name}: image of shape {tuple(t.shape)} is too small (at least 2x2)")
     return t.to(torch.float32)[None, None]
+
+
+class GreyPyramid:
+    """An image as :func:`refine` reads it: the float32 grey ``[1, 1, H, W]`` tensor on a device and its
+    2x box-downsampled levels (the coarse-to-fine search's), each made on first use and kept. Pass one
+    in place of an image to prepare an image once for several refinements (a matching keyframe's, read
+    by every frame matched against it)."""
+
+    def __init__(
+        self, image: ArrayLike, device: torch.device | str | None = None, name: str = "image"
+    ) -> None:
+        self._levels = [_grey(image, name, None if device is None else torch.device(device))]
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self._levels[0].device
+
+    def level(self, i: int) -> torch.Tensor:
+        """Level ``i``: 0 is the image, each next one :func:`_halve` of the one before."""
+        with self._lock:
+            while len(self._levels) <= i:
+                self._levels.append(_halve(self._levels[-1]))
+            return self._levels[i]
+
+
+def _pyramid_of(image: ArrayLike | GreyPyramid, name: str, device: torch.device) -> GreyPyramid:
+    """``image`` as a :class:`GreyPyramid` on ``device`` (a pyramid is used as it is)."""
+    if not isinstance(image, GreyPyramid):
+        return GreyPyramid(image, device, name)
+    if image.device != device:
+        raise ValueError(f"{name}: a GreyPyramid on {image.device}; the refinement runs on {device}")
+    return image
 
 
 def _points(pts: ArrayLike, name: str) -> np.ndarray:
@@ -191,8 +225,8 @@ class Refinement:
 
 
 def refine(
-    image0: ArrayLike,
-    image1: ArrayLike,
+    image0: ArrayLike | GreyPyramid,
+    image1: ArrayLike | GreyPyramid,
     pts0: ArrayLike,
     pts1: ArrayLike,
     *,
@@ -207,7 +241,7 @@ def refine(
     """Refine match targets ``pts1`` by NCC template matching -> :class:`Refinement`.
 
     ``image0``/``image1``: HxW or HxWx3 (RGB) uint8/float numpy arrays or torch tensors, grey levels in
-    0..255; computed on ``image0``'s device. ``pts0``/``pts1``: ``[N, 2]`` (x, y) pixel centres (see
+    0..255, or :class:`GreyPyramid` of such images; computed on ``image0``'s device. ``pts0``/``pts1``: ``[N, 2]`` (x, y) pixel centres (see
     the module docstring). The ``(2 half_window + 1)^2`` template around ``pts0`` in image 0 is compared
     with the windows at every integer offset in ``[-R, R]^2`` (``R = ceil(radius)``) around ``pts1`` in
     image 1; offsets whose window leaves image 1 are skipped. Of the NCC map's local maxima, the one
@@ -236,8 +270,8 @@ def refine(
     p0, p1 = _points(pts0, "pts0"), _points(pts1, "pts1")
     if p0.shape[0] != p1.shape[0]:
         raise ValueError(f"pts0 and pts1 hold different numbers of points: {p0.shape[0]} vs {p1.shape[0]}")
-    dev = image0.device if isinstance(image0, torch.Tensor) else torch.device("cpu")
-    g0, g1 = _grey(image0, "image0", dev), _grey(image1, "image1", dev)
+    dev = image0.device if isinstance(image0, (torch.Tensor, GreyPyramid)) else torch.device("cpu")
+    g0, g1 = _pyramid_of(image0, "image0", dev), _pyramid_of(image1, "image1", dev)
     if p0.shape[0] == 0:
         return Refinement(p1, np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool))
     c0 = torch.from_numpy(np.nan_to_num(p0, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
@@ -256,8 +290,8 @@ def refine(
 
 
 def _back_consistent(
-    g0: torch.Tensor,
-    g1: torch.Tensor,
+    g0: GreyPyramid,
+    g1: GreyPyramid,
     c0: torch.Tensor,
     q1: torch.Tensor,
     R: int,
@@ -293,14 +327,23 @@ def _halve(g: torch.Tensor) -> torch.Tensor:
 
 
 def _pyramid(
-    g0: torch.Tensor, g1: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, R: int, crit: _Criteria
+    p0: GreyPyramid,
+    p1: GreyPyramid,
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    R: int,
+    crit: _Criteria,
+    level: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Coarse-to-fine search -> (``[N, 2]`` refined points, ``[N]`` peak NCC, ``[N]`` accepted)."""
+    """Coarse-to-fine search on the pyramids' ``level`` -> (``[N, 2]`` refined points, ``[N]`` peak NCC,
+    ``[N]`` accepted)."""
+    g0, g1 = p0.level(level), p1.level(level)
     small = min(g0.shape[-2:] + g1.shape[-2:]) // 2 < 4 * crit.half_window + 2
     if R <= PYRAMID_RADIUS or small:
         d, peak, ok = _search(g0, g1, c0, c1, R, crit)
         return c1 + d, peak, ok
-    q, peak_c, ok_c = _pyramid(_halve(g0), _halve(g1), (c0 - 0.5) / 2, (c1 - 0.5) / 2, math.ceil(R / 2), crit)
+    half = (c0 - 0.5) / 2, (c1 - 0.5) / 2
+    q, peak_c, ok_c = _pyramid(p0, p1, *half, math.ceil(R / 2), crit, level + 1)
     start = torch.where(ok_c[:, None], q * 2 + 0.5, c1)
     d, peak, ok = _search(g0, g1, c0, start, 2, crit)
     out = torch.where(ok[:, None], start + d, start)
