@@ -125,10 +125,10 @@ def _ncc_maps(
     # window means of r and r^2: a separable grouped box filter (faster than avg_pool2d on CPU)
     box = torch.full((N, 1, 1, k), 1.0 / k, device=r.device, dtype=r.dtype)
     mean, sq = (F.conv2d(F.conv2d(x, box, groups=N), box.transpose(2, 3), groups=N)[0] for x in (r, r * r))
-    w_energy = ((sq - mean * mean) * n).clamp_min(0.0)
-    den = (w_energy * t_energy[:, None, None]).sqrt()
+    w_energy = sq.sub_(mean * mean).mul_(n).clamp_min_(0.0)  # in place: the convolutions' own results
+    den = (w_energy * t_energy[:, None, None]).sqrt_()
     ok = w_energy > n * 1e-4  # flat windows (std below 0.01 grey levels) correlate with nothing
-    ncc = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    ncc = torch.where(ok, num.div_(den), 0.0)  # the quotients of other windows (0 / 0) are dropped
     return ncc, textured
 
 
@@ -136,8 +136,8 @@ def _parabola(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> 
     """Vertex offset of the parabola through three equally spaced samples, clamped to ``[-0.5, 0.5]``."""
     den = left - 2.0 * centre + right
     curved = den < 0
-    off = 0.5 * (left - right) / torch.where(curved, den, -torch.ones_like(den))
-    return torch.where(curved, off, torch.zeros_like(off)).clamp(-0.5, 0.5)
+    off = 0.5 * (left - right) / torch.where(curved, den, -1.0)
+    return torch.where(curved, off, 0.0).clamp(-0.5, 0.5)
 
 
 def _max3x3(x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +160,9 @@ def _peaks(
     R = (M - 1) // 2
     o = torch.arange(-R, R + 1, device=ncc.device, dtype=torch.float32)
     pen = (o[:, None] ** 2 + o[None, :] ** 2) * (penalty / R**2)
-    masked = torch.where(valid, ncc, torch.full_like(ncc, -math.inf))
+    masked = torch.where(valid, ncc, -math.inf)
     local = (_max3x3(masked) == masked) & valid
-    score = torch.where(local, ncc - pen, torch.full_like(ncc, -math.inf))
+    score = torch.where(local, ncc - pen, -math.inf)
     best, flat = score.reshape(N, -1).max(1)
     iy, ix = flat // M, flat % M
     rows = torch.arange(N, device=ncc.device)
@@ -175,11 +175,11 @@ def _peaks(
     dx = _parabola(ncc[rows, iy, xm], c, ncc[rows, iy, xp])
     dy = _parabola(ncc[rows, ym, ix], c, ncc[rows, yp, ix])
     d = torch.stack([ix.to(torch.float32) - R + dx, iy.to(torch.float32) - R + dy], 1)
-    peak = torch.where(best > -math.inf, c, torch.full_like(c, math.nan))
+    peak = torch.where(best > -math.inf, c, math.nan)
     near = ((o[None, :, None] + R - iy[:, None, None]).abs() <= 1) & (
         (o[None, None, :] + R - ix[:, None, None]).abs() <= 1
     )
-    second = torch.where(near, torch.full_like(score, -math.inf), score).reshape(N, -1).amax(1)
+    second = score.masked_fill_(near, -math.inf).reshape(N, -1).amax(1)  # score is not read after this
     return d, peak, interior, best, second
 
 
@@ -274,8 +274,9 @@ def refine(
     g0, g1 = _pyramid_of(image0, "image0", dev), _pyramid_of(image1, "image1", dev)
     if p0.shape[0] == 0:
         return Refinement(p1, np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool))
-    c0 = torch.from_numpy(np.nan_to_num(p0, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
-    c1 = torch.from_numpy(np.nan_to_num(p1, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
+    pts = np.nan_to_num(np.concatenate([p0, p1], 1), nan=-1e6, posinf=-1e6, neginf=-1e6)
+    c = torch.from_numpy(pts).to(dev)  # one copy to the device for both point sets
+    c0, c1 = c[:, :2], c[:, 2:]
     crit = _Criteria(
         int(half_window), float(min_ncc), float(min_texture), float(ratio), float(distance_penalty)
     )
