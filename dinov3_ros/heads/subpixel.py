@@ -149,13 +149,13 @@ def _max3x3(x: torch.Tensor) -> torch.Tensor:
 
 
 def _peaks(
-    ncc: torch.Tensor, valid: torch.Tensor, penalty: float
+    ncc: torch.Tensor, valid: torch.Tensor, any_valid: torch.Tensor, penalty: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The peak of each NCC map ``[N, M, M]`` (centre = no offset): of its local maxima (3x3), the one
-    with the best score ``NCC - penalty (|offset| / R)^2`` -> (``[N, 2]`` sub-pixel (x, y) offset, ``[N]``
-    its NCC (NaN without a valid offset), ``[N]`` interior (its four neighbours are valid offsets, so it
-    is a real maximum), ``[N]`` its score, ``[N]`` the best score of the local maxima more than one
-    offset away (-inf if none))."""
+    """The peak of each NCC map ``[N, M, M]`` (centre = no offset; ``any_valid [N]``: the map has a valid
+    offset): of its local maxima (3x3), the one with the best score ``NCC - penalty (|offset| / R)^2`` ->
+    (``[N, 2]`` sub-pixel (x, y) offset, ``[N]`` its NCC (NaN without a valid offset), ``[N]`` interior
+    (its four neighbours are valid offsets, so it is a real maximum), ``[N]`` its score, ``[N]`` the best
+    score of the local maxima more than one offset away (-inf if none))."""
     N, M, _ = ncc.shape
     R = (M - 1) // 2
     o = torch.arange(-R, R + 1, device=ncc.device, dtype=torch.float32)
@@ -168,7 +168,7 @@ def _peaks(
     rows = torch.arange(N, device=ncc.device)
     ym, yp = (iy - 1).clamp_min(0), (iy + 1).clamp_max(M - 1)
     xm, xp = (ix - 1).clamp_min(0), (ix + 1).clamp_max(M - 1)
-    interior = (iy > 0) & (iy < M - 1) & (ix > 0) & (ix < M - 1) & valid.reshape(N, -1).any(1)
+    interior = (iy > 0) & (iy < M - 1) & (ix > 0) & (ix < M - 1) & any_valid
     for yy, xx in ((ym, ix), (yp, ix), (iy, xm), (iy, xp)):
         interior &= valid[rows, yy, xx]  # clamped indices belong to border peaks, rejected anyway
     c = ncc[rows, iy, ix]
@@ -176,10 +176,10 @@ def _peaks(
     dy = _parabola(ncc[rows, ym, ix], c, ncc[rows, yp, ix])
     d = torch.stack([ix.to(torch.float32) - R + dx, iy.to(torch.float32) - R + dy], 1)
     peak = torch.where(best > -math.inf, c, math.nan)
-    near = ((o[None, :, None] + R - iy[:, None, None]).abs() <= 1) & (
-        (o[None, None, :] + R - ix[:, None, None]).abs() <= 1
-    )
-    second = score.masked_fill_(near, -math.inf).reshape(N, -1).amax(1)  # score is not read after this
+    # the 3x3 offsets around the peak (clamped indices repeat ones inside) leave the second best's race
+    k3 = torch.arange(-1, 2, device=ncc.device)
+    near = (iy[:, None] + k3).clamp(0, M - 1)[:, :, None] * M + (ix[:, None] + k3).clamp(0, M - 1)[:, None, :]
+    second = score.reshape(N, -1).scatter_(1, near.reshape(N, 9), -math.inf).amax(1)  # score: not read after
     return d, peak, interior, best, second
 
 
@@ -361,10 +361,12 @@ def _search(
     # sample coordinates far outside are clamped by the border padding; only a finite grid is needed
     ncc, textured = _ncc_maps(_sample(g0, c0, hw), _sample(g1, c1, hw + R), crit.min_texture)
     off = torch.arange(-R, R + 1, device=g0.device, dtype=torch.float32)
-    vx = _inside(c1[:, 0, None] + off, -hw, hw, W1)  # [N, M]
+    # valid offsets [N, M, M]: the outer product of the valid rows and the valid columns (none for a
+    # template that cannot be compared)
+    vx = _inside(c1[:, 0, None] + off, -hw, hw, W1) & (tmpl_in & textured)[:, None]  # [N, M]
     vy = _inside(c1[:, 1, None] + off, -hw, hw, H1)
-    valid = (vy[:, :, None] & vx[:, None, :]) & (tmpl_in & textured)[:, None, None]
-    d, peak, interior, best, second = _peaks(ncc, valid, crit.penalty)
+    valid = vy[:, :, None] & vx[:, None, :]
+    d, peak, interior, best, second = _peaks(ncc, valid, vy.any(1) & vx.any(1), crit.penalty)
     d1 = (2.0 - 2.0 * best).clamp_min(0.0).sqrt()
     d2 = (2.0 - 2.0 * second.clamp_min(-1.0)).clamp_min(0.0).sqrt()
     return d, peak, interior & (peak >= crit.min_ncc) & (d1 < crit.ratio * d2)
