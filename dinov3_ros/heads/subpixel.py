@@ -61,6 +61,7 @@ class GreyPyramid:
 
     @property
     def device(self) -> torch.device:
+        """Where the levels are (the refinement's device)."""
         return self._levels[0].device
 
     def level(self, i: int) -> torch.Tensor:
@@ -128,7 +129,7 @@ def _ncc_maps(
     w_energy = sq.sub_(mean * mean).mul_(n).clamp_min_(0.0)  # in place: the convolutions' own results
     den = (w_energy * t_energy[:, None, None]).sqrt_()
     ok = w_energy > n * 1e-4  # flat windows (std below 0.01 grey levels) correlate with nothing
-    ncc = torch.where(ok, num.div_(den), 0.0)  # the quotients of other windows (0 / 0) are dropped
+    ncc = torch.where(ok, num.div_(den), 0.0)  # the other windows' quotients (0 / 0 among them): dropped
     return ncc, textured
 
 
