@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from dinov3_ros.heads.correspondence import match
-from dinov3_ros.heads.subpixel import refine, refine_matches
+from dinov3_ros.heads.subpixel import GreyPyramid, refine, refine_matches
 from dinov3_ros.runtime.device_audit import OpAudit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,6 +42,19 @@ def coarse_points(n: int, radius: float, seed: int = 1) -> tuple[np.ndarray, np.
     pts0 = np.stack([rng.uniform(m, W - m, n), rng.uniform(m, H - m, n)], 1)
     truth = pts0 + SHIFT
     return pts0, truth, truth + rng.uniform(-0.8 * radius, 0.8 * radius, (n, 2))
+
+
+def test_a_prepared_pyramid_refines_as_the_images_do():
+    """GreyPyramid in place of the images (its levels made once, kept for the next call): the same
+    results, forward-backward check included."""
+    img0, img1 = shifted_pair(seed=3)
+    pts0, _, pts1 = coarse_points(60, radius=24.0, seed=5)
+    want = refine(img0, img1, pts0, pts1, radius=24.0, max_back_error=1.5)
+    p0, p1 = GreyPyramid(img0), GreyPyramid(img1)
+    for im1 in (p1, p1, img1):
+        got = refine(p0, im1, pts0, pts1, radius=24.0, max_back_error=1.5)
+        for k in ("pts1", "ncc", "accepted", "consistent"):
+            np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
 
 
 def test_a_large_radius_searches_coarse_to_fine(monkeypatch):

@@ -10,6 +10,8 @@ used here because it is a few box filters, in float32, on any device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -51,16 +53,19 @@ def refine_labels(
     soft: np.ndarray,
     image: np.ndarray,
     patch_px: float,
-    keep: np.ndarray,
+    keep: np.ndarray | Callable[[], np.ndarray],
     *,
     device: str | torch.device = "cpu",
+    values: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`guided_labels` with a one-patch radius (``patch_px``: a patch's size in pixels of
-    ``image``), run at most :data:`REFINE_PATCH_PX` pixels per patch -> ``[H, W]`` uint16 indices.
+    ``image``), run at most :data:`REFINE_PATCH_PX` pixels per patch -> ``[H, W]`` uint16 indices
+    (``values[index]`` with ``values [K]``).
 
-    ``keep [H, W]``: the labels before refinement (patch blocks). The refinement moves edges, it never
-    removes an object: a label other than 0 (the background) that it leaves without pixels gets its
-    ``keep`` pixels back (a patch or two on a flat image lose to the background after smoothing)."""
+    ``keep [H, W]``: the labels before refinement (patch blocks), or a callable that returns them
+    (called only when needed). The refinement moves edges, it never removes an object: a label other
+    than 0 (the background) that it leaves without pixels gets its ``keep`` pixels back (a patch or two
+    on a flat image lose to the background after smoothing)."""
     import cv2
 
     H, W = soft.shape[:2]
@@ -71,11 +76,20 @@ def refine_labels(
         soft = cv2.resize(soft, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     idx = guided_labels(soft, image, round(patch_px * f), device=device).astype(np.uint16)
+    # counted and mapped at the working size: a nearest-neighbour enlargement picks every pixel of it
+    # (at least once), so the labels present and the values are the full-size map's
+    empty = np.flatnonzero(np.bincount(idx.ravel(), minlength=K)[1:] == 0) + 1
+    lut = values is not None and values.dtype in (np.uint8, np.uint16)
+    out = values[idx] if lut else idx
     if f < 1.0:
-        idx = cv2.resize(idx, (W, H), interpolation=cv2.INTER_NEAREST)
-    for k in np.flatnonzero(np.bincount(idx.ravel(), minlength=K)[1:] == 0) + 1:
-        idx[keep == k] = k
-    return idx
+        out = cv2.resize(out, (W, H), interpolation=cv2.INTER_NEAREST)
+    if values is not None and not lut:
+        out = values[out]
+    if empty.size:
+        blocks = keep() if callable(keep) else keep
+        for k in empty:
+            out[blocks == k] = k if values is None else values[k]
+    return out
 
 
 def _argmax0(maps: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ is the column, ``y`` the row.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from ._common import ArrayLike, as_numpy, to_tensor
 
-__all__ = ["Refinement", "refine", "refine_matches"]
+__all__ = ["GreyPyramid", "Refinement", "refine", "refine_matches"]
 
 #: ITU-R BT.601 luma weights (R, G, B), as OpenCV's RGB -> grey conversion
 _LUMA = (0.299, 0.587, 0.114)
@@ -44,6 +45,40 @@ def _grey(image: ArrayLike, name: str, device: torch.device | None) -> torch.Ten
     if t.shape[0] < 2 or t.shape[1] < 2:
         raise ValueError(f"{name}: image of shape {tuple(t.shape)} is too small (at least 2x2)")
     return t.to(torch.float32)[None, None]
+
+
+class GreyPyramid:
+    """An image as :func:`refine` reads it: the float32 grey ``[1, 1, H, W]`` tensor on a device and its
+    2x box-downsampled levels (the coarse-to-fine search's), each made on first use and kept. Pass one
+    in place of an image to prepare an image once for several refinements (a matching keyframe's, read
+    by every frame matched against it)."""
+
+    def __init__(
+        self, image: ArrayLike, device: torch.device | str | None = None, name: str = "image"
+    ) -> None:
+        self._levels = [_grey(image, name, None if device is None else torch.device(device))]
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the levels are (the refinement's device)."""
+        return self._levels[0].device
+
+    def level(self, i: int) -> torch.Tensor:
+        """Level ``i``: 0 is the image, each next one :func:`_halve` of the one before."""
+        with self._lock:
+            while len(self._levels) <= i:
+                self._levels.append(_halve(self._levels[-1]))
+            return self._levels[i]
+
+
+def _pyramid_of(image: ArrayLike | GreyPyramid, name: str, device: torch.device) -> GreyPyramid:
+    """``image`` as a :class:`GreyPyramid` on ``device`` (a pyramid is used as it is)."""
+    if not isinstance(image, GreyPyramid):
+        return GreyPyramid(image, device, name)
+    if image.device != device:
+        raise ValueError(f"{name}: a GreyPyramid on {image.device}; the refinement runs on {device}")
+    return image
 
 
 def _points(pts: ArrayLike, name: str) -> np.ndarray:
@@ -91,10 +126,10 @@ def _ncc_maps(
     # window means of r and r^2: a separable grouped box filter (faster than avg_pool2d on CPU)
     box = torch.full((N, 1, 1, k), 1.0 / k, device=r.device, dtype=r.dtype)
     mean, sq = (F.conv2d(F.conv2d(x, box, groups=N), box.transpose(2, 3), groups=N)[0] for x in (r, r * r))
-    w_energy = ((sq - mean * mean) * n).clamp_min(0.0)
-    den = (w_energy * t_energy[:, None, None]).sqrt()
+    w_energy = sq.sub_(mean * mean).mul_(n).clamp_min_(0.0)  # in place: the convolutions' own results
+    den = (w_energy * t_energy[:, None, None]).sqrt_()
     ok = w_energy > n * 1e-4  # flat windows (std below 0.01 grey levels) correlate with nothing
-    ncc = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    ncc = torch.where(ok, num.div_(den), 0.0)  # the other windows' quotients (0 / 0 among them): dropped
     return ncc, textured
 
 
@@ -102,8 +137,8 @@ def _parabola(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> 
     """Vertex offset of the parabola through three equally spaced samples, clamped to ``[-0.5, 0.5]``."""
     den = left - 2.0 * centre + right
     curved = den < 0
-    off = 0.5 * (left - right) / torch.where(curved, den, -torch.ones_like(den))
-    return torch.where(curved, off, torch.zeros_like(off)).clamp(-0.5, 0.5)
+    off = 0.5 * (left - right) / torch.where(curved, den, -1.0)
+    return torch.where(curved, off, 0.0).clamp(-0.5, 0.5)
 
 
 def _max3x3(x: torch.Tensor) -> torch.Tensor:
@@ -115,37 +150,37 @@ def _max3x3(x: torch.Tensor) -> torch.Tensor:
 
 
 def _peaks(
-    ncc: torch.Tensor, valid: torch.Tensor, penalty: float
+    ncc: torch.Tensor, valid: torch.Tensor, any_valid: torch.Tensor, penalty: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The peak of each NCC map ``[N, M, M]`` (centre = no offset): of its local maxima (3x3), the one
-    with the best score ``NCC - penalty (|offset| / R)^2`` -> (``[N, 2]`` sub-pixel (x, y) offset, ``[N]``
-    its NCC (NaN without a valid offset), ``[N]`` interior (its four neighbours are valid offsets, so it
-    is a real maximum), ``[N]`` its score, ``[N]`` the best score of the local maxima more than one
-    offset away (-inf if none))."""
+    """The peak of each NCC map ``[N, M, M]`` (centre = no offset; ``any_valid [N]``: the map has a valid
+    offset): of its local maxima (3x3), the one with the best score ``NCC - penalty (|offset| / R)^2`` ->
+    (``[N, 2]`` sub-pixel (x, y) offset, ``[N]`` its NCC (NaN without a valid offset), ``[N]`` interior
+    (its four neighbours are valid offsets, so it is a real maximum), ``[N]`` its score, ``[N]`` the best
+    score of the local maxima more than one offset away (-inf if none))."""
     N, M, _ = ncc.shape
     R = (M - 1) // 2
     o = torch.arange(-R, R + 1, device=ncc.device, dtype=torch.float32)
     pen = (o[:, None] ** 2 + o[None, :] ** 2) * (penalty / R**2)
-    masked = torch.where(valid, ncc, torch.full_like(ncc, -math.inf))
+    masked = torch.where(valid, ncc, -math.inf)
     local = (_max3x3(masked) == masked) & valid
-    score = torch.where(local, ncc - pen, torch.full_like(ncc, -math.inf))
+    score = torch.where(local, ncc - pen, -math.inf)
     best, flat = score.reshape(N, -1).max(1)
     iy, ix = flat // M, flat % M
     rows = torch.arange(N, device=ncc.device)
     ym, yp = (iy - 1).clamp_min(0), (iy + 1).clamp_max(M - 1)
     xm, xp = (ix - 1).clamp_min(0), (ix + 1).clamp_max(M - 1)
-    interior = (iy > 0) & (iy < M - 1) & (ix > 0) & (ix < M - 1) & valid.reshape(N, -1).any(1)
+    interior = (iy > 0) & (iy < M - 1) & (ix > 0) & (ix < M - 1) & any_valid
     for yy, xx in ((ym, ix), (yp, ix), (iy, xm), (iy, xp)):
         interior &= valid[rows, yy, xx]  # clamped indices belong to border peaks, rejected anyway
     c = ncc[rows, iy, ix]
     dx = _parabola(ncc[rows, iy, xm], c, ncc[rows, iy, xp])
     dy = _parabola(ncc[rows, ym, ix], c, ncc[rows, yp, ix])
     d = torch.stack([ix.to(torch.float32) - R + dx, iy.to(torch.float32) - R + dy], 1)
-    peak = torch.where(best > -math.inf, c, torch.full_like(c, math.nan))
-    near = ((o[None, :, None] + R - iy[:, None, None]).abs() <= 1) & (
-        (o[None, None, :] + R - ix[:, None, None]).abs() <= 1
-    )
-    second = torch.where(near, torch.full_like(score, -math.inf), score).reshape(N, -1).amax(1)
+    peak = torch.where(best > -math.inf, c, math.nan)
+    # the 3x3 offsets around the peak (clamped indices repeat ones inside) leave the second best's race
+    k3 = torch.arange(-1, 2, device=ncc.device)
+    near = (iy[:, None] + k3).clamp(0, M - 1)[:, :, None] * M + (ix[:, None] + k3).clamp(0, M - 1)[:, None, :]
+    second = score.reshape(N, -1).scatter_(1, near.reshape(N, 9), -math.inf).amax(1)  # score: not read after
     return d, peak, interior, best, second
 
 
@@ -191,8 +226,8 @@ class Refinement:
 
 
 def refine(
-    image0: ArrayLike,
-    image1: ArrayLike,
+    image0: ArrayLike | GreyPyramid,
+    image1: ArrayLike | GreyPyramid,
     pts0: ArrayLike,
     pts1: ArrayLike,
     *,
@@ -207,7 +242,7 @@ def refine(
     """Refine match targets ``pts1`` by NCC template matching -> :class:`Refinement`.
 
     ``image0``/``image1``: HxW or HxWx3 (RGB) uint8/float numpy arrays or torch tensors, grey levels in
-    0..255; computed on ``image0``'s device. ``pts0``/``pts1``: ``[N, 2]`` (x, y) pixel centres (see
+    0..255, or :class:`GreyPyramid` of such images; computed on ``image0``'s device. ``pts0``/``pts1``: ``[N, 2]`` (x, y) pixel centres (see
     the module docstring). The ``(2 half_window + 1)^2`` template around ``pts0`` in image 0 is compared
     with the windows at every integer offset in ``[-R, R]^2`` (``R = ceil(radius)``) around ``pts1`` in
     image 1; offsets whose window leaves image 1 are skipped. Of the NCC map's local maxima, the one
@@ -236,12 +271,13 @@ def refine(
     p0, p1 = _points(pts0, "pts0"), _points(pts1, "pts1")
     if p0.shape[0] != p1.shape[0]:
         raise ValueError(f"pts0 and pts1 hold different numbers of points: {p0.shape[0]} vs {p1.shape[0]}")
-    dev = image0.device if isinstance(image0, torch.Tensor) else torch.device("cpu")
-    g0, g1 = _grey(image0, "image0", dev), _grey(image1, "image1", dev)
+    dev = image0.device if isinstance(image0, (torch.Tensor, GreyPyramid)) else torch.device("cpu")
+    g0, g1 = _pyramid_of(image0, "image0", dev), _pyramid_of(image1, "image1", dev)
     if p0.shape[0] == 0:
         return Refinement(p1, np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool))
-    c0 = torch.from_numpy(np.nan_to_num(p0, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
-    c1 = torch.from_numpy(np.nan_to_num(p1, nan=-1e6, posinf=-1e6, neginf=-1e6)).to(dev)
+    pts = np.nan_to_num(np.concatenate([p0, p1], 1), nan=-1e6, posinf=-1e6, neginf=-1e6)
+    c = torch.from_numpy(pts).to(dev)  # one copy to the device for both point sets
+    c0, c1 = c[:, :2], c[:, 2:]
     crit = _Criteria(
         int(half_window), float(min_ncc), float(min_texture), float(ratio), float(distance_penalty)
     )
@@ -256,8 +292,8 @@ def refine(
 
 
 def _back_consistent(
-    g0: torch.Tensor,
-    g1: torch.Tensor,
+    g0: GreyPyramid,
+    g1: GreyPyramid,
     c0: torch.Tensor,
     q1: torch.Tensor,
     R: int,
@@ -293,14 +329,23 @@ def _halve(g: torch.Tensor) -> torch.Tensor:
 
 
 def _pyramid(
-    g0: torch.Tensor, g1: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, R: int, crit: _Criteria
+    p0: GreyPyramid,
+    p1: GreyPyramid,
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    R: int,
+    crit: _Criteria,
+    level: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Coarse-to-fine search -> (``[N, 2]`` refined points, ``[N]`` peak NCC, ``[N]`` accepted)."""
+    """Coarse-to-fine search on the pyramids' ``level`` -> (``[N, 2]`` refined points, ``[N]`` peak NCC,
+    ``[N]`` accepted)."""
+    g0, g1 = p0.level(level), p1.level(level)
     small = min(g0.shape[-2:] + g1.shape[-2:]) // 2 < 4 * crit.half_window + 2
     if R <= PYRAMID_RADIUS or small:
         d, peak, ok = _search(g0, g1, c0, c1, R, crit)
         return c1 + d, peak, ok
-    q, peak_c, ok_c = _pyramid(_halve(g0), _halve(g1), (c0 - 0.5) / 2, (c1 - 0.5) / 2, math.ceil(R / 2), crit)
+    half = (c0 - 0.5) / 2, (c1 - 0.5) / 2
+    q, peak_c, ok_c = _pyramid(p0, p1, *half, math.ceil(R / 2), crit, level + 1)
     start = torch.where(ok_c[:, None], q * 2 + 0.5, c1)
     d, peak, ok = _search(g0, g1, c0, start, 2, crit)
     out = torch.where(ok[:, None], start + d, start)
@@ -317,10 +362,12 @@ def _search(
     # sample coordinates far outside are clamped by the border padding; only a finite grid is needed
     ncc, textured = _ncc_maps(_sample(g0, c0, hw), _sample(g1, c1, hw + R), crit.min_texture)
     off = torch.arange(-R, R + 1, device=g0.device, dtype=torch.float32)
-    vx = _inside(c1[:, 0, None] + off, -hw, hw, W1)  # [N, M]
+    # valid offsets [N, M, M]: the outer product of the valid rows and the valid columns (none for a
+    # template that cannot be compared)
+    vx = _inside(c1[:, 0, None] + off, -hw, hw, W1) & (tmpl_in & textured)[:, None]  # [N, M]
     vy = _inside(c1[:, 1, None] + off, -hw, hw, H1)
-    valid = (vy[:, :, None] & vx[:, None, :]) & (tmpl_in & textured)[:, None, None]
-    d, peak, interior, best, second = _peaks(ncc, valid, crit.penalty)
+    valid = vy[:, :, None] & vx[:, None, :]
+    d, peak, interior, best, second = _peaks(ncc, valid, vy.any(1) & vx.any(1), crit.penalty)
     d1 = (2.0 - 2.0 * best).clamp_min(0.0).sqrt()
     d2 = (2.0 - 2.0 * second.clamp_min(-1.0)).clamp_min(0.0).sqrt()
     return d, peak, interior & (peak >= crit.min_ncc) & (d1 < crit.ratio * d2)

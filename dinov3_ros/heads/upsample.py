@@ -11,6 +11,8 @@ CPU or GPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -43,27 +45,51 @@ def _window_counts(n: int, r: int, device: torch.device, dtype: torch.dtype) -> 
     return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).to(dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _window_areas(H: int, W: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[H, W]`` pixels of each clipped ``(2r+1)²`` window, made once per size: a plain tensor (outside
+    inference mode, without grad) that is complete before it is returned, so any thread's stream may read
+    it."""
+    with torch.inference_mode(False), torch.no_grad():
+        cnt = _window_counts(H, r, device, dtype)[:, None] * _window_counts(W, r, device, dtype)
+    if cnt.is_cuda:
+        torch.cuda.current_stream(cnt.device).synchronize()
+    return cnt
+
+
 def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
     """Mean over a ``(2r+1)²`` window of ``[..., H, W]`` (windows clipped at the border)."""
     H, W = x.shape[-2:]
-    cnt = _window_counts(H, r, x.device, x.dtype)[:, None] * _window_counts(W, r, x.device, x.dtype)
-    return _box_sum_dim(_box_sum_dim(x, r, -2), r, -1) / cnt
+    return _box_sum_dim(_box_sum_dim(x, r, -2), r, -1) / _window_areas(H, W, r, x.device, x.dtype)
 
 
-def _inv3(S: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
-    """Per-pixel inverse of a symmetric 3x3 matrix given as nested lists of tensors."""
-    a, b, c = S[0][0], S[0][1], S[0][2]
-    d, e = S[1][1], S[1][2]
-    f = S[2][2]
-    A = d * f - e * e
-    B = c * e - b * f
-    C = b * e - c * d
-    D = a * f - c * c
-    E = b * c - a * e
-    Fm = a * d - b * b
-    det = a * A + b * B + c * C
-    inv = 1.0 / det
-    return [[A * inv, B * inv, C * inv], [B * inv, D * inv, E * inv], [C * inv, E * inv, Fm * inv]]
+def _inv_sym3(v: torch.Tensor) -> torch.Tensor:
+    """Per-pixel inverse of symmetric 3x3 matrices ``v [B, 6, H, W]`` (entries 00 01 02 11 12 22) -> the
+    inverse's entries in the same order. Each cofactor is one product minus another, all six in one pass
+    per operation (the same arithmetic per entry as one by one)."""
+    a, b, c, d, e, f = v.unbind(1)
+    cof = torch.stack([d, c, b, a, b, a], 1) * torch.stack([f, e, e, f, c, d], 1)
+    cof = cof - torch.stack([e, b, c, c, a, b], 1) * torch.stack([e, f, d, c, e, b], 1)
+    t = torch.stack([a, b, c], 1) * cof[:, :3]
+    det = t[:, 0] + t[:, 1] + t[:, 2]
+    return cof * (1.0 / det)[:, None]
+
+
+def _pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, G, ...]`` -> the left and right factors of every channel pair ``(i, j)``, ``i <= j``, in the
+    order ``(0, 0), (0, 1), ..., (G-1, G-1)``: one product gives all of them."""
+    G = x.shape[1]
+    left = torch.cat([x[:, i : i + 1].expand(-1, G - i, *x.shape[2:]) for i in range(G)], 1)
+    right = torch.cat([x[:, i:] for i in range(G)], 1)
+    return left, right
+
+
+def _terms_sum(t: torch.Tensor) -> torch.Tensor:
+    """``0 + t[:, 0] + t[:, 1] + ...`` in that order (Python's ``sum`` over the terms of dim 1)."""
+    acc = 0 + t[:, 0]
+    for k in range(1, t.shape[1]):
+        acc = acc + t[:, k]
+    return acc
 
 
 def guided_filter(
@@ -73,32 +99,34 @@ def guided_filter(
 
     Returns ``(A, b)`` averaged over windows so that the output is ``Σ_k A_k I_k + b``; ``A`` is
     ``[B, G, C, H, W]``. Every window mean of one pass is taken in one batched box filter (two in
-    all), so the kernel count does not grow with the channels.
+    all), and each step of the per-pixel algebra is one operation over all channels and pairs, so the
+    kernel count does not grow with the channels.
     """
     B, C = p.shape[:2]
     G = guide.shape[1]
     if G not in (1, 3):
         raise ValueError(f"guide: expected 1 or 3 channels, got {G}")
-    pairs = [(i, j) for i in range(G) for j in range(i, G)]
-    terms = [guide, p] + [guide[:, k : k + 1] * p for k in range(G)]
-    terms += [guide[:, i : i + 1] * guide[:, j : j + 1] for i, j in pairs]
-    m = box_mean(torch.cat(terms, 1), radius)
+    hw = p.shape[-2:]
+    Ip = (guide[:, :, None] * p[:, None]).reshape(B, G * C, *hw)  # I_k p, k-major
+    left, right = _pairs(guide)
+    m = box_mean(torch.cat([guide, p, Ip, left * right], 1), radius)
     mI, mp = m[:, :G], m[:, G : G + C]
-    mIp = [m[:, G + C * (k + 1) : G + C * (k + 2)] for k in range(G)]
-    mII = {ij: m[:, G + C * (G + 1) + n] for n, ij in enumerate(pairs)}
-    cov = [mIp[k] - mI[:, k : k + 1] * mp for k in range(G)]
+    mIp = m[:, G + C : G + C * (G + 1)].reshape(B, G, C, *hw)
+    mII = m[:, G + C * (G + 1) :]  # [B, pairs, H, W]
+    cov = mIp - mI[:, :, None] * mp[:, None]  # [B, G, C, H, W]
     if G == 1:
-        var = mII[0, 0][:, None] - mI * mI
-        a = [cov[0] / (var + eps)]
+        var = mII[:, 0][:, None] - mI * mI
+        a = (cov[:, 0] / (var + eps))[:, None]
     else:
-        S = [[None] * 3 for _ in range(3)]
-        for i, j in pairs:
-            v = mII[i, j] - mI[:, i] * mI[:, j]
-            S[i][j] = S[j][i] = v + eps if i == j else v
-        Si = _inv3(S)
-        a = [sum(Si[k][j][:, None] * cov[j] for j in range(3)) for k in range(3)]
-    b = mp - sum(a[k] * mI[:, k : k + 1] for k in range(G))
-    Ab = box_mean(torch.cat([*a, b], 1), radius)
+        mleft, mright = _pairs(mI)
+        S = mII - mleft * mright
+        for k in (0, 3, 5):  # the diagonal entries
+            S[:, k] += eps
+        Si = _inv_sym3(S)
+        full = torch.stack([Si[:, i] for i in (0, 1, 2, 1, 3, 4, 2, 4, 5)], 1).reshape(B, 3, 3, *hw)
+        a = _terms_sum(full[:, :, :, None] * cov[:, :, None])  # Σ_j Si[k][j] cov_j (Si symmetric)
+    b = mp - _terms_sum(a * mI[:, :, None])
+    Ab = box_mean(torch.cat([a.reshape(B, G * C, *hw), b], 1), radius)
     return Ab[:, : G * C].reshape(B, G, C, *Ab.shape[-2:]), Ab[:, G * C :]
 
 
@@ -239,9 +267,10 @@ def upsample(
         Ab = torch.cat([A.flatten(1, 2), b], 1)
         if s > 1:
             Ab = F.interpolate(Ab, size=(H, W), mode="bilinear", align_corners=False)
+        prod = Ab[:, : G * C].reshape(Ab.shape[0], G, C, H, W) * g_full[:, :, None]  # A_k I_k, all k
         out = Ab[:, G * C :]
         for k in range(G):
-            out = out + Ab[:, k * C : (k + 1) * C] * g_full[:, k : k + 1]
+            out = out + prod[:, k]
     if hwc:
         out = out[0].permute(1, 2, 0)
     return like_input(out, features)

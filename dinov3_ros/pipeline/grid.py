@@ -83,6 +83,8 @@ def grid_to_input_linear(grid: np.ndarray, geom: Geometry) -> np.ndarray:
         cv2.remap(np.ascontiguousarray(grid[..., k : k + 4], np.float32), mx, my, cv2.INTER_LINEAR)
         for k in range(0, c, 4)
     ]
+    if len(parts) == 1:  # up to 4 channels: the remap's own array
+        return parts[0].reshape(*parts[0].shape[:2], -1)
     return np.concatenate([q.reshape(*q.shape[:2], -1) for q in parts], -1)
 
 

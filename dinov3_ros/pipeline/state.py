@@ -4,7 +4,8 @@
 arrays) into a JSON-able tree plus a dict of numeric arrays; :func:`from_plain` rebuilds it. Only the
 classes the registered outputs declare (``Output.state_types``) and ``Geometry`` can be rebuilt, from
 their attribute values: nothing in a saved state names code to run, and arrays are read with
-``allow_pickle=False``.
+``allow_pickle=False``. Dataclass fields marked ``metadata={"transient": True}`` (caches) are not saved;
+a rebuilt object has their defaults.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ def _classes() -> dict[str, type]:
 
 def _attrs(obj: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if not _transient(f)}
     return dict(vars(obj))
+
+
+def _transient(f: dataclasses.Field) -> bool:
+    """A dataclass field marked ``metadata={"transient": True}``: a cache, not saved (restored as its
+    default)."""
+    return bool(f.metadata.get("transient"))
 
 
 class _Encoder:
@@ -115,6 +122,9 @@ class _Decoder:
             if cls is None:
                 raise ValueError(f"saved state names {node['cls']!r}, which is not a declared state type")
             obj = cls.__new__(cls)
+            for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+                if _transient(f):
+                    object.__setattr__(obj, f.name, f.default)
             for k, v in node["v"].items():
                 object.__setattr__(obj, k, self(v))
             return obj

@@ -9,7 +9,7 @@ Layout: docs/MESSAGES.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -18,6 +18,7 @@ import torch
 
 from dinov3_ros.core.frames import MatchResult
 from dinov3_ros.heads.correspondence import match
+from dinov3_ros.heads.subpixel import GreyPyramid
 from dinov3_ros.msgs.cdr import point_cloud_parts
 from dinov3_ros.msgs.layouts import MATCH_FIELDS, matches_array
 from dinov3_ros.pipeline.outputs.base import FrameJob, Output, Topic
@@ -33,6 +34,9 @@ class Keyframe:
     frame_id: str
     age: int = 0
     grey: np.ndarray | None = None  # [H, W] uint8 grey input image (own copy); None: no image refinement
+    #: ``grey`` as the refinement reads it, on the features' device (a cache: made from ``grey`` when
+    #: missing, not saved with the state)
+    pyramid: GreyPyramid | None = field(default=None, repr=False, compare=False, metadata={"transient": True})
 
 
 @dataclass
@@ -52,13 +56,15 @@ def _renew(kf: Keyframe, res: MatchResult, cfg: Any) -> bool:
     )
 
 
-def _images(kf: Keyframe, grey: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """``match``'s image arguments: the keyframe's and the current grey image on the features' device
-    (none for a keyframe without its image: restored from an older state, or taken while
-    ``match_refine`` was ``features``)."""
+def _images(kf: Keyframe, grey: np.ndarray, device: torch.device) -> dict[str, GreyPyramid]:
+    """``match``'s image arguments: the keyframe's and the current grey image prepared on the features'
+    device, the keyframe's once for every frame matched against it (none for a keyframe without its
+    image: restored from an older state, or taken while ``match_refine`` was ``features``)."""
     if kf.grey is None or kf.grey.shape != grey.shape:
         return {}
-    return {"image0": torch.from_numpy(kf.grey).to(device), "image1": torch.from_numpy(grey).to(device)}
+    if kf.pyramid is None or kf.pyramid.device != device:
+        kf.pyramid = GreyPyramid(kf.grey, device)
+    return {"image0": kf.pyramid, "image1": GreyPyramid(grey, device)}
 
 
 class Matches(Output):
@@ -91,6 +97,7 @@ class Matches(Output):
             u, v = geom.network_to_input(pts[:, 0] - 0.5, pts[:, 1] - 0.5)
             return np.stack([u, v], 1)
 
+        images = _images(kf, grey, tok.device) if refine else {}
         m = match(
             kf.tokens,
             tok,
@@ -99,7 +106,7 @@ class Matches(Output):
             to_input=to_input,
             verify_with="fundamental",
             ransac_threshold=geom.patch_size / max(geom.scale_x, 1e-9),
-            **(_images(kf, grey, tok.device) if refine else {}),
+            **images,
         )
         H, W = frame.image.shape[:2]
         lim = np.array([W - 0.5, H - 0.5])
@@ -113,8 +120,9 @@ class Matches(Output):
             kf.frame_id,
         )
         kf.age += 1
-        if _renew(kf, res, cfg):
-            st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id, grey=grey)
+        if _renew(kf, res, cfg):  # this frame's prepared image goes with it
+            pyr = images.get("image1")
+            st.keyframe = Keyframe(tok, geom, frame.stamp_ns, frame.frame_id, grey=grey, pyramid=pyr)
         return res
 
     def tile(self, value: MatchResult, rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:

@@ -103,9 +103,12 @@ def refined_mask(
     labels = np.asarray([0, *ids], grid.dtype)
     onehot = grid[..., None] == labels
     soft = grid_to_input_linear(onehot.astype(np.float32), geom)
-    blocks = grid_to_input(onehot.argmax(-1).astype(np.uint16), geom)
     patch_px = geom.patch_size / min(geom.scale_x, geom.scale_y)  # one patch in input pixels
-    return labels[refine_labels(soft, image, patch_px, blocks, device=device)]
+
+    def blocks() -> np.ndarray:  # the patch blocks, only for an object the refinement would empty
+        return grid_to_input(onehot.argmax(-1).astype(np.uint16), geom)
+
+    return refine_labels(soft, image, patch_px, blocks, device=device, values=labels)
 
 
 class Objects(Output):
