@@ -557,3 +557,31 @@ def test_the_cuda_distill_step_does_not_synchronise(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [it for it, _ in d.flush()] == [1, 2]
+
+
+def test_activation_checkpointing_gives_the_same_run(tmp_path):
+    """``train.activation_checkpointing: N`` wraps the students' first N blocks and changes nothing else:
+    students, EMAs and optimizer states after a few steps equal a run without it, with stochastic depth on
+    (recomputation replays the random draws); a run without drop-path on the same batches differs."""
+    torch.set_num_threads(1)
+    path = _teacher_file(tmp_path)
+    batches = _batches(3)
+    runs = {}
+    for n, drop in ((0, 0.2), (2, 0.2), (2, 0.0)):
+        torch.manual_seed(0)
+        cfg = _cfg(tmp_path / f"ac{n}_{drop}", activation_checkpointing=n)
+        for s in cfg.students:
+            s.overrides = {**(s.overrides or {}), "drop_path_rate": drop}
+        d = Distiller(cfg, load_teacher(path))
+        for b in batches:
+            d.step(b)
+        runs[n, drop] = d
+    on, off = runs[2, 0.2], runs[0, 0.2]
+    wrapped = [type(b).__name__ for b in on.students["vit"].backbone.blocks]
+    assert wrapped[:2] == ["CheckpointWrapper"] * 2 and "CheckpointWrapper" not in wrapped[2:]
+    for name in ("vit", "cnx"):
+        _assert_same_state(off.students[name].state_dict(), on.students[name].state_dict(), f"{name} student")
+        _assert_same_state(off.emas[name].state_dict(), on.emas[name].state_dict(), f"{name} ema")
+        _assert_same_state(off.optims[name].state_dict(), on.optims[name].state_dict(), f"{name} optimizer")
+    with pytest.raises(AssertionError):  # negative control: the drop-path draws matter
+        _assert_same_state(off.students["vit"].state_dict(), runs[2, 0.0].students["vit"].state_dict(), "vit")

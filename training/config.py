@@ -561,11 +561,12 @@ RULES: dict[str, Rule] = {
 }
 
 #: Keys of the distillation and depth-head configs (top-level ``output_dir``) that may differ when a run
-#: resumes: where and how long it runs, logging, loader workers.
+#: resumes: where and how long it runs, logging, loader workers, memory traded for recomputation.
 STAGE_RESUME_MAY_CHANGE = frozenset(
     {
         "output_dir",
         "train.max_seconds",
+        "train.activation_checkpointing",
         "train.log_period",
         "train.checkpoint_period",
         "train.allow_config_change",

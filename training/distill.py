@@ -47,6 +47,7 @@ from training.feature_distill import (
     align_patch_tokens,
     patch_grid,
 )
+from training.parallel import apply_activation_checkpointing
 from training.sim import SimLossConfig, SimObjective
 
 log = logging.getLogger("dinov3.distill")
@@ -163,6 +164,7 @@ DEFAULTS: dict[str, Any] = {
         "log_period": 10,
         "amp": "bf16",  # bf16 autocast on CUDA (fp32 on CPU) | fp32
         "max_seconds": None,  # checkpoint and stop after this much wall time (resumable)
+        "activation_checkpointing": 0,  # the students' first N blocks recompute their activations
         "allow_config_change": False,  # resume a run whose saved config.yaml differs from this one
     },
     "export": {"fp16": True},
@@ -226,6 +228,7 @@ def _rules() -> dict[str, Any]:
         "train.log_period": pos_int,
         "train.amp": Rule("str", choices=("bf16", "fp32")),
         "train.max_seconds": Rule("num", 0, null=True, lo_open=True),
+        "train.activation_checkpointing": Rule("int", 0),
     }
 
 
@@ -678,6 +681,9 @@ class Distiller:
         self.optims[s.name] = torch.optim.AdamW(
             groups, lr=float(s.lr or o["lr"]), betas=tuple(o["betas"]), fused=self.device.type == "cuda"
         )
+        # after the EMA copy and the parameter groups: wrappers change neither parameters nor their names
+        # in the state dict, only the module paths the groups and the EMA are built from
+        apply_activation_checkpointing(backbone, int(self.train_cfg["activation_checkpointing"]))
 
     def _init_from_teacher(self, s: StudentConfig, backbone: nn.Module, objective: nn.ModuleDict) -> None:
         """Copy the teacher's backbone (and, in heads mode, its DINO/iBOT heads) into a student of the

@@ -35,21 +35,28 @@ def unit_modules(backbone: nn.Module) -> list[nn.Module]:
     return units
 
 
-def _replace_units(backbone: nn.Module, fn) -> None:
+def _replace_units(backbone: nn.Module, fn, first: int | None = None) -> None:
+    """``fn`` applied to each unit of each unit list (only its ``first`` units when given)."""
     for attr in ("blocks", "downsample_layers", "stages"):
         seq = getattr(backbone, attr, None)
         if isinstance(seq, (nn.ModuleList, nn.Sequential)):
-            for i in range(len(seq)):
+            for i in range(len(seq) if first is None else min(first, len(seq))):
                 seq[i] = fn(seq[i])
 
 
-def apply_activation_checkpointing(backbone: nn.Module, mode: str | bool = "full") -> None:
-    """Wrap every block in a non-reentrant ``checkpoint_wrapper`` (state-dict keys are unchanged)."""
+def apply_activation_checkpointing(backbone: nn.Module, mode: str | bool | int = "full") -> None:
+    """Wrap blocks in a non-reentrant ``checkpoint_wrapper`` (state-dict keys are unchanged): every block
+    with ``"full"``/``True``, the first ``mode`` blocks with an int (the memory of those blocks'
+    activations traded for their forward once more), none with ``False``/``0``. Recomputation replays
+    the same random state, so the step's results do not change."""
     if not mode:
         return
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
-    _replace_units(backbone, lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+    first = None if mode is True or mode == "full" else int(mode)
+    _replace_units(
+        backbone, lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT), first
+    )
 
 
 def compile_blocks(modules: Iterable[nn.Module], **kwargs) -> None:
