@@ -169,28 +169,23 @@ def _feature_matcher(run: _Run):
     if opts.matcher not in MATCHERS:
         raise ValueError(f"matcher must be one of {', '.join(MATCHERS)}, got {opts.matcher!r}")
     key = {(f.scene_index, f.frame_index): i for i, f in enumerate(run.data.test)}
+    with_images = opts.matcher in ("heads", "heads-inliers")  # the pipeline's matcher, as the node runs it
+    unrefined = opts.match_unrefined or PipelineConfig().match_unrefined
 
     def matcher(a, b, src):
         fa = f_test[key[(a.scene_index, a.frame_index)]]
         fb = f_test[key[(b.scene_index, b.frame_index)]]
-        if opts.matcher in ("heads", "heads-inliers"):
+        p = a.height // fa.shape[0]
+        if with_images:
             inl = opts.matcher == "heads-inliers"
-            return heads_match(
-                fa,
-                fb,
-                a.height // fa.shape[0],
-                a.rgb,
-                b.rgb,
-                inliers_only=inl,
-                unrefined=opts.match_unrefined,
-            )
+            return heads_match(fa, fb, p, a.rgb, b.rgb, inliers_only=inl, unrefined=unrefined)
         if opts.matcher == "heads-features":
-            return heads_match(fa, fb, a.height // fa.shape[0])
+            return heads_match(fa, fb, p)
         return match_features(fa, fb, src, (a.height, a.width), opts.keep)
 
     run.res["matcher"] = opts.matcher
-    if opts.matcher in ("heads", "heads-inliers"):
-        run.res["match_unrefined"] = opts.match_unrefined or PipelineConfig().match_unrefined
+    if with_images:
+        run.res["match_unrefined"] = unrefined
     return matcher
 
 
